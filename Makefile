@@ -1,0 +1,34 @@
+# BOute — the two commands of the contract: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_VERSION := 2.13.0
+
+.PHONY: setup demo test lint typecheck bench clean
+
+setup: $(STAMP)
+
+# torch first, from the CPU wheel on local disk; otherwise pip resolves a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/boute profile --out build/perfdb.parquet
+	$(BIN)/boute simulate --model llama-3.1-70b --gpu H100 --tp 4 --rate 2 --input-len 70 --output-len 110
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/calibration.py
+	$(BIN)/python benchmarks/perfdb.py
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

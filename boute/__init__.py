@@ -1,0 +1,1 @@
+"""BOute command line and shared errors."""

@@ -1,0 +1,341 @@
+"""GPU and model catalogs: frozen, validated rows loaded from YAML or Hugging Face config.json.
+
+The embedded catalogs live in `profiling/data/{gpus,models}.yaml` (shipped as package data).
+Users extend or override them with their own YAML files of the same shape; every entry is
+validated in `__post_init__` and an error names the entry, the field, the value and the rule.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from boute.errors import CatalogError
+
+__all__ = [
+    "Catalog",
+    "GpuType",
+    "ModelArch",
+    "load_catalog",
+    "load_hf_config",
+]
+
+Interconnect = Literal["nvlink", "pcie"]
+_GIB = 1024**3
+
+
+def _require_positive(owner: str, name: str, value: float, *, integer: bool = False) -> None:
+    if integer and (isinstance(value, bool) or not isinstance(value, int)):
+        raise CatalogError(f"{owner}: {name}={value!r} must be an integer > 0")
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        raise CatalogError(f"{owner}: {name}={value!r} must be a number > 0")
+
+
+@dataclass(frozen=True)
+class GpuType:
+    """One GPU type on offer.
+
+    Attributes:
+        name: catalog key, e.g. ``"H100"``; also the base of its Ray resource name.
+        memory_gib: device memory in GiB.
+        memory_bandwidth_gbps: spec-sheet memory bandwidth, GB/s.
+        bf16_tflops: dense BF16 tensor throughput with FP32 accumulate, TFLOP/s.
+        interconnect: ``"nvlink"`` or ``"pcie"`` between GPUs of one node.
+        link_bandwidth_gbps: GPU-to-GPU bandwidth per direction inside a node, GB/s.
+        gpus_per_node: GPUs in one server; tensor parallelism stays inside a node.
+        price_per_hour: rental price of one GPU, $/hour.
+        description: free text.
+    """
+
+    name: str
+    memory_gib: float
+    memory_bandwidth_gbps: float
+    bf16_tflops: float
+    interconnect: Interconnect
+    link_bandwidth_gbps: float
+    gpus_per_node: int
+    price_per_hour: float
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        owner = f"gpu {self.name!r}"
+        if not isinstance(self.name, str) or not self.name:
+            raise CatalogError(f"gpu entry: name={self.name!r} must be a non-empty string")
+        for attr in ("memory_gib", "memory_bandwidth_gbps", "bf16_tflops", "link_bandwidth_gbps"):
+            _require_positive(owner, attr, getattr(self, attr))
+        _require_positive(owner, "gpus_per_node", self.gpus_per_node, integer=True)
+        if not isinstance(self.price_per_hour, int | float) or self.price_per_hour < 0:
+            raise CatalogError(f"{owner}: price_per_hour={self.price_per_hour!r} must be >= 0")
+        if self.interconnect not in ("nvlink", "pcie"):
+            raise CatalogError(
+                f"{owner}: interconnect={self.interconnect!r} must be 'nvlink' or 'pcie'"
+            )
+
+    @property
+    def memory_bytes(self) -> float:
+        """Device memory in bytes."""
+        return self.memory_gib * _GIB
+
+
+@dataclass(frozen=True)
+class ModelArch:
+    """A decoder-only transformer (Llama-style: GQA attention, gated MLP).
+
+    Attributes:
+        name: catalog key, e.g. ``"llama-3.1-8b"``.
+        num_layers, hidden_size, num_heads, num_kv_heads, head_dim, intermediate_size,
+        vocab_size: the architecture, as in the model's config.json.
+        tie_word_embeddings: whether the LM head shares the embedding matrix.
+        dtype_bytes: bytes per weight and per KV element (2 for bf16/fp16).
+        max_position_embeddings: the longest context the model supports.
+        hf_id: Hugging Face repository or local directory to load real weights from.
+    """
+
+    name: str
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    tie_word_embeddings: bool = False
+    dtype_bytes: int = 2
+    max_position_embeddings: int = 8192
+    hf_id: str = ""
+
+    def __post_init__(self) -> None:
+        owner = f"model {self.name!r}"
+        if not isinstance(self.name, str) or not self.name:
+            raise CatalogError(f"model entry: name={self.name!r} must be a non-empty string")
+        for attr in (
+            "num_layers",
+            "hidden_size",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "intermediate_size",
+            "vocab_size",
+            "dtype_bytes",
+            "max_position_embeddings",
+        ):
+            _require_positive(owner, attr, getattr(self, attr), integer=True)
+        if self.num_heads % self.num_kv_heads:
+            raise CatalogError(
+                f"{owner}: num_heads={self.num_heads} must be a multiple of "
+                f"num_kv_heads={self.num_kv_heads}"
+            )
+
+    # Parameter counts (Llama): q, o are h x (heads*hd); k, v are h x (kv*hd);
+    # gate, up, down are h x inter; two RMSNorm vectors per layer.
+    @property
+    def params_per_layer(self) -> int:
+        """Weights of one transformer layer (attention + MLP + norms)."""
+        h = self.hidden_size
+        q_o = 2 * h * self.num_heads * self.head_dim
+        k_v = 2 * h * self.num_kv_heads * self.head_dim
+        mlp = 3 * h * self.intermediate_size
+        return q_o + k_v + mlp + 2 * h
+
+    @property
+    def embedding_params(self) -> int:
+        """Input embedding matrix (vocab x hidden)."""
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def lm_head_params(self) -> int:
+        """Output projection; 0 extra weights when tied to the embedding."""
+        return 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
+
+    @property
+    def num_params(self) -> int:
+        """All weights: layers + embedding + LM head + final norm."""
+        return (
+            self.num_layers * self.params_per_layer
+            + self.embedding_params
+            + self.lm_head_params
+            + self.hidden_size
+        )
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of all weights at `dtype_bytes` per weight."""
+        return self.num_params * self.dtype_bytes
+
+    def kv_bytes_per_token(self, tp: int = 1, pp: int = 1) -> int:
+        """KV-cache bytes one token occupies on one GPU of a TP x PP replica.
+
+        ``2 (K and V) * ceil(kv_heads / tp) * head_dim * dtype_bytes * ceil(layers / pp)``;
+        with tp > kv_heads each GPU keeps a replica of one KV head (vLLM's behaviour).
+        """
+        kv_heads_per_gpu = -(-self.num_kv_heads // tp)
+        layers_per_stage = -(-self.num_layers // pp)
+        return 2 * kv_heads_per_gpu * self.head_dim * self.dtype_bytes * layers_per_stage
+
+
+_GpuMap = dict[str, GpuType]
+_ModelMap = dict[str, ModelArch]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """GPU types and model architectures by name; lookups raise a helpful error."""
+
+    gpus: Mapping[str, GpuType] = field(default_factory=dict)
+    models: Mapping[str, ModelArch] = field(default_factory=dict)
+
+    def gpu(self, name: str) -> GpuType:
+        """Return the GPU type called `name`.
+
+        Raises:
+            CatalogError: the name is unknown; the message lists the known names.
+        """
+        try:
+            return self.gpus[name]
+        except KeyError:
+            known = ", ".join(sorted(self.gpus))
+            raise CatalogError(
+                f"gpu={name!r} is not in the catalog; known GPU types: {known} "
+                "(add your own with --gpu-catalog FILE.yaml)"
+            ) from None
+
+    def model(self, name: str) -> ModelArch:
+        """Return the model called `name` (a catalog key, or a directory with a config.json).
+
+        Raises:
+            CatalogError: the name is unknown; the message lists the known names.
+        """
+        if name in self.models:
+            return self.models[name]
+        path = Path(name)
+        if (path / "config.json").is_file():
+            return load_hf_config(path / "config.json", name=name)
+        known = ", ".join(sorted(self.models))
+        raise CatalogError(
+            f"model={name!r} is not in the catalog and is not a directory with a config.json; "
+            f"known models: {known} (add your own with --model-catalog FILE.yaml)"
+        )
+
+    def fingerprint_payload(self) -> dict[str, Any]:
+        """A JSON-ready description of every entry (used to fingerprint derived data)."""
+        return {
+            "gpus": {k: _asdict(v) for k, v in sorted(self.gpus.items())},
+            "models": {k: _asdict(v) for k, v in sorted(self.models.items())},
+        }
+
+
+def _asdict(row: GpuType | ModelArch) -> dict[str, Any]:
+    return {f.name: getattr(row, f.name) for f in fields(row) if f.name != "description"}
+
+
+def _read_yaml_list(text: str, source: str) -> list[dict[str, Any]]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{source}: not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise CatalogError(f"{source}: expected a YAML list of mappings, one per entry")
+    return data
+
+
+def _build_rows(cls: type[Any], entries: Iterable[dict[str, Any]], source: str) -> list[Any]:
+    allowed = {f.name for f in fields(cls)}
+    rows = []
+    for entry in entries:
+        name = entry.get("name", "?")
+        unknown = sorted(set(entry) - allowed)
+        if unknown:
+            raise CatalogError(
+                f"{source}: entry {name!r} has unknown field(s) {unknown}; "
+                f"allowed: {sorted(allowed)}"
+            )
+        try:
+            rows.append(cls(**{k: v for k, v in entry.items() if k in allowed}))
+        except TypeError as exc:
+            raise CatalogError(f"{source}: entry {name!r}: {exc}") from None
+    return rows
+
+
+def load_catalog(
+    gpu_files: Iterable[str | Path] = (), model_files: Iterable[str | Path] = ()
+) -> Catalog:
+    """Load the embedded catalogs, then let each user file add or override entries by name.
+
+    Args:
+        gpu_files: YAML files, each a list of GPU entries (fields of `GpuType`).
+        model_files: YAML files, each a list of model entries (fields of `ModelArch`).
+
+    Returns:
+        The merged catalog.
+
+    Raises:
+        CatalogError: a file is missing or malformed, or an entry breaks a rule.
+    """
+    data = resources.files("profiling") / "data"
+    gpus: _GpuMap = {}
+    models: _ModelMap = {}
+    sources: list[tuple[str, str, bool]] = [
+        ((data / "gpus.yaml").read_text(), "embedded gpus.yaml", True),
+        ((data / "models.yaml").read_text(), "embedded models.yaml", False),
+    ]
+    for path, is_gpu in [(p, True) for p in gpu_files] + [(p, False) for p in model_files]:
+        try:
+            sources.append((Path(path).read_text(), str(path), is_gpu))
+        except OSError as exc:
+            raise CatalogError(f"catalog file {str(path)!r}: cannot read ({exc.strerror})") from None
+    for text, source, is_gpu in sources:
+        entries = _read_yaml_list(text, source)
+        if is_gpu:
+            gpus.update({g.name: g for g in _build_rows(GpuType, entries, source)})
+        else:
+            models.update({m.name: m for m in _build_rows(ModelArch, entries, source)})
+    return Catalog(gpus=gpus, models=models)
+
+
+_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float8": 1}
+
+
+def load_hf_config(path: str | Path, *, name: str | None = None) -> ModelArch:
+    """Build a `ModelArch` from a Hugging Face ``config.json`` (Llama, Mistral, Qwen2 style).
+
+    Args:
+        path: the config.json file.
+        name: catalog name; defaults to the parent directory's name.
+
+    Raises:
+        CatalogError: the file is missing, not JSON, or lacks a required key.
+    """
+    path = Path(path)
+    try:
+        cfg = json.loads(path.read_text())
+    except OSError as exc:
+        raise CatalogError(f"model config {str(path)!r}: cannot read ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise CatalogError(f"model config {str(path)!r}: not valid JSON ({exc.msg})") from None
+    required = ["num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
+                "vocab_size"]
+    missing = [k for k in required if k not in cfg]
+    if missing:
+        raise CatalogError(f"model config {str(path)!r}: missing key(s) {missing}")
+    heads = int(cfg["num_attention_heads"])
+    dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
+    return ModelArch(
+        name=name or path.parent.name,
+        num_layers=int(cfg["num_hidden_layers"]),
+        hidden_size=int(cfg["hidden_size"]),
+        num_heads=heads,
+        num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
+        head_dim=int(cfg.get("head_dim") or cfg["hidden_size"] // heads),
+        intermediate_size=int(cfg["intermediate_size"]),
+        vocab_size=int(cfg["vocab_size"]),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        dtype_bytes=_DTYPE_BYTES.get(dtype, 2),
+        max_position_embeddings=int(cfg.get("max_position_embeddings", 8192)),
+        hf_id=str(path.parent),
+    )

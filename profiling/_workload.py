@@ -1,0 +1,351 @@
+"""Workload traces: arrivals and token lengths, generators, file loaders, rate scaling.
+
+A trace is four aligned columns: ``arrival_s`` (seconds, non-decreasing), ``input_tokens`` and
+``output_tokens`` (integers >= 1), and an optional ``prompt`` text. Generators draw lengths
+from log-normal distributions matched to the mean and median measured on the real data sets
+(../shared/reference/calibration.md section 4): for a log-normal with median ``m`` and mean
+``mu``, ``sigma = sqrt(2 ln(mu / m))``.
+
+Arrivals are Poisson (exponential gaps, coefficient of variation 1) or bursty: gamma gaps with
+shape ``k = 1 / cv^2`` and scale ``1 / (rate * k)``, so the mean rate is kept and ``cv > 1``
+clusters requests in bursts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+from boute.errors import TraceError
+
+__all__ = [
+    "LengthDist",
+    "Trace",
+    "TraceShape",
+    "TRACE_SHAPES",
+    "generate_trace",
+    "load_trace",
+]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+ArrivalProcess = Literal["poisson", "gamma"]
+_COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
+
+
+@dataclass(frozen=True)
+class Trace:
+    """An immutable workload trace; columns are numpy arrays of equal length.
+
+    Raises:
+        TraceError: lengths < 1, negative or unsorted arrivals, or columns of unequal length.
+    """
+
+    arrival_s: FloatArray
+    input_tokens: IntArray
+    output_tokens: IntArray
+    prompts: tuple[str, ...] | None = None
+    name: str = "trace"
+
+    def __post_init__(self) -> None:
+        n = len(self.arrival_s)
+        if len(self.input_tokens) != n or len(self.output_tokens) != n:
+            raise TraceError(
+                f"trace {self.name!r}: columns have unequal lengths (arrival_s={n}, "
+                f"input_tokens={len(self.input_tokens)}, output_tokens={len(self.output_tokens)})"
+            )
+        if self.prompts is not None and len(self.prompts) != n:
+            raise TraceError(f"trace {self.name!r}: prompt column has {len(self.prompts)} rows, "
+                             f"expected {n}")
+        if n == 0:
+            raise TraceError(f"trace {self.name!r}: no requests")
+        for col in ("input_tokens", "output_tokens"):
+            arr = getattr(self, col)
+            bad = np.flatnonzero(arr < 1)
+            if bad.size:
+                raise TraceError(f"trace {self.name!r}: {col}={int(arr[bad[0]])} at row "
+                                 f"{int(bad[0])} must be >= 1 token")
+        if not np.all(np.isfinite(self.arrival_s)) or self.arrival_s[0] < 0:
+            raise TraceError(f"trace {self.name!r}: arrival_s must be finite and >= 0")
+        drops = np.flatnonzero(np.diff(self.arrival_s) < 0)
+        if drops.size:
+            i = int(drops[0]) + 1
+            raise TraceError(
+                f"trace {self.name!r}: arrival_s is not sorted: row {i} has "
+                f"arrival_s={self.arrival_s[i]:g} < {self.arrival_s[i - 1]:g} at row {i - 1} "
+                "(sort the file by arrival time)"
+            )
+        for col in _COLUMNS:
+            getattr(self, col).setflags(write=False)
+
+    def __len__(self) -> int:
+        return len(self.arrival_s)
+
+    @property
+    def duration_s(self) -> float:
+        """Time from the first to the last arrival."""
+        return float(self.arrival_s[-1] - self.arrival_s[0])
+
+    @property
+    def rate_rps(self) -> float:
+        """Mean arrival rate: (n - 1) / duration; infinite when all arrive at once."""
+        return (len(self) - 1) / self.duration_s if self.duration_s > 0 else math.inf
+
+    def scaled_to(self, rate_rps: float) -> Trace:
+        """The same requests with arrival times stretched so the mean rate is `rate_rps`.
+
+        Raises:
+            TraceError: `rate_rps` is not > 0, or the trace has no duration to scale.
+        """
+        if not rate_rps > 0:
+            raise TraceError(f"rate_rps={rate_rps!r} must be > 0")
+        if self.duration_s <= 0:
+            raise TraceError(f"trace {self.name!r}: all requests arrive at once; cannot scale")
+        factor = self.rate_rps / rate_rps
+        start = self.arrival_s[0]
+        arrivals = (self.arrival_s - start) * factor
+        return Trace(arrivals, self.input_tokens, self.output_tokens, self.prompts, self.name)
+
+    def head(self, n: int) -> Trace:
+        """The first `n` requests."""
+        prompts = None if self.prompts is None else self.prompts[:n]
+        return Trace(self.arrival_s[:n], self.input_tokens[:n], self.output_tokens[:n], prompts,
+                     self.name)
+
+    def fingerprint(self) -> str:
+        """A short hash of the columns (lengths and arrivals) identifying this trace."""
+        h = hashlib.sha256()
+        for col in _COLUMNS:
+            h.update(np.ascontiguousarray(getattr(self, col)).tobytes())
+        return h.hexdigest()[:16]
+
+    def summary(self) -> dict[str, float]:
+        """Count, rate, duration and length statistics (mean / p50 / p90 / p99 / max)."""
+        out: dict[str, float] = {
+            "requests": float(len(self)),
+            "duration_s": self.duration_s,
+            "rate_rps": self.rate_rps,
+        }
+        gaps = np.diff(self.arrival_s)
+        if gaps.size > 1 and gaps.mean() > 0:
+            out["interarrival_cv"] = float(gaps.std() / gaps.mean())
+        for col in ("input_tokens", "output_tokens"):
+            arr = getattr(self, col)
+            out[f"{col}_mean"] = float(arr.mean())
+            for q in (50, 90, 99):
+                out[f"{col}_p{q}"] = float(np.percentile(arr, q))
+            out[f"{col}_max"] = float(arr.max())
+        return out
+
+    def format_summary(self) -> str:
+        """`summary()` as a small aligned table."""
+        s = self.summary()
+        lines = [f"trace {self.name}: {int(s['requests'])} requests over {s['duration_s']:.1f} s "
+                 f"({s['rate_rps']:.2f} req/s"
+                 + (f", inter-arrival CV {s['interarrival_cv']:.2f})" if "interarrival_cv" in s
+                    else ")"),
+                 f"{'tokens':<8}{'mean':>9}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}"]
+        for col, label in (("input_tokens", "input"), ("output_tokens", "output")):
+            lines.append(f"{label:<8}{s[col + '_mean']:>9.1f}{s[col + '_p50']:>8.0f}"
+                         f"{s[col + '_p90']:>8.0f}{s[col + '_p99']:>8.0f}{s[col + '_max']:>8.0f}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class LengthDist:
+    """A log-normal token-length distribution given by its mean and median, clipped."""
+
+    mean: float
+    median: float
+    max_tokens: int
+
+    def sample(self, rng: np.random.Generator, n: int) -> IntArray:
+        """Draw `n` lengths: ``round(median * exp(sigma * z))`` clipped to [1, max_tokens]."""
+        sigma = math.sqrt(2.0 * math.log(self.mean / self.median))
+        draws = self.median * np.exp(sigma * rng.standard_normal(n))
+        return np.clip(np.rint(draws), 1, self.max_tokens).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class TraceShape:
+    """A data set's request shape: a mixture of (weight, input, output) length components."""
+
+    name: str
+    components: tuple[tuple[float, LengthDist, LengthDist], ...]
+    source: str
+
+
+# Lengths measured with the Llama-3 tokenizer (calibration.md section 4).
+TRACE_SHAPES: dict[str, TraceShape] = {
+    # Zero-shot chat-template prompts 69 / 65; answers: 8B-class CoT responses 103.3 / 95
+    # (Mixtral proxy), clipped at the longest reference answers.
+    "gsm8k": TraceShape(
+        "gsm8k",
+        ((1.0, LengthDist(69.0, 65.0, 512), LengthDist(103.3, 95.0, 1024)),),
+        "calibration.md s4: GSM8K prompt 69/65 (template), 8B-class response 103.3/95",
+    ),
+    # Two turns, equally likely: turn 1 = question with template 75.7 / 48, answer 435.3 / 385;
+    # turn 2 = prompt with history 543.7 / 482.5, answer 535.4 / 505. FastChat max_new_tokens 2048.
+    "mtbench": TraceShape(
+        "mtbench",
+        (
+            (0.5, LengthDist(75.7, 48.0, 1024), LengthDist(435.3, 385.0, 2048)),
+            (0.5, LengthDist(543.7, 482.5, 4096), LengthDist(535.4, 505.0, 2048)),
+        ),
+        "calibration.md s4: MT-Bench Llama-3.1-8B answers, turn 1 and turn 2 with history",
+    ),
+    # ShareGPT conversations as sampled by vLLM's benchmark_serving (the calibration rows of
+    # section 3): heavy-tailed, mean ~ 2x median; capped so prompt + output <= 2048 tokens.
+    "sharegpt": TraceShape(
+        "sharegpt",
+        ((1.0, LengthDist(220.0, 110.0, 1024), LengthDist(200.0, 120.0, 1024)),),
+        "vLLM benchmark_serving ShareGPT sampling, Llama-3 tokenizer (approximate)",
+    ),
+}
+
+
+def generate_trace(
+    shape: str,
+    *,
+    rate_rps: float,
+    num_requests: int,
+    arrival: ArrivalProcess = "poisson",
+    burstiness_cv: float = 1.0,
+    seed: int = 0,
+) -> Trace:
+    """Generate a synthetic trace shaped like a data set.
+
+    Args:
+        shape: a key of `TRACE_SHAPES` (``gsm8k``, ``mtbench``, ``sharegpt``).
+        rate_rps: mean arrival rate, requests/s; ``math.inf`` puts every arrival at t = 0.
+        num_requests: number of requests (>= 1).
+        arrival: ``poisson`` or ``gamma`` inter-arrival times.
+        burstiness_cv: coefficient of variation of the gamma gaps (1 = Poisson).
+        seed: random seed; the same arguments give the same trace.
+
+    Raises:
+        TraceError: unknown shape or non-positive rate/count/cv.
+    """
+    if shape not in TRACE_SHAPES:
+        raise TraceError(f"trace shape={shape!r} is unknown; choose one of "
+                         f"{sorted(TRACE_SHAPES)} or load a file with --trace")
+    if not rate_rps > 0:
+        raise TraceError(f"rate_rps={rate_rps!r} must be > 0")
+    if num_requests < 1:
+        raise TraceError(f"num_requests={num_requests!r} must be >= 1")
+    if not burstiness_cv > 0:
+        raise TraceError(f"burstiness_cv={burstiness_cv!r} must be > 0")
+    rng = np.random.default_rng(seed)
+    spec = TRACE_SHAPES[shape]
+    weights = np.array([c[0] for c in spec.components])
+    which = rng.choice(len(weights), size=num_requests, p=weights / weights.sum())
+    inputs = np.empty(num_requests, dtype=np.int64)
+    outputs = np.empty(num_requests, dtype=np.int64)
+    for i, (_, in_dist, out_dist) in enumerate(spec.components):
+        mask = which == i
+        inputs[mask] = in_dist.sample(rng, int(mask.sum()))
+        outputs[mask] = out_dist.sample(rng, int(mask.sum()))
+    if math.isinf(rate_rps):
+        arrivals = np.zeros(num_requests)
+    else:
+        if arrival == "poisson":
+            gaps = rng.exponential(1.0 / rate_rps, size=num_requests)
+        elif arrival == "gamma":
+            k = 1.0 / burstiness_cv**2
+            gaps = rng.gamma(k, 1.0 / (rate_rps * k), size=num_requests)
+        else:
+            raise TraceError(f"arrival={arrival!r} must be 'poisson' or 'gamma'")
+        gaps[0] = 0.0
+        arrivals = np.cumsum(gaps)
+    return Trace(arrivals, inputs, outputs, None, name=f"{shape}-{arrival}")
+
+
+def _read_table(path: Path) -> pa.Table:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pq.read_table(path)
+        if suffix == ".csv":
+            return pa_csv.read_csv(path)
+        if suffix in (".jsonl", ".json"):
+            return pa_json.read_json(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise TraceError(f"trace file {str(path)!r}: cannot read ({str(exc).splitlines()[0]})"
+                         ) from None
+    raise TraceError(f"trace file {str(path)!r}: unknown format {suffix!r}; "
+                     "use .csv, .jsonl or .parquet")
+
+
+def load_trace(
+    path: str | Path,
+    *,
+    columns: Mapping[str, str] | None = None,
+    time_unit_s: float = 1.0,
+) -> Trace:
+    """Load a trace from CSV, JSONL or Parquet.
+
+    Args:
+        path: the file; the format follows its suffix.
+        columns: maps our column names (``arrival_s``, ``input_tokens``, ``output_tokens``,
+            ``prompt``) to the file's, e.g. ``{"arrival_s": "timestamp"}``.
+        time_unit_s: seconds per unit of the file's arrival column (0.001 for milliseconds).
+
+    Raises:
+        TraceError: unreadable file, missing column, or invalid values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TraceError(f"trace file {str(path)!r} does not exist")
+    table = _read_table(path)
+    mapping = {c: c for c in (*_COLUMNS, "prompt")}
+    mapping.update(columns or {})
+    missing = [f"{ours} (file column {mapping[ours]!r})" for ours in _COLUMNS
+               if mapping[ours] not in table.column_names]
+    if missing:
+        raise TraceError(
+            f"trace file {str(path)!r}: missing column(s) {', '.join(missing)}; the file has "
+            f"{table.column_names} (map them with --columns ours=theirs,...)"
+        )
+
+    def numeric(ours: str) -> npt.NDArray[np.float64]:
+        col = table.column(mapping[ours])
+        try:
+            arr = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise TraceError(f"trace file {str(path)!r}: column {mapping[ours]!r} must be "
+                             "numeric") from None
+        if np.isnan(arr).any():
+            row = int(np.flatnonzero(np.isnan(arr))[0])
+            raise TraceError(f"trace file {str(path)!r}: column {mapping[ours]!r} is empty at "
+                             f"row {row}")
+        return np.asarray(arr, dtype=np.float64)
+
+    arrivals = numeric("arrival_s") * time_unit_s
+    lengths = {c: numeric(c) for c in ("input_tokens", "output_tokens")}
+    for col, arr in lengths.items():
+        bad = np.flatnonzero((arr < 1) | (arr != np.rint(arr)))
+        if bad.size:
+            raise TraceError(f"trace file {str(path)!r}: {col}={arr[bad[0]]:g} at row "
+                             f"{int(bad[0])} must be an integer >= 1")
+    prompts = None
+    if mapping["prompt"] in table.column_names:
+        prompts = tuple(str(p) for p in table.column(mapping["prompt"]).to_pylist())
+    return Trace(
+        arrivals - arrivals[0],  # relative to the first request (absolute clocks are fine)
+        lengths["input_tokens"].astype(np.int64),
+        lengths["output_tokens"].astype(np.int64),
+        prompts,
+        name=path.stem,
+    )
