@@ -12,6 +12,7 @@ __all__ = [
     "CatalogError",
     "InfeasibleConfigError",
     "PerfDBError",
+    "ScenarioError",
     "StaleDBError",
     "TraceError",
 ]
@@ -47,3 +48,7 @@ class PerfDBError(BouteError, ValueError):
 
 class StaleDBError(PerfDBError):
     """A performance DB was built from other catalogs or another trace than the ones in use."""
+
+
+class ScenarioError(BouteError, ValueError):
+    """A scenario file is missing, malformed, or breaks a rule."""

@@ -1,0 +1,312 @@
+"""The `boute` command line: a thin layer over the library, one function pair per command.
+
+Every command takes `--json`: it then prints exactly one JSON object on stdout (progress bars
+go to stderr). Errors in the user's input print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from boute.errors import BouteError
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe copy: inf/nan become null, numpy scalars become Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, str | bytes):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], human: Callable[[], str]) -> None:
+    if args.json:
+        print(json.dumps(_clean(payload)))
+    else:
+        print(human())
+
+
+def _add_catalog_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpu-catalog", action="append", default=[], metavar="FILE",
+                   help="extra GPU catalog YAML (adds or overrides entries by name)")
+    p.add_argument("--model-catalog", action="append", default=[], metavar="FILE",
+                   help="extra model catalog YAML")
+
+
+def _fmt(x: float, spec: str = ".2f") -> str:
+    return "inf" if not math.isfinite(x) else format(x, spec)
+
+
+# -- boute profile -------------------------------------------------------------------------------
+def _add_profile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("profile", help="build the performance DB of a scenario")
+    p.add_argument("--scenario", default=None, help="preset name or YAML file "
+                   "(default: paper-gsm8k)")
+    p.add_argument("--out", default="build/perfdb.parquet", help="Parquet file to write")
+    p.add_argument("--engine", default="vllm", help="engine profile (vllm, vllm-0.6-multistep, "
+                   "vllm-0.6, vllm-0.5)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--p95", type=float, default=10.0, help="latency target of the summary's "
+                   "capacity column, seconds")
+    _add_catalog_args(p)
+    p.set_defaults(run=_run_profile)
+
+
+def _run_profile(args: argparse.Namespace) -> int:
+    from profiling import build_perfdb, load_catalog, load_scenario
+    from profiling._replica import engine_profile
+
+    if args.p95 <= 0:
+        raise BouteError(f"--p95={args.p95} must be > 0 seconds")
+    if args.workers is not None and args.workers < 1:
+        raise BouteError(f"--workers={args.workers} must be >= 1")
+    catalog = load_catalog(args.gpu_catalog, args.model_catalog)
+    scenario = load_scenario(args.scenario)
+    try:
+        engine = engine_profile(args.engine)
+    except KeyError as exc:
+        raise BouteError(f"--engine: {exc.args[0]}") from None
+    start = time.perf_counter()
+    db = build_perfdb(scenario.profile_spec(), catalog, engine=engine, workers=args.workers,
+                      progress=True)
+    path = db.save(args.out)
+    seconds = time.perf_counter() - start
+    summary = []
+    for key in db.keys:
+        ci = db.index[key]
+        at_slo = db.max_rate_under(ci, args.p95)
+        price = float(db.price_per_hour[ci])
+        summary.append({"model": key[0], "gpu": key[1], "tp": key[2], "pp": key[3],
+                        "price_per_hour": price, "capacity_rps": float(db.capacity[ci]),
+                        "rps_at_p95": at_slo, "rps_per_dollar": at_slo / price if price else 0.0,
+                        "p95_idle_s": float(db.quantiles[ci, 0][list(db.quantile_levels)
+                                                                 .index(0.95)])})
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in summary:
+        k = (row["model"], row["gpu"])
+        if k not in best or row["rps_per_dollar"] > best[k]["rps_per_dollar"]:
+            best[k] = row
+    payload = {"db": str(path), "scenario": scenario.name, "rows": db.table.num_rows,
+               "configs": len(db.keys), "infeasible": db.meta["infeasible"],
+               "seconds": seconds, "p95_target_s": args.p95, "best": list(best.values()),
+               "configs_summary": summary}
+
+    def human() -> str:
+        lines = [f"perf DB {path}: {db.table.num_rows} rows, {len(db.keys)} feasible configs, "
+                 f"{len(db.meta['infeasible'])} infeasible, built in {seconds:.1f} s",
+                 f"best config per model and GPU (most req/s per $ with P95 <= {args.p95:g} s):",
+                 f"{'model':<15}{'gpu':<14}{'tp':>3}{'pp':>3}{'$/h':>7}{'cap rps':>9}"
+                 f"{'rps@P95':>9}{'rps/$':>8}{'P95 idle':>10}"]
+        for r in sorted(best.values(), key=lambda r: (r["model"], -r["rps_per_dollar"])):
+            lines.append(f"{r['model']:<15}{r['gpu']:<14}{r['tp']:>3}{r['pp']:>3}"
+                         f"{r['price_per_hour']:>7.2f}{r['capacity_rps']:>9.1f}"
+                         f"{r['rps_at_p95']:>9.1f}{r['rps_per_dollar']:>8.2f}"
+                         f"{_fmt(r['p95_idle_s']):>9}s")
+        return "\n".join(lines)
+
+    _emit(args, payload, human)
+    return 0
+
+
+# -- boute simulate ------------------------------------------------------------------------------
+def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("simulate", help="predict latency and throughput of one replica")
+    p.add_argument("--model", required=True)
+    p.add_argument("--gpu", required=True)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    load = p.add_mutually_exclusive_group(required=True)
+    load.add_argument("--concurrency", type=int, help="closed loop with this many clients")
+    load.add_argument("--rate", type=float, help="open loop, Poisson arrivals, req/s "
+                      "('inf': all requests at t = 0)")
+    p.add_argument("--input-len", type=int, help="prompt tokens per request")
+    p.add_argument("--output-len", type=int, help="output tokens per request")
+    p.add_argument("--shape", default=None, help="draw lengths from a trace shape instead "
+                   "(gsm8k, mtbench, sharegpt)")
+    p.add_argument("--requests", type=int, default=None, help="requests to simulate "
+                   "(default 1000 open loop, max(200, 10 x concurrency) closed loop)")
+    p.add_argument("--engine", default="vllm", help="engine profile")
+    p.add_argument("--max-num-seqs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    _add_catalog_args(p)
+    p.set_defaults(run=_run_simulate)
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from profiling import (
+        ReplicaModel,
+        Trace,
+        generate_trace,
+        load_catalog,
+        simulate,
+        simulate_closed_loop,
+    )
+    from profiling._replica import engine_profile
+
+    catalog = load_catalog(args.gpu_catalog, args.model_catalog)
+    model, gpu = catalog.model(args.model), catalog.gpu(args.gpu)
+    overrides = {} if args.max_num_seqs is None else {"max_num_seqs": args.max_num_seqs}
+    try:
+        engine = engine_profile(args.engine, **overrides)
+    except KeyError as exc:
+        raise BouteError(f"--engine: {exc.args[0]}") from None
+    except ValueError as exc:
+        raise BouteError(str(exc)) from None
+    if args.concurrency is not None and args.concurrency < 1:
+        raise BouteError(f"--concurrency={args.concurrency} must be >= 1")
+    if args.rate is not None and not args.rate > 0:
+        raise BouteError(f"--rate={args.rate} must be > 0 (or 'inf')")
+    n = args.requests or (1000 if args.rate is not None else max(200, 10 * args.concurrency))
+    if n < 1:
+        raise BouteError(f"--requests={n} must be >= 1")
+    replica = ReplicaModel(model, gpu, args.tp, args.pp, engine)
+    rate = args.rate if args.rate is not None else 1.0
+    if args.shape:
+        trace = generate_trace(args.shape, rate_rps=rate, num_requests=n, seed=args.seed)
+    else:
+        for flag, value in (("--input-len", args.input_len), ("--output-len", args.output_len)):
+            if value is None or value < 1:
+                raise BouteError(f"{flag}={value} must be an integer >= 1 (or give --shape)")
+        base = generate_trace("gsm8k", rate_rps=rate, num_requests=n, seed=args.seed)
+        trace = Trace(base.arrival_s, np.full(n, args.input_len, dtype=np.int64),
+                      np.full(n, args.output_len, dtype=np.int64), None, "fixed-lengths")
+    if args.concurrency is not None:
+        result = simulate_closed_loop(replica, trace, args.concurrency)
+    else:
+        result = simulate(replica, trace)
+    s = result.summary()
+    mem = replica.memory
+    payload: dict[str, Any] = {
+        "model": model.name, "gpu": gpu.name, "tp": args.tp, "pp": args.pp,
+        "engine": engine.name,
+        "ttft_ms": s["ttft_ms"]["p50"], "tpot_ms": s["tpot_ms"]["p50"],  # type: ignore[index]
+        "ttft_ms_stats": s["ttft_ms"], "tpot_ms_stats": s["tpot_ms"],
+        "latency_s": s["latency_s"], "throughput_tok_s": s["throughput_tok_s"],
+        "throughput_rps": s["throughput_rps"], "saturated": s["saturated"],
+        "capacity_rps": result.extra.get("capacity_rps"), "requests": n,
+        "preemptions": s["preemptions"],
+        "memory": {"weights_gib": mem.weights_gib, "kv_gib": mem.kv_gib,
+                   "kv_capacity_tokens": mem.kv_capacity_tokens},
+    }
+
+    def human() -> str:
+        lat = payload["latency_s"]
+        load = (f"concurrency {args.concurrency}" if args.concurrency is not None
+                else f"{rate:g} req/s")
+        lines = [f"{replica.label}, {engine.name}, {load}, {n} requests",
+                 f"  memory: weights {mem.weights_gib:.1f} GiB/GPU, KV cache {mem.kv_gib:.1f} GiB "
+                 f"= {mem.kv_capacity_tokens:,} tokens",
+                 f"  TTFT p50 {_fmt(payload['ttft_ms'], '.1f')} ms   TPOT p50 "
+                 f"{_fmt(payload['tpot_ms'], '.2f')} ms",
+                 f"  latency p50 {_fmt(lat['p50'])} s  p95 {_fmt(lat['p95'])} s  "
+                 f"p99 {_fmt(lat['p99'])} s",
+                 f"  throughput {payload['throughput_tok_s']:.1f} tok/s, "
+                 f"{payload['throughput_rps']:.2f} req/s"]
+        if payload["capacity_rps"] is not None:
+            lines.append(f"  capacity {payload['capacity_rps']:.2f} req/s"
+                         + ("   SATURATED: offered load exceeds capacity, latency diverges"
+                            if payload["saturated"] else ""))
+        return "\n".join(lines)
+
+    _emit(args, payload, human)
+    return 0
+
+
+# -- boute trace ---------------------------------------------------------------------------------
+def _add_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("trace", help="summarize a trace file or a generated trace")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--file", help="CSV, JSONL or Parquet trace")
+    src.add_argument("--shape", help="generate: gsm8k, mtbench, sharegpt")
+    p.add_argument("--columns", default="", help="column mapping ours=theirs,... "
+                   "(arrival_s, input_tokens, output_tokens, prompt)")
+    p.add_argument("--rate", type=float, default=None, help="rescale (or generate) to req/s")
+    p.add_argument("--requests", type=int, default=1000)
+    p.add_argument("--arrival", default="poisson", choices=["poisson", "gamma"])
+    p.add_argument("--cv", type=float, default=1.0, help="burstiness of gamma arrivals")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the (rescaled) trace as Parquet")
+    p.set_defaults(run=_run_trace)
+
+
+def _run_trace(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from profiling import generate_trace, load_trace
+
+    if args.file:
+        mapping = {}
+        for item in filter(None, args.columns.split(",")):
+            if "=" not in item:
+                raise BouteError(f"--columns item {item!r} must look like ours=theirs")
+            ours, theirs = item.split("=", 1)
+            mapping[ours.strip()] = theirs.strip()
+        trace = load_trace(args.file, columns=mapping)
+        if args.rate is not None:
+            trace = trace.scaled_to(args.rate)
+    else:
+        trace = generate_trace(args.shape, rate_rps=args.rate or 1.0,
+                               num_requests=args.requests, arrival=args.arrival,
+                               burstiness_cv=args.cv, seed=args.seed)
+    if args.out:
+        cols: dict[str, Any] = {"arrival_s": trace.arrival_s, "input_tokens": trace.input_tokens,
+                                "output_tokens": trace.output_tokens}
+        if trace.prompts is not None:
+            cols["prompt"] = list(trace.prompts)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(cols), args.out)
+    _emit(args, {"name": trace.name, **trace.summary(), "fingerprint": trace.fingerprint()},
+          trace.format_summary)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="boute", description="BOute: cost-efficient LLM "
+                                     "serving on heterogeneous models and GPUs")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_profile, _add_simulate, _add_trace):
+        add(sub)
+    for p in sub.choices.values():
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="print one JSON object on stdout")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `boute` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except BouteError as exc:
+        print(f"boute {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"boute {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

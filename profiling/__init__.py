@@ -1,0 +1,41 @@
+"""Offline preparation: catalogs, workload traces, replica model, load simulation, perf DB,
+quality curves. Pure planning code: no Ray, no Serve."""
+
+from ._catalog import Catalog, GpuType, ModelArch, load_catalog, load_hf_config
+from ._perfdb import PerfDB, build_perfdb, mixture_quantile
+from ._quality import QualityCurve, default_quality_curve
+from ._replica import ENGINE_PROFILES, Efficiency, EngineConfig, ReplicaModel, parallel_configs
+from ._scenario import DEFAULT_SCENARIO, ProfileSpec, Scenario, list_presets, load_scenario
+from ._simulator import QUANTILES, SimResult, capacity_rps, simulate, simulate_closed_loop
+from ._workload import TRACE_SHAPES, Trace, generate_trace, load_trace
+
+__all__ = [
+    "DEFAULT_SCENARIO",
+    "ENGINE_PROFILES",
+    "QUANTILES",
+    "TRACE_SHAPES",
+    "Catalog",
+    "Efficiency",
+    "EngineConfig",
+    "GpuType",
+    "ModelArch",
+    "PerfDB",
+    "ProfileSpec",
+    "QualityCurve",
+    "ReplicaModel",
+    "Scenario",
+    "SimResult",
+    "Trace",
+    "build_perfdb",
+    "capacity_rps",
+    "default_quality_curve",
+    "generate_trace",
+    "list_presets",
+    "load_catalog",
+    "load_hf_config",
+    "load_scenario",
+    "mixture_quantile",
+    "parallel_configs",
+    "simulate",
+    "simulate_closed_loop",
+]

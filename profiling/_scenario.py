@@ -1,0 +1,181 @@
+"""Scenario files: what a user can rent, which models, which workload, and the sweep settings.
+
+A scenario is YAML, validated once with pydantic at the entry point and typed after that.
+Presets ship as package data (`profiling/data/scenarios/*.yaml`): ``paper-gsm8k`` (the default)
+and ``paper-mtbench``. Planning stages read the parts they need: profiling reads ``gpus``,
+``models``, ``workload`` and ``profile``; the optimizer also reads ``budget_per_hour``,
+``task`` and ``targets``.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from boute.errors import ScenarioError
+
+from ._workload import TRACE_SHAPES, Trace, generate_trace, load_trace
+
+__all__ = ["DEFAULT_SCENARIO", "ProfileSpec", "Scenario", "ScenarioError", "list_presets",
+           "load_scenario"]
+
+DEFAULT_SCENARIO = "paper-gsm8k"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GpuOffer(_Strict):
+    """GPUs of one type on offer."""
+
+    count: int = Field(8, ge=1, le=4096, description="GPUs of this type that can be rented.")
+    price_per_hour: float | None = Field(
+        None, ge=0, description="Override of the catalog's $/GPU-hour for this scenario.")
+
+
+class ModelPair(_Strict):
+    """The weak (small, cheap) and strong (large) model."""
+
+    weak: str = Field("llama-3.1-8b", description="Catalog name of the small model.")
+    strong: str = Field("llama-3.1-70b", description="Catalog name of the large model.")
+
+
+class Workload(_Strict):
+    """The request stream: a built-in shape or a trace file, at a total rate."""
+
+    shape: str | None = Field("gsm8k", description="Built-in trace shape (gsm8k, mtbench, "
+                              "sharegpt); ignored when `trace` is set.")
+    trace: str | None = Field(None, description="Path of a CSV/JSONL/Parquet trace file.")
+    rate_rps: float = Field(100.0, gt=0, description="Total request rate of the system, req/s.")
+    arrival: Literal["poisson", "gamma"] = Field("poisson", description="Arrival process.")
+    burstiness_cv: float = Field(1.0, gt=0, description="Gamma inter-arrival CV (1 = Poisson).")
+
+    @model_validator(mode="after")
+    def _known_shape(self) -> Workload:
+        if self.trace is None and self.shape not in TRACE_SHAPES:
+            raise ValueError(f"workload.shape={self.shape!r} is unknown; use one of "
+                             f"{sorted(TRACE_SHAPES)} or set workload.trace")
+        return self
+
+
+class ProfileSettings(_Strict):
+    """How densely the perf DB samples each replica config."""
+
+    num_rates: int = Field(32, ge=4, le=256, description="Rates per replica config.")
+    num_requests: int = Field(1000, ge=100, le=100_000,
+                              description="Requests simulated per (config, rate).")
+    seed: int = Field(0, ge=0, description="Seed of the generated base trace.")
+
+
+class Target(_Strict):
+    """A (quality, P95 latency) target of the paper's Table 3."""
+
+    quality: float = Field(description="Minimum quality (task's unit).")
+    p95_s: float = Field(gt=0, description="Maximum system P95 latency, seconds.")
+
+
+class Scenario(_Strict):
+    """Everything a planning run needs besides the catalogs."""
+
+    name: str = Field("custom", description="Scenario name (shown in outputs).")
+    gpus: dict[str, GpuOffer] = Field(description="GPU types on offer, by catalog name.")
+    models: ModelPair = Field(default_factory=ModelPair, description="Model pair.")
+    task: str = Field("gsm8k", description="Task of the quality curve (gsm8k, mtbench, ...).")
+    workload: Workload = Field(default_factory=Workload, description="Request stream.")
+    budget_per_hour: float = Field(30.0, gt=0, description="Budget, $/hour.")
+    targets: list[Target] = Field(default_factory=list, description="Table-3 targets.")
+    profile: ProfileSettings = Field(default_factory=ProfileSettings,
+                                     description="Perf DB sweep settings.")
+
+    @model_validator(mode="after")
+    def _some_gpus(self) -> Scenario:
+        if not self.gpus:
+            raise ValueError("gpus must list at least one GPU type")
+        return self
+
+    def profile_spec(self) -> ProfileSpec:
+        """The profiling view of this scenario."""
+        return ProfileSpec(self)
+
+
+class ProfileSpec:
+    """What the perf DB sweeps: GPUs with counts, models, the base trace and the grid."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.name = scenario.name
+        self.gpus = {g: o.count for g, o in scenario.gpus.items()}
+        self.models = [scenario.models.weak, scenario.models.strong]
+        self.num_rates = scenario.profile.num_rates
+
+    @cached_property
+    def _base(self) -> Trace:
+        wl, pr = self.scenario.workload, self.scenario.profile
+        if wl.trace is not None:
+            trace = load_trace(wl.trace).head(pr.num_requests)
+            return trace.scaled_to(1.0) if trace.duration_s > 0 else trace
+        assert wl.shape is not None
+        return generate_trace(wl.shape, rate_rps=1.0, num_requests=pr.num_requests,
+                              arrival=wl.arrival, burstiness_cv=wl.burstiness_cv, seed=pr.seed)
+
+    def base_trace(self) -> Trace:
+        """The workload at 1 req/s; the sweep rescales it to each rate (same requests)."""
+        return self._base
+
+
+def list_presets() -> list[str]:
+    """Names of the embedded scenario presets."""
+    folder = resources.files("profiling") / "data" / "scenarios"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def _format_validation(source: str, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f"={value!r}"
+    return f"scenario {source}: {loc}{shown}: {err['msg']}"
+
+
+def load_scenario(name_or_path: str | Path | None = None) -> Scenario:
+    """Load a preset by name or a scenario YAML file.
+
+    Raises:
+        ScenarioError: unknown preset, unreadable file, or a field breaking its rule (the
+            message names the field, the value and the rule).
+    """
+    name = str(name_or_path or DEFAULT_SCENARIO)
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise ScenarioError(f"scenario file {name!r} does not exist")
+        text, source = path.read_text(), repr(name)
+    elif name in list_presets():
+        text = (resources.files("profiling") / "data" / "scenarios" / f"{name}.yaml").read_text()
+        source = f"preset {name!r}"
+    else:
+        raise ScenarioError(f"scenario={name!r} is neither a file nor a preset; presets: "
+                            f"{', '.join(list_presets())}")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"scenario {source}: not valid YAML ({exc.__class__.__name__})"
+                            ) from None
+    if not isinstance(data, dict):
+        raise ScenarioError(f"scenario {source}: expected a YAML mapping")
+    data.setdefault("name", path.stem if path.is_file() else name)
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(_format_validation(source, exc)) from None
+    if not math.isfinite(scenario.workload.rate_rps):
+        raise ScenarioError(f"scenario {source}: workload.rate_rps must be finite")
+    return scenario
