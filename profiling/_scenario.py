@@ -112,7 +112,7 @@ class ProfileSpec:
         self.scenario = scenario
         self.name = scenario.name
         self.gpus = {g: o.count for g, o in scenario.gpus.items()}
-        self.models = [scenario.models.weak, scenario.models.strong]
+        self.models = list(dict.fromkeys([scenario.models.weak, scenario.models.strong]))
         self.num_rates = scenario.profile.num_rates
 
     @cached_property

@@ -68,6 +68,7 @@ class SimResult:
     preemptions: int
     offered_rate_rps: float
     extra: dict[str, float] = field(default_factory=dict)
+    extra_finish: FloatArray = field(default_factory=lambda: np.empty(0), repr=False)
 
     @property
     def throughput_tok_s(self) -> float:
@@ -109,9 +110,23 @@ class SimResult:
 
 
 def capacity_rps(replica: ReplicaModel, trace: Trace) -> float:
-    """The replica's sustainable request rate for `trace`'s lengths: the throughput of a
-    closed loop that keeps `max_num_seqs` requests in the engine (its batch always full)."""
-    return simulate_closed_loop(replica, trace, replica.engine.max_num_seqs).throughput_rps
+    """The replica's sustainable request rate for `trace`'s lengths.
+
+    A closed loop keeps ``c = max_num_seqs`` requests in the engine (the batch always full);
+    the trace's lengths are cycled to at least ``4 c`` requests. Capacity is the completion rate
+    in steady state, between the c-th and the (n - c)-th completion, when every client is busy:
+    ``(n - 2c) / (f_(n-c) - f_(c))`` with f the sorted finish times (ramp-up and drain excluded).
+    """
+    c = replica.engine.max_num_seqs
+    n = max(len(trace), 4 * c)
+    reps = -(-n // len(trace))
+    inputs = np.tile(trace.input_tokens, reps)[:n]
+    outputs = np.tile(trace.output_tokens, reps)[:n]
+    res = _run(replica, [0.0] * n, inputs.tolist(), outputs.tolist(), concurrency=c,
+               stop_when_saturated=False, offered_rate=math.inf)
+    finish = np.sort(res.extra_finish)
+    span = finish[n - c - 1] - finish[c - 1]
+    return float((n - 2 * c) / span) if span > 0 else res.throughput_rps
 
 
 def simulate(
@@ -181,6 +196,7 @@ def _run(
     limit = min(kv_cap, eng.max_model_len) - 1
     plen = [min(p, limit) for p in prompt_lens]
     out = [max(1, min(o, eng.max_model_len - p)) for o, p in zip(output_lens, plen, strict=True)]
+    target_out = list(out)         # tokens each request delivers (out[] shrinks on preemption)
     done_prompt = [0] * n          # prompt tokens already computed (this admission)
     generated = [0] * n            # output tokens produced so far
     first_tok = [math.nan] * n
@@ -322,7 +338,7 @@ def _run(
                 n_decode -= 1
                 del running[rid]
                 completed += 1
-                out_tokens += out[rid]
+                out_tokens += target_out[rid]
                 if concurrency is not None and nxt < n:
                     arrival_t[nxt] = now
                     waiting.append(nxt)
@@ -341,7 +357,7 @@ def _run(
                 kv_used -= plen[rid]
                 del running[rid]
                 completed += 1
-                out_tokens += out[rid]
+                out_tokens += target_out[rid]
                 if concurrency is not None and nxt < n:
                     arrival_t[nxt] = now
                     waiting.append(nxt)
@@ -388,7 +404,7 @@ def _run(
     if not saturated and concurrency is None and completed == n and n > 20:
         saturated = _backlog_grows(arr, fin)
     return SimResult(ttft, tpot, lat, duration, int(out_tokens), int(completed), n, saturated,
-                     preemptions, offered_rate)
+                     preemptions, offered_rate, {}, fin[mask])
 
 
 def _decode_stretch(replica: ReplicaModel, n_decode: int, ctx: int, steps_to_finish: int,
