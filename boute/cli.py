@@ -87,7 +87,7 @@ def _run_profile(args: argparse.Namespace) -> int:
                       progress=True)
     path = db.save(args.out)
     seconds = time.perf_counter() - start
-    summary = []
+    summary: list[dict[str, Any]] = []
     for key in db.keys:
         ci = db.index[key]
         at_slo = db.max_rate_under(ci, args.p95)

@@ -35,6 +35,7 @@ class InfeasibleConfigError(BouteError, ValueError):
 
     Attributes:
         reason: a one-line explanation with the numbers and how to fix it.
+
     """
 
     def __init__(self, reason: str) -> None:

@@ -1,5 +1,8 @@
-"""Offline preparation: catalogs, workload traces, replica model, load simulation, perf DB,
-quality curves. Pure planning code: no Ray, no Serve."""
+"""Offline preparation for planning.
+
+Catalogs, workload traces, replica model, load simulation, perf DB and quality curves.
+Pure planning code: no Ray, no Serve.
+"""
 
 from ._catalog import Catalog, GpuType, ModelArch, load_catalog, load_hf_config
 from ._perfdb import PerfDB, build_perfdb, mixture_quantile
@@ -34,6 +37,7 @@ __all__ = [
     "load_catalog",
     "load_hf_config",
     "load_scenario",
+    "load_trace",
     "mixture_quantile",
     "parallel_configs",
     "simulate",

@@ -51,6 +51,7 @@ class GpuType:
         gpus_per_node: GPUs in one server; tensor parallelism stays inside a node.
         price_per_hour: rental price of one GPU, $/hour.
         description: free text.
+
     """
 
     name: str
@@ -95,6 +96,7 @@ class ModelArch:
         dtype_bytes: bytes per weight and per KV element (2 for bf16/fp16).
         max_position_embeddings: the longest context the model supports.
         hf_id: Hugging Face repository or local directory to load real weights from.
+
     """
 
     name: str
@@ -195,6 +197,7 @@ class Catalog:
 
         Raises:
             CatalogError: the name is unknown; the message lists the known names.
+
         """
         try:
             return self.gpus[name]
@@ -210,6 +213,7 @@ class Catalog:
 
         Raises:
             CatalogError: the name is unknown; the message lists the known names.
+
         """
         if name in self.models:
             return self.models[name]
@@ -276,6 +280,7 @@ def load_catalog(
 
     Raises:
         CatalogError: a file is missing or malformed, or an entry breaks a rule.
+
     """
     data = resources.files("profiling") / "data"
     gpus: _GpuMap = {}
@@ -288,7 +293,8 @@ def load_catalog(
         try:
             sources.append((Path(path).read_text(), str(path), is_gpu))
         except OSError as exc:
-            raise CatalogError(f"catalog file {str(path)!r}: cannot read ({exc.strerror})") from None
+            raise CatalogError(f"catalog file {str(path)!r}: cannot read ({exc.strerror})"
+                               ) from None
     for text, source, is_gpu in sources:
         entries = _read_yaml_list(text, source)
         if is_gpu:
@@ -310,6 +316,7 @@ def load_hf_config(path: str | Path, *, name: str | None = None) -> ModelArch:
 
     Raises:
         CatalogError: the file is missing, not JSON, or lacks a required key.
+
     """
     path = Path(path)
     try:

@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +150,7 @@ def build_perfdb(
 
     Raises:
         CatalogError: a GPU or model of the spec is not in the catalog.
+
     """
     engine = engine or EngineConfig()
     efficiency = efficiency or Efficiency()
@@ -211,6 +212,7 @@ class PerfDB:
 
     Raises:
         PerfDBError: the table lacks columns or metadata.
+
     """
 
     def __init__(self, table: pa.Table) -> None:
@@ -273,6 +275,7 @@ class PerfDB:
         Raises:
             PerfDBError: missing, unreadable or corrupt file.
             StaleDBError: built from another catalog or trace; rebuild it.
+
         """
         path = Path(path)
         if not path.is_file():
@@ -307,6 +310,7 @@ class PerfDB:
 
         Raises:
             PerfDBError: a config is not in the DB (infeasible, or outside the scenario).
+
         """
         out = []
         for key in keys:
@@ -331,6 +335,7 @@ class PerfDB:
         Returns:
             ``(N, Q)`` quantiles (seconds, +inf when saturated), ``(N,)`` means, ``(N,)``
             saturation flags.
+
         """
         config = np.asarray(config, dtype=np.int64)
         rate = np.asarray(rate_rps, dtype=np.float64)
@@ -390,6 +395,7 @@ def mixture_quantile(
 
     Returns:
         ``(...)`` latencies; +inf when a component with weight > 0 is saturated (+inf).
+
     """
     qs = np.asarray(quantiles, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
@@ -399,7 +405,7 @@ def mixture_quantile(
     bad = np.any(active & ~np.all(np.isfinite(qs), axis=-1), axis=-1)
     safe = np.where(np.isfinite(qs), qs, 0.0)
     # Knots: 0 at x = 0, the table, and 1 at the last quantile plus a small margin.
-    knots = np.concatenate([np.zeros(qs.shape[:-1] + (1,)), safe,
+    knots = np.concatenate([np.zeros((*qs.shape[:-1], 1)), safe,
                             safe[..., -1:] * 1.0 + 1e-9], axis=-1)
     lo = np.zeros(qs.shape[:-2])
     hi = np.max(np.where(active, knots[..., -1], 0.0), axis=-1)

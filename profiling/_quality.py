@@ -43,6 +43,7 @@ class QualityCurve:
         exact: the curve as measured (may dip when the strong model is worse on some queries).
         thresholds: router-score threshold giving each share (NaN for published curves).
         name, source: labels.
+
     """
 
     shares: tuple[float, ...]
@@ -70,6 +71,7 @@ class QualityCurve:
 
         Raises:
             QualityError: the strong model alone does not reach it.
+
         """
         q = np.asarray(self.quality)
         if quality > q[-1] + 1e-12:
@@ -100,9 +102,11 @@ class QualityCurve:
             router_score: ``(n,)`` strong-win-rate score of each query, in [0, 1].
             quality_weak: ``(n,)`` quality of the weak model's answer.
             quality_strong: ``(n,)`` quality of the strong model's answer.
+            name: label of the curve.
 
         Raises:
             QualityError: empty, unequal lengths, or scores outside [0, 1].
+
         """
         score = np.asarray(router_score, dtype=np.float64)
         qw = np.asarray(quality_weak, dtype=np.float64)
@@ -126,8 +130,10 @@ class QualityCurve:
 
     @classmethod
     def from_parquet(cls, path: str | Path, *, name: str | None = None) -> QualityCurve:
-        """Eval records from a Parquet/CSV file with columns router_score, quality_weak,
-        quality_strong."""
+        """Read eval records from Parquet/CSV.
+
+        The file has columns router_score, quality_weak and quality_strong.
+        """
         import pyarrow.csv as pa_csv
         import pyarrow.parquet as pq
 
@@ -163,6 +169,7 @@ def default_quality_curve(task: str) -> QualityCurve:
 
     Raises:
         QualityError: no default for the task (give eval records instead).
+
     """
     if task == "gsm8k":
         return _published("gsm8k", [(0.0, 84.5), (0.2655, 87.0), (0.5605, 89.0),

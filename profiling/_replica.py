@@ -175,6 +175,7 @@ class ReplicaModel:
     Raises:
         InfeasibleConfigError: TP/PP invalid for the node, or the weights plus a KV cache for
             one `max_model_len` sequence do not fit in memory; the reason says how to fix it.
+
     """
 
     def __init__(
@@ -297,6 +298,7 @@ class ReplicaModel:
 
         Returns:
             Seconds for the step, including the engine's CPU overhead.
+
         """
         pp = self.pp
         sampled = decode_seqs if sampled_seqs is None else sampled_seqs
@@ -347,6 +349,7 @@ def engine_profile(name: str, **overrides: object) -> EngineConfig:
 
     Raises:
         KeyError: unknown profile name (the message lists the known ones).
+
     """
     if name not in ENGINE_PROFILES:
         raise KeyError(f"engine profile {name!r} is unknown; known: {sorted(ENGINE_PROFILES)}")

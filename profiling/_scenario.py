@@ -86,12 +86,12 @@ class Scenario(_Strict):
 
     name: str = Field("custom", description="Scenario name (shown in outputs).")
     gpus: dict[str, GpuOffer] = Field(description="GPU types on offer, by catalog name.")
-    models: ModelPair = Field(default_factory=ModelPair, description="Model pair.")
+    models: ModelPair = Field(default_factory=lambda: ModelPair(), description="Model pair.")
     task: str = Field("gsm8k", description="Task of the quality curve (gsm8k, mtbench, ...).")
-    workload: Workload = Field(default_factory=Workload, description="Request stream.")
+    workload: Workload = Field(default_factory=lambda: Workload(), description="Request stream.")
     budget_per_hour: float = Field(30.0, gt=0, description="Budget, $/hour.")
     targets: list[Target] = Field(default_factory=list, description="Table-3 targets.")
-    profile: ProfileSettings = Field(default_factory=ProfileSettings,
+    profile: ProfileSettings = Field(default_factory=lambda: ProfileSettings(),
                                      description="Perf DB sweep settings.")
 
     @model_validator(mode="after")
@@ -151,6 +151,7 @@ def load_scenario(name_or_path: str | Path | None = None) -> Scenario:
     Raises:
         ScenarioError: unknown preset, unreadable file, or a field breaking its rule (the
             message names the field, the value and the rule).
+
     """
     name = str(name_or_path or DEFAULT_SCENARIO)
     path = Path(name)

@@ -55,6 +55,7 @@ class SimResult:
         saturated: the backlog grew without bound (offered load above capacity).
         preemptions: sequences evicted for lack of KV cache.
         offered_rate_rps: the trace's arrival rate (inf for closed loop / all-at-once).
+
     """
 
     ttft_s: FloatArray
@@ -151,6 +152,7 @@ def simulate(
 
     Returns:
         Per-request latencies and run totals; see `SimResult`.
+
     """
     if capacity is None:
         capacity = capacity_rps(replica, trace)
@@ -431,8 +433,11 @@ def _decode_stretch(replica: ReplicaModel, n_decode: int, ctx: int, steps_to_fin
 
 
 def _backlog_grows(arrivals: FloatArray, finish: FloatArray) -> bool:
-    """True when requests wait ever longer: the last quarter's mean queueing-plus-service time
-    is over 2x the second quarter's and more than 1 s above it (a stable queue keeps it flat)."""
+    """Detect a growing backlog from the latency trend.
+
+    True when the last quarter's mean latency is over 2x the second quarter's and more than 1 s
+    above it (a stable queue keeps it flat).
+    """
     n = len(arrivals)
     lat = finish - arrivals
     q2 = float(np.mean(lat[n // 4: n // 2]))

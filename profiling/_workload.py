@@ -31,10 +31,10 @@ import pyarrow.parquet as pq
 from boute.errors import TraceError
 
 __all__ = [
+    "TRACE_SHAPES",
     "LengthDist",
     "Trace",
     "TraceShape",
-    "TRACE_SHAPES",
     "generate_trace",
     "load_trace",
 ]
@@ -51,6 +51,7 @@ class Trace:
 
     Raises:
         TraceError: lengths < 1, negative or unsorted arrivals, or columns of unequal length.
+
     """
 
     arrival_s: FloatArray
@@ -108,6 +109,7 @@ class Trace:
 
         Raises:
             TraceError: `rate_rps` is not > 0, or the trace has no duration to scale.
+
         """
         if not rate_rps > 0:
             raise TraceError(f"rate_rps={rate_rps!r} must be > 0")
@@ -237,6 +239,7 @@ def generate_trace(
 
     Raises:
         TraceError: unknown shape or non-positive rate/count/cv.
+
     """
     if shape not in TRACE_SHAPES:
         raise TraceError(f"trace shape={shape!r} is unknown; choose one of "
@@ -304,6 +307,7 @@ def load_trace(
 
     Raises:
         TraceError: unreadable file, missing column, or invalid values.
+
     """
     path = Path(path)
     if not path.is_file():

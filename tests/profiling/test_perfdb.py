@@ -29,7 +29,7 @@ def tiny_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[PerfDB, Path]:
 
 
 def test_db_has_every_feasible_config_and_rate(tiny_db: tuple[PerfDB, Path]) -> None:
-    db, _ = tiny_db
+    db = tiny_db[0]
     # 8B on up to 2 H100s: (tp, pp) in (1,1), (1,2), (2,1); 6 rates each.
     assert db.keys == [("llama-3.1-8b", "H100", 1, 1), ("llama-3.1-8b", "H100", 1, 2),
                        ("llama-3.1-8b", "H100", 2, 1)]
@@ -39,7 +39,7 @@ def test_db_has_every_feasible_config_and_rate(tiny_db: tuple[PerfDB, Path]) -> 
 
 def test_roundtrip_and_lookup_interpolation(tiny_db: tuple[PerfDB, Path], catalog: Catalog
                                             ) -> None:
-    db, path = tiny_db
+    path = tiny_db[1]
     loaded = PerfDB.load(path, catalog=catalog)
     ci = loaded.config_index([("llama-3.1-8b", "H100", 1, 1)])
     r0, r1 = loaded.rates[ci[0], 1], loaded.rates[ci[0], 2]

@@ -1,0 +1,1 @@
+"""app package (filled by later issues)."""

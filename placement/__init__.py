@@ -1,0 +1,1 @@
+"""placement package (filled by later issues)."""
