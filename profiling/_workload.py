@@ -212,7 +212,7 @@ TRACE_SHAPES: dict[str, TraceShape] = {
     # section 3): heavy-tailed, mean ~ 2x median; capped so prompt + output <= 2048 tokens.
     "sharegpt": TraceShape(
         "sharegpt",
-        ((1.0, LengthDist(220.0, 110.0, 1024), LengthDist(200.0, 120.0, 1024)),),
+        ((1.0, LengthDist(220.0, 110.0, 1024), LengthDist(200.0, 100.0, 1024)),),
         "vLLM benchmark_serving ShareGPT sampling, Llama-3 tokenizer (approximate)",
     ),
 }

@@ -1,0 +1,131 @@
+"""Predicted vs measured: `boute simulate`'s model against calibration.md section 3.
+
+Every measured vLLM row of ../shared/reference/calibration.md section 3 (LambdaLabsML
+vllm-benchmark, Sept 2024): ShareGPT prompts sent all at once (request_rate=inf), the engine
+generation of the run (engine profiles in profiling/_replica.py), BF16. For each row we
+simulate the same number of prompts with ShareGPT-shaped lengths, averaged over seeds (the
+runs' exact prompts are not published), and compare the median TPOT and the output throughput.
+
+    python benchmarks/calibration.py [--seeds 8] [--json build/calibration.json]
+
+Prints a table and the median / worst absolute relative errors; writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from profiling import ReplicaModel, generate_trace, load_catalog, simulate  # noqa: E402
+from profiling._replica import engine_profile  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured run."""
+
+    name: str
+    model: str
+    gpu: str
+    tp: int
+    prompts: int
+    engine: str
+    max_num_seqs: int
+    tput_tok_s: float
+    tpot_ms: float
+
+
+# calibration.md s3b; prompt_N runs used max-num-seqs 1024 and v0.6 multi-step (ITL ~ 10 x TPOT).
+ROWS = [
+    Row("8B 1xH100 N=10", "llama-3.1-8b", "H100", 1, 10, "vllm-0.6-multistep", 1024, 347.9, 7.56),
+    Row("8B 1xH100 N=320", "llama-3.1-8b", "H100", 1, 320, "vllm-0.6-multistep", 1024, 6027,
+        20.0),
+    Row("8B 1xA100 N=10", "llama-3.1-8b", "A100-80G", 1, 10, "vllm-0.6-multistep", 1024, 226.5,
+        12.0),
+    Row("70B 2xH100 N=10", "llama-3.1-70b", "H100", 2, 10, "vllm-0.6-multistep", 1024, 97.8, 29.5),
+    Row("70B 4xH100 N=10", "llama-3.1-70b", "H100", 4, 10, "vllm-0.6-multistep", 1024, 160.0,
+        18.1),
+    Row("70B 8xH100 N=10", "llama-3.1-70b", "H100", 8, 10, "vllm-0.6-multistep", 1024, 238.4,
+        12.2),
+    Row("70B 2xA100 N=10", "llama-3.1-70b", "A100-80G", 2, 10, "vllm-0.6-multistep", 1024, 58.4,
+        50.9),
+    Row("70B 4xH100 N=320", "llama-3.1-70b", "H100", 4, 320, "vllm-0.6-multistep", 1024, 2445,
+        39.1),
+    Row("8B 1xH100 N=5000 v0.5.4", "llama-3.1-8b", "H100", 1, 5000, "vllm-0.5", 256, 3032.04,
+        64.06),
+    Row("8B 1xH100 N=5000 v0.6 step1", "llama-3.1-8b", "H100", 1, 5000, "vllm-0.6", 256,
+        3958.40, 196.24),
+    Row("8B 1xH100 N=5000 v0.6 step10", "llama-3.1-8b", "H100", 1, 5000, "vllm-0.6-multistep",
+        256, 8088.35, 25.57),
+    Row("70B 4xH100 N=5000 v0.5.4", "llama-3.1-70b", "H100", 4, 5000, "vllm-0.5", 256, 1491.93,
+        125.78),
+    Row("70B 4xH100 N=5000 v0.6 step1", "llama-3.1-70b", "H100", 4, 5000, "vllm-0.6", 256,
+        2291.0, 102.99),
+    Row("70B 4xH100 N=5000 v0.6 step10", "llama-3.1-70b", "H100", 4, 5000, "vllm-0.6-multistep",
+        256, 3542.88, 61.10),
+]
+
+
+def predict(row: Row, seeds: int) -> tuple[float, float]:
+    """Mean over seeds of (output tok/s, median TPOT ms) for the row's setting."""
+    catalog = load_catalog()
+    engine = engine_profile(row.engine, max_num_seqs=row.max_num_seqs)
+    replica = ReplicaModel(catalog.model(row.model), catalog.gpu(row.gpu), row.tp, 1, engine)
+    tputs, tpots = [], []
+    for seed in range(seeds if row.prompts < 1000 else 1):
+        trace = generate_trace("sharegpt", rate_rps=float("inf"), num_requests=row.prompts,
+                               seed=seed)
+        res = simulate(replica, trace, capacity=float("inf"))
+        tputs.append(res.throughput_tok_s)
+        tpots.append(float(np.nanmedian(res.tpot_s)) * 1e3)
+    return statistics.fmean(tputs), statistics.fmean(tpots)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--json", default="build/calibration.json")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    results = []
+    header = (f"{'run':<32}{'engine':<20}{'tok/s meas':>11}{'pred':>9}{'err':>8}"
+              f"{'TPOT meas':>11}{'pred':>8}{'err':>8}")
+    print(header)
+    print("-" * len(header))
+    for row in ROWS:
+        tput, tpot = predict(row, args.seeds)
+        e_tput = tput / row.tput_tok_s - 1
+        e_tpot = tpot / row.tpot_ms - 1
+        results.append({"run": row.name, "engine": row.engine, "measured_tok_s": row.tput_tok_s,
+                        "predicted_tok_s": tput, "tput_rel_err": e_tput,
+                        "measured_tpot_ms": row.tpot_ms, "predicted_tpot_ms": tpot,
+                        "tpot_rel_err": e_tpot})
+        print(f"{row.name:<32}{row.engine:<20}{row.tput_tok_s:>11.1f}{tput:>9.1f}{e_tput:>+8.1%}"
+              f"{row.tpot_ms:>11.2f}{tpot:>8.2f}{e_tpot:>+8.1%}")
+    summary = {}
+    for key in ("tput_rel_err", "tpot_rel_err"):
+        errs = [abs(r[key]) for r in results]
+        summary[key] = {"median_abs": statistics.median(errs), "worst_abs": max(errs)}
+    print("-" * len(header))
+    for key, label in (("tput_rel_err", "throughput"), ("tpot_rel_err", "TPOT")):
+        print(f"{label:<11} median |rel err| {summary[key]['median_abs']:6.1%}   worst "
+              f"{summary[key]['worst_abs']:6.1%}   (targets: <= 15%, <= 40%)")
+    print(f"{time.perf_counter() - start:.1f} s")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": results, "summary": summary}, indent=2))
+    ok = all(s["median_abs"] <= 0.15 and s["worst_abs"] <= 0.40 for s in summary.values())
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
