@@ -23,10 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from profiling import ReplicaModel, generate_trace, load_catalog, simulate  # noqa: E402
-from profiling._replica import engine_profile  # noqa: E402
+from profiling import ReplicaModel, generate_trace, load_catalog, simulate
+from profiling._replica import engine_profile
 
 
 @dataclass(frozen=True)

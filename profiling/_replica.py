@@ -13,9 +13,9 @@ One step processes ``T`` tokens (prefill chunks + one per decoding sequence) and
             + [tp > 1] 2 L (alpha_tp + 2 (tp-1)/tp * T h b / (X e_x))   TP all-reduce (ring)
     t_step  = pp * t_stage(T / pp, ...) + (pp - 1) * hand-off + o_0 + o_1 * n_seqs
 
-with ||a, b||_p = (a^p + b^p)^(1/p) a smooth roofline, C, B, X the spec-sheet compute, memory and link bandwidths; e_c, e_m, e_a, e_x the
-achieved fractions (`Efficiency`), A = sum over prefill chunks of c (s + c / 2) the causal
-attention work, K_dec the decode sequences' context tokens, S the sampled sequences, and
+with ||a, b||_p = (a^p + b^p)^(1/p) a smooth roofline; C, B, X the spec-sheet compute, memory
+and link bandwidths; e_c, e_m, e_a, e_x the achieved fractions (`Efficiency`); A = sum over
+prefill chunks of c (s + c / 2) the causal attention work; K_dec the decode sequences' context tokens, S the sampled sequences, and
 o_0, o_1 the engine's CPU overhead per step and per scheduled sequence (`EngineConfig`).
 The pipeline term treats a PP replica as pp micro-batches in flight: at low load a token still
 crosses all stages (no latency gain), at high load the stages overlap (pp-fold throughput).
@@ -314,7 +314,7 @@ class ReplicaModel:
                      * self._inv_compute)
         t_memory = (self._weight_bytes + self._act_bytes_per_token * tokens) * self._inv_mem
         p = self._sharpness
-        linear = (t_compute**p + t_memory**p) ** (1.0 / p)
+        linear: float = (t_compute**p + t_memory**p) ** (1.0 / p)
         attention = (self._attn_flops_per_work * prefill_attn_work / pp * self._inv_attn
                      + self._kv_bytes_per_token * (decode_ctx_tokens + prefill_kv_tokens) / pp
                      * self._inv_mem)
