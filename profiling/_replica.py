@@ -15,8 +15,9 @@ One step processes ``T`` tokens (prefill chunks + one per decoding sequence) and
 
 with ||a, b||_p = (a^p + b^p)^(1/p) a smooth roofline; C, B, X the spec-sheet compute, memory
 and link bandwidths; e_c, e_m, e_a, e_x the achieved fractions (`Efficiency`); A = sum over
-prefill chunks of c (s + c / 2) the causal attention work; K_dec the decode sequences' context tokens, S the sampled sequences, and
-o_0, o_1 the engine's CPU overhead per step and per scheduled sequence (`EngineConfig`).
+prefill chunks of c (s + c / 2) the causal attention work; K_dec the decode sequences' context
+tokens; S the sampled sequences; o_0, o_1 the engine's CPU overhead per step and per scheduled
+sequence (`EngineConfig`).
 The pipeline term treats a PP replica as pp micro-batches in flight: at low load a token still
 crosses all stages (no latency gain), at high load the stages overlap (pp-fold throughput).
 """
