@@ -363,12 +363,6 @@ class PerfDB:
         mean[sat] = np.inf
         return quant, mean, sat
 
-    def rows(self, model: str | None = None, gpu: str | None = None) -> list[dict[str, Any]]:
-        """Table rows (dicts) filtered by model and GPU."""
-        out = self.table.to_pylist()
-        return [r for r in out if (model is None or r["model"] == model)
-                and (gpu is None or r["gpu"] == gpu)]
-
     def max_rate_under(self, config: int, p95_s: float) -> float:
         """Highest grid rate of a config whose P95 latency is at most `p95_s` (0 if none)."""
         p95 = np.array([np.interp(0.95, self.quantile_levels, q) for q in self.quantiles[config]])

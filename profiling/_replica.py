@@ -347,10 +347,6 @@ class ReplicaModel:
         """Rental price of one replica, $/hour."""
         return self.num_gpus * self.gpu.price_per_hour
 
-    def with_engine(self, engine: EngineConfig) -> ReplicaModel:
-        """The same replica under other engine settings."""
-        return ReplicaModel(self.model, self.gpu, self.tp, self.pp, engine, self.efficiency)
-
 
 def engine_profile(name: str, **overrides: object) -> EngineConfig:
     """A named engine profile with some fields replaced.

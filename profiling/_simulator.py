@@ -246,14 +246,13 @@ def _run(
 
         # ---- fast path: a stretch of pure decode steps, timed in closed form -----------------
         if not waiting and not prefilling and n_decode and heap:
-            k = _decode_stretch(replica, n_decode, ctx_decode, heap[0][0] - decode_step,
-                                (arrival_t[nxt] - now) if (concurrency is None and nxt < n)
-                                else math.inf, kv_cap - kv_used)
+            k, t0, delta = _decode_stretch(
+                replica, n_decode, ctx_decode, heap[0][0] - decode_step,
+                (arrival_t[nxt] - now) if (concurrency is None and nxt < n) else math.inf,
+                kv_cap - kv_used)
             if k > 1:
                 k -= 1  # leave the last step of the stretch to the general path below
-                t0 = step_time(0, 0.0, 0, n_decode, ctx_decode, n_decode)
-                t1 = step_time(0, 0.0, 0, n_decode, ctx_decode + n_decode, n_decode)
-                now += k * t0 + (t1 - t0) * k * (k - 1) / 2.0
+                now += k * t0 + delta * k * (k - 1) / 2.0
                 decode_step += k
                 ctx_decode += k * n_decode
                 kv_used += k * n_decode
@@ -394,11 +393,9 @@ def _run(
     fin = np.asarray(finish, dtype=np.float64)
     first = np.asarray(first_tok, dtype=np.float64)
     mask = ~np.isnan(fin)
-    out_arr = np.asarray(output_lens, dtype=np.float64)
     lat = (fin - arr)[mask]
     ttft = (first - arr)[mask]
-    gen_out = np.minimum(out_arr, [max(1, min(o, eng.max_model_len - p))
-                                   for o, p in zip(output_lens, prompt_lens, strict=True)])[mask]
+    gen_out = np.asarray(target_out, dtype=np.float64)[mask]
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(gen_out > 1, (fin - first)[mask] / (gen_out - 1), np.nan)
     start = float(arr.min()) if n else 0.0
@@ -410,26 +407,30 @@ def _run(
 
 
 def _decode_stretch(replica: ReplicaModel, n_decode: int, ctx: int, steps_to_finish: int,
-                    time_to_arrival_s: float, kv_free: int) -> int:
+                    time_to_arrival_s: float, kv_free: int) -> tuple[int, float, float]:
     """Steps of pure decoding until the next event (a completion, an arrival, KV full).
 
     Step j of the stretch takes ``t_j = t_0 + j * delta`` (context grows by n_decode tokens per
     step and the step time is linear in context), so k steps take
     ``k t_0 + delta k (k - 1) / 2``; the arrival is served at the first step boundary after it.
+
+    Returns:
+        ``(k, t_0, delta)``.
+
     """
     k = steps_to_finish
     if kv_free < k * n_decode:
         k = max(1, kv_free // max(n_decode, 1))
+    t0 = replica.step_time_s(0, 0.0, 0, n_decode, ctx, n_decode)
+    delta = replica.step_time_s(0, 0.0, 0, n_decode, ctx + n_decode, n_decode) - t0
     if math.isfinite(time_to_arrival_s):
-        t0 = replica.step_time_s(0, 0.0, 0, n_decode, ctx, n_decode)
-        delta = replica.step_time_s(0, 0.0, 0, n_decode, ctx + n_decode, n_decode) - t0
         if delta > 1e-15:
             b = t0 - delta / 2.0
             k_arr = math.ceil((-b + math.sqrt(b * b + 2.0 * delta * time_to_arrival_s)) / delta)
         else:
             k_arr = math.ceil(time_to_arrival_s / t0)
         k = min(k, max(1, k_arr))
-    return max(1, k)
+    return max(1, k), t0, delta
 
 
 def _backlog_grows(arrivals: FloatArray, finish: FloatArray) -> bool:
