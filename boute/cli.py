@@ -58,7 +58,8 @@ def _add_profile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser("profile", help="build the performance DB of a scenario")
     p.add_argument("--scenario", default=None, help="preset name or YAML file "
                    "(default: paper-gsm8k)")
-    p.add_argument("--out", default="build/perfdb.parquet", help="Parquet file to write")
+    p.add_argument("--out", default=None, help="Parquet file to write (default: "
+                   "build/perfdb-<scenario>.parquet, where `boute plan` looks)")
     p.add_argument("--engine", default="vllm", help="engine profile (vllm, vllm-0.6-multistep, "
                    "vllm-0.6, vllm-0.5)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
@@ -85,7 +86,9 @@ def _run_profile(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     db = build_perfdb(scenario.profile_spec(), catalog, engine=engine, workers=args.workers,
                       progress=True)
-    path = db.save(args.out)
+    from tuning import default_db_path
+
+    path = db.save(args.out or default_db_path(scenario))
     seconds = time.perf_counter() - start
     summary: list[dict[str, Any]] = []
     for key in db.keys:
@@ -285,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "serving on heterogeneous models and GPUs")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_profile, _add_simulate, _add_trace):
+    from boute.plan_cli import add_compare, add_evaluate, add_plan
+
+    for add in (_add_profile, _add_simulate, _add_trace, add_plan, add_evaluate, add_compare):
         add(sub)
     for p in sub.choices.values():
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,

@@ -91,6 +91,9 @@ class Scenario(_Strict):
     workload: Workload = Field(default_factory=lambda: Workload(), description="Request stream.")
     budget_per_hour: float = Field(30.0, gt=0, description="Budget, $/hour.")
     targets: list[Target] = Field(default_factory=list, description="Table-3 targets.")
+    p95_ceiling_s: float = Field(60.0, gt=0, description="Slowest P95 a plan may have; the "
+                                 "reference point of hypervolumes and the top of the latency "
+                                 "grid of the optimizer.")
     profile: ProfileSettings = Field(default_factory=lambda: ProfileSettings(),
                                      description="Perf DB sweep settings.")
 

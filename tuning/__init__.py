@@ -1,1 +1,48 @@
-"""tuning package (filled by later issues)."""
+"""Online optimization: plans, the evaluator, searchers (BoTorch MOBO, exact, random) and the
+paper's baselines. Pure planning code: Ray is imported only by the Ray Tune adapter.
+"""
+
+from ._baselines import BASELINES, baseline_min_cost
+from ._evaluator import (
+    BatchMetrics,
+    InfeasiblePlanError,
+    PlanArrays,
+    evaluate_arrays,
+    evaluate_plan,
+    plan_from_arrays,
+    plan_to_arrays,
+)
+from ._exact import ExactFront, exact_front, exact_max_throughput, exact_min_cost
+from ._front import hypervolume, pareto_mask
+from ._plan import Group, Plan, PlanError, Predicted, Routing
+from ._problem import Problem, default_db_path, load_problem
+from ._search import Goal, SearchResult, search
+
+__all__ = [
+    "BASELINES",
+    "BatchMetrics",
+    "ExactFront",
+    "Goal",
+    "Group",
+    "InfeasiblePlanError",
+    "Plan",
+    "PlanArrays",
+    "PlanError",
+    "Predicted",
+    "Problem",
+    "Routing",
+    "SearchResult",
+    "baseline_min_cost",
+    "default_db_path",
+    "evaluate_arrays",
+    "evaluate_plan",
+    "exact_front",
+    "exact_max_throughput",
+    "exact_min_cost",
+    "hypervolume",
+    "load_problem",
+    "pareto_mask",
+    "plan_from_arrays",
+    "plan_to_arrays",
+    "search",
+]

@@ -1,0 +1,298 @@
+"""`boute plan`, `boute evaluate` and `boute compare`: the optimizer's commands."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from boute.errors import BouteError, PerfDBError, StaleDBError
+
+if TYPE_CHECKING:
+    from profiling import Scenario
+    from tuning import Plan, Problem, SearchResult
+
+__all__ = ["add_compare", "add_evaluate", "add_plan"]
+
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenario", default=None, help="preset name or YAML file "
+                   "(default: paper-gsm8k)")
+    p.add_argument("--db", default=None, help="perf DB (default: build/perfdb-<scenario>."
+                   "parquet; built when missing or stale)")
+    p.add_argument("--budget", type=float, default=None, help="override the scenario's $/hour")
+    p.add_argument("--gpu-catalog", action="append", default=[], metavar="FILE")
+    p.add_argument("--model-catalog", action="append", default=[], metavar="FILE")
+
+
+def load_planning_problem(args: argparse.Namespace) -> Problem:
+    """Scenario + perf DB (built or rebuilt when needed, with a note on stderr) -> Problem."""
+    from profiling import PerfDB, build_perfdb, load_catalog, load_scenario
+    from tuning import default_db_path, load_problem
+
+    catalog = load_catalog(args.gpu_catalog, args.model_catalog)
+    scenario: Scenario = load_scenario(args.scenario)
+    if args.budget is not None:
+        if not (args.budget > 0 and math.isfinite(args.budget)):
+            raise BouteError(f"--budget={args.budget} must be a positive number of $/hour")
+        scenario = scenario.model_copy(update={"budget_per_hour": args.budget})
+    path = Path(args.db) if args.db else default_db_path(scenario)
+    spec = scenario.profile_spec()
+    try:
+        db = PerfDB.load(path, catalog=catalog, trace=spec.base_trace())
+        from tuning import load_problem as _lp
+        return _lp(scenario, db, catalog)
+    except StaleDBError as exc:
+        note = f"{exc}; rebuilding"
+    except PerfDBError as exc:
+        if path.is_file():
+            raise
+        note = f"no perf DB at {path} ({exc.__class__.__name__}); building it"
+    print(f"boute: {note}", file=sys.stderr)
+    db = build_perfdb(spec, catalog, progress=True)
+    db.save(path)
+    return load_problem(scenario, db, catalog)
+
+
+# -- boute plan ----------------------------------------------------------------------------------
+def add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `boute plan`."""
+    p = sub.add_parser("plan", help="search routing + deployment plans")
+    _common(p)
+    p.add_argument("--quality", type=float, default=None, help="minimum quality")
+    p.add_argument("--p95", type=float, default=None, help="maximum P95 latency, seconds")
+    p.add_argument("--objective", default="pareto",
+                   choices=["pareto", "min-cost", "max-throughput"])
+    p.add_argument("--solver", default="mobo", choices=["mobo", "exact", "random"])
+    p.add_argument("--tune", action="store_true", help="evaluate MOBO proposals as Ray Tune "
+                   "trials in parallel")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--evals", type=int, default=288, help="evaluation budget of mobo/random")
+    p.add_argument("--out", default="build/plan.json", help="plan JSON to write")
+    p.add_argument("--plot", default="build/pareto.png", help="Pareto-front PNG ('' = none)")
+    p.set_defaults(run=_run_plan)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    from tuning import Goal, plan_from_arrays, search
+
+    if args.p95 is not None and not args.p95 > 0:
+        raise BouteError(f"--p95={args.p95} must be > 0 seconds")
+    if args.evals < 1:
+        raise BouteError(f"--evals={args.evals} must be >= 1")
+    problem = load_planning_problem(args)
+    goal = Goal(args.objective, args.quality, args.p95)
+    if args.tune:
+        if args.solver != "mobo":
+            raise BouteError("--tune runs the mobo solver; drop --solver or use --solver mobo")
+        from tuning.tune import search_with_tune
+
+        result = search_with_tune(problem, goal, seed=args.seed, max_evals=args.evals)
+    else:
+        result = search(problem, goal, solver=args.solver, seed=args.seed,
+                        max_evals=args.evals, progress=not args.json)
+    best = result.best(problem)
+    plan = None
+    if best is not None:
+        plan = plan_from_arrays(problem, result.plans, result.metrics, best,
+                                {"search": {"solver": result.solver, "objective": goal.mode}})
+        plan.save(args.out)
+    front = _front_rows(problem, result)
+    hv = result.hypervolume(problem)
+    payload: dict[str, Any] = {
+        "front": front, "plan": plan.to_dict() if plan else None,
+        "out": args.out if plan else None,
+        "search": {"solver": result.solver + ("+tune" if args.tune else ""),
+                   "objective": goal.mode, "evaluations": result.evaluations,
+                   "seconds": result.seconds, "hypervolume": hv}}
+    if args.plot and front:
+        payload["plot"] = _plot(problem, front, plan, args.plot)
+    if plan is None:
+        payload["error"] = _no_plan_message(goal, problem)
+
+    def human() -> str:
+        lines = [f"{result.solver}: {result.evaluations} evaluations in {result.seconds:.2f} s, "
+                 f"hypervolume {hv:.4f}", "Pareto front (quality vs planning P95, under "
+                 f"${problem.budget:g}/h):",
+                 f"{'quality':>9}{'strong':>8}{'P95 s':>8}{'$/h':>8}"]
+        for r in front:
+            lines.append(f"{r['quality']:>9.3f}{r['strong_share']:>8.3f}{r['p95_s']:>8.2f}"
+                         f"{r['cost_per_hour']:>8.2f}")
+        lines.append("")
+        lines.append(format_plan(plan) if plan else payload["error"])
+        if plan:
+            lines.append(f"plan written to {args.out}")
+        if "plot" in payload:
+            lines.append(f"Pareto plot: {payload['plot']}")
+        return "\n".join(lines)
+
+    from boute.cli import _emit
+
+    _emit(args, payload, human)
+    return 0 if plan else 1
+
+
+def _no_plan_message(goal: Any, problem: Problem) -> str:
+    return (f"no plan meets the goal ({goal.mode}, quality >= {goal.quality}, P95 <= "
+            f"{goal.p95_s} s, budget ${problem.budget:g}/h); relax a target or the budget")
+
+
+def _front_rows(problem: Problem, result: SearchResult) -> list[dict[str, float]]:
+    import numpy as np
+
+    mask = result.front_mask(problem)
+    idx = np.flatnonzero(mask)
+    m = result.metrics
+    idx = idx[np.argsort(m.quality[idx])]
+    return [{"p95_s": float(m.p95_s[i]), "quality": float(m.quality[i]),
+             "cost_per_hour": float(m.cost_per_hour[i]),
+             "strong_share": float(result.plans.strong_share[i])} for i in idx]
+
+
+def format_plan(plan: Plan) -> str:
+    """A readable table of one plan."""
+    pr = plan.predicted
+    lines = [f"plan: strong share {plan.routing.strong_share:.4f}"]
+    if pr is not None:
+        lines.append(f"  quality {pr.quality:.3f}, P95 (every group) {pr.p95_s:.2f} s, system "
+                     f"P95 {pr.system_p95_s:.2f} s, mean {pr.mean_s:.2f} s, "
+                     f"${pr.cost_per_hour:.2f}/h, capacity {pr.capacity_rps:.1f} req/s")
+    lines.append(f"  {'model':<15}{'gpu':<14}{'tp':>3}{'pp':>3}{'replicas':>9}{'GPUs':>6}"
+                 f"{'share':>8}")
+    for g in plan.groups:
+        lines.append(f"  {g.model:<15}{g.gpu:<14}{g.tp:>3}{g.pp:>3}{g.replicas:>9}"
+                     f"{g.num_gpus:>6}{g.share:>8.3f}")
+    return "\n".join(lines)
+
+
+def _plot(problem: Problem, front: list[dict[str, float]], plan: Plan | None, path: str
+          ) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.step([r["p95_s"] for r in front], [r["quality"] for r in front], where="post",
+            marker="o", ms=3, label="Pareto front")
+    if plan is not None and plan.predicted is not None:
+        ax.scatter([plan.predicted.p95_s], [plan.predicted.quality], color="red", zorder=3,
+                   label="chosen plan")
+    ax.set_xscale("log")
+    ax.set_xlabel("P95 latency every replica group meets (s)")
+    ax.set_ylabel(f"quality ({problem.scenario.task})")
+    ax.set_title(f"{problem.scenario.name}: ${problem.budget:g}/h, "
+                 f"{problem.rate_rps:g} req/s")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# -- boute evaluate ------------------------------------------------------------------------------
+def add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `boute evaluate`."""
+    p = sub.add_parser("evaluate", help="predicted metrics of a plan file")
+    p.add_argument("plan", help="plan JSON")
+    _common(p)
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from tuning import Plan, evaluate_plan
+
+    plan = Plan.load(args.plan)
+    if args.scenario is None and plan.scenario.get("name"):
+        from profiling import list_presets
+
+        if plan.scenario["name"] in list_presets():
+            args.scenario = plan.scenario["name"]
+    problem = load_planning_problem(args)
+    evaluated = evaluate_plan(problem, plan)
+
+    from boute.cli import _emit
+
+    _emit(args, evaluated.to_dict(), lambda: format_plan(evaluated))
+    return 0
+
+
+# -- boute compare -------------------------------------------------------------------------------
+def add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `boute compare`."""
+    p = sub.add_parser("compare", help="cheapest $/hour per baseline and BOute (Table 3)")
+    _common(p)
+    p.add_argument("--targets", default=None, help="Q:SEC,... (default: the scenario's)")
+    p.add_argument("--solver", default="mobo", choices=["mobo", "exact"],
+                   help="BOute's searcher (baselines are solved exactly in their spaces)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_run_compare)
+
+
+def _parse_targets(text: str) -> list[tuple[float, float]]:
+    out = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        try:
+            q, sec = float(parts[0]), float(parts[1])
+        except (ValueError, IndexError):
+            raise BouteError(f"--targets item {item!r} must be QUALITY:SECONDS, e.g. 87:8"
+                             ) from None
+        if not sec > 0:
+            raise BouteError(f"--targets item {item!r}: seconds must be > 0")
+        out.append((q, sec))
+    return out
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from tuning import BASELINES, Goal, baseline_min_cost, evaluate_arrays, search
+
+    problem = load_planning_problem(args)
+    targets = (_parse_targets(args.targets) if args.targets else
+               [(t.quality, t.p95_s) for t in problem.scenario.targets])
+    if not targets:
+        raise BouteError("no targets: pass --targets Q:SEC,... or add targets to the scenario")
+    columns = []
+    for q, sec in targets:
+        problem.quality.min_share_for(q)
+        costs: dict[str, float | None] = {}
+        for name in BASELINES:
+            found = baseline_min_cost(problem, name, q, sec)
+            costs[name] = (None if found is None
+                           else float(evaluate_arrays(problem, found).cost_per_hour[0]))
+        res = search(problem, Goal("min-cost", q, sec), solver=args.solver, seed=args.seed)
+        b = res.best(problem)
+        costs["BOute"] = None if b is None else float(res.metrics.cost_per_hour[b])
+        boute = costs["BOute"]
+        reduction = {k: (None if v is None or boute is None else 1.0 - boute / v)
+                     for k, v in costs.items() if k != "BOute"}
+        columns.append({"quality": q, "p95_s": sec, "cost_per_hour": costs,
+                        "reduction": reduction})
+    payload = {"scenario": problem.scenario.name, "solver": args.solver, "targets": columns}
+
+    def human() -> str:
+        head = f"{'system':<20}" + "".join(f"{f'({c[0]:g}, {c[1]:g} s)':>16}" for c in targets)
+        lines = [f"cheapest $/hour meeting (quality, P95) on {problem.scenario.name} "
+                 "(- = no plan meets it)", head]
+        for name in (*BASELINES, "BOute"):
+            cells = []
+            for col in columns:
+                v = col["cost_per_hour"][name]
+                red = col["reduction"].get(name)
+                txt = "-" if v is None else f"{v:.2f}"
+                if red is not None:
+                    txt += f" ({red:+.0%})"
+                cells.append(f"{txt:>16}")
+            lines.append(f"{name:<20}" + "".join(cells))
+        lines.append("(x%) = BOute's cost reduction versus that baseline")
+        return "\n".join(lines)
+
+    from boute.cli import _emit
+
+    _emit(args, payload, human)
+    return 0

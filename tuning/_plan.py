@@ -1,0 +1,222 @@
+"""Plans: immutable values with a JSON round trip in the public contract's format.
+
+```
+{"routing": {"strong_share": s, "threshold": t, "router": name},
+ "groups": [{"model", "gpu", "tp", "pp", "replicas", "share"}, ...],
+ "predicted": {"p95_s", "system_p95_s", "mean_s", "quality", "cost_per_hour",
+               "throughput_rps", "capacity_rps"},
+ "scenario": {"name", "rate_rps", "budget_per_hour", "task", "models", "gpus"}}
+```
+
+``share`` is the share of *its model's* load that a group receives (shares of one model's groups
+sum to 1). ``predicted`` is optional on input (`boute evaluate` recomputes it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from boute.errors import BouteError
+
+__all__ = ["Group", "Plan", "PlanError", "Predicted", "Routing"]
+
+
+class PlanError(BouteError, ValueError):
+    """A plan file or value is malformed."""
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which share of queries goes to the strong model, and the router threshold doing it."""
+
+    strong_share: float
+    threshold: float = math.nan
+    router: str = "builtin"
+
+
+@dataclass(frozen=True)
+class Group:
+    """A replica group: `replicas` identical replicas of one (model, GPU, TP, PP) config."""
+
+    model: str
+    gpu: str
+    tp: int
+    pp: int
+    replicas: int
+    share: float = 0.0
+
+    @property
+    def num_gpus(self) -> int:
+        """GPUs the group occupies."""
+        return self.tp * self.pp * self.replicas
+
+    @property
+    def name(self) -> str:
+        """A stable, Serve-safe name, e.g. ``llama-3.1-70b-H100-tp4pp1``."""
+        return f"{self.model}-{self.gpu}-tp{self.tp}pp{self.pp}"
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """Predicted metrics of a plan (see `tuning.evaluate`).
+
+    Attributes:
+        p95_s: the P95 latency every replica group meets (the planning objective).
+        system_p95_s: P95 of all requests (mixture over groups); <= p95_s.
+        mean_s: mean end-to-end latency of all requests.
+        quality: task quality at the plan's strong share.
+        cost_per_hour: $/hour of all replicas.
+        throughput_rps: request rate served (the scenario's rate when feasible).
+        capacity_rps: highest total rate (same routing) at which every group keeps P95 <=
+            the scenario ceiling, or the target P95 when one was given.
+
+    """
+
+    p95_s: float
+    system_p95_s: float
+    mean_s: float
+    quality: float
+    cost_per_hour: float
+    throughput_rps: float
+    capacity_rps: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Routing + replica groups (+ predicted metrics and the scenario it was made for)."""
+
+    routing: Routing
+    groups: tuple[Group, ...]
+    predicted: Predicted | None = None
+    scenario: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def with_predicted(self, predicted: Predicted, groups: tuple[Group, ...] | None = None
+                       ) -> Plan:
+        """A copy with predicted metrics (and optionally re-balanced group shares)."""
+        return replace(self, predicted=predicted, groups=groups or self.groups)
+
+    def gpus_by_type(self) -> dict[str, int]:
+        """GPUs used per GPU type."""
+        out: dict[str, int] = {}
+        for g in self.groups:
+            out[g.gpu] = out.get(g.gpu, 0) + g.num_gpus
+        return out
+
+    # -- JSON ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The contract's JSON object (NaN/inf become null)."""
+        out: dict[str, Any] = {
+            "routing": asdict(self.routing),
+            "groups": [asdict(g) for g in self.groups],
+            "predicted": asdict(self.predicted) if self.predicted else None,
+            "scenario": self.scenario,
+        }
+        out.update(self.extra)
+        return _json_safe(out)  # type: ignore[no-any-return]
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """Serialize (see `to_dict`)."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the JSON file (parent folders are created)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "plan") -> Plan:
+        """Parse and validate a plan object.
+
+        Raises:
+            PlanError: a missing or ill-typed field (named in the message).
+
+        """
+        if not isinstance(data, dict):
+            raise PlanError(f"{source}: expected a JSON object with 'routing' and 'groups'")
+        routing = data.get("routing")
+        if not isinstance(routing, dict) or "strong_share" not in routing:
+            raise PlanError(f"{source}: routing.strong_share is required (share of queries "
+                            "sent to the strong model, 0..1)")
+        share = _number(routing["strong_share"], f"{source}: routing.strong_share")
+        if not 0.0 <= share <= 1.0:
+            raise PlanError(f"{source}: routing.strong_share={share} must lie in [0, 1]")
+        threshold = routing.get("threshold")
+        rt = Routing(share, math.nan if threshold is None else
+                     _number(threshold, f"{source}: routing.threshold"),
+                     str(routing.get("router", "builtin")))
+        raw_groups = data.get("groups")
+        if not isinstance(raw_groups, list) or not raw_groups:
+            raise PlanError(f"{source}: groups must be a non-empty list of "
+                            "{model, gpu, tp, pp, replicas, share}")
+        groups = []
+        for i, g in enumerate(raw_groups):
+            where = f"{source}: groups[{i}]"
+            if not isinstance(g, dict):
+                raise PlanError(f"{where}: expected an object")
+            for key in ("model", "gpu"):
+                if not isinstance(g.get(key), str):
+                    raise PlanError(f"{where}.{key} is required (a catalog name)")
+            ints = {}
+            for key, default in (("tp", 1), ("pp", 1), ("replicas", None)):
+                value = g.get(key, default)
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise PlanError(f"{where}.{key}={value!r} must be an integer >= 1")
+                ints[key] = value
+            gshare = _number(g.get("share", 0.0), f"{where}.share")
+            if not 0.0 <= gshare <= 1.0:
+                raise PlanError(f"{where}.share={gshare} must lie in [0, 1]")
+            groups.append(Group(g["model"], g["gpu"], ints["tp"], ints["pp"],
+                                ints["replicas"], gshare))
+        pred = data.get("predicted")
+        predicted = None
+        if isinstance(pred, dict):
+            try:
+                predicted = Predicted(**{k: math.inf if pred.get(k) is None else float(pred[k])
+                                         for k in Predicted.__dataclass_fields__})
+            except (TypeError, ValueError):
+                predicted = None
+        known = {"routing", "groups", "predicted", "scenario"}
+        scenario = data.get("scenario") if isinstance(data.get("scenario"), dict) else {}
+        return cls(rt, tuple(groups), predicted, scenario or {},
+                   {k: v for k, v in data.items() if k not in known})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        """Read a plan JSON file.
+
+        Raises:
+            PlanError: missing file, invalid JSON, or invalid fields.
+
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise PlanError(f"plan file {str(path)!r} does not exist; write one with "
+                            f"`boute plan --out {path}`")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PlanError(f"plan file {str(path)!r} is not valid JSON ({exc})") from None
+        return cls.from_dict(data, f"plan {str(path)!r}")
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise PlanError(f"{where}={value!r} must be a finite number")
+    return float(value)
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,0 +1,215 @@
+"""The planning problem: a scenario, its perf DB and its quality curve, as arrays.
+
+Everything the evaluator and the searchers need is precomputed here once:
+
+* the candidate replica configs ``c`` (model, GPU type, TP, PP) of the scenario that the DB
+  holds, with their GPUs per replica ``g_c`` and price ``price_c`` (scenario prices win over
+  the catalog's);
+* the **capacity table** ``cap[c, k]``: the highest per-replica request rate at which config c
+  keeps its P95 latency at or below the latency level ``x_k``. Levels are log-spaced from
+  ``X_MIN_S`` to the scenario's ``p95_ceiling_s``. From the DB, P95(rate) is made monotone
+  (running max over the rate grid) and inverted by linear interpolation; rates at which the DB
+  flags saturation are never used. Between levels, ``cap_c(x)`` is linear in ``log x``: this
+  piecewise-linear function *is* the model the evaluator and the exact solver share.
+
+Planning latency semantics (used by every searcher): a plan sends ``lambda_m`` req/s to model m
+(``lambda_strong = s * lambda``, ``lambda_weak = (1 - s) * lambda``). Its groups g (config c_g,
+r_g replicas) serve that load with P95 <= x iff ``C_m(x) = sum_g r_g cap_{c_g}(x) >= lambda_m``
+(water-filling: each group gets load up to its capacity at level x). The plan's planning P95 is
+``max_m x_m*`` with ``x_m* = min {x : C_m(x) >= lambda_m}``: the P95 that *every* replica group
+meets. It bounds the P95 of all requests (a mixture of distributions whose P95s are all <= x has
+P95 <= x), which the evaluator also reports (`system_p95_s`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from boute.errors import PerfDBError, ScenarioError
+from profiling import Catalog, PerfDB, QualityCurve, Scenario, default_quality_curve
+
+__all__ = ["NUM_LEVELS", "X_MIN_S", "Problem", "default_db_path", "load_problem"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+X_MIN_S = 0.02
+NUM_LEVELS = 192
+WEAK, STRONG = 0, 1
+
+
+def default_db_path(scenario: Scenario) -> Path:
+    """Where `boute profile` writes, and `boute plan` looks for, a scenario's perf DB."""
+    return Path("build") / f"perfdb-{scenario.name}.parquet"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Arrays of one planning problem (see the module docstring for the math).
+
+    Attributes:
+        scenario: the scenario (rate, budget, targets, ...).
+        db: the perf DB it was built from.
+        quality: quality as a function of the strong share.
+        models: ``(weak, strong)`` model names.
+        gpu_types: GPU types on offer, in scenario order; ``t`` indexes them.
+        stock: ``(T,)`` GPUs of each type on offer.
+        gpu_price: ``(T,)`` $/GPU-hour.
+        gpus_per_node: ``(T,)``.
+        cfg_model, cfg_type, cfg_tp, cfg_pp, cfg_gpus: ``(C,)`` per candidate config.
+        cfg_price: ``(C,)`` $/hour of one replica.
+        cfg_db: ``(C,)`` row of the config in the DB's lookup arrays.
+        levels_s: ``(K,)`` latency levels.
+        cap: ``(C, K)`` capacity table, req/s per replica.
+
+    """
+
+    scenario: Scenario
+    db: PerfDB
+    quality: QualityCurve
+    models: tuple[str, str]
+    gpu_types: tuple[str, ...]
+    stock: IntArray
+    gpu_price: FloatArray
+    gpus_per_node: IntArray
+    cfg_model: IntArray
+    cfg_type: IntArray
+    cfg_tp: IntArray
+    cfg_pp: IntArray
+    cfg_gpus: IntArray
+    cfg_price: FloatArray
+    cfg_db: IntArray
+    levels_s: FloatArray
+    cap: FloatArray
+    _by_key: dict[tuple[int, int, int, int], int] = field(default_factory=dict, repr=False)
+
+    # -- derived quantities ----------------------------------------------------------------
+    @property
+    def rate_rps(self) -> float:
+        """Total request rate of the scenario."""
+        return float(self.scenario.workload.rate_rps)
+
+    @property
+    def budget(self) -> float:
+        """Budget, $/hour."""
+        return float(self.scenario.budget_per_hour)
+
+    @property
+    def ceiling_s(self) -> float:
+        """Slowest admissible P95 (top latency level)."""
+        return float(self.levels_s[-1])
+
+    @property
+    def num_configs(self) -> int:
+        """Number of candidate configs."""
+        return len(self.cfg_model)
+
+    def loads(self, strong_share: FloatArray) -> FloatArray:
+        """``(..., 2)`` request rates of (weak, strong) for strong shares ``s``."""
+        s = np.asarray(strong_share, dtype=np.float64)
+        return np.stack([(1.0 - s) * self.rate_rps, s * self.rate_rps], axis=-1)
+
+    def config(self, model: int, gpu_type: int, tp: int, pp: int) -> int:
+        """Index of a candidate config, or -1."""
+        return self._by_key.get((model, gpu_type, tp, pp), -1)
+
+    def configs_of(self, model: int, gpu_type: int) -> IntArray:
+        """Candidate configs of one model on one GPU type."""
+        return np.flatnonzero((self.cfg_model == model) & (self.cfg_type == gpu_type))
+
+    def cap_at(self, x_s: float | FloatArray) -> FloatArray:
+        """``cap_c(x)`` for every config at latency level(s) `x_s`: ``(C,)`` or ``(C, N)``.
+
+        Linear in ``log x`` between levels; 0 below the first level, flat above the last.
+        """
+        x = np.atleast_1d(np.asarray(x_s, dtype=np.float64))
+        pos = np.interp(np.log(np.maximum(x, 1e-12)), np.log(self.levels_s),
+                        np.arange(len(self.levels_s), dtype=np.float64), left=-1.0)
+        lo = np.clip(np.floor(pos).astype(np.int64), 0, len(self.levels_s) - 1)
+        hi = np.minimum(lo + 1, len(self.levels_s) - 1)
+        w = np.clip(pos - lo, 0.0, 1.0)
+        out = (1 - w) * self.cap[:, lo] + w * self.cap[:, hi]
+        out[:, pos < 0] = 0.0
+        return out[:, 0] if np.ndim(x_s) == 0 else out
+
+
+def _capacity_table(db: PerfDB, rows: IntArray, levels: FloatArray) -> FloatArray:
+    p_idx = int(np.argmin(np.abs(db.quantile_levels - 0.95)))
+    cap = np.zeros((len(rows), len(levels)))
+    for i, row in enumerate(rows):
+        ok = ~db.saturated[row] & np.isfinite(db.rates[row])
+        rates = db.rates[row][ok]
+        p95 = db.quantiles[row, ok, p_idx]
+        if len(rates) == 0:
+            continue
+        p95 = np.maximum.accumulate(p95)
+        # Strictly increasing abscissae for the inverse (flat stretches get a tiny ramp).
+        p95 = p95 + np.arange(len(p95)) * 1e-12
+        inv = np.interp(levels, p95, rates, left=0.0, right=float(rates[-1]))
+        inv[levels < p95[0]] = 0.0
+        cap[i] = inv
+    return cap
+
+
+def load_problem(
+    scenario: Scenario,
+    db: PerfDB,
+    catalog: Catalog,
+    quality: QualityCurve | None = None,
+) -> Problem:
+    """Assemble the arrays of a planning problem.
+
+    Raises:
+        PerfDBError: the DB lacks a GPU type or model of the scenario (rebuild it).
+        ScenarioError: the quality curve of the scenario's task is unknown.
+
+    """
+    models = (scenario.models.weak, scenario.models.strong)
+    gpu_types = tuple(scenario.gpus)
+    db_gpus = {k[1] for k in db.keys}
+    db_models = {k[0] for k in db.keys}
+    missing = [g for g in gpu_types if g not in db_gpus] + [m for m in models
+                                                            if m not in db_models]
+    if missing:
+        raise PerfDBError(f"perf DB (scenario {db.meta.get('scenario')!r}) has no rows for "
+                          f"{missing}; build one for scenario {scenario.name!r} with "
+                          f"`boute profile --scenario {scenario.name}`")
+    try:
+        curve = quality or default_quality_curve(scenario.task)
+    except ValueError as exc:
+        raise ScenarioError(f"task={scenario.task!r}: {exc}") from None
+    gpu_price = np.array([
+        o.price_per_hour if o.price_per_hour is not None else catalog.gpu(g).price_per_hour
+        for g, o in scenario.gpus.items()])
+    rows, cm, ct, ctp, cpp = [], [], [], [], []
+    for key in db.keys:
+        m, g, tp, pp = key
+        if g in gpu_types and m in models:
+            # Weak and strong may be the same model (a degenerate pair): list it for both.
+            for mi, name in enumerate(models):
+                if name == m:
+                    rows.append(db.index[key])
+                    cm.append(mi)
+                    ct.append(gpu_types.index(g))
+                    ctp.append(tp)
+                    cpp.append(pp)
+    row_arr = np.asarray(rows, dtype=np.int64)
+    cfg_type = np.asarray(ct, dtype=np.int64)
+    cfg_gpus = np.asarray(ctp, dtype=np.int64) * np.asarray(cpp, dtype=np.int64)
+    levels = np.geomspace(X_MIN_S, scenario.p95_ceiling_s, NUM_LEVELS)
+    by_key = {(m, t, tp, pp): i for i, (m, t, tp, pp) in enumerate(zip(cm, ct, ctp, cpp,
+                                                                       strict=True))}
+    return Problem(
+        scenario=scenario, db=db, quality=curve, models=models, gpu_types=gpu_types,
+        stock=np.array([o.count for o in scenario.gpus.values()], dtype=np.int64),
+        gpu_price=gpu_price,
+        gpus_per_node=np.array([catalog.gpu(g).gpus_per_node for g in gpu_types],
+                               dtype=np.int64),
+        cfg_model=np.asarray(cm, dtype=np.int64), cfg_type=cfg_type,
+        cfg_tp=np.asarray(ctp, dtype=np.int64), cfg_pp=np.asarray(cpp, dtype=np.int64),
+        cfg_gpus=cfg_gpus, cfg_price=cfg_gpus * gpu_price[cfg_type], cfg_db=row_arr,
+        levels_s=levels, cap=_capacity_table(db, row_arr, levels), _by_key=by_key)
