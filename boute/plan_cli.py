@@ -257,7 +257,7 @@ def _run_compare(args: argparse.Namespace) -> int:
                [(t.quality, t.p95_s) for t in problem.scenario.targets])
     if not targets:
         raise BouteError("no targets: pass --targets Q:SEC,... or add targets to the scenario")
-    columns = []
+    columns: list[dict[str, Any]] = []
     for q, sec in targets:
         problem.quality.min_share_for(q)
         costs: dict[str, float | None] = {}
@@ -271,7 +271,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         boute = costs["BOute"]
         reduction = {k: (None if v is None or boute is None else 1.0 - boute / v)
                      for k, v in costs.items() if k != "BOute"}
-        columns.append({"quality": q, "p95_s": sec, "cost_per_hour": costs,
+        columns.append({  # one column of Table 3"quality": q, "p95_s": sec, "cost_per_hour": costs,
                         "reduction": reduction})
     payload = {"scenario": problem.scenario.name, "solver": args.solver, "targets": columns}
 

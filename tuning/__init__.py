@@ -1,5 +1,6 @@
-"""Online optimization: plans, the evaluator, searchers (BoTorch MOBO, exact, random) and the
-paper's baselines. Pure planning code: Ray is imported only by the Ray Tune adapter.
+"""Online optimization: plans, evaluator, searchers (BoTorch MOBO, exact, random), baselines.
+
+Pure planning code: Ray is imported only by the Ray Tune adapter.
 """
 
 from ._baselines import BASELINES, baseline_min_cost

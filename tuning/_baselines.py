@@ -14,7 +14,7 @@ filter) makes the comparison as favorable to the baselines as it can be.
 from __future__ import annotations
 
 from ._evaluator import PlanArrays
-from ._exact import exact_min_cost
+from ._exact import TypeFilter, exact_min_cost
 from ._problem import Problem
 
 __all__ = ["BASELINES", "baseline_min_cost"]
@@ -24,6 +24,12 @@ BASELINES = ("Stand-Alone-Homo", "Stand-Alone-Hetero", "RouteLLM-uniform", "BOut
 
 def _homo_type(problem: Problem) -> int:
     return problem.gpu_types.index("H100") if "H100" in problem.gpu_types else 0
+
+
+def _only_type(home: int) -> TypeFilter:
+    def allow(t: int, kw: int, ks: int) -> bool:
+        return t == home or kw + ks == 0
+    return allow
 
 
 def baseline_min_cost(problem: Problem, name: str, quality: float, p95_s: float
@@ -43,7 +49,7 @@ def baseline_min_cost(problem: Problem, name: str, quality: float, p95_s: float
         best_cost = float("inf")
         for home in range(len(problem.gpu_types)):
             found = exact_min_cost(problem, quality, p95_s,
-                                   allow=lambda t, kw, ks, h=home: t == h or kw + ks == 0)
+                                   allow=_only_type(home))
             if found is not None:
                 cost = float((found.replicas[0] * problem.cfg_price[
                     found.config[0].clip(0)] * (found.config[0] >= 0)).sum())

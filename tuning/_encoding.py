@@ -3,7 +3,8 @@
 **Structured** (BOute's): ``z = (s, u)`` with
 
 * ``s``: the strong share (load-fraction routing), in ``[s_lo, 1]`` (``s_lo`` from a quality
-  target, else 0);
+  target, else 0); the ends of the axis are clipped onto the boundary so that single-model
+  plans have mass;
 * ``u``: a latency level ``x`` on a log scale between the fastest useful level and the ceiling
   (or the P95 target) — the "log latency" coordinate; for max-throughput, x is the target and
   ``u`` is a load scale ``a`` instead (the plan must serve ``a * lambda``).
@@ -11,8 +12,9 @@
 Decoding covers each model's load at level x greedily (strong model first, it is the more
 constrained one): while ``need > 0``, add the replica maximizing ``min(need, cap_c(x)) /
 price_c`` — the model-GPU preference (throughput per dollar at the latency level, from stage 1)
-— over GPU types with stock left, keeping one config per (model, type). Every decoded plan respects the stock and is sized for P95 <= x; the budget is left to
-the searcher as a constraint.
+— over GPU types with stock left, keeping one config per (model, type).
+Every decoded plan respects the stock and is sized for P95 <= x; the budget is left to the
+searcher as a constraint.
 
 **Raw** (for the ablation): ``z = (s, (config_frac, replica_frac) per (model, type))``, rounded
 to a config index (or none) and a replica count: no structure, every integer plan reachable.
@@ -59,7 +61,8 @@ class StructuredEncoding:
         pr = self.problem
         z = np.atleast_2d(np.asarray(z, dtype=np.float64))
         n_t = len(pr.gpu_types)
-        s = self.s_lo + z[:, 0] * (1.0 - self.s_lo)
+        # 3% of the axis at each end maps onto the boundary: weak-only / strong-only plans.
+        s = self.s_lo + np.clip(1.06 * z[:, 0] - 0.03, 0.0, 1.0) * (1.0 - self.s_lo)
         x_hi = pr.ceiling_s if self.x_hi_s is None else self.x_hi_s
         if self.scale_range is None:
             lx = np.log(self.x_lo_s) + z[:, 1] * (np.log(x_hi) - np.log(self.x_lo_s))

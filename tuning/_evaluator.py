@@ -229,7 +229,7 @@ def _detail(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b: int
         return shares, 0.0, 0.0
     quant, mean, _ = problem.db.lookup(np.asarray(rows), np.asarray(rates))
     w = np.asarray(weights)
-    p95 = float(mixture_quantile(quant[None], w[None], problem.db.quantile_levels, 0.95)[0])
+    p95 = float(mixture_quantile(quant[None], w[None], list(problem.db.quantile_levels), 0.95)[0])
     return shares, p95, float((w * mean).sum() / w.sum())
 
 

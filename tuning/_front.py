@@ -29,7 +29,7 @@ def normalized(problem: Problem, p95_s: FloatArray, quality: FloatArray) -> Floa
     with np.errstate(divide="ignore"):
         yn = np.log(problem.ceiling_s / np.asarray(p95_s, dtype=np.float64)) / np.log(
             problem.ceiling_s / X_MIN_S)
-    return np.clip(np.stack([qn, np.nan_to_num(yn, neginf=0.0)], axis=-1), 0.0, 1.0)
+    return np.asarray(np.clip(np.stack([qn, np.nan_to_num(yn, neginf=0.0)], axis=-1), 0.0, 1.0))
 
 
 def pareto_mask(p95_s: FloatArray, quality: FloatArray) -> BoolArray:

@@ -63,7 +63,8 @@ class MoboState:
         """The next n points of a scrambled Sobol sequence."""
         from torch.quasirandom import SobolEngine
 
-        eng = SobolEngine(self.dim, scramble=True, seed=self.seed)
+        eng = SobolEngine(self.dim, scramble=True,  # type: ignore[no-untyped-call]
+                          seed=self.seed)
         pts = eng.draw(self._sobol_drawn + n).double().numpy()[self._sobol_drawn:]
         self._sobol_drawn += n
         return np.asarray(pts)
@@ -83,7 +84,7 @@ class MoboState:
         from botorch.fit import fit_gpytorch_mll
         from botorch.models import SingleTaskGP
         from botorch.models.transforms.outcome import Standardize
-        from botorch.optim import optimize_acqf
+        from botorch.optim.optimize import optimize_acqf
         from botorch.sampling.normal import SobolQMCNormalSampler
         from gpytorch.mlls import ExactMarginalLogLikelihood
 

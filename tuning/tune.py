@@ -27,7 +27,7 @@ from ._search import Goal, SearchResult, _outcomes, _Run, make_encoding
 __all__ = ["BouteSearcher", "search_with_tune"]
 
 
-class BouteSearcher(Searcher):  # type: ignore[misc]
+class BouteSearcher(Searcher):
     """MOBO proposals for Ray Tune; see the module docstring."""
 
     def __init__(self, dim: int, seed: int = 0, settings: MoboSettings | None = None) -> None:
@@ -83,7 +83,7 @@ def search_with_tune(problem: Problem, goal: Goal, *, seed: int = 0, max_evals: 
                                       verbose=0),
         )
         grid = tuner.fit()
-        z = np.array([[r.config[f"z{i}"] for i in range(enc.dim)] for r in grid
+        z = np.array([[r.config[f"z{i}"] for i in range(enc.dim)] for r in list(grid)  # type: ignore[call-overload]
                       if r.config])
     finally:
         if started:
