@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/boute trace --shape gsm8k --rate 100
-	$(BIN)/boute profile --out build/perfdb.parquet
-	$(BIN)/boute simulate --model llama-3.1-70b --gpu H100 --tp 4 --rate 10 --shape gsm8k
-	$(BIN)/boute simulate --model llama-3.1-8b --gpu RTX-4090 --rate 40 --shape gsm8k
+	$(BIN)/boute profile
+	$(BIN)/boute plan --quality 89 --out build/plan.json
+	$(BIN)/boute evaluate build/plan.json
+	$(BIN)/boute compare
 
 test: setup
 	$(BIN)/ruff check .

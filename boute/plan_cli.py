@@ -271,7 +271,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         boute = costs["BOute"]
         reduction = {k: (None if v is None or boute is None else 1.0 - boute / v)
                      for k, v in costs.items() if k != "BOute"}
-        columns.append({  # one column of Table 3"quality": q, "p95_s": sec, "cost_per_hour": costs,
+        columns.append({"quality": q, "p95_s": sec, "cost_per_hour": costs,
                         "reduction": reduction})
     payload = {"scenario": problem.scenario.name, "solver": args.solver, "targets": columns}
 
