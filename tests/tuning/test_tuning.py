@@ -81,11 +81,11 @@ def test_infeasible_plan_is_explained(small_problem: Problem) -> None:
     assert "GPU stock: 6 x H100 used but 4 on offer (short by 2)" in msg
     bad = Plan.from_dict({"routing": {"strong_share": 1.0}, "groups": [
         {"model": "llama-3.1-70b", "gpu": "RTX-4090", "tp": 1, "pp": 1, "replicas": 1}]})
-    with pytest.raises(InfeasiblePlanError, match="memory fit: .*does not fit"):
+    with pytest.raises(InfeasiblePlanError, match=r"memory fit: .*does not fit"):
         evaluate_plan(small_problem, bad)
     none = Plan.from_dict({"routing": {"strong_share": 0.5}, "groups": [
         {"model": "llama-3.1-8b", "gpu": "H100", "tp": 1, "pp": 1, "replicas": 1}]})
-    with pytest.raises(InfeasiblePlanError, match="saturation: llama-3.1-70b gets 10.00 req/s"):
+    with pytest.raises(InfeasiblePlanError, match=r"saturation: llama-3\.1-70b gets 10\.00 req/s"):
         evaluate_plan(small_problem, none)
 
 
@@ -151,7 +151,7 @@ def test_exact_front_dominates_every_sampled_plan(small_problem: Problem) -> Non
 
 def test_mobo_reaches_the_exact_front(small_problem: Problem) -> None:
     pr = small_problem
-    lo, hi = exact_front(pr).hv_bounds(pr)
+    lo, _hi = exact_front(pr).hv_bounds(pr)
     res = search(pr, Goal(), solver="mobo", seed=0, max_evals=264)
     assert res.hypervolume(pr) >= 0.99 * lo
     exact = search(pr, Goal("min-cost", 87, 8), solver="exact")
