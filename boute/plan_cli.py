@@ -43,8 +43,7 @@ def load_planning_problem(args: argparse.Namespace) -> Problem:
     spec = scenario.profile_spec()
     try:
         db = PerfDB.load(path, catalog=catalog, trace=spec.base_trace())
-        from tuning import load_problem as _lp
-        return _lp(scenario, db, catalog)
+        return load_problem(scenario, db, catalog)
     except StaleDBError as exc:
         note = f"{exc}; rebuilding"
     except PerfDBError as exc:

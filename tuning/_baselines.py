@@ -13,7 +13,7 @@ filter) makes the comparison as favorable to the baselines as it can be.
 
 from __future__ import annotations
 
-from ._evaluator import PlanArrays
+from ._evaluator import PlanArrays, evaluate_arrays
 from ._exact import TypeFilter, exact_min_cost
 from ._problem import Problem
 
@@ -51,8 +51,7 @@ def baseline_min_cost(problem: Problem, name: str, quality: float, p95_s: float
             found = exact_min_cost(problem, quality, p95_s,
                                    allow=_only_type(home))
             if found is not None:
-                cost = float((found.replicas[0] * problem.cfg_price[
-                    found.config[0].clip(0)] * (found.config[0] >= 0)).sum())
+                cost = float(evaluate_arrays(problem, found).cost_per_hour[0])
                 if cost < best_cost:
                     best, best_cost = found, cost
         return best

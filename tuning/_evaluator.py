@@ -214,7 +214,7 @@ def _detail(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b: int
         idx = [i for i, c in enumerate(cfg) if c >= 0 and problem.cfg_model[c] == m]
         if not idx or loads[m] <= 0:
             continue
-        per = np.array([problem.cap_at(metrics.model_p95_s[b, m])[cfg[i]] for i in idx])
+        per = problem.cap_at(metrics.model_p95_s[b, m])[cfg[idx]]
         # Per-replica rates are the capacities at x_m* (their sum is lambda_m up to rounding;
         # renormalizing could push a group a hair past its last unsaturated DB row).
         lam = per * reps[idx]

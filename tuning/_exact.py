@@ -148,11 +148,17 @@ def solve_level(problem: Problem, x_s: float, *, budget: float | None, clip: flo
     return LevelStates(cw, cs, cost, choice, options)
 
 
-def _s_max(states: LevelStates, lam: float, s_min: float = 0.0) -> tuple[float, int]:
-    """Largest feasible strong share (>= s_min) and its state, or (-1, -1)."""
+def _share_range(states: LevelStates, lam: float, s_min: float
+                 ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.bool_]]:
+    """Per state, the strong shares it serves: ``[lo, hi]`` and whether that is non-empty."""
     hi = np.minimum(1.0, states.cs / lam)
     lo = np.maximum(s_min, 1.0 - states.cw / lam)
-    ok = hi >= lo - 1e-12
+    return lo, hi, hi >= lo - 1e-12
+
+
+def _s_max(states: LevelStates, lam: float) -> tuple[float, int]:
+    """Largest feasible strong share and its state, or (-1, -1)."""
+    _, hi, ok = _share_range(states, lam, 0.0)
     if not ok.any():
         return -1.0, -1
     i = int(np.flatnonzero(ok)[np.argmax(hi[ok])])
@@ -258,9 +264,7 @@ def exact_min_cost(problem: Problem, quality: float, p95_s: float, *,
     lam = problem.rate_rps
     s_min = 1.0 if strong_only else problem.quality.min_share_for(quality)
     st = solve_level(problem, p95_s, budget=None, clip=lam, allow=allow)
-    hi = np.minimum(1.0, st.cs / lam)
-    lo = np.maximum(s_min, 1.0 - st.cw / lam)
-    ok = hi >= lo - 1e-12
+    lo, _, ok = _share_range(st, lam, s_min)
     if not ok.any():
         return None
     i = int(np.flatnonzero(ok)[np.argmin(st.cost[ok])])

@@ -17,7 +17,6 @@ import numpy as np
 import numpy.typing as npt
 from tqdm import tqdm
 
-from ._evaluator import evaluate_arrays
 from ._problem import Problem
 from ._search import Callback, Goal, SearchResult, _outcomes, _Run, make_encoding
 
@@ -136,8 +135,7 @@ def run_mobo(
         first = False
         z = z[: max_evals - st.num_observed]
         plans = enc.decode(z)
-        run.add(plans)
-        metrics = evaluate_arrays(problem, plans, goal.p95_s)
+        metrics = run.add(plans)
         st.observe(z, _outcomes(problem, goal, metrics))
         bar.update(len(z))
     bar.close()
