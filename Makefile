@@ -33,6 +33,7 @@ test: setup
 bench: setup
 	-$(BIN)/python benchmarks/calibration.py
 	-$(BIN)/python benchmarks/perfdb.py
+	-RAY_AUTH_MODE=disabled $(BIN)/python benchmarks/search.py --tune
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

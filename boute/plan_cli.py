@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     from profiling import Scenario
     from tuning import Plan, Problem, SearchResult
 
-__all__ = ["add_compare", "add_evaluate", "add_plan"]
+__all__ = ["add_compare", "add_evaluate", "add_plan", "planning_problem"]
 
 
 
@@ -29,21 +30,29 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def load_planning_problem(args: argparse.Namespace) -> Problem:
+    """The CLI's scenario, catalog, budget and DB flags -> `planning_problem`."""
+    return planning_problem(args.scenario, db=args.db, budget=args.budget,
+                            gpu_catalog=args.gpu_catalog, model_catalog=args.model_catalog)
+
+
+def planning_problem(scenario_ref: str | None, *, db: str | None = None,
+                     budget: float | None = None, gpu_catalog: Sequence[str] = (),
+                     model_catalog: Sequence[str] = ()) -> Problem:
     """Scenario + perf DB (built or rebuilt when needed, with a note on stderr) -> Problem."""
     from profiling import PerfDB, build_perfdb, load_catalog, load_scenario
     from tuning import default_db_path, load_problem
 
-    catalog = load_catalog(args.gpu_catalog, args.model_catalog)
-    scenario: Scenario = load_scenario(args.scenario)
-    if args.budget is not None:
-        if not (args.budget > 0 and math.isfinite(args.budget)):
-            raise BouteError(f"--budget={args.budget} must be a positive number of $/hour")
-        scenario = scenario.model_copy(update={"budget_per_hour": args.budget})
-    path = Path(args.db) if args.db else default_db_path(scenario)
+    catalog = load_catalog(gpu_catalog, model_catalog)
+    scenario: Scenario = load_scenario(scenario_ref)
+    if budget is not None:
+        if not (budget > 0 and math.isfinite(budget)):
+            raise BouteError(f"--budget={budget} must be a positive number of $/hour")
+        scenario = scenario.model_copy(update={"budget_per_hour": budget})
+    path = Path(db) if db else default_db_path(scenario)
     spec = scenario.profile_spec()
     try:
-        db = PerfDB.load(path, catalog=catalog, trace=spec.base_trace())
-        return load_problem(scenario, db, catalog)
+        perfdb = PerfDB.load(path, catalog=catalog, trace=spec.base_trace())
+        return load_problem(scenario, perfdb, catalog)
     except StaleDBError as exc:
         note = f"{exc}; rebuilding"
     except PerfDBError as exc:
@@ -51,9 +60,9 @@ def load_planning_problem(args: argparse.Namespace) -> Problem:
             raise
         note = f"no perf DB at {path} ({exc.__class__.__name__}); building it"
     print(f"boute: {note}", file=sys.stderr)
-    db = build_perfdb(spec, catalog, progress=True)
-    db.save(path)
-    return load_problem(scenario, db, catalog)
+    perfdb = build_perfdb(spec, catalog, progress=True)
+    perfdb.save(path)
+    return load_problem(scenario, perfdb, catalog)
 
 
 # -- boute plan ----------------------------------------------------------------------------------
@@ -248,8 +257,28 @@ def _parse_targets(text: str) -> list[tuple[float, float]]:
     return out
 
 
+def _allocation(plan: Plan) -> dict[str, Any]:
+    """Table 1's row: strong load share and GPUs per model (``{"model": {"gpu": n}}``)."""
+    gpus: dict[str, dict[str, int]] = {}
+    for g in plan.groups:
+        per = gpus.setdefault(g.model, {})
+        per[g.gpu] = per.get(g.gpu, 0) + g.num_gpus
+    return {"strong_share": plan.routing.strong_share, "gpus": gpus}
+
+
+def _gpu_text(per: dict[str, int]) -> str:
+    return "+".join(f"{n}x{gpu}" for gpu, n in sorted(per.items(), key=lambda kv: -kv[1])) or "-"
+
+
 def _run_compare(args: argparse.Namespace) -> int:
-    from tuning import BASELINES, Goal, baseline_min_cost, evaluate_arrays, search
+    from tuning import (
+        BASELINES,
+        Goal,
+        baseline_min_cost,
+        evaluate_arrays,
+        plan_from_arrays,
+        search,
+    )
 
     problem = load_planning_problem(args)
     targets = (_parse_targets(args.targets) if args.targets else
@@ -270,8 +299,10 @@ def _run_compare(args: argparse.Namespace) -> int:
         boute = costs["BOute"]
         reduction = {k: (None if v is None or boute is None else 1.0 - boute / v)
                      for k, v in costs.items() if k != "BOute"}
+        alloc = (None if b is None else
+                 _allocation(plan_from_arrays(problem, res.plans, res.metrics, b)))
         columns.append({"quality": q, "p95_s": sec, "cost_per_hour": costs,
-                        "reduction": reduction})
+                        "reduction": reduction, "allocation": alloc})
     payload = {"scenario": problem.scenario.name, "solver": args.solver, "targets": columns}
 
     def human() -> str:
@@ -289,6 +320,19 @@ def _run_compare(args: argparse.Namespace) -> int:
                 cells.append(f"{txt:>16}")
             lines.append(f"{name:<20}" + "".join(cells))
         lines.append("(x%) = BOute's cost reduction versus that baseline")
+        weak, strong = problem.models
+        lines += ["", f"BOute's allocation per target (Table 1): share of queries to {strong}, "
+                  "GPUs per model",
+                  f"{'target':<16}{'strong share':>13}  {weak:<34}{strong}"]
+        for col in columns:
+            a = col["allocation"]
+            tgt = f"({col['quality']:g}, {col['p95_s']:g} s)"
+            if a is None:
+                lines.append(f"{tgt:<16}{'-':>13}")
+                continue
+            lines.append(f"{tgt:<16}{a['strong_share']:>13.1%}  "
+                         f"{_gpu_text(a['gpus'].get(weak, {})):<34}"
+                         f"{_gpu_text(a['gpus'].get(strong, {}))}")
         return "\n".join(lines)
 
     from boute.cli import _emit

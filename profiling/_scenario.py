@@ -78,7 +78,8 @@ class Target(_Strict):
     """A (quality, P95 latency) target of the paper's Table 3."""
 
     quality: float = Field(description="Minimum quality (task's unit).")
-    p95_s: float = Field(gt=0, description="Maximum system P95 latency, seconds.")
+    p95_s: float = Field(gt=0, description="Maximum P95 latency, seconds (every replica "
+                         "group meets it; see README, planning P95).")
 
 
 class Scenario(_Strict):

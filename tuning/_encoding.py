@@ -6,8 +6,11 @@
   target, else 0); the ends of the axis are clipped onto the boundary so that single-model
   plans have mass;
 * ``u``: a latency level ``x`` on a log scale between the fastest useful level and the ceiling
-  (or the P95 target) — the "log latency" coordinate; for max-throughput, x is the target and
-  ``u`` is a load scale ``a`` instead (the plan must serve ``a * lambda``).
+  (or the P95 target) — the "log latency" coordinate; for min-cost only the band
+  ``[0.7 L, L]`` below the target L is searched (a faster level only buys capacity that is
+  not asked for, and the narrow band gives the strong share s the samples); for
+  max-throughput, x is the target and ``u`` is a load scale ``a`` instead, on a log scale
+  (the plan must serve ``a * lambda``).
 
 Decoding covers each model's load at level x greedily (strong model first, it is the more
 constrained one): while ``need > 0``, add the replica maximizing ``min(need, cap_c(x)) /
@@ -44,12 +47,20 @@ class StructuredEncoding:
     s_lo: float = 0.0
     x_hi_s: float | None = None
     scale_range: tuple[float, float] | None = None
+    x_band: float | None = None
 
     @property
     def x_lo_s(self) -> float:
-        """Fastest level at which some config has capacity."""
+        """Lowest level searched.
+
+        The fastest level at which some config has capacity, or ``x_band * x_hi_s`` when a
+        band below the target is asked for (min-cost).
+        """
         ok = (self.problem.cap > 0).any(axis=0)
-        return float(self.problem.levels_s[int(np.argmax(ok))])
+        fastest = float(self.problem.levels_s[int(np.argmax(ok))])
+        if self.x_band is None or self.x_hi_s is None:
+            return fastest
+        return max(fastest, self.x_band * self.x_hi_s)
 
     @property
     def dim(self) -> int:
@@ -69,7 +80,8 @@ class StructuredEncoding:
             scale = np.ones(len(z))
         else:
             lx = np.full(len(z), np.log(x_hi))
-            scale = self.scale_range[0] + z[:, 1] * (self.scale_range[1] - self.scale_range[0])
+            lo, hi = self.scale_range
+            scale = lo * (hi / lo) ** z[:, 1]
         caps = pr.cap_at(np.exp(lx))                                # (C, N)
         loads = pr.loads(s) * scale[:, None]
         cfg = np.full((len(z), 2 * n_t), -1, dtype=np.int64)

@@ -269,6 +269,18 @@ def search(
                     callback=callback, progress=progress)
 
 
+def _max_scale(problem: Problem, level_s: float) -> float:
+    """Upper bound of the load scale of max-throughput.
+
+    Every GPU in stock serving at the best per-GPU capacity any config reaches at the level,
+    over the scenario's rate.
+    """
+    per_gpu = problem.cap_at(np.array([level_s]))[:, 0] / problem.cfg_gpus
+    best = np.zeros(len(problem.gpu_types))
+    np.maximum.at(best, problem.cfg_type, per_gpu)
+    return float((best * problem.stock).sum() / problem.rate_rps)
+
+
 def make_encoding(problem: Problem, goal: Goal, encoding: str = "structured"
                   ) -> StructuredEncoding | RawEncoding:
     """The encoding a goal is searched in."""
@@ -278,8 +290,9 @@ def make_encoding(problem: Problem, goal: Goal, encoding: str = "structured"
     if encoding != "structured":
         raise SearchError(f"encoding={encoding!r} is unknown; use structured or raw")
     if goal.mode == "min-cost":
-        return StructuredEncoding(problem, s_lo, x_hi_s=goal.p95_s)
+        return StructuredEncoding(problem, s_lo, x_hi_s=goal.p95_s, x_band=0.7)
     if goal.mode == "max-throughput":
         level = goal.p95_s if goal.p95_s is not None else problem.ceiling_s
-        return StructuredEncoding(problem, s_lo, x_hi_s=level, scale_range=(0.25, 6.0))
+        return StructuredEncoding(problem, s_lo, x_hi_s=level,
+                                  scale_range=(0.25, max(1.0, _max_scale(problem, level))))
     return StructuredEncoding(problem, s_lo, x_hi_s=goal.p95_s)

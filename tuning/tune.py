@@ -1,17 +1,22 @@
 """Ray Tune adapter: the MOBO searcher as a `ray.tune.search.Searcher`.
 
-`BouteSearcher` hands out points of the unit cube (Sobol first, then qLogNEHVI batches from the
-shared `MoboState`) and learns from every finished trial; each trial decodes its point into a
-plan and evaluates it, so Tune runs proposals in parallel across the cluster. Tune's own
-metric/mode are single-objective; the searcher reads the three outcomes (``o0``, ``o1``: the
-objectives to maximize, ``o2``: the constraint slack) itself. The only module of `tuning` that
-imports Ray.
+`BouteSearcher` hands out *batches* of points of the unit cube — Sobol chunks first, then
+qLogNEHVI batches from the shared `MoboState` — one batch per Tune trial, and learns from every
+finished trial. A trial decodes its batch into plans and evaluates them with the vectorized
+evaluator, so Tune runs several batches in parallel across the cluster while the per-trial
+overhead of Tune (an actor, a result round-trip: about a second on 2 cores) is paid per batch,
+not per plan. Tune's own metric/mode are single-objective; the searcher reads the outcomes
+(two objectives to maximize and the constraint slack per point, `tuning._search._outcomes`)
+from the trial's ``outcomes_json`` itself, and ``best_o0`` is reported for Tune's tables. The
+only module of `tuning` that imports Ray.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,73 +27,110 @@ from ray.tune.search import Searcher
 from ._evaluator import evaluate_arrays
 from ._mobo import MoboSettings, MoboState
 from ._problem import Problem
-from ._search import Goal, SearchResult, _outcomes, _Run, make_encoding
+from ._search import (
+    Callback,
+    Goal,
+    SearchError,
+    SearchResult,
+    _outcomes,
+    _Run,
+    make_encoding,
+)
 
 __all__ = ["BouteSearcher", "search_with_tune"]
 
 
 class BouteSearcher(Searcher):
-    """MOBO proposals for Ray Tune; see the module docstring."""
+    """MOBO proposals for Ray Tune, `batch` points per trial; see the module docstring."""
 
-    def __init__(self, dim: int, seed: int = 0, settings: MoboSettings | None = None) -> None:
-        super().__init__(metric="o0", mode="max")
+    def __init__(self, dim: int, seed: int = 0, settings: MoboSettings | None = None,
+                 batch: int = 64,
+                 on_batch: Callable[[np.ndarray[Any, Any]], bool] | None = None) -> None:
+        super().__init__(metric="best_o0", mode="max")
         self.state = MoboState(dim, seed, settings or MoboSettings())
-        self.queue: list[np.ndarray[Any, Any]] = []
+        self.batch = batch
+        self.handed_out = 0
         self.live: dict[str, np.ndarray[Any, Any]] = {}
+        self.on_batch = on_batch      # called with each finished batch; True -> stop
+        self.finished = False
 
-    def suggest(self, trial_id: str) -> dict[str, float] | None:
-        """The next point, as ``{"z0": ..., "z1": ...}``."""
-        if not self.queue:
-            self.queue = list(self.state.propose())
-        z = self.queue.pop(0)
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        """The next batch, as ``{"z": [[z0, z1, ...], ...]}`` (FINISHED once told to stop)."""
+        if self.finished:
+            return Searcher.FINISHED  # type: ignore[return-value]  # Tune's end marker
+        if self.handed_out < self.state.settings.n_init:
+            n = min(self.batch, self.state.settings.n_init - self.handed_out)
+            z = self.state.sobol(n)
+        elif self.state.num_observed == 0:
+            return None          # wait for the Sobol start before modelling
+        else:
+            z = self.state.propose()
+        self.handed_out += len(z)
         self.live[trial_id] = z
-        return {f"z{i}": float(v) for i, v in enumerate(z)}
+        return {"z": z.tolist()}
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
         """Record the trial's outcomes (failed trials are dropped)."""
         z = self.live.pop(trial_id, None)
         if z is not None and result is not None and not error:
-            self.state.observe(z[None], np.array([[result["o0"], result["o1"], result["o2"]]]))
+            self.state.observe(z, np.asarray(json.loads(result["outcomes_json"])))
+            if self.on_batch is not None and self.on_batch(z):
+                self.finished = True
 
 
-def _trial(config: dict[str, float], problem: Problem, goal: Goal, encoding: str) -> None:
+def _trial(config: dict[str, Any], problem: Problem, goal: Goal, encoding: str) -> None:
     enc = make_encoding(problem, goal, encoding)
-    z = np.array([[config[f"z{i}"] for i in range(enc.dim)]])
-    y = _outcomes(problem, goal, evaluate_arrays(problem, enc.decode(z), goal.p95_s))[0]
-    tune.report({"o0": float(y[0]), "o1": float(y[1]), "o2": float(y[2])})
+    y = _outcomes(problem, goal, evaluate_arrays(problem, enc.decode(np.asarray(config["z"])),
+                                                 goal.p95_s))
+    feasible = y[:, 2] >= 0
+    tune.report({"outcomes_json": json.dumps(y.tolist()),
+                 "best_o0": float(y[feasible, 0].max()) if feasible.any() else -1.0})
 
 
 def search_with_tune(problem: Problem, goal: Goal, *, seed: int = 0, max_evals: int = 288,
-                     concurrency: int = 8, encoding: str = "structured") -> SearchResult:
-    """Run the MOBO searcher through Ray Tune (starting a local Ray if none is running)."""
+                     batch: int = 64, concurrency: int = 2, encoding: str = "structured",
+                     callback: Callback | None = None, temp_dir: str | None = None
+                     ) -> SearchResult:
+    """Run the MOBO searcher through Ray Tune (starting a local Ray if none is running).
+
+    ``max_evals`` plans in trials of ``batch`` (Sobol chunks) or ``settings.q`` points (BO
+    steps), ``concurrency`` trials at a time; results under ``build/ray_results``. The driver
+    keeps the evaluated plans as trials finish; ``callback(evaluations, seconds, value)``
+    returning True ends the search (no new trials).
+    """
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     started = False
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 _temp_dir=temp_dir)
         started = True
     enc = make_encoding(problem, goal, encoding)
     settings = MoboSettings(n_init=min(MoboSettings().n_init, max_evals))
-    searcher = BouteSearcher(enc.dim, seed, settings)
-    run = _Run(problem, goal, "mobo", None)
-    start = time.perf_counter()
+    run = _Run(problem, goal, "mobo-tune", callback)
+
+    def on_batch(z: np.ndarray[Any, Any]) -> bool:
+        run.add(enc.decode(z))
+        return run.stop
+
+    searcher = BouteSearcher(enc.dim, seed, settings, batch, on_batch)
+    n_sobol = math.ceil(settings.n_init / batch)
+    n_bo = math.ceil(max(0, max_evals - settings.n_init) / settings.q)
     try:
         tuner = tune.Tuner(
             tune.with_parameters(_trial, problem=problem, goal=goal, encoding=encoding),
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=max_evals,
-                                        max_concurrent_trials=concurrency),
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n_sobol + n_bo,
+                                        max_concurrent_trials=concurrency, reuse_actors=True),
             run_config=tune.RunConfig(storage_path=str(Path("build/ray_results").resolve()),
                                       verbose=0),
         )
-        grid = tuner.fit()
-        z = np.array([[r.config[f"z{i}"] for i in range(enc.dim)] for r in list(grid)  # type: ignore[call-overload]
-                      if r.config])
+        tuner.fit()
     finally:
         if started:
             ray.shutdown()
-    run.add(enc.decode(z))
-    result = run.done()
-    result.seconds = time.perf_counter() - start
-    return result
+    if run.result is None:
+        raise SearchError("no Ray Tune trial finished; see the trial logs under "
+                          "build/ray_results")
+    return run.done()

@@ -11,8 +11,12 @@ from tests.conftest import write_scenario
 
 def test_presets() -> None:
     assert {"paper-gsm8k", "paper-mtbench"} <= set(list_presets())
-    s = load_scenario("paper-mtbench")
+    s = load_scenario("paper-gsm8k")
     assert s.budget_per_hour == 30 and s.workload.rate_rps == 100
+    # The mtbench preset runs 20 req/s with 2x the paper's P95 targets (see its header).
+    s = load_scenario("paper-mtbench")
+    assert s.budget_per_hour == 30 and s.workload.rate_rps == 20
+    assert [(t.quality, t.p95_s) for t in s.targets] == [(8.1, 20), (8.5, 30)]
     assert set(s.gpus) == {"H100", "RTX-PRO-6000", "RTX-5090", "RTX-4090"}
     assert load_scenario().name == "paper-gsm8k"
 

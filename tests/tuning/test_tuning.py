@@ -173,3 +173,33 @@ def test_baselines_never_beat_the_joint_optimum(small_problem: Problem) -> None:
             assert m.cost_per_hour[0] >= joint - 1e-9, name
             if name.startswith("Stand-Alone"):
                 assert found.strong_share[0] == 1.0
+
+
+def test_max_throughput_mobo_matches_exact(small_problem: Problem) -> None:
+    pr = small_problem
+    goal = Goal("max-throughput", quality=87, p95_s=8)
+    exact = search(pr, goal, solver="exact")
+    mobo = search(pr, goal, solver="mobo", max_evals=256)
+    e, b = exact.best(pr), mobo.best(pr)
+    assert e is not None and b is not None
+    # Both within the budget and the quality; MOBO within 2% of the exact capacity.
+    for res, i in ((exact, e), (mobo, b)):
+        assert res.metrics.cost_per_hour[i] <= pr.budget + 1e-9
+        assert res.metrics.quality[i] >= 87 - 1e-9
+    assert mobo.metrics.capacity_rps[b] >= 0.98 * exact.metrics.capacity_rps[e]
+    assert mobo.metrics.capacity_rps[b] <= exact.metrics.capacity_rps[e] + 1e-6
+
+
+def test_gp_training_subset_keeps_the_front() -> None:
+    from tuning._mobo import leading_layers, training_subset
+
+    # Outcomes (o0, o1, slack): the front of the feasible rows is rows 0 and 1; row 2 is
+    # dominated by row 1; row 3 is infeasible although it would dominate everything.
+    y = np.array([[1.0, 0.0, 0.1], [0.5, 0.5, 0.0], [0.4, 0.4, 0.2], [2.0, 2.0, -0.5]])
+    assert leading_layers(y, 10).tolist() == [0, 1, 2]
+    assert sorted(leading_layers(y, 2).tolist()) == [0, 1]
+    assert training_subset(y, 10, 0).tolist() == [0, 1, 2, 3]
+    big = np.random.default_rng(0).random((500, 3)) - [0, 0, 0.5]
+    keep = training_subset(big, 96, 0)
+    assert len(keep) == 96 == len(set(keep.tolist()))
+    assert set(leading_layers(big, 48).tolist()) <= set(keep.tolist())

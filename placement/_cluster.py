@@ -1,0 +1,80 @@
+"""Does a plan fit a cluster? Shortfalls per GPU type, with node packing.
+
+`check_fit` is pure (nodes given as resource dicts, as ``ray.nodes()`` reports them);
+`live_nodes` reads them from the running Ray cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ._resources import gpu_resource, gpu_type_of
+from ._specs import GroupSpec
+
+__all__ = ["Shortfall", "check_fit", "gpu_types_in", "live_nodes"]
+
+
+@dataclass(frozen=True)
+class Shortfall:
+    """Why the GPUs of one type do not suffice."""
+
+    gpu: str
+    needed: int
+    available: int
+    detail: str
+
+    def __str__(self) -> str:
+        return (f"{self.gpu}: the plan needs {self.needed} GPU(s), the cluster has "
+                f"{self.available}; {self.detail}")
+
+
+def check_fit(specs: Sequence[GroupSpec], nodes: Sequence[Mapping[str, float]]
+              ) -> list[Shortfall]:
+    """Shortfalls of the cluster `nodes` for `specs` (empty when the plan fits).
+
+    Per GPU type: total GPUs, then a first-fit-decreasing packing of the STRICT_PACK replicas
+    (each needs ``tp*pp`` GPUs of its type on one node); PACK replicas take what is left.
+    """
+    out = []
+    for gpu in sorted({s.gpu for s in specs}):
+        res = gpu_resource(gpu)
+        free = sorted((int(n.get(res, 0)) for n in nodes if n.get(res, 0) >= 1), reverse=True)
+        mine = [s for s in specs if s.gpu == gpu]
+        needed = sum(s.gpus_per_replica * s.replicas for s in mine)
+        if needed > sum(free):
+            out.append(Shortfall(gpu, needed, sum(free),
+                                 f"add {needed - sum(free)} {gpu} GPU(s) (nodes declare the "
+                                 f"resource {res!r} per GPU)"))
+            continue
+        sizes = sorted((s.gpus_per_replica for s in mine if s.strategy == "STRICT_PACK"
+                        for _ in range(s.replicas)), reverse=True)
+        for size in sizes:
+            slot = next((k for k, f in enumerate(free) if f >= size), None)
+            if slot is None:
+                out.append(Shortfall(gpu, needed, sum(free),
+                                     f"a replica needs {size} {gpu} GPUs on one node and no node"
+                                     f" has that many left (largest free: "
+                                     f"{max(free, default=0)})"))
+                break
+            free[slot] -= size
+    return out
+
+
+def live_nodes() -> list[dict[str, float]]:
+    """Total resources of every alive node of the connected Ray cluster."""
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes()  # type: ignore[no-untyped-call]
+            if n.get("Alive")]
+
+
+def gpu_types_in(nodes: Sequence[Mapping[str, float]]) -> dict[str, int]:
+    """GPU type -> largest count on one node (the node size used for packing)."""
+    out: dict[str, int] = {}
+    for n in nodes:
+        for key, value in n.items():
+            t = gpu_type_of(key)
+            if t is not None:
+                out[t] = max(out.get(t, 0), int(value))
+    return out
