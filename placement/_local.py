@@ -1,0 +1,45 @@
+"""A local Ray cluster whose fake nodes carry a plan's GPU types (dry runs, tests).
+
+`ray.cluster_utils.Cluster` starts one raylet per node on this machine; each fake node
+declares ``num_gpus`` and the GPU-type resource per GPU, exactly as a real node of that type
+would (cluster.yaml / ``ray start --resources``), so placement groups land as they would on the
+real cluster. No GPU is touched: the emulated backend uses none.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ._resources import gpu_resource
+
+__all__ = ["local_cluster"]
+
+
+def local_cluster(gpus: Mapping[str, int], gpus_per_node: Mapping[str, int], *,
+                  head_cpus: int = 2, temp_dir: str | Path | None = None) -> Any:
+    """Start a head node plus fake GPU nodes (``gpus``: type -> GPUs needed) and connect.
+
+    Nodes of a type hold ``gpus_per_node[type]`` GPUs each (the last one what is left).
+    Returns the `ray.cluster_utils.Cluster`; call ``.shutdown()`` and ``ray.shutdown()``.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    head: dict[str, Any] = {"num_cpus": head_cpus, "num_gpus": 0, "include_dashboard": False}
+    if temp_dir is not None:        # Ray's files (sessions, sockets) under temp_dir/ray
+        Path(temp_dir).mkdir(parents=True, exist_ok=True)
+        os.environ["RAY_TMPDIR"] = str(Path(temp_dir).resolve())
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    for gpu, n in sorted(gpus.items()):
+        size = gpus_per_node[gpu]
+        for k in range(math.ceil(n / size)):
+            count = min(size, n - k * size)
+            cluster.add_node(num_cpus=0, num_gpus=count, resources={gpu_resource(gpu): count})
+    ray.init(address=cluster.address, log_to_driver=False)
+    cluster.wait_for_nodes()
+    return cluster

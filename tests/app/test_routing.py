@@ -1,0 +1,99 @@
+import asyncio
+import math
+import time
+
+import numpy as np
+import pytest
+
+from app.emulated import EmulatedEngine
+from app.openai_api import ApiError, prompt_of
+from app.routing import (
+    BuiltinRouter,
+    LiveThreshold,
+    RandomRouter,
+    RouterError,
+    SmoothWeightedRoundRobin,
+    calibrate_threshold,
+    make_router,
+)
+from profiling import ReplicaModel
+
+
+def prompts(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    words = ["apple", "sum", "explain", "why", "42", "+", "train", "cost", "x", "def"]
+    return [" ".join(rng.choice(words, size=int(rng.integers(3, 120)))) for _ in range(n)]
+
+
+def test_calibration_is_routellms_quantile() -> None:
+    scores = [0.1, 0.2, 0.3, 0.4, 0.5]
+    # np.quantile([..], 0.6) with linear interpolation: 0.1 + 0.6 * 4 * 0.1 = 0.34
+    assert calibrate_threshold(scores, 0.4) == pytest.approx(0.34)
+    assert calibrate_threshold(scores, 0.0) == math.inf
+    assert calibrate_threshold(scores, 1.0) == -math.inf
+    with pytest.raises(RouterError, match=r"strong_share=1\.5"):
+        calibrate_threshold(scores, 1.5)
+
+
+def test_builtin_scores_spread_and_rank_hard_prompts_higher() -> None:
+    r = BuiltinRouter()
+    s = [r.calculate_strong_win_rate(p) for p in prompts(500)]
+    assert 0 < min(s) < max(s) < 1 and len(set(s)) > 450
+    easy = r.calculate_strong_win_rate("hi there")
+    hard = r.calculate_strong_win_rate("Explain step by step why 17 * 23 + 4 = 395, "
+                                       "then prove it and derive the general formula.")
+    assert hard > easy
+
+
+def test_live_threshold_holds_the_share_exactly() -> None:
+    router = RandomRouter(seed=3)
+    live = LiveThreshold(0.3, seed=1)
+    routed = [live.route_strong(router.calculate_strong_win_rate(p)) for p in prompts(1000)]
+    # The deficit correction keeps the cumulative share within a few queries of 30%.
+    assert abs(sum(routed[:400]) / 400 - 0.3) <= 0.02
+    assert abs(sum(routed) / 1000 - 0.3) <= 0.01
+    live.set_share(0.7)
+    routed = [live.route_strong(router.calculate_strong_win_rate(p)) for p in prompts(400, 1)]
+    assert abs(sum(routed) / 400 - 0.7) <= 0.02
+
+
+def test_weighted_round_robin_is_exact() -> None:
+    rr = SmoothWeightedRoundRobin({"a": 0.5, "b": 0.3, "c": 0.2})
+    picks = [rr.pick() for _ in range(100)]
+    assert (picks.count("a"), picks.count("b"), picks.count("c")) == (50, 30, 20)
+    assert picks[:5] == ["a", "b", "c", "a", "a"] or len(set(picks[:3])) == 3
+    with pytest.raises(RouterError, match="positive sum"):
+        SmoothWeightedRoundRobin({"a": 0.0})
+
+
+def test_unknown_router_and_bad_bodies_are_named() -> None:
+    with pytest.raises(RouterError, match="router='nope'"):
+        make_router("nope")
+    with pytest.raises(ApiError, match="messages must be a non-empty list"):
+        prompt_of("chat", {"messages": []})
+    with pytest.raises(ApiError, match="prompt must be a string"):
+        prompt_of("completions", {"prompt": 3})
+    assert prompt_of("chat", {"messages": [{"role": "system", "content": "s"},
+                                           {"role": "user", "content": "q"}]}) == "q"
+
+
+def test_emulated_engine_follows_the_replica_model(catalog) -> None:
+    replica = ReplicaModel(catalog.model("llama-3.1-8b"), catalog.gpu("RTX-4090"), 1, 1)
+    engine = EmulatedEngine(replica)
+
+    async def one() -> tuple[float, float, int]:
+        t0 = time.perf_counter()
+        first, n = None, 0
+        async for _ in engine.generate(400, 40):
+            n += 1
+            first = first or time.perf_counter() - t0
+        return first or 0.0, time.perf_counter() - t0, n
+
+    ttft, total, n = asyncio.run(one())
+    assert n == 40
+    expect_ttft = replica.step_time_s(prefill_tokens=400, prefill_attn_work=400 * 200,
+                                      prefill_kv_tokens=400, sampled_seqs=1)
+    expect_total = expect_ttft + sum(replica.decode_time_s(1, 400 + k) for k in range(1, 40))
+    # asyncio.sleep overshoots by ~0.1-1 ms per step on a loaded machine.
+    assert expect_ttft <= ttft <= expect_ttft + 0.02
+    assert expect_total <= total <= expect_total * 1.15 + 0.04
