@@ -190,7 +190,7 @@ def run_mobo(
     goal: Goal,
     *,
     seed: int = 0,
-    max_evals: int = 160,
+    max_evals: int = 256,
     encoding: str = "structured",
     callback: Callback | None = None,
     progress: bool = False,

@@ -239,7 +239,7 @@ def search(
     *,
     solver: str = "mobo",
     seed: int = 0,
-    max_evals: int = 160,
+    max_evals: int = 256,
     encoding: str = "structured",
     callback: Callback | None = None,
     progress: bool = False,
