@@ -50,8 +50,8 @@ class EmulatedLLMServer:
         self.engine = EmulatedEngine(ReplicaModel(catalog.model(model), catalog.gpu(gpu),
                                                   tp, pp))
 
-    async def _run(self, kind: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        prompt_tokens = estimate_tokens(prompt_of(kind, body))
+    async def _run(self, kind: str, body: dict[str, Any], prompt_tokens: int
+                   ) -> AsyncIterator[dict[str, Any]]:
         max_tokens = int(body.get("max_tokens") or DEFAULT_MAX_TOKENS)
         ident = stream_ident(kind)
         async for i in self.engine.generate(prompt_tokens, max_tokens):
@@ -59,13 +59,13 @@ class EmulatedLLMServer:
             yield chunk(kind, self.model, " tok", ident, "length" if last else None)
 
     async def _answer(self, kind: str, body: dict[str, Any]) -> Any:
+        prompt_tokens = estimate_tokens(prompt_of(kind, body))
         if body.get("stream"):
-            return self._run(kind, body)
+            return self._run(kind, body, prompt_tokens)
         n = 0
-        async for _ in self._run(kind, body):
+        async for _ in self._run(kind, body, prompt_tokens):
             n += 1
-        return completion(kind, self.model, " tok" * n,
-                          estimate_tokens(prompt_of(kind, body)), n)
+        return completion(kind, self.model, " tok" * n, prompt_tokens, n)
 
     async def chat(self, body: dict[str, Any]) -> Any:
         """``/v1/chat/completions`` body -> response dict or chunk generator."""
