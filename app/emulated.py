@@ -9,7 +9,8 @@ requested output, sleeps for the step time the replica model predicts
 sequence and the first token of every prompt completed in the step. A request therefore sees
 the TTFT and per-token latency a real replica of that (model, GPU, TP, PP) would give under
 the same load — without a GPU. Tokens are placeholders (``" tok"``); prompt length is
-estimated as one token per 4 characters (the BPE rule of thumb).
+estimated as one token per 4 characters (the BPE rule of thumb). ``time_scale`` multiplies
+every step time (0: a zero-latency engine, to measure the serving stack alone).
 
 Never a silent fallback: it is chosen with ``--backend emulated``.
 """
@@ -17,6 +18,7 @@ Never a silent fallback: it is chosen with ``--backend emulated``.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -46,8 +48,12 @@ class _Seq:
 class EmulatedEngine:
     """Continuous batching in real time on the replica model's step times."""
 
-    def __init__(self, replica: ReplicaModel) -> None:
+    def __init__(self, replica: ReplicaModel, time_scale: float = 1.0) -> None:
+        if not time_scale >= 0:
+            raise ValueError(f"time_scale={time_scale} must be >= 0 (0: zero-latency engine)")
         self.replica = replica
+        self.time_scale = time_scale
+        self._clock = -math.inf       # when the current step is due to end (loop time)
         self.max_num_seqs = replica.engine.max_num_seqs
         self.token_budget = replica.engine.max_num_batched_tokens
         self.kv_capacity = replica.memory.kv_capacity_tokens
@@ -101,8 +107,15 @@ class EmulatedEngine:
                 prefill_kv_tokens=sum(s.prefilled + c for s, c in chunks),
                 decode_seqs=len(decoding),
                 decode_ctx_tokens=sum(s.context for s in decoding),
-                sampled_seqs=len(decoding) + finishing)
-            await asyncio.sleep(dt)
+                sampled_seqs=len(decoding) + finishing) * self.time_scale
+            # Steps run back to back on a schedule (each ends dt after the previous one's
+            # scheduled end), so timer overshoot does not accumulate over a long decode.
+            # (A step starts where the previous one was due to end, unless that is more than
+            # 50 ms ago: after an idle spell or a stall it starts now, with no burst.)
+            now = asyncio.get_running_loop().time()
+            start = self._clock if now - self._clock < 0.05 else now
+            self._clock = start + dt
+            await asyncio.sleep(max(0.0, self._clock - now))
             self.steps += 1
             for s, c in chunks:
                 s.prefilled += c

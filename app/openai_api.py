@@ -6,11 +6,35 @@ import time
 import uuid
 from typing import Any
 
-__all__ = ["ApiError", "chunk", "completion", "prompt_of", "sse", "stream_ident"]
+__all__ = ["ApiError", "chunk", "completion", "error_body", "error_status", "prompt_of", "sse",
+           "stream_ident"]
 
 
 class ApiError(ValueError):
-    """A request body the API rejects (HTTP 400), naming the field."""
+    """A request the API rejects with a 4xx (400 by default), naming the field."""
+
+    def __init__(self, message: str, status: int = 400, param: str | None = None,
+                 kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.param, self.kind = status, param, kind
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI-style error body."""
+        return error_body(self.status, str(self), self.kind, self.param)
+
+
+def error_body(status: int, message: str, kind: str = "invalid_request_error",
+               param: str | None = None) -> dict[str, Any]:
+    """An OpenAI-style error body ``{"error": {message, type, param, code}}``."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+
+
+def error_status(obj: Any) -> int | None:
+    """The HTTP status of an error body: its ``code`` if 4xx/5xx, else 500; None otherwise."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("error"), dict):
+        return None
+    code = obj["error"].get("code")
+    return code if isinstance(code, int) and 400 <= code <= 599 else 500
 
 
 def prompt_of(kind: str, body: dict[str, Any]) -> str:
@@ -23,20 +47,22 @@ def prompt_of(kind: str, body: dict[str, Any]) -> str:
     if kind == "chat":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise ApiError("messages must be a non-empty list of {role, content}")
+            raise ApiError("messages must be a non-empty list of {role, content}",
+                           param="messages")
         users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
         last = (users or messages)[-1]
         content = last.get("content") if isinstance(last, dict) else None
         if isinstance(content, list):      # content parts
             content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
         if not isinstance(content, str):
-            raise ApiError("messages[-1].content must be a string or a list of text parts")
+            raise ApiError("messages[-1].content must be a string or a list of text parts",
+                           param="messages")
         return content
     prompt = body.get("prompt")
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
         prompt = prompt[0]
     if not isinstance(prompt, str):
-        raise ApiError("prompt must be a string")
+        raise ApiError("prompt must be a string", param="prompt")
     return prompt
 
 

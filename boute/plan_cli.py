@@ -36,8 +36,9 @@ def load_planning_problem(args: argparse.Namespace) -> Problem:
 
 
 def planning_problem(scenario_ref: str | None, *, db: str | None = None,
-                     budget: float | None = None, gpu_catalog: Sequence[str] = (),
-                     model_catalog: Sequence[str] = ()) -> Problem:
+                     budget: float | None = None, rate_rps: float | None = None,
+                     gpu_catalog: Sequence[str] = (), model_catalog: Sequence[str] = ()
+                     ) -> Problem:
     """Scenario + perf DB (built or rebuilt when needed, with a note on stderr) -> Problem."""
     from profiling import PerfDB, build_perfdb, load_catalog, load_scenario
     from tuning import default_db_path, load_problem
@@ -48,6 +49,11 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
         if not (budget > 0 and math.isfinite(budget)):
             raise BouteError(f"--budget={budget} must be a positive number of $/hour")
         scenario = scenario.model_copy(update={"budget_per_hour": budget})
+    if rate_rps is not None:        # the DB is rate-free (a 1 req/s base trace, a rate grid)
+        if not (rate_rps > 0 and math.isfinite(rate_rps)):
+            raise BouteError(f"--rate={rate_rps} must be a positive number of requests/s")
+        workload = scenario.workload.model_copy(update={"rate_rps": rate_rps})
+        scenario = scenario.model_copy(update={"workload": workload})
     path = Path(db) if db else default_db_path(scenario)
     spec = scenario.profile_spec()
     try:

@@ -20,10 +20,13 @@ __all__ = ["local_cluster"]
 
 
 def local_cluster(gpus: Mapping[str, int], gpus_per_node: Mapping[str, int], *,
-                  head_cpus: int = 2, temp_dir: str | Path | None = None) -> Any:
+                  head_cpus: int = 2, cpus_per_gpu: int = 1,
+                  temp_dir: str | Path | None = None) -> Any:
     """Start a head node plus fake GPU nodes (``gpus``: type -> GPUs needed) and connect.
 
-    Nodes of a type hold ``gpus_per_node[type]`` GPUs each (the last one what is left).
+    Nodes of a type hold ``gpus_per_node[type]`` GPUs each (the last one what is left) and
+    ``cpus_per_gpu`` logical CPUs per GPU (a vLLM replica's placement group asks for one CPU
+    in its first bundle, as on a real GPU node).
     Returns the `ray.cluster_utils.Cluster`; call ``.shutdown()`` and ``ray.shutdown()``.
     """
     import ray
@@ -39,7 +42,8 @@ def local_cluster(gpus: Mapping[str, int], gpus_per_node: Mapping[str, int], *,
         size = gpus_per_node[gpu]
         for k in range(math.ceil(n / size)):
             count = min(size, n - k * size)
-            cluster.add_node(num_cpus=0, num_gpus=count, resources={gpu_resource(gpu): count})
+            cluster.add_node(num_cpus=cpus_per_gpu * count, num_gpus=count,
+                             resources={gpu_resource(gpu): count})
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
     return cluster

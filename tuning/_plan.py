@@ -107,6 +107,29 @@ class Plan:
             out[g.gpu] = out.get(g.gpu, 0) + g.num_gpus
         return out
 
+    def scaled(self, factor: float) -> Plan:
+        """The same plan shrunk (or grown), for a dry run on a smaller cluster.
+
+        Every group keeps its config and gets ``max(1, round(replicas * factor))`` replicas;
+        the scenario's rate is scaled by the ratio of GPUs,
+        ``rate * gpus_after / gpus_before``, so each GPU sees about the load it was planned
+        for. Predictions are dropped (re-evaluate at the new rate).
+
+        Raises:
+            PlanError: `factor` is not positive.
+
+        """
+        if not (factor > 0 and math.isfinite(factor)):
+            raise PlanError(f"scale factor {factor} must be a positive number")
+        groups = tuple(replace(g, replicas=max(1, round(g.replicas * factor)))
+                       for g in self.groups)
+        before = sum(g.num_gpus for g in self.groups)
+        after = sum(g.num_gpus for g in groups)
+        scenario = dict(self.scenario)
+        if "rate_rps" in scenario:
+            scenario["rate_rps"] = float(scenario["rate_rps"]) * after / before
+        return replace(self, groups=groups, predicted=None, scenario=scenario)
+
     # -- JSON ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The contract's JSON object (NaN/inf become null)."""

@@ -59,6 +59,46 @@ async def _drive(url: str, n: int) -> tuple[Counter[str], Counter[str], int, lis
     return models, groups, errors, streamed
 
 
+async def _statuses(url: str, n: int) -> Counter[tuple[str, int]]:
+    import aiohttp
+
+    out: Counter[tuple[str, int]] = Counter()
+    async with aiohttp.ClientSession() as session:
+        for i in range(n):
+            body = {"model": "auto", "max_tokens": 2, "stream": i % 2 == 1,
+                    "messages": [{"role": "user", "content": f"question {i} " * (i + 1)}]}
+            async with session.post(f"{url}/v1/chat/completions", json=body) as r:
+                await r.read()
+                out[(r.headers.get("x-boute-model", ""), r.status)] += 1
+    return out
+
+
+def _scrape_until(names: tuple[str, ...], timeout_s: float) -> str:
+    """Text of every node's Prometheus endpoint, once all `names` show up (Ray exports
+    metrics every few seconds)."""
+    import time
+    import urllib.request
+
+    import ray
+
+    deadline = time.time() + timeout_s
+    text = ""
+    while time.time() < deadline:
+        text = ""
+        for node in ray.nodes():
+            if node["Alive"] and node.get("MetricsExportPort"):
+                url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
+                try:
+                    with urllib.request.urlopen(url, timeout=5) as r:
+                        text += r.read().decode()
+                except OSError:
+                    continue
+        if all(name in text for name in names):
+            return text
+        time.sleep(2)
+    return text
+
+
 async def _get(url: str) -> dict:
     import aiohttp
 
@@ -66,8 +106,29 @@ async def _get(url: str) -> dict:
         return await r.json()
 
 
+def _faulty_app():
+    """The router over a healthy weak group and a strong group whose engine always fails."""
+    from ray import serve
+
+    from app.server import EmulatedLLMServer, RouterIngress
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class Broken:
+        async def openai(self, kind: str, body: dict) -> dict:
+            """Fail as a crashed engine would."""
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    shares = {"llama-3.1-8b": {"weak": 1.0}, "llama-3.1-70b": {"strong": 1.0}}
+    config = {"weak": "llama-3.1-8b", "strong": "llama-3.1-70b", "strong_share": 0.5,
+              "threshold": None, "router": "random", "seed": 0, "shares": shares}
+    handles = {"weak": EmulatedLLMServer.options(name="weak").bind(
+        "llama-3.1-8b", "RTX-4090", 1, 1), "strong": Broken.bind()}
+    return RouterIngress.options(user_config=config).bind(handles)
+
+
 @pytest.mark.heavy
-def test_router_serves_the_plan_on_a_fake_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_router_serves_the_plan_on_a_fake_cluster(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
     import ray
     from ray import serve
 
@@ -81,7 +142,8 @@ def test_router_serves_the_plan_on_a_fake_cluster(monkeypatch: pytest.MonkeyPatc
     try:
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(build_app(PLAN), name="boute", route_prefix="/")
+        log_dir = str(tmp_path / "log")
+        serve.run(build_app(PLAN, log_dir=log_dir), name="boute", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         models, groups, errors, streamed = asyncio.run(_drive(url, 400))
         assert errors == 0
@@ -106,13 +168,55 @@ def test_router_serves_the_plan_on_a_fake_cluster(monkeypatch: pytest.MonkeyPatc
         # is imperative and may replace the router replica; the engines are not touched.
         from dataclasses import replace
 
-        serve.run(build_app(replace(PLAN, routing=Routing(0.7))), name="boute",
-                  route_prefix="/")
+        serve.run(build_app(replace(PLAN, routing=Routing(0.7)), log_dir=log_dir),
+                  name="boute", route_prefix="/")
         models, _groups, errors, _ = asyncio.run(_drive(url, 200))
         assert errors == 0 and abs(models["llama-3.1-70b"] / 200 - 0.7) <= 0.03
         health = asyncio.run(_get(f"{url}/health"))
         assert health["strong_share_target"] == 0.7 and health["errors"] == 0
+        # An engine failure is a 502 for its requests only; the router keeps serving.
+        faulty = _faulty_app()
+        serve.run(faulty, name="faulty", route_prefix="/faulty")
+        statuses = asyncio.run(_statuses(f"{url}/faulty", 40))
+        assert set(statuses) == {("llama-3.1-8b", 200), ("llama-3.1-70b", 502)}, statuses
+        health = asyncio.run(_get(f"{url}/faulty/health"))
+        assert health["status"] == "ok" and health["errors"] == statuses[("llama-3.1-70b", 502)]
+        # A plan that does not fit is refused before anything is deployed.
+        from app.deploy import DeployError, deploy_plan
+        from placement import PlacementError
+
+        big = Plan(PLAN.routing, (Group("llama-3.1-70b", "H100", 4, 1, 4, 1.0),
+                                  Group("llama-3.1-8b", "L40S", 1, 1, 1, 1.0)), PLAN.predicted,
+                   PLAN.scenario)
+        with pytest.raises(DeployError, match=r"no node with GPU type.*L40S"):
+            deploy_plan(big, backend="emulated", name="big")
+        with pytest.raises(DeployError, match=r"H100: the plan needs 16 GPU.*the cluster has 4"):
+            deploy_plan(Plan(PLAN.routing, big.groups[:1], scenario=PLAN.scenario),
+                        backend="emulated", name="big")
+        wide = Plan(PLAN.routing, (Group("llama-3.1-70b", "H100", 8, 1, 1, 1.0),),
+                    scenario=PLAN.scenario)
+        with pytest.raises(PlacementError, match="tp=8 exceeds the 4 GPUs of a H100 node"):
+            deploy_plan(wide, backend="emulated", name="big")
+        assert "big" not in serve.status().applications
+        # The router's metrics reach Ray's metrics endpoint, with their tags.
+        names = ("ray_boute_latency_seconds_bucket", "ray_boute_requests_total",
+                 "ray_boute_tokens_total", "ray_boute_ttft_seconds_bucket",
+                 "ray_boute_errors_total", "ray_boute_strong_share_target")
+        scraped = _scrape_until(names, 90)
+        for name in names:
+            assert name in scraped, name
+        assert 'model="llama-3.1-70b"' in scraped
+        assert 'group="g2-llama-3.1-70b-H100-tp4pp1"' in scraped
+        assert 'status="502"' in scraped and 'kind="engine"' in scraped
     finally:
         serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
+    # Every request is in the log, including those of the replaced router replica: a clean
+    # shutdown loses nothing.
+    from app.request_log import read_log
+
+    log = read_log(log_dir)
+    assert log.num_rows == 600
+    assert set(log["status"].to_pylist()) == {200}
+    assert abs(log["model"].to_pylist()[:400].count("llama-3.1-70b") / 400 - 0.3) <= 0.03

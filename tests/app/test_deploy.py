@@ -1,0 +1,151 @@
+"""Deploy-side pure pieces: plan scaling, the Serve config, the bench's arithmetic, error
+bodies, the emulated server's request checks, the tiny model directory."""
+
+import asyncio
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from app.openai_api import ApiError, error_body, error_status
+from boute.bench import BenchResult, RequestRecord, format_bench, synth_prompt
+from boute.cli import main
+from tuning import Group, Plan, PlanError, Routing
+
+PLAN = Plan(Routing(0.4), (
+    Group("llama-3.1-8b", "RTX-4090", 1, 1, 6, 0.75),
+    Group("llama-3.1-8b", "RTX-5090", 1, 1, 2, 0.25),
+    Group("llama-3.1-70b", "H100", 4, 1, 2, 1.0),
+), scenario={"name": "paper-gsm8k", "rate_rps": 100.0,
+             "models": {"weak": "llama-3.1-8b", "strong": "llama-3.1-70b"}})
+
+
+def test_scaled_plan_keeps_configs_and_scales_rate_by_gpus() -> None:
+    small = PLAN.scaled(0.25)
+    # replicas: round(6/4)=2 (1.5 rounds to even 2), round(0.5)=0 -> 1, round(0.5)=0 -> 1
+    assert [g.replicas for g in small.groups] == [2, 1, 1]
+    assert [(g.gpu, g.tp) for g in small.groups] == [(g.gpu, g.tp) for g in PLAN.groups]
+    # GPUs 6+2+8 = 16 -> 2+1+4 = 7: rate 100 * 7/16
+    assert small.scenario["rate_rps"] == pytest.approx(43.75)
+    assert small.predicted is None
+    with pytest.raises(PlanError, match="scale factor -1"):
+        PLAN.scaled(-1)
+
+
+def test_serve_config_names_builder_args_and_router_user_config() -> None:
+    from app.deploy import serve_config
+
+    cfg = serve_config(PLAN, "/abs/plan.json", backend="vllm", device="cpu",
+                       sources={"llama-3.1-8b": "/m/8b"}, engine_kwargs={"max_model_len": 4096})
+    (application,) = cfg["applications"]
+    assert application["import_path"] == "app.main:app"
+    assert application["args"] == {"plan": "/abs/plan.json", "backend": "vllm", "device": "cpu",
+                                   "seed": "0", "models": "llama-3.1-8b=/m/8b",
+                                   "engine_kwargs": '{"max_model_len": 4096}'}
+    (router,) = application["deployments"]
+    assert router["name"] == "RouterIngress"
+    assert router["user_config"]["strong_share"] == 0.4
+    assert router["user_config"]["shares"]["llama-3.1-8b"] == {
+        "g0-llama-3.1-8b-RTX-4090-tp1pp1": 0.75, "g1-llama-3.1-8b-RTX-5090-tp1pp1": 0.25}
+    yaml.safe_dump(cfg)                                  # serializable as the file
+
+
+def test_bench_summary_arithmetic() -> None:
+    recs = [RequestRecord(0.0, 200, 0.1, 1.1, 11, "w", "g0"),
+            RequestRecord(0.5, 200, 0.3, 2.3, 21, "s", "g1"),
+            RequestRecord(1.0, 503, error="busy"),
+            RequestRecord(1.5, 200, 0.2, 0.2, 1, "w", "g0")]
+    s = BenchResult("http://x", recs, duration_s=4.0).summary()
+    assert (s["requests"], s["ok"], s["errors"]) == (4, 3, {"503": 1})
+    assert s["throughput_rps"] == pytest.approx(0.75)
+    assert s["output_tokens_per_s"] == pytest.approx(33 / 4)
+    # TPOT: (1.1-0.1)/10 = 0.1 and (2.3-0.3)/20 = 0.1; the 1-token request has none.
+    assert s["tpot_s"]["p50"] == pytest.approx(0.1) and s["tpot_s"]["mean"] == pytest.approx(0.1)
+    # e2e [1.1, 2.3, 0.2]: median 1.1; p90 by linear interpolation 1.1 + 0.8 * 1.2 = 2.06
+    assert s["e2e_s"]["p50"] == pytest.approx(1.1) and s["e2e_s"]["p90"] == pytest.approx(2.06)
+    assert s["model_share"] == {"s": pytest.approx(1 / 3), "w": pytest.approx(2 / 3)}
+    assert s["first_error"] == "busy"
+    s["strong_share"] = s["model_share"]["s"]
+    text = format_bench(s, {"system_p95_s": 2.0, "mean_s": 1.0, "strong_share": 0.3})
+    assert "P95 latency (s)" in text and "+" in text
+
+
+def test_synth_prompt_length_follows_four_chars_per_token() -> None:
+    rng = np.random.default_rng(0)
+    p = synth_prompt(100, rng)
+    assert 400 <= len(p) <= 400 + 8          # stops at the first word past 400 characters
+
+
+def test_error_bodies_and_status() -> None:
+    body = ApiError("no such model", 404, "model", "model_not_found").body()
+    assert body == {"error": {"message": "no such model", "type": "model_not_found",
+                              "param": "model", "code": 404}}
+    assert error_status(body) == 404
+    assert error_status(error_body(999, "x")) == 500       # not an HTTP status -> 500
+    assert error_status({"choices": []}) is None
+
+
+def test_emulated_server_checks_context_and_max_tokens(catalog) -> None:
+    from app.server import EmulatedLLMServer
+
+    cls = EmulatedLLMServer.func_or_class                  # the plain class, no Serve
+    server = cls("llama-3.1-8b", "H100", 1, 1)
+    limit = catalog.model("llama-3.1-8b").max_position_embeddings
+    long = {"messages": [{"role": "user", "content": "x" * 4 * limit}], "max_tokens": 8}
+    err = asyncio.run(server.openai("chat", long))
+    assert error_status(err) == 400 and "maximum context length" in err["error"]["message"]
+    err = asyncio.run(server.openai("chat", {"messages": [{"role": "user", "content": "hi"}],
+                                             "max_tokens": 0}))
+    assert err["error"]["param"] == "max_tokens"
+
+
+def test_tiny_llama_directory(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from profiling import load_hf_config
+    from profiling._tiny import make_tiny_llama
+
+    d = make_tiny_llama(tmp_path / "tiny", hidden_size=64, layers=1, heads=4, kv_heads=2)
+    cfg = json.loads((d / "config.json").read_text())
+    tok = AutoTokenizer.from_pretrained(str(d))
+    assert cfg["vocab_size"] == len(tok) and cfg["num_hidden_layers"] == 1
+    ids = tok("The quick brown fox")["input_ids"]
+    assert tok.decode(ids) == "The quick brown fox"
+    arch = load_hf_config(d / "config.json", name="tiny")
+    assert arch.head_dim == 16 and arch.num_kv_heads == 2
+    with pytest.raises(ValueError, match="must divide"):
+        make_tiny_llama(tmp_path / "bad", hidden_size=30, heads=4)
+
+
+def test_deploy_cli_bad_input_is_one_line(tmp_path: Path, capsys) -> None:
+    plan = tmp_path / "plan.json"
+    PLAN.save(plan)
+    assert main(["deploy", str(plan), "--backend", "emulated", "--model", "oops"]) == 2
+    assert "--model 'oops' must look like NAME=VALUE" in capsys.readouterr().err
+    assert main(["deploy", str(plan), "--backend", "emulated", "--scale", "0"]) == 2
+    assert "scale factor 0" in capsys.readouterr().err
+    assert main(["bench", "--shape", "nope", "--duration", "1"]) == 2
+    assert "--shape='nope' is unknown" in capsys.readouterr().err
+    assert math.isfinite(PLAN.scenario["rate_rps"])
+
+
+def test_threshold_calibrated_on_a_prompt_sample(tmp_path: Path) -> None:
+    from app.deploy import DeployError, calibrated, read_prompts
+    from app.routing import BuiltinRouter
+
+    sample = tmp_path / "prompts.jsonl"
+    rng = np.random.default_rng(1)
+    prompts = [synth_prompt(int(rng.integers(5, 200)), rng) for _ in range(300)]
+    sample.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": p}]})
+                                for p in prompts) + "\n")
+    plan = calibrated(PLAN, read_prompts(str(sample)))
+    scores = [BuiltinRouter().calculate_strong_win_rate(p) for p in prompts]
+    assert plan.routing.threshold == pytest.approx(np.quantile(scores, 1 - 0.4))
+    assert sum(s >= plan.routing.threshold for s in scores) == 120      # 40% of 300
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n[1, 2]\n')
+    with pytest.raises(DeployError, match=r"bad.jsonl:2: not a JSON object"):
+        read_prompts(str(bad))

@@ -1,0 +1,52 @@
+"""The user's path end to end with emulated engines: `boute plan` -> `boute deploy --local
+--bench-s` (a local fake cluster carrying the plan's GPU types, the router, an open-loop
+bench) -> measured versus predicted."""
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from boute.cli import main
+
+SCENARIO = """
+name: serve-small
+gpus:
+  H100: {count: 4}
+  RTX-4090: {count: 4}
+models: {weak: llama-3.1-8b, strong: llama-3.1-70b}
+task: gsm8k
+workload: {shape: gsm8k, rate_rps: 8}
+budget_per_hour: 14
+profile: {num_rates: 8, num_requests: 300}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.heavy
+def test_deploy_bench_matches_prediction(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    scenario, db, plan = tmp_path / "s.yaml", tmp_path / "db.parquet", tmp_path / "plan.json"
+    scenario.write_text(SCENARIO)
+    assert main(["plan", "--scenario", str(scenario), "--db", str(db), "--quality", "87",
+                 "--solver", "exact", "--plot", "", "--out", str(plan)]) == 0
+    capsys.readouterr()
+    code = main(["--json", "deploy", str(plan), "--backend", "emulated", "--local",
+                 "--scenario", str(scenario), "--db", str(db), "--rate", "6",
+                 "--bench-s", "60", "--port", str(_free_port())])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    bench, predicted = out["bench"], out["predicted"]
+    assert bench["ok"] == bench["requests"] >= 300 and not bench["errors"]
+    measured_p95 = bench["e2e_s"]["p95"]
+    assert abs(measured_p95 - predicted["system_p95_s"]) <= 0.2 * predicted["system_p95_s"], (
+        measured_p95, predicted)
+    assert abs(bench["strong_share"] - predicted["strong_share"]) <= 0.05
+    print(json.dumps({"measured_p95_s": measured_p95, **predicted}))
