@@ -87,9 +87,17 @@ def deploy_plan(plan: Plan, *, backend: str, device: str = "gpu",
     Raises:
         DeployError: a GPU type is missing or short on the cluster (per type: needed,
             available, what to add), checked before anything is deployed.
+        InfeasibleConfigError: a group's (model, GPU, TP, PP) does not fit in GPU memory.
 
     """
     from ray import serve
+
+    from profiling import ReplicaModel, load_catalog
+
+    catalog = load_catalog(gpu_catalog or (), model_catalog or ())
+    for g in plan.groups:           # memory fit per replica (raises with the numbers)
+        if g.model in catalog.models and g.gpu in catalog.gpus:
+            ReplicaModel(catalog.model(g.model), catalog.gpu(g.gpu), g.tp, g.pp)
 
     nodes = live_nodes()
     sizes = gpu_types_in(nodes)

@@ -28,7 +28,6 @@ import math
 import random
 import re
 import zlib
-from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -59,9 +58,10 @@ class StrongWinRateRouter(Protocol):
 
 
 _MATH = re.compile(r"[0-9]+|[+\-*/=^%]|\\frac|\bsqrt\b")
-_CODE = re.compile(r"```|\bdef\b|\bclass\b|\breturn\b|[{};]|\bSELECT\b|\bimport\b")
-_REASON = re.compile(r"\b(why|explain|prove|derive|step|reason|analy[sz]e|compare|design|"
-                     r"optimi[sz]e|calculate|how many|how much)\b", re.IGNORECASE)
+# (Word alternatives share one \b test; cues are matched on the lower-cased prompt.)
+_CODE = re.compile(r"```|[{};]|\b(?:def|class|return|SELECT|import)\b")
+_REASON = re.compile(r"\b(?:why|explain|prove|derive|step|reason|analy[sz]e|compare|design|"
+                     r"optimi[sz]e|calculate|how many|how much)\b")
 
 
 class BuiltinRouter:
@@ -79,7 +79,7 @@ class BuiltinRouter:
         words = len(prompt.split())
         x = (0.8 * math.log1p(words / 20) + 0.08 * min(len(_MATH.findall(prompt)), 30)
              + 0.1 * min(len(_CODE.findall(prompt)), 20)
-             + 0.5 * min(len(_REASON.findall(prompt)), 4) - 1.5
+             + 0.5 * min(len(_REASON.findall(prompt.lower())), 4) - 1.5
              + 0.3 * (zlib.crc32(prompt.encode()) / 2**31 - 1.0))
         return 1.0 / (1.0 + math.exp(-x))
 
@@ -157,7 +157,8 @@ class LiveThreshold:
                  min_samples: int = 200, every: int = 50, seed: int = 0) -> None:
         self.strong_share = strong_share
         self.threshold = initial
-        self.window: deque[float] = deque(maxlen=window)
+        self._ring = np.empty(window, dtype=np.float64)    # the last `window` scores
+        self._filled = self._next = 0
         self.min_samples, self.every = min_samples, every
         self.n = self.n_strong = 0
         self._since = 0
@@ -165,10 +166,12 @@ class LiveThreshold:
 
     def route_strong(self, score: float) -> bool:
         """Record `score` and decide: True sends the query to the strong model."""
-        self.window.append(score)
+        self._ring[self._next] = score
+        self._next = (self._next + 1) % len(self._ring)
+        self._filled = min(self._filled + 1, len(self._ring))
         self._since += 1
-        if len(self.window) >= self.min_samples and (self._since >= self.every
-                                                     or math.isnan(self.threshold)):
+        if self._filled >= self.min_samples and (self._since >= self.every
+                                                 or math.isnan(self.threshold)):
             s = self.strong_share
             s_eff = min(1.0, max(0.0, s + (s * self.n - self.n_strong) / self.every))
             self.threshold = calibrate_threshold(self.window, s_eff)
@@ -186,8 +189,13 @@ class LiveThreshold:
         self.strong_share = strong_share
         self.threshold = threshold
         self.n = self.n_strong = 0
-        if len(self.window) >= self.min_samples:
+        if self._filled >= self.min_samples:
             self.threshold = calibrate_threshold(self.window, strong_share)
+
+    @property
+    def window(self) -> np.ndarray[Any, Any]:
+        """The scores in the window (order irrelevant to a quantile; no copy)."""
+        return self._ring[:self._filled]
 
 
 class SmoothWeightedRoundRobin:

@@ -149,3 +149,13 @@ def test_threshold_calibrated_on_a_prompt_sample(tmp_path: Path) -> None:
     bad.write_text('{"prompt": "ok"}\n[1, 2]\n')
     with pytest.raises(DeployError, match=r"bad.jsonl:2: not a JSON object"):
         read_prompts(str(bad))
+
+
+def test_deploy_refuses_a_replica_that_does_not_fit_in_memory() -> None:
+    from app.deploy import deploy_plan
+    from boute.errors import BouteError
+
+    plan = Plan(Routing(0.5), (Group("llama-3.1-70b", "H100", 1, 1, 1, 1.0),),
+                scenario=PLAN.scenario)
+    with pytest.raises(BouteError, match=r"llama-3.1-70b on 1xH100 .* does not fit"):
+        deploy_plan(plan, backend="emulated")           # before any Ray call
