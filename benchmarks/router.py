@@ -141,6 +141,8 @@ def main() -> int:
         base = f"http://127.0.0.1:{port}"
         echo_ms = asyncio.run(sequential(f"{base}/echo/v1/chat/completions", args.requests))
         router_ms = asyncio.run(sequential(f"{base}/v1/chat/completions", args.requests))
+        echo_rps, _ = asyncio.run(closed_loop(f"{base}/echo/v1/chat/completions",
+                                              args.seconds, args.concurrency))
         rps, errors = asyncio.run(closed_loop(f"{base}/v1/chat/completions", args.seconds,
                                               args.concurrency))
     finally:
@@ -149,7 +151,8 @@ def main() -> int:
         cluster.shutdown()
     out["hop"] = {"echo_p50_ms": echo_ms, "router_p50_ms": router_ms,
                   "added_p50_ms": router_ms - echo_ms}
-    out["throughput"] = {"rps": rps, "errors": errors, "concurrency": args.concurrency}
+    out["throughput"] = {"rps": rps, "errors": errors, "concurrency": args.concurrency,
+                         "echo_rps": echo_rps}
     measured = {"decision_p99_ms": out["decision"]["p99_ms"],
                 "hop_p50_ms": out["hop"]["added_p50_ms"], "throughput_rps": rps}
     failures = [f"{k} = {measured[k]:.2f} misses {v}" for k, v in TARGETS.items()
@@ -161,6 +164,7 @@ def main() -> int:
     print(f"{'proxy->echo p50 (ms)':28s} {echo_ms:10.2f} {'':>10s}")
     print(f"{'proxy->router->engine p50':28s} {router_ms:10.2f} {'':>10s}")
     print(f"{'router hop added p50 (ms)':28s} {measured['hop_p50_ms']:10.2f} {'<= 5':>10s}")
+    print(f"{'proxy->echo (req/s)':28s} {echo_rps:10.1f} {'':>10s}")
     print(f"{'throughput (req/s)':28s} {rps:10.1f} {'>= 300':>10s}  ({errors} errors)")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))
