@@ -85,7 +85,7 @@ class SimResult:
         """End-to-end latency quantiles (+inf when saturated or nothing completed)."""
         if self.saturated or self.completed == 0:
             return np.full(len(qs), math.inf)
-        return np.quantile(self.latency_s, qs)
+        return np.asarray(np.quantile(self.latency_s, qs), dtype=np.float64)
 
     def summary(self) -> dict[str, object]:
         """The contract's keys: ttft_ms, tpot_ms, latency_s {p50, p95, p99}, throughputs."""

@@ -103,7 +103,7 @@ def _pareto(cw: FloatArray, cs: FloatArray, cost: FloatArray) -> IntArray:
         dom = ((cw[None, :stop] >= cw[start:stop, None]) & (cs[None, :stop] >= cs[start:stop, None])
                & (j[None, :] < np.arange(start, stop)[:, None]) & keep[None, :stop])
         keep[start:stop] &= ~dom.any(axis=1)
-    return order[keep]
+    return np.asarray(order[keep], dtype=np.int64)
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ class Problem:
         w = np.clip(pos - lo, 0.0, 1.0)
         out = (1 - w) * self.cap[:, lo] + w * self.cap[:, hi]
         out[:, pos < 0] = 0.0
-        return out[:, 0] if np.ndim(x_s) == 0 else out
+        return np.asarray(out[:, 0] if np.ndim(x_s) == 0 else out, dtype=np.float64)
 
 
 def _capacity_table(db: PerfDB, rows: IntArray, levels: FloatArray) -> FloatArray:
