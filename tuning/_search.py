@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -294,5 +294,7 @@ def make_encoding(problem: Problem, goal: Goal, encoding: str = "structured"
     if goal.mode == "max-throughput":
         level = goal.p95_s if goal.p95_s is not None else problem.ceiling_s
         return StructuredEncoding(problem, s_lo, x_hi_s=level,
-                                  scale_range=(0.25, max(1.0, _max_scale(problem, level))))
-    return StructuredEncoding(problem, s_lo, x_hi_s=goal.p95_s)
+                                  scale_range=(0.25, max(1.0, _max_scale(problem, level))),
+                                  budget_per_hour=problem.budget)
+    enc = StructuredEncoding(problem, s_lo, x_hi_s=goal.p95_s, budget_per_hour=problem.budget)
+    return replace(enc, x_hi_s=enc.top_level_s())
