@@ -289,10 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     sub = parser.add_subparsers(dest="command", required=True)
     from boute.plan_cli import add_compare, add_evaluate, add_plan
-    from boute.serve_cli import add_bench, add_deploy
+    from boute.serve_cli import add_bench, add_deploy, add_node_resources
 
     for add in (_add_profile, _add_simulate, _add_trace, add_plan, add_evaluate, add_compare,
-                add_deploy, add_bench):
+                add_deploy, add_bench, add_node_resources):
         add(sub)
     for p in sub.choices.values():
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,

@@ -12,7 +12,7 @@ from typing import Any
 
 from boute.errors import BouteError
 
-__all__ = ["add_bench", "add_deploy"]
+__all__ = ["add_bench", "add_deploy", "add_node_resources"]
 
 REPO_TMP = Path("build") / "ray-tmp"
 
@@ -263,6 +263,23 @@ def _with_strong_share(summary: dict[str, Any], plan: Any) -> dict[str, Any]:
     if strong:
         summary["strong_share"] = summary["model_share"].get(strong, 0.0)
     return summary
+
+
+# -- boute node-resources ---------------------------------------------------------------------
+def add_node_resources(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `boute node-resources`."""
+    p = sub.add_parser("node-resources", help="this node's GPU-type resources as JSON, for "
+                       "`ray start --resources=\"$(boute node-resources)\"`")
+    p.add_argument("--gpu-type", default=None, help="declare this catalog type for every GPU "
+                   "(for devices the name table does not know)")
+    p.set_defaults(run=_run_node_resources)
+
+
+def _run_node_resources(args: argparse.Namespace) -> int:
+    from placement import local_gpu_names, node_resources
+
+    print(json.dumps(node_resources(local_gpu_names(), args.gpu_type)))
+    return 0
 
 
 # -- boute bench ---------------------------------------------------------------------------------

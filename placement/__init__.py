@@ -1,6 +1,7 @@
 """Plan -> Ray placement: GPU-type resources, deployment specs, cluster fit checks."""
 
 from ._cluster import Shortfall, check_fit, gpu_types_in, live_nodes
+from ._detect import gpu_type_from_name, local_gpu_names, node_resources
 from ._local import local_cluster
 from ._resources import RESOURCE_PREFIX, gpu_resource, gpu_type_of
 from ._specs import GroupSpec, PlacementError, group_specs
@@ -12,9 +13,12 @@ __all__ = [
     "Shortfall",
     "check_fit",
     "gpu_resource",
+    "gpu_type_from_name",
     "gpu_type_of",
     "gpu_types_in",
     "group_specs",
     "live_nodes",
     "local_cluster",
+    "local_gpu_names",
+    "node_resources",
 ]
