@@ -15,6 +15,7 @@ from typing import Any
 
 from ray.serve import Application
 
+from boute.pairs import parse_pairs
 from placement import GroupSpec, group_specs
 from tuning import Plan
 
@@ -135,19 +136,8 @@ def app(args: dict[str, str]) -> Application:
     plan = Plan.load(args["plan"])
     return build_app(plan, backend=args.get("backend", "emulated"),
                      device=args.get("device", "gpu"),
-                     sources=_pairs(args.get("models", "")),
-                     gpus_per_node={k: int(v) for k, v in
-                                    _pairs(args.get("gpus_per_node", "")).items()},
+                     sources=parse_pairs(args.get("models", "").split(","), "models"),
+                     gpus_per_node={k: int(v) for k, v in parse_pairs(
+                         args.get("gpus_per_node", "").split(","), "gpus_per_node").items()},
                      engine_kwargs=json.loads(args.get("engine_kwargs") or "{}"),
                      seed=int(args.get("seed", 0)), log_dir=args.get("log_dir"))
-
-
-def _pairs(text: str) -> dict[str, str]:
-    """``"a=1,b=2"`` -> ``{"a": "1", "b": "2"}``."""
-    out = {}
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise ValueError(f"{item!r} is not NAME=VALUE")
-        out[key.strip()] = value.strip()
-    return out

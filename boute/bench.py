@@ -69,7 +69,7 @@ class BenchResult:
         """The JSON report: counts, throughput, latency quantiles, routed shares, errors."""
         ok = [r for r in self.records if r.status == 200 and not r.error]
         errors = Counter(str(r.status) if r.status != 200 else "stream-error"
-                         for r in self.records if r not in ok)
+                         for r in self.records if r.status != 200 or r.error)
         out: dict[str, Any] = {
             "url": self.url, "requests": len(self.records), "ok": len(ok),
             "errors": dict(errors), "duration_s": self.duration_s,

@@ -11,26 +11,17 @@ from pathlib import Path
 from typing import Any
 
 from boute.errors import BouteError
+from boute.pairs import parse_pairs
 
 __all__ = ["add_bench", "add_deploy", "add_node_resources"]
 
 REPO_TMP = Path("build") / "ray-tmp"
 
 
-def _pairs(items: list[str], flag: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise BouteError(f"{flag} {item!r} must look like NAME=VALUE")
-        out[key] = value
-    return out
-
-
 def _engine_kwargs(items: list[str]) -> dict[str, Any]:
     """``--engine-arg key=value``: values parse as JSON when they can (numbers, booleans)."""
     out: dict[str, Any] = {}
-    for key, value in _pairs(items, "--engine-arg").items():
+    for key, value in parse_pairs(items, "--engine-arg").items():
         try:
             out[key] = json.loads(value)
         except ValueError:
@@ -126,7 +117,7 @@ def _run_deploy(args: argparse.Namespace) -> int:
         plan = calibrated(plan, read_prompts(args.calibration_prompts), args.seed)
         print(f"boute deploy: router threshold {plan.routing.threshold:.4f} calibrated on "
               f"{args.calibration_prompts}", file=sys.stderr)
-    sources = _pairs(args.model, "--model")
+    sources = parse_pairs(args.model, "--model")
     engine_kwargs = _engine_kwargs(args.engine_arg)
     if args.serve_config:
         return _write_serve_config(args, plan, sources, engine_kwargs)

@@ -159,3 +159,14 @@ def test_deploy_refuses_a_replica_that_does_not_fit_in_memory() -> None:
                 scenario=PLAN.scenario)
     with pytest.raises(BouteError, match=r"llama-3.1-70b on 1xH100 .* does not fit"):
         deploy_plan(plan, backend="emulated")           # before any Ray call
+
+
+def test_name_value_pairs_for_flags_and_builder_args() -> None:
+    from boute.pairs import PairError, parse_pairs
+
+    assert parse_pairs([" a = 1 ", "", "b=x=y"], "--model") == {"a": "1", "b": "x=y"}
+    assert parse_pairs([""], "models") == {}      # the builder default "" split by ","
+    with pytest.raises(PairError, match=r"models 'a=' must look like NAME=VALUE"):
+        parse_pairs(["a="], "models")
+    with pytest.raises(ValueError, match=r"gpus_per_node 'H100' must look like NAME=VALUE"):
+        parse_pairs(["H100"], "gpus_per_node")

@@ -3,12 +3,12 @@
 bench) -> measured versus predicted."""
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 
 from boute.cli import main
+from tests.app import free_port
 
 SCENARIO = """
 name: serve-small
@@ -23,11 +23,6 @@ profile: {num_rates: 8, num_requests: 300}
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.mark.heavy
 def test_deploy_bench_matches_prediction(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -40,7 +35,7 @@ def test_deploy_bench_matches_prediction(tmp_path: Path, capsys: pytest.CaptureF
     capsys.readouterr()
     code = main(["--json", "deploy", str(plan), "--backend", "emulated", "--local",
                  "--scenario", str(scenario), "--db", str(db), "--rate", "6",
-                 "--bench-s", "60", "--port", str(_free_port())])
+                 "--bench-s", "60", "--port", str(free_port())])
     out = json.loads(capsys.readouterr().out)
     assert code == 0
     bench, predicted = out["bench"], out["predicted"]

@@ -2,12 +2,12 @@
 
 import asyncio
 import json
-import socket
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from tests.app import free_port
 from tuning import Group, Plan, Routing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,11 +18,6 @@ PLAN = Plan(Routing(0.3, router="builtin"), (
     Group("llama-3.1-70b", "H100", 4, 1, 1, 1.0),
 ), scenario={"models": {"weak": "llama-3.1-8b", "strong": "llama-3.1-70b"}})
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _drive(url: str, n: int) -> tuple[Counter[str], Counter[str], int, list[str]]:
@@ -140,7 +135,7 @@ def test_router_serves_the_plan_on_a_fake_cluster(monkeypatch: pytest.MonkeyPatc
                             {"RTX-4090": 8, "RTX-5090": 8, "H100": 8},
                             temp_dir=REPO / "build" / "ray-tmp")
     try:
-        port = _free_port()
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         log_dir = str(tmp_path / "log")
         serve.run(build_app(PLAN, log_dir=log_dir), name="boute", route_prefix="/")

