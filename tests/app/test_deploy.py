@@ -170,3 +170,13 @@ def test_name_value_pairs_for_flags_and_builder_args() -> None:
         parse_pairs(["a="], "models")
     with pytest.raises(ValueError, match=r"gpus_per_node 'H100' must look like NAME=VALUE"):
         parse_pairs(["H100"], "gpus_per_node")
+
+
+def test_deploy_serve_config_json_and_default_backend(tmp_path: Path, capsys) -> None:
+    plan = tmp_path / "plan.json"
+    PLAN.save(plan)
+    out = tmp_path / "serve.yaml"
+    assert main(["--json", "deploy", str(plan), "--serve-config", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"serve_config": str(out), "plan": str(plan)}
+    args = yaml.safe_load(out.read_text())["applications"][0]["args"]
+    assert args["backend"] == "vllm"                  # real engines unless emulated is asked
