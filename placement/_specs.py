@@ -30,7 +30,7 @@ class PlacementError(BouteError, ValueError):
 class GroupSpec:
     """One replica group as deployed."""
 
-    name: str                   # deployment name prefix, unique in the app
+    name: str                   # deployment name: the group's config, unique in the plan
     model: str                  # the served model id (catalog name)
     source: str                 # where weights come from: HF id or local directory
     gpu: str
@@ -78,6 +78,7 @@ def group_specs(plan: Plan, *, sources: Mapping[str, str], gpus_per_node: Mappin
 
     """
     specs = []
+    seen: dict[str, int] = {}
     for i, g in enumerate(plan.groups):
         if g.model not in sources:
             raise PlacementError(f"groups[{i}].model={g.model!r} has no weights source; pass "
@@ -90,8 +91,10 @@ def group_specs(plan: Plan, *, sources: Mapping[str, str], gpus_per_node: Mappin
             raise PlacementError(f"groups[{i}]: tp={g.tp} exceeds the {node} GPUs of a "
                                  f"{g.gpu} node; tensor parallelism must stay inside a node")
         gpu_resource(g.gpu)      # validates the name
+        seen[g.name] = seen.get(g.name, 0) + 1         # names stay stable across replans
+        name = g.name if seen[g.name] == 1 else f"{g.name}-{seen[g.name]}"
         specs.append(GroupSpec(
-            name=f"g{i}-{g.name}", model=g.model, source=sources[g.model], gpu=g.gpu,
+            name=name, model=g.model, source=sources[g.model], gpu=g.gpu,
             tp=g.tp, pp=g.pp, replicas=g.replicas, share=g.share,
             strategy="STRICT_PACK" if g.tp * g.pp <= node else "PACK",
             engine_kwargs=dict(engine_kwargs or {})))

@@ -4,6 +4,7 @@ bodies, the emulated server's request checks, the tiny model directory."""
 import asyncio
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,21 +36,44 @@ def test_scaled_plan_keeps_configs_and_scales_rate_by_gpus() -> None:
         PLAN.scaled(-1)
 
 
-def test_serve_config_names_builder_args_and_router_user_config() -> None:
+def test_serve_config_is_a_stack_whose_args_do_not_depend_on_replicas_or_shares() -> None:
     from app.deploy import serve_config
+    from app.main import Stack
 
-    cfg = serve_config(PLAN, "/abs/plan.json", backend="vllm", device="cpu",
-                       sources={"llama-3.1-8b": "/m/8b"}, engine_kwargs={"max_model_len": 4096})
-    (application,) = cfg["applications"]
-    assert application["import_path"] == "app.main:app"
-    assert application["args"] == {"plan": "/abs/plan.json", "backend": "vllm", "device": "cpu",
-                                   "seed": "0", "models": "llama-3.1-8b=/m/8b",
-                                   "engine_kwargs": '{"max_model_len": 4096}'}
-    (router,) = application["deployments"]
-    assert router["name"] == "RouterIngress"
-    assert router["user_config"]["strong_share"] == 0.4
-    assert router["user_config"]["shares"]["llama-3.1-8b"] == {
-        "g0-llama-3.1-8b-RTX-4090-tp1pp1": 0.75, "g1-llama-3.1-8b-RTX-5090-tp1pp1": 0.25}
+    cfg = serve_config(PLAN, backend="vllm", device="cpu", sources={"llama-3.1-8b": "/m/8b",
+                       "llama-3.1-70b": "/m/70b"}, engine_kwargs={"max_model_len": 4096})
+    router, *groups = cfg["applications"]
+    assert (router["name"], router["route_prefix"], router["import_path"]) == (
+        "boute", "/", "app.main:router_app")
+    stack = Stack.from_args(router["args"])
+    assert (stack.backend, stack.device, stack.engine_kwargs) == ("vllm", "cpu",
+                                                                  {"max_model_len": 4096})
+    (rd,) = router["deployments"]
+    uc = rd["user_config"]
+    assert rd["name"] == "RouterIngress" and uc["strong_share"] == 0.4
+    assert uc["shares"]["llama-3.1-8b"] == {"llama-3.1-8b-RTX-4090-tp1pp1": 0.75,
+                                            "llama-3.1-8b-RTX-5090-tp1pp1": 0.25}
+    assert uc["apps"] == {n: n for n in ("llama-3.1-8b-RTX-4090-tp1pp1",
+                                         "llama-3.1-8b-RTX-5090-tp1pp1",
+                                         "llama-3.1-70b-H100-tp4pp1")}
+    assert Plan.from_dict(uc["plan"]).groups == PLAN.groups
+    assert {g["name"]: (g["route_prefix"], g["deployments"]) for g in groups} == {
+        "llama-3.1-70b-H100-tp4pp1": (None, [{"name": "llama-3.1-70b-H100-tp4pp1",
+                                              "num_replicas": 2}]),
+        "llama-3.1-8b-RTX-4090-tp1pp1": (None, [{"name": "llama-3.1-8b-RTX-4090-tp1pp1",
+                                                 "num_replicas": 6}]),
+        "llama-3.1-8b-RTX-5090-tp1pp1": (None, [{"name": "llama-3.1-8b-RTX-5090-tp1pp1",
+                                                 "num_replicas": 2}])}
+    assert groups[0]["args"]["group"] == {"model": "llama-3.1-70b", "gpu": "H100", "tp": 4,
+                                          "pp": 1}
+    # Another plan with the same configs: every application's args are unchanged (Serve
+    # updates replicas and the router's user_config in place), only the routing id moves.
+    other = replace(PLAN, routing=Routing(0.5), groups=tuple(
+        replace(g, replicas=g.replicas + 1, share=g.share) for g in PLAN.groups))
+    cfg2 = serve_config(other, backend="vllm", device="cpu", sources={
+        "llama-3.1-8b": "/m/8b", "llama-3.1-70b": "/m/70b"}, engine_kwargs={"max_model_len": 4096})
+    assert [a["args"] for a in cfg2["applications"]] == [a["args"] for a in cfg["applications"]]
+    assert cfg2["applications"][0]["deployments"][0]["user_config"]["config_id"] != uc["config_id"]
     yaml.safe_dump(cfg)                                  # serializable as the file
 
 
@@ -177,6 +201,8 @@ def test_deploy_serve_config_json_and_default_backend(tmp_path: Path, capsys) ->
     PLAN.save(plan)
     out = tmp_path / "serve.yaml"
     assert main(["--json", "deploy", str(plan), "--serve-config", str(out)]) == 0
-    assert json.loads(capsys.readouterr().out) == {"serve_config": str(out), "plan": str(plan)}
+    assert json.loads(capsys.readouterr().out) == {"serve_config": str(out), "applications": [
+        "boute", "llama-3.1-70b-H100-tp4pp1", "llama-3.1-8b-RTX-4090-tp1pp1",
+        "llama-3.1-8b-RTX-5090-tp1pp1"]}
     args = yaml.safe_load(out.read_text())["applications"][0]["args"]
     assert args["backend"] == "vllm"                  # real engines unless emulated is asked

@@ -146,8 +146,8 @@ def test_router_serves_the_plan_on_a_fake_cluster(monkeypatch: pytest.MonkeyPatc
         assert total == 400
         assert abs(models["llama-3.1-70b"] / total - 0.3) <= 0.03
         weak = models["llama-3.1-8b"]
-        assert abs(groups["g0-llama-3.1-8b-RTX-4090-tp1pp1"] / weak - 0.6) <= 0.02
-        assert groups["g2-llama-3.1-70b-H100-tp4pp1"] == models["llama-3.1-70b"]
+        assert abs(groups["llama-3.1-8b-RTX-4090-tp1pp1"] / weak - 0.6) <= 0.02
+        assert groups["llama-3.1-70b-H100-tp4pp1"] == models["llama-3.1-70b"]
         # A stream: 3 content chunks, then [DONE].
         assert streamed[-1] == "data: [DONE]"
         chunks = [json.loads(s[len("data: "):]) for s in streamed[:-1]]
@@ -201,7 +201,7 @@ def test_router_serves_the_plan_on_a_fake_cluster(monkeypatch: pytest.MonkeyPatc
         for name in names:
             assert name in scraped, name
         assert 'model="llama-3.1-70b"' in scraped
-        assert 'group="g2-llama-3.1-70b-H100-tp4pp1"' in scraped
+        assert 'group="llama-3.1-70b-H100-tp4pp1"' in scraped
         assert 'status="502"' in scraped and 'kind="engine"' in scraped
     finally:
         serve.shutdown()

@@ -31,8 +31,8 @@ def test_resource_names_round_trip() -> None:
 def test_specs_bundles_and_llm_config() -> None:
     small, big, split = group_specs(PLAN, sources=SOURCES, gpus_per_node=NODES)
     assert [s.name for s in (small, big, split)] == [
-        "g0-llama-3.1-8b-RTX-4090-tp1pp1", "g1-llama-3.1-70b-H100-tp4pp1",
-        "g2-llama-3.1-70b-RTX-PRO-6000-tp4pp2"]
+        "llama-3.1-8b-RTX-4090-tp1pp1", "llama-3.1-70b-H100-tp4pp1",
+        "llama-3.1-70b-RTX-PRO-6000-tp4pp2"]
     assert big.bundles == [{"GPU": 1.0, "gpu_type_H100": 1.0}] * 4
     assert big.strategy == "STRICT_PACK"
     assert split.strategy == "PACK" and len(split.bundles) == 8      # 8 GPUs > 4 per node
