@@ -128,7 +128,8 @@ def deploy_plan(plan: Plan, *, backend: str, device: str = "gpu",
                 engine_kwargs: Mapping[str, Any] | None = None,
                 gpu_catalog: list[str] | None = None, model_catalog: list[str] | None = None,
                 host: str = "127.0.0.1", port: int = 8000, seed: int = 0,
-                log_dir: str | None = None, time_scale: float = 1.0,
+                log_dir: str | None = None, log_rotate_s: float = 60.0,
+                time_scale: float = 1.0,
                 dashboard: str | None = None, proxy_location: str = "EveryNode",
                 timeout_s: float = 900.0) -> str:
     """Deploy `plan` on the connected Ray cluster; returns the router's base URL.
@@ -145,7 +146,8 @@ def deploy_plan(plan: Plan, *, backend: str, device: str = "gpu",
 
     """
     stack = Stack(backend, device, dict(sources or {}), dict(engine_kwargs or {}), {},
-                  list(gpu_catalog or []), list(model_catalog or []), seed, time_scale, log_dir)
+                  list(gpu_catalog or []), list(model_catalog or []), seed, time_scale, log_dir,
+                  log_rotate_s)
     stack = check_plan_fits(plan, stack)
     api = ServeApi(dashboard or dashboard_url())
     config = stack_config(plan, stack, host=host, port=port, proxy_location=proxy_location,

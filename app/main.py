@@ -61,6 +61,8 @@ class Stack:
         time_scale: the emulated engines' step-time multiplier (0: zero latency).
         log_dir: folder of the router's Parquet request log, on the router's node (None:
             no log); see `app.request_log`.
+        log_rotate_s: a log file is closed (and readable, e.g. by replanning) after this
+            many seconds.
 
     """
 
@@ -74,6 +76,7 @@ class Stack:
     seed: int = 0
     time_scale: float = 1.0
     log_dir: str | None = None
+    log_rotate_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -214,7 +217,8 @@ def router_app(args: dict[str, Any]) -> Application:
     application name.
     """
     stack = Stack.from_args(args)
-    return RouterIngress.bind({}, stack.log_dir)  # type: ignore[attr-defined,no-any-return]
+    return RouterIngress.bind(  # type: ignore[attr-defined,no-any-return]
+        {}, stack.log_dir, stack.log_rotate_s)
 
 
 def group_app(args: dict[str, Any]) -> Application:
@@ -232,7 +236,6 @@ def group_app(args: dict[str, Any]) -> Application:
 
 def stack_config(plan: Plan, stack: Stack, *, host: str = "0.0.0.0", port: int = 8000,
                  proxy_location: str = "EveryNode", applied_unix_s: float | None = None,
-                 replicas: Mapping[str, int] | None = None,
                  routed_plan: Plan | None = None) -> dict[str, Any]:
     """The Serve config (``serve deploy FILE``, or Serve's REST API) serving `plan` as a stack.
 
@@ -241,10 +244,9 @@ def stack_config(plan: Plan, stack: Stack, *, host: str = "0.0.0.0", port: int =
     ``apps`` (group -> application), ``plan`` (the plan, for replanning), ``applied_unix_s``
     and ``config_id`` (a digest of the routing, echoed by ``/health``).
 
-    For the steps of a change (`app.replan`): `replicas` overrides group replica counts, and
-    `routed_plan` (default `plan`) is the plan whose routing the router gets, so the groups
-    of `plan` may be a superset of the routed ones (scale up before routing to them, stop
-    routing before scaling down).
+    For the steps of a change (`app.replan`): `routed_plan` (default `plan`) is the plan whose
+    routing the router gets, so the groups of `plan` may be a superset of the routed ones
+    (scale up before routing to them, stop routing before scaling down).
     """
     routed = routed_plan or plan
     specs = {s.name: s for s in _stack_specs(plan, stack)}
@@ -266,12 +268,11 @@ def stack_config(plan: Plan, stack: Stack, *, host: str = "0.0.0.0", port: int =
         "deployments": [{"name": "RouterIngress", "user_config": user_config}],
     }]
     for name, spec in sorted(specs.items()):
-        n = int((replicas or {}).get(name, spec.replicas))
         apps.append({
             "name": name, "route_prefix": None, "import_path": "app.main:group_app",
             "args": {"stack": stack_args, "group": {"model": spec.model, "gpu": spec.gpu,
                                                     "tp": spec.tp, "pp": spec.pp}},
-            "deployments": [{"name": name, "num_replicas": n}],
+            "deployments": [{"name": name, "num_replicas": spec.replicas}],
         })
     return {"proxy_location": proxy_location, "http_options": {"host": host, "port": port},
             "applications": apps}

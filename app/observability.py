@@ -36,7 +36,7 @@ LATENCY_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 1
 class Observer:
     """Metrics + request log of one router replica."""
 
-    def __init__(self, log_dir: str | None = None) -> None:
+    def __init__(self, log_dir: str | None = None, log_rotate_s: float = 60.0) -> None:
         from ray.serve import metrics as serve_metrics
 
         # (Ray annotates tag_keys as a 1-tuple; any number of tags is accepted.)
@@ -58,7 +58,7 @@ class Observer:
         self.share_target = metrics.Gauge("boute_strong_share_target",
                                           "The plan's strong share")
         self.threshold = metrics.Gauge("boute_threshold", "The router's live threshold")
-        self.log = RequestLog(log_dir) if log_dir else None
+        self.log = RequestLog(log_dir, rotate_s=log_rotate_s) if log_dir else None
         self._task: Any = None
 
     def start(self) -> None:

@@ -151,9 +151,9 @@ class RouterIngress:
     """
 
     def __init__(self, groups: dict[str, DeploymentHandle[Any]],
-                 log_dir: str | None = None) -> None:
+                 log_dir: str | None = None, log_rotate_s: float = 60.0) -> None:
         self.handles = groups
-        self.obs = Observer(log_dir)
+        self.obs = Observer(log_dir, log_rotate_s)
         self.live: LiveThreshold | None = None
         self.router_name: str | None = None
         self.config_id: str | None = None

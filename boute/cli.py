@@ -12,7 +12,6 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from boute.errors import BouteError
@@ -251,8 +250,6 @@ def _add_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _run_trace(args: argparse.Namespace) -> int:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from profiling import generate_trace, load_trace
 
@@ -271,12 +268,7 @@ def _run_trace(args: argparse.Namespace) -> int:
                                num_requests=args.requests, arrival=args.arrival,
                                burstiness_cv=args.cv, seed=args.seed)
     if args.out:
-        cols: dict[str, Any] = {"arrival_s": trace.arrival_s, "input_tokens": trace.input_tokens,
-                                "output_tokens": trace.output_tokens}
-        if trace.prompts is not None:
-            cols["prompt"] = list(trace.prompts)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table(cols), args.out)
+        trace.save(args.out)
     _emit(args, {"name": trace.name, **trace.summary(), "fingerprint": trace.fingerprint()},
           trace.format_summary)
     return 0
@@ -289,10 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     sub = parser.add_subparsers(dest="command", required=True)
     from boute.plan_cli import add_compare, add_evaluate, add_plan
+    from boute.replan_cli import add_replan
     from boute.serve_cli import add_bench, add_deploy, add_node_resources
 
     for add in (_add_profile, _add_simulate, _add_trace, add_plan, add_evaluate, add_compare,
-                add_deploy, add_bench, add_node_resources):
+                add_deploy, add_bench, add_node_resources, add_replan):
         add(sub)
     for p in sub.choices.values():
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,

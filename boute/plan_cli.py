@@ -112,7 +112,9 @@ def _run_plan(args: argparse.Namespace) -> int:
     plan = None
     if best is not None:
         plan = plan_from_arrays(problem, result.plans, result.metrics, best,
-                                {"search": {"solver": result.solver, "objective": goal.mode}})
+                                {"search": {"solver": result.solver, "objective": goal.mode,
+                                            "goal": {"mode": goal.mode, "quality": goal.quality,
+                                                     "p95_s": goal.p95_s}}})
         plan.save(args.out)
     front = _front_rows(problem, result)
     hv = result.hypervolume(problem)

@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -125,6 +125,17 @@ class Trace:
         prompts = None if self.prompts is None else self.prompts[:n]
         return Trace(self.arrival_s[:n], self.input_tokens[:n], self.output_tokens[:n], prompts,
                      self.name)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the trace as Parquet (`load_trace` reads it back); returns the path."""
+        cols: dict[str, Any] = {"arrival_s": self.arrival_s, "input_tokens": self.input_tokens,
+                                "output_tokens": self.output_tokens}
+        if self.prompts is not None:
+            cols["prompt"] = list(self.prompts)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(cols), path)
+        return path
 
     def fingerprint(self) -> str:
         """A short hash of the columns (lengths and arrivals) identifying this trace."""

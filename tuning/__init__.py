@@ -17,14 +17,18 @@ from ._exact import ExactFront, exact_front, exact_max_throughput, exact_min_cos
 from ._front import hypervolume, pareto_mask
 from ._plan import Group, Plan, PlanError, Predicted, Routing
 from ._problem import Problem, default_db_path, load_problem
+from ._replan import Decision, GroupChange, Hysteresis, decide, diff_groups
 from ._search import Goal, SearchResult, search
 
 __all__ = [
     "BASELINES",
     "BatchMetrics",
+    "Decision",
     "ExactFront",
     "Goal",
     "Group",
+    "GroupChange",
+    "Hysteresis",
     "InfeasiblePlanError",
     "Plan",
     "PlanArrays",
@@ -34,7 +38,9 @@ __all__ = [
     "Routing",
     "SearchResult",
     "baseline_min_cost",
+    "decide",
     "default_db_path",
+    "diff_groups",
     "evaluate_arrays",
     "evaluate_plan",
     "exact_front",

@@ -262,7 +262,9 @@ def scenario_summary(problem: Problem) -> dict[str, object]:
     return {"name": sc.name, "rate_rps": problem.rate_rps, "budget_per_hour": problem.budget,
             "task": sc.task, "models": {"weak": problem.models[0], "strong": problem.models[1]},
             "gpus": {g: {"count": int(n), "price_per_hour": float(p)} for g, n, p in
-                     zip(problem.gpu_types, problem.stock, problem.gpu_price, strict=True)}}
+                     zip(problem.gpu_types, problem.stock, problem.gpu_price, strict=True)},
+            # the whole scenario, so that replanning can re-optimize for new traffic
+            "spec": sc.model_dump(mode="json")}
 
 
 def evaluate_plan(problem: Problem, plan: Plan, p95_target_s: float | None = None) -> Plan:

@@ -1,0 +1,422 @@
+"""Replanning a running stack: read the request log, refit the workload, re-optimize, apply.
+
+    boute replan [--dry-run] ...                         (CLI, `boute.replan_cli`)
+    ray job submit --address http://HEAD:8265 -- boute replan ...
+    from app.replan import ReplanOptions, replan          (Python)
+
+Steps (`replan`):
+
+1. **State.** The running plan, its serving settings (`app.main.Stack`) and the time of the
+   last change come from the router application's deployed config, read through Serve's REST
+   API (`app.serve_api`); an app started with ``serve run app.main:app`` (one application) is
+   refused: only the stack layout can change in place.
+2. **Workload.** The last ``window_s`` seconds of the request log (`app.request_log`):
+   successful requests' arrival times and prompt/output token counts become the planning
+   trace as they are (its empirical length distributions and inter-arrival burstiness); its
+   rate is ``(n - 1) / (t_last - t_first)``.
+3. **Re-optimize.** The plan's own scenario (saved in the plan) with that trace and rate, and
+   the GPU stock capped by what the cluster has, gets a fresh performance DB and the same goal
+   (the plan's, unless overridden); the running plan is re-evaluated on the same traffic.
+4. **Decide** with hysteresis (`tuning.decide`: must-change on a violated goal, else a minimum
+   predicted gain, and a cool-down).
+5. **Apply** (unless ``dry_run``), after checking that the running and the proposed groups fit
+   the cluster *together* (the peak of the change): a routing-only change reconfigures the
+   router (``user_config``); a deployment change goes **up** (new groups created, growing ones
+   grown, routing unchanged), **switch** (the router routes by the new plan; ``/health``
+   confirms its ``config_id``), **down** (groups no longer routed to are drained and deleted,
+   shrinking ones shrunk). Each step is one declarative config and waits until Serve runs it,
+   so no request is sent to a replica that is going away and the router never restarts.
+
+Any error before step 5 leaves the service untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.request
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from boute.errors import BouteError
+from tuning import Goal, Group, Hysteresis, Plan, decide
+
+from .main import APP_NAME, Stack, stack_config
+from .serve_api import ServeApi, ServeApiError, dashboard_url
+
+__all__ = ["ReplanError", "ReplanOptions", "apply_plan", "replan", "running_state"]
+
+
+class ReplanError(BouteError, RuntimeError):
+    """Replanning cannot proceed; the running service was not touched."""
+
+
+@dataclass(frozen=True)
+class ReplanOptions:
+    """What `replan` reads, how it re-optimizes, and when it changes the plan."""
+
+    app: str = APP_NAME
+    dashboard: str | None = None
+    """Dashboard address (default: the connected cluster's)."""
+    window_s: float = 300.0
+    """Seconds of request log to fit the workload on (ending now)."""
+    min_requests: int = 100
+    """Fewest successful requests in the window to refit on."""
+    goal: Goal | None = None
+    """Default: the goal the running plan was made for, else its quality as a floor."""
+    solver: str = "exact"
+    """``exact`` (deterministic: unchanged traffic proposes the same plan) or ``mobo``."""
+    evals: int = 256
+    seed: int = 0
+    hysteresis: Hysteresis = field(default_factory=Hysteresis)
+    force: bool = False
+    dry_run: bool = False
+    scenario: str | None = None
+    """Scenario preset or YAML (default: the one saved in the running plan)."""
+    work_dir: str | None = None
+    """Where the window's trace and its perf DB go (default: next to the request log)."""
+    timeout_s: float = 900.0
+    """Longest wait for each step of a change."""
+    now_s: float | None = None
+    """Wall-clock time the window ends at (default: now; for replaying a log)."""
+
+    def __post_init__(self) -> None:
+        if not (self.window_s > 0 and math.isfinite(self.window_s)):
+            raise ReplanError(f"window_s={self.window_s!r} must be a positive number of "
+                              "seconds")
+        if self.min_requests < 2:
+            raise ReplanError(f"min_requests={self.min_requests!r} must be >= 2")
+        if self.solver not in ("exact", "mobo", "random"):
+            raise ReplanError(f"solver={self.solver!r} must be exact, mobo or random")
+
+
+@dataclass(frozen=True)
+class RunningState:
+    """What the cluster serves now."""
+
+    plan: Plan
+    stack: Stack
+    applied_unix_s: float | None
+    host: str
+    port: int
+    proxy_location: str
+
+
+def running_state(api: ServeApi, app: str = APP_NAME) -> RunningState:
+    """The running plan and settings of the stack whose router is application `app`.
+
+    Raises:
+        ReplanError: no such application, or one not deployed as a stack.
+
+    """
+    details = api.details()
+    apps = details.get("applications") or {}
+    if app not in apps:
+        raise ReplanError(f"no application {app!r} runs on the cluster at {api.base} (running: "
+                          f"{sorted(apps) or 'none'}); deploy a plan first with `boute deploy "
+                          "PLAN.json`")
+    cfg = apps[app].get("deployed_app_config") or {}
+    if cfg.get("import_path") != "app.main:router_app":
+        raise ReplanError(f"application {app!r} was not deployed as a BOute stack (import path "
+                          f"{cfg.get('import_path')!r}); replanning needs `boute deploy` or "
+                          "`serve deploy` of `boute deploy --serve-config FILE`, not "
+                          "`serve run app.main:app`")
+    (router,) = [d for d in cfg.get("deployments", []) if d.get("name") == "RouterIngress"]
+    uc = router["user_config"]
+    http = details.get("http_options") or {}
+    return RunningState(Plan.from_dict(uc["plan"], "the running plan"),
+                        Stack.from_args(cfg["args"]), uc.get("applied_unix_s"),
+                        str(http.get("host", "127.0.0.1")), int(http.get("port", 8000)),
+                        str(details.get("proxy_location") or "EveryNode"))
+
+
+def window_trace(log_dir: str, *, window_s: float, now_s: float, min_requests: int) -> Any:
+    """The successful requests of the last `window_s` seconds of the log, as a `Trace`.
+
+    Raises:
+        ReplanError: no readable log, or fewer than `min_requests` requests in the window.
+
+    """
+    from profiling import Trace
+
+    from .request_log import read_log
+
+    try:
+        table = read_log(log_dir, since_s=now_s - window_s)
+    except FileNotFoundError as exc:
+        raise ReplanError(f"{exc}: the request log is empty or unreadable; serve traffic "
+                          "first (or check --log-dir of the deployment)") from None
+    cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in
+            ("arrival_s", "prompt_tokens", "output_tokens", "status")}
+    ok = ((cols["status"] == 200) & (cols["prompt_tokens"] >= 1) &
+          (cols["output_tokens"] >= 1) & (cols["arrival_s"] <= now_s))
+    n = int(ok.sum())
+    if n < min_requests:
+        raise ReplanError(f"the last {window_s:g} s of the request log at {log_dir} hold {n} "
+                          f"successful request(s) ({table.num_rows} rows in all), fewer than "
+                          f"min_requests={min_requests}; widen the window or wait for traffic")
+    order = np.argsort(cols["arrival_s"][ok], kind="stable")
+    arrivals = cols["arrival_s"][ok][order]
+    return Trace(arrivals - arrivals[0], cols["prompt_tokens"][ok][order].astype(np.int64),
+                 cols["output_tokens"][ok][order].astype(np.int64), name="request-log-window")
+
+
+def _goal_of(plan: Plan, options: ReplanOptions) -> Goal:
+    if options.goal is not None:
+        return options.goal
+    saved = (plan.extra.get("search") or {}).get("goal")
+    if isinstance(saved, dict):
+        return Goal(saved.get("mode", "pareto"), saved.get("quality"), saved.get("p95_s"))
+    quality = plan.predicted.quality if plan.predicted is not None else None
+    return Goal("pareto", quality, None)
+
+
+def _scenario_file(state: RunningState, options: ReplanOptions, trace_path: Path,
+                   rate_rps: float, cluster_gpus: dict[str, int], work: Path) -> Path:
+    """The running plan's scenario with the window's trace and rate, written as YAML.
+
+    The GPU stock is capped by what the cluster has.
+    """
+    import yaml
+
+    from profiling import load_scenario
+
+    if options.scenario is not None:
+        scenario = load_scenario(options.scenario)
+    elif isinstance(state.plan.scenario.get("spec"), dict):
+        from profiling import Scenario
+
+        scenario = Scenario.model_validate(state.plan.scenario["spec"])
+    else:
+        name = state.plan.scenario.get("name")
+        try:
+            scenario = load_scenario(name)
+        except BouteError as exc:
+            raise ReplanError(f"the running plan does not carry its scenario and {name!r} is "
+                              f"not a preset ({exc}); pass --scenario") from None
+    spec = scenario.model_dump(mode="json")
+    spec["workload"] = {"trace": str(trace_path), "rate_rps": rate_rps}
+    for gpu, offer in spec["gpus"].items():
+        offer["count"] = min(int(offer["count"]), cluster_gpus.get(gpu, 0))
+    spec["gpus"] = {g: o for g, o in spec["gpus"].items() if o["count"] > 0}
+    if not spec["gpus"]:
+        raise ReplanError(f"the cluster has none of the scenario's GPU types "
+                          f"{sorted(scenario.gpus)}")
+    spec["name"] = f"{scenario.name}-replan"
+    path = work / "scenario.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _cluster_gpus() -> dict[str, int]:
+    from placement import gpu_type_of, live_nodes
+
+    out: dict[str, int] = {}
+    for node in live_nodes():
+        for key, value in node.items():
+            t = gpu_type_of(key)
+            if t is not None:
+                out[t] = out.get(t, 0) + int(value)
+    return out
+
+
+def replan(options: ReplanOptions | None = None) -> dict[str, Any]:
+    """Run one replanning round (module docstring); returns its report.
+
+    The report: ``window`` (the fitted workload), ``goal``, ``running`` and ``proposed``
+    (plans with predictions on the window's traffic; ``running.violation`` when it no longer
+    meets the goal), ``decision`` (``action``: none/routing/deployment, ``reason``,
+    ``gain``), ``changes`` (per group), ``applied`` and ``steps`` (seconds per step).
+
+    Raises:
+        ReplanError, ServeApiError, DeployError: nothing was changed (before step 5), or the
+            step that failed is named.
+
+    """
+    from boute.plan_cli import planning_problem
+    from tuning import InfeasiblePlanError, evaluate_plan, plan_from_arrays, search
+
+    options = options or ReplanOptions()
+    api = ServeApi(options.dashboard or dashboard_url())
+    state = running_state(api, options.app)
+    if not state.stack.log_dir:
+        raise ReplanError(f"application {options.app!r} keeps no request log (deployed without "
+                          "--log-dir); replanning refits the workload on it")
+    now = options.now_s if options.now_s is not None else time.time()
+    trace = window_trace(state.stack.log_dir, window_s=options.window_s, now_s=now,
+                         min_requests=options.min_requests)
+    if not trace.duration_s > 0:
+        raise ReplanError("every request of the window arrived at the same instant; widen the "
+                          "window")
+    work = Path(options.work_dir or Path(state.stack.log_dir).parent / "replan")
+    work.mkdir(parents=True, exist_ok=True)
+    trace_path = trace.save(work / "window.parquet")
+    scenario_path = _scenario_file(state, options, trace_path, trace.rate_rps,
+                                   _cluster_gpus(), work)
+    problem = planning_problem(str(scenario_path), db=str(work / "perfdb.parquet"),
+                               gpu_catalog=state.stack.gpu_catalog,
+                               model_catalog=state.stack.model_catalog)
+    goal = _goal_of(state.plan, options)
+
+    violation = None
+    running = state.plan
+    try:
+        running = evaluate_plan(problem, state.plan, goal.p95_s)
+        assert running.predicted is not None
+        if goal.p95_s is not None and running.predicted.p95_s > goal.p95_s:
+            violation = (f"misses the P95 target: {running.predicted.p95_s:.2f} s > "
+                         f"{goal.p95_s:g} s")
+        elif goal.quality is not None and running.predicted.quality < goal.quality - 1e-9:
+            violation = (f"misses the quality floor: {running.predicted.quality:.3f} < "
+                         f"{goal.quality:g}")
+    except InfeasiblePlanError as exc:
+        violation = f"is infeasible on the observed traffic: {exc}"
+
+    result = search(problem, goal, solver=options.solver, seed=options.seed,
+                    max_evals=options.evals, progress=False)
+    best = result.best(problem)
+    if best is None:
+        raise ReplanError(f"no plan meets the goal ({goal.mode}, quality >= {goal.quality}, "
+                          f"P95 <= {goal.p95_s}) at {trace.rate_rps:.2f} req/s on this "
+                          "cluster; the running plan is unchanged")
+    proposed = plan_from_arrays(problem, result.plans, result.metrics, best, {
+        "search": {"solver": result.solver, "objective": goal.mode,
+                   "goal": {"mode": goal.mode, "quality": goal.quality, "p95_s": goal.p95_s}}})
+    since = None if state.applied_unix_s is None else now - float(state.applied_unix_s)
+    decision = decide(goal.mode, running, proposed, violation=violation,
+                      hysteresis=options.hysteresis, seconds_since_change=since,
+                      force=options.force)
+    report: dict[str, Any] = {
+        "window": {**trace.summary(), "window_s": options.window_s},
+        "goal": {"mode": goal.mode, "quality": goal.quality, "p95_s": goal.p95_s},
+        "running": {**running.to_dict(), "violation": violation},
+        "proposed": proposed.to_dict(),
+        "decision": {"action": decision.action, "reason": decision.reason,
+                     "gain": decision.gain, "must": decision.must},
+        "changes": [{"group": c.name, "kind": c.kind, "replicas": [c.replicas_before,
+                                                                   c.replicas_after],
+                     "share": [c.share_before, c.share_after]} for c in decision.changes],
+        "applied": False, "dry_run": options.dry_run, "steps": {},
+    }
+    if decision.applies and not options.dry_run:
+        from .deploy import DeployError, check_plan_fits
+
+        try:
+            stack = check_plan_fits(proposed, state.stack, also=state.plan)
+        except DeployError as exc:
+            raise ReplanError(f"the proposed plan cannot be applied (scaling up before scaling "
+                              f"down needs the running and the new groups at once): {exc}; "
+                              "the running plan is unchanged") from None
+        report["steps"] = apply_plan(api, replace(state, stack=stack), proposed,
+                                     routing_only=decision.action == "routing",
+                                     timeout_s=options.timeout_s)
+        report["applied"] = True
+    return report
+
+
+def apply_plan(api: ServeApi, state: RunningState, proposed: Plan, *, routing_only: bool,
+               timeout_s: float = 900.0) -> dict[str, float]:
+    """Move the stack from ``state.plan`` to `proposed` (up, switch, down; module docstring).
+
+    Returns the seconds each step took.
+    """
+    opts: dict[str, Any] = {"host": state.host, "port": state.port,
+                            "proxy_location": state.proxy_location}
+    steps: dict[str, float] = {}
+    if not routing_only:
+        t = time.monotonic()
+        union = _union(state.plan, proposed)
+        _apply(api, stack_config(union, state.stack, applied_unix_s=state.applied_unix_s,
+                                 routed_plan=state.plan, **opts), timeout_s)
+        steps["up_s"] = time.monotonic() - t
+        t = time.monotonic()
+        switch = stack_config(union, state.stack, applied_unix_s=time.time(),
+                              routed_plan=proposed, **opts)
+    else:
+        t = time.monotonic()
+        switch = stack_config(proposed, state.stack, applied_unix_s=time.time(), **opts)
+    _apply(api, switch, timeout_s)
+    _await_router(state, switch, timeout_s)
+    steps["switch_s"] = time.monotonic() - t
+    if not routing_only:
+        t = time.monotonic()
+        final = stack_config(proposed, state.stack,
+                             applied_unix_s=_router_config(switch)["applied_unix_s"], **opts)
+        _apply(api, final, timeout_s)
+        steps["down_s"] = time.monotonic() - t
+    return steps
+
+
+def _union(a: Plan, b: Plan) -> Plan:
+    """Both plans' groups, each at its larger replica count (routing: `a`'s)."""
+    groups: dict[str, Group] = {g.name: g for g in a.groups}
+    for g in b.groups:
+        if g.name not in groups or g.replicas > groups[g.name].replicas:
+            groups[g.name] = g
+    return replace(a, groups=tuple(groups.values()), predicted=None)
+
+
+def _router_config(config: dict[str, Any]) -> dict[str, Any]:
+    return config["applications"][0]["deployments"][0]["user_config"]  # type: ignore[no-any-return]
+
+
+def _apply(api: ServeApi, config: dict[str, Any], timeout_s: float) -> None:
+    api.apply(config)
+    api.wait(config, timeout_s=timeout_s)
+
+
+def _await_router(state: RunningState, config: dict[str, Any], timeout_s: float) -> None:
+    """Wait until the router's ``/health`` reports the config's ``config_id``."""
+    want = _router_config(config)["config_id"]
+    host = "127.0.0.1" if state.host in ("0.0.0.0", "::") else state.host
+    url = f"http://{host}:{state.port}/health"
+    deadline = time.monotonic() + min(timeout_s, 120.0)
+    seen = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                seen = json.loads(resp.read()).get("config_id")
+            if seen == want:
+                return
+        except OSError as exc:
+            seen = f"unreachable ({exc})"
+        time.sleep(0.2)
+    raise ServeApiError(f"the router at {url} did not take the new routing (config_id "
+                        f"{seen!r}, expected {want!r})")
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The replanning report as a readable table (stderr / human output)."""
+    w, d = report["window"], report["decision"]
+    run, new = report["running"], report["proposed"]
+    lines = [f"window: {int(w['requests'])} requests over {w['duration_s']:.0f} s, "
+             f"{w['rate_rps']:.2f} req/s, inter-arrival CV {w.get('interarrival_cv', 1.0):.2f}, "
+             f"tokens in/out mean {w['input_tokens_mean']:.0f}/{w['output_tokens_mean']:.0f}",
+             f"goal: {report['goal']['mode']}, quality >= {report['goal']['quality']}, "
+             f"P95 <= {report['goal']['p95_s']}"]
+    head = f"{'':<10}{'strong':>8}{'P95 s':>8}{'sys P95':>9}{'$/h':>8}{'quality':>9}"
+    lines.append(head)
+    for label, p in (("running", run), ("proposed", new)):
+        pr = p.get("predicted") or {}
+        lines.append(f"{label:<10}{p['routing']['strong_share']:>8.3f}"
+                     f"{pr.get('p95_s', math.nan):>8.2f}{pr.get('system_p95_s', math.nan):>9.2f}"
+                     f"{pr.get('cost_per_hour', math.nan):>8.2f}"
+                     f"{pr.get('quality', math.nan):>9.3f}")
+    if run.get("violation"):
+        lines.append(f"running plan {run['violation']}")
+    lines.append(f"{'group':<34}{'change':>11}{'replicas':>10}{'share':>14}")
+    for c in report["changes"]:
+        lines.append(f"{c['group']:<34}{c['kind']:>11}{c['replicas'][0]:>5}->{c['replicas'][1]:<3}"
+                     f"{c['share'][0]:>7.2f}->{c['share'][1]:<5.2f}")
+    verb = ("applied" if report["applied"] else
+            "dry run, not applied" if report["dry_run"] and d["action"] != "none" else
+            "no change")
+    lines.append(f"decision: {d['action']} ({d['reason']}) - {verb}")
+    if report["steps"]:
+        lines.append("steps: " + ", ".join(f"{k[:-2]} {v:.1f} s"
+                                           for k, v in report["steps"].items()))
+    return "\n".join(lines)

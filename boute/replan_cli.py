@@ -1,0 +1,101 @@
+"""`boute replan`: refit the workload on the request log, re-optimize, apply (see `app.replan`).
+
+Runs anywhere that reaches the cluster, in particular as a Ray job:
+
+    ray job submit --address http://HEAD:8265 -- boute replan --window-s 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from typing import Any
+
+from boute.errors import BouteError
+
+__all__ = ["add_replan"]
+
+
+def add_replan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `boute replan`."""
+    p = sub.add_parser("replan", help="refit the workload on the request log, re-optimize "
+                       "and apply the new plan to the running stack (a Ray job)")
+    p.add_argument("--address", default="auto", help="Ray cluster address (default: auto, "
+                   "which is the cluster itself inside a Ray job)")
+    p.add_argument("--dashboard", default="", help="dashboard address, http://HEAD:8265 "
+                   "(default: the connected cluster's)")
+    p.add_argument("--app", default="boute", help="the router application's name")
+    p.add_argument("--window-s", type=float, default=300.0,
+                   help="seconds of request log to refit on (default 300)")
+    p.add_argument("--min-requests", type=int, default=100,
+                   help="fewest successful requests in the window (default 100)")
+    p.add_argument("--objective", default=None, choices=["pareto", "min-cost",
+                                                         "max-throughput"],
+                   help="goal mode (default: the running plan's)")
+    p.add_argument("--quality", type=float, default=None, help="quality floor (default: "
+                   "the running plan's goal)")
+    p.add_argument("--p95", type=float, default=None, help="P95 target, seconds (default: "
+                   "the running plan's goal)")
+    p.add_argument("--solver", default="exact", choices=["exact", "mobo", "random"])
+    p.add_argument("--evals", type=int, default=256, help="evaluations of mobo/random")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-gain", type=float, default=0.10, help="smallest predicted relative "
+                   "gain worth a change (default 0.10)")
+    p.add_argument("--cooldown-s", type=float, default=600.0, help="no change within this "
+                   "many seconds of the last one (default 600)")
+    p.add_argument("--force", action="store_true", help="ignore the gain and the cool-down")
+    p.add_argument("--dry-run", action="store_true", help="print the decision and the diff "
+                   "between the running and the proposed plan; change nothing")
+    p.add_argument("--scenario", default=None, help="scenario preset or YAML (default: the "
+                   "one saved in the running plan)")
+    p.add_argument("--work-dir", default=None, help="folder for the window's trace and perf "
+                   "DB (default: next to the request log)")
+    p.add_argument("--timeout-s", type=float, default=900.0,
+                   help="longest wait for each step of a change")
+    p.set_defaults(run=_run_replan)
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from app.replan import ReplanOptions
+    from tuning import Goal, Hysteresis
+
+    goal = None
+    if args.objective or args.quality is not None or args.p95 is not None:
+        if args.p95 is not None and not args.p95 > 0:
+            raise BouteError(f"--p95={args.p95} must be > 0 seconds")
+        goal = Goal(args.objective or "pareto", args.quality, args.p95)
+    try:
+        hysteresis = Hysteresis(args.min_gain, args.cooldown_s)
+    except ValueError as exc:
+        raise BouteError(str(exc).replace("min_gain", "--min-gain")
+                         .replace("cooldown_s", "--cooldown-s")) from None
+    return ReplanOptions(app=args.app, dashboard=args.dashboard or None,
+                         window_s=args.window_s, min_requests=args.min_requests, goal=goal,
+                         solver=args.solver, evals=args.evals, seed=args.seed,
+                         hysteresis=hysteresis, force=args.force, dry_run=args.dry_run,
+                         scenario=args.scenario, work_dir=args.work_dir,
+                         timeout_s=args.timeout_s)
+
+
+def _run_replan(args: argparse.Namespace) -> int:
+    import ray
+
+    from app.replan import format_report, replan
+    from boute.cli import _emit
+
+    options = _options(args)        # bad flags fail before touching the cluster
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray prints notices on stdout; keep stdout for the one JSON object.
+    with contextlib.redirect_stdout(sys.stderr):
+        if not ray.is_initialized():
+            try:
+                ray.init(address=args.address, log_to_driver=False)
+            except (ConnectionError, RuntimeError) as exc:
+                raise BouteError(f"cannot reach a Ray cluster at --address={args.address} "
+                                 f"({exc}); run this on the cluster (`ray job submit -- boute "
+                                 "replan`) or pass --address") from None
+        report = replan(options)
+    _emit(args, report, lambda: format_report(report))
+    return 0
