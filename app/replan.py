@@ -268,7 +268,7 @@ def replan(options: ReplanOptions | None = None) -> dict[str, Any]:
         running = evaluate_plan(problem, state.plan, goal.p95_s)
         assert running.predicted is not None
         if goal.p95_s is not None and running.predicted.p95_s > goal.p95_s:
-            violation = (f"misses the P95 target: {running.predicted.p95_s:.2f} s > "
+            violation = (f"misses the P95 target: {running.predicted.p95_s:.3f} s > "
                          f"{goal.p95_s:g} s")
         elif goal.quality is not None and running.predicted.quality < goal.quality - 1e-9:
             violation = (f"misses the quality floor: {running.predicted.quality:.3f} < "

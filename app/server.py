@@ -207,6 +207,9 @@ class RouterIngress:
             self.counts[model] += 1
             return model, self.pickers[model].pick(), s
         if asked in (self.weak, self.strong):
+            if asked not in self.pickers:       # a plan may serve one model only
+                raise ApiError(f"The model {asked!r} has no replicas in the running plan; use "
+                               "'auto'", 404, "model", "model_not_found")
             self.pinned += 1
             return str(asked), self.pickers[str(asked)].pick(), None
         raise ApiError(f"The model {asked!r} does not exist; use 'auto' to route, or one of "
