@@ -18,6 +18,7 @@ requests, marks the file partial and raises `MeasurementTimeoutError`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import datetime as _dt
 import os
 import time
@@ -39,7 +40,8 @@ from profiling._engine_profile import (
     point_summary,
 )
 
-__all__ = ["EngineRun", "engine_env", "profile_engine", "run_levels", "start_engine"]
+__all__ = ["EngineRun", "cpu_loop_runs", "engine_env", "profile_engine", "run_levels",
+           "start_engine"]
 
 _REPO_BUILD = Path("build")
 
@@ -71,6 +73,9 @@ class EngineRun:
     warmup_requests: int = 16
     """Unrecorded requests sent first, 8 at a time (the first steps of a fresh engine are
     slow: allocator, kernel selection, code paths per batch size)."""
+    role: str = "measure"
+    """``calibration``: a run the fidelity report fits engine overheads on (and never judges
+    the model on); ``measure``: a run it judges the model on."""
     extra_engine_args: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
@@ -96,6 +101,8 @@ class EngineRun:
                 raise ProfilerError(f"--rate level {r} must be > 0 req/s")
         if not self.concurrencies and not self.rates_rps:
             raise ProfilerError("give at least one --concurrency or --rate level")
+        if self.role not in ("measure", "calibration"):
+            raise ProfilerError(f"--role={self.role!r} is unknown; use measure or calibration")
         if not self.timeout_s > 0:
             raise ProfilerError(f"--timeout-s={self.timeout_s} must be > 0")
 
@@ -138,6 +145,13 @@ def start_engine(run: EngineRun) -> Any:
         args["max_num_batched_tokens"] = run.max_num_batched_tokens
     args.update(run.extra_engine_args)
     return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+
+
+def device_gpu_type_name(device: str) -> str:
+    """The GPU type a hardware profile of this device is filed under (`resolve_device`)."""
+    from profiling._hwbench import resolve_device
+
+    return resolve_device("cpu" if device == "cpu" else "cuda").gpu_type
 
 
 def _engine_settings(engine: Any) -> dict[str, Any]:
@@ -210,77 +224,115 @@ async def _level(engine: Any, mode: str, level: float, arrivals: np.ndarray, inp
     return recs
 
 
-async def run_levels(engine: Any, run: EngineRun, out: Path, *, command: str = "",
-                     progress: bool = True) -> EngineProfile:
-    """Measure `run`'s levels on a started engine and write the profile to `out`.
+class _RunWriter:
+    """The profile file of one run: meta line first, then a point line per measured level."""
 
-    Args:
-        engine: an ``AsyncLLM`` (from `start_engine`).
-        run: the levels and lengths.
-        out: the JSON-lines file (replaced).
-        command: recorded in the meta line.
-        progress: a tqdm bar on stderr.
+    def __init__(self, engine: Any, run: EngineRun, out: Path, command: str) -> None:
+        self.run = run
+        self.out = out
+        self.arch = load_hf_config(Path(run.model_dir) / "config.json", name=run.model_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.unlink(missing_ok=True)
+        self.writer = JsonlWriter(out)
+        self.writer.write({
+            "kind": "meta", "model_dir": run.model_dir, "arch": asdict(self.arch),
+            "device": run.device, "gpu_type": device_gpu_type_name(run.device),
+            "role": run.role, "engine": _engine_settings(engine),
+            "run": {k: v for k, v in asdict(run).items() if k != "extra_engine_args"},
+            "command": command, "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
 
-    Raises:
-        MeasurementTimeoutError: a level ran past ``run.timeout_s`` (the finished levels stay
-            in `out`; its last line says ``partial``).
+    def levels(self) -> list[tuple[int, str, float]]:
+        """``(index, mode, level)`` of every level of the run, closed loop first."""
+        run = self.run
+        modes = [("concurrency", float(c)) for c in run.concurrencies] + \
+            [("rate", float(r)) for r in run.rates_rps]
+        return [(i, m, lv) for i, (m, lv) in enumerate(modes)]
 
-    """
-    from tqdm import tqdm
+    async def measure(self, engine: Any, idx: int, mode: str, level: float) -> dict[str, float]:
+        """Measure one level and append its point; returns its summary.
 
-    arch = load_hf_config(Path(run.model_dir) / "config.json", name=run.model_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.unlink(missing_ok=True)
-    writer = JsonlWriter(out)
-    writer.write({"kind": "meta", "model_dir": run.model_dir, "arch": asdict(arch),
-                  "device": run.device, "engine": _engine_settings(engine),
-                  "run": {k: v for k, v in asdict(run).items() if k != "extra_engine_args"},
-                  "command": command,
-                  "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")})
-    vocab = arch.vocab_size
-    warm_ids: list[str] = []
-    if run.warmup_requests:
-        a, i, o = _lengths(run, run.warmup_requests, 1.0, run.seed + 999)
-        await _level(engine, "concurrency", min(8, run.warmup_requests), a, i, o, vocab,
-                     run.seed, warm_ids)
-    levels = [("concurrency", float(c)) for c in run.concurrencies] + \
-        [("rate", float(r)) for r in run.rates_rps]
-    bar = tqdm(levels, desc="engine levels", unit="level", disable=not progress)
-    for idx, (mode, level) in enumerate(bar):
+        Raises:
+            MeasurementTimeoutError: the level ran past ``run.timeout_s``.
+
+        """
+        run = self.run
         n = run.requests_per_level or (max(12, 3 * int(level)) if mode == "concurrency" else 40)
-        arrivals, inp, outl = _lengths(run, n, level if mode == "rate" else 1.0,
-                                       run.seed + idx)
+        arrivals, inp, outl = _lengths(run, n, level if mode == "rate" else 1.0, run.seed + idx)
         ids: list[str] = []
         start = time.perf_counter()
         try:
             recs = await asyncio.wait_for(
-                _level(engine, mode, level, arrivals, inp, outl, vocab, run.seed + idx, ids),
-                timeout=run.timeout_s)
+                _level(engine, mode, level, arrivals, inp, outl, self.arch.vocab_size,
+                       run.seed + idx, ids), timeout=run.timeout_s)
         except TimeoutError:
             await engine.abort(ids)
             what = f"{mode} {level:g}"
             msg = (f"engine level {what!r} ran past --timeout-s={run.timeout_s:g} "
                    f"({time.perf_counter() - start:.0f} s); raise --timeout-s or lower the "
-                   f"level or --requests; finished levels are kept in {out}")
-            writer.write({"kind": "end", "status": "partial", "error": msg})
+                   f"level or --requests; finished levels are kept in {self.out}")
+            self.end("partial", msg)
             raise MeasurementTimeoutError(msg, what=what, seconds=time.perf_counter() - start,
-                                          partial_path=str(out)) from None
+                                          partial_path=str(self.out)) from None
         cols = {k: [r[k] for r in recs] for k in ("arrival_s", "input_tokens", "output_tokens",
                                                   "ttft_s", "latency_s")}
         summary = point_summary(cols["arrival_s"], [int(x) for x in cols["output_tokens"]],
                                 cols["ttft_s"], cols["latency_s"])
         # Other processes on the machine slow the engine: the 1-minute load average is kept
         # with each point so noisy points can be told apart.
-        writer.write({"kind": "point", "mode": mode, "level": level, "requests": cols,
-                      "summary": summary, "loadavg_1m": os.getloadavg()[0]})
+        self.writer.write({"kind": "point", "mode": mode, "level": level, "requests": cols,
+                           "summary": summary, "loadavg_1m": os.getloadavg()[0]})
+        return summary
+
+    def end(self, status: str, error: str | None = None) -> None:
+        """Write the closing line."""
+        self.writer.write({"kind": "end", "status": status, **({"error": error} if error
+                                                               else {})})
+
+
+async def run_levels(engine: Any, runs: Sequence[tuple[EngineRun, Path]], *,
+                     command: str = "", interleave: bool = False,
+                     progress: bool = True) -> list[EngineProfile]:
+    """Measure the levels of `runs` on a started engine, one profile file per run.
+
+    Args:
+        engine: an ``AsyncLLM`` (from `start_engine`).
+        runs: the runs and their output files (replaced).
+        command: recorded in each meta line.
+        interleave: alternate between the runs level by level (run 1 level 1, run 2 level 1,
+            run 1 level 2, ...), so that a slow spell of a shared machine hits calibration and
+            validation levels alike instead of one whole run.
+        progress: a tqdm bar on stderr.
+
+    Raises:
+        MeasurementTimeoutError: a level ran past its run's ``timeout_s`` (finished levels
+            stay in the files; the run's last line says ``partial``).
+
+    """
+    from tqdm import tqdm
+
+    writers = [_RunWriter(engine, run, out, command) for run, out in runs]
+    first = runs[0][0]
+    if first.warmup_requests:
+        a, i, o = _lengths(first, first.warmup_requests, 1.0, first.seed + 999)
+        await _level(engine, "concurrency", min(8, first.warmup_requests), a, i, o,
+                     writers[0].arch.vocab_size, first.seed, [])
+    queues = [[(w, *lv) for lv in w.levels()] for w in writers]
+    if interleave:
+        schedule = [q[k] for k in range(max(map(len, queues))) for q in queues if k < len(q)]
+    else:
+        schedule = [item for q in queues for item in q]
+    bar = tqdm(schedule, desc="engine levels", unit="level", disable=not progress)
+    for writer, idx, mode, level in bar:
+        summary = await writer.measure(engine, idx, mode, level)
         bar.set_postfix(tpot_ms=f"{summary['tpot_ms']:.2f}",
                         tok_s=f"{summary['throughput_tok_s']:.0f}")
-    writer.write({"kind": "end", "status": "complete"})
-    return load_engine_profile(out)
+    for w in writers:
+        w.end("complete")
+    return [load_engine_profile(out) for _, out in runs]
 
 
 def profile_engine(runs: Sequence[tuple[EngineRun, Path]], *, command: str = "",
-                   progress: bool = True) -> list[EngineProfile]:
+                   interleave: bool = False, progress: bool = True) -> list[EngineProfile]:
     """Start one engine (the first run's settings) and measure every run on it.
 
     Several runs share one engine start (~15-60 s on CPU): e.g. a calibration run and a
@@ -297,10 +349,26 @@ def profile_engine(runs: Sequence[tuple[EngineRun, Path]], *, command: str = "",
     with engine_env(first.device):
         engine = start_engine(first)
         try:
-            async def all_runs() -> list[EngineProfile]:
-                return [await run_levels(engine, run, path, command=command, progress=progress)
-                        for run, path in runs]
-
-            return asyncio.run(all_runs())
+            return asyncio.run(run_levels(engine, runs, command=command, interleave=interleave,
+                                          progress=progress))
         finally:
             engine.shutdown()
+            # Drop the engine while the interpreter is alive: AsyncLLM.__del__ shuts down
+            # again and fails noisily when it first runs at interpreter exit.
+            del engine
+            gc.collect()
+
+
+def cpu_loop_runs(model_dir: str) -> tuple[EngineRun, EngineRun]:
+    """The CPU loop's two runs on one tiny model (benchmarks/cpu_loop.py and its test).
+
+    Calibration (engine overheads are fitted here only): closed loop at 1 and 24 clients,
+    fixed lengths 32 in / 64 out. Validation (the model is judged here only): closed loop at
+    2, 4, 8, 16 clients and open loop at 3 and 6 req/s, GSM8K-shaped lengths — other load
+    levels and other lengths than the calibration.
+    """
+    calibration = EngineRun(model_dir, concurrencies=(1, 24), input_len=32, output_len=64,
+                            max_num_seqs=32, role="calibration")
+    validation = EngineRun(model_dir, concurrencies=(2, 4, 8, 16), rates_rps=(3.0, 6.0),
+                           shape="gsm8k", max_num_seqs=32, seed=1)
+    return calibration, validation

@@ -76,6 +76,9 @@ def add_profile_modes(p: argparse.ArgumentParser) -> None:
     en.add_argument("--max-model-len", type=int, default=1024)
     en.add_argument("--timeout-s", type=float, default=300.0, help="longest one level may take")
     en.add_argument("--seed", type=int, default=0)
+    en.add_argument("--role", default="measure", choices=["measure", "calibration"],
+                    help="calibration: the fidelity report fits engine overheads on this run "
+                    "and judges the model only on other runs")
     en.add_argument("--out", default=None, help="JSON-lines file (default "
                     "build/engine-profiles/<model>-<device>.jsonl)")
     en.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
@@ -153,7 +156,8 @@ def _run_engine(args: argparse.Namespace) -> int:
                     requests_per_level=args.requests, shape=args.shape,
                     input_len=args.input_len, output_len=args.output_len,
                     max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
-                    device=device, timeout_s=args.timeout_s, seed=args.seed)
+                    device=device, timeout_s=args.timeout_s, seed=args.seed,
+                    role=args.role)
     run.check()
     out = Path(args.out or f"build/engine-profiles/{Path(args.model).name}-{device}.jsonl")
     start = time.perf_counter()

@@ -15,14 +15,22 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ._catalog import GpuType, ModelArch
-from ._engine_profile import EnginePoint, EngineProfile, predict_point
+from ._engine_profile import EnginePoint, EngineProfile, fit_engine_overhead, predict_point
+from ._hardware import HardwareProfile, fit_efficiency
 from ._replica import Efficiency, EngineConfig, ReplicaModel
 
-__all__ = ["METRICS", "compare_points", "error_summary", "replica_for_profile"]
+__all__ = [
+    "METRICS",
+    "CalibratedReplicas",
+    "calibrate_replicas",
+    "compare_points",
+    "error_summary",
+    "replica_for_profile",
+]
 
 METRICS = ("ttft_ms", "tpot_ms", "throughput_tok_s", "latency_s_p95")
 
@@ -83,3 +91,47 @@ def error_summary(rows: Sequence[dict[str, Any]], metrics: Sequence[str] = METRI
             out[key] = {"median_abs": statistics.median(errs), "worst_abs": max(errs),
                         "n": float(len(errs))}
     return out
+
+
+@dataclass(frozen=True)
+class CalibratedReplicas:
+    """The replica model of an engine profile before and after calibration."""
+
+    before: ReplicaModel
+    """Default efficiencies (spec-sheet roofline) and default engine overheads."""
+    after: ReplicaModel
+    """Efficiencies fitted on the hardware profile, overheads fitted on the calibration runs."""
+    fitted_on: dict[str, Any]
+    """What was fitted on what (for the report)."""
+
+
+def calibrate_replicas(profile: EngineProfile, gpu: GpuType, hardware: HardwareProfile | None,
+                       calibration: Sequence[EngineProfile]) -> CalibratedReplicas:
+    """Build the before/after replica models of `profile`'s engine.
+
+    After = `fit_efficiency` on `hardware` (when given), then `fit_engine_overhead` on the
+    points of `calibration` (other runs than `profile`; when empty the default overheads stay).
+
+    Raises:
+        ValueError: `profile` is itself one of the `calibration` runs (it would be judged on
+            the points it was fitted on).
+
+    """
+    if any(c.path == profile.path for c in calibration):
+        raise ValueError(f"{profile.path}: a calibration run cannot be judged; pass other runs")
+    before = replica_for_profile(profile, gpu)
+    eff = fit_efficiency(hardware, gpu) if hardware is not None else Efficiency()
+    after = replica_for_profile(profile, gpu, eff)
+    points = [p for c in calibration for p in c.points]
+    if points:
+        fitted = fit_engine_overhead(replica_for_profile(calibration[0], gpu, eff), points)
+        after = replica_for_profile(profile, gpu, eff, (fitted.engine.step_overhead_s,
+                                                        fitted.engine.step_overhead_per_seq_s))
+    info = {"efficiency_from": str(hardware.path) if hardware is not None else None,
+            "compute": eff.compute, "memory": eff.memory,
+            "attention_compute": eff.attention_compute, "kernel_latency_s": eff.kernel_latency_s,
+            "overhead_from": [f"{c.path}: {', '.join(p.label for p in c.points)}"
+                              for c in calibration],
+            "step_overhead_s": after.engine.step_overhead_s,
+            "step_overhead_per_seq_s": after.engine.step_overhead_per_seq_s}
+    return CalibratedReplicas(before, after, info)
