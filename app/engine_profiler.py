@@ -18,8 +18,8 @@ requests, marks the file partial and raises `MeasurementTimeoutError`.
 from __future__ import annotations
 
 import asyncio
-import gc
 import datetime as _dt
+import gc
 import os
 import time
 import uuid
