@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from profiling import ReplicaModel, generate_trace, load_catalog, simulate
+from profiling import Efficiency, ReplicaModel, generate_trace, load_catalog, simulate
 from profiling._replica import engine_profile
 
 
@@ -73,19 +73,22 @@ ROWS = [
 ]
 
 
-def predict(row: Row, seeds: int) -> tuple[float, float]:
-    """Mean over seeds of (output tok/s, median TPOT ms) for the row's setting."""
+def predict(row: Row, seeds: int, efficiency: Efficiency | None = None
+            ) -> tuple[float, float, float]:
+    """Mean over seeds of (output tok/s, median TPOT ms, median TTFT ms) for the row."""
     catalog = load_catalog()
     engine = engine_profile(row.engine, max_num_seqs=row.max_num_seqs)
-    replica = ReplicaModel(catalog.model(row.model), catalog.gpu(row.gpu), row.tp, 1, engine)
-    tputs, tpots = [], []
+    replica = ReplicaModel(catalog.model(row.model), catalog.gpu(row.gpu), row.tp, 1, engine,
+                           efficiency)
+    tputs, tpots, ttfts = [], [], []
     for seed in range(seeds if row.prompts < 1000 else 1):
         trace = generate_trace("sharegpt", rate_rps=float("inf"), num_requests=row.prompts,
                                seed=seed)
         res = simulate(replica, trace, capacity=float("inf"))
         tputs.append(res.throughput_tok_s)
         tpots.append(float(np.nanmedian(res.tpot_s)) * 1e3)
-    return statistics.fmean(tputs), statistics.fmean(tpots)
+        ttfts.append(float(np.median(res.ttft_s)) * 1e3)
+    return statistics.fmean(tputs), statistics.fmean(tpots), statistics.fmean(ttfts)
 
 
 def main() -> int:
@@ -100,7 +103,7 @@ def main() -> int:
     print(header)
     print("-" * len(header))
     for row in ROWS:
-        tput, tpot = predict(row, args.seeds)
+        tput, tpot, _ = predict(row, args.seeds)
         e_tput = tput / row.tput_tok_s - 1
         e_tpot = tpot / row.tpot_ms - 1
         results.append({"run": row.name, "engine": row.engine, "measured_tok_s": row.tput_tok_s,

@@ -66,6 +66,9 @@ def _add_profile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    "capacity column, seconds")
     _add_catalog_args(p)
     p.set_defaults(run=_run_profile)
+    from boute.profile_cli import add_profile_modes
+
+    add_profile_modes(p)
 
 
 def _run_profile(args: argparse.Namespace) -> int:

@@ -11,7 +11,9 @@ __all__ = [
     "BouteError",
     "CatalogError",
     "InfeasibleConfigError",
+    "MeasurementTimeoutError",
     "PerfDBError",
+    "ProfilerError",
     "ScenarioError",
     "StaleDBError",
     "TraceError",
@@ -53,3 +55,28 @@ class StaleDBError(PerfDBError):
 
 class ScenarioError(BouteError, ValueError):
     """A scenario file is missing, malformed, or breaks a rule."""
+
+
+class ProfilerError(BouteError, ValueError):
+    """A profiler input is invalid, or a measurement failed.
+
+    Examples: an unknown device, a model directory without a config.json. Results measured
+    before a failure stay on disk.
+    """
+
+
+class MeasurementTimeoutError(ProfilerError):
+    """One measurement ran past its time limit.
+
+    Attributes:
+        what: the measurement (e.g. ``"gemm llama-3.1-8b down_proj tp=1 m=4096"``).
+        seconds: how long it ran.
+        partial_path: where the results measured before it are kept.
+
+    """
+
+    def __init__(self, message: str, *, what: str, seconds: float, partial_path: str) -> None:
+        super().__init__(message)
+        self.what = what
+        self.seconds = seconds
+        self.partial_path = partial_path

