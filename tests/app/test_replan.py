@@ -1,0 +1,119 @@
+"""Replanning's bad inputs, without a cluster: each is a one-line error and nothing is
+changed (the Serve API stub records any deploy)."""
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from app.main import Stack, stack_config
+from app.replan import ReplanError, ReplanOptions, running_state, window_trace
+from app.request_log import RequestLog
+from tuning import Group, Plan, Routing
+
+PLAN = Plan(Routing(0.3), (Group("llama-3.1-8b", "RTX-4090", 1, 1, 2, 1.0),
+                           Group("llama-3.1-70b", "H100", 4, 1, 1, 1.0)),
+            scenario={"name": "paper-gsm8k",
+                      "models": {"weak": "llama-3.1-8b", "strong": "llama-3.1-70b"}})
+
+
+class StubApi:
+    """`ServeApi`'s read side over a fixed details dict; any write is recorded."""
+
+    base = "http://head:8265"
+
+    def __init__(self, details: dict[str, Any]) -> None:
+        self._details = details
+        self.applied: list[Any] = []
+
+    def details(self) -> dict[str, Any]:
+        return self._details
+
+    def apply(self, config: Any) -> None:
+        self.applied.append(config)
+
+
+def _details_of(config: dict[str, Any]) -> dict[str, Any]:
+    """What Serve's GET reports for a deployed config (the parts replanning reads)."""
+    return {"http_options": config["http_options"], "proxy_location": config["proxy_location"],
+            "applications": {a["name"]: {"status": "RUNNING", "deployed_app_config": a}
+                             for a in config["applications"]}}
+
+
+def test_running_state_reads_plan_stack_and_last_change_from_the_router_config() -> None:
+    stack = Stack(log_dir="/var/log/boute", seed=3)
+    api = StubApi(_details_of(stack_config(PLAN, stack, port=8123, applied_unix_s=1000.0)))
+    state = running_state(api)  # type: ignore[arg-type]
+    assert state.plan.groups == PLAN.groups and state.plan.routing.strong_share == 0.3
+    assert (state.stack, state.applied_unix_s, state.port) == (stack, 1000.0, 8123)
+
+
+def test_no_running_app_or_a_one_application_deploy_is_refused() -> None:
+    with pytest.raises(ReplanError, match=r"no application 'boute' runs on the cluster at "
+                       r"http://head:8265 \(running: none\); deploy a plan first"):
+        running_state(StubApi({"applications": {}}))  # type: ignore[arg-type]
+    single = {"applications": {"boute": {"deployed_app_config": {
+        "import_path": "app.main:app", "args": {"plan": "p.json"}}}}}
+    with pytest.raises(ReplanError, match=r"was not deployed as a BOute stack \(import path "
+                       r"'app.main:app'\)"):
+        running_state(StubApi(single))  # type: ignore[arg-type]
+
+
+def _log(folder: Path, arrivals: list[float], status: int = 200) -> None:
+    log = RequestLog(folder)
+    for t in arrivals:
+        log.record(t, 70, 100, 0.5, "llama-3.1-8b", "g", 0.1, 1.0, status, False)
+    log.close()
+
+
+def test_window_trace_keeps_successful_requests_of_the_window(tmp_path: Path) -> None:
+    _log(tmp_path, [float(t) for t in range(100, 200)])          # 1 req/s, t = 100..199
+    _log(tmp_path, [150.5, 151.5], status=502)                   # failures are not workload
+    trace = window_trace(str(tmp_path), window_s=50, now_s=199.5, min_requests=10)
+    assert len(trace) == 50                                      # t = 150..199
+    assert trace.rate_rps == pytest.approx(1.0) and trace.arrival_s[0] == 0.0
+    assert set(trace.input_tokens) == {70} and set(trace.output_tokens) == {100}
+
+
+def test_empty_or_corrupt_or_thin_windows_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ReplanError, match=r"no readable request log under .*: the request "
+                       r"log is empty or unreadable"):
+        window_trace(str(tmp_path), window_s=60, now_s=0, min_requests=10)
+    (tmp_path / "requests-1-1-0000.parquet").write_bytes(b"not parquet")   # torn file
+    with pytest.raises(ReplanError, match="empty or unreadable"):
+        window_trace(str(tmp_path), window_s=60, now_s=0, min_requests=10)
+    _log(tmp_path, [1.0, 2.0, 3.0])
+    with pytest.raises(ReplanError, match=r"hold 3 successful request\(s\) \(3 rows in all\), "
+                       r"fewer than min_requests=10; widen the window"):
+        window_trace(str(tmp_path), window_s=60, now_s=10, min_requests=10)
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "requests-2-1-0000.parquet")  # other schema
+    with pytest.raises(ReplanError, match="hold 3 successful"):
+        window_trace(str(tmp_path), window_s=60, now_s=10, min_requests=10)
+
+
+def test_options_and_a_plan_that_no_longer_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ReplanError, match=r"window_s=0 must be a positive number"):
+        ReplanOptions(window_s=0)
+    with pytest.raises(ReplanError, match=r"solver='bo' must be exact, mobo or random"):
+        ReplanOptions(solver="bo")
+    import app.deploy as deploy
+    from app.deploy import DeployError, check_plan_fits
+
+    # one 8-GPU H100 node and 4 RTX-4090s: the running plan (2x4090 + 4xH100) fits, and so
+    # does a proposal of 4x4090 + 4xH100 alone, but not both at once (6 RTX-4090 needed)
+    nodes = [{"GPU": 8.0, "gpu_type_H100": 8.0}, {"GPU": 4.0, "gpu_type_RTX-4090": 4.0}]
+    monkeypatch.setattr(deploy, "live_nodes", lambda: nodes)
+    bigger = Plan(PLAN.routing, (Group("llama-3.1-8b", "RTX-4090", 1, 1, 4, 1.0),
+                                 PLAN.groups[1]), scenario=PLAN.scenario)
+    check_plan_fits(bigger, Stack())
+    with pytest.raises(DeployError, match=r"RTX-4090: the plan needs 6 GPU\(s\), the cluster "
+                       r"has 4; add 2"):
+        check_plan_fits(Plan(PLAN.routing, (Group("llama-3.1-8b", "RTX-4090", 1, 1, 6, 1.0),
+                                            PLAN.groups[1]), scenario=PLAN.scenario), Stack())
+    with pytest.raises(DeployError, match=r"RTX-4090: the plan needs 6 GPU\(s\), the cluster "
+                       r"has 4; add 2"):
+        check_plan_fits(bigger, Stack(), also=Plan(PLAN.routing, (
+            Group("llama-3.1-8b", "RTX-4090", 2, 1, 1, 1.0), PLAN.groups[1]),
+            scenario=PLAN.scenario))
