@@ -3,28 +3,54 @@ from pathlib import Path
 import pytest
 import yaml
 
-from placement import gpu_type_from_name, node_resources
+from placement import gpu_type_from_name, gpu_type_of, node_resources
 from placement._specs import PlacementError
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_cluster_yaml_passes_rays_schema() -> None:
+def _validate(config: dict) -> None:
+    """What `ray up` does with the file before launching anything."""
     import copy
 
     from ray.autoscaler._private.util import prepare_config, validate_config
 
-    def validate(config: dict) -> None:           # what `ray up` does with the file
-        validate_config(prepare_config(copy.deepcopy(config)))
+    validate_config(prepare_config(copy.deepcopy(config)))
 
+
+def test_cluster_yaml_has_a_node_type_per_gpu_type_and_passes_rays_schema() -> None:
     config = yaml.safe_load((REPO / "cluster.yaml").read_text())
-    validate(config)                              # raises on a schema violation
+    _validate(config)                             # raises on a schema violation
+    types = config["available_node_types"]
+    gpu_types = {}
+    for name, node in types.items():
+        res = node["resources"]
+        declared = {gpu_type_of(k): v for k, v in res.items() if gpu_type_of(k)}
+        if res.get("GPU", 0):
+            # one GPU type per node type, counted per GPU as an integer (Ray's schema)
+            ((gpu, count),) = declared.items()
+            assert count == res["GPU"] and isinstance(count, int), name
+            assert node["min_workers"] <= node["max_workers"]
+            gpu_types[gpu] = node["node_config"]["InstanceType"]
+        else:
+            assert not declared and name == config["head_node_type"]
+    assert gpu_types == {"H100": "p5.48xlarge", "RTX-PRO-6000": "g7e.48xlarge"}
+    assert any("make setup" in c for c in config["setup_commands"])
+    broken = {**config, "available_node_types": {**types, "gpu-h100": {
+        **types["gpu-h100"], "resources": {"GPU": 8, "gpu_type_H100": 8.5}}}}
+    with pytest.raises(Exception, match=r"8\.5 is not of type 'integer'"):
+        _validate(broken)
+
+
+def test_onprem_cluster_yaml_passes_rays_schema() -> None:
+    config = yaml.safe_load((REPO / "cluster-onprem.yaml").read_text())
+    _validate(config)
     assert config["provider"]["type"] == "local"
     starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
     assert sum("boute node-resources" in c for c in starts) == 2
     broken = {**config, "provider": {**config["provider"], "worker_ips": "10.0.0.11"}}
     with pytest.raises(Exception, match=r"'10\.0\.0\.11' is not of type 'array'"):
-        validate(broken)
+        _validate(broken)
 
 
 @pytest.mark.parametrize(("name", "gpu"), [
