@@ -48,7 +48,8 @@ from tuning import Goal, Group, Hysteresis, Plan, decide
 from .main import APP_NAME, Stack, stack_config
 from .serve_api import ServeApi, ServeApiError, dashboard_url
 
-__all__ = ["ReplanError", "ReplanOptions", "apply_plan", "replan", "running_state"]
+__all__ = ["ReplanError", "ReplanOptions", "apply_plan", "format_report", "replan", "running_state",
+           "submit_replan_job"]
 
 
 class ReplanError(BouteError, RuntimeError):
@@ -420,3 +421,41 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("steps: " + ", ".join(f"{k[:-2]} {v:.1f} s"
                                            for k, v in report["steps"].items()))
     return "\n".join(lines)
+
+
+def submit_replan_job(dashboard: str, args: list[str] | tuple[str, ...] = (), *,
+                      timeout_s: float = 900.0, env: dict[str, str] | None = None
+                      ) -> dict[str, Any]:
+    """Run ``boute --json replan ARGS`` as a Ray job through the job API; returns its report.
+
+    The equivalent of ``ray job submit --address DASHBOARD -- boute replan ARGS``, waiting
+    for the job and parsing the JSON it prints.
+
+    Raises:
+        ReplanError: the job failed or timed out (its log's last lines are in the message).
+
+    """
+    import shlex
+    import sys
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(dashboard)
+    boute = Path(sys.executable).parent / "boute"      # job entrypoints need absolute paths
+    entrypoint = shlex.join([str(boute), "--json", "replan", *args])
+    job = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": dict(
+        env or {"RAY_AUTH_MODE": "disabled"})})
+    deadline = time.monotonic() + timeout_s
+    done = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED)
+    while (status := client.get_job_status(job)) not in done:
+        if time.monotonic() > deadline:
+            client.stop_job(job)
+            status = JobStatus.STOPPED
+            break
+        time.sleep(1.0)
+    logs = client.get_job_logs(job)
+    reports = [line for line in logs.splitlines() if line.startswith("{")]
+    if status != JobStatus.SUCCEEDED or not reports:
+        tail = "\n".join(logs.strip().splitlines()[-5:])
+        raise ReplanError(f"replan job {job} ended {status}:\n{tail}")
+    return json.loads(reports[-1])  # type: ignore[no-any-return]
