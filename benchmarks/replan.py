@@ -53,7 +53,7 @@ def run(work: Path, *, first_s: float, second_s: float) -> dict[str, Any]:
     from ray import serve
 
     from app.deploy import deploy_plan
-    from app.replan import submit_replan_job
+    from app.replan import format_report, submit_replan_job
     from app.request_log import read_log
     from app.serve_api import dashboard_url
     from boute.bench import run_bench
@@ -80,7 +80,8 @@ def run(work: Path, *, first_s: float, second_s: float) -> dict[str, Any]:
         t = time.time()
         same = submit_replan_job(dashboard, args)
         out["job_same"] = {"seconds": time.time() - t, "decision": same["decision"],
-                           "window_rate_rps": same["window"]["rate_rps"]}
+                           "window_rate_rps": same["window"]["rate_rps"],
+                           "report": format_report(same)}
         second: list[Any] = []
         load = threading.Thread(target=lambda: second.append(run_bench(
             url, generate_trace("gsm8k", rate_rps=8, num_requests=n2, seed=2))))
@@ -95,7 +96,8 @@ def run(work: Path, *, first_s: float, second_s: float) -> dict[str, Any]:
                              "running_p95_s": moved["running"]["predicted"]["p95_s"],
                              "proposed_p95_s": moved["proposed"]["predicted"]["p95_s"],
                              "proposed_cost_per_hour":
-                                 moved["proposed"]["predicted"]["cost_per_hour"]}
+                                 moved["proposed"]["predicted"]["cost_per_hour"],
+                             "report": format_report(moved)}
         load.join()
         out["phase_4rps"] = first.summary()
         out["phase_8rps"] = second[0].summary()
@@ -204,6 +206,7 @@ def main() -> int:
         print(f"{'PASS' if ok else 'MISS'}  {name}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+    print(out["job_change"]["report"])
     print(f"wrote {args.json} and {args.plot}")
     return 0 if all(checks.values()) else 1
 
