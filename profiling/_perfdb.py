@@ -359,14 +359,19 @@ class PerfDB:
         sources = self.meta.get("efficiency_source") or {}
         flat = not any(isinstance(v, dict) for v in built.values())
         for gpu, eff in sorted(calibration.efficiency.items()):
-            used = built if flat else built.get(gpu)
-            if used == asdict(eff):
+            used = (built if flat else built.get(gpu)) or {}
+            now = asdict(eff)
+            if used == now:
                 continue
             was = "spec-sheet" if flat else sources.get(gpu, "absent")
+            changed = ", ".join(f"{k} {used.get(k, 'absent')!r} -> {now.get(k, 'absent')!r}"
+                                for k in sorted(set(used) | set(now))
+                                if used.get(k) != now.get(k))
             raise StaleDBError(
                 f"perf DB {str(path)!r} is stale: {gpu}'s efficiency came from {was} when it "
-                f"was built, the current inputs give {calibration.source[gpu]}; rebuild it "
-                f"with `boute profile --out {path}` (same --scenario and --hardware-profiles)")
+                f"was built, the current inputs give {calibration.source[gpu]} ({changed}); "
+                f"rebuild it with `boute profile --out {path}` (same --scenario and "
+                "--hardware-profiles)")
 
     # -- lookups ----------------------------------------------------------------------------
     def config_index(self, keys: Iterable[ConfigKey]) -> IntArray:

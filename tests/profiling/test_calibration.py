@@ -112,3 +112,9 @@ def test_db_of_the_old_format_is_current_without_profiles(
     with pytest.raises(StaleDBError, match=r"came from spec-sheet"):
         PerfDB.load(path, calibration=spec_calibration(tiny_spec, catalog,
                                                        hardware_profiles=slow_h100))
+    # A DB swept before a factor existed (here: roofline_sharpness) is stale, and says why.
+    meta["efficiency"] = {k: v for k, v in meta["efficiency"].items()
+                          if k != "roofline_sharpness"}
+    pq.write_table(db.table.replace_schema_metadata({"boute": json.dumps(meta)}), path)
+    with pytest.raises(StaleDBError, match=r"give spec-sheet \(roofline_sharpness 'absent' -> 3"):
+        PerfDB.load(path, calibration=spec_calibration(tiny_spec, catalog))
