@@ -48,6 +48,15 @@ def _add_catalog_args(p: argparse.ArgumentParser) -> None:
                    help="extra model catalog YAML")
 
 
+def add_hardware_profiles_arg(p: argparse.ArgumentParser) -> None:
+    """Add ``--hardware-profiles DIR``: where the stage-1 model looks for hardware profiles."""
+    p.add_argument("--hardware-profiles", default=None, metavar="DIR",
+                   help="folder of hardware profiles (`boute profile hardware` writes "
+                   "build/calibration/<device>/) or one profile directory: GPU types with a "
+                   "profile there use the efficiency fitted on it (default: the scenario's "
+                   "profile.hardware_profiles, else none: spec-sheet roofline)")
+
+
 def _fmt(x: float, spec: str = ".2f") -> str:
     return "inf" if not math.isfinite(x) else format(x, spec)
 
@@ -64,6 +73,7 @@ def _add_profile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--p95", type=float, default=10.0, help="latency target of the summary's "
                    "capacity column, seconds")
+    add_hardware_profiles_arg(p)
     _add_catalog_args(p)
     p.set_defaults(run=_run_profile)
     from boute.profile_cli import add_profile_modes
@@ -73,6 +83,7 @@ def _add_profile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def _run_profile(args: argparse.Namespace) -> int:
     from profiling import build_perfdb, load_catalog, load_scenario
+    from profiling._perfdb import spec_calibration
     from profiling._replica import engine_profile
 
     if args.p95 <= 0:
@@ -85,9 +96,11 @@ def _run_profile(args: argparse.Namespace) -> int:
         engine = engine_profile(args.engine)
     except KeyError as exc:
         raise BouteError(f"--engine: {exc.args[0]}") from None
+    spec = scenario.profile_spec()
+    calibration = spec_calibration(spec, catalog, hardware_profiles=args.hardware_profiles)
     start = time.perf_counter()
-    db = build_perfdb(scenario.profile_spec(), catalog, engine=engine, workers=args.workers,
-                      progress=True)
+    db = build_perfdb(spec, catalog, engine=engine, calibration=calibration,
+                      workers=args.workers, progress=True)
     from tuning import default_db_path
 
     path = db.save(args.out or default_db_path(scenario))
@@ -109,12 +122,15 @@ def _run_profile(args: argparse.Namespace) -> int:
             best[k] = row
     payload = {"db": str(path), "scenario": scenario.name, "rows": db.table.num_rows,
                "configs": len(db.keys), "infeasible": db.meta["infeasible"],
+               "efficiency_source": calibration.source,
                "seconds": seconds, "p95_target_s": args.p95, "best": list(best.values()),
                "configs_summary": summary}
 
     def human() -> str:
         lines = [f"perf DB {path}: {db.table.num_rows} rows, {len(db.keys)} feasible configs, "
                  f"{len(db.meta['infeasible'])} infeasible, built in {seconds:.1f} s",
+                 "efficiency: " + ", ".join(f"{g} {src}" for g, src
+                                            in calibration.source.items()),
                  f"best config per model and GPU (most req/s per $ with P95 <= {args.p95:g} s):",
                  f"{'model':<15}{'gpu':<14}{'tp':>3}{'pp':>3}{'$/h':>7}{'cap rps':>9}"
                  f"{'rps@P95':>9}{'rps/$':>8}{'P95 idle':>10}"]
@@ -149,6 +165,7 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--engine", default="vllm", help="engine profile")
     p.add_argument("--max-num-seqs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    add_hardware_profiles_arg(p)
     _add_catalog_args(p)
     p.set_defaults(run=_run_simulate)
 
@@ -164,10 +181,13 @@ def _run_simulate(args: argparse.Namespace) -> int:
         simulate,
         simulate_closed_loop,
     )
+    from profiling._hardware import resolve_calibration
     from profiling._replica import engine_profile
 
     catalog = load_catalog(args.gpu_catalog, args.model_catalog)
     model, gpu = catalog.model(args.model), catalog.gpu(args.gpu)
+    calibration = resolve_calibration([gpu], args.hardware_profiles)
+    efficiency = calibration.for_gpu(gpu.name)
     overrides = {} if args.max_num_seqs is None else {"max_num_seqs": args.max_num_seqs}
     try:
         engine = engine_profile(args.engine, **overrides)
@@ -182,7 +202,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
     n = args.requests or (1000 if args.rate is not None else max(200, 10 * args.concurrency))
     if n < 1:
         raise BouteError(f"--requests={n} must be >= 1")
-    replica = ReplicaModel(model, gpu, args.tp, args.pp, engine)
+    replica = ReplicaModel(model, gpu, args.tp, args.pp, engine, efficiency)
     rate = args.rate if args.rate is not None else 1.0
     if args.shape:
         trace = generate_trace(args.shape, rate_rps=rate, num_requests=n, seed=args.seed)
@@ -201,7 +221,10 @@ def _run_simulate(args: argparse.Namespace) -> int:
     mem = replica.memory
     payload: dict[str, Any] = {
         "model": model.name, "gpu": gpu.name, "tp": args.tp, "pp": args.pp,
-        "engine": engine.name,
+        "engine": engine.name, "efficiency_source": calibration.source[gpu.name],
+        "efficiency": {"compute": efficiency.compute, "memory": efficiency.memory,
+                       "attention_compute": efficiency.attention_compute,
+                       "kernel_latency_s": efficiency.kernel_latency_s},
         "ttft_ms": s["ttft_ms"]["p50"], "tpot_ms": s["tpot_ms"]["p50"],  # type: ignore[index]
         "ttft_ms_stats": s["ttft_ms"], "tpot_ms_stats": s["tpot_ms"],
         "latency_s": s["latency_s"], "throughput_tok_s": s["throughput_tok_s"],
@@ -216,7 +239,11 @@ def _run_simulate(args: argparse.Namespace) -> int:
         lat = payload["latency_s"]
         load = (f"concurrency {args.concurrency}" if args.concurrency is not None
                 else f"{rate:g} req/s")
+        e = payload["efficiency"]
         lines = [f"{replica.label}, {engine.name}, {load}, {n} requests",
+                 f"  efficiency ({payload['efficiency_source']}): compute {e['compute']:.3f}, "
+                 f"memory {e['memory']:.3f}, attention {e['attention_compute']:.3f}, kernel "
+                 f"latency {e['kernel_latency_s'] * 1e6:.1f} us",
                  f"  memory: weights {mem.weights_gib:.1f} GiB/GPU, KV cache {mem.kv_gib:.1f} GiB "
                  f"= {mem.kv_capacity_tokens:,} tokens",
                  f"  TTFT p50 {_fmt(payload['ttft_ms'], '.1f')} ms   TPOT p50 "

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from boute.cli import add_hardware_profiles_arg
 from boute.errors import BouteError, PerfDBError, StaleDBError
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", default=None, help="perf DB (default: build/perfdb-<scenario>."
                    "parquet; built when missing or stale)")
     p.add_argument("--budget", type=float, default=None, help="override the scenario's $/hour")
+    add_hardware_profiles_arg(p)
     p.add_argument("--gpu-catalog", action="append", default=[], metavar="FILE")
     p.add_argument("--model-catalog", action="append", default=[], metavar="FILE")
 
@@ -32,15 +34,22 @@ def _common(p: argparse.ArgumentParser) -> None:
 def load_planning_problem(args: argparse.Namespace) -> Problem:
     """The CLI's scenario, catalog, budget and DB flags -> `planning_problem`."""
     return planning_problem(args.scenario, db=args.db, budget=args.budget,
-                            gpu_catalog=args.gpu_catalog, model_catalog=args.model_catalog)
+                            gpu_catalog=args.gpu_catalog, model_catalog=args.model_catalog,
+                            hardware_profiles=args.hardware_profiles)
 
 
 def planning_problem(scenario_ref: str | None, *, db: str | None = None,
                      budget: float | None = None, rate_rps: float | None = None,
-                     gpu_catalog: Sequence[str] = (), model_catalog: Sequence[str] = ()
-                     ) -> Problem:
-    """Scenario + perf DB (built or rebuilt when needed, with a note on stderr) -> Problem."""
+                     gpu_catalog: Sequence[str] = (), model_catalog: Sequence[str] = (),
+                     hardware_profiles: str | None = None) -> Problem:
+    """Scenario + perf DB (built or rebuilt when needed, with a note on stderr) -> Problem.
+
+    The DB must have been built with the efficiency each GPU type gets now: from a hardware
+    profile under `hardware_profiles` (else the scenario's ``profile.hardware_profiles``), or
+    the spec-sheet roofline; otherwise it is stale and rebuilt.
+    """
     from profiling import PerfDB, build_perfdb, load_catalog, load_scenario
+    from profiling._perfdb import spec_calibration
     from tuning import default_db_path, load_problem
 
     catalog = load_catalog(gpu_catalog, model_catalog)
@@ -56,8 +65,10 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
         scenario = scenario.model_copy(update={"workload": workload})
     path = Path(db) if db else default_db_path(scenario)
     spec = scenario.profile_spec()
+    calibration = spec_calibration(spec, catalog, hardware_profiles=hardware_profiles)
     try:
-        perfdb = PerfDB.load(path, catalog=catalog, trace=spec.base_trace())
+        perfdb = PerfDB.load(path, catalog=catalog, trace=spec.base_trace(),
+                             calibration=calibration)
         return load_problem(scenario, perfdb, catalog)
     except StaleDBError as exc:
         note = f"{exc}; rebuilding"
@@ -66,7 +77,7 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
             raise
         note = f"no perf DB at {path} ({exc.__class__.__name__}); building it"
     print(f"boute: {note}", file=sys.stderr)
-    perfdb = build_perfdb(spec, catalog, progress=True)
+    perfdb = build_perfdb(spec, catalog, calibration=calibration, progress=True)
     perfdb.save(path)
     return load_problem(scenario, perfdb, catalog)
 

@@ -26,11 +26,12 @@ The fitted tau is one kernel's fixed latency; the replica model charges
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import statistics
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,8 @@ __all__ = [
     "BANDWIDTH_COLUMNS",
     "DEFAULT_CALIBRATION_ROOT",
     "GEMM_COLUMNS",
+    "SPEC_SHEET",
+    "Calibration",
     "CsvAppender",
     "HardwareProfile",
     "calibrated_efficiency",
@@ -53,6 +56,8 @@ __all__ = [
     "find_hardware_profile",
     "fit_efficiency",
     "load_hardware_profile",
+    "resolve_calibration",
+    "scan_hardware_profiles",
 ]
 
 DEFAULT_CALIBRATION_ROOT = Path("build/calibration")
@@ -287,3 +292,143 @@ def calibrated_efficiency(gpu: GpuType, root: str | Path = DEFAULT_CALIBRATION_R
     if profile is None:
         return base or Efficiency(), None
     return fit_efficiency(profile, gpu, base), str(profile.path)
+
+
+# -- calibration of the stage-1 model per GPU type ------------------------------------------------
+SPEC_SHEET = "spec-sheet"
+"""Efficiency source of a GPU type without a hardware profile: spec-sheet peaks, default factors."""
+
+_GEMM_FIT_COLUMNS = ("m", "n", "k", "median_us")
+_PROFILE_FILES = ("meta.json", "gemm.csv", "attention.csv", "bandwidth.csv")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The replica model's `Efficiency` per GPU type and where each came from.
+
+    Attributes:
+        efficiency: GPU type -> the factors the stage-1 model uses for it.
+        source: GPU type -> ``"spec-sheet"`` (`SPEC_SHEET`) or ``"profile:<directory>"``.
+        profile_sha256: GPU type -> SHA-256 (16 hex digits) of the profile's files, for the
+            GPU types calibrated from a profile.
+
+    """
+
+    efficiency: dict[str, Efficiency]
+    source: dict[str, str]
+    profile_sha256: dict[str, str]
+
+    def for_gpu(self, gpu_type: str) -> Efficiency:
+        """The efficiency of `gpu_type` (the default factors when it was not resolved)."""
+        return self.efficiency.get(gpu_type) or Efficiency()
+
+    def to_meta(self) -> dict[str, Any]:
+        """JSON for the perf DB metadata, each keyed by GPU type.
+
+        Keys: ``efficiency`` (the factors), ``efficiency_source`` and ``hardware_profiles``
+        (path and content hash of the profiles used).
+        """
+        return {
+            "efficiency": {g: asdict(e) for g, e in sorted(self.efficiency.items())},
+            "efficiency_source": dict(sorted(self.source.items())),
+            "hardware_profiles": {g: {"path": self.source[g].removeprefix("profile:"),
+                                      "sha256": sha}
+                                  for g, sha in sorted(self.profile_sha256.items())},
+        }
+
+
+def _profile_sha256(path: Path) -> str:
+    """SHA-256 (first 16 hex digits) over the profile's files (name + bytes, fixed order)."""
+    digest = hashlib.sha256()
+    for name in _PROFILE_FILES:
+        if (path / name).is_file():
+            digest.update(name.encode() + b"\0" + (path / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _checked_profile(path: Path) -> HardwareProfile:
+    """Load a profile and check that its GEMM rows can be fitted (>= 3 numeric rows).
+
+    Raises:
+        ProfilerError: missing gemm.csv, meta.json not JSON, missing or non-numeric GEMM
+            columns, fewer than 3 rows.
+
+    """
+    profile = load_hardware_profile(path)
+    fix = (f"re-run `boute profile hardware --out {path}` or remove that directory from the "
+           "hardware profiles folder")
+    for i, row in enumerate(profile.gemm, start=2):
+        for col in _GEMM_FIT_COLUMNS:
+            value = row.get(col)
+            if not isinstance(value, float) or not math.isfinite(value):
+                raise ProfilerError(f"hardware profile {str(path)!r}: gemm.csv line {i} has "
+                                    f"{col}={value!r}, expected a number; {fix}")
+    if len(profile.gemm) < 3:
+        raise ProfilerError(f"hardware profile {str(path)!r}: gemm.csv has "
+                            f"{len(profile.gemm)} rows, the fit needs >= 3; {fix}")
+    return profile
+
+
+def scan_hardware_profiles(root: str | Path) -> dict[str, HardwareProfile]:
+    """Every hardware profile under `root`, checked, keyed by the GPU type it calibrates.
+
+    `root` is either one profile directory (it holds ``gemm.csv`` or ``meta.json``) or a
+    folder of them (``build/calibration/<device>/``, what `boute profile hardware` writes).
+    With several profiles of one GPU type, the newest (meta ``date``) complete one wins. An
+    empty folder gives no profiles (every GPU type keeps the spec-sheet roofline).
+
+    Raises:
+        ProfilerError: `root` is not a directory, or a profile under it is malformed (the
+            message names the directory and the fix).
+
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ProfilerError(f"hardware profiles {str(root)!r}: no such directory; pass the "
+                            "folder `boute profile hardware` writes profiles into (default "
+                            f"{DEFAULT_CALIBRATION_ROOT}) or one profile directory, e.g. "
+                            "benchmarks/data/hardware/h100-sxm-reference")
+    if (root / "gemm.csv").exists() or (root / "meta.json").exists():
+        dirs = [root]
+    else:
+        dirs = sorted(d for d in root.iterdir() if d.is_dir() and (
+            (d / "gemm.csv").exists() or (d / "meta.json").exists()))
+    ranked: dict[str, tuple[tuple[bool, str, str], HardwareProfile]] = {}
+    for d in dirs:
+        profile = _checked_profile(d)
+        rank = (profile.meta.get("status", "complete") == "complete",
+                str(profile.meta.get("date", "")), str(d))
+        if profile.gpu_type not in ranked or rank > ranked[profile.gpu_type][0]:
+            ranked[profile.gpu_type] = (rank, profile)
+    return {gpu_type: profile for gpu_type, (_, profile) in ranked.items()}
+
+
+def resolve_calibration(gpus: Sequence[GpuType], root: str | Path | None,
+                        base: Efficiency | None = None) -> Calibration:
+    """The stage-1 model's efficiency per GPU type: fitted on a profile, else the spec sheet.
+
+    Args:
+        gpus: the GPU types to resolve.
+        root: hardware profiles folder or one profile directory (`scan_hardware_profiles`);
+            None looks nowhere: every GPU type gets `base` (the spec-sheet roofline).
+        base: the factors a profile does not determine, and those of GPU types without one;
+            default `Efficiency()`.
+
+    Raises:
+        ProfilerError: `root` is missing or holds a malformed profile.
+
+    """
+    base = base or Efficiency()
+    profiles = scan_hardware_profiles(root) if root is not None else {}
+    efficiency: dict[str, Efficiency] = {}
+    source: dict[str, str] = {}
+    sha: dict[str, str] = {}
+    for gpu in gpus:
+        profile = profiles.get(gpu.name)
+        if profile is None:
+            efficiency[gpu.name], source[gpu.name] = base, SPEC_SHEET
+            continue
+        efficiency[gpu.name] = fit_efficiency(profile, gpu, base)
+        source[gpu.name] = f"profile:{profile.path}"
+        sha[gpu.name] = _profile_sha256(profile.path)
+    return Calibration(efficiency, source, sha)

@@ -17,8 +17,10 @@ Parquet schema (one row per config x rate):
     throughput_rps, throughput_tok_s: float64
     kv_capacity_tokens: int64
 Schema metadata key ``boute`` holds JSON: schema_version, quantiles, scenario, catalog and
-trace fingerprints (a DB built from other inputs is detected as stale), engine, efficiency,
-infeasible configs with their reasons, build time.
+trace fingerprints (a DB built from other inputs is detected as stale), engine, the
+efficiency per GPU type with its source (``efficiency``, ``efficiency_source``:
+``spec-sheet`` or ``profile:<dir>``, ``hardware_profiles``: path and content hash; a DB built
+with other efficiencies is stale too), infeasible configs with their reasons, build time.
 """
 
 from __future__ import annotations
@@ -43,12 +45,13 @@ from tqdm import tqdm
 from boute.errors import InfeasibleConfigError, PerfDBError, StaleDBError
 
 from ._catalog import Catalog, GpuType, ModelArch
+from ._hardware import Calibration, resolve_calibration
 from ._replica import Efficiency, EngineConfig, ReplicaModel, parallel_configs
 from ._scenario import ProfileSpec
 from ._simulator import QUANTILES, capacity_rps, simulate
 from ._workload import Trace
 
-__all__ = ["ConfigKey", "PerfDB", "build_perfdb", "mixture_quantile"]
+__all__ = ["ConfigKey", "PerfDB", "build_perfdb", "mixture_quantile", "spec_calibration"]
 
 SCHEMA_VERSION = 1
 ConfigKey = tuple[str, str, int, int]  # (model, gpu, tp, pp)
@@ -126,12 +129,39 @@ def _sweep_config(
     return rows
 
 
+def spec_calibration(
+    spec: ProfileSpec,
+    catalog: Catalog,
+    *,
+    hardware_profiles: str | Path | None = None,
+    efficiency: Efficiency | None = None,
+) -> Calibration:
+    """The efficiency of each GPU type of `spec` (see `profiling._hardware.resolve_calibration`).
+
+    Args:
+        spec: the scenario's profiling view (its GPU types; its ``profile.hardware_profiles``).
+        catalog: GPU catalog (spec-sheet peaks).
+        hardware_profiles: folder of hardware profiles, or one profile directory; overrides
+            the scenario's field. None and no scenario field: the spec-sheet roofline for all.
+        efficiency: base factors (default `Efficiency()`).
+
+    Raises:
+        CatalogError: a GPU type of the spec is not in the catalog.
+        ProfilerError: the profiles folder is missing or holds a malformed profile.
+
+    """
+    root = hardware_profiles if hardware_profiles is not None else spec.hardware_profiles
+    return resolve_calibration([catalog.gpu(g) for g in spec.gpus], root, efficiency)
+
+
 def build_perfdb(
     spec: ProfileSpec,
     catalog: Catalog,
     *,
     engine: EngineConfig | None = None,
     efficiency: Efficiency | None = None,
+    hardware_profiles: str | Path | None = None,
+    calibration: Calibration | None = None,
     workers: int | None = None,
     progress: bool = True,
 ) -> PerfDB:
@@ -144,22 +174,31 @@ def build_perfdb(
         spec: GPUs, models, trace and grid size (from a scenario).
         catalog: GPU and model catalogs.
         engine: engine settings (default: current vLLM).
-        efficiency: achieved-efficiency factors (default: the fitted ones).
+        efficiency: achieved-efficiency factors of GPU types without a hardware profile, and
+            the base of fitted ones (default: `Efficiency()`).
+        hardware_profiles: folder of hardware profiles (`spec_calibration`); default: the
+            scenario's ``profile.hardware_profiles``, else none (spec-sheet roofline).
+        calibration: an already resolved calibration (`spec_calibration`); replaces
+            `efficiency` and `hardware_profiles`.
         workers: processes to use (default: all cores).
         progress: draw a progress bar on stderr.
 
     Raises:
         CatalogError: a GPU or model of the spec is not in the catalog.
+        ProfilerError: the hardware profiles folder is missing or holds a malformed profile.
 
     """
     engine = engine or EngineConfig()
-    efficiency = efficiency or Efficiency()
+    if calibration is None:
+        calibration = spec_calibration(spec, catalog, hardware_profiles=hardware_profiles,
+                                       efficiency=efficiency)
     base = spec.base_trace()
     jobs: list[tuple[ModelArch, GpuType, int, int]] = []
     infeasible: list[dict[str, Any]] = []
     models = [catalog.model(m) for m in spec.models]
     for gpu_name, count in spec.gpus.items():
         gpu = catalog.gpu(gpu_name)
+        efficiency = calibration.for_gpu(gpu.name)
         for model in models:
             for tp, pp in parallel_configs(gpu.gpus_per_node, count):
                 try:
@@ -175,14 +214,16 @@ def build_perfdb(
     bar = tqdm(total=len(jobs), desc="perf DB", unit="config", disable=not progress)
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_sweep_config, m, g, tp, pp, engine, efficiency, base,
-                                   spec.num_rates) for m, g, tp, pp in jobs]
+            futures = [pool.submit(_sweep_config, m, g, tp, pp, engine,
+                                   calibration.for_gpu(g.name), base, spec.num_rates)
+                       for m, g, tp, pp in jobs]
             for fut in as_completed(futures):
                 rows.extend(fut.result())
                 bar.update()
     else:
         for m, g, tp, pp in jobs:
-            rows.extend(_sweep_config(m, g, tp, pp, engine, efficiency, base, spec.num_rates))
+            rows.extend(_sweep_config(m, g, tp, pp, engine, calibration.for_gpu(g.name), base,
+                                      spec.num_rates))
             bar.update()
     bar.close()
     rows.sort(key=lambda r: (r["model"], r["gpu"], r["tp"], r["pp"], r["rate_rps"]))
@@ -195,7 +236,7 @@ def build_perfdb(
         "trace_fingerprint": base.fingerprint(),
         "trace": base.summary(),
         "engine": asdict(engine),
-        "efficiency": asdict(efficiency),
+        **calibration.to_meta(),
         "num_requests": len(base),
         "infeasible": infeasible,
         "build_seconds": time.perf_counter() - start,
@@ -269,12 +310,14 @@ class PerfDB:
         *,
         catalog: Catalog | None = None,
         trace: Trace | None = None,
+        calibration: Calibration | None = None,
     ) -> PerfDB:
-        """Read a DB; with `catalog`/`trace` given, check that it was built from them.
+        """Read a DB; with `catalog`/`trace`/`calibration` given, check it was built from them.
 
         Raises:
             PerfDBError: missing, unreadable or corrupt file.
-            StaleDBError: built from another catalog or trace; rebuild it.
+            StaleDBError: built from another catalog or trace, or with other efficiency
+                factors for one of `calibration`'s GPU types; rebuild it.
 
         """
         path = Path(path)
@@ -302,7 +345,33 @@ class PerfDB:
                 raise StaleDBError(
                     f"perf DB {str(path)!r} is stale: {key}={db.meta.get(key)!r} but the current "
                     f"inputs give {expected!r}; rebuild it with `boute profile --out {path}`")
+        if calibration is not None:
+            db._check_calibration(path, calibration)
         return db
+
+    def _check_calibration(self, path: Path, calibration: Calibration) -> None:
+        """Raise StaleDBError unless every GPU type of `calibration` was swept with its factors.
+
+        DBs written before per-GPU efficiencies hold one flat ``efficiency`` dict for all GPU
+        types, from the spec sheet.
+        """
+        built = self.meta.get("efficiency") or {}
+        sources = self.meta.get("efficiency_source") or {}
+        flat = not any(isinstance(v, dict) for v in built.values())
+        for gpu, eff in sorted(calibration.efficiency.items()):
+            used = (built if flat else built.get(gpu)) or {}
+            now = asdict(eff)
+            if used == now:
+                continue
+            was = "spec-sheet" if flat else sources.get(gpu, "absent")
+            changed = ", ".join(f"{k} {used.get(k, 'absent')!r} -> {now.get(k, 'absent')!r}"
+                                for k in sorted(set(used) | set(now))
+                                if used.get(k) != now.get(k))
+            raise StaleDBError(
+                f"perf DB {str(path)!r} is stale: {gpu}'s efficiency came from {was} when it "
+                f"was built, the current inputs give {calibration.source[gpu]} ({changed}); "
+                f"rebuild it with `boute profile --out {path}` (same --scenario and "
+                "--hardware-profiles)")
 
     # -- lookups ----------------------------------------------------------------------------
     def config_index(self, keys: Iterable[ConfigKey]) -> IntArray:

@@ -72,6 +72,11 @@ class ProfileSettings(_Strict):
     num_requests: int = Field(1000, ge=100, le=100_000,
                               description="Requests simulated per (config, rate).")
     seed: int = Field(0, ge=0, description="Seed of the generated base trace.")
+    hardware_profiles: str | None = Field(
+        None, description="Folder of hardware profiles (`boute profile hardware` output, e.g. "
+        "build/calibration) or one profile directory, relative to the working directory: GPU "
+        "types with a profile there get the efficiency fitted on it. None (default): the "
+        "spec-sheet roofline with the default factors. `--hardware-profiles` overrides it.")
 
 
 class Target(_Strict):
@@ -118,6 +123,7 @@ class ProfileSpec:
         self.gpus = {g: o.count for g, o in scenario.gpus.items()}
         self.models = list(dict.fromkeys([scenario.models.weak, scenario.models.strong]))
         self.num_rates = scenario.profile.num_rates
+        self.hardware_profiles = scenario.profile.hardware_profiles
 
     @cached_property
     def _base(self) -> Trace:

@@ -34,3 +34,27 @@ models: {weak: llama-3.1-8b, strong: llama-3.1-8b}
 workload: {shape: gsm8k, rate_rps: 10}
 profile: {num_rates: 6, num_requests: 200}
 """
+
+
+def write_roofline_profile(out: Path, gpu_type: str, peak_tflops: float, peak_gbps: float,
+                           e_c: float, e_m: float, tau_s: float) -> Path:
+    """A hardware profile whose GEMM rows follow the stage-1 roofline exactly.
+
+    Row time t = ||F / (C e_c), Q / (B e_m)||_3 + tau, with C, B the given peaks, so
+    `fit_efficiency` recovers (e_c, e_m, tau). meta.json files it under `gpu_type`.
+    """
+    from profiling._hardware import GEMM_COLUMNS, CsvAppender
+
+    out.mkdir(parents=True)
+    app = CsvAppender(out / "gemm.csv", GEMM_COLUMNS)
+    for m in (1, 4, 16, 64, 256, 1024, 4096):
+        for n, k in ((4096, 4096), (14336, 4096), (4096, 14336)):
+            tc = 2 * m * n * k / (peak_tflops * 1e12 * e_c)
+            tm = 2 * (m * k + k * n + m * n) / (peak_gbps * 1e9 * e_m)
+            t_us = ((tc**3 + tm**3) ** (1 / 3) + tau_s) * 1e6
+            app.append({"model": "x", "layer": "l", "tp": 1, "m": m, "n": n, "k": k,
+                        "median_us": t_us, "tflops": 2 * m * n * k / t_us * 1e-6,
+                        "gbps": 0.0, "min_us": t_us, "reps": 1})
+    (out / "meta.json").write_text(f'{{"gpu_type": "{gpu_type}", "status": "complete", '
+                                   '"date": "2026-01-01"}')
+    return out
