@@ -3,8 +3,9 @@
 The hardware profile and a calibration run (closed loop 1 and 24 clients, 32/64 tokens) fit
 the replica model; it then predicts a held-out run (closed loop 2, 4, 8, 16 clients, open loop
 3 and 6 req/s, GSM8K lengths): TPOT and throughput within 30% at each closed-loop level, P95
-within 35% at each rate (a noise margin over the 20% / 25% targets of the benchmark). Then, on the same engine, a level that runs past its time limit
-raises and the level finished before it stays in the file.
+within 35% at each rate (a noise margin over the 20% / 25% targets of the benchmark). Then,
+on the same engine, a level that runs past its time limit raises and the level finished
+before it stays in the file.
 """
 
 from __future__ import annotations

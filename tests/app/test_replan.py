@@ -117,3 +117,59 @@ def test_options_and_a_plan_that_no_longer_fits(monkeypatch: pytest.MonkeyPatch)
         check_plan_fits(bigger, Stack(), also=Plan(PLAN.routing, (
             Group("llama-3.1-8b", "RTX-4090", 2, 1, 1, 1.0), PLAN.groups[1]),
             scenario=PLAN.scenario))
+
+
+class RecordingApi(StubApi):
+    """Records every config it is asked to deploy; `wait` returns at once."""
+
+    def wait(self, config: Any, timeout_s: float = 0.0) -> dict[str, Any]:
+        return {}
+
+
+def _apps(config: dict[str, Any]) -> dict[str, int | None]:
+    """Application -> replicas (None for the router)."""
+    return {a["name"]: (a["deployments"][0].get("num_replicas") if a["name"] != "boute"
+                        else None) for a in config["applications"]}
+
+
+def _routing(config: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    uc = config["applications"][0]["deployments"][0]["user_config"]
+    return uc["strong_share"], uc["shares"]
+
+
+def test_changes_go_up_then_switch_then_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.replan as replan_mod
+    from app.replan import RunningState, apply_plan
+
+    monkeypatch.setattr(replan_mod, "_await_router", lambda *a, **k: None)
+    state = RunningState(PLAN, Stack(), 1000.0, "127.0.0.1", 8000, "HeadOnly")
+    new = Plan(Routing(0.4), (Group("llama-3.1-8b", "RTX-5090", 1, 1, 3, 1.0),
+                              Group("llama-3.1-70b", "H100", 4, 1, 2, 1.0)),
+               scenario=PLAN.scenario)
+    api = RecordingApi({})
+    steps = apply_plan(api, state, new, routing_only=False)  # type: ignore[arg-type]
+    assert set(steps) == {"up_s", "switch_s", "down_s"}
+    up, switch, down = api.applied
+    both = {"boute": None, "llama-3.1-8b-RTX-4090-tp1pp1": 2, "llama-3.1-8b-RTX-5090-tp1pp1": 3,
+            "llama-3.1-70b-H100-tp4pp1": 2}
+    # up: every group of both plans at its larger count; the router still routes the old plan
+    assert _apps(up) == both
+    assert _routing(up) == (0.3, {"llama-3.1-8b": {"llama-3.1-8b-RTX-4090-tp1pp1": 1.0},
+                                  "llama-3.1-70b": {"llama-3.1-70b-H100-tp4pp1": 1.0}})
+    # switch: same applications, the router routes the new plan
+    assert _apps(switch) == both
+    assert _routing(switch) == (0.4, {"llama-3.1-8b": {"llama-3.1-8b-RTX-5090-tp1pp1": 1.0},
+                                      "llama-3.1-70b": {"llama-3.1-70b-H100-tp4pp1": 1.0}})
+    # down: only the new plan's groups are left
+    assert _apps(down) == {"boute": None, "llama-3.1-8b-RTX-5090-tp1pp1": 3,
+                           "llama-3.1-70b-H100-tp4pp1": 2}
+    assert _routing(down) == _routing(switch)
+    # a routing-only change is one config: same groups and replicas, new routing
+    api = RecordingApi({})
+    resharded = Plan(Routing(0.2), PLAN.groups, scenario=PLAN.scenario)
+    assert set(apply_plan(api, state, resharded, routing_only=True)) == {  # type: ignore[arg-type]
+        "switch_s"}
+    (only,) = api.applied
+    assert _apps(only) == {"boute": None, "llama-3.1-8b-RTX-4090-tp1pp1": 2,
+                           "llama-3.1-70b-H100-tp4pp1": 1}
+    assert _routing(only)[0] == 0.2
