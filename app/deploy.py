@@ -17,8 +17,8 @@ from boute.errors import BouteError
 from placement import check_fit, gpu_types_in, live_nodes
 from tuning import Plan
 
-from .main import APP_NAME, Stack, plan_specs, stack_config
-from .serve_api import ServeApi, dashboard_url
+from .main import APP_NAME, Stack, stack_config, stack_specs
+from .serve_api import ServeApi, dashboard_url, local_url
 
 __all__ = ["APP_NAME", "DeployError", "calibrated", "check_plan_fits", "deploy_plan",
            "read_prompts", "serve_config"]
@@ -76,13 +76,9 @@ def calibrated(plan: Plan, prompts: list[str], seed: int = 0) -> Plan:
     return replace(plan, routing=replace(plan.routing, threshold=threshold))
 
 
-def check_plan_fits(plan: Plan, stack: Stack, *, also: Plan | None = None,
-                    gpu_catalog: list[str] | None = None,
+def check_plan_fits(plan: Plan, stack: Stack, *, gpu_catalog: list[str] | None = None,
                     model_catalog: list[str] | None = None) -> Stack:
     """Check `plan` against the live cluster; returns `stack` with the cluster's node sizes.
-
-    With `also`, both plans' groups at once (each at its larger replica count): the peak of
-    a change that scales up before it scales down.
 
     Raises:
         DeployError: a GPU type is missing or short on the cluster (per type: needed,
@@ -106,21 +102,11 @@ def check_plan_fits(plan: Plan, stack: Stack, *, also: Plan | None = None,
                           "nodes must declare the resource gpu_type_<TYPE> per GPU (see "
                           "cluster.yaml or `ray start --resources`)")
     stack = replace(stack, gpus_per_node={**sizes, **stack.gpus_per_node})
-    specs = {s.name: s for s in _specs_of(plan, stack)}
-    for s in _specs_of(also, stack) if also is not None else ():
-        if s.name not in specs or s.replicas > specs[s.name].replicas:
-            specs[s.name] = s       # both at once: the peak of a scale-up-first change
-    short = check_fit(list(specs.values()), nodes)
+    short = check_fit(stack_specs(plan, stack), nodes)
     if short:
         raise DeployError("the plan does not fit the cluster:\n  " +
                           "\n  ".join(str(s) for s in short))
     return stack
-
-
-def _specs_of(plan: Plan, stack: Stack) -> list[Any]:
-    return plan_specs(plan, backend=stack.backend, gpus_per_node=stack.gpus_per_node,
-                      sources=stack.sources, engine_kwargs=stack.engine_kwargs,
-                      gpu_catalog=stack.gpu_catalog, model_catalog=stack.model_catalog)
 
 
 def deploy_plan(plan: Plan, *, backend: str, device: str = "gpu",
@@ -145,16 +131,17 @@ def deploy_plan(plan: Plan, *, backend: str, device: str = "gpu",
         ServeApiError: the dashboard is unreachable or a deployment failed.
 
     """
-    stack = Stack(backend, device, dict(sources or {}), dict(engine_kwargs or {}), {},
-                  list(gpu_catalog or []), list(model_catalog or []), seed, time_scale, log_dir,
-                  log_rotate_s)
+    stack = Stack(backend=backend, device=device, sources=dict(sources or {}),
+                  engine_kwargs=dict(engine_kwargs or {}), gpu_catalog=list(gpu_catalog or []),
+                  model_catalog=list(model_catalog or []), seed=seed, time_scale=time_scale,
+                  log_dir=log_dir, log_rotate_s=log_rotate_s)
     stack = check_plan_fits(plan, stack)
     api = ServeApi(dashboard or dashboard_url())
     config = stack_config(plan, stack, host=host, port=port, proxy_location=proxy_location,
                           applied_unix_s=time.time())
     api.apply(config)
     api.wait(config, timeout_s=timeout_s)
-    return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+    return local_url(host, port)
 
 
 def serve_config(plan: Plan, *, backend: str, device: str = "gpu",
@@ -169,6 +156,7 @@ def serve_config(plan: Plan, *, backend: str, device: str = "gpu",
     ``user_config`` and re-deploying changes them in place, and ``boute replan`` can take
     it over.
     """
-    stack = Stack(backend, device, dict(sources or {}), dict(engine_kwargs or {}),
-                  dict(gpus_per_node or {}), [], [], seed, 1.0, log_dir)
+    stack = Stack(backend=backend, device=device, sources=dict(sources or {}),
+                  engine_kwargs=dict(engine_kwargs or {}), gpus_per_node=dict(gpus_per_node or {}),
+                  seed=seed, log_dir=log_dir)
     return stack_config(plan, stack, host=host, port=port)

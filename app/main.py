@@ -36,7 +36,7 @@ from tuning import Group, Plan, Routing
 from .server import EmulatedLLMServer, RouterIngress
 
 __all__ = ["APP_NAME", "BACKENDS", "Stack", "app", "build_app", "group_app", "plan_specs",
-           "router_app", "routing_config", "stack_config"]
+           "router_app", "routing_config", "stack_config", "stack_specs"]
 
 BACKENDS = ("emulated", "vllm")
 APP_NAME = "boute"
@@ -136,7 +136,8 @@ def plan_specs(plan: Plan, *, backend: str = "emulated",
     return group_specs(plan, sources=known, gpus_per_node=sizes, engine_kwargs=engine_kwargs)
 
 
-def _stack_specs(plan: Plan, stack: Stack) -> list[GroupSpec]:
+def stack_specs(plan: Plan, stack: Stack) -> list[GroupSpec]:
+    """The group specs of `plan` served with `stack`'s settings."""
     return plan_specs(plan, backend=stack.backend, gpus_per_node=stack.gpus_per_node,
                       sources=stack.sources, engine_kwargs=stack.engine_kwargs,
                       gpu_catalog=stack.gpu_catalog, model_catalog=stack.model_catalog)
@@ -171,10 +172,11 @@ def build_app(plan: Plan, *, backend: str = "emulated",
         PlacementError: a model without a weights source, a TP group wider than a node.
 
     """
-    stack = Stack(backend, device, dict(sources or {}), dict(engine_kwargs or {}),
-                  dict(gpus_per_node or {}), list(gpu_catalog or []), list(model_catalog or []),
-                  seed, time_scale, log_dir)
-    specs = _stack_specs(plan, stack)
+    stack = Stack(backend=backend, device=device, sources=dict(sources or {}),
+                  engine_kwargs=dict(engine_kwargs or {}), gpus_per_node=dict(gpus_per_node or {}),
+                  gpu_catalog=list(gpu_catalog or []), model_catalog=list(model_catalog or []),
+                  seed=seed, time_scale=time_scale, log_dir=log_dir)
+    specs = stack_specs(plan, stack)
     weak, strong = _pair(plan)
     handles = {spec.name: _engine(spec, stack) for spec in specs}
     return RouterIngress.options(  # type: ignore[attr-defined,no-any-return]
@@ -230,7 +232,7 @@ def group_app(args: dict[str, Any]) -> Application:
     stack = Stack.from_args(args["stack"])
     g = args["group"]
     one = Plan(Routing(1.0), (Group(g["model"], g["gpu"], int(g["tp"]), int(g["pp"]), 1, 1.0),))
-    (spec,) = _stack_specs(one, stack)
+    (spec,) = stack_specs(one, stack)
     return _engine(spec, stack)
 
 
@@ -249,8 +251,8 @@ def stack_config(plan: Plan, stack: Stack, *, host: str = "0.0.0.0", port: int =
     (scale up before routing to them, stop routing before scaling down).
     """
     routed = routed_plan or plan
-    specs = {s.name: s for s in _stack_specs(plan, stack)}
-    routed_specs = _stack_specs(routed, stack)
+    specs = {s.name: s for s in stack_specs(plan, stack)}
+    routed_specs = stack_specs(routed, stack)
     missing = sorted({s.name for s in routed_specs} - set(specs))
     if missing:
         raise ValueError(f"the routed plan names groups {missing} that are not deployed")

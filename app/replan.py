@@ -46,10 +46,10 @@ from boute.errors import BouteError
 from tuning import Goal, Group, Hysteresis, Plan, decide
 
 from .main import APP_NAME, Stack, stack_config
-from .serve_api import ServeApi, ServeApiError, dashboard_url
+from .serve_api import ServeApi, ServeApiError, dashboard_url, local_url
 
-__all__ = ["ReplanError", "ReplanOptions", "apply_plan", "format_report", "replan", "running_state",
-           "submit_replan_job"]
+__all__ = ["ReplanError", "ReplanOptions", "apply_plan", "format_report", "peak_plan", "replan",
+           "running_state", "submit_replan_job"]
 
 
 class ReplanError(BouteError, RuntimeError):
@@ -213,18 +213,6 @@ def _scenario_file(state: RunningState, options: ReplanOptions, trace_path: Path
     return path
 
 
-def _cluster_gpus() -> dict[str, int]:
-    from placement import gpu_type_of, live_nodes
-
-    out: dict[str, int] = {}
-    for node in live_nodes():
-        for key, value in node.items():
-            t = gpu_type_of(key)
-            if t is not None:
-                out[t] = out.get(t, 0) + int(value)
-    return out
-
-
 def replan(options: ReplanOptions | None = None) -> dict[str, Any]:
     """Run one replanning round (module docstring); returns its report.
 
@@ -239,6 +227,7 @@ def replan(options: ReplanOptions | None = None) -> dict[str, Any]:
 
     """
     from boute.plan_cli import planning_problem
+    from placement import gpu_counts_in, live_nodes
     from tuning import InfeasiblePlanError, evaluate_plan, plan_from_arrays, search
 
     options = options or ReplanOptions()
@@ -257,7 +246,7 @@ def replan(options: ReplanOptions | None = None) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     trace_path = trace.save(work / "window.parquet")
     scenario_path = _scenario_file(state, options, trace_path, trace.rate_rps,
-                                   _cluster_gpus(), work)
+                                   gpu_counts_in(live_nodes()), work)
     problem = planning_problem(str(scenario_path), db=str(work / "perfdb.parquet"),
                                gpu_catalog=state.stack.gpu_catalog,
                                model_catalog=state.stack.model_catalog)
@@ -307,7 +296,7 @@ def replan(options: ReplanOptions | None = None) -> dict[str, Any]:
         from .deploy import DeployError, check_plan_fits
 
         try:
-            stack = check_plan_fits(proposed, state.stack, also=state.plan)
+            stack = check_plan_fits(peak_plan(state.plan, proposed), state.stack)
         except DeployError as exc:
             raise ReplanError(f"the proposed plan cannot be applied (scaling up before scaling "
                               f"down needs the running and the new groups at once): {exc}; "
@@ -328,32 +317,33 @@ def apply_plan(api: ServeApi, state: RunningState, proposed: Plan, *, routing_on
     opts: dict[str, Any] = {"host": state.host, "port": state.port,
                             "proxy_location": state.proxy_location}
     steps: dict[str, float] = {}
+    deployed = proposed
     if not routing_only:
         t = time.monotonic()
-        union = _union(state.plan, proposed)
-        _apply(api, stack_config(union, state.stack, applied_unix_s=state.applied_unix_s,
+        deployed = peak_plan(state.plan, proposed)
+        _apply(api, stack_config(deployed, state.stack, applied_unix_s=state.applied_unix_s,
                                  routed_plan=state.plan, **opts), timeout_s)
         steps["up_s"] = time.monotonic() - t
-        t = time.monotonic()
-        switch = stack_config(union, state.stack, applied_unix_s=time.time(),
-                              routed_plan=proposed, **opts)
-    else:
-        t = time.monotonic()
-        switch = stack_config(proposed, state.stack, applied_unix_s=time.time(), **opts)
+    t = time.monotonic()
+    applied = time.time()
+    switch = stack_config(deployed, state.stack, applied_unix_s=applied, routed_plan=proposed,
+                          **opts)
     _apply(api, switch, timeout_s)
     _await_router(state, switch, timeout_s)
     steps["switch_s"] = time.monotonic() - t
     if not routing_only:
         t = time.monotonic()
-        final = stack_config(proposed, state.stack,
-                             applied_unix_s=_router_config(switch)["applied_unix_s"], **opts)
-        _apply(api, final, timeout_s)
+        _apply(api, stack_config(proposed, state.stack, applied_unix_s=applied, **opts),
+               timeout_s)
         steps["down_s"] = time.monotonic() - t
     return steps
 
 
-def _union(a: Plan, b: Plan) -> Plan:
-    """Both plans' groups, each at its larger replica count (routing: `a`'s)."""
+def peak_plan(a: Plan, b: Plan) -> Plan:
+    """Both plans' groups, each at its larger replica count (routing: `a`'s).
+
+    What runs at the peak of a change from `a` to `b` that scales up before it scales down.
+    """
     groups: dict[str, Group] = {g.name: g for g in a.groups}
     for g in b.groups:
         if g.name not in groups or g.replicas > groups[g.name].replicas:
@@ -373,8 +363,7 @@ def _apply(api: ServeApi, config: dict[str, Any], timeout_s: float) -> None:
 def _await_router(state: RunningState, config: dict[str, Any], timeout_s: float) -> None:
     """Wait until the router's ``/health`` reports the config's ``config_id``."""
     want = _router_config(config)["config_id"]
-    host = "127.0.0.1" if state.host in ("0.0.0.0", "::") else state.host
-    url = f"http://{host}:{state.port}/health"
+    url = f"{local_url(state.host, state.port)}/health"
     deadline = time.monotonic() + min(timeout_s, 120.0)
     seen = None
     while time.monotonic() < deadline:

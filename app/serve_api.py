@@ -20,7 +20,7 @@ from typing import Any
 
 from boute.errors import BouteError
 
-__all__ = ["ServeApi", "ServeApiError", "dashboard_url"]
+__all__ = ["ServeApi", "ServeApiError", "dashboard_url", "local_url"]
 
 _PATH = "/api/serve/applications/"
 
@@ -39,6 +39,14 @@ def dashboard_url() -> str:
                             "the dashboard (`ray start --head --include-dashboard=true`), which "
                             "Serve's declarative API and Ray jobs need")
     return url if url.startswith("http") else f"http://{url}"
+
+
+def local_url(host: str, port: int) -> str:
+    """The URL that reaches a server bound to ``host:port`` from this machine.
+
+    A wildcard bind address (``0.0.0.0``, ``::``) is reached on the loopback.
+    """
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
 
 
 class ServeApi:

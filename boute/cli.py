@@ -280,7 +280,6 @@ def _add_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _run_trace(args: argparse.Namespace) -> int:
-
     from profiling import generate_trace, load_trace
 
     if args.file:

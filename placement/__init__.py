@@ -1,6 +1,6 @@
 """Plan -> Ray placement: GPU-type resources, deployment specs, cluster fit checks."""
 
-from ._cluster import Shortfall, check_fit, gpu_types_in, live_nodes
+from ._cluster import Shortfall, check_fit, gpu_counts_in, gpu_types_in, live_nodes
 from ._detect import gpu_type_from_name, local_gpu_names, node_resources
 from ._local import free_port, local_cluster
 from ._resources import RESOURCE_PREFIX, gpu_resource, gpu_type_of
@@ -13,6 +13,7 @@ __all__ = [
     "Shortfall",
     "check_fit",
     "free_port",
+    "gpu_counts_in",
     "gpu_resource",
     "gpu_type_from_name",
     "gpu_type_of",

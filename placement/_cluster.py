@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ._resources import gpu_resource, gpu_type_of
 from ._specs import GroupSpec
 
-__all__ = ["Shortfall", "check_fit", "gpu_types_in", "live_nodes"]
+__all__ = ["Shortfall", "check_fit", "gpu_counts_in", "gpu_types_in", "live_nodes"]
 
 
 @dataclass(frozen=True)
@@ -77,4 +77,15 @@ def gpu_types_in(nodes: Sequence[Mapping[str, float]]) -> dict[str, int]:
             t = gpu_type_of(key)
             if t is not None:
                 out[t] = max(out.get(t, 0), int(value))
+    return out
+
+
+def gpu_counts_in(nodes: Sequence[Mapping[str, float]]) -> dict[str, int]:
+    """GPU type -> GPUs of that type on the whole cluster."""
+    out: dict[str, int] = {}
+    for n in nodes:
+        for key, value in n.items():
+            t = gpu_type_of(key)
+            if t is not None:
+                out[t] = out.get(t, 0) + int(value)
     return out

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from app.main import Stack, stack_config
-from app.replan import ReplanError, ReplanOptions, running_state, window_trace
+from app.replan import ReplanError, ReplanOptions, peak_plan, running_state, window_trace
 from app.request_log import RequestLog
 from tuning import Group, Plan, Routing
 
@@ -114,9 +114,9 @@ def test_options_and_a_plan_that_no_longer_fits(monkeypatch: pytest.MonkeyPatch)
                                             PLAN.groups[1]), scenario=PLAN.scenario), Stack())
     with pytest.raises(DeployError, match=r"RTX-4090: the plan needs 6 GPU\(s\), the cluster "
                        r"has 4; add 2"):
-        check_plan_fits(bigger, Stack(), also=Plan(PLAN.routing, (
+        check_plan_fits(peak_plan(bigger, Plan(PLAN.routing, (
             Group("llama-3.1-8b", "RTX-4090", 2, 1, 1, 1.0), PLAN.groups[1]),
-            scenario=PLAN.scenario))
+            scenario=PLAN.scenario)), Stack())
 
 
 class RecordingApi(StubApi):

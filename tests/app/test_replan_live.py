@@ -19,8 +19,9 @@ DATA = REPO / "benchmarks" / "data" / "replan"       # the scenario and its slow
 
 
 def _replicas(plan: dict[str, Any]) -> dict[str, int]:
-    return {f"{g['model']}-{g['gpu']}-tp{g['tp']}pp{g['pp']}": g["replicas"]
-            for g in plan["groups"]}
+    from tuning import Plan
+
+    return {g.name: g.replicas for g in Plan.from_dict(plan).groups}
 
 
 @pytest.mark.heavy
