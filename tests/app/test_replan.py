@@ -173,3 +173,16 @@ def test_changes_go_up_then_switch_then_down(monkeypatch: pytest.MonkeyPatch) ->
     assert _apps(only) == {"boute": None, "llama-3.1-8b-RTX-4090-tp1pp1": 2,
                            "llama-3.1-70b-H100-tp4pp1": 1}
     assert _routing(only)[0] == 0.2
+
+
+def test_replan_cli_rejects_bad_flags_before_touching_a_cluster(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from boute.cli import main
+
+    assert main(["replan", "--min-gain", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "boute replan: error: --min-gain=-1.0 must be a finite number >= 0")
+    assert main(["replan", "--p95", "0"]) == 2
+    assert "boute replan: error: --p95=0.0 must be > 0 seconds" in capsys.readouterr().err
+    assert main(["replan", "--window-s", "-5"]) == 2
+    assert "window_s=-5.0 must be a positive number of seconds" in capsys.readouterr().err
