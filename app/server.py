@@ -137,7 +137,16 @@ def _error(exc: ApiError, headers: dict[str, str] | None = None) -> JSONResponse
     return JSONResponse(exc.body(), exc.status, headers)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=MAX_ONGOING_REQUESTS)
+# A router replica's graceful stop runs `__del__`, which flushes the request log; Serve
+# force-kills it after `graceful_shutdown_timeout_s` (default 20 s). In Serve's
+# high-throughput mode the ingress replica first stays open for the direct-ingress draining
+# period (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S, 30 s by default), so the router gets
+# that plus time to drain and flush; an idle stop is not slower for it.
+ROUTER_SHUTDOWN_TIMEOUT_S = 60.0
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=MAX_ONGOING_REQUESTS,
+                  graceful_shutdown_timeout_s=ROUTER_SHUTDOWN_TIMEOUT_S)
 @serve.ingress(api)
 class RouterIngress:
     """OpenAI-compatible entry; see the module docstring.
@@ -152,7 +161,10 @@ class RouterIngress:
 
     def __init__(self, groups: dict[str, DeploymentHandle[Any]],
                  log_dir: str | None = None, log_rotate_s: float = 60.0) -> None:
-        self.handles = groups
+        # Handles bound by `serve run`'s process carry that process's transport defaults;
+        # taken again here, they use the cluster's (gRPC in Serve's high-throughput mode).
+        self.handles = {name: serve.get_deployment_handle(h.deployment_name, h.app_name)
+                        for name, h in groups.items()}
         self.obs = Observer(log_dir, log_rotate_s)
         self.live: LiveThreshold | None = None
         self.router_name: str | None = None

@@ -208,7 +208,7 @@ def _connect(args: argparse.Namespace, plan: Any) -> Any:
         gpus = plan.gpus_by_type()
         sizes = {g: catalog.gpu(g).gpus_per_node for g in gpus}
         return local_cluster(gpus, sizes, temp_dir=REPO_TMP.resolve(),
-                             dashboard_port=free_port())
+                             dashboard_port=free_port(), high_throughput=True)
     try:
         ray.init(address=args.address, log_to_driver=False)
     except (ConnectionError, RuntimeError) as exc:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._resources import gpu_resource
+from ._serve_mode import HIGH_THROUGHPUT_ENV, serve_env
 
 __all__ = ["free_port", "local_cluster"]
 
@@ -30,8 +31,8 @@ def free_port() -> int:
 
 def local_cluster(gpus: Mapping[str, int], gpus_per_node: Mapping[str, int], *,
                   head_cpus: int = 2, cpus_per_gpu: int = 1,
-                  temp_dir: str | Path | None = None, dashboard_port: int | None = None
-                  ) -> Any:
+                  temp_dir: str | Path | None = None, dashboard_port: int | None = None,
+                  high_throughput: bool = False) -> Any:
     """Start a head node plus fake GPU nodes (``gpus``: type -> GPUs needed) and connect.
 
     Nodes of a type hold ``gpus_per_node[type]`` GPUs each (the last one what is left) and
@@ -39,6 +40,8 @@ def local_cluster(gpus: Mapping[str, int], gpus_per_node: Mapping[str, int], *,
     in its first bundle, as on a real GPU node).
     With `dashboard_port`, the head runs the dashboard there (Serve's declarative API and
     Ray jobs need it; it costs a few seconds and ~200 MB).
+    With `high_throughput`, the cluster runs Serve's high-throughput mode (HAProxy ingress,
+    gRPC between replicas; `placement._serve_mode`).
     Returns the `ray.cluster_utils.Cluster`; call ``.shutdown()`` and ``ray.shutdown()``.
     """
     import ray
@@ -52,13 +55,17 @@ def local_cluster(gpus: Mapping[str, int], gpus_per_node: Mapping[str, int], *,
     if temp_dir is not None:        # Ray's files (sessions, sockets) under temp_dir/ray
         Path(temp_dir).mkdir(parents=True, exist_ok=True)
         os.environ["RAY_TMPDIR"] = str(Path(temp_dir).resolve())
-    cluster = Cluster(initialize_head=True, head_node_args=head)
-    for gpu, n in sorted(gpus.items()):
-        size = gpus_per_node[gpu]
-        for k in range(math.ceil(n / size)):
-            count = min(size, n - k * size)
-            cluster.add_node(num_cpus=cpus_per_gpu * count, num_gpus=count,
-                             resources={gpu_resource(gpu): count})
+    # No load balancer in front of a local cluster but Serve's own HAProxy, which retries a
+    # refused connection: a stopping ingress replica need not stay open Serve's default 30 s.
+    env = {**HIGH_THROUGHPUT_ENV, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+    with serve_env(env if high_throughput else {}):
+        cluster = Cluster(initialize_head=True, head_node_args=head)
+        for gpu, n in sorted(gpus.items()):
+            size = gpus_per_node[gpu]
+            for k in range(math.ceil(n / size)):
+                count = min(size, n - k * size)
+                cluster.add_node(num_cpus=cpus_per_gpu * count, num_gpus=count,
+                                 resources={gpu_resource(gpu): count})
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
     return cluster

@@ -131,9 +131,11 @@ def test_router_serves_the_plan_on_a_fake_cluster(monkeypatch: pytest.MonkeyPatc
     from placement import local_cluster
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    # Serve's high-throughput mode (HAProxy ingress, gRPC between replicas), as cluster.yaml
+    # and `boute deploy --local` run it; the vLLM test runs Serve's stock mode.
     cluster = local_cluster({"RTX-4090": 1, "RTX-5090": 1, "H100": 4},
                             {"RTX-4090": 8, "RTX-5090": 8, "H100": 8},
-                            temp_dir=REPO / "build" / "ray-tmp")
+                            temp_dir=REPO / "build" / "ray-tmp", high_throughput=True)
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})

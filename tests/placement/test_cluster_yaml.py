@@ -75,3 +75,17 @@ def test_node_resources_count_per_type() -> None:
     with pytest.raises(PlacementError, match="'Tesla T4' is not a known type; pass --gpu-type"):
         node_resources(["Tesla T4"])
     assert node_resources(["Tesla T4"] * 2, override="L40S") == {"gpu_type_L40S": 2}
+
+
+@pytest.mark.parametrize("name", ["cluster.yaml", "cluster-onprem.yaml"])
+def test_every_ray_start_runs_serve_in_high_throughput_mode(name: str) -> None:
+    from placement import HIGH_THROUGHPUT_ENV
+
+    config = yaml.safe_load((REPO / name).read_text())
+    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands")
+              for c in config[key] if "ray start" in c]
+    assert len(starts) == 2
+    for command in starts:
+        exports = command.split("ray start")[0]  # set before Ray starts, read by every process
+        for var, value in HIGH_THROUGHPUT_ENV.items():
+            assert f"{var}={value}" in exports, (name, command)
