@@ -12,12 +12,13 @@ One step processes ``T`` tokens (prefill chunks + one per decoding sequence) and
             + n_k L tau                                                 kernel latencies
             + [tp > 1] 2 L (alpha_tp + 2 (tp-1)/tp * T h b / (X e_x))   TP all-reduce (ring)
     t_step  = pp * t_stage(T / pp, ...) + (pp - 1) * hand-off + o_0 + o_1 * n_seqs
+              + [prompt tokens in the step] o_e * layers                  eager launches
 
 with ||a, b||_p = (a^p + b^p)^(1/p) a smooth roofline; C, B, X the spec-sheet compute, memory
 and link bandwidths; e_c, e_m, e_a, e_x the achieved fractions (`Efficiency`); A = sum over
 prefill chunks of c (s + c / 2) the causal attention work; K_dec the decode sequences' context
 tokens; S the sampled sequences; o_0, o_1 the engine's CPU overhead per step and per scheduled
-sequence (`EngineConfig`).
+sequence, o_e per layer of a step run without CUDA graphs (`EngineConfig`).
 The pipeline term treats a PP replica as pp micro-batches in flight: at low load a token still
 crosses all stages (no latency gain), at high load the stages overlap (pp-fold throughput).
 """
@@ -104,6 +105,10 @@ class EngineConfig:
     """CPU time per step (scheduling, sampling, output processing) not hidden by the GPU."""
     step_overhead_per_seq_s: float = 5e-6
     """Extra CPU time per scheduled sequence per step."""
+    eager_layer_overhead_s: float = 0.0
+    """CPU time per decoder layer of a step with prompt tokens, when such steps run without
+    CUDA graphs (Python kernel launches). vLLM <= 0.6 captured graphs for decode-only batches
+    only, so its mixed steps ran eagerly; vLLM v1 captures mixed batches too (0)."""
     runtime_reserve_gib: float = 1.5
     """CUDA context, CUDA graphs and NCCL buffers per GPU, outside the KV cache."""
 
@@ -134,11 +139,14 @@ ENGINE_PROFILES: dict[str, EngineConfig] = {
         name="vllm-0.6", max_num_seqs=256, max_num_batched_tokens=2048,
         enable_chunked_prefill=False, max_model_len=2048, gpu_memory_utilization=0.95,
         step_overhead_s=3e-3, step_overhead_per_seq_s=150e-6),
-    # v0.5.4 with chunked prefill (the runs' setting): synchronous output processing.
+    # v0.5.4 with chunked prefill (the runs' setting): synchronous output processing, and
+    # nearly every step mixes prompt chunks with decodes, so runs without CUDA graphs. Its
+    # three CPU constants are fitted on its own two rows (8B TP1 and 70B TP4, 5000 prompts):
+    # the per-layer term is what makes 80-layer 70B steps slower than 32-layer 8B ones.
     "vllm-0.5": EngineConfig(
         name="vllm-0.5", max_num_seqs=256, max_num_batched_tokens=512,
         enable_chunked_prefill=True, max_model_len=2048, gpu_memory_utilization=0.95,
-        step_overhead_s=5e-3, step_overhead_per_seq_s=250e-6),
+        step_overhead_s=2e-3, step_overhead_per_seq_s=100e-6, eager_layer_overhead_s=0.8e-3),
 }
 
 
@@ -325,6 +333,8 @@ class ReplicaModel:
         seqs = decode_seqs + (1.0 if prefill_tokens > 0 and sampled_seqs is None else 0.0)
         overhead = self.engine.step_overhead_s + self.engine.step_overhead_per_seq_s * max(
             seqs, sampled)
+        if prefill_tokens > 0:
+            overhead += self.engine.eager_layer_overhead_s * self.model.num_layers
         return pp * stage + handoff + overhead
 
     def prefill_time_s(self, input_tokens: int) -> float:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from boute.errors import InfeasibleConfigError
-from profiling import Catalog
+from profiling import Catalog, ReplicaModel
 from tests.conftest import make_replica
 
 
@@ -61,3 +61,20 @@ def test_pipeline_does_not_cut_single_request_latency(catalog: Catalog) -> None:
     pp1 = make_replica(catalog, "llama-3.1-8b", "H100", 1, 1).decode_time_s(1, 100)
     pp2 = make_replica(catalog, "llama-3.1-8b", "H100", 1, 2).decode_time_s(1, 100)
     assert pp2 >= 0.95 * pp1
+
+
+def test_eager_layer_overhead_costs_steps_with_prompt_tokens_only(catalog: Catalog) -> None:
+    from dataclasses import replace
+
+    from profiling._replica import engine_profile
+
+    base = engine_profile("vllm")
+    eager = replace(base, eager_layer_overhead_s=1e-3)
+    model, gpu = catalog.model("llama-3.1-70b"), catalog.gpu("H100")
+    a, b = ReplicaModel(model, gpu, 4, 1, base), ReplicaModel(model, gpu, 4, 1, eager)
+    mixed = {"prefill_tokens": 256, "prefill_attn_work": 256 * 128.0, "prefill_kv_tokens": 256,
+             "decode_seqs": 64, "decode_ctx_tokens": 64 * 500}
+    # 80 layers x 1 ms on a step with a prompt chunk; nothing on a decode-only step
+    assert b.step_time_s(**mixed) - a.step_time_s(**mixed) == pytest.approx(0.080)
+    assert b.decode_time_s(64, 500) == a.decode_time_s(64, 500)
+
