@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from boute.envvars import scoped_env
 from boute.errors import MeasurementTimeoutError, ProfilerError
 from profiling import generate_trace, load_hf_config
 from profiling._engine_profile import (
@@ -119,17 +120,8 @@ def engine_env(device: str) -> Iterator[None]:
               "VLLM_LOGGING_STREAM": "ext://sys.stderr", "VLLM_LOGGING_LEVEL": "WARNING"}
     if device == "cpu":
         wanted |= {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    saved = {k: os.environ.get(k) for k in wanted}
-    for key, value in wanted.items():
-        os.environ.setdefault(key, value)
-    try:
+    with scoped_env(wanted, keep_set=True):
         yield
-    finally:
-        for key, old in saved.items():
-            if old is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = old
 
 
 def start_engine(run: EngineRun) -> Any:

@@ -20,8 +20,9 @@ path must stay under 97 characters, so it is left there).
 from __future__ import annotations
 
 import contextlib
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+
+from boute.envvars import scoped_env
 
 __all__ = ["HIGH_THROUGHPUT_ENV", "serve_env"]
 
@@ -32,21 +33,11 @@ HIGH_THROUGHPUT_ENV: dict[str, str] = {
 """The switches as cluster.yaml sets them before ``ray start``."""
 
 
-@contextlib.contextmanager
-def serve_env(env: Mapping[str, str]) -> Iterator[None]:
+def serve_env(env: Mapping[str, str]) -> contextlib.AbstractContextManager[None]:
     """Set `env` in this process while Ray processes are started from it, then restore.
 
     Raylets started inside inherit it (and pass it to every worker, Serve's controller and
     replicas included); this process itself is left as it was, so a later cluster started
     from the same process (a test session) does not inherit the mode by accident.
     """
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return scoped_env(env)
