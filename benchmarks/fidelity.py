@@ -88,14 +88,15 @@ def calibration_md_rows(hw: dict[str, HardwareProfile], seeds: int) -> list[dict
         eff = fit_efficiency(prof, catalog.gpu(r.gpu)) if prof is not None else None
         b_tput, b_tpot, b_ttft = predict(r, seeds)
         a_tput, a_tpot, a_ttft = predict(r, seeds, eff) if eff else (b_tput, b_tpot, b_ttft)
+        inconsistent = r.inconsistency()
         meas = {"throughput_tok_s": r.tput_tok_s}
-        if not r.inconsistency():   # latencies that contradict the throughput are not scored
+        if not inconsistent:        # latencies that contradict the throughput are not scored
             meas["tpot_ms"] = r.tpot_ms
         if r.name in TTFT_MS:
             meas["ttft_ms"] = TTFT_MS[r.name]
         note = f"after = {prof.path.name}" if prof else "no hardware profile"
         rows.append(_row("calibration.md s3", r.name,
-                         note + ("; TPOT not scored (Little's law)" if r.inconsistency() else ""),
+                         note + ("; TPOT not scored (Little's law)" if inconsistent else ""),
                          meas,
                          {"tpot_ms": b_tpot, "ttft_ms": b_ttft, "throughput_tok_s": b_tput},
                          {"tpot_ms": a_tpot, "ttft_ms": a_ttft, "throughput_tok_s": a_tput}))

@@ -4,7 +4,7 @@ from ._cluster import Shortfall, check_fit, gpu_counts_in, gpu_types_in, live_no
 from ._detect import gpu_type_from_name, local_gpu_names, node_resources
 from ._local import free_port, local_cluster
 from ._resources import RESOURCE_PREFIX, gpu_resource, gpu_type_of
-from ._serve_mode import HIGH_THROUGHPUT_ENV, serve_env
+from ._serve_mode import HIGH_THROUGHPUT_ENV
 from ._specs import GroupSpec, PlacementError, group_specs
 
 __all__ = [
@@ -25,5 +25,4 @@ __all__ = [
     "local_cluster",
     "local_gpu_names",
     "node_resources",
-    "serve_env",
 ]

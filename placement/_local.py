@@ -14,8 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from boute.envvars import scoped_env
+
 from ._resources import gpu_resource
-from ._serve_mode import HIGH_THROUGHPUT_ENV, serve_env
+from ._serve_mode import HIGH_THROUGHPUT_ENV
 
 __all__ = ["free_port", "local_cluster"]
 
@@ -55,10 +57,13 @@ def local_cluster(gpus: Mapping[str, int], gpus_per_node: Mapping[str, int], *,
     if temp_dir is not None:        # Ray's files (sessions, sockets) under temp_dir/ray
         Path(temp_dir).mkdir(parents=True, exist_ok=True)
         os.environ["RAY_TMPDIR"] = str(Path(temp_dir).resolve())
-    # No load balancer in front of a local cluster but Serve's own HAProxy, which retries a
-    # refused connection: a stopping ingress replica need not stay open Serve's default 30 s.
+    # The raylets started here inherit the mode (and pass it to every worker); this process
+    # gets its environment back, so a later cluster started from it (a test session) does not
+    # inherit the mode by accident. No load balancer stands in front of a local cluster but
+    # Serve's own HAProxy, which retries a refused connection: a stopping ingress replica need
+    # not stay open Serve's default 30 s.
     env = {**HIGH_THROUGHPUT_ENV, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
-    with serve_env(env if high_throughput else {}):
+    with scoped_env(env if high_throughput else {}):
         cluster = Cluster(initialize_head=True, head_node_args=head)
         for gpu, n in sorted(gpus.items()):
             size = gpus_per_node[gpu]

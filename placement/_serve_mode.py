@@ -19,12 +19,7 @@ path must stay under 97 characters, so it is left there).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Mapping
-
-from boute.envvars import scoped_env
-
-__all__ = ["HIGH_THROUGHPUT_ENV", "serve_env"]
+__all__ = ["HIGH_THROUGHPUT_ENV"]
 
 HIGH_THROUGHPUT_ENV: dict[str, str] = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -32,12 +27,3 @@ HIGH_THROUGHPUT_ENV: dict[str, str] = {
 }
 """The switches as cluster.yaml sets them before ``ray start``."""
 
-
-def serve_env(env: Mapping[str, str]) -> contextlib.AbstractContextManager[None]:
-    """Set `env` in this process while Ray processes are started from it, then restore.
-
-    Raylets started inside inherit it (and pass it to every worker, Serve's controller and
-    replicas included); this process itself is left as it was, so a later cluster started
-    from the same process (a test session) does not inherit the mode by accident.
-    """
-    return scoped_env(env)

@@ -280,6 +280,7 @@ class ReplicaModel:
         self._attn_flops_per_work = 4.0 * (m.num_heads / tp) * m.head_dim * layers
         self._kv_bytes_per_token = m.kv_bytes_per_token(tp, pp)
         self._kernel_s = eff.kernels_per_layer * layers * eff.kernel_latency_s
+        self._eager_s = self.engine.eager_layer_overhead_s * m.num_layers
         hop = eff.hop_latency_nvlink_s if g.interconnect == "nvlink" else eff.hop_latency_pcie_s
         link_bps = g.link_bandwidth_gbps * 1e9 * eff.link
         if tp > 1:
@@ -334,7 +335,7 @@ class ReplicaModel:
         overhead = self.engine.step_overhead_s + self.engine.step_overhead_per_seq_s * max(
             seqs, sampled)
         if prefill_tokens > 0:
-            overhead += self.engine.eager_layer_overhead_s * self.model.num_layers
+            overhead += self._eager_s
         return pp * stage + handoff + overhead
 
     def prefill_time_s(self, input_tokens: int) -> float:

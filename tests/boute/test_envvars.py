@@ -3,6 +3,7 @@ import os
 import pytest
 
 from boute.envvars import scoped_env
+from placement import HIGH_THROUGHPUT_ENV
 
 
 def test_keep_set_leaves_a_users_value_and_restores_the_rest(
@@ -16,3 +17,20 @@ def test_keep_set_leaves_a_users_value_and_restores_the_rest(
     with scoped_env({"BOUTE_TEST_A": "ours"}):      # without keep_set: ours inside
         assert os.environ["BOUTE_TEST_A"] == "ours"
     assert os.environ["BOUTE_TEST_A"] == "user"
+
+
+def test_scoped_env_is_set_inside_and_restored_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_SERVE_THROUGHPUT_OPTIMIZED", raising=False)
+    monkeypatch.setenv("RAY_SERVE_ENABLE_HA_PROXY", "0")        # a user's own setting
+    with scoped_env(HIGH_THROUGHPUT_ENV):
+        assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+        assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ
+    assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "0"
+
+
+def test_scoped_env_restores_on_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_SERVE_THROUGHPUT_OPTIMIZED", raising=False)
+    with pytest.raises(RuntimeError), scoped_env({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}):
+        raise RuntimeError("a raylet failed to start")
+    assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in os.environ
