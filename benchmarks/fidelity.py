@@ -6,8 +6,8 @@ Rows (one per measured point), each predicted twice:
   overheads (for a CPU, whose "spec sheet" is its measured peaks, the same defaults);
 * AFTER calibration: efficiencies fitted (`fit_efficiency`) on the hardware profile of that
   device type (benchmarks/data/hardware/*, build/calibration/*), and for engine profiles the
-  engine overheads fitted (`fit_engine_overhead`) on that device's calibration runs
-  (``role: calibration``), never on the judged points.
+  engine overheads and front-end latency fitted (`fit_engine_overhead`) on that device's
+  calibration runs (``role: calibration``), never on the judged points.
 
 Sources: (A) calibration.md section 3 (public vLLM runs; H100 rows are calibrated with the
 committed H100 kernel measurements, A100 rows have no hardware profile and stay as before);
@@ -220,7 +220,8 @@ def main() -> int:
     for f in fits:
         print(f"fitted for {f['profile']}: efficiencies from {f['efficiency_from']}; engine "
               f"overhead {f['step_overhead_s'] * 1e3:.2f} ms/step + "
-              f"{f['step_overhead_per_seq_s'] * 1e6:.0f} us/seq from {f['overhead_from']}")
+              f"{f['step_overhead_per_seq_s'] * 1e6:.0f} us/seq, front-end "
+              f"{f['frontend_latency_s'] * 1e3:.1f} ms/request from {f['overhead_from']}")
     plot(rows, Path(args.plot))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,12 @@ import numpy as np
 
 from boute.errors import ProfilerError
 
-from ._replica import ReplicaModel
+from ._replica import EngineConfig, ReplicaModel
 from ._simulator import SimResult, simulate, simulate_closed_loop
 from ._workload import Trace
 
 __all__ = [
+    "EngineOverheads",
     "EnginePoint",
     "EngineProfile",
     "JsonlWriter",
@@ -199,21 +200,48 @@ def predict_point(replica: ReplicaModel, point: EnginePoint) -> dict[str, float]
     return sim_summary(res)
 
 
+@dataclass(frozen=True)
+class EngineOverheads:
+    """The engine parameters `fit_engine_overhead` fits, in seconds (`EngineConfig` fields)."""
+
+    step_overhead_s: float
+    step_overhead_per_seq_s: float
+    frontend_latency_s: float
+
+    @classmethod
+    def of(cls, engine: EngineConfig) -> EngineOverheads:
+        """`engine`'s values."""
+        return cls(engine.step_overhead_s, engine.step_overhead_per_seq_s,
+                   engine.frontend_latency_s)
+
+    def apply(self, engine: EngineConfig) -> EngineConfig:
+        """`engine` with these values."""
+        return replace(engine, step_overhead_s=self.step_overhead_s,
+                       step_overhead_per_seq_s=self.step_overhead_per_seq_s,
+                       frontend_latency_s=self.frontend_latency_s)
+
+
 def fit_engine_overhead(replica: ReplicaModel, points: Sequence[EnginePoint]) -> ReplicaModel:
-    """Fit the engine's CPU overhead per step and per sequence to measured points.
+    """Fit the engine's CPU overhead per step and per sequence, and its front-end latency.
 
-    Notation: o_0 = ``step_overhead_s``, o_1 = ``step_overhead_per_seq_s`` (`EngineConfig`);
-    every step of the replica model costs ``roofline + o_0 + o_1 n_seqs``. With everything
-    else fixed (the hardware profile's efficiencies), choose
+    Notation (`EngineConfig`): o_0 = ``step_overhead_s``, o_1 = ``step_overhead_per_seq_s``
+    (every step costs ``roofline + o_0 + o_1 n_seqs``), d = ``frontend_latency_s`` (added once
+    to a request's TTFT and latency; `profiling._simulator`). With everything else fixed (the
+    hardware profile's efficiencies), choose
 
-        (o_0, o_1) = argmin sum_points (log tpot_sim - log tpot_meas)^2
-                                       + (log tput_sim - log tput_meas)^2,   o_0, o_1 >= 0
+        (o_0, o_1, d) = argmin sum_points [(log tpot_sim - log tpot_meas)^2
+                                            + (log tput_sim - log tput_meas)^2]
+                                + (log ttft_sim(p_0) - log ttft_meas(p_0))^2,    all >= 0
 
-    by simulating each point (`predict_point`). Use points that are NOT the ones the fitted
-    model is then judged on (a calibration run at other loads and lengths).
+    by simulating each point (`predict_point`); p_0 is the least loaded point (fewest requests
+    in flight by Little's law, throughput_rps x median latency), where the front-end has the
+    CPU to itself. TTFT under load is not fitted: there the front-end also queues behind the
+    streaming of other requests' outputs, which the model leaves out (the fidelity report
+    shows what that costs). Use points that are NOT the ones the fitted model is then judged on
+    (a calibration run at other loads and lengths).
 
     Args:
-        replica: the replica model to refit (its engine settings other than o_0, o_1 stay).
+        replica: the replica model to refit (its engine settings other than o_0, o_1, d stay).
         points: the calibration points (closed-loop or open-loop).
 
     Returns:
@@ -223,29 +251,29 @@ def fit_engine_overhead(replica: ReplicaModel, points: Sequence[EnginePoint]) ->
         ProfilerError: no points.
 
     """
-    from dataclasses import replace
-
     from scipy.optimize import least_squares
 
     if not points:
         raise ProfilerError("engine overhead fit: no calibration points; measure at least two "
                             "concurrency levels (e.g. --concurrency 1,24)")
+    scale = (1e-3, 1e-6, 1e-3)  # x in ms, us, ms: comparable magnitudes for the solver
+    idle = min(points, key=lambda p: p.summary["throughput_rps"] * p.summary["latency_s_p50"])
 
     def with_overhead(x: Sequence[float]) -> ReplicaModel:
-        engine = replace(replica.engine, step_overhead_s=float(x[0]) * 1e-3,
-                         step_overhead_per_seq_s=float(x[1]) * 1e-6)
-        return ReplicaModel(replica.model, replica.gpu, replica.tp, replica.pp, engine,
-                            replica.efficiency)
+        fitted = EngineOverheads(*(float(v) * f for v, f in zip(x, scale, strict=True)))
+        return ReplicaModel(replica.model, replica.gpu, replica.tp, replica.pp,
+                            fitted.apply(replica.engine), replica.efficiency)
 
     def residuals(x: np.ndarray) -> np.ndarray:
         model = with_overhead([float(v) for v in x])
-        out = []
+        out: list[float] = []
         for p in points:
             pred = predict_point(model, p)
-            for key in ("tpot_ms", "throughput_tok_s"):
-                out.append(math.log(pred[key]) - math.log(p.summary[key]))
+            keys = ("tpot_ms", "throughput_tok_s") + (("ttft_ms",) if p is idle else ())
+            out.extend(math.log(pred[k]) - math.log(p.summary[k]) for k in keys)
         return np.asarray(out)
 
-    x0 = [replica.engine.step_overhead_s * 1e3, replica.engine.step_overhead_per_seq_s * 1e6]
-    fit = least_squares(residuals, x0=x0, bounds=([0.0, 0.0], [1e3, 1e5]), diff_step=1e-2)
+    x0 = [v / f for v, f in zip(astuple(EngineOverheads.of(replica.engine)), scale,
+                                strict=True)]
+    fit = least_squares(residuals, x0=x0, bounds=([0.0] * 3, [1e3, 1e5, 1e3]), diff_step=1e-2)
     return with_overhead([float(v) for v in fit.x])

@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ._catalog import GpuType, ModelArch
-from ._engine_profile import EnginePoint, EngineProfile, fit_engine_overhead, predict_point
+from ._engine_profile import (
+    EngineOverheads,
+    EnginePoint,
+    EngineProfile,
+    fit_engine_overhead,
+    predict_point,
+)
 from ._hardware import HardwareProfile, fit_efficiency
 from ._replica import Efficiency, EngineConfig, ReplicaModel
 
@@ -37,15 +43,15 @@ METRICS = ("ttft_ms", "tpot_ms", "throughput_tok_s", "latency_s_p95")
 
 def replica_for_profile(profile: EngineProfile, gpu: GpuType,
                         efficiency: Efficiency | None = None,
-                        overhead_s: tuple[float, float] | None = None) -> ReplicaModel:
+                        overheads: EngineOverheads | None = None) -> ReplicaModel:
     """The replica model of the engine that `profile` measured.
 
     Args:
         profile: the engine profile (its meta gives the architecture and scheduler settings).
         gpu: the device's catalog row (for a CPU: `device_gpu_type` of its hardware profile).
         efficiency: default `Efficiency()` (the spec-sheet roofline with default factors).
-        overhead_s: ``(per step, per sequence)`` engine overhead in seconds; default the
-            `EngineConfig` defaults (current vLLM on a GPU).
+        overheads: the engine's overheads and front-end latency (`fit_engine_overhead`);
+            default the `EngineConfig` defaults (current vLLM on a GPU).
 
     """
     arch_fields = dict(profile.meta["arch"])
@@ -57,9 +63,8 @@ def replica_for_profile(profile: EngineProfile, gpu: GpuType,
                           gpu_memory_utilization=0.9,
                           runtime_reserve_gib=0.0 if profile.meta.get("device") == "cpu"
                           else EngineConfig().runtime_reserve_gib)
-    if overhead_s is not None:
-        engine = replace(engine, step_overhead_s=overhead_s[0],
-                         step_overhead_per_seq_s=overhead_s[1])
+    if overheads is not None:
+        engine = overheads.apply(engine)
     return ReplicaModel(model, gpu, 1, 1, engine, efficiency)
 
 
@@ -125,13 +130,11 @@ def calibrate_replicas(profile: EngineProfile, gpu: GpuType, hardware: HardwareP
     points = [p for c in calibration for p in c.points]
     if points:
         fitted = fit_engine_overhead(replica_for_profile(calibration[0], gpu, eff), points)
-        after = replica_for_profile(profile, gpu, eff, (fitted.engine.step_overhead_s,
-                                                        fitted.engine.step_overhead_per_seq_s))
+        after = replica_for_profile(profile, gpu, eff, EngineOverheads.of(fitted.engine))
     info = {"efficiency_from": str(hardware.path) if hardware is not None else None,
             "compute": eff.compute, "memory": eff.memory,
             "attention_compute": eff.attention_compute, "kernel_latency_s": eff.kernel_latency_s,
             "overhead_from": [f"{c.path}: {', '.join(p.label for p in c.points)}"
                               for c in calibration],
-            "step_overhead_s": after.engine.step_overhead_s,
-            "step_overhead_per_seq_s": after.engine.step_overhead_per_seq_s}
+            **asdict(EngineOverheads.of(after.engine))}
     return CalibratedReplicas(before, after, info)

@@ -109,6 +109,10 @@ class EngineConfig:
     """CPU time per decoder layer of a step with prompt tokens, when such steps run without
     CUDA graphs (Python kernel launches). vLLM <= 0.6 captured graphs for decode-only batches
     only, so its mixed steps ran eagerly; vLLM v1 captures mixed batches too (0)."""
+    frontend_latency_s: float = 0.0
+    """Time a request spends outside the engine loop when nothing else competes for the
+    front-end: API server / HTTP, tokenization, hand-off to the engine core, the way back of
+    the outputs. Added once to TTFT and end-to-end latency, not to TPOT."""
     runtime_reserve_gib: float = 1.5
     """CUDA context, CUDA graphs and NCCL buffers per GPU, outside the KV cache."""
 
@@ -119,6 +123,11 @@ class EngineConfig:
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"engine {self.name!r}: gpu_memory_utilization="
                              f"{self.gpu_memory_utilization!r} must be in (0, 1]")
+        for name in ("step_overhead_s", "step_overhead_per_seq_s", "eager_layer_overhead_s",
+                     "frontend_latency_s"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ValueError(f"engine {self.name!r}: {name}={value!r} must be >= 0 seconds")
 
 
 # Engine generations. The default is current vLLM (v1 scheduler, chunked prefill, async

@@ -14,9 +14,15 @@ The engine loop follows vLLM's scheduler:
 Each step's duration comes from `ReplicaModel.step_time_s`. Completion is found with a heap of
 "decode step at which the sequence ends", so a step costs O(log n) Python work, not O(n).
 
-Per request we record TTFT (first token - arrival), TPOT ((finish - first token) / (out - 1))
-and end-to-end latency. A run is *saturated* when the backlog keeps growing: the offered rate
-exceeds what the replica sustains; the DB marks such rows and the optimizer rejects them.
+The engine's front-end (API server, tokenization, hand-off to the engine loop and the way
+back; `EngineConfig.frontend_latency_s` = d) adds a fixed latency to every request: with a the
+time the client sent it and f, F the engine times of its first and last token, we record
+TTFT = f - a + d, TPOT = (F - f) / (out - 1) and end-to-end latency F - a + d; a closed-loop
+client sends its next request at F + d. (The engine sees the request at a: the input side of
+d would move every arrival alike and change nothing else.)
+
+A run is *saturated* when the backlog keeps growing: the offered rate exceeds what the replica
+sustains; the DB marks such rows and the optimizer rejects them.
 """
 
 from __future__ import annotations
@@ -194,6 +200,7 @@ def _run(
     max_seqs = eng.max_num_seqs
     budget_max = eng.max_num_batched_tokens
     chunked = eng.enable_chunked_prefill
+    fe_latency = eng.frontend_latency_s
     # A prompt that can never fit is truncated (vLLM rejects it; the DB's traces never hit this).
     limit = min(kv_cap, eng.max_model_len) - 1
     plen = [min(p, limit) for p in prompt_lens]
@@ -217,26 +224,31 @@ def _run(
     kv_used = 0                    # tokens held in the KV cache
     decode_step = 0
     now = 0.0
-    nxt = 0                        # next trace arrival
+    nxt = 0                        # next request to reach the scheduler
+    known = n                      # requests whose send time is known (closed loop: grows)
     completed = 0
     out_tokens = 0
     preemptions = 0
     saturated = False
     backlog_limit = max_seqs + max(50, n // 20)
     if concurrency is not None:
-        nxt = min(concurrency, n)
-        waiting.extend(range(nxt))
+        known = min(concurrency, n)
 
     def ctx_of(rid: int) -> int:
         return plen[rid] + generated[rid]
 
+    def send_next() -> None:
+        # Closed loop: the client that saw a request end (d later) sends its next one.
+        nonlocal known
+        arrival_t[known] = now + fe_latency
+        known += 1
+
     while completed < n:
-        if concurrency is None:
-            while nxt < n and arrival_t[nxt] <= now:
-                waiting.append(nxt)
-                nxt += 1
+        while nxt < known and arrival_t[nxt] <= now:
+            waiting.append(nxt)
+            nxt += 1
         if not running and not waiting:
-            if nxt >= n:
+            if nxt >= known:
                 break
             now = max(now, arrival_t[nxt])
             continue
@@ -248,7 +260,7 @@ def _run(
         if not waiting and not prefilling and n_decode and heap:
             k, t0, delta = _decode_stretch(
                 replica, n_decode, ctx_decode, heap[0][0] - decode_step,
-                (arrival_t[nxt] - now) if (concurrency is None and nxt < n) else math.inf,
+                (arrival_t[nxt] - now) if nxt < known else math.inf,
                 kv_cap - kv_used)
             if k > 1:
                 k -= 1  # leave the last step of the stretch to the general path below
@@ -301,7 +313,7 @@ def _run(
                 break
         if not chunks and (n_decode == 0 or not run_decode):
             # Nothing schedulable (KV full of prefilling prompts): wait for the next arrival.
-            if nxt < n and concurrency is None:
+            if nxt < known:
                 now = max(now, arrival_t[nxt])
                 continue
             if n_decode == 0:
@@ -340,10 +352,8 @@ def _run(
                 del running[rid]
                 completed += 1
                 out_tokens += target_out[rid]
-                if concurrency is not None and nxt < n:
-                    arrival_t[nxt] = now
-                    waiting.append(nxt)
-                    nxt += 1
+                if concurrency is not None and known < n:
+                    send_next()
         for rid, c in chunks:
             done_prompt[rid] += c
             if done_prompt[rid] < plen[rid]:
@@ -359,10 +369,8 @@ def _run(
                 del running[rid]
                 completed += 1
                 out_tokens += target_out[rid]
-                if concurrency is not None and nxt < n:
-                    arrival_t[nxt] = now
-                    waiting.append(nxt)
-                    nxt += 1
+                if concurrency is not None and known < n:
+                    send_next()
                 continue
             join_step[rid] = decode_step
             join_gen[rid] = generated[rid]
@@ -389,9 +397,9 @@ def _run(
             # The first token was already delivered: keep first_tok, extend the stored output.
             join_gen[victim] = 0
 
-    arr = np.asarray(arrivals if concurrency is None else arrival_t, dtype=np.float64)
-    fin = np.asarray(finish, dtype=np.float64)
-    first = np.asarray(first_tok, dtype=np.float64)
+    arr = np.asarray(arrival_t, dtype=np.float64)
+    fin = np.asarray(finish, dtype=np.float64) + fe_latency
+    first = np.asarray(first_tok, dtype=np.float64) + fe_latency
     mask = ~np.isnan(fin)
     lat = (fin - arr)[mask]
     ttft = (first - arr)[mask]

@@ -3,7 +3,8 @@
 The hardware profile and a calibration run (closed loop 1 and 24 clients, 32/64 tokens) fit
 the replica model; it then predicts a held-out run (closed loop 2, 4, 8, 16 clients, open loop
 3 and 6 req/s, GSM8K lengths): TPOT and throughput within 30% at each closed-loop level, P95
-within 35% at each rate (a noise margin over the 20% / 25% targets of the benchmark). Then,
+within 35% at each rate (a noise margin over the 20% / 25% targets of the benchmark), TTFT
+within 35% at 2 and 4 clients (light load, where the fitted front-end latency holds). Then,
 on the same engine, a level that runs past its time limit raises and the level finished
 before it stays in the file.
 """
@@ -69,7 +70,7 @@ def test_cpu_loop_predicts_held_out_levels(tmp_path: Path) -> None:
     closed = [p for p in rows if p.startswith("c=")]
     assert len(closed) >= 4
     report = {p: {k: round(r[f"{k}_rel_err"], 3) for k in ("tpot_ms", "throughput_tok_s",
-                                                          "latency_s_p95")}
+                                                          "latency_s_p95", "ttft_ms")}
               for p, r in rows.items()}
     # The issue's targets (20% on TPOT and throughput, 25% on P95) are what
     # `benchmarks/cpu_loop.py --measure` checks (exit 1 when missed). This test measures on
@@ -81,3 +82,8 @@ def test_cpu_loop_predicts_held_out_levels(tmp_path: Path) -> None:
         assert abs(rows[p]["throughput_tok_s_rel_err"]) <= 0.30, report
     for p in ("3 rps", "6 rps"):
         assert abs(rows[p]["latency_s_p95_rel_err"]) <= 0.35, report
+    # TTFT at light load: the front-end latency fitted on the 1-client level carries over
+    # (committed run -4% / +4%, another run -22% / -19%; without the front-end term the
+    # same runs are -40% / -37% and about -52% / -44%).
+    for p in ("c=2", "c=4"):
+        assert abs(rows[p]["ttft_ms_rel_err"]) <= 0.35, report

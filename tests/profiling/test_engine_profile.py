@@ -12,6 +12,7 @@ import pytest
 from boute.errors import ProfilerError
 from profiling import ModelArch
 from profiling._engine_profile import (
+    EngineOverheads,
     JsonlWriter,
     fit_engine_overhead,
     load_engine_profile,
@@ -50,13 +51,14 @@ def _write_profile(path: Path, points: list[dict], *, end: bool = True,
     return path
 
 
-def _simulated_points(o0_s: float, o1_s: float, levels: tuple[int, ...], out_len: int
-                      ) -> list[dict]:
-    """Closed-loop points measured on a 'true' engine = the replica model with (o0, o1)."""
+def _simulated_points(o0_s: float, o1_s: float, levels: tuple[int, ...], out_len: int,
+                      frontend_s: float = 0.0) -> list[dict]:
+    """Closed-loop points measured on a 'true' engine = the replica model with (o0, o1, d)."""
     from profiling import GpuType
     from profiling._engine_profile import EnginePoint
 
-    truth = replica_for_profile(_fake_profile(), GpuType(**CPU), None, (o0_s, o1_s))
+    truth = replica_for_profile(_fake_profile(), GpuType(**CPU), None,
+                                EngineOverheads(o0_s, o1_s, frontend_s))
     out = []
     for c in levels:
         n = max(12, 3 * c)
@@ -82,25 +84,30 @@ def _fake_profile():  # type: ignore[no-untyped-def]
 def test_overhead_fit_recovers_known_overheads(tmp_path: Path) -> None:
     from profiling import GpuType
 
-    path = _write_profile(tmp_path / "c.jsonl", _simulated_points(3e-3, 200e-6, (1, 24), 64))
+    path = _write_profile(tmp_path / "c.jsonl",
+                          _simulated_points(3e-3, 200e-6, (1, 24), 64, frontend_s=5e-3))
     calib = load_engine_profile(path)
-    start = replica_for_profile(calib, GpuType(**CPU))      # default 1.5 ms, 5 us
+    start = replica_for_profile(calib, GpuType(**CPU))      # default 1.5 ms, 5 us, 0 ms
     fitted = fit_engine_overhead(start, calib.points)
     assert fitted.engine.step_overhead_s == pytest.approx(3e-3, rel=0.02)
     assert fitted.engine.step_overhead_per_seq_s == pytest.approx(200e-6, rel=0.05)
+    assert fitted.engine.frontend_latency_s == pytest.approx(5e-3, rel=0.05)
 
 
 def test_calibrated_model_predicts_held_out_levels(tmp_path: Path) -> None:
     from profiling import GpuType
 
     calib = load_engine_profile(_write_profile(
-        tmp_path / "c.jsonl", _simulated_points(3e-3, 200e-6, (1, 24), 64), role="calibration"))
+        tmp_path / "c.jsonl", _simulated_points(3e-3, 200e-6, (1, 24), 64, 5e-3),
+        role="calibration"))
     valid = load_engine_profile(_write_profile(
-        tmp_path / "v.jsonl", _simulated_points(3e-3, 200e-6, (2, 4, 8, 16), 100)))
+        tmp_path / "v.jsonl", _simulated_points(3e-3, 200e-6, (2, 4, 8, 16), 100, 5e-3)))
     reps = calibrate_replicas(valid, GpuType(**CPU), None, [calib])
+    assert reps.fitted_on["frontend_latency_s"] == pytest.approx(5e-3, rel=0.05)
     for p in valid.points:
         pred = predict_point(reps.after, p)
-        assert pred["tpot_ms"] == pytest.approx(p.summary["tpot_ms"], rel=0.03)
+        for key in ("tpot_ms", "ttft_ms", "throughput_tok_s"):
+            assert pred[key] == pytest.approx(p.summary[key], rel=0.03), key
     with pytest.raises(ValueError, match="cannot be judged"):
         calibrate_replicas(calib, GpuType(**CPU), None, [calib])
 

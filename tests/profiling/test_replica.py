@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from boute.errors import InfeasibleConfigError
-from profiling import Catalog, ReplicaModel
+from profiling import Catalog, EngineConfig, ReplicaModel
 from tests.conftest import make_replica
 
 
@@ -78,3 +78,10 @@ def test_eager_layer_overhead_costs_steps_with_prompt_tokens_only(catalog: Catal
     assert b.step_time_s(**mixed) - a.step_time_s(**mixed) == pytest.approx(0.080)
     assert b.decode_time_s(64, 500) == a.decode_time_s(64, 500)
 
+
+
+@pytest.mark.parametrize("field", ["step_overhead_s", "step_overhead_per_seq_s",
+                                   "eager_layer_overhead_s", "frontend_latency_s"])
+def test_negative_engine_time_is_rejected_with_its_name(field: str) -> None:
+    with pytest.raises(ValueError, match=rf"engine 'vllm': {field}=-0.001 must be >= 0"):
+        EngineConfig(**{field: -1e-3})  # type: ignore[arg-type]

@@ -30,6 +30,28 @@ def test_single_request_latency_is_prefill_plus_decode_steps(catalog: Catalog) -
     assert res.ttft_s[0] == pytest.approx(r.prefill_time_s(100), rel=1e-9)
 
 
+def test_frontend_latency_adds_once_to_ttft_and_latency(catalog: Catalog) -> None:
+    d = 0.004
+    base = simulate(make_replica(catalog), _fixed(3, 100, 10, rate=0.5))
+    res = simulate(make_replica(catalog, frontend_latency_s=d), _fixed(3, 100, 10, rate=0.5))
+    # Requests 2 s apart never overlap: each one is the isolated request plus d, TPOT as is.
+    np.testing.assert_allclose(res.ttft_s, base.ttft_s + d, rtol=1e-12)
+    np.testing.assert_allclose(res.latency_s, base.latency_s + d, rtol=1e-12)
+    np.testing.assert_allclose(res.tpot_s, base.tpot_s, rtol=1e-12)
+
+
+def test_closed_loop_client_waits_the_frontend_latency(catalog: Catalog) -> None:
+    # One client, n requests of engine latency L: the client sees each end d late and sends the
+    # next then, so the run lasts n (L + d) and every request's latency is L + d.
+    d, n = 0.004, 5
+    r = make_replica(catalog, frontend_latency_s=d)
+    engine_l = simulate(make_replica(catalog), _fixed(1, 100, 10)).latency_s[0]
+    res = simulate_closed_loop(r, _fixed(n, 100, 10), 1)
+    np.testing.assert_allclose(res.latency_s, engine_l + d, rtol=1e-12)
+    assert res.duration_s == pytest.approx(n * (engine_l + d), rel=1e-12)
+    assert res.throughput_tok_s == pytest.approx(10 / (engine_l + d), rel=1e-12)
+
+
 def test_long_prompt_is_chunked_into_the_token_budget(catalog: Catalog) -> None:
     r = make_replica(catalog, max_num_batched_tokens=2048, max_model_len=8192)
     res = simulate(r, _fixed(1, 5000, 2))
