@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from ._resources import gpu_resource, gpu_type_of
@@ -69,23 +69,26 @@ def live_nodes() -> list[dict[str, float]]:
             if n.get("Alive")]
 
 
-def gpu_types_in(nodes: Sequence[Mapping[str, float]]) -> dict[str, int]:
-    """GPU type -> largest count on one node (the node size used for packing)."""
-    out: dict[str, int] = {}
+def _node_gpus(nodes: Sequence[Mapping[str, float]]) -> Iterator[tuple[str, int]]:
+    """(GPU type, GPUs) of every GPU-type resource of every node."""
     for n in nodes:
         for key, value in n.items():
             t = gpu_type_of(key)
             if t is not None:
-                out[t] = max(out.get(t, 0), int(value))
+                yield t, int(value)
+
+
+def gpu_types_in(nodes: Sequence[Mapping[str, float]]) -> dict[str, int]:
+    """GPU type -> largest count on one node (the node size used for packing)."""
+    out: dict[str, int] = {}
+    for t, count in _node_gpus(nodes):
+        out[t] = max(out.get(t, 0), count)
     return out
 
 
 def gpu_counts_in(nodes: Sequence[Mapping[str, float]]) -> dict[str, int]:
     """GPU type -> GPUs of that type on the whole cluster."""
     out: dict[str, int] = {}
-    for n in nodes:
-        for key, value in n.items():
-            t = gpu_type_of(key)
-            if t is not None:
-                out[t] = out.get(t, 0) + int(value)
+    for t, count in _node_gpus(nodes):
+        out[t] = out.get(t, 0) + count
     return out

@@ -3,6 +3,7 @@ import pytest
 from placement import (
     PlacementError,
     check_fit,
+    gpu_counts_in,
     gpu_resource,
     gpu_type_of,
     gpu_types_in,
@@ -58,6 +59,9 @@ def test_fit_names_the_shortfall_per_gpu_type() -> None:
     rtx = {"GPU": 8, "gpu_type_RTX-4090": 8}
     assert check_fit(specs, [h100, pro, pro, rtx]) == []
     assert gpu_types_in([h100, pro, rtx]) == NODES
+    # Largest node per type vs the whole cluster: two 4-GPU PRO nodes are 4 per node, 8 in all.
+    assert gpu_types_in([h100, pro, pro, rtx]) == NODES
+    assert gpu_counts_in([h100, pro, pro, rtx]) == {"H100": 8, "RTX-PRO-6000": 8, "RTX-4090": 8}
     # One PRO node short: 8 needed, 4 there.
     (short,) = check_fit(specs, [h100, pro, rtx])
     assert (short.gpu, short.needed, short.available) == ("RTX-PRO-6000", 8, 4)
