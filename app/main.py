@@ -33,7 +33,9 @@ from boute.pairs import parse_pairs
 from placement import GroupSpec, group_specs
 from tuning import Group, Plan, Routing
 
-from .server import EmulatedLLMServer, RouterIngress
+from .groups import inflight_limits
+from .router import RouterIngress, RouterSettings
+from .server import EmulatedLLMServer
 
 __all__ = ["APP_NAME", "BACKENDS", "Stack", "app", "build_app", "group_app", "plan_specs",
            "router_app", "routing_config", "stack_config", "stack_specs"]
@@ -63,6 +65,18 @@ class Stack:
             no log); see `app.request_log`.
         log_rotate_s: a log file is closed (and readable, e.g. by replanning) after this
             many seconds.
+        api_keys: the router's API keys, digests only (`app.guard.KeyEntry` dicts, from
+            ``--api-keys FILE``); None: no authentication (the CLI never chooses this by
+            default).
+        on_model_down: a model without a healthy group: ``fallback`` to the other model
+            (flagged), or ``fail`` (503).
+        call_timeout_s: deadline of one engine call (None: max(30 s, 4 x the plan's P95)).
+        inflight_scale: multiplies each group's in-flight bound (the plan's capacity times
+            its P95, `app.groups.inflight_limits`); larger admits more queueing.
+        max_body_bytes: largest request body the router accepts (413 above).
+
+    The last five are the router's live settings: a Serve config carries them in the
+    router's ``user_config`` (changed live, e.g. a key rotation), not in the builder args.
 
     """
 
@@ -77,6 +91,11 @@ class Stack:
     time_scale: float = 1.0
     log_dir: str | None = None
     log_rotate_s: float = 60.0
+    api_keys: list[dict[str, Any]] | None = None
+    on_model_down: str = "fallback"
+    call_timeout_s: float | None = None
+    inflight_scale: float = 1.0
+    max_body_bytes: int = RouterSettings.max_body_bytes
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -84,6 +103,25 @@ class Stack:
                              f"{', '.join(BACKENDS)}")
         if self.device not in ("gpu", "cpu"):
             raise ValueError(f"device={self.device!r} is unknown; use 'gpu' or 'cpu'")
+        if not (self.inflight_scale > 0 and math.isfinite(self.inflight_scale)):
+            raise ValueError(f"inflight_scale={self.inflight_scale!r} must be a positive "
+                             "number")
+        self.settings()                     # validates the router's settings
+        if self.api_keys is not None:
+            from .guard import ApiKeys
+
+            ApiKeys.from_config(self.api_keys)
+
+    def settings(self) -> dict[str, Any]:
+        """The router's `RouterSettings` (as its ``user_config`` carries them)."""
+        out = {"on_model_down": self.on_model_down, "call_timeout_s": self.call_timeout_s,
+               "max_body_bytes": self.max_body_bytes}
+        RouterSettings.from_config(out)
+        return out
+
+    def live(self) -> dict[str, Any]:
+        """The live fields (`LIVE_FIELDS`) as JSON."""
+        return {k: v for k, v in self.to_args().items() if k in LIVE_FIELDS}
 
     def to_args(self) -> dict[str, Any]:
         """The builder arguments (a Serve config's ``args``)."""
@@ -99,16 +137,53 @@ class Stack:
         return cls(**dict(args))
 
 
+LIVE_FIELDS = ("api_keys", "on_model_down", "call_timeout_s", "inflight_scale",
+               "max_body_bytes")
+"""`Stack` fields that live in the router's ``user_config``, not in the builder args."""
+
+
 def routing_config(plan: Plan, specs: list[GroupSpec], weak: str, strong: str,
-                   seed: int = 0) -> dict[str, Any]:
-    """The router's ``user_config`` for a plan (threshold null until calibrated)."""
+                   seed: int = 0, stack: Stack | None = None) -> dict[str, Any]:
+    """The router's ``user_config`` for a plan (threshold null until calibrated).
+
+    Besides the routing: each group's in-flight bound (`app.groups.inflight_limits`) and
+    replica count, each model's context length, the plan's P95, the API keys and the
+    router's settings (from `stack`; default `Stack()`).
+    """
+    stack = stack or Stack()
     shares: dict[str, dict[str, float]] = {}
     for spec in specs:
         shares.setdefault(spec.model, {})[spec.name] = spec.share
     t = plan.routing.threshold
-    return {"weak": weak, "strong": strong, "strong_share": plan.routing.strong_share,
+    s = plan.routing.strong_share
+    pred = plan.predicted
+    limits = inflight_limits(
+        [(spec.name, spec.model, spec.replicas, spec.share) for spec in specs],
+        {strong: s, weak: 1.0 - s} if weak != strong else {strong: 1.0},
+        pred.capacity_rps if pred else None, pred.p95_s if pred else None,
+        scale=stack.inflight_scale)
+    return {"weak": weak, "strong": strong, "strong_share": s,
             "threshold": t if math.isfinite(t) else None, "router": plan.routing.router,
-            "seed": seed, "shares": shares}
+            "seed": seed, "shares": shares, "limits": limits,
+            "replicas": {spec.name: spec.replicas for spec in specs},
+            "context": _context(specs, stack),
+            "plan_p95_s": pred.p95_s if pred and math.isfinite(pred.p95_s) else None,
+            "api_keys": stack.api_keys, "settings": stack.settings(),
+            "stack_live": stack.live()}
+
+
+def _context(specs: list[GroupSpec], stack: Stack) -> dict[str, int]:
+    """Each model's context in tokens (the catalog's, or ``max_model_len`` when smaller)."""
+    from profiling import load_catalog
+
+    catalog = load_catalog(stack.gpu_catalog, stack.model_catalog)
+    out: dict[str, int] = {}
+    for spec in specs:
+        if spec.model in catalog.models:
+            n = catalog.model(spec.model).max_position_embeddings
+            cap = stack.engine_kwargs.get("max_model_len")
+            out[spec.model] = min(n, int(cap)) if isinstance(cap, int) and cap > 0 else n
+    return out
 
 
 def plan_specs(plan: Plan, *, backend: str = "emulated",
@@ -161,11 +236,14 @@ def build_app(plan: Plan, *, backend: str = "emulated",
               sources: Mapping[str, str] | None = None,
               engine_kwargs: Mapping[str, Any] | None = None, device: str = "gpu",
               gpu_catalog: list[str] | None = None, model_catalog: list[str] | None = None,
-              seed: int = 0, time_scale: float = 1.0, log_dir: str | None = None
+              seed: int = 0, time_scale: float = 1.0, log_dir: str | None = None,
+              api_keys: list[dict[str, Any]] | None = None, on_model_down: str = "fallback",
+              call_timeout_s: float | None = None, inflight_scale: float = 1.0
               ) -> Application:
     """The one-application layout of `plan`: a deployment per replica group + the router.
 
-    The arguments are `Stack`'s.
+    The arguments are `Stack`'s (``api_keys=None``: no authentication; the ``serve run``
+    builder `app` requires keys unless told ``api_keys=none``).
 
     Raises:
         ValueError: an unknown backend, or a plan without its scenario's models.
@@ -175,12 +253,15 @@ def build_app(plan: Plan, *, backend: str = "emulated",
     stack = Stack(backend=backend, device=device, sources=dict(sources or {}),
                   engine_kwargs=dict(engine_kwargs or {}), gpus_per_node=dict(gpus_per_node or {}),
                   gpu_catalog=list(gpu_catalog or []), model_catalog=list(model_catalog or []),
-                  seed=seed, time_scale=time_scale, log_dir=log_dir)
+                  seed=seed, time_scale=time_scale, log_dir=log_dir, api_keys=api_keys,
+                  on_model_down=on_model_down, call_timeout_s=call_timeout_s,
+                  inflight_scale=inflight_scale)
     specs = stack_specs(plan, stack)
     weak, strong = _pair(plan)
     handles = {spec.name: _engine(spec, stack) for spec in specs}
     return RouterIngress.options(  # type: ignore[attr-defined,no-any-return]
-        user_config=routing_config(plan, specs, weak, strong, seed)).bind(handles, log_dir)
+        user_config=routing_config(plan, specs, weak, strong, seed, stack)
+    ).bind(handles, log_dir)
 
 
 def _pair(plan: Plan) -> tuple[str, str]:
@@ -195,12 +276,21 @@ def _pair(plan: Plan) -> tuple[str, str]:
 def app(args: dict[str, str]) -> Application:
     """Builder for ``serve run app.main:app plan=PLAN.json [key=value ...]``.
 
-    Keys: ``plan`` (required), ``backend`` (emulated|vllm), ``device`` (gpu|cpu),
-    ``models`` (``name=DIR_OR_HF_ID,...``), ``engine_kwargs`` (a JSON object),
-    ``gpus_per_node`` (``type=N,...``), ``seed``, ``log_dir``.
+    Keys: ``plan`` (required), ``api_keys`` (required: a key file from ``boute keys new``,
+    or ``none`` to serve without authentication), ``backend`` (emulated|vllm), ``device``
+    (gpu|cpu), ``models`` (``name=DIR_OR_HF_ID,...``), ``engine_kwargs`` (a JSON object),
+    ``gpus_per_node`` (``type=N,...``), ``seed``, ``log_dir``, ``on_model_down``
+    (fallback|fail).
     """
+    from .guard import read_key_file
+
     if "plan" not in args:
         raise ValueError("plan=PLAN.json is required: serve run app.main:app plan=PLAN.json")
+    if "api_keys" not in args:
+        raise ValueError("api_keys=FILE is required (make one with `boute keys new --file "
+                         "FILE --id NAME`), or api_keys=none to serve without authentication")
+    keys = None if args["api_keys"] == "none" else [
+        e.to_dict() for e in read_key_file(args["api_keys"])]
     plan = Plan.load(args["plan"])
     return build_app(plan, backend=args.get("backend", "emulated"),
                      device=args.get("device", "gpu"),
@@ -208,7 +298,8 @@ def app(args: dict[str, str]) -> Application:
                      gpus_per_node={k: int(v) for k, v in parse_pairs(
                          args.get("gpus_per_node", "").split(","), "gpus_per_node").items()},
                      engine_kwargs=json.loads(args.get("engine_kwargs") or "{}"),
-                     seed=int(args.get("seed", 0)), log_dir=args.get("log_dir"))
+                     seed=int(args.get("seed", 0)), log_dir=args.get("log_dir"),
+                     api_keys=keys, on_model_down=args.get("on_model_down", "fallback"))
 
 
 # -- the stack layout: one application per replica group + the router application ------------
@@ -257,13 +348,13 @@ def stack_config(plan: Plan, stack: Stack, *, host: str = "0.0.0.0", port: int =
     if missing:
         raise ValueError(f"the routed plan names groups {missing} that are not deployed")
     weak, strong = _pair(routed)
-    user_config = routing_config(routed, routed_specs, weak, strong, stack.seed)
+    user_config = routing_config(routed, routed_specs, weak, strong, stack.seed, stack)
     user_config["apps"] = {s.name: s.name for s in routed_specs}
     user_config["config_id"] = hashlib.sha256(
         json.dumps(user_config, sort_keys=True).encode()).hexdigest()[:12]
     user_config["plan"] = routed.to_dict()
     user_config["applied_unix_s"] = applied_unix_s
-    stack_args = stack.to_args()
+    stack_args = {k: v for k, v in stack.to_args().items() if k not in LIVE_FIELDS}
     apps: list[dict[str, Any]] = [{
         "name": APP_NAME, "route_prefix": "/", "import_path": "app.main:router_app",
         "args": stack_args,

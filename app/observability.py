@@ -8,7 +8,16 @@ Metric names as Prometheus shows them (Ray prefixes ``ray_``), tags in braces:
 * ``boute_ttft_seconds{model, group}``, ``boute_latency_seconds{model, group}``: histograms
   of time to first token and end-to-end latency, measured at the router;
 * ``boute_strong_share_routed``, ``boute_strong_share_target``, ``boute_threshold``: the live
-  routing state (gauges).
+  routing state (gauges);
+* ``boute_refused_total{model, outcome, key}``: requests refused before an engine saw them
+  (``unauthorized``, ``rate_limited``, ``too_large``, ``shed``, ``unavailable``,
+  ``client_error``) and requests ``abandoned`` by their client;
+* ``boute_retries_total{group}``: engine calls retried elsewhere after ``group`` failed;
+* ``boute_degraded_total{model}``: requests for ``model`` served by the other one (``model``
+  had no healthy group);
+* ``boute_group_up{group}``: 1 when the group takes traffic, 0 when ejected or down.
+
+Requests are tagged with their API key's id (``key``), never the key.
 
 `Observer.observe` is called once per request when its response is complete; it updates the
 metrics and appends the request to the Parquet log (`app.request_log`) when one is kept.
@@ -27,7 +36,8 @@ __all__ = ["LATENCY_BOUNDARIES_S", "METRICS", "Observer"]
 # and the ``_total`` / ``_bucket`` suffixes); docs/grafana-boute.json plots them.
 METRICS = ("boute_requests", "boute_tokens", "boute_errors", "boute_ttft_seconds",
            "boute_latency_seconds", "boute_strong_share_routed", "boute_strong_share_target",
-           "boute_threshold")
+           "boute_threshold", "boute_refused", "boute_retries", "boute_degraded",
+           "boute_group_up")
 
 LATENCY_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0,
                         60.0, 120.0]
@@ -58,6 +68,15 @@ class Observer:
         self.share_target = metrics.Gauge("boute_strong_share_target",
                                           "The plan's strong share")
         self.threshold = metrics.Gauge("boute_threshold", "The router's live threshold")
+        self.refused = metrics.Counter("boute_refused", "Requests refused before an engine "
+                                       "saw them, or abandoned by their client",
+                                       tag_keys=("model", "outcome", "key"))
+        self.retries = metrics.Counter("boute_retries", "Engine calls retried elsewhere after "
+                                       "this group failed", tag_keys=("group",))
+        self.degraded_total = metrics.Counter("boute_degraded", "Requests for this model "
+                                              "served by the other one", tag_keys=("model",))
+        self.group_up = metrics.Gauge("boute_group_up", "1: the group takes traffic; 0: "
+                                      "ejected or down", tag_keys=("group",))
         self.log = RequestLog(log_dir, rotate_s=log_rotate_s) if log_dir else None
         self._task: Any = None
 
@@ -70,11 +89,14 @@ class Observer:
 
     def observe(self, *, arrival_s: float, model: str, group: str, score: float | None,
                 status: int, ttft_s: float, latency_s: float, prompt_tokens: int,
-                output_tokens: int, stream: bool) -> None:
-        """Record one completed request."""
+                output_tokens: int, stream: bool, key_id: str | None = None,
+                outcome: str = "ok") -> None:
+        """Record one request, answered, refused or abandoned (``outcome``)."""
         tags = {"model": model, "group": group}
         self.requests.inc(1, {**tags, "status": str(status)})
-        if status >= 400:
+        if not group or outcome == "abandoned":
+            self.refused.inc(1, {"model": model, "outcome": outcome, "key": key_id or ""})
+        if status >= 400 and group:
             self.errors.inc(1, {"group": group, "kind": "engine" if status >= 500
                                 else "client"})
         else:
@@ -85,7 +107,19 @@ class Observer:
         if self.log is not None:
             self.log.record(arrival_s, prompt_tokens, output_tokens,
                             math.nan if score is None else score, model, group, ttft_s,
-                            latency_s, status, stream)
+                            latency_s, status, stream, key_id=key_id, outcome=outcome)
+
+    def retry(self, group: str) -> None:
+        """An engine call to `group` failed and is retried elsewhere."""
+        self.retries.inc(1, {"group": group})
+
+    def degraded(self, model: str) -> None:
+        """A request for `model` goes to the other model."""
+        self.degraded_total.inc(1, {"model": model})
+
+    def group_state(self, group: str, state: str) -> None:
+        """The group's state as the router sees it."""
+        self.group_up.set(1.0 if state == "healthy" else 0.0, {"group": group})
 
     def routing_state(self, routed_share: float | None, target: float, threshold: float) -> None:
         """Update the routing gauges."""

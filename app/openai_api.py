@@ -14,9 +14,11 @@ class ApiError(ValueError):
     """A request the API rejects with a 4xx (400 by default), naming the field."""
 
     def __init__(self, message: str, status: int = 400, param: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
+                 kind: str = "invalid_request_error", *,
+                 retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.status, self.param, self.kind = status, param, kind
+        self.retry_after_s = retry_after_s
 
     def body(self) -> dict[str, Any]:
         """The OpenAI-style error body."""

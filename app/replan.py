@@ -130,7 +130,8 @@ def running_state(api: ServeApi, app: str = APP_NAME) -> RunningState:
     uc = router["user_config"]
     http = details.get("http_options") or {}
     return RunningState(Plan.from_dict(uc["plan"], "the running plan"),
-                        Stack.from_args(cfg["args"]), uc.get("applied_unix_s"),
+                        Stack.from_args({**cfg["args"], **(uc.get("stack_live") or {})}),
+                        uc.get("applied_unix_s"),
                         str(http.get("host", "127.0.0.1")), int(http.get("port", 8000)),
                         str(details.get("proxy_location") or "EveryNode"))
 

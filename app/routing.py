@@ -33,6 +33,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from boute.errors import BouteError
+
 __all__ = [
     "BuiltinRouter",
     "LiveThreshold",
@@ -45,7 +47,7 @@ __all__ = [
 ]
 
 
-class RouterError(ValueError):
+class RouterError(BouteError, ValueError):
     """A router cannot be built as asked."""
 
 
@@ -213,10 +215,24 @@ class SmoothWeightedRoundRobin:
         self.weights = {k: w / total for k, w in weights.items()}
         self.current = dict.fromkeys(weights, 0.0)
 
-    def pick(self) -> str:
-        """The next name."""
-        for k, w in self.weights.items():
+    def pick(self, allowed: Sequence[str] | None = None) -> str:
+        """The next name (among `allowed` when given: the others are skipped this round).
+
+        Restricted to a subset, the subset's weights are renormalized: each pick adds them
+        and subtracts their total, so the skipped names' share is spread over the allowed
+        ones in proportion, and the full set's exact shares resume when all are allowed.
+        """
+        names = list(self.weights) if allowed is None else [
+            k for k in allowed if k in self.weights]
+        if not names:
+            raise RouterError(f"no group to pick among {allowed!r}")
+        total = sum(self.weights[k] for k in names)
+        if total <= 0:                    # only zero-weight names are left: spread evenly
+            weights = {k: 1.0 / len(names) for k in names}
+        else:
+            weights = {k: self.weights[k] / total for k in names}
+        for k, w in weights.items():
             self.current[k] += w
-        best = max(self.current, key=lambda k: self.current[k])
+        best = max(names, key=lambda k: self.current[k])
         self.current[best] -= 1.0
         return best

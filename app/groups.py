@@ -1,0 +1,218 @@
+"""The router's view of its replica groups: health, in-flight work and the choice of a group.
+
+Pure (no Ray): `app.router` feeds it the outcome of every engine call and what Serve reports
+about each group's replicas, and asks it where the next request of a model goes.
+
+**Choice.** A model's groups receive its requests in the plan's shares by smooth weighted
+round robin (`app.routing.SmoothWeightedRoundRobin`) restricted to the groups that are
+*available*: up (a running replica), not ejected, and below their in-flight bound. A group
+that drops out has its share spread over the others in proportion to theirs; when all are
+back the plan's shares hold again exactly.
+
+**Admission.** Each group has a bound on in-flight requests, from the plan's capacity by
+Little's law (`inflight_limits`): ``N_g = ceil(C_g * L)`` with ``C_g`` the rate the group
+sustains at the plan's P95 (``capacity_rps * model share * group share``) and ``L`` the
+plan's P95. While ``N_g`` requests are in flight, a group sustaining ``C_g`` completes them in
+``N_g / C_g = L`` seconds on average: an admitted request waits about what the plan
+predicted, and the excess is refused at once (429) instead of queueing without bound.
+
+**Circuit breaker.** ``fail_threshold`` consecutive failed calls (errors or deadlines) eject a
+group for ``cooldown_s``, doubled on each ejection in a row up to ``max_cooldown_s``. After
+the cool-down the group takes traffic again (half-open): a success closes the breaker, the
+next failure ejects it again for twice as long.
+
+**Liveness.** Serve's count of running replicas per group (`GroupPool.set_replicas`): a group
+with none is *down* until one runs again, whatever its breaker says.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .routing import SmoothWeightedRoundRobin
+
+__all__ = ["GroupPool", "GroupState", "inflight_limits"]
+
+State = Literal["healthy", "ejected", "down"]
+
+
+def inflight_limits(groups: Iterable[tuple[str, str, int, float]],
+                    model_share: Mapping[str, float], capacity_rps: float | None,
+                    p95_s: float | None, *, scale: float = 1.0,
+                    per_replica_fallback: int = 256) -> dict[str, int]:
+    """The in-flight bound of every group (see the module docstring).
+
+    Args:
+        groups: (name, model, replicas, share of its model's load) per group.
+        model_share: share of all traffic each model receives.
+        capacity_rps: the plan's total capacity at its P95 (None or non-finite: unknown).
+        p95_s: the plan's P95 latency, seconds (None: unknown).
+        scale: multiplies every bound (1: the plan's; larger admits more queueing).
+        per_replica_fallback: requests in flight per replica when the plan has no capacity
+            (vLLM's default ``max_num_seqs``: what one engine runs at once).
+
+    Returns:
+        group name -> bound, at least one request per replica.
+
+    """
+    known = (capacity_rps is not None and p95_s is not None and math.isfinite(capacity_rps)
+             and math.isfinite(p95_s) and capacity_rps > 0 and p95_s > 0)
+    out = {}
+    for name, model, replicas, share in groups:
+        if known:
+            assert capacity_rps is not None and p95_s is not None
+            n = math.ceil(scale * capacity_rps * model_share.get(model, 0.0) * share * p95_s)
+        else:
+            n = math.ceil(scale * per_replica_fallback * replicas)
+        out[name] = max(replicas, n)
+    return out
+
+
+@dataclass
+class GroupState:
+    """One group's live state (see the module docstring)."""
+
+    name: str
+    model: str
+    limit: int | None = None
+    inflight: int = 0
+    failures: int = 0
+    ejections: int = 0
+    ejected_until: float = 0.0
+    running: int | None = None
+    wanted: int | None = None
+    served: int = 0
+    failed: int = 0
+
+    def state(self, now: float) -> State:
+        """``down`` (no running replica), ``ejected`` (breaker open) or ``healthy``."""
+        if self.running == 0:
+            return "down"
+        if now < self.ejected_until:
+            return "ejected"
+        return "healthy"
+
+    def has_room(self) -> bool:
+        """Below its in-flight bound."""
+        return self.limit is None or self.inflight < self.limit
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        """The state as ``/health`` reports it."""
+        return {"model": self.model, "state": self.state(now),
+                "replicas_running": self.running, "replicas_wanted": self.wanted,
+                "inflight": self.inflight, "inflight_limit": self.limit,
+                "consecutive_failures": self.failures,
+                "ejected_for_s": round(max(0.0, self.ejected_until - now), 3),
+                "served": self.served, "failed": self.failed}
+
+
+class GroupPool:
+    """Every group of the running plan (module docstring)."""
+
+    def __init__(self, shares: Mapping[str, Mapping[str, float]],
+                 limits: Mapping[str, int | None] | None = None,
+                 wanted: Mapping[str, int] | None = None, *, fail_threshold: int = 3,
+                 cooldown_s: float = 5.0, max_cooldown_s: float = 60.0) -> None:
+        if fail_threshold < 1 or not cooldown_s > 0 or max_cooldown_s < cooldown_s:
+            raise ValueError(f"fail_threshold={fail_threshold} must be >= 1 and 0 < "
+                             f"cooldown_s={cooldown_s} <= max_cooldown_s={max_cooldown_s}")
+        self.fail_threshold = fail_threshold
+        self.cooldown_s, self.max_cooldown_s = cooldown_s, max_cooldown_s
+        self.groups: dict[str, GroupState] = {}
+        self.pickers: dict[str, SmoothWeightedRoundRobin] = {}
+        self.update(shares, limits, wanted)
+
+    def update(self, shares: Mapping[str, Mapping[str, float]],
+               limits: Mapping[str, int | None] | None = None,
+               wanted: Mapping[str, int] | None = None) -> None:
+        """Take a new plan's groups; groups that stay keep their live state."""
+        old = self.groups
+        self.groups = {}
+        for model, groups in shares.items():
+            for name in groups:
+                st = old.get(name) or GroupState(name, model)
+                st.model = model
+                st.limit = (limits or {}).get(name)
+                st.wanted = (wanted or {}).get(name, st.wanted)
+                self.groups[name] = st
+        self.pickers = {m: SmoothWeightedRoundRobin(dict(g)) for m, g in shares.items()}
+
+    @property
+    def models(self) -> list[str]:
+        """Models with at least one group."""
+        return list(self.pickers)
+
+    def pick(self, model: str, now: float, exclude: Iterable[str] = ()) -> str | None:
+        """The group for the next request of `model` (None: no group is available)."""
+        skip = set(exclude)
+        allowed = [g for g in self.pickers[model].weights
+                   if g not in skip and self.groups[g].state(now) == "healthy"
+                   and self.groups[g].has_room()]
+        return self.pickers[model].pick(allowed) if allowed else None
+
+    def reachable(self, model: str, now: float, exclude: Iterable[str] = ()) -> bool:
+        """Some group of `model` is healthy (possibly full)."""
+        skip = set(exclude)
+        picker = self.pickers.get(model)
+        return picker is not None and any(
+            self.groups[g].state(now) == "healthy" for g in picker.weights if g not in skip)
+
+    def acquire(self, group: str) -> None:
+        """A request to `group` starts."""
+        self.groups[group].inflight += 1
+
+    def release(self, group: str) -> None:
+        """A request to `group` ended (whatever its outcome)."""
+        st = self.groups.get(group)
+        if st is not None:
+            st.inflight = max(0, st.inflight - 1)
+
+    def success(self, group: str) -> None:
+        """A call to `group` succeeded: the breaker closes."""
+        st = self.groups.get(group)
+        if st is not None:
+            st.failures, st.ejections = 0, 0
+            st.served += 1
+
+    def failure(self, group: str, now: float) -> bool:
+        """A call to `group` failed; True when this ejects it."""
+        st = self.groups.get(group)
+        if st is None:
+            return False
+        st.failed += 1
+        st.failures += 1
+        if st.failures < self.fail_threshold or now < st.ejected_until:
+            return False
+        st.ejections += 1
+        st.failures = 0
+        st.ejected_until = now + min(self.max_cooldown_s,
+                                     self.cooldown_s * 2 ** (st.ejections - 1))
+        return True
+
+    def set_replicas(self, group: str, running: int) -> int:
+        """Serve's count of running replicas; returns how many were lost since the last."""
+        st = self.groups.get(group)
+        if st is None:
+            return 0
+        lost = 0 if st.running is None else max(0, st.running - running)
+        st.running = running
+        return lost
+
+    def health(self, now: float) -> dict[str, Any]:
+        """Per group state, per model reachability, and the overall status.
+
+        ``ok``: every group healthy; ``degraded``: some group is not, but every model has a
+        healthy one; ``unavailable``: some model has none.
+        """
+        groups = {name: st.to_dict(now) for name, st in self.groups.items()}
+        models = {m: self.reachable(m, now) for m in self.pickers}
+        if not all(models.values()):
+            status = "unavailable"
+        elif all(g["state"] == "healthy" for g in groups.values()):
+            status = "ok"
+        else:
+            status = "degraded"
+        return {"status": status, "models": models, "groups": groups}
