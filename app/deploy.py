@@ -20,8 +20,8 @@ from tuning import Plan
 from .main import APP_NAME, Stack, stack_config, stack_specs
 from .serve_api import ServeApi, dashboard_url, local_url
 
-__all__ = ["APP_NAME", "DeployError", "calibrated", "check_plan_fits", "deploy_plan",
-           "read_prompts", "serve_config"]
+__all__ = ["APP_NAME", "DeployError", "apply_api_keys", "calibrated", "check_plan_fits",
+           "deploy_plan", "read_prompts", "serve_config"]
 
 
 class DeployError(BouteError, RuntimeError):
@@ -43,7 +43,16 @@ def read_prompts(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise DeployError(f"--calibration-prompts {path!r}: no such file")
-    lines = [line for line in p.read_text().splitlines() if line.strip()]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DeployError(f"--calibration-prompts {path!r}: cannot read ({exc.strerror})"
+                          ) from None
+    except UnicodeDecodeError as exc:
+        raise DeployError(f"--calibration-prompts {path!r}: not UTF-8 text (byte "
+                          f"{exc.object[exc.start]:#04x} at offset {exc.start}); save it as "
+                          "UTF-8") from None
+    lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         raise DeployError(f"--calibration-prompts {path!r} is empty")
     if p.suffix != ".jsonl":
@@ -52,8 +61,10 @@ def read_prompts(path: str) -> list[str]:
     for i, line in enumerate(lines, 1):
         try:
             obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise ValueError(f"got {type(obj).__name__}")
             out.append(prompt_of("chat" if "messages" in obj else "completions", obj))
-        except (ValueError, ApiError, AttributeError) as exc:
+        except (ValueError, ApiError, AttributeError, TypeError) as exc:
             raise DeployError(f"{path}:{i}: not a JSON object with 'prompt' or 'messages' "
                               f"({exc})") from None
     return out
@@ -65,13 +76,26 @@ def calibrated(plan: Plan, prompts: list[str], seed: int = 0) -> Plan:
     RouteLLM's calibration: ``threshold = quantile(scores, 1 - strong_share)`` of the plan's
     router's scores, so that share of the sample scores at or above it. The router starts
     from it, then keeps recalibrating on live traffic (`app.routing.LiveThreshold`).
+
+    Raises:
+        RouterError: the plan's router cannot be built (unknown, or RouteLLM missing).
+        DeployError: a RouteLLM router fails to score the prompts.
+
     """
     from dataclasses import replace
 
     from .routing import calibrate_threshold, make_router
 
     router = make_router(plan.routing.router, seed)
-    scores = [float(router.calculate_strong_win_rate(p)) for p in prompts]
+    if plan.routing.router in ("builtin", "random"):
+        scores = [float(router.calculate_strong_win_rate(p)) for p in prompts]
+    else:
+        try:
+            scores = [float(router.calculate_strong_win_rate(p)) for p in prompts]
+        except Exception as exc:     # a RouteLLM router calls out (embeddings API, hub)
+            raise DeployError(f"router={plan.routing.router!r} failed to score the "
+                              f"calibration prompts ({type(exc).__name__}: {exc}); check its "
+                              "credentials and network, or use router=builtin") from None
     threshold = calibrate_threshold(scores, plan.routing.strong_share)
     return replace(plan, routing=replace(plan.routing, threshold=threshold))
 
@@ -117,8 +141,12 @@ def deploy_plan(plan: Plan, *, backend: str, device: str = "gpu",
                 log_dir: str | None = None, log_rotate_s: float = 60.0,
                 time_scale: float = 1.0,
                 dashboard: str | None = None, proxy_location: str = "EveryNode",
-                timeout_s: float = 900.0) -> str:
+                timeout_s: float = 900.0, api_keys: list[dict[str, Any]] | None = None,
+                on_model_down: str = "fallback") -> str:
     """Deploy `plan` on the connected Ray cluster; returns the router's base URL.
+
+    `api_keys` (`app.guard.KeyEntry` dicts, digests only) close the OpenAI endpoint; None
+    leaves it open (the CLI asks for that explicitly, ``--no-api-keys``).
 
     The stack layout (`app.main.stack_config`), through Serve's declarative API on the
     dashboard. Node sizes come from the cluster (largest GPU count of each type on one node). Blocks
@@ -134,7 +162,8 @@ def deploy_plan(plan: Plan, *, backend: str, device: str = "gpu",
     stack = Stack(backend=backend, device=device, sources=dict(sources or {}),
                   engine_kwargs=dict(engine_kwargs or {}), gpu_catalog=list(gpu_catalog or []),
                   model_catalog=list(model_catalog or []), seed=seed, time_scale=time_scale,
-                  log_dir=log_dir, log_rotate_s=log_rotate_s)
+                  log_dir=log_dir, log_rotate_s=log_rotate_s, api_keys=api_keys,
+                  on_model_down=on_model_down)
     stack = check_plan_fits(plan, stack)
     api = ServeApi(dashboard or dashboard_url())
     config = stack_config(plan, stack, host=host, port=port, proxy_location=proxy_location,
@@ -160,3 +189,34 @@ def serve_config(plan: Plan, *, backend: str, device: str = "gpu",
                   engine_kwargs=dict(engine_kwargs or {}), gpus_per_node=dict(gpus_per_node or {}),
                   seed=seed, log_dir=log_dir)
     return stack_config(plan, stack, host=host, port=port)
+
+
+def apply_api_keys(api: ServeApi, entries: list[dict[str, Any]], *, app: str = APP_NAME,
+                   timeout_s: float = 120.0) -> None:
+    """Give the running router a new key set, live (a ``user_config`` change only).
+
+    Every application keeps its deployed config; only the router's ``api_keys`` change, so
+    nothing restarts and requests in flight are not affected.
+
+    Raises:
+        DeployError: no such router on the cluster.
+        ServeApiError: the dashboard refused the config or the router did not take it.
+
+    """
+    details = api.details()
+    apps = details.get("applications") or {}
+    cfg = (apps.get(app) or {}).get("deployed_app_config") or {}
+    routers = [d for d in cfg.get("deployments", []) if d.get("name") == "RouterIngress"]
+    if not routers:
+        raise DeployError(f"no BOute router (application {app!r}) runs at {api.base}; deploy "
+                          "a plan first with `boute deploy`")
+    uc = routers[0].setdefault("user_config", {})
+    uc["api_keys"] = entries
+    uc.setdefault("stack_live", {})["api_keys"] = entries
+    http = details.get("http_options") or {}
+    config = {"proxy_location": details.get("proxy_location") or "EveryNode",
+              "http_options": {"host": http.get("host", "127.0.0.1"),
+                               "port": http.get("port", 8000)},
+              "applications": [a.get("deployed_app_config") for a in apps.values()]}
+    api.apply(config)
+    api.wait(config, timeout_s=timeout_s)

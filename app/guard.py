@@ -29,7 +29,7 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -183,7 +183,7 @@ class ApiKeys:
                 self._buckets[e.id] = _Bucket(e.rate_rps, e.burst or max(1.0, 2 * e.rate_rps))
 
     @classmethod
-    def from_config(cls, entries: list[Mapping[str, Any]]) -> ApiKeys:
+    def from_config(cls, entries: Sequence[Mapping[str, Any]]) -> ApiKeys:
         """From the router config's ``api_keys`` (dicts of `KeyEntry`)."""
         return cls([KeyEntry.from_dict(dict(e), f"api_keys[{i}]")
                     for i, e in enumerate(entries)])

@@ -100,8 +100,10 @@ class Observer:
             self.errors.inc(1, {"group": group, "kind": "engine" if status >= 500
                                 else "client"})
         else:
-            self.tokens.inc(prompt_tokens, {**tags, "kind": "prompt"})
-            self.tokens.inc(output_tokens, {**tags, "kind": "output"})
+            if prompt_tokens > 0:          # (Ray's counters refuse an increment of 0)
+                self.tokens.inc(prompt_tokens, {**tags, "kind": "prompt"})
+            if output_tokens > 0:
+                self.tokens.inc(output_tokens, {**tags, "kind": "output"})
             self.ttft.observe(ttft_s, tags)
             self.latency.observe(latency_s, tags)
         if self.log is not None:

@@ -150,6 +150,28 @@ class _Call:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+# (Defined before the ingress class: `serve.ingress` snapshots the module's globals.)
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 past `limit` bytes (on Content-Length, then as it comes)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(f"Request body of {declared} bytes exceeds the limit of {limit} bytes",
+                       413)
+    raw = bytearray()
+    async for part in request.stream():
+        raw += part
+        if len(raw) > limit:
+            raise ApiError(f"Request body exceeds the limit of {limit} bytes", 413)
+    return bytes(raw)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a failed engine call (no internal stack, bounded)."""
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return f"{type(exc).__name__}: {line[:200]}"
+
+
 api = FastAPI(title="BOute router", docs_url=None, redoc_url=None, openapi_url=None)
 
 
@@ -575,25 +597,3 @@ class RouterIngress:
             "threshold": (self.live.threshold if math.isfinite(self.live.threshold) else None),
             "router": self.router_name, "call_timeout_s": self.call_timeout_s,
             "auth": self.keys is not None}, code)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 past `limit` bytes (on Content-Length, then as it comes)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(f"Request body of {declared} bytes exceeds the limit of {limit} bytes",
-                       413)
-    raw = bytearray()
-    async for part in request.stream():
-        raw += part
-        if len(raw) > limit:
-            raise ApiError(f"Request body exceeds the limit of {limit} bytes", 413)
-    return bytes(raw)
-
-
-def _reason(exc: BaseException) -> str:
-    """One line for a failed engine call (no internal stack, bounded)."""
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    return f"{type(exc).__name__}: {line[:200]}"
-
