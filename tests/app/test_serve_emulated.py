@@ -174,10 +174,15 @@ def test_router_serves_the_plan_on_a_fake_cluster(monkeypatch: pytest.MonkeyPatc
         # An engine failure is a 502 for its requests only; the router keeps serving.
         faulty = _faulty_app()
         serve.run(faulty, name="faulty", route_prefix="/faulty")
+        # The strong model's only group fails: its requests fall back to the weak model
+        # (flagged x-boute-degraded), none fails; after 3 failures the group is ejected and
+        # /health says the strong model is unreachable.
         statuses = asyncio.run(_statuses(f"{url}/faulty", 40))
-        assert set(statuses) == {("llama-3.1-8b", 200), ("llama-3.1-70b", 502)}, statuses
+        assert set(statuses) == {("llama-3.1-8b", 200)}, statuses
         health = asyncio.run(_get(f"{url}/faulty/health"))
-        assert health["status"] == "ok" and health["errors"] == statuses[("llama-3.1-70b", 502)]
+        assert health["status"] == "unavailable"
+        assert health["models"] == {"llama-3.1-8b": True, "llama-3.1-70b": False}
+        assert health["groups"]["strong"]["state"] == "ejected"
         # A plan that does not fit is refused before anything is deployed.
         from app.deploy import DeployError, deploy_plan
         from placement import PlacementError
@@ -199,13 +204,14 @@ def test_router_serves_the_plan_on_a_fake_cluster(monkeypatch: pytest.MonkeyPatc
         # The router's metrics reach Ray's metrics endpoint, with their tags.
         names = ("ray_boute_latency_seconds_bucket", "ray_boute_requests_total",
                  "ray_boute_tokens_total", "ray_boute_ttft_seconds_bucket",
-                 "ray_boute_errors_total", "ray_boute_strong_share_target")
+                 "ray_boute_degraded_total", "ray_boute_strong_share_target",
+                 "ray_boute_group_up")
         scraped = _scrape_until(names, 90)
         for name in names:
             assert name in scraped, name
         assert 'model="llama-3.1-70b"' in scraped
         assert 'group="llama-3.1-70b-H100-tp4pp1"' in scraped
-        assert 'status="502"' in scraped and 'kind="engine"' in scraped
+        assert 'model="llama-3.1-70b"' in scraped.split("ray_boute_degraded_total")[1]
     finally:
         serve.shutdown()
         ray.shutdown()
