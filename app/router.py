@@ -405,7 +405,8 @@ class RouterIngress:
                 if status >= 500:           # the engine's own failure: retry elsewhere
                     raise RuntimeError(response["error"].get("message"))
                 self.pool.success(group)
-                self._done(call, status, "ok" if status < 400 else "client_error",
+                self._done(call, status, "client_error" if status >= 400 else
+                           "degraded" if call.degraded else "ok",
                            response.get("usage") if isinstance(response, dict) else None)
                 return JSONResponse(response, status, call.headers)
             except Exception as exc:        # _Aborted, TimeoutError, an engine failure
@@ -478,7 +479,8 @@ class RouterIngress:
         async def events() -> AsyncIterator[str]:
             # Output tokens: the stream's data events (one per token in vLLM and the
             # emulated engine; vLLM's first chat event, the role, adds one).
-            tokens, code, outcome = first.count("data: {"), 200, "ok"
+            tokens, code = first.count("data: {"), 200
+            outcome = "degraded" if call.degraded else "ok"
             finished = False
             try:
                 yield first
