@@ -147,6 +147,8 @@ class GroupPool:
 
     def pick(self, model: str, now: float, exclude: Iterable[str] = ()) -> str | None:
         """The group for the next request of `model` (None: no group is available)."""
+        if model not in self.pickers:       # the running plan has no group of it
+            return None
         skip = set(exclude)
         allowed = [g for g in self.pickers[model].weights
                    if g not in skip and self.groups[g].state(now) == "healthy"

@@ -36,6 +36,7 @@ import json
 import math
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from boute.errors import BouteError
+from placement import TOKEN_FIX, RayAuthError, auth_headers, cluster_auth_token
 from tuning import Goal, Group, Hysteresis, Plan, decide
 
 from .main import APP_NAME, Stack, stack_config
@@ -296,6 +298,11 @@ def replan(options: ReplanOptions | None = None) -> dict[str, Any]:
     if decision.applies and not options.dry_run:
         from .deploy import DeployError, check_plan_fits
 
+        lost = lost_gpu_types(state)
+        if lost:        # a node is gone: its groups have no replica to keep while scaling up
+            state = replace(state, plan=replace(state.plan, groups=tuple(
+                g for g in state.plan.groups if g.gpu not in lost)))
+            report["lost_gpu_types"] = lost
         try:
             stack = check_plan_fits(peak_plan(state.plan, proposed), state.stack)
         except DeployError as exc:
@@ -307,6 +314,69 @@ def replan(options: ReplanOptions | None = None) -> dict[str, Any]:
                                      timeout_s=options.timeout_s)
         report["applied"] = True
     return report
+
+
+def short_groups(details: dict[str, Any], state: RunningState) -> dict[str, tuple[int, int]]:
+    """Groups of the running plan with fewer running replicas than they should have.
+
+    Returns group -> (running, wanted), from Serve's application details.
+    """
+    apps = details.get("applications") or {}
+    out = {}
+    for g in state.plan.groups:
+        dep = ((apps.get(g.name) or {}).get("deployments") or {}).get(g.name) or {}
+        running = sum(1 for r in dep.get("replicas", []) if r.get("state") == "RUNNING")
+        if running < g.replicas:
+            out[g.name] = (running, g.replicas)
+    return out
+
+
+def watch(options: ReplanOptions, *, loss_s: float = 60.0, poll_s: float = 5.0,
+          rounds: int | None = None,
+          on_report: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """The opt-in watchdog: replan when a group stays short of replicas for `loss_s` seconds.
+
+    Every `poll_s` seconds it compares each group's running replicas (Serve's view) with the
+    plan's. A group short for `loss_s` in a row (a lost node whose replicas Serve cannot
+    place again; a brief restart does not count) triggers `replan` with `options`: the GPU
+    stock is capped by the surviving cluster, the running plan no longer fits it, and the
+    proposed plan is applied. Stops after `rounds` replans (None: never).
+
+    Raises:
+        ReplanError: bad arguments.
+
+    """
+    if not (loss_s > 0 and poll_s > 0):
+        raise ReplanError(f"loss_s={loss_s!r} and poll_s={poll_s!r} must be > 0 seconds")
+    api = ServeApi(options.dashboard or dashboard_url())
+    reports: list[dict[str, Any]] = []
+    since: dict[str, float] = {}
+    while rounds is None or len(reports) < rounds:
+        details = api.details()
+        short = short_groups(details, running_state(api, options.app))
+        now = time.monotonic()
+        since = {g: since.get(g, now) for g in short}
+        if any(now - t >= loss_s for t in since.values()):
+            report = replan(options)
+            report["trigger"] = {g: {"running": r, "wanted": w} for g, (r, w) in short.items()}
+            reports.append(report)
+            if on_report is not None:
+                on_report(report)
+            since = {}
+        time.sleep(poll_s)
+    return reports
+
+
+def lost_gpu_types(state: RunningState) -> list[str]:
+    """GPU types the running plan uses beyond what the live cluster has (a node was lost)."""
+    from placement import check_fit, gpu_types_in, live_nodes
+
+    from .main import stack_specs
+
+    nodes = live_nodes()
+    sizes = gpu_types_in(nodes)
+    stack = replace(state.stack, gpus_per_node={**sizes, **state.stack.gpus_per_node})
+    return sorted({s.gpu for s in check_fit(stack_specs(state.plan, stack), nodes)})
 
 
 def apply_plan(api: ServeApi, state: RunningState, proposed: Plan, *, routing_only: bool,
@@ -419,22 +489,34 @@ def submit_replan_job(dashboard: str, args: list[str] | tuple[str, ...] = (), *,
     """Run ``boute --json replan ARGS`` as a Ray job through the job API; returns its report.
 
     The equivalent of ``ray job submit --address DASHBOARD -- boute replan ARGS``, waiting
-    for the job and parsing the JSON it prints.
+    for the job and parsing the JSON it prints. The job API calls carry the cluster's Ray
+    token (`placement.cluster_auth_token`); the job itself runs on the cluster, whose nodes
+    hand their authentication mode and token to it, so `env` (extra environment variables
+    of the job) is only for the job's own settings.
 
     Raises:
-        ReplanError: the job failed or timed out (its log's last lines are in the message).
+        ReplanError: the job failed or timed out (its log's last lines are in the message),
+            or the job API refused this process's Ray token (missing or not the cluster's).
 
     """
     import shlex
     import sys
 
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(dashboard)
     boute = Path(sys.executable).parent / "boute"      # job entrypoints need absolute paths
     entrypoint = shlex.join([str(boute), "--json", "replan", *args])
-    job = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": dict(
-        env or {"RAY_AUTH_MODE": "disabled"})})
+    try:
+        client = JobSubmissionClient(dashboard, headers=auth_headers(cluster_auth_token()))
+        job = client.submit_job(entrypoint=entrypoint,
+                                runtime_env={"env_vars": dict(env)} if env else None)
+    except RayAuthError as exc:
+        raise ReplanError(str(exc)) from None
+    except AuthenticationError as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise ReplanError(f"the Ray job API at {dashboard} refused the replan job ({reason}); "
+                          f"{TOKEN_FIX}") from None
     deadline = time.monotonic() + timeout_s
     done = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED)
     while (status := client.get_job_status(job)) not in done:

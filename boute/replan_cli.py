@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from typing import Any
 
@@ -54,6 +53,13 @@ def add_replan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    "DB (default: next to the request log)")
     p.add_argument("--timeout-s", type=float, default=900.0,
                    help="longest wait for each step of a change")
+    p.add_argument("--watchdog", action="store_true", help="keep running: replan whenever a "
+                   "replica group stays short of replicas for --loss-s (a lost node); one "
+                   "JSON report per line")
+    p.add_argument("--loss-s", type=float, default=60.0, help="watchdog: seconds a group must "
+                   "stay short before replanning (default 60)")
+    p.add_argument("--poll-s", type=float, default=5.0, help="watchdog: seconds between looks "
+                   "(default 5)")
     p.set_defaults(run=_run_replan)
 
 
@@ -86,16 +92,43 @@ def _run_replan(args: argparse.Namespace) -> int:
     from boute.cli import _emit
 
     options = _options(args)        # bad flags fail before touching the cluster
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Ray prints notices on stdout; keep stdout for the one JSON object.
     with contextlib.redirect_stdout(sys.stderr):
         if not ray.is_initialized():
-            try:
-                ray.init(address=args.address, log_to_driver=False)
-            except (ConnectionError, RuntimeError) as exc:
-                raise BouteError(f"cannot reach a Ray cluster at --address={args.address} "
-                                 f"({exc}); run this on the cluster (`ray job submit -- boute "
-                                 "replan`) or pass --address") from None
+            _connect(args.address)
+        if args.watchdog:
+            from app.replan import watch
+
+            def emit(report: dict[str, Any]) -> None:
+                with contextlib.redirect_stdout(sys.__stdout__):
+                    _emit(args, report, lambda: format_report(report))
+
+            watch(options, loss_s=args.loss_s, poll_s=args.poll_s, on_report=emit)
+            return 0
         report = replan(options)
     _emit(args, report, lambda: format_report(report))
     return 0
+
+
+def _connect(address: str) -> None:
+    """Connect to the cluster with its Ray token (inside a Ray job: the node's mode and token).
+
+    Ray token authentication stays on: this process talks in token mode when it finds a token
+    (`placement.use_token_if_available`) or ``RAY_AUTH_MODE=token`` is set, and a refusal
+    names the fix.
+    """
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    from placement import TOKEN_FIX, connect_hint, use_token_if_available
+
+    try:
+        use_token_if_available()
+        ray.init(address=address, log_to_driver=False)
+    except AuthenticationError as exc:      # RAY_AUTH_MODE=token but no token found here
+        raise BouteError(f"cannot authenticate to the Ray cluster at --address={address} "
+                         f"({getattr(exc, 'message', exc)}); {TOKEN_FIX}") from None
+    except (ConnectionError, RuntimeError) as exc:
+        raise BouteError(f"cannot reach a Ray cluster at --address={address} ({exc}); run "
+                         "this on the cluster (`ray job submit -- boute replan`) or pass "
+                         f"--address; {connect_hint()}") from None

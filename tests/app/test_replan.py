@@ -186,3 +186,51 @@ def test_replan_cli_rejects_bad_flags_before_touching_a_cluster(
     assert "boute replan: error: --p95=0.0 must be > 0 seconds" in capsys.readouterr().err
     assert main(["replan", "--window-s", "-5"]) == 2
     assert "window_s=-5.0 must be a positive number of seconds" in capsys.readouterr().err
+
+
+def _with_replicas(details: dict[str, Any], running: dict[str, int]) -> dict[str, Any]:
+    for name, n in running.items():
+        details["applications"][name]["deployments"] = {name: {"replicas": [
+            {"state": "RUNNING"}] * n + [{"state": "PENDING_ALLOCATION"}]}}
+    return details
+
+
+def test_short_groups_and_the_watchdog_trigger_after_sustained_loss(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import app.replan as rp
+
+    config = stack_config(PLAN, Stack())
+    details = _with_replicas(_details_of(config), {"llama-3.1-8b-RTX-4090-tp1pp1": 1,
+                                                   "llama-3.1-70b-H100-tp4pp1": 1})
+    state = running_state(StubApi(details))
+    # The 8B group wants 2 replicas and runs 1; the 70B group runs its 1.
+    assert rp.short_groups(details, state) == {"llama-3.1-8b-RTX-4090-tp1pp1": (1, 2)}
+    clock = [0.0]
+    monkeypatch.setattr(rp, "ServeApi", lambda base: StubApi(details))
+    monkeypatch.setattr(rp.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(rp.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    calls: list[float] = []
+    monkeypatch.setattr(rp, "replan", lambda options: calls.append(clock[0]) or {"applied": 1})
+    reports = rp.watch(ReplanOptions(dashboard="http://head:8265"), loss_s=60, poll_s=5,
+                       rounds=1)
+    # Short from t=0 on; polled every 5 s; replans at the first look with >= 60 s of loss.
+    assert calls == [60.0]
+    assert reports[0]["trigger"] == {"llama-3.1-8b-RTX-4090-tp1pp1": {"running": 1,
+                                                                      "wanted": 2}}
+    with pytest.raises(ReplanError, match="must be > 0"):
+        rp.watch(ReplanOptions(dashboard="http://head:8265"), loss_s=0)
+
+
+def test_lost_gpu_types_are_those_the_live_cluster_no_longer_has(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import placement
+
+    from app.replan import RunningState, lost_gpu_types
+
+    state = RunningState(PLAN, Stack(), None, "127.0.0.1", 8000, "HeadOnly")
+    h100 = {"GPU": 8.0, "gpu_type_H100": 8.0}
+    monkeypatch.setattr(placement, "live_nodes", lambda: [h100, {"GPU": 8.0,
+                                                                 "gpu_type_RTX-4090": 8.0}])
+    assert lost_gpu_types(state) == []
+    monkeypatch.setattr(placement, "live_nodes", lambda: [h100])     # the 4090 node died
+    assert lost_gpu_types(state) == ["RTX-4090"]
