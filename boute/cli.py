@@ -57,6 +57,22 @@ def add_hardware_profiles_arg(p: argparse.ArgumentParser) -> None:
                    "profile.hardware_profiles, else none: spec-sheet roofline)")
 
 
+MAX_GENERATED_REQUESTS = 10_000_000
+"""Most requests `boute simulate` and `boute trace` generate: their columns alone are
+~240 MB (three 8-byte numbers per request), the simulator's state several times that."""
+
+
+def _check_requests(n: int, flag: str) -> None:
+    """Check a generated request count: in [1, `MAX_GENERATED_REQUESTS`].
+
+    Raises:
+        BouteError: naming `flag`, the value and the bound.
+
+    """
+    if not 1 <= n <= MAX_GENERATED_REQUESTS:
+        raise BouteError(f"{flag}={n} must be >= 1 and <= {MAX_GENERATED_REQUESTS:,}")
+
+
 def _fmt(x: float, spec: str = ".2f") -> str:
     return "inf" if not math.isfinite(x) else format(x, spec)
 
@@ -92,6 +108,7 @@ def _run_profile(args: argparse.Namespace) -> int:
         raise BouteError(f"--workers={args.workers} must be >= 1")
     catalog = load_catalog(args.gpu_catalog, args.model_catalog)
     scenario = load_scenario(args.scenario)
+    scenario.check_catalog(catalog, args.scenario)
     try:
         engine = engine_profile(args.engine)
     except KeyError as exc:
@@ -199,9 +216,10 @@ def _run_simulate(args: argparse.Namespace) -> int:
         raise BouteError(f"--concurrency={args.concurrency} must be >= 1")
     if args.rate is not None and not args.rate > 0:
         raise BouteError(f"--rate={args.rate} must be > 0 (or 'inf')")
-    n = args.requests or (1000 if args.rate is not None else max(200, 10 * args.concurrency))
-    if n < 1:
-        raise BouteError(f"--requests={n} must be >= 1")
+    n = args.requests if args.requests is not None else (
+        1000 if args.rate is not None else max(200, 10 * args.concurrency))
+    _check_requests(n, "--requests" if args.requests is not None
+                    else "--requests (default 10 x --concurrency)")
     replica = ReplicaModel(model, gpu, args.tp, args.pp, engine, efficiency)
     rate = args.rate if args.rate is not None else 1.0
     if args.shape:
@@ -282,6 +300,10 @@ def _add_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def _run_trace(args: argparse.Namespace) -> int:
     from profiling import generate_trace, load_trace
 
+    if args.rate is not None and not (args.rate > 0 and math.isfinite(args.rate)):
+        raise BouteError(f"--rate={args.rate:g} must be a number of requests/s > 0")
+    if not (args.cv > 0 and math.isfinite(args.cv)):
+        raise BouteError(f"--cv={args.cv:g} must be a number > 0 (1 = Poisson)")
     if args.file:
         mapping = {}
         for item in filter(None, args.columns.split(",")):
@@ -293,7 +315,8 @@ def _run_trace(args: argparse.Namespace) -> int:
         if args.rate is not None:
             trace = trace.scaled_to(args.rate)
     else:
-        trace = generate_trace(args.shape, rate_rps=args.rate or 1.0,
+        _check_requests(args.requests, "--requests")
+        trace = generate_trace(args.shape, rate_rps=1.0 if args.rate is None else args.rate,
                                num_requests=args.requests, arrival=args.arrival,
                                burstiness_cv=args.cv, seed=args.seed)
     if args.out:
@@ -309,17 +332,24 @@ def build_parser() -> argparse.ArgumentParser:
                                      "serving on heterogeneous models and GPUs")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     sub = parser.add_subparsers(dest="command", required=True)
+    from boute.keys_cli import add_keys
     from boute.plan_cli import add_compare, add_evaluate, add_plan
     from boute.replan_cli import add_replan
     from boute.serve_cli import add_bench, add_deploy, add_node_resources
 
     for add in (_add_profile, _add_simulate, _add_trace, add_plan, add_evaluate, add_compare,
-                add_deploy, add_bench, add_node_resources, add_replan):
+                add_deploy, add_bench, add_node_resources, add_replan, add_keys):
         add(sub)
     for p in sub.choices.values():
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                        help="print one JSON object on stdout")
     return parser
+
+
+def one_line(exc: BaseException) -> str:
+    """The error's message on one line (a cause quoted inside it may span several)."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text or type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -329,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except BouteError as exc:
-        print(f"boute {args.command}: error: {exc}", file=sys.stderr)
+        print(f"boute {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"boute {args.command}: interrupted", file=sys.stderr)

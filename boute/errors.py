@@ -8,6 +8,7 @@ traceback. Internal invariants use `assert` instead.
 from __future__ import annotations
 
 __all__ = [
+    "BenchError",
     "BouteError",
     "CatalogError",
     "InfeasibleConfigError",
@@ -26,6 +27,10 @@ class BouteError(Exception):
 
 class CatalogError(BouteError, ValueError):
     """A GPU or model catalog entry is missing, malformed or fails a validation rule."""
+
+
+class BenchError(BouteError, ValueError):
+    """A load test cannot run as asked (a rate or a request count beyond the generator's)."""
 
 
 class TraceError(BouteError, ValueError):

@@ -54,6 +54,7 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
 
     catalog = load_catalog(gpu_catalog, model_catalog)
     scenario: Scenario = load_scenario(scenario_ref)
+    scenario.check_catalog(catalog, scenario_ref)
     if budget is not None:
         if not (budget > 0 and math.isfinite(budget)):
             raise BouteError(f"--budget={budget} must be a positive number of $/hour")

@@ -8,8 +8,9 @@ validated in `__post_init__` and an error names the entry, the field, the value 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -30,11 +31,34 @@ Interconnect = Literal["nvlink", "pcie"]
 _GIB = 1024**3
 
 
-def _require_positive(owner: str, name: str, value: float, *, integer: bool = False) -> None:
-    if integer and (isinstance(value, bool) or not isinstance(value, int)):
-        raise CatalogError(f"{owner}: {name}={value!r} must be an integer > 0")
-    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-        raise CatalogError(f"{owner}: {name}={value!r} must be a number > 0")
+# Upper bounds of catalog numbers: far above any real part (the largest GPU has 288 GiB,
+# 8 TB/s and ~2.5 PFLOP/s dense; the largest open models have 126 layers, hidden size 16384,
+# a 256k vocabulary and 10M-token contexts), low enough that sizes in bytes and FLOPs stay
+# exact integers and finite floats. A value beyond one is a typo or a unit mix-up.
+_MAX_GPU = {"memory_gib": 1e6, "memory_bandwidth_gbps": 1e6, "bf16_tflops": 1e6,
+            "link_bandwidth_gbps": 1e6, "gpus_per_node": 1024, "price_per_hour": 1e4}
+_MAX_MODEL = {"num_layers": 10_000, "hidden_size": 2**20, "num_heads": 2**16,
+              "num_kv_heads": 2**16, "head_dim": 2**16, "intermediate_size": 2**20,
+              "vocab_size": 2**24, "dtype_bytes": 8, "max_position_embeddings": 2**30}
+
+
+def _require_positive(owner: str, name: str, value: float, *, integer: bool = False,
+                      maximum: float = math.inf, allow_zero: bool = False) -> None:
+    """Check ``0 < value <= maximum`` (``0 <= value`` with `allow_zero`), an int if `integer`.
+
+    Raises:
+        CatalogError: naming `owner`, the field, the value and the rule.
+
+    """
+    low = ">= 0" if allow_zero else "> 0"
+    bound = f"{maximum:g}" if isinstance(maximum, float) else str(maximum)
+    rule = (f"an integer {low}" if integer else f"a number {low}") + (
+        f" and <= {bound}" if math.isfinite(maximum) else "")
+    if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+        raise CatalogError(f"{owner}: {name}={value!r} must be {rule}")
+    ok = value >= 0 if allow_zero else value > 0
+    if not (ok and value <= maximum and math.isfinite(value)):
+        raise CatalogError(f"{owner}: {name}={value!r} must be {rule}")
 
 
 @dataclass(frozen=True)
@@ -69,10 +93,13 @@ class GpuType:
         if not isinstance(self.name, str) or not self.name:
             raise CatalogError(f"gpu entry: name={self.name!r} must be a non-empty string")
         for attr in ("memory_gib", "memory_bandwidth_gbps", "bf16_tflops", "link_bandwidth_gbps"):
-            _require_positive(owner, attr, getattr(self, attr))
-        _require_positive(owner, "gpus_per_node", self.gpus_per_node, integer=True)
-        if not isinstance(self.price_per_hour, int | float) or self.price_per_hour < 0:
-            raise CatalogError(f"{owner}: price_per_hour={self.price_per_hour!r} must be >= 0")
+            _require_positive(owner, attr, getattr(self, attr), maximum=_MAX_GPU[attr])
+        _require_positive(owner, "gpus_per_node", self.gpus_per_node, integer=True,
+                          maximum=_MAX_GPU["gpus_per_node"])
+        _require_positive(owner, "price_per_hour", self.price_per_hour, allow_zero=True,
+                          maximum=_MAX_GPU["price_per_hour"])
+        if not isinstance(self.description, str):
+            raise CatalogError(f"{owner}: description={self.description!r} must be a string")
         if self.interconnect not in ("nvlink", "pcie"):
             raise CatalogError(
                 f"{owner}: interconnect={self.interconnect!r} must be 'nvlink' or 'pcie'"
@@ -127,7 +154,14 @@ class ModelArch:
             "dtype_bytes",
             "max_position_embeddings",
         ):
-            _require_positive(owner, attr, getattr(self, attr), integer=True)
+            _require_positive(owner, attr, getattr(self, attr), integer=True,
+                              maximum=_MAX_MODEL[attr])
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise CatalogError(f"{owner}: tie_word_embeddings={self.tie_word_embeddings!r} "
+                               "must be true or false")
+        if not isinstance(self.hf_id, str):
+            raise CatalogError(f"{owner}: hf_id={self.hf_id!r} must be a string (a Hugging "
+                               "Face id or a local directory)")
         if self.num_heads % self.num_kv_heads:
             raise CatalogError(
                 f"{owner}: num_heads={self.num_heads} must be a multiple of "
@@ -253,7 +287,7 @@ def _build_rows(cls: type[Any], entries: Iterable[dict[str, Any]], source: str) 
     rows = []
     for entry in entries:
         name = entry.get("name", "?")
-        unknown = sorted(set(entry) - allowed)
+        unknown = sorted(str(k) for k in set(entry) - allowed)
         if unknown:
             raise CatalogError(
                 f"{source}: entry {name!r} has unknown field(s) {unknown}; "
@@ -261,9 +295,32 @@ def _build_rows(cls: type[Any], entries: Iterable[dict[str, Any]], source: str) 
             )
         try:
             rows.append(cls(**{k: v for k, v in entry.items() if k in allowed}))
-        except TypeError as exc:
-            raise CatalogError(f"{source}: entry {name!r}: {exc}") from None
+        except TypeError as exc:        # a required field is missing
+            missing = sorted(f.name for f in fields(cls) if f.name not in entry
+                             and f.default is MISSING)
+            raise CatalogError(f"{source}: entry {name!r} lacks required field(s) {missing}; "
+                               "add them to the file" if missing else
+                               f"{source}: entry {name!r}: {exc}") from None
+        except CatalogError as exc:
+            raise CatalogError(f"{source}: {exc}; fix the entry in that file") from None
     return rows
+
+
+def _read_user_text(path: Path, what: str) -> str:
+    """The UTF-8 text of a user file.
+
+    Raises:
+        CatalogError: the file cannot be read or is not UTF-8; the message names `what`.
+
+    """
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CatalogError(f"{what} {str(path)!r}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"{what} {str(path)!r}: not UTF-8 text (byte "
+                           f"{exc.object[exc.start]:#04x} at offset {exc.start}); save it as "
+                           "UTF-8") from None
 
 
 def load_catalog(
@@ -290,11 +347,8 @@ def load_catalog(
         ((data / "models.yaml").read_text(), "embedded models.yaml", False),
     ]
     for path, is_gpu in [(p, True) for p in gpu_files] + [(p, False) for p in model_files]:
-        try:
-            sources.append((Path(path).read_text(), str(path), is_gpu))
-        except OSError as exc:
-            raise CatalogError(f"catalog file {str(path)!r}: cannot read ({exc.strerror})"
-                               ) from None
+        what = "GPU catalog file" if is_gpu else "model catalog file"
+        sources.append((_read_user_text(Path(path), what), f"{what} {str(path)!r}", is_gpu))
     for text, source, is_gpu in sources:
         entries = _read_yaml_list(text, source)
         if is_gpu:
@@ -305,6 +359,9 @@ def load_catalog(
 
 
 _DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float8": 1}
+# config.json key -> `ModelArch` field (for the bounds of `_MAX_MODEL`)
+_HF_FIELDS = {"num_hidden_layers": "num_layers", "num_attention_heads": "num_heads",
+              "num_key_value_heads": "num_kv_heads"}
 
 
 def load_hf_config(path: str | Path, *, name: str | None = None) -> ModelArch:
@@ -319,30 +376,56 @@ def load_hf_config(path: str | Path, *, name: str | None = None) -> ModelArch:
 
     """
     path = Path(path)
+    where = f"model config {str(path)!r}"
     try:
-        cfg = json.loads(path.read_text())
-    except OSError as exc:
-        raise CatalogError(f"model config {str(path)!r}: cannot read ({exc.strerror})") from None
+        cfg = json.loads(_read_user_text(path, "model config"))
     except json.JSONDecodeError as exc:
-        raise CatalogError(f"model config {str(path)!r}: not valid JSON ({exc.msg})") from None
+        raise CatalogError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno}); fix "
+                           "the file") from None
+    if not isinstance(cfg, dict):
+        raise CatalogError(f"{where}: expected a JSON object (a Hugging Face config.json)")
     required = ["num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
                 "vocab_size"]
     missing = [k for k in required if k not in cfg]
     if missing:
-        raise CatalogError(f"model config {str(path)!r}: missing key(s) {missing}")
-    heads = int(cfg["num_attention_heads"])
+        raise CatalogError(f"{where}: missing key(s) {missing}; a Llama-style config.json "
+                           f"has all of {required}")
+    ints: dict[str, int] = {}
+    for key, default in [*((k, None) for k in required), ("num_key_value_heads", None),
+                         ("head_dim", None), ("max_position_embeddings", 8192)]:
+        value: Any = cfg.get(key)
+        if value is None and key not in required:   # optional: absent or null
+            if default is None:
+                continue
+            value = default
+        field_name = _HF_FIELDS.get(key, key)
+        if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+            value = int(value)      # 4096.0 -> 4096 (exact below 2^53)
+        try:
+            _require_positive(where, key, value, integer=True, maximum=_MAX_MODEL[field_name])
+        except CatalogError as exc:
+            raise CatalogError(f"{exc}; fix config.json") from None
+        ints[key] = value
+    heads = ints["num_attention_heads"]
     dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
-    return ModelArch(
-        name=name or path.parent.name,
-        num_layers=int(cfg["num_hidden_layers"]),
-        hidden_size=int(cfg["hidden_size"]),
-        num_heads=heads,
-        num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-        head_dim=int(cfg.get("head_dim") or cfg["hidden_size"] // heads),
-        intermediate_size=int(cfg["intermediate_size"]),
-        vocab_size=int(cfg["vocab_size"]),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        dtype_bytes=_DTYPE_BYTES.get(dtype, 2),
-        max_position_embeddings=int(cfg.get("max_position_embeddings", 8192)),
-        hf_id=str(path.parent),
-    )
+    tie = cfg.get("tie_word_embeddings", False)
+    if not isinstance(tie, bool):
+        raise CatalogError(f"{where}: tie_word_embeddings={tie!r} must be true or false; fix "
+                           "config.json")
+    try:
+        return ModelArch(
+            name=name or path.parent.name,
+            num_layers=ints["num_hidden_layers"],
+            hidden_size=ints["hidden_size"],
+            num_heads=heads,
+            num_kv_heads=ints.get("num_key_value_heads", heads),
+            head_dim=ints.get("head_dim") or max(1, ints["hidden_size"] // heads),
+            intermediate_size=ints["intermediate_size"],
+            vocab_size=ints["vocab_size"],
+            tie_word_embeddings=tie,
+            dtype_bytes=_DTYPE_BYTES.get(dtype, 2),
+            max_position_embeddings=ints["max_position_embeddings"],
+            hf_id=str(path.parent),
+        )
+    except CatalogError as exc:
+        raise CatalogError(f"{where}: {exc}; fix config.json") from None

@@ -154,36 +154,83 @@ def load_engine_profile(path: str | Path) -> EngineProfile:
 
     """
     path = Path(path)
+    fix = "re-run `boute profile engine --out FILE`"
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ProfilerError(f"engine profile {str(path)!r}: cannot read ({exc.strerror}); "
                             "run `boute profile engine --out FILE` first") from None
+    except UnicodeDecodeError as exc:
+        raise ProfilerError(f"engine profile {str(path)!r}: not UTF-8 text (byte "
+                            f"{exc.object[exc.start]:#04x} at offset {exc.start}); {fix}"
+                            ) from None
     meta: dict[str, Any] | None = None
     points: list[EnginePoint] = []
     status, error = "partial", None
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        where = f"engine profile {str(path)!r} line {i}"
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ProfilerError(f"engine profile {str(path)!r} line {i}: not JSON ({exc.msg})"
-                                ) from None
+            raise ProfilerError(f"{where}: not JSON ({exc.msg}); {fix}") from None
+        if not isinstance(obj, dict):
+            raise ProfilerError(f"{where}: expected a JSON object with a 'kind', got "
+                                f"{type(obj).__name__}; {fix}")
         kind = obj.get("kind")
         if kind == "meta":
             meta = obj
         elif kind == "point":
-            r = obj["requests"]
-            arr, inp, out, ttft, lat = (np.asarray(r[k], dtype=float) for k in (
-                "arrival_s", "input_tokens", "output_tokens", "ttft_s", "latency_s"))
-            points.append(EnginePoint(obj["mode"], float(obj["level"]), arr, inp, out, ttft,
-                                      lat, obj["summary"]))
+            points.append(_point(obj, where, fix))
         elif kind == "end":
             status, error = obj.get("status", "partial"), obj.get("error")
     if meta is None:
         raise ProfilerError(f"engine profile {str(path)!r}: no meta line; not an engine profile")
     return EngineProfile(path, meta, points, status, error)
+
+
+_POINT_COLUMNS = ("arrival_s", "input_tokens", "output_tokens", "ttft_s", "latency_s")
+_SUMMARY_KEYS = ("ttft_ms", "tpot_ms", "latency_s_p50", "latency_s_p95", "latency_s_p99",
+                 "throughput_tok_s", "throughput_rps")
+
+
+def _point(obj: dict[str, Any], where: str, fix: str) -> EnginePoint:
+    """An `EnginePoint` from a ``point`` line, checked.
+
+    Raises:
+        ProfilerError: a missing or ill-typed field (named), or columns of unequal length.
+
+    """
+    mode, level, requests, summary = (obj.get(k) for k in ("mode", "level", "requests",
+                                                           "summary"))
+    if mode not in ("concurrency", "rate"):
+        raise ProfilerError(f"{where}: mode={mode!r} must be 'concurrency' or 'rate'; {fix}")
+    if (isinstance(level, bool) or not isinstance(level, int | float)
+            or not 0 < level < math.inf):
+        raise ProfilerError(f"{where}: level={level!r} must be a number > 0; {fix}")
+    if not isinstance(requests, dict) or not isinstance(summary, dict):
+        raise ProfilerError(f"{where}: 'requests' and 'summary' must be JSON objects; {fix}")
+    cols: list[np.ndarray] = []
+    for key in _POINT_COLUMNS:
+        try:
+            col = np.asarray(requests[key], dtype=float)
+        except (KeyError, TypeError, ValueError):
+            raise ProfilerError(f"{where}: requests.{key} must be a list of numbers; {fix}"
+                                ) from None
+        if col.ndim != 1 or len(col) != len(cols[0] if cols else col):
+            raise ProfilerError(f"{where}: requests.{key} must be a list as long as "
+                                f"requests.arrival_s; {fix}")
+        if not np.all(np.isfinite(col)):
+            raise ProfilerError(f"{where}: requests.{key} holds a value that is not a finite "
+                                f"number; {fix}")
+        cols.append(col)
+    for key in _SUMMARY_KEYS:
+        value = summary.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ProfilerError(f"{where}: summary.{key}={value!r} must be a number; {fix}")
+    arr, inp, out, ttft, lat = cols
+    return EnginePoint(mode, float(level), arr, inp, out, ttft, lat, summary)
 
 
 def predict_point(replica: ReplicaModel, point: EnginePoint) -> dict[str, float]:

@@ -119,18 +119,34 @@ class HardwareProfile:
 
 
 def _read_csv(path: Path) -> list[Row]:
+    """The rows of a profile table; numbers parsed, other cells kept as strings.
+
+    Raises:
+        ProfilerError: the file is not UTF-8 text or not CSV.
+
+    """
     if not path.is_file():
         return []
     rows: list[Row] = []
-    with path.open(newline="") as fh:
-        for raw in csv.DictReader(fh):
-            row: Row = {}
-            for key, value in raw.items():
-                try:
-                    row[key] = float(value) if value not in (None, "") else math.nan
-                except ValueError:
-                    row[key] = value
-            rows.append(row)
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            for raw in csv.DictReader(fh):
+                row: Row = {}
+                for key, value in raw.items():
+                    if not isinstance(key, str) or not isinstance(value, str):
+                        continue        # a row with more or fewer cells than the header
+                    try:
+                        row[key] = float(value) if value else math.nan
+                    except ValueError:
+                        row[key] = value
+                rows.append(row)
+    except UnicodeDecodeError as exc:
+        raise ProfilerError(f"hardware profile table {str(path)!r}: not UTF-8 text (byte "
+                            f"{exc.object[exc.start]:#04x} at offset {exc.start}); re-run "
+                            "`boute profile hardware`") from None
+    except csv.Error as exc:
+        raise ProfilerError(f"hardware profile table {str(path)!r}: not CSV ({exc}); re-run "
+                            "`boute profile hardware`") from None
     return rows
 
 
@@ -153,10 +169,18 @@ def load_hardware_profile(path: str | Path) -> HardwareProfile:
     meta: dict[str, Any] = {}
     if (path / "meta.json").is_file():
         try:
-            meta = json.loads((path / "meta.json").read_text())
-        except json.JSONDecodeError as exc:
+            meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        except ValueError as exc:           # JSONDecodeError, UnicodeDecodeError
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
             raise ProfilerError(f"hardware profile {str(path)!r}: meta.json is not valid JSON "
-                                f"({exc.msg}); delete it or re-run the profiler") from None
+                                f"({why}); delete it or re-run the profiler") from None
+        if not isinstance(meta, dict):
+            raise ProfilerError(f"hardware profile {str(path)!r}: meta.json holds "
+                                f"{type(meta).__name__}, expected a JSON object; delete it or "
+                                "re-run the profiler")
+        if not isinstance(meta.get("gpu_type", ""), str):
+            raise ProfilerError(f"hardware profile {str(path)!r}: meta.json gpu_type="
+                                f"{meta['gpu_type']!r} must be a catalog GPU type name")
     tables = {name: _read_csv(path / f"{name}.csv") for name in _TABLES}
     return HardwareProfile(path, meta, tables["gemm"], tables["attention"], tables["bandwidth"])
 
@@ -173,10 +197,11 @@ def find_hardware_profile(gpu_type: str, root: str | Path = DEFAULT_CALIBRATION_
     found = []
     for meta_path in sorted(root.glob("*/meta.json")):
         try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except ValueError:          # not JSON or not UTF-8: not a profile of ours
             continue
-        if meta.get("gpu_type") == gpu_type and (meta_path.parent / "gemm.csv").is_file():
+        if (isinstance(meta, dict) and meta.get("gpu_type") == gpu_type
+                and (meta_path.parent / "gemm.csv").is_file()):
             found.append((meta.get("status") == "complete", str(meta.get("date", "")),
                           meta_path.parent))
     if not found:
@@ -299,6 +324,9 @@ SPEC_SHEET = "spec-sheet"
 """Efficiency source of a GPU type without a hardware profile: spec-sheet peaks, default factors."""
 
 _GEMM_FIT_COLUMNS = ("m", "n", "k", "median_us")
+# Bounds of a GEMM row: shapes up to 2^24 (100x the largest layer or batch measured, the
+# 128k-vocabulary LM head), times up to 10^9 us (1000 s); FLOPs and bytes stay finite.
+_GEMM_MAX = {"m": 2**24, "n": 2**24, "k": 2**24, "median_us": 10**9}
 _PROFILE_FILES = ("meta.json", "gemm.csv", "attention.csv", "bandwidth.csv")
 
 
@@ -360,9 +388,18 @@ def _checked_profile(path: Path) -> HardwareProfile:
     for i, row in enumerate(profile.gemm, start=2):
         for col in _GEMM_FIT_COLUMNS:
             value = row.get(col)
-            if not isinstance(value, float) or not math.isfinite(value):
+            if not isinstance(value, float) or not 0 < value <= _GEMM_MAX[col]:
                 raise ProfilerError(f"hardware profile {str(path)!r}: gemm.csv line {i} has "
-                                    f"{col}={value!r}, expected a number; {fix}")
+                                    f"{col}={value!r}, expected a number in (0, "
+                                    f"{_GEMM_MAX[col]}]; {fix}")
+    for i, row in enumerate(profile.attention, start=2):
+        if row.get("phase") != "prefill":
+            continue
+        for col in ("q_len", "tflops"):
+            value = row.get(col)
+            if not isinstance(value, float) or not 0 <= value < math.inf:
+                raise ProfilerError(f"hardware profile {str(path)!r}: attention.csv line {i} "
+                                    f"has {col}={value!r}, expected a number >= 0; {fix}")
     if len(profile.gemm) < 3:
         raise ProfilerError(f"hardware profile {str(path)!r}: gemm.csv has "
                             f"{len(profile.gemm)} rows, the fit needs >= 3; {fix}")

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -245,6 +246,51 @@ def build_perfdb(
     return PerfDB(table.replace_schema_metadata({"boute": json.dumps(meta)}))
 
 
+def _checked_table(table: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
+    """`table` with the module's column types, and its parsed ``boute`` metadata.
+
+    Raises:
+        PerfDBError: a missing column, a column of another type or with nulls, metadata
+            missing or not a JSON object with ``quantiles`` levels in (0, 1), or quantile
+            lists of another length (the message names which).
+
+    """
+    missing = [f.name for f in _SCHEMA if f.name not in table.column_names]
+    raw = (table.schema.metadata or {}).get(b"boute")
+    if missing or raw is None:
+        raise PerfDBError(f"lacks {missing or 'its boute metadata'} (not a perf DB?)")
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        raise PerfDBError("its boute metadata is not JSON") from None
+    if not isinstance(meta, dict):
+        raise PerfDBError(f"its boute metadata holds {type(meta).__name__}, expected a JSON "
+                          "object")
+    levels = meta.get("quantiles")
+    if not (isinstance(levels, list) and levels and all(
+            isinstance(q, int | float) and not isinstance(q, bool) and 0 < q < 1
+            for q in levels)):
+        raise PerfDBError(f"metadata quantiles={levels!r} must be a list of levels in (0, 1)")
+    columns = []
+    for f in _SCHEMA:
+        col = table.column(f.name)
+        try:
+            col = col.cast(f.type)
+        except pa.ArrowException:
+            raise PerfDBError(f"column {f.name!r} has type {col.type}, expected {f.type}"
+                              ) from None
+        if col.null_count:
+            raise PerfDBError(f"column {f.name!r} has {col.null_count} null value(s)")
+        columns.append(col)
+    lengths = pc.list_value_length(columns[_SCHEMA.get_field_index("latency_quantiles_s")])
+    if len(lengths) and (pc.min(lengths).as_py() != len(levels)
+                         or pc.max(lengths).as_py() != len(levels)):
+        raise PerfDBError(f"column 'latency_quantiles_s' holds lists of another length than "
+                          f"the {len(levels)} quantile levels of its metadata")
+    checked = pa.Table.from_arrays(columns, schema=_SCHEMA)
+    return checked.replace_schema_metadata(table.schema.metadata), meta
+
+
 class PerfDB:
     """A loaded performance DB with vectorized lookups.
 
@@ -257,13 +303,8 @@ class PerfDB:
     """
 
     def __init__(self, table: pa.Table) -> None:
-        missing = [f.name for f in _SCHEMA if f.name not in table.column_names]
-        raw = (table.schema.metadata or {}).get(b"boute")
-        if missing or raw is None:
-            raise PerfDBError(f"perf DB lacks {missing or 'its boute metadata'}; rebuild it with "
-                              "`boute profile --out FILE`")
+        table, self.meta = _checked_table(table)
         self.table = table
-        self.meta: dict[str, Any] = json.loads(raw)
         self.quantile_levels = np.asarray(self.meta["quantiles"], dtype=np.float64)
         cols = {name: table.column(name).to_numpy(zero_copy_only=False)
                 for name in ("model", "gpu", "tp", "pp", "rate_rps", "capacity_rps",
@@ -326,11 +367,20 @@ class PerfDB:
                               f"`boute profile --out {path}`")
         try:
             table = pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as exc:
+        except (pa.ArrowException, OSError) as exc:
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise PerfDBError(f"perf DB {str(path)!r} is not a readable Parquet file "
-                              f"({str(exc).splitlines()[0]}); rebuild it with "
-                              f"`boute profile --out {path}`") from None
-        db = cls(table)
+                              f"({first}); rebuild it with `boute profile --out {path}`"
+                              ) from None
+        try:
+            db = cls(table)
+        except PerfDBError as exc:
+            raise PerfDBError(f"perf DB {str(path)!r}: {exc}; rebuild it with `boute profile "
+                              f"--out {path}`") from None
+        if not db.keys:
+            raise PerfDBError(f"perf DB {str(path)!r} has no rows (every config of its "
+                              "scenario infeasible, or a cut-short file); check the scenario's "
+                              f"GPUs and models, then rebuild it with `boute profile --out {path}`")
         if db.meta.get("schema_version") != SCHEMA_VERSION:
             raise StaleDBError(f"perf DB {str(path)!r}: schema_version="
                                f"{db.meta.get('schema_version')!r}, expected {SCHEMA_VERSION}; "

@@ -9,27 +9,34 @@ and ``paper-mtbench``. Planning stages read the parts they need: profiling reads
 
 from __future__ import annotations
 
-import math
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from boute.errors import ScenarioError
+from boute.errors import CatalogError, ScenarioError
 
 from ._workload import TRACE_SHAPES, Trace, generate_trace, load_trace
+
+if TYPE_CHECKING:
+    from ._catalog import Catalog
 
 __all__ = ["DEFAULT_SCENARIO", "ProfileSpec", "Scenario", "ScenarioError", "list_presets",
            "load_scenario"]
 
 DEFAULT_SCENARIO = "paper-gsm8k"
+# Bounds that catch typos and unit mix-ups before a sweep starts: the paper's setting is
+# 100 req/s, $30/h and P95 targets of 8-12 s (calibration.md s0), four to six orders below.
+MAX_RATE_RPS = 1e6
+MAX_BUDGET_PER_HOUR = 1e7
+MAX_LATENCY_S = 86_400.0    # one day
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class GpuOffer(_Strict):
@@ -37,7 +44,8 @@ class GpuOffer(_Strict):
 
     count: int = Field(8, ge=1, le=4096, description="GPUs of this type that can be rented.")
     price_per_hour: float | None = Field(
-        None, ge=0, description="Override of the catalog's $/GPU-hour for this scenario.")
+        None, ge=0, le=1e4, description="Override of the catalog's $/GPU-hour for this "
+        "scenario (at most $10,000, the catalog's bound).")
 
 
 class ModelPair(_Strict):
@@ -53,9 +61,11 @@ class Workload(_Strict):
     shape: str | None = Field("gsm8k", description="Built-in trace shape (gsm8k, mtbench, "
                               "sharegpt); ignored when `trace` is set.")
     trace: str | None = Field(None, description="Path of a CSV/JSONL/Parquet trace file.")
-    rate_rps: float = Field(100.0, gt=0, description="Total request rate of the system, req/s.")
+    rate_rps: float = Field(100.0, gt=0, le=MAX_RATE_RPS,
+                            description="Total request rate of the system, req/s.")
     arrival: Literal["poisson", "gamma"] = Field("poisson", description="Arrival process.")
-    burstiness_cv: float = Field(1.0, gt=0, description="Gamma inter-arrival CV (1 = Poisson).")
+    burstiness_cv: float = Field(1.0, gt=0, le=100.0, description="Gamma inter-arrival CV "
+                                 "(1 = Poisson; at most 100, a gamma shape of 1e-4).")
 
     @model_validator(mode="after")
     def _known_shape(self) -> Workload:
@@ -83,8 +93,8 @@ class Target(_Strict):
     """A (quality, P95 latency) target of the paper's Table 3."""
 
     quality: float = Field(description="Minimum quality (task's unit).")
-    p95_s: float = Field(gt=0, description="Maximum P95 latency, seconds (every replica "
-                         "group meets it; see README, planning P95).")
+    p95_s: float = Field(gt=0, le=MAX_LATENCY_S, description="Maximum P95 latency, seconds "
+                         "(every replica group meets it; see README, planning P95).")
 
 
 class Scenario(_Strict):
@@ -95,9 +105,11 @@ class Scenario(_Strict):
     models: ModelPair = Field(default_factory=lambda: ModelPair(), description="Model pair.")
     task: str = Field("gsm8k", description="Task of the quality curve (gsm8k, mtbench, ...).")
     workload: Workload = Field(default_factory=lambda: Workload(), description="Request stream.")
-    budget_per_hour: float = Field(30.0, gt=0, description="Budget, $/hour.")
+    budget_per_hour: float = Field(30.0, gt=0, le=MAX_BUDGET_PER_HOUR,
+                                   description="Budget, $/hour.")
     targets: list[Target] = Field(default_factory=list, description="Table-3 targets.")
-    p95_ceiling_s: float = Field(60.0, gt=0, description="Slowest P95 a plan may have; the "
+    p95_ceiling_s: float = Field(60.0, gt=0, le=MAX_LATENCY_S, description="Slowest P95 a "
+                                 "plan may have; the "
                                  "reference point of hypervolumes and the top of the latency "
                                  "grid of the optimizer.")
     profile: ProfileSettings = Field(default_factory=lambda: ProfileSettings(),
@@ -112,6 +124,30 @@ class Scenario(_Strict):
     def profile_spec(self) -> ProfileSpec:
         """The profiling view of this scenario."""
         return ProfileSpec(self)
+
+    def check_catalog(self, catalog: Catalog, source: str | None = None) -> None:
+        """Check that every GPU type and model the scenario names is in `catalog`.
+
+        Args:
+            catalog: the merged catalog (embedded + the user's files).
+            source: how to name the scenario in messages (default: its name).
+
+        Raises:
+            ScenarioError: naming the scenario, the field and the unknown name, with the
+                catalog's known names and how to add one.
+
+        """
+        where = f"scenario {source or self.name!r}"
+        try:
+            for gpu in self.gpus:
+                catalog.gpu(gpu)
+        except CatalogError as exc:
+            raise ScenarioError(f"{where}: gpus: {exc}") from None
+        for role in ("weak", "strong"):
+            try:
+                catalog.model(getattr(self.models, role))
+            except CatalogError as exc:
+                raise ScenarioError(f"{where}: models.{role}: {exc}") from None
 
 
 class ProfileSpec:
@@ -152,7 +188,7 @@ def _format_validation(source: str, exc: ValidationError) -> str:
     loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
     value = err.get("input")
     shown = "" if isinstance(value, dict) else f"={value!r}"
-    return f"scenario {source}: {loc}{shown}: {err['msg']}"
+    return f"scenario {source}: {loc}{shown}: {err['msg']}; fix it in the file"
 
 
 def load_scenario(name_or_path: str | Path | None = None) -> Scenario:
@@ -168,7 +204,16 @@ def load_scenario(name_or_path: str | Path | None = None) -> Scenario:
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise ScenarioError(f"scenario file {name!r} does not exist")
-        text, source = path.read_text(), repr(name)
+        source = repr(name)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ScenarioError(f"scenario file {name!r}: cannot read ({exc.strerror})"
+                                ) from None
+        except UnicodeDecodeError as exc:
+            raise ScenarioError(f"scenario file {name!r}: not UTF-8 text (byte "
+                                f"{exc.object[exc.start]:#04x} at offset {exc.start}); save "
+                                "it as UTF-8") from None
     elif name in list_presets():
         text = (resources.files("profiling") / "data" / "scenarios" / f"{name}.yaml").read_text()
         source = f"preset {name!r}"
@@ -187,6 +232,4 @@ def load_scenario(name_or_path: str | Path | None = None) -> Scenario:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
         raise ScenarioError(_format_validation(source, exc)) from None
-    if not math.isfinite(scenario.workload.rate_rps):
-        raise ScenarioError(f"scenario {source}: workload.rate_rps must be finite")
     return scenario

@@ -43,6 +43,8 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 ArrivalProcess = Literal["poisson", "gamma"]
 _COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
+MAX_TOKENS = 2**30
+"""Longest request length a trace may hold: 100x the longest context of any model (10M)."""
 
 
 @dataclass(frozen=True)
@@ -295,11 +297,22 @@ def _read_table(path: Path) -> pa.Table:
             return pa_csv.read_csv(path)
         if suffix in (".jsonl", ".json"):
             return pa_json.read_json(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise TraceError(f"trace file {str(path)!r}: cannot read ({str(exc).splitlines()[0]})"
-                         ) from None
+    except (pa.ArrowException, OSError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise TraceError(f"trace file {str(path)!r}: cannot read as {suffix[1:]} ({first}); "
+                         "check the file's format and encoding (UTF-8)") from None
     raise TraceError(f"trace file {str(path)!r}: unknown format {suffix!r}; "
                      "use .csv, .jsonl or .parquet")
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def load_trace(
@@ -334,13 +347,21 @@ def load_trace(
             f"{table.column_names} (map them with --columns ours=theirs,...)"
         )
 
+    if table.num_rows == 0:
+        raise TraceError(f"trace file {str(path)!r}: no rows (a header only?); a trace needs "
+                         "at least one request")
+
     def numeric(ours: str) -> npt.NDArray[np.float64]:
         col = table.column(mapping[ours])
         try:
+            if pa.types.is_boolean(col.type):
+                raise pa.ArrowInvalid("boolean")
             arr = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        except pa.ArrowException:
+            row, value = next(((i, v) for i, v in enumerate(col.to_pylist())
+                               if not _is_number(v)), (0, col[0].as_py()))
             raise TraceError(f"trace file {str(path)!r}: column {mapping[ours]!r} must be "
-                             "numeric") from None
+                             f"numeric, row {row} holds {value!r}") from None
         if np.isnan(arr).any():
             row = int(np.flatnonzero(np.isnan(arr))[0])
             raise TraceError(f"trace file {str(path)!r}: column {mapping[ours]!r} is empty at "
@@ -348,12 +369,22 @@ def load_trace(
         return np.asarray(arr, dtype=np.float64)
 
     arrivals = numeric("arrival_s") * time_unit_s
+    bad = np.flatnonzero(~np.isfinite(arrivals))
+    if bad.size:
+        raise TraceError(f"trace file {str(path)!r}: arrival_s={arrivals[bad[0]]:g} at row "
+                         f"{int(bad[0])} must be a finite number of seconds")
+    drops = np.flatnonzero(np.diff(arrivals) < 0)
+    if drops.size:
+        i = int(drops[0]) + 1
+        raise TraceError(f"trace file {str(path)!r}: arrival_s is not sorted: row {i} has "
+                         f"arrival_s={arrivals[i]:g} < {arrivals[i - 1]:g} at row {i - 1} "
+                         "(sort the file by arrival time)")
     lengths = {c: numeric(c) for c in ("input_tokens", "output_tokens")}
     for col, arr in lengths.items():
-        bad = np.flatnonzero((arr < 1) | (arr != np.rint(arr)))
+        bad = np.flatnonzero((arr < 1) | (arr > MAX_TOKENS) | (arr != np.rint(arr)))
         if bad.size:
             raise TraceError(f"trace file {str(path)!r}: {col}={arr[bad[0]]:g} at row "
-                             f"{int(bad[0])} must be an integer >= 1")
+                             f"{int(bad[0])} must be an integer >= 1 and <= {MAX_TOKENS}")
     prompts = None
     if mapping["prompt"] in table.column_names:
         prompts = tuple(str(p) for p in table.column(mapping["prompt"]).to_pylist())

@@ -22,7 +22,11 @@ from typing import Any
 
 from boute.errors import BouteError
 
-__all__ = ["Group", "Plan", "PlanError", "Predicted", "Routing"]
+__all__ = ["MAX_GROUP_GPUS", "Group", "Plan", "PlanError", "Predicted", "Routing"]
+
+MAX_GROUP_GPUS = 4096
+"""GPUs one replica group may use: a group is one GPU type, and a scenario offers at most
+4096 GPUs of a type (`profiling.GpuOffer.count`)."""
 
 
 class PlanError(BouteError, ValueError):
@@ -171,9 +175,12 @@ class Plan:
         if not 0.0 <= share <= 1.0:
             raise PlanError(f"{source}: routing.strong_share={share} must lie in [0, 1]")
         threshold = routing.get("threshold")
+        router = routing.get("router", "builtin")
+        if not isinstance(router, str) or not router:
+            raise PlanError(f"{source}: routing.router={router!r} must be a router name "
+                            "(builtin, random, or a RouteLLM router such as mf)")
         rt = Routing(share, math.nan if threshold is None else
-                     _number(threshold, f"{source}: routing.threshold"),
-                     str(routing.get("router", "builtin")))
+                     _number(threshold, f"{source}: routing.threshold"), router)
         raw_groups = data.get("groups")
         if not isinstance(raw_groups, list) or not raw_groups:
             raise PlanError(f"{source}: groups must be a non-empty list of "
@@ -184,14 +191,20 @@ class Plan:
             if not isinstance(g, dict):
                 raise PlanError(f"{where}: expected an object")
             for key in ("model", "gpu"):
-                if not isinstance(g.get(key), str):
-                    raise PlanError(f"{where}.{key} is required (a catalog name)")
+                if not isinstance(g.get(key), str) or not g[key]:
+                    raise PlanError(f"{where}.{key}={g.get(key)!r} must be a catalog name")
             ints = {}
             for key, default in (("tp", 1), ("pp", 1), ("replicas", None)):
                 value = g.get(key, default)
-                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                    raise PlanError(f"{where}.{key}={value!r} must be an integer >= 1")
+                if (not isinstance(value, int) or isinstance(value, bool) or value < 1
+                        or value > MAX_GROUP_GPUS):
+                    raise PlanError(f"{where}.{key}={value!r} must be an integer in "
+                                    f"[1, {MAX_GROUP_GPUS}]")
                 ints[key] = value
+            gpus = ints["tp"] * ints["pp"] * ints["replicas"]
+            if gpus > MAX_GROUP_GPUS:
+                raise PlanError(f"{where}: tp x pp x replicas = {gpus} GPUs, more than the "
+                                f"{MAX_GROUP_GPUS} of one GPU type a scenario can offer")
             gshare = _number(g.get("share", 0.0), f"{where}.share")
             if not 0.0 <= gshare <= 1.0:
                 raise PlanError(f"{where}.share={gshare} must lie in [0, 1]")
@@ -206,7 +219,7 @@ class Plan:
             except (TypeError, ValueError):
                 predicted = None
         known = {"routing", "groups", "predicted", "scenario"}
-        scenario = data.get("scenario") if isinstance(data.get("scenario"), dict) else {}
+        scenario = _scenario_block(data.get("scenario"), source)
         return cls(rt, tuple(groups), predicted, scenario or {},
                    {k: v for k, v in data.items() if k not in known})
 
@@ -223,10 +236,65 @@ class Plan:
             raise PlanError(f"plan file {str(path)!r} does not exist; write one with "
                             f"`boute plan --out {path}`")
         try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PlanError(f"plan file {str(path)!r} is not valid JSON ({exc})") from None
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise PlanError(f"plan file {str(path)!r}: cannot read ({exc.strerror})") from None
+        except UnicodeDecodeError as exc:
+            raise PlanError(f"plan file {str(path)!r}: not UTF-8 text (byte "
+                            f"{exc.object[exc.start]:#04x} at offset {exc.start}); write it "
+                            "with `boute plan --out FILE`") from None
+        except json.JSONDecodeError as exc:
+            raise PlanError(f"plan file {str(path)!r} is not valid JSON ({exc.msg} at line "
+                            f"{exc.lineno}); write it with `boute plan --out FILE`") from None
+        except RecursionError:
+            raise PlanError(f"plan file {str(path)!r}: JSON nested too deeply") from None
         return cls.from_dict(data, f"plan {str(path)!r}")
+
+
+def _scenario_block(block: Any, source: str) -> dict[str, Any]:
+    """Check the ``scenario`` block's known keys (others are kept as they are).
+
+    Raises:
+        PlanError: naming the key, the value and the rule.
+
+    """
+    if block is None:
+        return {}
+    where = f"{source}: scenario"
+    if not isinstance(block, dict):
+        raise PlanError(f"{where}={block!r} must be an object (name, rate_rps, budget_per_hour, "
+                        "task, models, gpus)")
+    for key in ("name", "task"):
+        if key in block and not isinstance(block[key], str):
+            raise PlanError(f"{where}.{key}={block[key]!r} must be a string")
+    for key, unit in (("rate_rps", "requests/s"), ("budget_per_hour", "$/hour")):
+        value = block.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not (math.isfinite(value) and value > 0)):
+            raise PlanError(f"{where}.{key}={value!r} must be a positive number of {unit} "
+                            "(or null); fix the plan file")
+    models = block.get("models")
+    if models is not None and (not isinstance(models, dict) or not all(
+            isinstance(models.get(k), str) for k in ("weak", "strong"))):
+        raise PlanError(f"{where}.models={models!r} must be an object with the weak and "
+                        'strong model names, e.g. {"weak": "llama-3.1-8b", "strong": '
+                        '"llama-3.1-70b"}')
+    for key in ("gpus", "spec"):
+        if block.get(key) is not None and not isinstance(block[key], dict):
+            raise PlanError(f"{where}.{key}={block[key]!r} must be an object")
+    if isinstance(block.get("spec"), dict):
+        from pydantic import ValidationError
+
+        from profiling import Scenario
+
+        try:
+            Scenario.model_validate(block["spec"])
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = "".join(f".{x}" for x in err["loc"])
+            raise PlanError(f"{where}.spec{loc}: {err['msg']}; re-plan with `boute plan` or "
+                            "drop scenario.spec") from None
+    return block
 
 
 def _number(value: Any, where: str) -> float:
