@@ -38,7 +38,7 @@ demo: setup
 	$(BIN)/boute compare
 	# Serve the plan on a local fake cluster carrying its GPU types (emulated engines), bench
 	# it open-loop at 10 req/s for 60 s, and print predicted versus measured latency.
-	RAY_AUTH_MODE=disabled $(BIN)/boute deploy build/plan.json --backend emulated --local \
+	$(BIN)/boute deploy build/plan.json --backend emulated --local \
 	    --rate 10 --bench-s 60
 
 test: setup
@@ -50,8 +50,8 @@ test: setup
 bench: setup
 	-$(BIN)/python benchmarks/calibration.py
 	-$(BIN)/python benchmarks/perfdb.py
-	-RAY_AUTH_MODE=disabled $(BIN)/python benchmarks/search.py --tune
-	-RAY_AUTH_MODE=disabled $(BIN)/python benchmarks/router.py
+	-$(BIN)/python benchmarks/search.py --tune
+	-$(BIN)/python benchmarks/router.py
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

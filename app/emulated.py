@@ -1,16 +1,23 @@
 """The emulated engine: a declared dry-run backend whose timing follows the stage-1 model.
 
-It runs vLLM's continuous batching in real time with asyncio: each engine step schedules the
-running decodes first (up to ``max_num_seqs``), then prompt chunks into the rest of the
-``max_num_batched_tokens`` budget (chunked prefill), admits a new sequence only while the KV
-cache (``kv_capacity_tokens`` of the replica's memory plan) holds its prompt plus its
-requested output, sleeps for the step time the replica model predicts
-(`profiling.ReplicaModel.step_time_s`), and then emits one token for every decoding
-sequence and the first token of every prompt completed in the step. A request therefore sees
-the TTFT and per-token latency a real replica of that (model, GPU, TP, PP) would give under
-the same load — without a GPU. Tokens are placeholders (``" tok"``); prompt length is
-estimated as one token per 4 characters (the BPE rule of thumb). ``time_scale`` multiplies
-every step time (0: a zero-latency engine, to measure the serving stack alone).
+It runs vLLM's continuous batching in real time with asyncio, on the same scheduling policy as
+the load simulator (`profiling.BatchScheduler`: decodes first, then prompt chunks in the rest
+of the ``max_num_batched_tokens`` budget, FCFS admission while fewer than ``max_num_seqs``
+run and the prompt fits the KV cache (``kv_capacity_tokens`` of the replica's memory plan),
+recompute preemption of the newest sequence when decoding overflows the cache). Each step
+sleeps for the step time the replica model predicts (`profiling.ReplicaModel.step_time_s`)
+and then emits one token for every sequence that decoded and the first token of every prompt
+completed in the step (a preempted sequence's recompute emits its next token, not a repeat).
+A request therefore sees the TTFT and per-token latency a real replica of that (model, GPU,
+TP, PP) would give under the same load — without a GPU. Tokens are placeholders (``" tok"``);
+prompt length is estimated as one token per 4 characters (the BPE rule of thumb).
+``time_scale`` multiplies every step time (0: a zero-latency engine, to measure the serving
+stack alone).
+
+Admission control, as vLLM: `EmulatedEngine.check` rejects a request whose prompt plus
+``max_tokens`` can never fit the KV cache (`profiling.SequenceTooLongError`, a `ValueError`;
+the server answers 400). A request whose consumer stops reading (``aclose``, cancellation)
+leaves the scheduler at once and frees its KV cache.
 
 Never a silent fallback: it is chosen with ``--backend emulated``.
 """
@@ -18,13 +25,20 @@ Never a silent fallback: it is chosen with ``--backend emulated``.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import math
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator
 
-from profiling import ReplicaModel
+from profiling import BatchScheduler, ReplicaModel, SequenceTooLongError
 
-__all__ = ["EmulatedEngine", "estimate_tokens"]
+__all__ = ["EmulatedEngine", "SequenceTooLongError", "estimate_tokens"]
+
+_log = logging.getLogger(__name__)
+
+# A step starts where the previous one was due to end unless that is more than this long ago
+# (after an idle spell or a stall it starts now, with no burst of catch-up steps).
+_CATCH_UP_S = 0.05
 
 
 def estimate_tokens(text: str) -> int:
@@ -32,102 +46,136 @@ def estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
-@dataclass
-class _Seq:
-    prompt_tokens: int
-    max_tokens: int
-    queue: asyncio.Queue[int | None] = field(default_factory=asyncio.Queue)
-    prefilled: int = 0
-    generated: int = 0
-
-    @property
-    def context(self) -> int:
-        return self.prefilled + self.generated
-
-
 class EmulatedEngine:
-    """Continuous batching in real time on the replica model's step times."""
+    """Continuous batching in real time on the replica model's step times.
+
+    Args:
+        replica: the replica's step-time model, engine settings and KV capacity.
+        time_scale: multiplies every step time (0: zero latency).
+
+    Raises:
+        ValueError: ``time_scale < 0``.
+
+    """
 
     def __init__(self, replica: ReplicaModel, time_scale: float = 1.0) -> None:
         if not time_scale >= 0:
             raise ValueError(f"time_scale={time_scale} must be >= 0 (0: zero-latency engine)")
         self.replica = replica
         self.time_scale = time_scale
+        self.scheduler = BatchScheduler(replica.engine, replica.memory.kv_capacity_tokens)
+        self.steps = 0
+        """Engine steps run so far."""
+        self.engine_time_s = 0.0
+        """Sum of the steps' modelled times, seconds, before `time_scale`: the simulator's
+        clock for a run in which the engine is never idle."""
         self._clock = -math.inf       # when the current step is due to end (loop time)
-        self.max_num_seqs = replica.engine.max_num_seqs
-        self.token_budget = replica.engine.max_num_batched_tokens
-        self.kv_capacity = replica.memory.kv_capacity_tokens
-        self.waiting: list[_Seq] = []
-        self.running: list[_Seq] = []
+        self._ids = itertools.count()
+        self._queues: dict[int, asyncio.Queue[int | None]] = {}
+        self._delivered: dict[int, int] = {}   # tokens emitted per live sequence
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
-        self.steps = 0
+        self._error: BaseException | None = None   # why the engine loop stopped, if it did
 
-    async def generate(self, prompt_tokens: int, max_tokens: int) -> AsyncIterator[int]:
-        """Yield the index of each generated token as the emulated engine produces it."""
-        seq = _Seq(max(1, prompt_tokens), max(1, max_tokens))
-        self.waiting.append(seq)
+    def check(self, prompt_tokens: int, max_tokens: int) -> None:
+        """Reject a request that can never fit the KV cache (vLLM answers it with 400).
+
+        Args:
+            prompt_tokens: prompt length, tokens (counted as at least 1, as `generate` does).
+            max_tokens: requested output tokens (counted as at least 1).
+
+        Raises:
+            SequenceTooLongError: ``prompt + max_tokens`` exceeds the per-sequence limit,
+                floor(0.99 K) for K = ``replica.memory.kv_capacity_tokens``; the message gives
+                the numbers and the fix.
+
+        """
+        self.scheduler.check(max(1, prompt_tokens), max(1, max_tokens))
+
+    async def generate(self, prompt_tokens: int, max_tokens: int) -> AsyncGenerator[int, None]:
+        """Yield the index (0, 1, ...) of each generated token as the engine produces it.
+
+        Stopping early (``aclose()``, the consuming task cancelled) removes the request from
+        the engine at once: its KV cache is freed and it takes no further step.
+
+        Raises:
+            SequenceTooLongError: as `check`, before anything is queued.
+
+        """
+        prompt_tokens, max_tokens = max(1, prompt_tokens), max(1, max_tokens)
+        self.scheduler.check(prompt_tokens, max_tokens)
+        rid = next(self._ids)
+        queue: asyncio.Queue[int | None] = asyncio.Queue()
+        self._queues[rid] = queue
+        self._delivered[rid] = 0
+        self.scheduler.add(rid, prompt_tokens, max_tokens)
+        self._ensure_loop()
+        try:
+            while True:
+                tok = await queue.get()
+                if tok is None:
+                    if self._error is not None:
+                        raise RuntimeError("the emulated engine loop failed") from self._error
+                    return
+                yield tok
+        finally:
+            del self._queues[rid], self._delivered[rid]
+            if self.scheduler.remove(rid):      # cancelled: free its KV, let others in
+                self._wake.set()
+
+    def _ensure_loop(self) -> None:
+        """Wake the engine loop, starting it (again) on the running event loop if needed."""
+        running = asyncio.get_running_loop()
+        if self._loop is None or self._loop.done() or self._loop.get_loop() is not running:
+            self._wake = asyncio.Event()        # an Event binds to the loop that first awaits it
+            self._error = None
+            self._loop = running.create_task(self._run())
         self._wake.set()
-        if self._loop is None or self._loop.done():
-            self._loop = asyncio.get_running_loop().create_task(self._run())
-        while True:
-            tok = await seq.queue.get()
-            if tok is None:
-                return
-            yield tok
-
-    def _admit(self) -> None:
-        used = sum(s.prompt_tokens + s.max_tokens for s in self.running)
-        while self.waiting and len(self.running) < self.max_num_seqs:
-            nxt = self.waiting[0]
-            if self.running and used + nxt.prompt_tokens + nxt.max_tokens > self.kv_capacity:
-                break
-            self.running.append(self.waiting.pop(0))
-            used += nxt.prompt_tokens + nxt.max_tokens
 
     async def _run(self) -> None:
+        try:
+            await self._steps()
+        except Exception as exc:               # end every stream with the error, not a hang
+            _log.exception("emulated engine loop failed; its %d streams end with the error",
+                           len(self._queues))
+            self._error = exc
+            for queue in self._queues.values():
+                queue.put_nowait(None)
+
+    async def _steps(self) -> None:
+        sched = self.scheduler
+        loop = asyncio.get_running_loop()
         while True:
-            self._admit()
-            if not self.running:
+            plan = sched.schedule()
+            if plan.empty:                      # idle, or nothing admissible: wait for news
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            decoding = [s for s in self.running if s.prefilled == s.prompt_tokens]
-            budget = self.token_budget - len(decoding)
-            chunks: list[tuple[_Seq, int]] = []
-            for s in self.running:
-                if s.prefilled < s.prompt_tokens and budget > 0:
-                    c = min(budget, s.prompt_tokens - s.prefilled)
-                    chunks.append((s, c))
-                    budget -= c
-            finishing = sum(1 for s, c in chunks if s.prefilled + c == s.prompt_tokens)
-            dt = self.replica.step_time_s(
-                prefill_tokens=sum(c for _, c in chunks),
-                prefill_attn_work=sum(c * (s.prefilled + c / 2) for s, c in chunks),
-                prefill_kv_tokens=sum(s.prefilled + c for s, c in chunks),
-                decode_seqs=len(decoding),
-                decode_ctx_tokens=sum(s.context for s in decoding),
-                sampled_seqs=len(decoding) + finishing) * self.time_scale
+            decoding = sched.decoding() if plan.decode else []
+            step_s = plan.step_time_s(self.replica)
+            dt = step_s * self.time_scale
             # Steps run back to back on a schedule (each ends dt after the previous one's
             # scheduled end), so timer overshoot does not accumulate over a long decode.
-            # (A step starts where the previous one was due to end, unless that is more than
-            # 50 ms ago: after an idle spell or a stall it starts now, with no burst.)
-            now = asyncio.get_running_loop().time()
-            start = self._clock if now - self._clock < 0.05 else now
+            now = loop.time()
+            start = self._clock if now - self._clock < _CATCH_UP_S else now
             self._clock = start + dt
             await asyncio.sleep(max(0.0, self._clock - now))
             self.steps += 1
-            for s, c in chunks:
-                s.prefilled += c
-                if s.prefilled == s.prompt_tokens:
-                    self._emit(s)
-            for s in decoding:
-                self._emit(s)
-            self.running = [s for s in self.running if s.generated < s.max_tokens]
+            self.engine_time_s += step_s
+            prompt_done, finished = sched.finish_step(plan)
+            for rid in decoding:
+                self._emit(rid)
+            for rid in prompt_done:
+                self._emit(rid)
+            for rid in finished:
+                queue = self._queues.get(rid)
+                if queue is not None:
+                    queue.put_nowait(None)
 
-    @staticmethod
-    def _emit(s: _Seq) -> None:
-        s.queue.put_nowait(s.generated)
-        s.generated += 1
-        if s.generated >= s.max_tokens:
-            s.queue.put_nowait(None)
+    def _emit(self, rid: int) -> None:
+        queue = self._queues.get(rid)
+        if queue is None:                       # removed during the step
+            return
+        n = self._delivered[rid]
+        queue.put_nowait(n)
+        self._delivered[rid] = n + 1

@@ -11,10 +11,11 @@ back the plan's shares hold again exactly.
 
 **Admission.** Each group has a bound on in-flight requests, from the plan's capacity by
 Little's law (`inflight_limits`): ``N_g = ceil(C_g * L)`` with ``C_g`` the rate the group
-sustains at the plan's P95 (``capacity_rps * model share * group share``) and ``L`` the
-plan's P95. While ``N_g`` requests are in flight, a group sustaining ``C_g`` completes them in
-``N_g / C_g = L`` seconds on average: an admitted request waits about what the plan
-predicted, and the excess is refused at once (429) instead of queueing without bound.
+sustains (``capacity_rps * model share * group share``) at the latency level ``L`` the plan's
+capacity is computed at (its P95 target; else its predicted P95). While ``N_g`` requests are
+in flight, a group sustaining ``C_g`` completes them in ``N_g / C_g = L`` seconds on average:
+an admitted request waits about what the plan allows, and the excess is refused at once (429)
+instead of queueing without bound.
 
 **Circuit breaker.** ``fail_threshold`` consecutive failed calls (errors or deadlines) eject a
 group for ``cooldown_s``, doubled on each ejection in a row up to ``max_cooldown_s``. After

@@ -160,7 +160,7 @@ def routing_config(plan: Plan, specs: list[GroupSpec], weak: str, strong: str,
     limits = inflight_limits(
         [(spec.name, spec.model, spec.replicas, spec.share) for spec in specs],
         {strong: s, weak: 1.0 - s} if weak != strong else {strong: 1.0},
-        pred.capacity_rps if pred else None, pred.p95_s if pred else None,
+        pred.capacity_rps if pred else None, _latency_level_s(plan),
         scale=stack.inflight_scale)
     return {"weak": weak, "strong": strong, "strong_share": s,
             "threshold": t if math.isfinite(t) else None, "router": plan.routing.router,
@@ -170,6 +170,19 @@ def routing_config(plan: Plan, specs: list[GroupSpec], weak: str, strong: str,
             "plan_p95_s": pred.p95_s if pred and math.isfinite(pred.p95_s) else None,
             "api_keys": stack.api_keys, "settings": stack.settings(),
             "stack_live": stack.live()}
+
+
+def _latency_level_s(plan: Plan) -> float | None:
+    """The latency level of the plan's ``capacity_rps``.
+
+    Its P95 target when it was planned for one (capacity is computed at that level), else its
+    predicted P95.
+    """
+    goal = (plan.extra.get("search") or {}).get("goal") or {}
+    target = goal.get("p95_s") if isinstance(goal, dict) else None
+    if isinstance(target, int | float) and math.isfinite(target) and target > 0:
+        return float(target)
+    return plan.predicted.p95_s if plan.predicted is not None else None
 
 
 def _context(specs: list[GroupSpec], stack: Stack) -> dict[str, int]:

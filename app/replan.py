@@ -492,7 +492,8 @@ def submit_replan_job(dashboard: str, args: list[str] | tuple[str, ...] = (), *,
     for the job and parsing the JSON it prints. The job API calls carry the cluster's Ray
     token (`placement.cluster_auth_token`); the job itself runs on the cluster, whose nodes
     hand their authentication mode and token to it, so `env` (extra environment variables
-    of the job) is only for the job's own settings.
+    of the job) is only for the job's own settings. A job API with no agent yet (a cluster
+    that just started) is asked again for up to 60 s.
 
     Raises:
         ReplanError: the job failed or timed out (its log's last lines are in the message),
@@ -507,10 +508,19 @@ def submit_replan_job(dashboard: str, args: list[str] | tuple[str, ...] = (), *,
 
     boute = Path(sys.executable).parent / "boute"      # job entrypoints need absolute paths
     entrypoint = shlex.join([str(boute), "--json", "replan", *args])
+    runtime_env = {"env_vars": dict(env)} if env else None
+    agent_deadline = time.monotonic() + min(timeout_s, 60.0)
     try:
         client = JobSubmissionClient(dashboard, headers=auth_headers(cluster_auth_token()))
-        job = client.submit_job(entrypoint=entrypoint,
-                                runtime_env={"env_vars": dict(env)} if env else None)
+        while True:
+            try:
+                job = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+                break
+            except RuntimeError as exc:     # a cluster that just started: its job agents
+                if ("No available agent" not in str(exc)         # register a few seconds
+                        or time.monotonic() > agent_deadline):   # after the dashboard
+                    raise
+            time.sleep(1.0)
     except RayAuthError as exc:
         raise ReplanError(str(exc)) from None
     except AuthenticationError as exc:

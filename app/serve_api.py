@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from boute.errors import BouteError
+from placement import TOKEN_FIX, RayAuthError, auth_headers, cluster_auth_token
 
 __all__ = ["ServeApi", "ServeApiError", "dashboard_url", "local_url"]
 
@@ -50,25 +51,46 @@ def local_url(host: str, port: int) -> str:
 
 
 class ServeApi:
-    """Client of Serve's REST API at ``dashboard`` (``http://host:8265``)."""
+    """Client of Serve's REST API at ``dashboard`` (``http://host:8265``).
 
-    def __init__(self, dashboard: str, *, timeout_s: float = 30.0) -> None:
+    Every call carries the cluster's Ray token (``Authorization: Bearer``), `auth_token` or
+    else the one `placement.cluster_auth_token` finds when the call is made; none when
+    neither has one (a cluster without authentication).
+    """
+
+    def __init__(self, dashboard: str, *, timeout_s: float = 30.0,
+                 auth_token: str | None = None) -> None:
         self.base = dashboard.rstrip("/")
         if not self.base.startswith("http"):
             self.base = "http://" + self.base
         self.timeout_s = timeout_s
+        self.auth_token = auth_token
+
+    def _headers(self) -> dict[str, str]:
+        try:
+            token = self.auth_token or cluster_auth_token()
+        except RayAuthError as exc:
+            raise ServeApiError(str(exc)) from None
+        return {"Content-Type": "application/json", **auth_headers(token)}
 
     def _call(self, method: str, body: Mapping[str, Any] | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.base + _PATH, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+                                     headers=self._headers())
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 text = resp.read().decode()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace").strip().splitlines()
+            reason = detail[-1] if detail else exc.reason
+            if exc.code in (401, 403):      # Ray's token check (missing / not the cluster's)
+                sent = ("sent no Ray token" if exc.code == 401 else
+                        "sent a Ray token that is not the cluster's")
+                raise ServeApiError(f"the Ray dashboard at {self.base} refused the {method} "
+                                    f"(HTTP {exc.code}: {reason}): this process {sent}; "
+                                    f"{TOKEN_FIX}") from None
             raise ServeApiError(f"Serve refused the {method} at {self.base}{_PATH}: HTTP "
-                                f"{exc.code}: {detail[-1] if detail else exc.reason}") from None
+                                f"{exc.code}: {reason}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise ServeApiError(f"cannot reach the Ray dashboard at {self.base} ({exc}); pass "
                                 "the head node's dashboard address (port 8265)") from None

@@ -20,7 +20,7 @@ from typing import Any
 
 from ray import serve
 
-from .emulated import EmulatedEngine, estimate_tokens
+from .emulated import EmulatedEngine, SequenceTooLongError, estimate_tokens
 from .openai_api import ApiError, chunk, completion, prompt_of, sse, stream_ident
 from .router import RouterIngress
 
@@ -76,6 +76,10 @@ class EmulatedLLMServer:
                            f"tokens ({prompt_tokens} in the messages, {max_tokens} in the "
                            "completion). Please reduce the length of the messages or "
                            "completion.", param="messages" if kind == "chat" else "prompt")
+        try:            # a sequence that can never fit the KV cache is refused, as in vLLM
+            self.engine.check(prompt_tokens, max_tokens)
+        except SequenceTooLongError as exc:
+            raise ApiError(str(exc), param="max_tokens") from None
         return prompt_tokens, max_tokens
 
     async def _stream(self, kind: str, prompt_tokens: int, max_tokens: int

@@ -10,7 +10,7 @@ phase, and latency before and after. The request log is drawn as the panels of t
 dashboard (docs/grafana-boute.json): request rate per replica group, end-to-end P50/P95 and
 TTFT P95 over time, with the replan job marked.
 
-    RAY_AUTH_MODE=disabled python benchmarks/replan.py [--json build/replan_bench.json]
+    python benchmarks/replan.py [--json build/replan_bench.json]
         [--plot docs/dashboard.png]
 
 Exits 1 when a target is missed (no-change on unchanged traffic, a change at twice the rate,

@@ -128,7 +128,6 @@ def main() -> int:
     from app.main import build_app
     from placement import local_cluster
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     out: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                            "serve_mode": "stock" if args.stock_serve else "high-throughput",
                            "args": vars(args), "decision": decisions(args.decisions)}

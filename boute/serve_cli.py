@@ -16,6 +16,8 @@ from boute.pairs import parse_pairs
 __all__ = ["add_bench", "add_deploy", "add_node_resources"]
 
 REPO_TMP = Path("build") / "ray-tmp"
+DEFAULT_KEY_FILE = Path("build") / "api-keys.yaml"
+DEFAULT_KEY = Path("build") / "api-key"
 
 
 def _engine_kwargs(items: list[str]) -> dict[str, Any]:
@@ -29,16 +31,18 @@ def _engine_kwargs(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _bench_trace(shape: str, rate_rps: float, duration_s: float, seed: int) -> Any:
-    from profiling import TRACE_SHAPES, generate_trace
+def _bench_trace(shape: str, rate_rps: float, duration_s: float, seed: int, *,
+                 duration_flag: str = "--bench-s") -> Any:
+    """Generated bench requests, drawn lazily (`boute.bench.generated_requests`).
 
-    if shape not in TRACE_SHAPES:
-        raise BouteError(f"--shape={shape!r} is unknown; use one of {sorted(TRACE_SHAPES)}")
-    if not rate_rps > 0 or not duration_s > 0:
-        raise BouteError(f"--rate={rate_rps} and the duration={duration_s} must be positive")
-    return generate_trace(shape, rate_rps=rate_rps, num_requests=max(1, round(rate_rps *
-                                                                            duration_s)),
-                          seed=seed)
+    Raises:
+        BenchError: unknown shape, a rate or duration out of bounds (`check_load`).
+
+    """
+    from boute.bench import generated_requests
+
+    return generated_requests(shape, rate_rps=rate_rps, duration_s=duration_s, seed=seed,
+                              duration_flag=duration_flag)
 
 
 # -- boute deploy --------------------------------------------------------------------------------
@@ -69,7 +73,19 @@ def add_deploy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    "the router's threshold is calibrated on it before serving")
     p.add_argument("--log-dir", default="build/request-log", help="the router's Parquet "
                    "request log folder, on the router's node ('' = no log)")
-    p.add_argument("--host", default="127.0.0.1")
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument("--api-keys", default=None, metavar="FILE",
+                      help="API keys of the OpenAI endpoint (`boute keys new --file FILE`); "
+                      f"default: {DEFAULT_KEY_FILE}, made with one key (saved in "
+                      f"{DEFAULT_KEY}) when missing")
+    keys.add_argument("--no-api-keys", action="store_true",
+                      help="serve without authentication (anyone who reaches the port can "
+                      "use the GPUs)")
+    p.add_argument("--on-model-down", default="fallback", choices=["fallback", "fail"],
+                   help="a model with no healthy replica group: send its requests to the "
+                   "other model (flagged x-boute-degraded), or answer 503")
+    p.add_argument("--host", default="127.0.0.1", help="the router's HTTP address (use "
+                   "0.0.0.0 to serve other machines; keep API keys on then)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--serve-config", default=None, metavar="FILE",
@@ -112,6 +128,10 @@ def _run_deploy(args: argparse.Namespace) -> int:
     rate = float(args.rate or plan.scenario.get("rate_rps") or 0.0)
     if not rate > 0:
         raise BouteError("the plan has no scenario.rate_rps; pass --rate")
+    if args.bench_s is not None:        # a bad bench fails now, not after the deploy
+        from boute.bench import check_load
+
+        check_load(rate, args.bench_s, duration_flag="--bench-s")
     if args.scale is not None or args.rate is not None:
         plan = _reevaluate(args, plan, rate)
     if args.calibration_prompts:
@@ -139,6 +159,7 @@ def _serve(args: argparse.Namespace, plan: Any, rate: float, sources: dict[str, 
 
     Returns the report printer of a bench (None without one).
     """
+    keys, key = _api_keys(args)
     cluster = _connect(args, plan)
     report = None
     try:
@@ -148,13 +169,14 @@ def _serve(args: argparse.Namespace, plan: Any, rate: float, sources: dict[str, 
                           engine_kwargs=engine_kwargs, gpu_catalog=args.gpu_catalog,
                           model_catalog=args.model_catalog, host=args.host, port=args.port,
                           seed=args.seed, log_dir=_log_dir(args),
-                          dashboard=args.dashboard or None,
+                          dashboard=args.dashboard or None, api_keys=keys,
+                          on_model_down=args.on_model_down,
                           # fake nodes share this host: one HTTP proxy, on the head
                           proxy_location="HeadOnly" if cluster is not None else "EveryNode")
         print(f"boute deploy: serving {len(plan.groups)} replica group(s) at {url} "
               f"(OpenAI API; model 'auto' is routed)", file=sys.stderr)
         if args.bench_s:
-            report = _bench_deployed(args, plan, url, rate)
+            report = _bench_deployed(args, plan, url, rate, key)
         elif cluster is None:       # Serve keeps running on the cluster after we exit
             from boute.cli import _emit
 
@@ -169,6 +191,37 @@ def _serve(args: argparse.Namespace, plan: Any, rate: float, sources: dict[str, 
     return report
 
 
+def _api_keys(args: argparse.Namespace) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """The router's key digests and, when known here, a key to bench with.
+
+    ``--api-keys FILE``: its keys (the bench then needs ``BOUTE_API_KEY``); ``--no-api-keys``:
+    none (open endpoint, warned); neither: `DEFAULT_KEY_FILE`, made with one key saved in
+    `DEFAULT_KEY` (0600) when missing.
+    """
+    import os
+
+    from app.guard import KeyEntry, hash_key, new_key, read_key_file, write_key_file
+
+    if args.no_api_keys:
+        print("boute deploy: WARNING: --no-api-keys: the OpenAI endpoint takes requests from "
+              "anyone who reaches it", file=sys.stderr)
+        return None, None
+    if args.api_keys:
+        return [e.to_dict() for e in read_key_file(args.api_keys)], os.environ.get(
+            "BOUTE_API_KEY")
+    if not DEFAULT_KEY_FILE.exists():
+        made = new_key()
+        write_key_file(DEFAULT_KEY_FILE, [KeyEntry("default", hash_key(made))])
+        fd = os.open(DEFAULT_KEY, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(made + "\n")
+        print(f"boute deploy: made an API key (digest in {DEFAULT_KEY_FILE}, the key in "
+              f"{DEFAULT_KEY}); send 'Authorization: Bearer $(cat {DEFAULT_KEY})'",
+              file=sys.stderr)
+    key = DEFAULT_KEY.read_text().strip() if DEFAULT_KEY.exists() else None
+    return [e.to_dict() for e in read_key_file(DEFAULT_KEY_FILE)], key
+
+
 def _log_dir(args: argparse.Namespace) -> str | None:
     return str(Path(args.log_dir).resolve()) if args.log_dir else None
 
@@ -181,7 +234,8 @@ def _write_serve_config(args: argparse.Namespace, plan: Any, sources: dict[str, 
 
     config = serve_config(plan, backend=args.backend, device=args.device, sources=sources,
                           engine_kwargs=engine_kwargs, host=args.host, port=args.port,
-                          seed=args.seed, log_dir=_log_dir(args))
+                          seed=args.seed, log_dir=_log_dir(args),
+                          api_keys=_api_keys(args)[0], on_model_down=args.on_model_down)
     Path(args.serve_config).parent.mkdir(parents=True, exist_ok=True)
     Path(args.serve_config).write_text(yaml.safe_dump(config, sort_keys=False))
     from boute.cli import _emit
@@ -194,12 +248,17 @@ def _write_serve_config(args: argparse.Namespace, plan: Any, sources: dict[str, 
 
 
 def _connect(args: argparse.Namespace, plan: Any) -> Any:
-    """Start the local fake cluster (returned) or connect to `--address` (None)."""
-    import os
+    """Start the local fake cluster (returned) or connect to `--address` (None).
 
+    Ray token authentication stays on: the local cluster gets a fresh token; for `--address`
+    this process talks in token mode when it finds a token (`placement.use_token_if_available`)
+    or ``RAY_AUTH_MODE=token`` is set, and a refusal names the fix.
+    """
     import ray
+    from ray.exceptions import AuthenticationError
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from placement import TOKEN_FIX, connect_hint, use_token_if_available
+
     if args.local:
         from placement import free_port, local_cluster
         from profiling import load_catalog
@@ -210,11 +269,15 @@ def _connect(args: argparse.Namespace, plan: Any) -> Any:
         return local_cluster(gpus, sizes, temp_dir=REPO_TMP.resolve(),
                              dashboard_port=free_port(), high_throughput=True)
     try:
+        use_token_if_available()
         ray.init(address=args.address, log_to_driver=False)
+    except AuthenticationError as exc:      # RAY_AUTH_MODE=token but no token found here
+        raise BouteError(f"cannot authenticate to the Ray cluster at --address={args.address} "
+                         f"({getattr(exc, 'message', exc)}); {TOKEN_FIX}") from None
     except (ConnectionError, RuntimeError) as exc:
         raise BouteError(f"cannot reach a Ray cluster at --address={args.address} ({exc}); "
                          "start one (`ray up cluster.yaml`, `ray start --head`) or use "
-                         "--local") from None
+                         f"--local; {connect_hint()}") from None
     return None
 
 
@@ -237,7 +300,8 @@ def _wait_forever() -> None:
         pass
 
 
-def _bench_deployed(args: argparse.Namespace, plan: Any, url: str, rate: float
+def _bench_deployed(args: argparse.Namespace, plan: Any, url: str, rate: float,
+                    api_key: str | None
                     ) -> Callable[[], None]:
     """Bench the deployed plan; returns the function that prints the report."""
     from boute.bench import format_bench, run_bench
@@ -245,7 +309,8 @@ def _bench_deployed(args: argparse.Namespace, plan: Any, url: str, rate: float
 
     shape = str(plan.scenario.get("task") or "gsm8k")
     trace = _bench_trace(shape, rate, args.bench_s, args.seed)
-    result = run_bench(url, trace, max_concurrency=args.max_concurrency, seed=args.seed)
+    result = run_bench(url, trace, max_concurrency=args.max_concurrency, seed=args.seed,
+                       api_key=api_key)
     summary = _with_strong_share(result.summary(), plan)
     predicted = _predicted(plan)
     return lambda: _emit(args, {"plan": plan.to_dict(), "bench": summary,
@@ -285,6 +350,10 @@ def _run_node_resources(args: argparse.Namespace) -> int:
 
 
 # -- boute bench ---------------------------------------------------------------------------------
+DEFAULT_BENCH_RATE_RPS = 10.0
+"""Rate of a generated bench load without --rate or a plan rate, req/s."""
+
+
 def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `boute bench`."""
     p = sub.add_parser("bench", help="open-loop load test of an OpenAI-compatible endpoint")
@@ -294,9 +363,11 @@ def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      "(default: the plan's task, else gsm8k)")
     src.add_argument("--trace", default=None, help="CSV/JSONL/Parquet trace: its arrival "
                      "times and lengths (and prompts) are replayed")
-    p.add_argument("--rate", type=float, default=None, help="req/s (generated traces: "
-                   "default the plan's rate or 10; a trace file is rescaled to it)")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of generated load")
+    p.add_argument("--rate", type=float, default=None, help="req/s, > 0 and at most 10,000 "
+                   "(generated traces: default the plan's rate, else "
+                   f"{DEFAULT_BENCH_RATE_RPS:g}; a trace file is rescaled to it)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of generated load "
+                   "(rate x duration at most 1,000,000 requests)")
     p.add_argument("--plan", default=None, help="plan JSON: print its predictions beside the "
                    "measurements")
     p.add_argument("--kind", default="chat", choices=["chat", "completions"])
@@ -304,15 +375,32 @@ def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--max-concurrency", type=int, default=256)
     p.add_argument("--timeout", type=float, default=600.0, help="per-request timeout, s")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--api-key", default=None, help="the endpoint's API key (default: "
+                   "$BOUTE_API_KEY, else build/api-key when `boute deploy` made one)")
     p.set_defaults(run=_run_bench)
 
 
+def _bench_key(args: argparse.Namespace) -> str | None:
+    import os
+
+    if args.api_key:
+        return str(args.api_key)
+    if os.environ.get("BOUTE_API_KEY"):
+        return os.environ["BOUTE_API_KEY"]
+    return DEFAULT_KEY.read_text().strip() if DEFAULT_KEY.is_file() else None
+
+
 def _run_bench(args: argparse.Namespace) -> int:
-    from boute.bench import format_bench, run_bench
+    from boute.bench import check_client, check_duration, check_rate, format_bench, run_bench
     from boute.cli import _emit
     from profiling import load_trace
     from tuning import Plan
 
+    # Flags first: nothing is read or sent with a bad one.
+    check_client(args.max_concurrency, args.timeout)
+    if args.rate is not None:
+        check_rate(args.rate)
+    check_duration(args.duration)
     plan = Plan.load(args.plan) if args.plan else None
     if args.trace:
         trace = load_trace(args.trace)
@@ -321,14 +409,13 @@ def _run_bench(args: argparse.Namespace) -> int:
     else:
         shape = args.shape or (str(plan.scenario.get("task")) if plan and
                                plan.scenario.get("task") else "gsm8k")
-        rate = args.rate or (float(plan.scenario["rate_rps"]) if plan and
-                             plan.scenario.get("rate_rps") else 10.0)
-        trace = _bench_trace(shape, rate, args.duration, args.seed)
-    if args.max_concurrency < 1:
-        raise BouteError(f"--max-concurrency={args.max_concurrency} must be >= 1")
+        rate = args.rate if args.rate is not None else (
+            float(plan.scenario["rate_rps"]) if plan and plan.scenario.get("rate_rps")
+            else DEFAULT_BENCH_RATE_RPS)
+        trace = _bench_trace(shape, rate, args.duration, args.seed, duration_flag="--duration")
     result = run_bench(args.url, trace, kind=args.kind, model=args.model,
                        max_concurrency=args.max_concurrency, timeout_s=args.timeout,
-                       seed=args.seed)
+                       seed=args.seed, api_key=_bench_key(args))
     summary = result.summary()
     predicted = None
     if plan is not None:

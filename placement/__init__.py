@@ -1,5 +1,14 @@
 """Plan -> Ray placement: GPU-type resources, deployment specs, cluster fit checks."""
 
+from ._auth import (
+    TOKEN_FIX,
+    RayAuthError,
+    auth_headers,
+    cluster_auth_token,
+    connect_hint,
+    find_auth_token,
+    use_token_if_available,
+)
 from ._cluster import Shortfall, check_fit, gpu_counts_in, gpu_types_in, live_nodes
 from ._detect import gpu_type_from_name, local_gpu_names, node_resources
 from ._local import free_port, local_cluster
@@ -10,10 +19,16 @@ from ._specs import GroupSpec, PlacementError, group_specs
 __all__ = [
     "HIGH_THROUGHPUT_ENV",
     "RESOURCE_PREFIX",
+    "TOKEN_FIX",
     "GroupSpec",
     "PlacementError",
+    "RayAuthError",
     "Shortfall",
+    "auth_headers",
     "check_fit",
+    "cluster_auth_token",
+    "connect_hint",
+    "find_auth_token",
     "free_port",
     "gpu_counts_in",
     "gpu_resource",
@@ -25,4 +40,5 @@ __all__ = [
     "local_cluster",
     "local_gpu_names",
     "node_resources",
+    "use_token_if_available",
 ]

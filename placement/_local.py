@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from boute.envvars import scoped_env
 
+from ._auth import (
+    AUTH_MODE_ENV,
+    TOKEN_ENV,
+    TOKEN_PATH_ENV,
+    new_token_file,
+    refresh_ray_auth_config,
+)
 from ._resources import gpu_resource
 from ._serve_mode import HIGH_THROUGHPUT_ENV
 
@@ -44,33 +52,66 @@ def local_cluster(gpus: Mapping[str, int], gpus_per_node: Mapping[str, int], *,
     Ray jobs need it; it costs a few seconds and ~200 MB).
     With `high_throughput`, the cluster runs Serve's high-throughput mode (HAProxy ingress,
     gRPC between replicas; `placement._serve_mode`).
-    Returns the `ray.cluster_utils.Cluster`; call ``.shutdown()`` and ``ray.shutdown()``.
+
+    Ray token authentication is on: the cluster gets a fresh random token (``auth_token-*``,
+    mode 0600, under `temp_dir`, else a new temporary folder), never the user's
+    ``~/.ray/auth_token``; this process stays connected with it, so `cluster_auth_token`
+    returns it (Serve's REST API, the job API). Only a ``RAY_AUTH_MODE`` other than ``token``
+    already set by the caller (a test) starts the cluster without authentication.
+
+    Returns:
+        The `ray.cluster_utils.Cluster`, with ``auth_token_path`` (the token file, or None
+        without authentication); call ``.shutdown()`` and ``ray.shutdown()``.
+
     """
     import ray
     from ray.cluster_utils import Cluster
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Each node's dashboard agent (the job API's runner) on a port of its own, not Ray's fixed
+    # 52365: fake nodes, and other local clusters on this machine, would take it first.
+    agent = {"dashboard_agent_listen_port": 0}
     head: dict[str, Any] = {"num_cpus": head_cpus, "num_gpus": 0,
-                            "include_dashboard": dashboard_port is not None}
+                            "include_dashboard": dashboard_port is not None, **agent}
     if dashboard_port is not None:
         head["dashboard_port"] = dashboard_port
     if temp_dir is not None:        # Ray's files (sessions, sockets) under temp_dir/ray
         Path(temp_dir).mkdir(parents=True, exist_ok=True)
         os.environ["RAY_TMPDIR"] = str(Path(temp_dir).resolve())
-    # The raylets started here inherit the mode (and pass it to every worker); this process
+    # The raylets started here inherit the modes (and pass them to every worker); this process
     # gets its environment back, so a later cluster started from it (a test session) does not
-    # inherit the mode by accident. No load balancer stands in front of a local cluster but
-    # Serve's own HAProxy, which retries a refused connection: a stopping ingress replica need
-    # not stay open Serve's default 30 s.
+    # inherit them by accident, while its Ray connection keeps the token mode and the token it
+    # connected with. No load balancer stands in front of a local cluster but Serve's own
+    # HAProxy, which retries a refused connection: a stopping ingress replica need not stay
+    # open Serve's default 30 s.
     env = {**HIGH_THROUGHPUT_ENV, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
-    with scoped_env(env if high_throughput else {}):
-        cluster = Cluster(initialize_head=True, head_node_args=head)
+    token_path, auth = _auth_env(temp_dir)
+    with scoped_env({**(env if high_throughput else {}), **auth}):
+        refresh_ray_auth_config()   # this process (the nodes' GCS client, the driver) too
+        cluster: Any = Cluster(initialize_head=True, head_node_args=head)
         for gpu, n in sorted(gpus.items()):
             size = gpus_per_node[gpu]
             for k in range(math.ceil(n / size)):
                 count = min(size, n - k * size)
                 cluster.add_node(num_cpus=cpus_per_gpu * count, num_gpus=count,
-                                 resources={gpu_resource(gpu): count})
-    ray.init(address=cluster.address, log_to_driver=False)
+                                 resources={gpu_resource(gpu): count}, **agent)
+        ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
+    cluster.auth_token_path = token_path
     return cluster
+
+
+def _auth_env(temp_dir: str | Path | None) -> tuple[Path | None, dict[str, str]]:
+    """A fresh token file for a throw-away cluster and the environment its nodes start with.
+
+    No token (and no change) when the caller set ``RAY_AUTH_MODE`` to something other than
+    ``token`` (tests of throw-away clusters may disable authentication; BOute never does).
+    """
+    mode = os.environ.get(AUTH_MODE_ENV, "token")
+    if mode != "token":
+        return None, {}
+    folder = Path(temp_dir) if temp_dir is not None else Path(tempfile.mkdtemp(prefix="boute-"))
+    path = new_token_file(folder)
+    env = {AUTH_MODE_ENV: "token", TOKEN_PATH_ENV: str(path)}
+    if TOKEN_ENV in os.environ:     # it would win over the file: the fresh token there too
+        env[TOKEN_ENV] = path.read_text()
+    return path, env

@@ -9,6 +9,7 @@ from ._perfdb import PerfDB, build_perfdb, mixture_quantile
 from ._quality import QualityCurve, default_quality_curve
 from ._replica import ENGINE_PROFILES, Efficiency, EngineConfig, ReplicaModel, parallel_configs
 from ._scenario import DEFAULT_SCENARIO, ProfileSpec, Scenario, list_presets, load_scenario
+from ._scheduler import BatchScheduler, SequenceTooLongError, StepPlan
 from ._simulator import QUANTILES, SimResult, capacity_rps, simulate, simulate_closed_loop
 from ._workload import TRACE_SHAPES, Trace, generate_trace, load_trace
 
@@ -17,6 +18,7 @@ __all__ = [
     "ENGINE_PROFILES",
     "QUANTILES",
     "TRACE_SHAPES",
+    "BatchScheduler",
     "Catalog",
     "Efficiency",
     "EngineConfig",
@@ -27,7 +29,9 @@ __all__ = [
     "QualityCurve",
     "ReplicaModel",
     "Scenario",
+    "SequenceTooLongError",
     "SimResult",
+    "StepPlan",
     "Trace",
     "build_perfdb",
     "capacity_rps",

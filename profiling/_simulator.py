@@ -1,6 +1,7 @@
 """Stage 2: discrete-event simulation of one replica serving a trace with continuous batching.
 
-The engine loop follows vLLM's scheduler:
+The engine loop is vLLM's scheduler, `profiling._scheduler.BatchScheduler` (shared with the
+emulated engine of `app.emulated`):
 
 * chunked prefill (v1, `EngineConfig.enable_chunked_prefill`): every step first schedules one
   token for each decoding sequence, then continues unfinished prompts, then admits waiting
@@ -11,7 +12,9 @@ The engine loop follows vLLM's scheduler:
   when decoding would overflow the KV cache the newest sequence is preempted and recomputed
   later (vLLM's recompute preemption).
 
-Each step's duration comes from `ReplicaModel.step_time_s`. Completion is found with a heap of
+This module owns time: arrivals (open or closed loop), the step durations, and a fast path
+that times a stretch of pure decode steps in closed form (`_decode_stretch`). Each step's
+duration comes from `ReplicaModel.step_time_s`; the scheduler finds completions with a heap of
 "decode step at which the sequence ends", so a step costs O(log n) Python work, not O(n).
 
 The engine's front-end (API server, tokenization, hand-off to the engine loop and the way
@@ -27,15 +30,14 @@ sustains; the DB marks such rows and the optimizer rejects them.
 
 from __future__ import annotations
 
-import heapq
 import math
-from collections import deque
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
 
 from ._replica import ReplicaModel
+from ._scheduler import BatchScheduler
 from ._workload import Trace
 
 __all__ = ["QUANTILES", "SimResult", "capacity_rps", "simulate", "simulate_closed_loop"]
@@ -198,54 +200,33 @@ def _run(
     n = len(arrivals)
     kv_cap = replica.memory.kv_capacity_tokens
     max_seqs = eng.max_num_seqs
-    budget_max = eng.max_num_batched_tokens
-    chunked = eng.enable_chunked_prefill
     fe_latency = eng.frontend_latency_s
+    sched = BatchScheduler(eng, kv_cap)
+    waiting = sched.waiting         # the scheduler's queues, read here (the fast path)
+    prefilling = sched.prefilling
+    running = sched.running
+    schedule, finish_step, add = sched.schedule_fields, sched.finish_step, sched.add
+    isnan = math.isnan
     # A prompt that can never fit is truncated (vLLM rejects it; the DB's traces never hit this).
     limit = min(kv_cap, eng.max_model_len) - 1
     plen = [min(p, limit) for p in prompt_lens]
     out = [max(1, min(o, eng.max_model_len - p)) for o, p in zip(output_lens, plen, strict=True)]
-    target_out = list(out)         # tokens each request delivers (out[] shrinks on preemption)
-    done_prompt = [0] * n          # prompt tokens already computed (this admission)
-    generated = [0] * n            # output tokens produced so far
     first_tok = [math.nan] * n
     finish = [math.nan] * n
-    epoch = [0] * n                # invalidates heap entries of preempted sequences
-    join_step = [0] * n            # decode-step index when the sequence started decoding
-    join_gen = [0] * n
     arrival_t = list(arrivals)
-
-    waiting: deque[int] = deque()
-    prefilling: list[int] = []     # admitted, prompt not finished (FCFS)
-    running: dict[int, None] = {}  # all admitted sequences in admission order (LIFO preemption)
-    heap: list[tuple[int, int, int]] = []  # (decode step at which it finishes, epoch, rid)
-    n_decode = 0
-    ctx_decode = 0                 # sum of context tokens of decoding sequences
-    kv_used = 0                    # tokens held in the KV cache
-    decode_step = 0
     now = 0.0
     nxt = 0                        # next request to reach the scheduler
     known = n                      # requests whose send time is known (closed loop: grows)
     completed = 0
     out_tokens = 0
-    preemptions = 0
     saturated = False
     backlog_limit = max_seqs + max(50, n // 20)
     if concurrency is not None:
         known = min(concurrency, n)
 
-    def ctx_of(rid: int) -> int:
-        return plen[rid] + generated[rid]
-
-    def send_next() -> None:
-        # Closed loop: the client that saw a request end (d later) sends its next one.
-        nonlocal known
-        arrival_t[known] = now + fe_latency
-        known += 1
-
     while completed < n:
         while nxt < known and arrival_t[nxt] <= now:
-            waiting.append(nxt)
+            add(nxt, plen[nxt], out[nxt])
             nxt += 1
         if not running and not waiting:
             if nxt >= known:
@@ -257,145 +238,39 @@ def _run(
             break
 
         # ---- fast path: a stretch of pure decode steps, timed in closed form -----------------
-        if not waiting and not prefilling and n_decode and heap:
+        if not waiting and not prefilling and sched.n_decode:  # sched.decode_only(), inlined
             k, t0, delta = _decode_stretch(
-                replica, n_decode, ctx_decode, heap[0][0] - decode_step,
+                replica, sched.n_decode, sched.ctx_decode_tokens, sched.steps_to_next_finish(),
                 (arrival_t[nxt] - now) if nxt < known else math.inf,
-                kv_cap - kv_used)
+                kv_cap - sched.kv_used_tokens)
             if k > 1:
                 k -= 1  # leave the last step of the stretch to the general path below
                 now += k * t0 + delta * k * (k - 1) / 2.0
-                decode_step += k
-                ctx_decode += k * n_decode
-                kv_used += k * n_decode
+                sched.advance_decodes(k)
                 continue
 
-        # ---- schedule one step ---------------------------------------------------------------
-        chunks: list[tuple[int, int]] = []   # (rid, tokens computed this step)
-        run_decode = True
-        budget = budget_max
-        if chunked:
-            budget -= n_decode
-            for rid in prefilling:
-                if budget <= 0:
-                    break
-                c = min(plen[rid] - done_prompt[rid], budget)
-                if kv_used + c > kv_cap:
-                    break
-                chunks.append((rid, c))
-                kv_used += c
-                budget -= c
-        else:
-            # v0: prefill-only step if any waiting prompt is admissible.
-            if waiting and len(running) < max_seqs and kv_used + plen[waiting[0]] <= kv_cap:
-                run_decode = False
-        while (waiting and budget > 0 and len(running) < max_seqs):
-            rid = waiting[0]
-            remaining = plen[rid]
-            if chunked:
-                c = min(remaining, budget)
-            else:
-                if remaining > budget and chunks:
-                    break
-                c = remaining
-            # KV for the whole prompt must fit (watermark: vLLM keeps ~1% free).
-            if kv_used + remaining > kv_cap * 0.99:
-                break
-            waiting.popleft()
-            running[rid] = None
-            done_prompt[rid] = 0
-            if c < remaining:
-                prefilling.append(rid)
-            chunks.append((rid, c))
-            kv_used += c
-            budget -= c
-            if not chunked and budget <= 0:
-                break
-        if not chunks and (n_decode == 0 or not run_decode):
+        # ---- one step: the shared policy plans it, the replica model times it ----------------
+        plan = schedule()
+        chunks, _, p_tokens, p_work, p_kv, dec, dec_ctx, sampled = plan
+        if not chunks and not dec:                   # plan.empty
             # Nothing schedulable (KV full of prefilling prompts): wait for the next arrival.
             if nxt < known:
                 now = max(now, arrival_t[nxt])
                 continue
-            if n_decode == 0:
-                raise AssertionError("simulator stalled with no decodes and no admissible work")
-
-        # ---- time the step -------------------------------------------------------------------
-        p_tokens = 0
-        p_work = 0.0
-        p_kv = 0
-        sampled = n_decode if run_decode else 0
-        for rid, c in chunks:
-            s = done_prompt[rid]
-            p_tokens += c
-            p_work += c * (s + c / 2.0)
-            p_kv += s + c
-            if s + c == plen[rid]:
-                sampled += 1
-        dec = n_decode if run_decode else 0
-        dt = step_time(p_tokens, p_work, p_kv, dec, ctx_decode if run_decode else 0, sampled)
-        now += dt
-
-        # ---- apply the step ------------------------------------------------------------------
-        if run_decode and n_decode:
-            decode_step += 1
-            ctx_decode += n_decode
-            kv_used += n_decode
-            while heap and heap[0][0] <= decode_step:
-                _, ep, rid = heapq.heappop(heap)
-                if ep != epoch[rid]:
-                    continue
-                generated[rid] = out[rid]
-                finish[rid] = now
-                kv_used -= ctx_of(rid)
-                ctx_decode -= ctx_of(rid)
-                n_decode -= 1
-                del running[rid]
-                completed += 1
-                out_tokens += target_out[rid]
-                if concurrency is not None and known < n:
-                    send_next()
-        for rid, c in chunks:
-            done_prompt[rid] += c
-            if done_prompt[rid] < plen[rid]:
-                continue
-            if rid in prefilling:
-                prefilling.remove(rid)
-            generated[rid] += 1
-            if math.isnan(first_tok[rid]):
+            raise AssertionError("simulator stalled with no decodes and no admissible work")
+        now += step_time(p_tokens, p_work, p_kv, dec, dec_ctx, sampled)  # plan.step_time_s
+        prompt_done, ended = finish_step(plan)
+        for rid in prompt_done:
+            if isnan(first_tok[rid]):  # a recompute's token is not the first one
                 first_tok[rid] = now
-            if generated[rid] >= out[rid]:
-                finish[rid] = now
-                kv_used -= plen[rid]
-                del running[rid]
-                completed += 1
-                out_tokens += target_out[rid]
-                if concurrency is not None and known < n:
-                    send_next()
-                continue
-            join_step[rid] = decode_step
-            join_gen[rid] = generated[rid]
-            heapq.heappush(heap, (decode_step + out[rid] - generated[rid], epoch[rid], rid))
-            n_decode += 1
-            ctx_decode += ctx_of(rid)
-            kv_used += 1
-
-        # ---- preempt (recompute) while the KV cache overflows --------------------------------
-        while kv_used > kv_cap and n_decode > 1:
-            victim = next(r for r in reversed(running) if r not in prefilling)
-            generated[victim] = join_gen[victim] + (decode_step - join_step[victim])
-            kv_used -= ctx_of(victim)
-            ctx_decode -= ctx_of(victim)
-            n_decode -= 1
-            epoch[victim] += 1
-            del running[victim]
-            # Recompute: the prompt now includes what was generated; output continues after it.
-            plen[victim] = ctx_of(victim)
-            out[victim] = out[victim] - generated[victim]
-            generated[victim] = 0
-            waiting.appendleft(victim)
-            preemptions += 1
-            # The first token was already delivered: keep first_tok, extend the stored output.
-            join_gen[victim] = 0
+        for rid in ended:
+            finish[rid] = now
+            completed += 1
+            out_tokens += out[rid]
+            if concurrency is not None and known < n:
+                # Closed loop: the client that saw a request end (d later) sends its next one.
+                arrival_t[known] = now + fe_latency
+                known += 1
 
     arr = np.asarray(arrival_t, dtype=np.float64)
     fin = np.asarray(finish, dtype=np.float64) + fe_latency
@@ -403,7 +278,7 @@ def _run(
     mask = ~np.isnan(fin)
     lat = (fin - arr)[mask]
     ttft = (first - arr)[mask]
-    gen_out = np.asarray(target_out, dtype=np.float64)[mask]
+    gen_out = np.asarray(out, dtype=np.float64)[mask]
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(gen_out > 1, (fin - first)[mask] / (gen_out - 1), np.nan)
     start = float(arr.min()) if n else 0.0
@@ -411,7 +286,7 @@ def _run(
     if not saturated and concurrency is None and completed == n and n > 20:
         saturated = _backlog_grows(arr, fin)
     return SimResult(ttft, tpot, lat, duration, int(out_tokens), int(completed), n, saturated,
-                     preemptions, offered_rate, {}, fin[mask])
+                     sched.preemptions, offered_rate, {}, fin[mask])
 
 
 def _decode_stretch(replica: ReplicaModel, n_decode: int, ctx: int, steps_to_finish: int,

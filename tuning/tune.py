@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -101,7 +100,8 @@ def search_with_tune(problem: Problem, goal: Goal, *, seed: int = 0, max_evals: 
     """
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # A local Ray started here runs with token authentication, Ray's default for `ray.init()`
+    # (it generates ~/.ray/auth_token if there is none); RAY_AUTH_MODE set by the caller wins.
     started = False
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,

@@ -224,7 +224,6 @@ def test_short_groups_and_the_watchdog_trigger_after_sustained_loss(
 def test_lost_gpu_types_are_those_the_live_cluster_no_longer_has(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import placement
-
     from app.replan import RunningState, lost_gpu_types
 
     state = RunningState(PLAN, Stack(), None, "127.0.0.1", 8000, "HeadOnly")

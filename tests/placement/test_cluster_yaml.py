@@ -89,3 +89,27 @@ def test_every_ray_start_runs_serve_in_high_throughput_mode(name: str) -> None:
         exports = command.split("ray start")[0]  # set before Ray starts, read by every process
         for var, value in HIGH_THROUGHPUT_ENV.items():
             assert f"{var}={value}" in exports, (name, command)
+
+
+@pytest.mark.parametrize("name", ["cluster.yaml", "cluster-onprem.yaml"])
+def test_every_node_runs_ray_with_token_auth(name: str) -> None:
+    text = (REPO / name).read_text()
+    config = yaml.safe_load(text)
+    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands")
+              for c in config[key] if "ray start" in c]
+    assert len(starts) == 2
+    for command in starts:            # read by every Ray process the node starts
+        assert "export RAY_AUTH_MODE=token;" in command.split("ray start")[0], (name, command)
+    # one token, generated once where `ray up` runs, shipped to Ray's default path on each node
+    assert "ray get-auth-token --generate" in text
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    setup = config["setup_commands"]
+    assert setup[0] == "chmod 600 ~/.ray/auth_token"
+    # login shells (`ray attach`, `ray exec`): `boute deploy`, `ray job submit` send the token
+    assert any("echo 'export RAY_AUTH_MODE=token' >> ~/.bashrc" in c for c in setup)
+    assert "disabled" not in text
+    # ports bound deliberately: the dashboard on the head's loopback (SSH-forwarded), Serve's
+    # ingress on every interface of the head, set explicitly
+    (head,) = [c for c in config["head_start_ray_commands"] if "ray start" in c]
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
+    assert "--address auto" in text and "--host 0.0.0.0" in text

@@ -1,0 +1,138 @@
+"""The emulated engine on the shared scheduler: admission control, cancellation, preemption,
+and agreement with the simulator (no Ray: asyncio only)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from app.emulated import EmulatedEngine
+from profiling import Catalog, ReplicaModel, SequenceTooLongError, Trace, simulate_closed_loop
+from tests.conftest import make_replica
+
+
+@pytest.fixture
+def small_kv(catalog: Catalog) -> ReplicaModel:
+    # 8B on one RTX 4090 at 75% memory: K = 6002 KV tokens (at least max_model_len = 2048).
+    r = make_replica(catalog, gpu="RTX-4090", gpu_memory_utilization=0.75, max_model_len=2048)
+    assert r.memory.kv_capacity_tokens == 6002
+    return r
+
+
+async def collect(engine: EmulatedEngine, prompt: int, max_tokens: int,
+                  finish: dict[int, float] | None = None, key: int = 0) -> list[int]:
+    toks = [t async for t in engine.generate(prompt, max_tokens)]
+    if finish is not None:
+        finish[key] = engine.engine_time_s
+    return toks
+
+
+def test_check_rejects_what_can_never_fit_the_kv_cache(small_kv: ReplicaModel) -> None:
+    engine = EmulatedEngine(small_kv, time_scale=0)
+    # floor(0.99 * 6002) = 5941 tokens per sequence.
+    engine.check(5000, 941)
+    with pytest.raises(SequenceTooLongError, match=r"at most 5941 tokens per sequence \(6002 "
+                       r"tokens, 1% kept free\)\. However, you requested 5942 tokens \(5000 in "
+                       r"the prompt, 942 in the completion\)\. Please reduce max_tokens to at "
+                       r"most 941"):
+        engine.check(5000, 942)
+    assert issubclass(SequenceTooLongError, ValueError)
+
+    async def oversized() -> None:
+        async for _ in engine.generate(6000, 1):
+            pass
+
+    with pytest.raises(SequenceTooLongError, match="shorten the prompt"):
+        asyncio.run(oversized())
+    assert not engine.scheduler.waiting and engine.steps == 0
+
+
+def test_aclose_frees_the_sequence_at_once_and_others_keep_running(
+        small_kv: ReplicaModel) -> None:
+    engine = EmulatedEngine(small_kv, time_scale=0)
+    sched = engine.scheduler
+
+    async def main() -> tuple[int, list[int]]:
+        other = asyncio.ensure_future(collect(engine, 100, 50))
+        gen = engine.generate(100, 1000)
+        got = [await gen.__anext__() for _ in range(5)]
+        assert got == [0, 1, 2, 3, 4] and sched.n_decode == 2
+        kv_before = sched.kv_used_tokens
+        await gen.aclose()
+        # Gone before the next step: its 100 + 5 tokens leave the cache, one decode is left.
+        assert sched.kv_used_tokens == kv_before - 105 and sched.n_decode == 1
+        return len(sched.running), await other
+
+    running, other = asyncio.run(main())
+    assert running == 1 and other == list(range(50))
+    assert not sched.running and sched.kv_used_tokens == 0
+
+
+def test_cancelled_consumer_leaves_the_engine(small_kv: ReplicaModel) -> None:
+    engine = EmulatedEngine(small_kv, time_scale=0)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(collect(engine, 100, 1000))
+        while engine.steps < 3:
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not engine.scheduler.running and engine.scheduler.kv_used_tokens == 0
+        steps = engine.steps
+        await asyncio.sleep(0.01)
+        assert engine.steps == steps                 # the engine went idle: no more steps
+
+    asyncio.run(main())
+
+
+def test_preempted_requests_complete_as_in_the_simulator(small_kv: ReplicaModel) -> None:
+    # 4 requests of 1000 + 1000 tokens at t = 0 need 8000 KV tokens at the end; K = 6002.
+    n, prompt, out = 4, 1000, 1000
+    engine = EmulatedEngine(small_kv, time_scale=0)
+    finish: dict[int, float] = {}
+
+    async def main() -> list[list[int]]:
+        return await asyncio.gather(*(collect(engine, prompt, out, finish, i) for i in range(n)))
+
+    toks = asyncio.run(main())
+    assert all(t == list(range(out)) for t in toks)
+    trace = Trace(np.zeros(n), np.full(n, prompt, dtype=np.int64), np.full(n, out, dtype=np.int64))
+    sim = simulate_closed_loop(small_kv, trace, concurrency=n)
+    assert sim.preemptions > 0 and engine.scheduler.preemptions == sim.preemptions
+    # Same policy, same step times: each request ends at the simulator's time (the simulator
+    # sums pure-decode stretches in closed form, hence the tolerance).
+    np.testing.assert_allclose(sorted(finish.values()), np.sort(sim.latency_s), rtol=1e-9)
+
+
+def test_a_failing_engine_loop_ends_every_stream_with_an_error(small_kv: ReplicaModel) -> None:
+    engine = EmulatedEngine(small_kv, time_scale=0)
+
+    def broken(plan: object) -> None:
+        raise ZeroDivisionError("boom")
+
+    engine.scheduler.finish_step = broken  # type: ignore[method-assign,assignment]
+
+    async def main() -> None:
+        await collect(engine, 10, 5)
+
+    with pytest.raises(RuntimeError, match="emulated engine loop failed"):
+        asyncio.run(main())
+
+
+def test_the_emulated_server_refuses_what_its_kv_cache_can_never_hold() -> None:
+    """The reported case: max_tokens 131000 on the emulated 8B / RTX-4090 (context 131072)."""
+    from app.openai_api import ApiError
+    from app.server import EmulatedLLMServer
+
+    server = EmulatedLLMServer.func_or_class("llama-3.1-8b", "RTX-4090", 1, 1)
+    limit = int(0.99 * server.engine.replica.memory.kv_capacity_tokens)
+    assert limit < 131_000               # the 24 GiB card holds far less than the context
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 131_000}
+    with pytest.raises(ApiError) as exc:
+        server._check("chat", body)
+    assert exc.value.status == 400 and exc.value.param == "max_tokens"
+    assert f"at most {limit} tokens per sequence" in str(exc.value)
+    assert server._check("chat", {**body, "max_tokens": limit - 1}) == (1, limit - 1)

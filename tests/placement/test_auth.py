@@ -1,0 +1,139 @@
+"""Ray token authentication helpers: where a client finds the token, throw-away tokens, and
+Serve's REST client sending it (a fake dashboard checking the header as Ray's does)."""
+
+import http.server
+import json
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from placement import RayAuthError, auth_headers, connect_hint, find_auth_token
+from placement._auth import new_token_file
+
+TOKEN = "a" * 64
+
+
+@pytest.mark.parametrize(("env", "default", "expected"), [
+    ({"RAY_AUTH_TOKEN": " t1\n", "RAY_AUTH_TOKEN_PATH": "FILE"}, "t3", "t1"),  # 1. the token
+    ({"RAY_AUTH_TOKEN_PATH": "FILE"}, "t3", "t2"),                           # 2. its file
+    ({"RAY_AUTH_TOKEN": ""}, "t3\n", "t3"),                                  # 3. ~/.ray/auth_token
+    ({}, None, None),                                                        # none: no auth
+])
+def test_token_sources_in_rays_order(tmp_path: Path, env: dict[str, str], default: str | None,
+                                     expected: str | None) -> None:
+    (tmp_path / "file").write_text("t2\n")
+    if default is not None:
+        (tmp_path / ".ray").mkdir()
+        (tmp_path / ".ray" / "auth_token").write_text(default)
+    env = {k: v.replace("FILE", str(tmp_path / "file")) for k, v in env.items()}
+    assert find_auth_token(env, home=tmp_path) == expected
+
+
+def test_a_token_path_that_cannot_be_read_is_an_error_not_a_fallback(tmp_path: Path) -> None:
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("t3")
+    with pytest.raises(RayAuthError, match=r"RAY_AUTH_TOKEN_PATH=/nonexistent/token cannot be "
+                                           r"read \(No such file or directory\); point it at"):
+        find_auth_token({"RAY_AUTH_TOKEN_PATH": "/nonexistent/token"}, home=tmp_path)
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(RayAuthError, match="is empty; point it at the file"):
+        find_auth_token({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "empty")}, home=tmp_path)
+
+
+def test_throw_away_tokens_are_fresh_private_files(tmp_path: Path) -> None:
+    a, b = new_token_file(tmp_path / "t"), new_token_file(tmp_path / "t")
+    assert a != b and a.parent == b.parent == (tmp_path / "t").resolve()
+    assert stat.S_IMODE(a.stat().st_mode) == 0o600
+    token = a.read_text()
+    assert len(token) == 64 and int(token, 16) >= 0 and token != b.read_text()  # 256 bits, hex
+    assert auth_headers(token) == {"Authorization": f"Bearer {token}"}
+    assert auth_headers(None) == {}
+
+
+def test_a_client_with_a_token_at_hand_talks_in_token_mode(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import placement._auth as auth
+
+    refreshed: list[bool] = []
+    monkeypatch.setattr(auth, "refresh_ray_auth_config", lambda: refreshed.append(True))
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "none"))
+    with pytest.raises(RayAuthError, match="cannot be read"):      # a bad path stops here
+        auth.use_token_if_available()
+    (tmp_path / "none").write_text(TOKEN)
+    assert auth.use_token_if_available() and refreshed == [True]
+    assert auth.os.environ["RAY_AUTH_MODE"] == "token"
+    assert "this machine's token is not the cluster's: give this machine" in connect_hint()
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")                 # the user's word is kept
+    assert not auth.use_token_if_available() and refreshed == [True]
+    assert "also needs its token here" in connect_hint()
+
+
+class _Dashboard(http.server.BaseHTTPRequestHandler):
+    """Serve's REST endpoint behind Ray's token check (401 missing, 403 wrong)."""
+
+    def _reply(self) -> None:
+        got = self.headers.get("Authorization", "")
+        code = 200 if got == f"Bearer {TOKEN}" else 401 if not got else 403
+        body = (json.dumps({"applications": {}}) if code == 200 else
+                "Unauthorized: Missing authentication token" if code == 401 else
+                "Forbidden: Invalid authentication token").encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_PUT = _reply
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def dashboard() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Dashboard)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_serve_api_sends_the_clusters_token_and_names_the_fix(
+        dashboard: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.serve_api import ServeApi, ServeApiError
+
+    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))                       # no ~/.ray/auth_token
+    with pytest.raises(ServeApiError, match=r"refused the GET \(HTTP 401: Unauthorized: Missing "
+                                            r"authentication token\): this process sent no Ray "
+                                            r"token; give this machine the cluster's token"):
+        ServeApi(dashboard).details()
+    with pytest.raises(ServeApiError, match=r"HTTP 403: .* sent a Ray token that is not the "
+                                            r"cluster's; give this machine"):
+        ServeApi(dashboard, auth_token="b" * 64).apply({"applications": []})
+    assert ServeApi(dashboard, auth_token=TOKEN).details() == {"applications": {}}
+    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)                     # found as Ray finds it
+    assert ServeApi(dashboard).details() == {"applications": {}}
+
+
+def test_replan_cli_with_an_unreadable_token_path_is_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import ray
+
+    from boute.cli import main
+
+    if ray.is_initialized():
+        pytest.skip("a Ray connection is open in this process")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", "/nonexistent/token")
+    assert main(["replan", "--address", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "RAY_AUTH_TOKEN_PATH=/nonexistent/token" in err, err
