@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from boute.errors import BouteError
+from boute.textfile import read_utf8
 from placement import check_fit, gpu_types_in, live_nodes
 from tuning import Plan
 
@@ -43,15 +44,7 @@ def read_prompts(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise DeployError(f"--calibration-prompts {path!r}: no such file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DeployError(f"--calibration-prompts {path!r}: cannot read ({exc.strerror})"
-                          ) from None
-    except UnicodeDecodeError as exc:
-        raise DeployError(f"--calibration-prompts {path!r}: not UTF-8 text (byte "
-                          f"{exc.object[exc.start]:#04x} at offset {exc.start}); save it as "
-                          "UTF-8") from None
+    text = read_utf8(p, f"--calibration-prompts {path!r}", DeployError)
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines:
         raise DeployError(f"--calibration-prompts {path!r} is empty")

@@ -117,18 +117,7 @@ def _connect(address: str) -> None:
     (`placement.use_token_if_available`) or ``RAY_AUTH_MODE=token`` is set, and a refusal
     names the fix.
     """
-    import ray
-    from ray.exceptions import AuthenticationError
+    from placement import connect
 
-    from placement import TOKEN_FIX, connect_hint, use_token_if_available
-
-    try:
-        use_token_if_available()
-        ray.init(address=address, log_to_driver=False)
-    except AuthenticationError as exc:      # RAY_AUTH_MODE=token but no token found here
-        raise BouteError(f"cannot authenticate to the Ray cluster at --address={address} "
-                         f"({getattr(exc, 'message', exc)}); {TOKEN_FIX}") from None
-    except (ConnectionError, RuntimeError) as exc:
-        raise BouteError(f"cannot reach a Ray cluster at --address={address} ({exc}); run "
-                         "this on the cluster (`ray job submit -- boute replan`) or pass "
-                         f"--address; {connect_hint()}") from None
+    connect(address, "run this on the cluster (`ray job submit -- boute replan`) or pass "
+            "--address")

@@ -254,10 +254,7 @@ def _connect(args: argparse.Namespace, plan: Any) -> Any:
     this process talks in token mode when it finds a token (`placement.use_token_if_available`)
     or ``RAY_AUTH_MODE=token`` is set, and a refusal names the fix.
     """
-    import ray
-    from ray.exceptions import AuthenticationError
-
-    from placement import TOKEN_FIX, connect_hint, use_token_if_available
+    from placement import connect
 
     if args.local:
         from placement import free_port, local_cluster
@@ -268,16 +265,8 @@ def _connect(args: argparse.Namespace, plan: Any) -> Any:
         sizes = {g: catalog.gpu(g).gpus_per_node for g in gpus}
         return local_cluster(gpus, sizes, temp_dir=REPO_TMP.resolve(),
                              dashboard_port=free_port(), high_throughput=True)
-    try:
-        use_token_if_available()
-        ray.init(address=args.address, log_to_driver=False)
-    except AuthenticationError as exc:      # RAY_AUTH_MODE=token but no token found here
-        raise BouteError(f"cannot authenticate to the Ray cluster at --address={args.address} "
-                         f"({getattr(exc, 'message', exc)}); {TOKEN_FIX}") from None
-    except (ConnectionError, RuntimeError) as exc:
-        raise BouteError(f"cannot reach a Ray cluster at --address={args.address} ({exc}); "
-                         "start one (`ray up cluster.yaml`, `ray start --head`) or use "
-                         f"--local; {connect_hint()}") from None
+    connect(args.address, "start one (`ray up cluster.yaml`, `ray start --head`) or use "
+            "--local")
     return None
 
 

@@ -27,9 +27,21 @@ from pathlib import Path
 
 from boute.errors import BouteError
 
-__all__ = ["AUTH_MODE_ENV", "TOKEN_ENV", "TOKEN_FIX", "TOKEN_PATH_ENV", "RayAuthError",
-           "auth_headers", "cluster_auth_token", "connect_hint", "find_auth_token",
-           "new_token_file", "refresh_ray_auth_config", "use_token_if_available"]
+__all__ = [
+    "AUTH_MODE_ENV",
+    "TOKEN_ENV",
+    "TOKEN_FIX",
+    "TOKEN_PATH_ENV",
+    "RayAuthError",
+    "auth_headers",
+    "cluster_auth_token",
+    "connect",
+    "connect_hint",
+    "find_auth_token",
+    "new_token_file",
+    "refresh_ray_auth_config",
+    "use_token_if_available",
+]
 
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 TOKEN_ENV = "RAY_AUTH_TOKEN"
@@ -140,6 +152,32 @@ def use_token_if_available() -> bool:
         os.environ[AUTH_MODE_ENV] = mode = "token"
         refresh_ray_auth_config()
     return mode == "token"
+
+
+def connect(address: str, unreachable_fix: str) -> None:
+    """``ray.init(address)`` with the cluster's token; failures are one-line `RayAuthError`s.
+
+    Args:
+        address: the Ray cluster address (``auto``: the local node's cluster).
+        unreachable_fix: what to tell a user whose cluster cannot be reached.
+
+    Raises:
+        RayAuthError: no or a wrong token (with `TOKEN_FIX`), or the cluster is unreachable
+            (with `unreachable_fix` and `connect_hint`).
+
+    """
+    import ray
+    from ray.exceptions import AuthenticationError
+
+    try:
+        use_token_if_available()
+        ray.init(address=address, log_to_driver=False)
+    except AuthenticationError as exc:      # RAY_AUTH_MODE=token but no token found here
+        raise RayAuthError(f"cannot authenticate to the Ray cluster at --address={address} "
+                           f"({getattr(exc, 'message', exc)}); {TOKEN_FIX}") from None
+    except (ConnectionError, RuntimeError) as exc:
+        raise RayAuthError(f"cannot reach a Ray cluster at --address={address} ({exc}); "
+                           f"{unreachable_fix}; {connect_hint()}") from None
 
 
 def connect_hint() -> str:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from boute.errors import CatalogError
+from boute.textfile import read_utf8
 
 __all__ = [
     "Catalog",
@@ -313,14 +314,7 @@ def _read_user_text(path: Path, what: str) -> str:
         CatalogError: the file cannot be read or is not UTF-8; the message names `what`.
 
     """
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CatalogError(f"{what} {str(path)!r}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise CatalogError(f"{what} {str(path)!r}: not UTF-8 text (byte "
-                           f"{exc.object[exc.start]:#04x} at offset {exc.start}); save it as "
-                           "UTF-8") from None
+    return read_utf8(path, f"{what} {str(path)!r}", CatalogError)
 
 
 def load_catalog(

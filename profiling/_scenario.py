@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from boute.errors import CatalogError, ScenarioError
+from boute.textfile import read_utf8
 
 from ._workload import TRACE_SHAPES, Trace, generate_trace, load_trace
 
@@ -205,15 +206,7 @@ def load_scenario(name_or_path: str | Path | None = None) -> Scenario:
         if not path.is_file():
             raise ScenarioError(f"scenario file {name!r} does not exist")
         source = repr(name)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ScenarioError(f"scenario file {name!r}: cannot read ({exc.strerror})"
-                                ) from None
-        except UnicodeDecodeError as exc:
-            raise ScenarioError(f"scenario file {name!r}: not UTF-8 text (byte "
-                                f"{exc.object[exc.start]:#04x} at offset {exc.start}); save "
-                                "it as UTF-8") from None
+        text = read_utf8(path, f"scenario file {name!r}", ScenarioError)
     elif name in list_presets():
         text = (resources.files("profiling") / "data" / "scenarios" / f"{name}.yaml").read_text()
         source = f"preset {name!r}"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from boute.errors import BouteError
+from boute.textfile import read_utf8
 
 __all__ = ["MAX_GROUP_GPUS", "Group", "Plan", "PlanError", "Predicted", "Routing"]
 
@@ -235,14 +236,10 @@ class Plan:
         if not path.is_file():
             raise PlanError(f"plan file {str(path)!r} does not exist; write one with "
                             f"`boute plan --out {path}`")
+        text = read_utf8(path, f"plan file {str(path)!r}", PlanError,
+                         "write it with `boute plan --out FILE`")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise PlanError(f"plan file {str(path)!r}: cannot read ({exc.strerror})") from None
-        except UnicodeDecodeError as exc:
-            raise PlanError(f"plan file {str(path)!r}: not UTF-8 text (byte "
-                            f"{exc.object[exc.start]:#04x} at offset {exc.start}); write it "
-                            "with `boute plan --out FILE`") from None
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise PlanError(f"plan file {str(path)!r} is not valid JSON ({exc.msg} at line "
                             f"{exc.lineno}); write it with `boute plan --out FILE`") from None

@@ -1,3 +1,37 @@
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
 from placement import free_port
 
-__all__ = ["free_port"]
+__all__ = ["free_port", "throwaway_serve"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def throwaway_serve(name: str) -> Iterator[int]:
+    """A local Ray instance (2 CPUs) with Serve on a free loopback port; yields the port.
+
+    A throw-away test instance: Ray's token authentication is off for it alone (product code
+    never does this), its files under build/ray-tmp-<name>; everything is shut down after.
+    """
+    import ray
+    from ray import serve
+
+    old = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _temp_dir=str(REPO / "build" / f"ray-tmp-{name}"))
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield port
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        if old is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = old

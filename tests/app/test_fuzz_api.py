@@ -8,7 +8,6 @@ and OpenAI-shaped bodies whose fields take random types and values. Every answer
 
 import http.client
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.app import free_port
+from tests.app import throwaway_serve
 
 pytestmark = pytest.mark.heavy
 
@@ -61,18 +60,11 @@ def _bodies(shaped: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
 
 @pytest.fixture(scope="module")
 def router_port():
-    import ray
     from ray import serve
 
     from app.router import RouterIngress
     from app.server import EmulatedLLMServer
 
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"        # a throw-away local test instance
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _temp_dir=str(REPO / "build" / "ray-tmp-fuzz"))
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     handles = {"w": EmulatedLLMServer.options(name="w").bind(WEAK, "RTX-4090", 1, 1, None, None,
                                                              0.0),
                "s": EmulatedLLMServer.options(name="s").bind(STRONG, "H100", 4, 1, None, None,
@@ -80,17 +72,10 @@ def router_port():
     config = {"weak": WEAK, "strong": STRONG, "strong_share": 0.5, "threshold": None,
               "router": "builtin", "seed": 0, "shares": {WEAK: {"w": 1.0}, STRONG: {"s": 1.0}},
               "context": {WEAK: 256, STRONG: 256}}
-    serve.run(RouterIngress.options(user_config=config).bind(handles), name="fuzz",
-              route_prefix="/")
-    try:
+    with throwaway_serve("fuzz") as port:
+        serve.run(RouterIngress.options(user_config=config).bind(handles), name="fuzz",
+                  route_prefix="/")
         yield port
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        if old is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = old
 
 
 class _Client:

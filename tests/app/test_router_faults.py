@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.app import free_port
+from tests.app import throwaway_serve
 
 pytestmark = pytest.mark.heavy
 
@@ -113,26 +113,10 @@ def _chat(model: str = "auto", **kw: Any) -> dict:
 
 @pytest.fixture(scope="module")
 def serve_url():
-    import os
-
-    import ray
     from ray import serve
 
-    old = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "disabled"        # a throw-away local test instance
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _temp_dir=str(REPO / "build" / "ray-tmp-router"))
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
+    with throwaway_serve("router") as port:
         yield f"http://127.0.0.1:{port}", serve
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        if old is None:
-            os.environ.pop("RAY_AUTH_MODE", None)
-        else:
-            os.environ["RAY_AUTH_MODE"] = old
 
 
 def test_failed_calls_are_retried_on_another_group_and_the_group_is_ejected(serve_url) -> None:
