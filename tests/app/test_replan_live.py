@@ -85,7 +85,10 @@ def test_replan_job_follows_a_rate_shift(tmp_path: Path, monkeypatch: pytest.Mon
         live = running_state(ServeApi(dashboard))
         assert _replicas(live.plan.to_dict()) == _replicas(moved["proposed"])
         summary = second[0].summary()
-        assert summary["requests"] == 800 and not summary["errors"], summary
+        # Nothing fails; until the new plan is in, the doubled rate exceeds the running
+        # plan's capacity and the router refuses a little of it (429, admission control).
+        assert summary["requests"] == 800 and set(summary["errors"]) <= {"429"}, summary
+        assert summary["errors"].get("429", 0) <= 40, summary
         assert first.summary()["requests"] == 180 and not first.summary()["errors"]
         print(json.dumps({"no_change": same["decision"], "change": moved["decision"],
                           "steps": moved["steps"], "changes": moved["changes"]}))

@@ -211,7 +211,8 @@ def test_router_serves_the_plan_on_a_fake_cluster(monkeypatch: pytest.MonkeyPatc
             assert name in scraped, name
         assert 'model="llama-3.1-70b"' in scraped
         assert 'group="llama-3.1-70b-H100-tp4pp1"' in scraped
-        assert 'model="llama-3.1-70b"' in scraped.split("ray_boute_degraded_total")[1]
+        assert any(line.startswith("ray_boute_degraded_total{") and
+                   'model="llama-3.1-70b"' in line for line in scraped.splitlines())
     finally:
         serve.shutdown()
         ray.shutdown()
