@@ -250,3 +250,22 @@ def test_bodies_that_break_limits_get_4xx_never_5xx(serve_url) -> None:
         assert status == want, (body, answer)
         assert set(answer["error"]) == {"message", "type", "param", "code"}
     assert _post(url, None, raw=b"\xff\xfe")[0] == 400
+
+
+def test_a_client_that_gives_up_cancels_its_engine_call(serve_url) -> None:
+    base, serve = serve_url
+    serve.run(_app({"stuck": ("hang", WEAK), "s": ("ok", STRONG)},
+                   {WEAK: {"stuck": 1.0}, STRONG: {"s": 1.0}}), name="gone", route_prefix="/gone")
+    for stream in (False, True):
+        with pytest.raises((TimeoutError, urllib.error.URLError)):
+            _post(f"{base}/gone/v1/chat/completions", _chat(WEAK, stream=stream), timeout=1.0)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        _, health = _get(f"{base}/gone/health")
+        if health["outcomes"].get("abandoned") == 2:
+            break
+        time.sleep(0.5)
+    # Both requests are logged as abandoned and no longer hold the group (the engine call was
+    # cancelled, not left running until its deadline).
+    assert health["outcomes"].get("abandoned") == 2, health
+    assert health["groups"]["stuck"]["inflight"] == 0
