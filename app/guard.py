@@ -39,7 +39,8 @@ from boute.errors import BouteError
 from .openai_api import ApiError
 
 __all__ = ["ApiKeys", "KeyEntry", "KeyFileError", "RequestLimits", "check_body",
-           "hash_key", "json_depth", "new_key", "read_key_file", "write_key_file"]
+           "check_max_tokens", "hash_key", "json_depth", "new_key", "read_key_file",
+           "write_key_file"]
 
 KEY_PREFIX = "bk-"
 ROLES = ("system", "user", "assistant", "tool", "developer")
@@ -341,6 +342,16 @@ def check_body(kind: str, body: Mapping[str, Any], limits: RequestLimits,
         if not ok:
             raise ApiError("prompt must be a string, a list of strings or a list of token ids",
                            param="prompt")
+    check_max_tokens(body, context_tokens)
+
+
+def check_max_tokens(body: Mapping[str, Any], context_tokens: int | None = None) -> None:
+    """``max_tokens`` / ``max_completion_tokens``: integers in [1, `context_tokens`].
+
+    Raises:
+        ApiError: 400 naming the field.
+
+    """
     for name in ("max_tokens", "max_completion_tokens"):
         v = body.get(name)
         if v is None:

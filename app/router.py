@@ -53,7 +53,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from .emulated import estimate_tokens
 from .groups import GroupPool
-from .guard import ApiKeys, KeyEntry, RequestLimits, check_body, parse_body
+from .guard import ApiKeys, KeyEntry, RequestLimits, check_body, check_max_tokens, parse_body
 from .observability import Observer
 from .openai_api import ApiError, error_body, error_status, prompt_of, sse
 from .routing import LiveThreshold, RouterError, make_router
@@ -203,6 +203,7 @@ class RouterIngress:
         self.pool: GroupPool | None = None
         self.keys: ApiKeys | None = None
         self.settings = RouterSettings()
+        self.limits = self.settings.limits
         self.context: dict[str, int] = {}
         self.plan_p95_s: float | None = None
         self.counts: Counter[str] = Counter()
@@ -248,7 +249,7 @@ class RouterIngress:
             self.pool.update(shares, config.get("limits"), config.get("replicas"))
         if keys is not None and self.keys is not None:
             keys.carry_buckets(self.keys)
-        self.keys, self.settings = keys, settings
+        self.keys, self.settings, self.limits = keys, settings, settings.limits
         self.context = {str(m): int(n) for m, n in (config.get("context") or {}).items()}
         p95 = config.get("plan_p95_s")
         self.plan_p95_s = float(p95) if p95 is not None else None
@@ -319,9 +320,8 @@ class RouterIngress:
             entry: KeyEntry = self.keys.authenticate(request.headers.get("authorization"))
             call.key_id = entry.id
             self.keys.admit(entry)
-        body = parse_body(await _read_body(request, self.settings.limits.max_body_bytes),
-                          self.settings.limits)
-        check_body(call.kind, body, self.settings.limits)
+        body = parse_body(await _read_body(request, self.limits.max_body_bytes), self.limits)
+        check_body(call.kind, body, self.limits)
         call.stream = bool(body.get("stream"))
         self._route(call, body)
         return await self._dispatch(call, body)
@@ -387,7 +387,7 @@ class RouterIngress:
             group = self._next_group(call, tried)
             ctx = self.context.get(call.model)
             if ctx is not None:
-                check_body(call.kind, body, self.settings.limits, ctx)
+                check_max_tokens(body, ctx)     # the rest was checked on arrival
             call.group = group
             call.tries += 1
             call.headers = self._headers(call)

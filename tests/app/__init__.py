@@ -5,7 +5,7 @@ from pathlib import Path
 
 from placement import free_port
 
-__all__ = ["free_port", "throwaway_serve"]
+__all__ = ["free_port", "plan_replan_scenario", "throwaway_serve"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,3 +35,19 @@ def throwaway_serve(name: str) -> Iterator[int]:
             os.environ.pop("RAY_AUTH_MODE", None)
         else:
             os.environ["RAY_AUTH_MODE"] = old
+
+
+def plan_replan_scenario(folder: Path) -> Path:
+    """``boute plan`` of benchmarks/data/replan's scenario (min cost, quality 84.5, P95 4 s).
+
+    The plan is one 2-GPU replica of the 8B model on the slow EDU-GPU type; returns its file.
+    """
+    from boute.cli import main
+
+    data = REPO / "benchmarks" / "data" / "replan"
+    plan_path = folder / "plan.json"
+    assert main(["plan", "--scenario", str(data / "scenario.yaml"), "--gpu-catalog",
+                 str(data / "gpus.yaml"), "--db", str(folder / "db.parquet"), "--objective",
+                 "min-cost", "--quality", "84.5", "--p95", "4.0", "--solver", "exact",
+                 "--plot", "", "--out", str(plan_path)]) == 0
+    return plan_path

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app import free_port
+from tests.app import free_port, plan_replan_scenario
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,19 +48,14 @@ def test_token_cluster_serves_with_the_token_and_refuses_without(
     from app.replan import submit_replan_job
     from app.serve_api import ServeApi, dashboard_url
     from boute.bench import run_bench
-    from boute.cli import main
     from placement import cluster_auth_token, local_cluster
     from profiling import generate_trace
     from tuning import Plan
 
     for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(var, raising=False)          # the product's default: auth on
-    catalog, scenario = DATA / "gpus.yaml", DATA / "scenario.yaml"
-    plan_path, log_dir = tmp_path / "plan.json", tmp_path / "log"
-    assert main(["plan", "--scenario", str(scenario), "--gpu-catalog", str(catalog),
-                 "--db", str(tmp_path / "db.parquet"), "--objective", "min-cost",
-                 "--quality", "84.5", "--p95", "4.0", "--solver", "exact", "--plot", "",
-                 "--out", str(plan_path)]) == 0
+    catalog = DATA / "gpus.yaml"
+    plan_path, log_dir = plan_replan_scenario(tmp_path), tmp_path / "log"
     plan = Plan.load(plan_path)                         # one 2-GPU replica of the 8B model
 
     # the replan re-plans within the cluster's GPUs: H100s too (the strong model's)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.app import free_port
+from tests.app import free_port, plan_replan_scenario
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,18 +35,13 @@ def test_replan_job_follows_a_rate_shift(tmp_path: Path, monkeypatch: pytest.Mon
     from app.request_log import read_log
     from app.serve_api import ServeApi, dashboard_url
     from boute.bench import run_bench
-    from boute.cli import main
     from placement import local_cluster
     from profiling import generate_trace
     from tuning import Plan
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    catalog, scenario = DATA / "gpus.yaml", DATA / "scenario.yaml"
-    plan_path, log_dir = tmp_path / "plan.json", tmp_path / "log"
-    assert main(["plan", "--scenario", str(scenario), "--gpu-catalog", str(catalog),
-                 "--db", str(tmp_path / "db.parquet"), "--objective", "min-cost",
-                 "--quality", "84.5", "--p95", "4.0", "--solver", "exact", "--plot", "",
-                 "--out", str(plan_path)]) == 0
+    catalog = DATA / "gpus.yaml"
+    plan_path, log_dir = plan_replan_scenario(tmp_path), tmp_path / "log"
     plan = Plan.load(plan_path)
     # weak model only (quality 84.5), one 2-GPU replica: P95 3.6 s at 4 req/s (4.0 s target;
     # the plan changes past ~5.5 req/s)
