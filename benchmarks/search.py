@@ -94,11 +94,12 @@ def pareto_runs(problem: Problem, hv_exact: float, solver: str, seeds: list[int]
 
 def tune_run(problem: Problem, hv_exact: float, max_evals: int) -> Reach:
     """MOBO through Ray Tune (seed 0, a local Ray), stopped at 99% like the in-process runs."""
+    from placement import ray_temp_dir
     from tuning.tune import search_with_tune
 
     cb, seen = _until(0.99 * hv_exact)
     search_with_tune(problem, Goal(), seed=0, max_evals=max_evals, callback=cb,
-                     temp_dir=str(Path("build/ray-tmp").resolve()))
+                     temp_dir=str(ray_temp_dir("build/ray-tmp")))
     return _reach(seen, 0.99 * hv_exact, hv_exact)
 
 

@@ -12,7 +12,7 @@ from ._auth import (
 )
 from ._cluster import Shortfall, check_fit, gpu_counts_in, gpu_types_in, live_nodes
 from ._detect import gpu_type_from_name, local_gpu_names, node_resources
-from ._local import free_port, local_cluster
+from ._local import free_port, local_cluster, ray_temp_dir
 from ._resources import RESOURCE_PREFIX, gpu_resource, gpu_type_of
 from ._serve_mode import HIGH_THROUGHPUT_ENV
 from ._specs import GroupSpec, PlacementError, group_specs
@@ -42,5 +42,6 @@ __all__ = [
     "local_cluster",
     "local_gpu_names",
     "node_resources",
+    "ray_temp_dir",
     "use_token_if_available",
 ]

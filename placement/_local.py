@@ -8,6 +8,7 @@ real cluster. No GPU is touched: the emulated backend uses none.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import tempfile
@@ -27,7 +28,12 @@ from ._auth import (
 from ._resources import gpu_resource
 from ._serve_mode import HIGH_THROUGHPUT_ENV
 
-__all__ = ["free_port", "local_cluster"]
+__all__ = ["free_port", "local_cluster", "ray_temp_dir"]
+
+# Ray puts Unix sockets at <temp>/ray/session_<date>_<time>_<usec>_<pid>/sockets/dash_<Module>
+# (and raylet.N, plasma_store.N); AF_UNIX paths end at 107 bytes, so a dashboard module fails
+# to start ("AF_UNIX path length cannot exceed 107 bytes") when <temp> is longer than this.
+MAX_RAY_TEMP_CHARS = 30
 
 
 def free_port() -> int:
@@ -37,6 +43,22 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def ray_temp_dir(preferred: str | Path) -> Path:
+    """`preferred` (resolved, created) when Ray's socket paths under it fit, else a short one.
+
+    A repository cloned at a deep path puts ``build/ray-tmp`` past the AF_UNIX limit
+    (`MAX_RAY_TEMP_CHARS`); Ray then fails with a dashboard traceback. The fallback is
+    ``/tmp/boute-ray-<8 hex of the preferred path>``: the same folder each time for the same
+    preferred path, so sessions still accumulate in one place.
+    """
+    path = Path(preferred).resolve()
+    if len(str(path)) > MAX_RAY_TEMP_CHARS:
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+        path = Path("/tmp") / f"boute-ray-{digest}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def local_cluster(gpus: Mapping[str, int], gpus_per_node: Mapping[str, int], *,
@@ -54,7 +76,8 @@ def local_cluster(gpus: Mapping[str, int], gpus_per_node: Mapping[str, int], *,
     gRPC between replicas; `placement._serve_mode`).
 
     Ray token authentication is on: the cluster gets a fresh random token (``auth_token-*``,
-    mode 0600, under `temp_dir`, else a new temporary folder), never the user's
+    mode 0600, under `temp_dir` (or its short stand-in, `ray_temp_dir`), else a new temporary
+    folder), never the user's
     ``~/.ray/auth_token``; this process stays connected with it, so `cluster_auth_token`
     returns it (Serve's REST API, the job API). Only a ``RAY_AUTH_MODE`` other than ``token``
     already set by the caller (a test) starts the cluster without authentication.
@@ -75,8 +98,8 @@ def local_cluster(gpus: Mapping[str, int], gpus_per_node: Mapping[str, int], *,
     if dashboard_port is not None:
         head["dashboard_port"] = dashboard_port
     if temp_dir is not None:        # Ray's files (sessions, sockets) under temp_dir/ray
-        Path(temp_dir).mkdir(parents=True, exist_ok=True)
-        os.environ["RAY_TMPDIR"] = str(Path(temp_dir).resolve())
+        temp_dir = ray_temp_dir(temp_dir)
+        os.environ["RAY_TMPDIR"] = str(temp_dir)
     # The raylets started here inherit the modes (and pass them to every worker); this process
     # gets its environment back, so a later cluster started from it (a test session) does not
     # inherit them by accident, while its Ray connection keeps the token mode and the token it

@@ -3,7 +3,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from placement import free_port
+from placement import free_port, ray_temp_dir
 
 __all__ = ["free_port", "plan_replan_scenario", "throwaway_serve"]
 
@@ -23,7 +23,7 @@ def throwaway_serve(name: str) -> Iterator[int]:
     old = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _temp_dir=str(REPO / "build" / f"ray-tmp-{name}"))
+             _temp_dir=str(ray_temp_dir(REPO / "build" / f"ray-tmp-{name}")))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:

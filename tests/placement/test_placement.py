@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from placement import (
@@ -71,3 +73,24 @@ def test_fit_names_the_shortfall_per_gpu_type() -> None:
              {"GPU": 2, "gpu_type_H100": 2}]
     (short,) = check_fit(specs, [*split, pro, pro, rtx])
     assert short.gpu == "H100" and "needs 4 H100 GPUs on one node" in short.detail
+
+
+def test_ray_temp_dir_keeps_short_paths_and_shortens_deep_ones(tmp_path: Path) -> None:
+    import tempfile
+
+    from placement import ray_temp_dir
+    from placement._local import MAX_RAY_TEMP_CHARS
+
+    # /tmp/tmp.AJ4t8oGw4H/build/ray-tmp-chaos (38 chars) put Ray's dash_MetricsHead socket at
+    # 108 bytes, one past the AF_UNIX limit: the dashboard failed to start.
+    deep = tmp_path / ("d" * 40) / "build" / "ray-tmp"
+    got = ray_temp_dir(deep)
+    assert got.parent == Path("/tmp") and got.name.startswith("boute-ray-")
+    assert len(str(got)) <= MAX_RAY_TEMP_CHARS and got.is_dir()
+    assert ray_temp_dir(deep) == got                 # the same stand-in every time
+    short = Path(tempfile.mkdtemp(prefix="b", dir="/tmp"))     # /tmp/bXXXXXXXX
+    try:
+        assert ray_temp_dir(short) == short         # short enough: kept
+    finally:
+        short.rmdir()
+    assert ray_temp_dir(deep.parent / "other") != got

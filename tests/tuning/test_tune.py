@@ -17,7 +17,9 @@ def test_tune_searcher_reaches_the_exact_front(small_problem: Problem, tmp_path:
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.chdir(tmp_path)                     # build/ray_results lands in tmp_path
-    temp = REPO / "build" / "ray-tmp"          # Ray's temp dir inside the repo, short path
+    from placement import ray_temp_dir
+
+    temp = ray_temp_dir(REPO / "build" / "ray-tmp")   # inside the repo when the path is short
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(temp))
     try:
         # 256 Sobol points in 4 trials, then 2 qLogNEHVI steps of 4 points.
