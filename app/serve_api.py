@@ -58,12 +58,13 @@ class ServeApi:
     neither has one (a cluster without authentication).
     """
 
-    def __init__(self, dashboard: str, *, timeout_s: float = 30.0,
+    def __init__(self, dashboard: str, *, timeout_s: float = 30.0, attempts: int = 3,
                  auth_token: str | None = None) -> None:
         self.base = dashboard.rstrip("/")
         if not self.base.startswith("http"):
             self.base = "http://" + self.base
         self.timeout_s = timeout_s
+        self.attempts = max(1, attempts)
         self.auth_token = auth_token
 
     def _headers(self) -> dict[str, str]:
@@ -74,26 +75,41 @@ class ServeApi:
         return {"Content-Type": "application/json", **auth_headers(token)}
 
     def _call(self, method: str, body: Mapping[str, Any] | None = None) -> Any:
+        """One REST call, sent again when it times out (up to `attempts` times).
+
+        GET and the declarative PUT are idempotent; the first PUT on a cluster starts Serve's
+        controller inside the dashboard's handler, which takes over 30 s on a busy machine.
+        """
         data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + _PATH, data=data, method=method,
-                                     headers=self._headers())
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                text = resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace").strip().splitlines()
-            reason = detail[-1] if detail else exc.reason
-            if exc.code in (401, 403):      # Ray's token check (missing / not the cluster's)
-                sent = ("sent no Ray token" if exc.code == 401 else
-                        "sent a Ray token that is not the cluster's")
-                raise ServeApiError(f"the Ray dashboard at {self.base} refused the {method} "
-                                    f"(HTTP {exc.code}: {reason}): this process {sent}; "
-                                    f"{TOKEN_FIX}") from None
-            raise ServeApiError(f"Serve refused the {method} at {self.base}{_PATH}: HTTP "
-                                f"{exc.code}: {reason}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise ServeApiError(f"cannot reach the Ray dashboard at {self.base} ({exc}); pass "
-                                "the head node's dashboard address (port 8265)") from None
+        for attempt in range(1, self.attempts + 1):
+            req = urllib.request.Request(self.base + _PATH, data=data, method=method,
+                                         headers=self._headers())
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                    text = resp.read().decode()
+                break
+            except urllib.error.HTTPError as exc:
+                detail = exc.read().decode(errors="replace").strip().splitlines()
+                reason = detail[-1] if detail else exc.reason
+                if exc.code in (401, 403):      # Ray's token check (missing / not the cluster's)
+                    sent = ("sent no Ray token" if exc.code == 401 else
+                            "sent a Ray token that is not the cluster's")
+                    raise ServeApiError(f"the Ray dashboard at {self.base} refused the "
+                                        f"{method} (HTTP {exc.code}: {reason}): this process "
+                                        f"{sent}; {TOKEN_FIX}") from None
+                raise ServeApiError(f"Serve refused the {method} at {self.base}{_PATH}: HTTP "
+                                    f"{exc.code}: {reason}") from None
+            except (urllib.error.URLError, OSError) as exc:
+                cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+                if isinstance(cause, TimeoutError) and attempt < self.attempts:
+                    continue
+                if isinstance(cause, TimeoutError):
+                    raise ServeApiError(f"the Ray dashboard at {self.base} did not answer the "
+                                        f"{method} within {self.timeout_s:g} s, {attempt} "
+                                        "times; is the head node overloaded?") from None
+                raise ServeApiError(f"cannot reach the Ray dashboard at {self.base} ({exc}); "
+                                    "pass the head node's dashboard address (port 8265)"
+                                    ) from None
         return json.loads(text) if text.strip() else None
 
     def details(self) -> dict[str, Any]:

@@ -5,8 +5,10 @@ import http.server
 import json
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -137,3 +139,42 @@ def test_replan_cli_with_an_unreadable_token_path_is_one_line(
     assert main(["replan", "--address", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "RAY_AUTH_TOKEN_PATH=/nonexistent/token" in err, err
+
+
+class _SlowFirst(http.server.BaseHTTPRequestHandler):
+    """Answers the first `slow` requests after 1 s (as a dashboard starting Serve does)."""
+
+    calls: ClassVar[list[str]] = []
+    slow = 1
+
+    def do_PUT(self) -> None:
+        type(self).calls.append(self.command)
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if len(type(self).calls) <= type(self).slow:
+            time.sleep(1.0)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_serve_api_sends_a_timed_out_put_again_and_names_a_dashboard_that_never_answers(
+        ) -> None:
+    from app.serve_api import ServeApi, ServeApiError
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowFirst)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        _SlowFirst.calls, _SlowFirst.slow = [], 1
+        ServeApi(url, timeout_s=0.3, auth_token=TOKEN).apply({"applications": []})
+        assert _SlowFirst.calls == ["PUT", "PUT"]            # timed out once, then answered
+        _SlowFirst.calls, _SlowFirst.slow = [], 10
+        with pytest.raises(ServeApiError, match=r"did not answer the PUT within 0.3 s, 3 "
+                                                r"times; is the head node overloaded"):
+            ServeApi(url, timeout_s=0.3, auth_token=TOKEN).apply({"applications": []})
+        assert len(_SlowFirst.calls) == 3
+    finally:
+        server.shutdown()
+        server.server_close()
