@@ -71,9 +71,11 @@ class ReplanOptions:
     """Fewest successful requests in the window to refit on."""
     goal: Goal | None = None
     """Default: the goal the running plan was made for, else its quality as a floor."""
-    solver: str = "exact"
-    """``exact`` (deterministic: unchanged traffic proposes the same plan) or ``mobo``."""
-    evals: int = 256
+    solver: str = "auto"
+    """``auto`` (the exact DP when it certifies within seconds: deterministic, unchanged
+    traffic proposes the same plan; else ``mobo``), ``exact``, ``mobo`` or ``random``."""
+    evals: int | None = None
+    """mobo/random: exactly this many plans (default: `tuning.StopRule`'s stopping rule)."""
     seed: int = 0
     hysteresis: Hysteresis = field(default_factory=Hysteresis)
     force: bool = False
@@ -93,8 +95,11 @@ class ReplanOptions:
                               "seconds")
         if self.min_requests < 2:
             raise ReplanError(f"min_requests={self.min_requests!r} must be >= 2")
-        if self.solver not in ("exact", "mobo", "random"):
-            raise ReplanError(f"solver={self.solver!r} must be exact, mobo or random")
+        if self.solver not in ("auto", "exact", "mobo", "random"):
+            raise ReplanError(f"solver={self.solver!r} must be auto, exact, mobo or random")
+        if self.evals is not None and self.evals < 1:
+            raise ReplanError(f"evals={self.evals!r} must be >= 1 (or None: stop when the "
+                              "front is stable)")
 
 
 @dataclass(frozen=True)
@@ -277,7 +282,7 @@ def replan(options: ReplanOptions | None = None) -> dict[str, Any]:
                           f"P95 <= {goal.p95_s}) at {trace.rate_rps:.2f} req/s on this "
                           "cluster; the running plan is unchanged")
     proposed = plan_from_arrays(problem, result.plans, result.metrics, best, {
-        "search": {"solver": result.solver, "objective": goal.mode,
+        "search": {"solver": result.solver, "reason": result.reason, "objective": goal.mode,
                    "goal": {"mode": goal.mode, "quality": goal.quality, "p95_s": goal.p95_s}}})
     since = None if state.applied_unix_s is None else now - float(state.applied_unix_s)
     decision = decide(goal.mode, running, proposed, violation=violation,

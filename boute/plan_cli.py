@@ -14,7 +14,7 @@ from boute.errors import BouteError, PerfDBError, StaleDBError
 
 if TYPE_CHECKING:
     from profiling import Scenario
-    from tuning import Plan, Problem, SearchResult
+    from tuning import Plan, Problem, SearchResult, StopRule
 
 __all__ = ["add_compare", "add_evaluate", "add_plan", "planning_problem"]
 
@@ -92,14 +92,66 @@ def add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--p95", type=float, default=None, help="maximum P95 latency, seconds")
     p.add_argument("--objective", default="pareto",
                    choices=["pareto", "min-cost", "max-throughput"])
-    p.add_argument("--solver", default="mobo", choices=["mobo", "exact", "random"])
+    _add_solver_args(p)
     p.add_argument("--tune", action="store_true", help="evaluate MOBO proposals as Ray Tune "
                    "trials in parallel")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--evals", type=int, default=288, help="evaluation budget of mobo/random")
     p.add_argument("--out", default="build/plan.json", help="plan JSON to write")
     p.add_argument("--plot", default="build/pareto.png", help="Pareto-front PNG ('' = none)")
     p.set_defaults(run=_run_plan)
+
+
+def _add_solver_args(p: argparse.ArgumentParser, default: str = "auto",
+                     choices: tuple[str, ...] = ("auto", "mobo", "exact", "random")) -> None:
+    p.add_argument("--solver", default=default, choices=list(choices),
+                   help="auto: the exact DP when it is estimated to finish within 2 s, else "
+                   f"mobo (default: {default})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--evals", type=int, default=None, help="mobo/random: evaluate exactly "
+                   "this many plans (default: stop when the front is stable or at the time "
+                   "limit)")
+    p.add_argument("--patience", type=int, default=20, help="mobo: stop after this many BO "
+                   "steps without improving the front (default 20)")
+    p.add_argument("--time-limit-s", type=float, default=60.0, help="mobo/random: stop after "
+                   "this many seconds of search (default 60)")
+
+
+def stop_rule_from(args: argparse.Namespace) -> StopRule:
+    """The `StopRule` of ``--evals`` / ``--patience`` / ``--time-limit-s``.
+
+    Raises:
+        BouteError: a value out of range (named, with the fix).
+
+    """
+    from tuning import StopRule
+
+    if args.evals is not None:
+        if args.evals < 1:
+            raise BouteError(f"--evals={args.evals} must be >= 1")
+        return StopRule.fixed(args.evals)
+    if args.patience < 1:
+        raise BouteError(f"--patience={args.patience} must be >= 1 BO step")
+    if not (args.time_limit_s > 0 and math.isfinite(args.time_limit_s)):
+        raise BouteError(f"--time-limit-s={args.time_limit_s} must be a positive number of "
+                         "seconds")
+    return StopRule(patience=args.patience, time_limit_s=args.time_limit_s)
+
+
+def search_block(result: SearchResult, hypervolume: float | None = None) -> dict[str, Any]:
+    """The ``search`` object of the JSON outputs.
+
+    Which solver ran and why, its effort, why it stopped, and the mean BO step times.
+    """
+    out: dict[str, Any] = {"solver": result.solver, "reason": result.reason,
+                           "objective": result.goal.mode, "evaluations": result.evaluations,
+                           "seconds": result.seconds, "stopped": result.stopped}
+    if hypervolume is not None:
+        out["hypervolume"] = hypervolume
+    if result.step_seconds:
+        keys = result.step_seconds[0].keys()
+        out["bo_steps"] = len(result.step_seconds)
+        out["bo_step_mean_s"] = {k: sum(t[k] for t in result.step_seconds)
+                                 / len(result.step_seconds) for k in keys}
+    return out
 
 
 def _run_plan(args: argparse.Namespace) -> int:
@@ -107,19 +159,19 @@ def _run_plan(args: argparse.Namespace) -> int:
 
     if args.p95 is not None and not args.p95 > 0:
         raise BouteError(f"--p95={args.p95} must be > 0 seconds")
-    if args.evals < 1:
-        raise BouteError(f"--evals={args.evals} must be >= 1")
+    rule = stop_rule_from(args)
     problem = load_planning_problem(args)
     goal = Goal(args.objective, args.quality, args.p95)
     if args.tune:
-        if args.solver != "mobo":
+        if args.solver not in ("auto", "mobo"):
             raise BouteError("--tune runs the mobo solver; drop --solver or use --solver mobo")
         from tuning.tune import search_with_tune
 
-        result = search_with_tune(problem, goal, seed=args.seed, max_evals=args.evals)
+        result = search_with_tune(problem, goal, seed=args.seed, stop=rule)
+        result.reason = "mobo through Ray Tune trials (--tune)"
     else:
-        result = search(problem, goal, solver=args.solver, seed=args.seed,
-                        max_evals=args.evals, progress=not args.json)
+        result = search(problem, goal, solver=args.solver, seed=args.seed, stop=rule,
+                        progress=not args.json)
     best = result.best(problem)
     plan = None
     if best is not None:
@@ -132,10 +184,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     hv = result.hypervolume(problem)
     payload: dict[str, Any] = {
         "front": front, "plan": plan.to_dict() if plan else None,
-        "out": args.out if plan else None,
-        "search": {"solver": result.solver + ("+tune" if args.tune else ""),
-                   "objective": goal.mode, "evaluations": result.evaluations,
-                   "seconds": result.seconds, "hypervolume": hv}}
+        "out": args.out if plan else None, "search": search_block(result, hv)}
     if args.plot and front:
         payload["plot"] = _plot(problem, front, plan, args.plot)
     if plan is None:
@@ -143,7 +192,9 @@ def _run_plan(args: argparse.Namespace) -> int:
 
     def human() -> str:
         lines = [f"{result.solver}: {result.evaluations} evaluations in {result.seconds:.2f} s, "
-                 f"hypervolume {hv:.4f}", "Pareto front (quality vs planning P95, under "
+                 f"hypervolume {hv:.4f}; stopped: {result.stopped}",
+                 f"solver {result.solver}: {result.reason}",
+                 "Pareto front (quality vs planning P95, under "
                  f"${problem.budget:g}/h):",
                  f"{'quality':>9}{'strong':>8}{'P95 s':>8}{'$/h':>8}"]
         for r in front:
@@ -256,9 +307,7 @@ def add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser("compare", help="cheapest $/hour per baseline and BOute (Table 3)")
     _common(p)
     p.add_argument("--targets", default=None, help="Q:SEC,... (default: the scenario's)")
-    p.add_argument("--solver", default="mobo", choices=["mobo", "exact"],
-                   help="BOute's searcher (baselines are solved exactly in their spaces)")
-    p.add_argument("--seed", type=int, default=0)
+    _add_solver_args(p, choices=("auto", "mobo", "exact"))
     p.set_defaults(run=_run_compare)
 
 
@@ -305,6 +354,7 @@ def _run_compare(args: argparse.Namespace) -> int:
                [(t.quality, t.p95_s) for t in problem.scenario.targets])
     if not targets:
         raise BouteError("no targets: pass --targets Q:SEC,... or add targets to the scenario")
+    rule = stop_rule_from(args)
     columns: list[dict[str, Any]] = []
     for q, sec in targets:
         problem.quality.min_share_for(q)
@@ -313,7 +363,8 @@ def _run_compare(args: argparse.Namespace) -> int:
             found = baseline_min_cost(problem, name, q, sec)
             costs[name] = (None if found is None
                            else float(evaluate_arrays(problem, found).cost_per_hour[0]))
-        res = search(problem, Goal("min-cost", q, sec), solver=args.solver, seed=args.seed)
+        res = search(problem, Goal("min-cost", q, sec), solver=args.solver, seed=args.seed,
+                     stop=rule)
         b = res.best(problem)
         costs["BOute"] = None if b is None else float(res.metrics.cost_per_hour[b])
         boute = costs["BOute"]
@@ -322,7 +373,8 @@ def _run_compare(args: argparse.Namespace) -> int:
         alloc = (None if b is None else
                  _allocation(plan_from_arrays(problem, res.plans, res.metrics, b)))
         columns.append({"quality": q, "p95_s": sec, "cost_per_hour": costs,
-                        "reduction": reduction, "allocation": alloc})
+                        "reduction": reduction, "allocation": alloc,
+                        "search": search_block(res)})
     payload = {"scenario": problem.scenario.name, "solver": args.solver, "targets": columns}
 
     def human() -> str:

@@ -37,8 +37,11 @@ def add_replan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    "the running plan's goal)")
     p.add_argument("--p95", type=float, default=None, help="P95 target, seconds (default: "
                    "the running plan's goal)")
-    p.add_argument("--solver", default="exact", choices=["exact", "mobo", "random"])
-    p.add_argument("--evals", type=int, default=256, help="evaluations of mobo/random")
+    p.add_argument("--solver", default="auto", choices=["auto", "exact", "mobo", "random"],
+                   help="auto: the exact DP when it is estimated to finish within 2 s, else "
+                   "mobo (default)")
+    p.add_argument("--evals", type=int, default=None, help="mobo/random: evaluate exactly "
+                   "this many plans (default: stop when the front is stable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-gain", type=float, default=0.10, help="smallest predicted relative "
                    "gain worth a change (default 0.10)")
@@ -67,6 +70,9 @@ def _options(args: argparse.Namespace) -> Any:
     from app.replan import ReplanOptions
     from tuning import Goal, Hysteresis
 
+    if args.evals is not None and args.evals < 1:
+        raise BouteError(f"--evals={args.evals} must be >= 1 (or leave it out: stop when the "
+                         "front is stable)")
     goal = None
     if args.objective or args.quality is not None or args.p95 is not None:
         if args.p95 is not None and not args.p95 > 0:

@@ -18,7 +18,7 @@ from ._front import hypervolume, pareto_mask
 from ._plan import Group, Plan, PlanError, Predicted, Routing
 from ._problem import Problem, default_db_path, load_problem
 from ._replan import Decision, GroupChange, Hysteresis, decide, diff_groups
-from ._search import Goal, SearchResult, search
+from ._search import Goal, SearchResult, StopRule, search
 
 __all__ = [
     "BASELINES",
@@ -37,6 +37,7 @@ __all__ = [
     "Problem",
     "Routing",
     "SearchResult",
+    "StopRule",
     "baseline_min_cost",
     "decide",
     "default_db_path",

@@ -34,17 +34,31 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from boute.errors import BouteError
+
 from ._evaluator import PlanArrays
 from ._problem import STRONG, WEAK, Problem
 
-__all__ = ["ExactFront", "TypeFilter", "exact_front", "exact_max_throughput", "exact_min_cost",
-           "solve_level"]
+__all__ = ["ExactBudgetExceeded", "ExactFront", "TypeFilter", "exact_front",
+           "exact_max_throughput", "exact_min_cost", "solve_level"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 # (gpu type index, GPUs for weak, GPUs for strong) -> allowed?
 TypeFilter = Callable[[int, int, int], bool]
+
+MAX_DP_PAIRS = 20_000_000
+"""Most (state, option) pairs one DP step may form under a deadline (~1 GB of arrays)."""
+
+
+class ExactBudgetExceeded(BouteError, RuntimeError):
+    """The DP ran past its deadline (or would need more memory than a deadline run allows)."""
+
+
+def _check_deadline(deadline: float | None, where: str) -> None:
+    if deadline is not None and time.perf_counter() > deadline:
+        raise ExactBudgetExceeded(f"the exact DP ran past its time budget ({where})")
 
 
 @dataclass(frozen=True)
@@ -89,7 +103,8 @@ def _type_options(problem: Problem, caps: FloatArray, t: int, allow: TypeFilter 
                     a[:, 5:7].astype(np.int64))
 
 
-def _pareto(cw: FloatArray, cs: FloatArray, cost: FloatArray) -> IntArray:
+def _pareto(cw: FloatArray, cs: FloatArray, cost: FloatArray, deadline: float | None = None
+            ) -> IntArray:
     """Indices of states not dominated (>= cw, >= cs, <= cost, one strictly better)."""
     order = np.lexsort((-cs, -cw, cost))
     cw, cs, cost = cw[order], cs[order], cost[order]
@@ -97,6 +112,7 @@ def _pareto(cw: FloatArray, cs: FloatArray, cost: FloatArray) -> IntArray:
     keep = np.ones(len(order), dtype=bool)
     chunk = 512
     for start in range(0, len(order), chunk):
+        _check_deadline(deadline, f"pruning {len(order):,} states")
         stop = min(start + chunk, len(order))
         # A state i is dominated by an earlier (cheaper or equal, sorted) kept state j < i.
         j = np.arange(stop)
@@ -127,22 +143,35 @@ class LevelStates:
 
 
 def solve_level(problem: Problem, x_s: float, *, budget: float | None, clip: float,
-                allow: TypeFilter | None = None) -> LevelStates:
-    """DP over GPU types at latency level `x_s` (see the module docstring)."""
+                allow: TypeFilter | None = None, deadline: float | None = None
+                ) -> LevelStates:
+    """DP over GPU types at latency level `x_s` (see the module docstring).
+
+    Raises:
+        ExactBudgetExceeded: past `deadline` (a `time.perf_counter` value), or a step would
+            form more than `MAX_DP_PAIRS` (state, option) pairs while a deadline is set.
+
+    """
     caps = problem.cap_at(x_s)
-    options = [_type_options(problem, caps, t, allow) for t in range(len(problem.gpu_types))]
+    options = []
+    for t in range(len(problem.gpu_types)):
+        _check_deadline(deadline, f"options of GPU type {problem.gpu_types[t]}")
+        options.append(_type_options(problem, caps, t, allow))
     cw = np.zeros(1)
     cs = np.zeros(1)
     cost = np.zeros(1)
     choice = np.zeros((1, 0), dtype=np.int64)
     for opts in options:
+        if deadline is not None and len(cw) * len(opts.cw) > MAX_DP_PAIRS:
+            raise ExactBudgetExceeded(f"one DP step would pair {len(cw):,} states with "
+                                      f"{len(opts.cw):,} options")
         ncw = np.minimum(cw[:, None] + opts.cw[None, :], clip).ravel()
         ncs = np.minimum(cs[:, None] + opts.cs[None, :], clip).ravel()
         ncost = (cost[:, None] + opts.cost[None, :]).ravel()
         si, oi = np.divmod(np.arange(len(ncw)), len(opts.cw))
         ok = ncost <= budget + 1e-9 if budget is not None else np.ones(len(ncw), dtype=bool)
         idx = np.flatnonzero(ok)
-        keep = idx[_pareto(ncw[idx], ncs[idx], ncost[idx])]
+        keep = idx[_pareto(ncw[idx], ncs[idx], ncost[idx], deadline)]
         cw, cs, cost = ncw[keep], ncs[keep], ncost[keep]
         choice = np.concatenate([choice[si[keep]], oi[keep, None]], axis=1)
     return LevelStates(cw, cs, cost, choice, options)
@@ -204,18 +233,24 @@ class ExactFront:
 
 
 def exact_front(problem: Problem, *, refine_tol: float = 0.002, max_runs: int = 2000,
-                allow: TypeFilter | None = None) -> ExactFront:
+                allow: TypeFilter | None = None, deadline: float | None = None
+                ) -> ExactFront:
     """The exact front under the scenario's budget (see the module docstring).
 
     Runs the DP on every latency level, then bisects the level intervals contributing most to
     the gap between the hypervolume bounds until it is below `refine_tol` (relative).
+
+    Raises:
+        ExactBudgetExceeded: past `deadline` (`solve_level`).
+
     """
     start = time.perf_counter()
     lam = problem.rate_rps
     results: dict[float, tuple[float, IntArray, IntArray]] = {}
 
     def run(x: float) -> None:
-        st = solve_level(problem, x, budget=problem.budget, clip=lam, allow=allow)
+        st = solve_level(problem, x, budget=problem.budget, clip=lam, allow=allow,
+                         deadline=deadline)
         smax, i = _s_max(st, lam)
         cfg, reps = st.plan(i) if i >= 0 else (np.full(2 * len(problem.gpu_types), -1),
                                                  np.zeros(2 * len(problem.gpu_types),
@@ -254,8 +289,8 @@ def exact_front(problem: Problem, *, refine_tol: float = 0.002, max_runs: int = 
 
 
 def exact_min_cost(problem: Problem, quality: float, p95_s: float, *,
-                   allow: TypeFilter | None = None, strong_only: bool = False
-                   ) -> PlanArrays | None:
+                   allow: TypeFilter | None = None, strong_only: bool = False,
+                   deadline: float | None = None) -> PlanArrays | None:
     """The cheapest plan with quality >= `quality` and planning P95 <= `p95_s` (no budget).
 
     With `strong_only`, every query goes to the strong model (s = 1). Returns None if no plan
@@ -263,7 +298,7 @@ def exact_min_cost(problem: Problem, quality: float, p95_s: float, *,
     """
     lam = problem.rate_rps
     s_min = 1.0 if strong_only else problem.quality.min_share_for(quality)
-    st = solve_level(problem, p95_s, budget=None, clip=lam, allow=allow)
+    st = solve_level(problem, p95_s, budget=None, clip=lam, allow=allow, deadline=deadline)
     lo, _, ok = _share_range(st, lam, s_min)
     if not ok.any():
         return None
@@ -273,12 +308,14 @@ def exact_min_cost(problem: Problem, quality: float, p95_s: float, *,
 
 
 def exact_max_throughput(problem: Problem, quality: float, p95_s: float | None = None, *,
-                         allow: TypeFilter | None = None) -> PlanArrays | None:
+                         allow: TypeFilter | None = None, deadline: float | None = None
+                         ) -> PlanArrays | None:
     """The plan with the largest capacity (every group P95 <= L) under the budget."""
     lam = problem.rate_rps
     level = problem.ceiling_s if p95_s is None else p95_s
     s_min = problem.quality.min_share_for(quality)
-    st = solve_level(problem, level, budget=problem.budget, clip=np.inf, allow=allow)
+    st = solve_level(problem, level, budget=problem.budget, clip=np.inf, allow=allow,
+                     deadline=deadline)
     tot = st.cw + st.cs
     with np.errstate(divide="ignore", invalid="ignore"):
         s_bal = np.where(tot > 0, st.cs / tot, 0.0)

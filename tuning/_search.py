@@ -1,5 +1,8 @@
 """Searchers behind one interface: `search(problem, Goal, solver=...)` -> `SearchResult`.
 
+* ``auto`` (the default): ``exact`` when its DP is estimated to certify the answer within
+  `tuning._auto.EXACT_BUDGET_S`, else ``mobo`` (`tuning._auto.choose_solver`); the result says
+  which ran and why (`SearchResult.reason`);
 * ``mobo``: BoTorch multi-objective BO (qLogNEHVI with an outcome constraint) over the
   structured encoding (`tuning._encoding`), a Sobol start and batches of q proposals;
   ``encoding="raw"`` runs the same loop without the structure (the ablation);
@@ -34,11 +37,11 @@ from ._exact import exact_front, exact_max_throughput, exact_min_cost
 from ._front import hypervolume, normalized, pareto_mask
 from ._problem import Problem
 
-__all__ = ["Goal", "SearchResult", "concat_plans", "search"]
+__all__ = ["Goal", "SearchResult", "StopRule", "concat_plans", "search"]
 
 FloatArray = npt.NDArray[np.float64]
 Mode = Literal["pareto", "min-cost", "max-throughput"]
-SOLVERS = ("mobo", "exact", "random")
+SOLVERS = ("auto", "mobo", "exact", "random")
 MODES = ("pareto", "min-cost", "max-throughput")
 
 
@@ -55,9 +58,39 @@ class Goal:
     p95_s: float | None = None
 
 
+@dataclass(frozen=True)
+class StopRule:
+    """When an iterative searcher stops: the first of these.
+
+    Attributes:
+        max_evals: plans evaluated.
+        patience: batches (BO steps) after the start without an improvement of the progress
+            value (hypervolume; -cost; capacity) by more than `rel_tol` of it: "stable for
+            `patience` consecutive iterations", the paper's criterion. None: no such rule.
+        time_limit_s: wall-clock seconds of the search (checked after each batch). None: no
+            limit.
+        rel_tol: relative improvement that counts.
+
+    """
+
+    max_evals: int = 4096
+    patience: int | None = 20
+    time_limit_s: float | None = 60.0
+    rel_tol: float = 1e-4
+
+    @classmethod
+    def fixed(cls, max_evals: int) -> StopRule:
+        """Exactly `max_evals` evaluations (the benchmarks' equal-effort comparisons)."""
+        return cls(max_evals=max_evals, patience=None, time_limit_s=None)
+
+
 @dataclass
 class SearchResult:
-    """Every plan a searcher evaluated, their metrics, the chosen plan and the effort."""
+    """Every plan a searcher evaluated, their metrics, the chosen plan and the effort.
+
+    ``reason`` says why this solver ran (``auto``'s choice) and ``stopped`` why it ended;
+    ``step_seconds`` holds one ``{"fit_s", "acq_s", "decode_s"}`` per BO step.
+    """
 
     solver: str
     goal: Goal
@@ -66,6 +99,9 @@ class SearchResult:
     seconds: float
     trace: list[tuple[int, float, float]] = field(default_factory=list)  # (evals, s, value)
     exact_runs: int = 0
+    reason: str = ""
+    stopped: str = ""
+    step_seconds: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def evaluations(self) -> int:
@@ -168,13 +204,22 @@ Callback = Callable[[int, float, float], bool]   # (evaluations, seconds, value)
 
 
 class _Run:
-    """Bookkeeping shared by the iterative searchers."""
+    """Bookkeeping shared by the iterative searchers, and their `StopRule`.
 
-    def __init__(self, problem: Problem, goal: Goal, solver: str, callback: Callback | None):
+    Batches count toward ``patience`` once `warmup_evals` plans (the Sobol start) are in.
+    """
+
+    def __init__(self, problem: Problem, goal: Goal, solver: str, callback: Callback | None,
+                 rule: StopRule | None = None, warmup_evals: int = 0):
         self.problem, self.goal, self.solver, self.callback = problem, goal, solver, callback
+        self.rule = rule or StopRule()
+        self.warmup_evals = warmup_evals
         self.start = time.perf_counter()
         self.result: SearchResult | None = None
         self.stop = False
+        self.stopped = ""
+        self.best = -np.inf
+        self.stalled = 0
 
     def add(self, plans: PlanArrays) -> BatchMetrics:
         m = evaluate_arrays(self.problem, plans, self.goal.p95_s)
@@ -185,44 +230,66 @@ class _Run:
             self.result.metrics = _concat_metrics(self.result.metrics, m)
         elapsed = time.perf_counter() - self.start
         value = _progress_value(self.problem, self.result)
-        self.result.trace.append((len(self.result.plans), elapsed, value))
+        evals = len(self.result.plans)
+        self.result.trace.append((evals, elapsed, value))
         self.result.seconds = elapsed
-        if self.callback is not None and self.callback(len(self.result.plans), elapsed, value):
-            self.stop = True
+        self._check(evals, elapsed, value)
+        if self.callback is not None and self.callback(evals, elapsed, value):
+            self.stop, self.stopped = True, self.stopped or "the caller's callback"
         return m
+
+    def _check(self, evals: int, elapsed: float, value: float) -> None:
+        rule = self.rule
+        improved = value > self.best + rule.rel_tol * max(abs(self.best), 1e-12)
+        if np.isfinite(value) and (improved or not np.isfinite(self.best)):
+            self.best = max(self.best, value)
+        if evals > self.warmup_evals:
+            self.stalled = 0 if improved else self.stalled + 1
+        if evals >= rule.max_evals:
+            self.stop, self.stopped = True, f"{evals} evaluations (the limit)"
+        elif rule.patience is not None and self.stalled >= rule.patience:
+            self.stop, self.stopped = True, (f"front stable for {self.stalled} steps "
+                                             f"(patience {rule.patience})")
+        elif rule.time_limit_s is not None and elapsed >= rule.time_limit_s:
+            self.stop, self.stopped = True, f"time limit {rule.time_limit_s:g} s"
 
     def done(self) -> SearchResult:
         assert self.result is not None
         self.result.seconds = time.perf_counter() - self.start
+        self.result.stopped = self.stopped or "evaluation budget spent"
         return self.result
 
 
-def _random(problem: Problem, goal: Goal, *, max_evals: int, seed: int, batch: int,
+def _random(problem: Problem, goal: Goal, *, rule: StopRule, seed: int, batch: int,
             callback: Callback | None) -> SearchResult:
     enc = RawEncoding(problem, _s_lo(problem, goal))
     rng = np.random.default_rng(seed)
-    run = _Run(problem, goal, "random", callback)
-    while not run.stop and (run.result is None or len(run.result.plans) < max_evals):
-        run.add(enc.decode(rng.random((batch, enc.dim))))
+    run = _Run(problem, goal, "random", callback, replace(rule, patience=None))
+    while not run.stop:
+        n = rule.max_evals - (len(run.result.plans) if run.result else 0)
+        run.add(enc.decode(rng.random((min(batch, n), enc.dim))))
     return run.done()
 
 
-def _exact(problem: Problem, goal: Goal) -> SearchResult:
+def _exact(problem: Problem, goal: Goal, deadline: float | None = None) -> SearchResult:
+    """The exact solver; past `deadline` (perf_counter) it raises `ExactBudgetExceeded`."""
     start = time.perf_counter()
     if goal.mode == "pareto":
-        front = exact_front(problem)
+        front = exact_front(problem, deadline=deadline)
         plans, runs = front.plans, front.dp_runs
     elif goal.mode == "min-cost":
         if goal.quality is None or goal.p95_s is None:
             raise SearchError("min-cost needs --quality and --p95")
-        found = exact_min_cost(problem, goal.quality, goal.p95_s)
+        found = exact_min_cost(problem, goal.quality, goal.p95_s, deadline=deadline)
         plans, runs = found if found is not None else _empty(problem), 1
     else:
         found = exact_max_throughput(problem, goal.quality if goal.quality is not None
-                                     else float(problem.quality(0.0)), goal.p95_s)
+                                     else float(problem.quality(0.0)), goal.p95_s,
+                                     deadline=deadline)
         plans, runs = found if found is not None else _empty(problem), 1
     m = evaluate_arrays(problem, plans, goal.p95_s)
-    res = SearchResult("exact", goal, plans, m, time.perf_counter() - start, exact_runs=runs)
+    res = SearchResult("exact", goal, plans, m, time.perf_counter() - start, exact_runs=runs,
+                       stopped="certified (the DP's answer is exact)")
     res.trace.append((runs, res.seconds, _progress_value(problem, res)))
     return res
 
@@ -237,14 +304,27 @@ def search(
     problem: Problem,
     goal: Goal,
     *,
-    solver: str = "mobo",
+    solver: str = "auto",
     seed: int = 0,
-    max_evals: int = 256,
+    max_evals: int | None = None,
+    stop: StopRule | None = None,
     encoding: str = "structured",
     callback: Callback | None = None,
     progress: bool = False,
 ) -> SearchResult:
     """Run one searcher on a problem (see the module docstring).
+
+    Args:
+        problem: the planning problem.
+        goal: what to optimize.
+        solver: ``auto``, ``mobo``, ``exact`` or ``random``.
+        seed: of the Sobol start / random draws.
+        max_evals: shorthand for ``StopRule.fixed(max_evals)``: exactly that many plans.
+        stop: when mobo / random stop (default `StopRule()`: stable for 20 steps, 60 s);
+            ignored with `max_evals`.
+        encoding: ``structured`` or ``raw`` (mobo).
+        callback: ``(evaluations, seconds, value) -> stop?`` after each batch.
+        progress: draw a progress bar on stderr.
 
     Raises:
         SearchError: unknown solver or mode, or a goal missing the targets it needs.
@@ -258,15 +338,37 @@ def search(
         raise SearchError("objective=min-cost needs both --quality and --p95")
     if goal.quality is not None:
         problem.quality.min_share_for(goal.quality)       # raises if unreachable
+    rule = StopRule.fixed(max_evals) if max_evals is not None else (stop or StopRule())
+    if rule.max_evals < 1:
+        raise SearchError(f"max_evals={rule.max_evals} must be >= 1")
+    reason = ""
+    if solver == "auto":
+        from ._auto import ExactBudgetExceeded, choose_solver, exact_deadline
+
+        choice = choose_solver(problem, goal)
+        reason = choice.reason
+        if choice.solver == "exact":
+            try:
+                res = _exact(problem, goal, deadline=exact_deadline())
+                res.reason = reason
+                return res
+            except ExactBudgetExceeded as exc:
+                reason = f"{reason}, but {exc}; mobo instead"
+        solver = "mobo"
     if solver == "exact":
-        return _exact(problem, goal)
+        res = _exact(problem, goal)
+        res.reason = "asked for (--solver exact)"
+        return res
     if solver == "random":
-        return _random(problem, goal, max_evals=max_evals, seed=seed, batch=32,
-                       callback=callback)
+        res = _random(problem, goal, rule=rule, seed=seed, batch=32, callback=callback)
+        res.reason = "asked for (--solver random)"
+        return res
     from ._mobo import run_mobo
 
-    return run_mobo(problem, goal, seed=seed, max_evals=max_evals, encoding=encoding,
-                    callback=callback, progress=progress)
+    res = run_mobo(problem, goal, seed=seed, stop=rule, encoding=encoding, callback=callback,
+                   progress=progress)
+    res.reason = reason or "asked for (--solver mobo)"
+    return res
 
 
 def _max_scale(problem: Problem, level_s: float) -> float:

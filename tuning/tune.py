@@ -13,9 +13,12 @@ only module of `tuning` that imports Ray.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from ._search import (
     Goal,
     SearchError,
     SearchResult,
+    StopRule,
     _outcomes,
     _Run,
     make_encoding,
@@ -87,50 +91,78 @@ def _trial(config: dict[str, Any], problem: Problem, goal: Goal, encoding: str) 
                  "best_o0": float(y[feasible, 0].max()) if feasible.any() else -1.0})
 
 
-def search_with_tune(problem: Problem, goal: Goal, *, seed: int = 0, max_evals: int = 288,
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send this process's stdout (Python's and file descriptor 1) to stderr in the block.
+
+    Tune prints its experiment tables and Ray its start-up lines on stdout; a caller printing
+    one JSON object there (`boute plan --tune --json`) must get stdout to itself. Processes
+    started in the block (Ray's workers) inherit the redirected descriptor.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def search_with_tune(problem: Problem, goal: Goal, *, seed: int = 0,
+                     max_evals: int | None = None, stop: StopRule | None = None,
                      batch: int = 64, concurrency: int = 2, encoding: str = "structured",
                      callback: Callback | None = None, temp_dir: str | None = None
                      ) -> SearchResult:
     """Run the MOBO searcher through Ray Tune (starting a local Ray if none is running).
 
-    ``max_evals`` plans in trials of ``batch`` (Sobol chunks) or ``settings.q`` points (BO
-    steps), ``concurrency`` trials at a time; results under ``build/ray_results``. The driver
-    keeps the evaluated plans as trials finish; ``callback(evaluations, seconds, value)``
-    returning True ends the search (no new trials).
+    Plans in trials of ``batch`` (Sobol chunks) or ``settings.q`` points (BO steps),
+    ``concurrency`` trials at a time, until `stop` (default `StopRule()`, or exactly
+    `max_evals` plans); results under ``build/ray_results``. The driver keeps the evaluated
+    plans as trials finish; ``callback(evaluations, seconds, value)`` returning True ends the
+    search (no new trials). Tune's and Ray's output goes to stderr, never stdout.
     """
     import ray
 
-    # A local Ray started here runs with token authentication, Ray's default for `ray.init()`
-    # (it generates ~/.ray/auth_token if there is none); RAY_AUTH_MODE set by the caller wins.
-    started = False
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 _temp_dir=temp_dir)
-        started = True
-    enc = make_encoding(problem, goal, encoding)
-    settings = MoboSettings(n_init=min(MoboSettings().n_init, max_evals))
-    run = _Run(problem, goal, "mobo-tune", callback)
+    rule = StopRule.fixed(max_evals) if max_evals is not None else (stop or StopRule())
+    with _stdout_to_stderr():
+        # A local Ray started here runs with token authentication, Ray's default for
+        # `ray.init()` (it generates ~/.ray/auth_token if there is none); RAY_AUTH_MODE set by
+        # the caller wins.
+        started = False
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     _temp_dir=temp_dir)
+            started = True
+        enc = make_encoding(problem, goal, encoding)
+        settings = MoboSettings(n_init=min(MoboSettings().n_init, rule.max_evals))
+        run = _Run(problem, goal, "mobo-tune", callback, rule, warmup_evals=settings.n_init)
 
-    def on_batch(z: np.ndarray[Any, Any]) -> bool:
-        run.add(enc.decode(z))
-        return run.stop
+        def on_batch(z: np.ndarray[Any, Any]) -> bool:
+            run.add(enc.decode(z))
+            return run.stop
 
-    searcher = BouteSearcher(enc.dim, seed, settings, batch, on_batch)
-    n_sobol = math.ceil(settings.n_init / batch)
-    n_bo = math.ceil(max(0, max_evals - settings.n_init) / settings.q)
-    try:
-        tuner = tune.Tuner(
-            tune.with_parameters(_trial, problem=problem, goal=goal, encoding=encoding),
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n_sobol + n_bo,
-                                        max_concurrent_trials=concurrency, reuse_actors=True),
-            run_config=tune.RunConfig(storage_path=str(Path("build/ray_results").resolve()),
-                                      verbose=0),
-        )
-        tuner.fit()
-    finally:
-        if started:
-            ray.shutdown()
+        searcher = BouteSearcher(enc.dim, seed, settings, batch, on_batch)
+        n_sobol = math.ceil(settings.n_init / batch)
+        n_bo = math.ceil(max(0, rule.max_evals - settings.n_init) / settings.q)
+        try:
+            tuner = tune.Tuner(
+                tune.with_parameters(_trial, problem=problem, goal=goal, encoding=encoding),
+                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=n_sobol + n_bo,
+                                            max_concurrent_trials=concurrency,
+                                            reuse_actors=True),
+                run_config=tune.RunConfig(storage_path=str(Path("build/ray_results").resolve()),
+                                          verbose=0),
+            )
+            tuner.fit()
+        finally:
+            if started:
+                ray.shutdown()
     if run.result is None:
         raise SearchError("no Ray Tune trial finished; see the trial logs under "
                           "build/ray_results")
-    return run.done()
+    result = run.done()
+    result.step_seconds = [dict(t) for t in searcher.state.step_seconds]
+    return result

@@ -96,8 +96,10 @@ def test_empty_or_corrupt_or_thin_windows_are_clear_errors(tmp_path: Path) -> No
 def test_options_and_a_plan_that_no_longer_fits(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ReplanError, match=r"window_s=0 must be a positive number"):
         ReplanOptions(window_s=0)
-    with pytest.raises(ReplanError, match=r"solver='bo' must be exact, mobo or random"):
+    with pytest.raises(ReplanError, match=r"solver='bo' must be auto, exact, mobo or random"):
         ReplanOptions(solver="bo")
+    with pytest.raises(ReplanError, match=r"evals=0 must be >= 1 \(or None"):
+        ReplanOptions(evals=0)
     import app.deploy as deploy
     from app.deploy import DeployError, check_plan_fits
 

@@ -1,0 +1,94 @@
+"""`--solver auto`: the exact DP when it can certify the answer within seconds, else MOBO.
+
+The exact solver (`tuning._exact`) is a DP over GPU types run once per latency level: a
+Pareto front runs it on every level of the problem's grid and then on bisected levels until
+the hypervolume bracket closes (`exact_front`: 1.5-2.4 runs per grid level on the presets);
+min-cost and max-throughput run it once, at the target level. Its cost per run grows with the
+states that survive dominance pruning, which depends on the stock, the number of types and the
+level, and which no closed formula predicts. So the estimate is measured:
+
+1. **Probe.** Run the DP at `PROBE_LEVELS` levels spread over the grid (the target level for
+   the single-run goals), each under a deadline, and take the mean seconds per run ``t``.
+2. **Estimate.** ``t * runs``, with ``runs = RUNS_PER_LEVEL * len(levels)`` for a front
+   (the largest ratio seen on the presets, rounded up) and 1 otherwise.
+3. **Decide.** Exact when the estimate is at most `EXACT_BUDGET_S`; the exact run itself then
+   carries a deadline of ``EXACT_DEADLINE_FACTOR * EXACT_BUDGET_S`` and, if it runs past it
+   anyway, MOBO takes over (the result's ``reason`` says so). Otherwise MOBO.
+
+A probe that runs past its share of the budget, or a DP step that would pair more than
+`tuning._exact.MAX_DP_PAIRS` states and options, decides for MOBO at once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._exact import ExactBudgetExceeded, solve_level
+from ._problem import Problem
+from ._search import Goal
+
+__all__ = ["EXACT_BUDGET_S", "ExactBudgetExceeded", "SolverChoice", "choose_solver",
+           "exact_deadline"]
+
+EXACT_BUDGET_S = 2.0
+"""Estimated exact-DP seconds up to which `auto` runs the exact solver."""
+EXACT_DEADLINE_FACTOR = 3.0
+"""The exact run chosen by `auto` is stopped at this multiple of the budget."""
+PROBE_LEVELS = 6
+RUNS_PER_LEVEL = 2.5
+
+
+@dataclass(frozen=True)
+class SolverChoice:
+    """The solver `auto` picked, the reason in words, and the exact DP's estimated seconds."""
+
+    solver: str
+    reason: str
+    estimate_s: float | None
+
+
+def exact_deadline(budget_s: float = EXACT_BUDGET_S) -> float:
+    """The `time.perf_counter` deadline of an exact run chosen by `auto`."""
+    return time.perf_counter() + EXACT_DEADLINE_FACTOR * budget_s
+
+
+def _probe_levels(problem: Problem, goal: Goal) -> tuple[list[float], float, float]:
+    """Levels to probe, runs of the full solve, and the clip of the capacities."""
+    lam = problem.rate_rps
+    if goal.mode == "min-cost":
+        assert goal.p95_s is not None
+        return [goal.p95_s], 1.0, lam
+    if goal.mode == "max-throughput":
+        level = goal.p95_s if goal.p95_s is not None else problem.ceiling_s
+        return [level], 1.0, np.inf
+    levels = np.asarray(problem.levels_s, dtype=np.float64)
+    pick = np.unique(np.linspace(0, len(levels) - 1, PROBE_LEVELS).round().astype(int))
+    return [float(x) for x in levels[pick]], RUNS_PER_LEVEL * len(levels), lam
+
+
+def choose_solver(problem: Problem, goal: Goal, *, budget_s: float = EXACT_BUDGET_S
+                  ) -> SolverChoice:
+    """Probe the exact DP and pick ``exact`` or ``mobo`` (see the module docstring)."""
+    levels, runs, clip = _probe_levels(problem, goal)
+    budget = None if goal.mode == "min-cost" else problem.budget
+    probe_budget_s = budget_s / 2
+    start = time.perf_counter()
+    deadline = start + probe_budget_s
+    try:
+        for x in levels:
+            solve_level(problem, x, budget=budget, clip=clip, deadline=deadline)
+    except ExactBudgetExceeded as exc:
+        return SolverChoice("mobo", f"probing the exact DP on {len(levels)} latency "
+                            f"level(s) ran past {probe_budget_s:g} s ({exc})", None)
+    per_run = (time.perf_counter() - start) / len(levels)
+    estimate = per_run * runs
+    size = (f"{len(problem.gpu_types)} GPU types, {int(np.sum(problem.stock)):,} GPUs; "
+            f"{per_run * 1e3:.2f} ms per DP run x {runs:g} runs")
+    if estimate <= budget_s:
+        return SolverChoice("exact", f"the certified answer is estimated at {estimate:.2f} s "
+                            f"<= {budget_s:g} s ({size})", estimate)
+    return SolverChoice("mobo", f"the exact DP is estimated at {estimate:.1f} s > "
+                        f"{budget_s:g} s ({size})", estimate)
