@@ -261,10 +261,11 @@ class _Run:
 
 
 def _random(problem: Problem, goal: Goal, *, rule: StopRule, seed: int, batch: int,
-            callback: Callback | None) -> SearchResult:
-    enc = RawEncoding(problem, _s_lo(problem, goal))
+            callback: Callback | None, encoding: str = "raw") -> SearchResult:
+    enc = make_encoding(problem, goal, encoding)
     rng = np.random.default_rng(seed)
-    run = _Run(problem, goal, "random", callback, replace(rule, patience=None))
+    name = "random" if encoding == "raw" else f"random-{encoding}"
+    run = _Run(problem, goal, name, callback, replace(rule, patience=None))
     while not run.stop:
         n = rule.max_evals - (len(run.result.plans) if run.result else 0)
         run.add(enc.decode(rng.random((min(batch, n), enc.dim))))
@@ -308,7 +309,7 @@ def search(
     seed: int = 0,
     max_evals: int | None = None,
     stop: StopRule | None = None,
-    encoding: str = "structured",
+    encoding: str | None = None,
     callback: Callback | None = None,
     progress: bool = False,
 ) -> SearchResult:
@@ -322,7 +323,8 @@ def search(
         max_evals: shorthand for ``StopRule.fixed(max_evals)``: exactly that many plans.
         stop: when mobo / random stop (default `StopRule()`: stable for 20 steps, 60 s);
             ignored with `max_evals`.
-        encoding: ``structured`` or ``raw`` (mobo).
+        encoding: ``structured`` or ``raw``; default: structured for mobo, raw for random
+            (uniform integer plans: every plan of the space reachable).
         callback: ``(evaluations, seconds, value) -> stop?`` after each batch.
         progress: draw a progress bar on stderr.
 
@@ -360,13 +362,14 @@ def search(
         res.reason = "asked for (--solver exact)"
         return res
     if solver == "random":
-        res = _random(problem, goal, rule=rule, seed=seed, batch=32, callback=callback)
+        res = _random(problem, goal, rule=rule, seed=seed, batch=32, callback=callback,
+                      encoding=encoding or "raw")
         res.reason = "asked for (--solver random)"
         return res
     from ._mobo import run_mobo
 
-    res = run_mobo(problem, goal, seed=seed, stop=rule, encoding=encoding, callback=callback,
-                   progress=progress)
+    res = run_mobo(problem, goal, seed=seed, stop=rule, encoding=encoding or "structured",
+                   callback=callback, progress=progress)
     res.reason = reason or "asked for (--solver mobo)"
     return res
 
