@@ -9,6 +9,7 @@ and ``paper-mtbench``. Planning stages read the parts they need: profiling reads
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -23,7 +24,7 @@ from boute.textfile import read_utf8
 from ._workload import TRACE_SHAPES, Trace, generate_trace, load_trace
 
 if TYPE_CHECKING:
-    from ._catalog import Catalog
+    from ._catalog import Catalog, GpuType
 
 __all__ = ["DEFAULT_SCENARIO", "ProfileSpec", "Scenario", "ScenarioError", "list_presets",
            "load_scenario"]
@@ -41,12 +42,20 @@ class _Strict(BaseModel):
 
 
 class GpuOffer(_Strict):
-    """GPUs of one type on offer."""
+    """GPUs of one type on offer.
+
+    An offer's key names the GPU type in plans and perf DBs. With `gpu` set, the key is an
+    *alias* of that catalog GPU (same silicon, its own stock and price), so that the same GPU
+    can be offered twice, e.g. ``H100: {count: 64}`` on demand next to
+    ``H100-spot: {gpu: H100, count: 64, price_per_hour: 1.35}``.
+    """
 
     count: int = Field(8, ge=1, le=4096, description="GPUs of this type that can be rented.")
     price_per_hour: float | None = Field(
         None, ge=0, le=1e4, description="Override of the catalog's $/GPU-hour for this "
         "scenario (at most $10,000, the catalog's bound).")
+    gpu: str | None = Field(None, min_length=1, description="The catalog GPU this offer rents "
+                            "(e.g. `H100` for an `H100-spot` offer); default: the offer's key.")
 
 
 class ModelPair(_Strict):
@@ -126,6 +135,50 @@ class Scenario(_Strict):
         """The profiling view of this scenario."""
         return ProfileSpec(self)
 
+    def catalog_gpu(self, offer: str) -> str:
+        """The catalog GPU that offer `offer` rents: its ``gpu`` field, else its key."""
+        return self.gpus[offer].gpu or offer
+
+    def offered_gpus(self, catalog: Catalog, source: str | None = None) -> dict[str, GpuType]:
+        """The GPU type of each offer, by offer key, in scenario order.
+
+        Each is the catalog row of the offer's GPU (`catalog_gpu`) renamed to the offer's key,
+        at the offer's price (``price_per_hour``, else the catalog's); everything else (memory,
+        bandwidth, TFLOPS, node size) is the catalog GPU's.
+
+        Args:
+            catalog: the merged catalog (embedded + the user's files).
+            source: how to name the scenario in messages (default: its name).
+
+        Raises:
+            ScenarioError: an offer names no catalog GPU (its key without ``gpu``, or its
+                ``gpu``), or an alias key is itself another catalog GPU's name; the message
+                names the field, the value and the fix.
+
+        """
+        where = f"scenario {source or self.name!r}"
+        out: dict[str, GpuType] = {}
+        for key, offer in self.gpus.items():
+            if offer.gpu is None:
+                try:
+                    base = catalog.gpu(key)
+                except CatalogError as exc:
+                    raise ScenarioError(f"{where}: gpus: {exc}; or, for another name of a "
+                                        f"catalog GPU, set gpus.{key}.gpu") from None
+            else:
+                try:
+                    base = catalog.gpu(offer.gpu)
+                except CatalogError as exc:
+                    raise ScenarioError(f"{where}: gpus.{key}.gpu: {exc}") from None
+                if key != offer.gpu and key in catalog.gpus:
+                    raise ScenarioError(
+                        f"{where}: gpus.{key}.gpu={offer.gpu!r}: the key {key!r} is itself a "
+                        f"catalog GPU type, so it cannot rent {offer.gpu!r}; give this offer a "
+                        f"name of its own (e.g. '{offer.gpu}-spot') or drop `gpu`")
+            price = base.price_per_hour if offer.price_per_hour is None else offer.price_per_hour
+            out[key] = replace(base, name=key, price_per_hour=price)
+        return out
+
     def check_catalog(self, catalog: Catalog, source: str | None = None) -> None:
         """Check that every GPU type and model the scenario names is in `catalog`.
 
@@ -135,15 +188,11 @@ class Scenario(_Strict):
 
         Raises:
             ScenarioError: naming the scenario, the field and the unknown name, with the
-                catalog's known names and how to add one.
+                catalog's known names and how to add one (see `offered_gpus` for aliases).
 
         """
         where = f"scenario {source or self.name!r}"
-        try:
-            for gpu in self.gpus:
-                catalog.gpu(gpu)
-        except CatalogError as exc:
-            raise ScenarioError(f"{where}: gpus: {exc}") from None
+        self.offered_gpus(catalog, source)
         for role in ("weak", "strong"):
             try:
                 catalog.model(getattr(self.models, role))
@@ -152,12 +201,20 @@ class Scenario(_Strict):
 
 
 class ProfileSpec:
-    """What the perf DB sweeps: GPUs with counts, models, the base trace and the grid."""
+    """What the perf DB sweeps: GPUs with counts, models, the base trace and the grid.
+
+    ``gpus`` maps *catalog* GPUs to the most GPUs any offer of them has: offers that alias one
+    GPU (``gpu:``) share its rows, since they differ only in price and stock, and the planner
+    (`tuning.load_problem`) prices each offer and keeps the configs that fit its stock.
+    """
 
     def __init__(self, scenario: Scenario) -> None:
         self.scenario = scenario
         self.name = scenario.name
-        self.gpus = {g: o.count for g, o in scenario.gpus.items()}
+        self.gpus: dict[str, int] = {}
+        for key, offer in scenario.gpus.items():
+            gpu = scenario.catalog_gpu(key)
+            self.gpus[gpu] = max(self.gpus.get(gpu, 0), offer.count)
         self.models = list(dict.fromkeys([scenario.models.weak, scenario.models.strong]))
         self.num_rates = scenario.profile.num_rates
         self.hardware_profiles = scenario.profile.hardware_profiles

@@ -3,8 +3,10 @@
 Everything the evaluator and the searchers need is precomputed here once:
 
 * the candidate replica configs ``c`` (model, GPU type, TP, PP) of the scenario that the DB
-  holds, with their GPUs per replica ``g_c`` and price ``price_c`` (scenario prices win over
-  the catalog's);
+  holds and that fit the type's stock, with their GPUs per replica ``g_c`` and price
+  ``price_c`` (scenario prices win over the catalog's). A GPU type is a scenario *offer*: an
+  alias offer (``H100-spot: {gpu: H100, ...}``) gets its catalog GPU's DB rows, at its own
+  price and stock (`profiling.Scenario.offered_gpus`);
 * the **capacity table** ``cap[c, k]``: the highest per-replica request rate at which config c
   keeps its P95 latency at or below the latency level ``x_k``. Levels are log-spaced from
   ``X_MIN_S`` to the scenario's ``p95_ceiling_s``. From the DB, P95(rate) is made monotone
@@ -165,15 +167,19 @@ def load_problem(
 
     Raises:
         PerfDBError: the DB lacks a GPU type or model of the scenario (rebuild it).
-        ScenarioError: the quality curve of the scenario's task is unknown.
+        ScenarioError: the quality curve of the scenario's task is unknown, or an offer names
+            no catalog GPU (`profiling.Scenario.offered_gpus`).
 
     """
     models = (scenario.models.weak, scenario.models.strong)
     gpu_types = tuple(scenario.gpus)
+    offered = scenario.offered_gpus(catalog)
+    rents = [scenario.catalog_gpu(g) for g in gpu_types]     # offer -> catalog GPU (DB rows)
+    stock = np.array([o.count for o in scenario.gpus.values()], dtype=np.int64)
     db_gpus = {k[1] for k in db.keys}
     db_models = {k[0] for k in db.keys}
-    missing = [g for g in gpu_types if g not in db_gpus] + [m for m in models
-                                                            if m not in db_models]
+    missing = [g for g in dict.fromkeys(rents) if g not in db_gpus] + [
+        m for m in models if m not in db_models]
     if missing:
         raise PerfDBError(f"perf DB (scenario {db.meta.get('scenario')!r}) has no rows for "
                           f"{missing}; build one for scenario {scenario.name!r} with "
@@ -182,19 +188,20 @@ def load_problem(
         curve = quality or default_quality_curve(scenario.task)
     except ValueError as exc:
         raise ScenarioError(f"task={scenario.task!r}: {exc}") from None
-    gpu_price = np.array([
-        o.price_per_hour if o.price_per_hour is not None else catalog.gpu(g).price_per_hour
-        for g, o in scenario.gpus.items()])
+    gpu_price = np.array([offered[g].price_per_hour for g in gpu_types])
     rows, cm, ct, ctp, cpp = [], [], [], [], []
     for key in db.keys:
         m, g, tp, pp = key
-        if g in gpu_types and m in models:
-            # Weak and strong may be the same model (a degenerate pair): list it for both.
+        if m not in models:
+            continue
+        # Each offer renting GPU g whose stock holds one replica; weak and strong may be the
+        # same model (a degenerate pair): list it for both.
+        for t in (t for t, r in enumerate(rents) if r == g and tp * pp <= stock[t]):
             for mi, name in enumerate(models):
                 if name == m:
                     rows.append(db.index[key])
                     cm.append(mi)
-                    ct.append(gpu_types.index(g))
+                    ct.append(t)
                     ctp.append(tp)
                     cpp.append(pp)
     row_arr = np.asarray(rows, dtype=np.int64)
@@ -205,10 +212,8 @@ def load_problem(
                                                                        strict=True))}
     return Problem(
         scenario=scenario, db=db, quality=curve, models=models, gpu_types=gpu_types,
-        stock=np.array([o.count for o in scenario.gpus.values()], dtype=np.int64),
-        gpu_price=gpu_price,
-        gpus_per_node=np.array([catalog.gpu(g).gpus_per_node for g in gpu_types],
-                               dtype=np.int64),
+        stock=stock, gpu_price=gpu_price,
+        gpus_per_node=np.array([offered[g].gpus_per_node for g in gpu_types], dtype=np.int64),
         cfg_model=np.asarray(cm, dtype=np.int64), cfg_type=cfg_type,
         cfg_tp=np.asarray(ctp, dtype=np.int64), cfg_pp=np.asarray(cpp, dtype=np.int64),
         cfg_gpus=cfg_gpus, cfg_price=cfg_gpus * gpu_price[cfg_type], cfg_db=row_arr,
