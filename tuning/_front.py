@@ -1,4 +1,4 @@
-"""Pareto fronts of (quality, P95) and their hypervolume (BoTorch's).
+"""Pareto fronts of (quality, P95) and their hypervolume.
 
 Objectives are normalized to the unit box so hypervolumes compare across scenarios:
 
@@ -7,6 +7,12 @@ Objectives are normalized to the unit box so hypervolumes compare across scenari
 
 Both are maximized; the reference point is the origin (weak-only quality, ceiling latency), so a
 plan contributes the box it dominates above that corner.
+
+With two objectives the dominated region is a staircase and its area a sorted sum
+(`hypervolume`), exact and O(N log N). It gives the same value as BoTorch's box decomposition
+(``DominatedPartitioning``, which `tests/tuning/test_front.py` checks it against) without
+importing torch: that import alone is 1.4 s of the 3 s a `boute plan` answered by the exact
+solver takes on 2 cores.
 """
 
 from __future__ import annotations
@@ -47,16 +53,21 @@ def pareto_mask(p95_s: FloatArray, quality: FloatArray) -> BoolArray:
 
 
 def hypervolume(problem: Problem, p95_s: FloatArray, quality: FloatArray) -> float:
-    """Normalized hypervolume of points (BoTorch's exact box decomposition)."""
-    import torch
-    from botorch.utils.multi_objective.box_decompositions.dominated import (
-        DominatedPartitioning,
-    )
+    """Normalized hypervolume of points: the area they dominate above the origin.
 
+    With the normalized points (`normalized`) sorted by ``q_n`` descending,
+    ``q_(1) >= ... >= q_(N)``, and ``q_(N+1) = 0``, the dominated region over
+    ``(q_(k+1), q_(k)]`` reaches up to ``max_{i <= k} y_(i)``, so
+
+        HV = sum_k (q_(k) - q_(k+1)) * max_{i <= k} y_(i).
+
+    Points with a zero coordinate add nothing.
+    """
     y = normalized(problem, p95_s, quality)
     y = y[(y > 0).all(axis=1)] if len(y) else y
     if len(y) == 0:
         return 0.0
-    part = DominatedPartitioning(ref_point=torch.zeros(2, dtype=torch.float64),
-                                 Y=torch.as_tensor(y, dtype=torch.float64))
-    return float(part.compute_hypervolume())
+    order = np.argsort(-y[:, 0], kind="stable")
+    q, top = y[order, 0], np.maximum.accumulate(y[order, 1])
+    widths = q - np.append(q[1:], 0.0)
+    return float((widths * top).sum())
