@@ -1,26 +1,38 @@
-"""Search quality and speed of every searcher against the exact front, per preset.
+"""Search speed and quality per preset: auto, MOBO, the ablations at equal evaluations, BO steps.
 
-    python benchmarks/search.py [--presets paper-gsm8k,...] [--seeds 5] [--tune]
-                                [--json build/search_bench.json]
+    python benchmarks/search.py [--presets paper-gsm8k,...] [--seeds 5] [--evals 64,288]
+                                [--tune] [--json build/search_bench.json]
 
 For each preset (perf DB built when missing):
 
-* **exact**: the knapsack DP front (`tuning._exact`), its time and hypervolume (HV; the lower
-  bound of its bracket, all on the same normalized reference point);
-* **mobo**: the in-process BoTorch searcher, one run per seed, stopped as soon as its front's
-  HV reaches 99% of the exact HV (or at `--max-evals`): evaluations and seconds to 99%, and
-  the HV ratio reached;
-* **min-cost**: for every target of the preset, MOBO's cheapest plan versus the exact minimum
-  (ratio, worst over seeds), stopped when within 1%;
-* **random**: uniform random integer plans until 99% (or `--random-evals`);
-* **raw**: the ablation, MOBO without the structural encoding (z = share + a config and a
-  replica fraction per (model, GPU type)), same stopping rule;
-* **tune** (with `--tune`): MOBO through Ray Tune on a local Ray (seed 0), same stopping rule;
-* **evaluator**: plans evaluated per second on a batch of 100,000 random plans.
+* **reference**: the exact DP front's hypervolume (HV; lower end of its bracket) where the DP
+  finishes within `--exact-limit-s`, else the best known front: the larger of the stored
+  reference front (`benchmarks/data/reference_fronts/<preset>.json`, the pooled front of long
+  MOBO runs; how it was made is in the file) and the best front any run of this benchmark
+  found. Every HV below is a ratio to it.
+* **auto**: what `boute plan` runs with no flags (`search(problem, Goal())`): the solver it
+  chose, why, its seconds and HV.
+* **mobo**: the default MOBO (Sobol start of 256, qLogNEHVI steps of 4, stopped by the
+  default rule), one run per seed: seconds and evaluations until 99% of the reference HV.
+* **ablation at equal evaluations N** (each of `--evals`), mean and worst over seeds of the HV
+  after exactly N plans, and seconds to 99% (worst; "-" when a seed never got there):
+  ``bo`` — a Sobol start of ``min(256, N/2)`` then BO steps, structured encoding;
+  ``sobol`` — N Sobol points in the structured encoding (no model);
+  ``random`` — N uniform points in the structured encoding;
+  ``raw`` — the same BO loop in the raw encoding (no structure).
+* **BO step**: mean and max seconds of the GP fit, the acquisition (qLogNEHVI over the
+  candidate set) and decode + evaluate, over every BO step above, against the step before this
+  change (`BEFORE_STEP_S`).
+* **min-cost**: for every target of the preset, MOBO's cheapest plan vs the exact minimum
+  (worst ratio over seeds; presets where the DP finishes).
+* **`boute plan` wall time** (paper-gsm8k): the CLI with no flags, idle and while another
+  process keeps one core busy.
+* **tune** (with `--tune`): MOBO through Ray Tune on a local Ray (seed 0) until 99%.
+* **evaluator**: plans evaluated per second on 100,000 random plans.
 
-Targets (2-core machine): HV >= 99% of exact on every seed; min-cost within 1%; time to 99%
-<= 5 s for 4 types/32 GPUs and <= 10 s for 6 types/48 GPUs; evaluator >= 10,000 plans/s.
-Prints a table, writes JSON, exits 1 when a target is missed.
+Targets (2-core machine): MOBO >= 99% of the reference on every seed within `TIME_TARGET_S`;
+BO step <= 1 s (mean); `boute plan` <= 3 s idle and busy; min-cost within 1%; evaluator
+>= 10,000 plans/s. Prints tables, writes JSON, exits 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -29,185 +41,294 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from boute.plan_cli import planning_problem
-from tuning import Goal, Problem, evaluate_arrays, search
+from tuning import Goal, Problem, SearchResult, StopRule, evaluate_arrays, search
+from tuning._auto import ExactBudgetExceeded
 from tuning._encoding import RawEncoding
 from tuning._exact import exact_min_cost
+from tuning._mobo import MoboSettings, run_mobo
 
+REPO = Path(__file__).resolve().parents[1]
 PRESETS = ("paper-gsm8k", "paper-mtbench", "scale-3types", "scale-4types", "scale-5types",
-           "scale-6types")
-TIME_TARGET_S = {"scale-4types": 5.0, "paper-gsm8k": 5.0, "paper-mtbench": 5.0,
-                 "scale-6types": 10.0}
+           "scale-6types", "scale-8types-256", "scale-12types-1k")
+TIME_TARGET_S = {"paper-gsm8k": 5.0, "paper-mtbench": 5.0, "scale-4types": 5.0,
+                 "scale-6types": 10.0, "scale-8types-256": 10.0, "scale-12types-1k": 30.0}
+BEFORE_STEP_S: dict[str, Any] = {
+    "commit": "2449f41 (before issue 16)",
+    "steps_s": [11.06, 7.35, 6.73, 5.59, 6.80],
+    "how": "paper-gsm8k, --quality 89, the first 5 BO steps after the 256-point Sobol start, "
+           "torch's default 2 threads, load average 0.3 (the step benchmarked alone); with "
+           "the same code at 1 thread under load 1.8: 9.6 s mean; 2 threads under load 1.8: "
+           "24-30 s",
+}
+ARMS = ("bo", "sobol", "random", "raw")
 
 
 @dataclass
-class Reach:
-    """Effort until a run first reached its goal (None: it did not)."""
+class Arm:
+    """One searcher's runs at one evaluation budget: HV ratios and seconds to 99%."""
 
-    evals: int | None
-    seconds: float | None
-    ratio: float
-    total_evals: int
-    total_s: float
+    hv: list[float]
+    to99_s: list[float | None]
+    seconds: list[float]
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON form."""
-        return dict(self.__dict__)
-
-
-def _until(target: float) -> tuple[Any, list[tuple[int, float, float]]]:
-    """A search callback stopping at `target` and the trace it records."""
-    seen: list[tuple[int, float, float]] = []
-
-    def callback(evals: int, seconds: float, value: float) -> bool:
-        seen.append((evals, seconds, value))
-        return value >= target
-    return callback, seen
+    def summary(self) -> dict[str, Any]:
+        """Mean and worst HV ratio; worst seconds to 99% (None when a seed missed)."""
+        hit = [s for s in self.to99_s if s is not None]
+        out: dict[str, Any] = {
+            "hv_mean": float(np.mean(self.hv)), "hv_worst": float(np.min(self.hv)),
+            "to99_worst_s": max(hit) if len(hit) == len(self.to99_s) else None,
+            "seeds_at_99": len(hit)}
+        return {**out, **asdict(self)}
 
 
-def _reach(seen: list[tuple[int, float, float]], target: float, scale: float) -> Reach:
-    hit = next(((e, s) for e, s, v in seen if v >= target), None)
-    last = seen[-1] if seen else (0, 0.0, 0.0)
-    return Reach(hit[0] if hit else None, hit[1] if hit else None, last[2] / scale,
-                 last[0], last[1])
+def _to99(res: SearchResult, ref: float) -> float | None:
+    return next((s for _e, s, v in res.trace if v >= 0.99 * ref), None)
 
 
-def pareto_runs(problem: Problem, hv_exact: float, solver: str, seeds: list[int],
-                max_evals: int, encoding: str = "structured") -> list[Reach]:
-    """Runs of one searcher until 99% of the exact HV."""
+def _arm_run(problem: Problem, arm: str, n: int, seed: int) -> SearchResult:
+    rule = StopRule.fixed(n)
+    if arm == "random":
+        return search(problem, Goal(), solver="random", encoding="structured", seed=seed,
+                      stop=rule)
+    start = n if arm == "sobol" else min(256, n // 2)
+    return run_mobo(problem, Goal(), seed=seed, stop=rule,
+                    encoding="raw" if arm == "raw" else "structured",
+                    settings=MoboSettings(n_init=start))
+
+
+def _reference(name: str, problem: Problem, limit_s: float) -> dict[str, Any]:
+    """Exact HV when the DP finishes within `limit_s`, else the stored reference front."""
+    from tuning._search import _exact
+
+    t0 = time.perf_counter()
+    try:
+        exact = _exact(problem, Goal(), deadline=t0 + limit_s)
+        return {"hv": exact.hypervolume(problem), "how": "exact DP",
+                "exact_s": time.perf_counter() - t0, "dp_runs": exact.exact_runs}
+    except ExactBudgetExceeded:
+        stored = REPO / "benchmarks" / "data" / "reference_fronts" / f"{name}.json"
+        if not stored.is_file():
+            raise SystemExit(f"{name}: the exact DP ran past {limit_s:g} s and there is no "
+                             f"{stored}; make one with benchmarks/reference_fronts.py") from None
+        ref = json.loads(stored.read_text())
+        return {"hv": float(ref["hypervolume"]), "exact_s": None,
+                "how": f"stored best-known front ({ref['method']}: {ref['solver']}, seeds "
+                       f"{ref['seeds']}, {ref['evals']} evals; exact past {limit_s:g} s)"}
+
+
+def _mobo_default(problem: Problem, ref: float, seeds: list[int]) -> list[dict[str, Any]]:
+    """The default MOBO per seed, stopped at 99% of the reference (or by its own rule)."""
     out = []
     for seed in seeds:
-        cb, seen = _until(0.99 * hv_exact)
-        search(problem, Goal(), solver=solver, seed=seed, max_evals=max_evals,
-               encoding=encoding, callback=cb)
-        out.append(_reach(seen, 0.99 * hv_exact, hv_exact))
+        def reached(_e: int, _s: float, v: float) -> bool:
+            return v >= 0.99 * ref
+
+        res = search(problem, Goal(), solver="mobo", seed=seed, callback=reached)
+        out.append({"to99_s": _to99(res, ref), "evals": res.evaluations,
+                    "hv": res.hypervolume(problem), "stopped": res.stopped})
     return out
 
 
-def tune_run(problem: Problem, hv_exact: float, max_evals: int) -> Reach:
-    """MOBO through Ray Tune (seed 0, a local Ray), stopped at 99% like the in-process runs."""
-    from placement import ray_temp_dir
-    from tuning.tune import search_with_tune
-
-    cb, seen = _until(0.99 * hv_exact)
-    search_with_tune(problem, Goal(), seed=0, max_evals=max_evals, callback=cb,
-                     temp_dir=str(ray_temp_dir("build/ray-tmp")))
-    return _reach(seen, 0.99 * hv_exact, hv_exact)
-
-
-def min_cost_ratios(problem: Problem, seeds: list[int], max_evals: int) -> list[dict[str, Any]]:
-    """Per target: exact minimum and MOBO's worst ratio over seeds."""
-    rows = []
+def _min_cost(problem: Problem, seeds: list[int]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     for t in problem.scenario.targets:
         found = exact_min_cost(problem, t.quality, t.p95_s)
         if found is None:
             rows.append({"quality": t.quality, "p95_s": t.p95_s, "exact": None})
             continue
         exact_cost = float(evaluate_arrays(problem, found).cost_per_hour[0])
-        ratios, evals = [], []
+        ratios: list[float] = []
+
+        def within(_e: int, _s: float, v: float, c: float = exact_cost) -> bool:
+            return v >= -1.01 * c
+
         for seed in seeds:
-            cb, _seen = _until(-1.01 * exact_cost)
-            res = search(problem, Goal("min-cost", t.quality, t.p95_s), seed=seed,
-                         max_evals=max_evals, callback=cb)
+            res = search(problem, Goal("min-cost", t.quality, t.p95_s), solver="mobo",
+                         seed=seed, callback=within)
             b = res.best(problem)
-            cost = np.inf if b is None else float(res.metrics.cost_per_hour[b])
-            ratios.append(cost / exact_cost)
-            evals.append(len(res.plans))
+            ratios.append(np.inf if b is None else
+                          float(res.metrics.cost_per_hour[b]) / exact_cost)
         rows.append({"quality": t.quality, "p95_s": t.p95_s, "exact": exact_cost,
-                     "worst_ratio": max(ratios), "ratios": ratios, "evals": evals})
+                     "worst_ratio": max(ratios), "ratios": ratios})
     return rows
 
 
-def evaluator_rate(problem: Problem, n: int = 100_000) -> float:
-    """Plans per second of the vectorized evaluator on random raw plans."""
-    plans = RawEncoding(problem).decode(np.random.default_rng(0).random(
-        (n, RawEncoding(problem).dim)))
-    evaluate_arrays(problem, plans)            # warm-up (caches)
+def _evaluator_rate(problem: Problem, n: int = 100_000) -> float:
+    enc = RawEncoding(problem)
+    plans = enc.decode(np.random.default_rng(0).random((n, enc.dim)))
+    evaluate_arrays(problem, plans)
     t0 = time.perf_counter()
     evaluate_arrays(problem, plans)
     return n / (time.perf_counter() - t0)
 
 
-def _fmt(r: Reach) -> str:
-    if r.evals is None:
-        return f"no ({r.ratio:.1%} @ {r.total_evals})"
-    return f"{r.seconds:.2f}s/{r.evals}"
+def _plan_wall_s(busy: bool, repeats: int = 3) -> list[float]:
+    """Wall seconds of `boute plan --json` (no other flags), optionally with a busy core."""
+    spin = (subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None)
+    try:
+        out = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            subprocess.run([str(Path(sys.executable).with_name("boute")), "plan", "--json",
+                            "--out", "build/bench-plan.json", "--plot", "build/bench-pareto.png"],
+                           cwd=REPO, check=True, capture_output=True)
+            out.append(time.perf_counter() - t0)
+        return out
+    finally:
+        if spin is not None:
+            spin.kill()
+            spin.wait()
+
+
+def _tune_to99(problem: Problem, ref: float) -> dict[str, Any]:
+    from placement import ray_temp_dir
+    from tuning.tune import search_with_tune
+
+    t0 = time.perf_counter()
+    res = search_with_tune(problem, Goal(), seed=0, callback=lambda _e, _s, v: v >= 0.99 * ref,
+                           temp_dir=str(ray_temp_dir(REPO / "build" / "ray-tmp")))
+    return {"to99_s": _to99(res, ref), "evals": res.evaluations,
+            "wall_s": time.perf_counter() - t0}
+
+
+def _fmt_s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--max-evals", type=int, default=320)
-    parser.add_argument("--random-evals", type=int, default=20_000)
-    parser.add_argument("--raw-evals", type=int, default=320)
+    parser.add_argument("--evals", default="64,288", help="equal-evaluation budgets")
+    parser.add_argument("--exact-limit-s", type=float, default=60.0)
     parser.add_argument("--tune", action="store_true", help="also run MOBO through Ray Tune")
+    parser.add_argument("--no-plan-wall", action="store_true",
+                        help="skip timing the `boute plan` CLI")
     parser.add_argument("--json", default="build/search_bench.json")
     args = parser.parse_args()
     seeds = list(range(args.seeds))
+    budgets = [int(x) for x in args.evals.split(",")]
     results: dict[str, Any] = {}
     failures: list[str] = []
-    head = (f"{'preset':<14}{'exact s':>8}{'exact HV':>9}{'mobo HV min':>12}"
-            f"{'mobo s to 99% (max)':>20}{'evals':>7}{'min-cost worst':>15}"
-            f"{'random':>22}{'raw (ablation)':>22}{'tune':>20}{'eval plans/s':>13}")
-    print(head, flush=True)
+    steps: list[dict[str, float]] = []
     for name in args.presets.split(","):
         problem = planning_problem(name)
-        search(problem, Goal(), solver="exact")        # warm-up: imports, caches
+        ref = _reference(name, problem, args.exact_limit_s)
         t0 = time.perf_counter()
-        exact = search(problem, Goal(), solver="exact")
-        exact_s = time.perf_counter() - t0
-        hv = exact.hypervolume(problem)
-        mobo = pareto_runs(problem, hv, "mobo", seeds, args.max_evals)
-        costs = min_cost_ratios(problem, seeds, args.max_evals)
-        rand = pareto_runs(problem, hv, "random", [0], args.random_evals)[0]
-        raw = pareto_runs(problem, hv, "mobo", [0], args.raw_evals, encoding="raw")[0]
-        tune = tune_run(problem, hv, args.max_evals) if args.tune else None
-        rate = evaluator_rate(problem)
-        reached = [r for r in mobo if r.seconds is not None]
-        worst_s = max((r.seconds or 0.0) for r in reached) if reached else None
-        worst_cost = max((c.get("worst_ratio", 1.0) for c in costs), default=1.0)
+        auto = search(problem, Goal())
+        auto_s = time.perf_counter() - t0
+        mobo = _mobo_default(problem, ref["hv"], seeds)
+        ablation: dict[int, dict[str, list[SearchResult]]] = {}
+        for n in budgets:
+            ablation[n] = {arm: [_arm_run(problem, arm, n, s) for s in seeds] for arm in ARMS}
+        runs = [r for per in ablation.values() for rs in per.values() for r in rs]
+        if ref["exact_s"] is None:          # best known: the stored front or better
+            ref["hv"] = max(ref["hv"], *(r.hypervolume(problem) for r in runs))
+        hv_ref = ref["hv"]
+        table = {n: {arm: Arm([r.hypervolume(problem) / hv_ref for r in rs],
+                              [_to99(r, hv_ref) for r in rs], [r.seconds for r in rs]).summary()
+                     for arm, rs in per.items()} for n, per in ablation.items()}
+        for n in budgets:
+            for arm in ("bo", "raw"):
+                steps.extend(t for r in ablation[n][arm] for t in r.step_seconds)
+        costs = _min_cost(problem, seeds) if ref["exact_s"] is not None else []
+        tune = _tune_to99(problem, hv_ref) if args.tune else None
+        rate = _evaluator_rate(problem)
+        to99 = [m["to99_s"] for m in mobo]
+        worst = None if any(t is None for t in to99) else max(t for t in to99 if t is not None)
         results[name] = {
             "gpu_types": len(problem.gpu_types), "gpus": int(problem.stock.sum()),
-            "exact": {"seconds": exact_s, "hypervolume": hv, "dp_runs": exact.exact_runs},
-            "mobo": [r.as_dict() for r in mobo], "min_cost": costs,
-            "random": rand.as_dict(), "raw": raw.as_dict(),
-            "tune": tune.as_dict() if tune else None, "evaluator_plans_per_s": rate,
+            "reference": ref,
+            "auto": {"solver": auto.solver, "reason": auto.reason, "seconds": auto_s,
+                     "hv_ratio": auto.hypervolume(problem) / hv_ref, "stopped": auto.stopped},
+            "mobo": mobo, "mobo_to99_worst_s": worst,
+            "ablation": {str(n): t for n, t in table.items()}, "min_cost": costs,
+            "tune": tune, "evaluator_plans_per_s": rate,
         }
-        print(f"{name:<14}{exact_s:>8.2f}{hv:>9.4f}{min(r.ratio for r in mobo):>12.2%}"
-              f"{'-' if worst_s is None else f'{worst_s:.2f}':>20}"
-              f"{max(r.total_evals for r in mobo):>7}{worst_cost:>15.4f}"
-              f"{_fmt(rand):>22}{_fmt(raw):>22}{_fmt(tune) if tune else '-':>20}"
-              f"{rate:>13,.0f}", flush=True)
-        if len(reached) < len(mobo):
-            failures.append(f"{name}: MOBO missed 99% of the exact HV on "
-                            f"{len(mobo) - len(reached)} seed(s)")
+        _print_preset(name, results[name], budgets)
+        limit = TIME_TARGET_S.get(name)
+        if worst is None:
+            failures.append(f"{name}: MOBO missed 99% of the reference on "
+                            f"{sum(t is None for t in to99)} seed(s)")
+        elif limit is not None and worst > limit:
+            failures.append(f"{name}: MOBO's worst time to 99% {worst:.1f} s > {limit:g} s")
+        worst_cost = max((c.get("worst_ratio", 1.0) for c in costs), default=1.0)
         if worst_cost > 1.01:
             failures.append(f"{name}: MOBO min-cost {worst_cost:.3f}x the exact minimum")
-        limit = TIME_TARGET_S.get(name)
-        if limit is not None and (worst_s is None or worst_s > limit):
-            failures.append(f"{name}: time to 99% above {limit:g} s")
         if rate < 10_000:
             failures.append(f"{name}: evaluator {rate:,.0f} plans/s < 10,000")
-    payload = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-               "args": vars(args), "presets": results, "failures": failures}
+    step = {k: {"mean": float(np.mean([t[k] for t in steps])),
+                "max": float(np.max([t[k] for t in steps]))}
+            for k in ("fit_s", "acq_s", "decode_s")} if steps else {}
+    total = [sum(t.values()) for t in steps]
+    print(f"\nBO step over {len(steps)} steps (all presets, bo + raw arms), seconds:")
+    print(f"{'':<10}{'fit':>8}{'acq':>8}{'decode':>8}{'step':>8}")
+    if steps:
+        print(f"{'mean':<10}" + "".join(f"{step[k]['mean']:>8.3f}" for k in step)
+              + f"{np.mean(total):>8.3f}")
+        print(f"{'max':<10}" + "".join(f"{step[k]['max']:>8.3f}" for k in step)
+              + f"{np.max(total):>8.3f}")
+        print(f"{'before':<10}{'':>24}{np.mean(BEFORE_STEP_S['steps_s']):>8.3f}   "
+              f"({BEFORE_STEP_S['commit']}; {BEFORE_STEP_S['how'][:60]}...)")
+        if np.mean(total) > 1.0:
+            failures.append(f"BO step mean {np.mean(total):.2f} s > 1 s")
+    plan_wall: dict[str, list[float]] = {}
+    if not args.no_plan_wall:
+        plan_wall = {"idle": _plan_wall_s(False), "one_core_busy": _plan_wall_s(True)}
+        print("\n`boute plan` (no flags, paper-gsm8k) wall seconds: "
+              + "; ".join(f"{k} {', '.join(f'{x:.2f}' for x in v)}"
+                          for k, v in plan_wall.items()))
+        for k, v in plan_wall.items():
+            if max(v) > 3.0:
+                failures.append(f"`boute plan` {k}: {max(v):.2f} s > 3 s")
+    payload = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                           "loadavg_at_end": os.getloadavg()},
+               "args": vars(args), "presets": results, "bo_step": step,
+               "bo_step_before": BEFORE_STEP_S, "plan_wall_s": plan_wall,
+               "failures": failures}
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2, default=float))
-    print("columns: seconds/evaluations to 99% of the exact HV (or 'no (HV reached @ evals)'); "
-          "min-cost = MOBO's worst cost over seeds / exact minimum")
+    out.write_text(json.dumps(payload, indent=1, default=float))
     for f in failures:
         print("MISSED:", f)
     print(f"wrote {out}")
     return 1 if failures else 0
+
+
+def _print_preset(name: str, r: dict[str, Any], budgets: list[int]) -> None:
+    ref, auto = r["reference"], r["auto"]
+    print(f"\n== {name}: {r['gpu_types']} GPU types, {r['gpus']} GPUs; reference HV "
+          f"{ref['hv']:.5f} ({ref['how']}"
+          + (f", {ref['exact_s']:.2f} s" if ref["exact_s"] is not None else "") + ")")
+    print(f"auto: {auto['solver']} in {auto['seconds']:.2f} s, HV {auto['hv_ratio']:.2%} "
+          f"({auto['reason']})")
+    to99 = ", ".join(_fmt_s(m["to99_s"]) for m in r["mobo"])
+    print(f"default mobo, s to 99% per seed: {to99}; evaluator "
+          f"{r['evaluator_plans_per_s']:,.0f} plans/s")
+    if r["tune"]:
+        print(f"tune: s to 99% {_fmt_s(r['tune']['to99_s'])}, wall {r['tune']['wall_s']:.1f} s")
+    for c in r["min_cost"]:
+        if c.get("exact") is not None:
+            print(f"min-cost ({c['quality']:g}, {c['p95_s']:g} s): exact ${c['exact']:.2f}/h, "
+                  f"MOBO worst {c['worst_ratio']:.4f}x")
+    print(f"{'evals':>6}{'arm':>8}{'HV mean':>10}{'HV worst':>10}{'s to 99% (worst)':>18}"
+          f"{'seeds at 99%':>14}")
+    for n in budgets:
+        for arm in ARMS:
+            a = r["ablation"][str(n)][arm]
+            print(f"{n:>6}{arm:>8}{a['hv_mean']:>10.2%}{a['hv_worst']:>10.2%}"
+                  f"{_fmt_s(a['to99_worst_s']):>18}{a['seeds_at_99']:>10}/{len(a['hv'])}")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
