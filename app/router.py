@@ -272,6 +272,7 @@ class RouterIngress:
         """Poll Serve's replica states; abort the calls waiting on a group that lost some."""
         while True:
             try:
+                self._export_routing()
                 status = await asyncio.to_thread(serve.status)
                 self._liveness(status)
             except asyncio.CancelledError:
@@ -279,6 +280,18 @@ class RouterIngress:
             except Exception:       # the controller is restarting: keep the last view
                 pass
             await asyncio.sleep(LIVENESS_POLL_S)
+
+    def _export_routing(self) -> None:
+        """Set the routing gauges.
+
+        Every 50 routed requests and on each liveness poll, so a dashboard shows the target
+        of an idle router too.
+        """
+        if self.live is None:
+            return
+        total = sum(self.counts.values())
+        self.obs.routing_state(self.counts[self.strong] / total if total else None,
+                               self.live.strong_share, self.live.threshold)
 
     def _liveness(self, status: Any) -> None:
         if self.pool is None:
@@ -331,9 +344,7 @@ class RouterIngress:
         assert self.live is not None and self.pool is not None
         self.routed += 1
         if self.routed % 50 == 0:
-            total = sum(self.counts.values())
-            self.obs.routing_state(self.counts[self.strong] / total if total else None,
-                                   self.live.strong_share, self.live.threshold)
+            self._export_routing()
         asked = body.get("model")
         if asked is None:
             raise ApiError("model is required: 'auto' to route, or one of "

@@ -111,6 +111,8 @@ def test_plan_tune_json_prints_one_json_object(small_problem: Problem, tmp_path:
     assert out["search"]["solver"] == "mobo-tune"
     assert out["search"]["reason"] == "mobo through Ray Tune trials (--tune)"
     # 256 Sobol points in 4 trials, then 2 trials of 4; a trial handed out while the start is
-    # still running gets Sobol points, so 1 or 2 of them are BO steps.
-    assert out["search"]["evaluations"] == 264 and out["search"]["bo_steps"] in (1, 2)
+    # still running gets Sobol points, so 0, 1 or 2 of them are BO steps (on a busy machine,
+    # 0: both were handed out before the start came back).
+    assert out["search"]["evaluations"] == 264
+    assert out["search"].get("bo_steps", 0) in (0, 1, 2)
     assert np.isfinite(out["search"]["hypervolume"])
