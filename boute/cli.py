@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -86,7 +87,12 @@ def _add_profile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    "build/perfdb-<scenario>.parquet, where `boute plan` looks)")
     p.add_argument("--engine", default="vllm", help="engine profile (vllm, vllm-0.6-multistep, "
                    "vllm-0.6, vllm-0.5)")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None, help="local processes (default: "
+                       "all cores)")
+    where.add_argument("--address", default=None, help="build as Ray tasks on this cluster "
+                       "instead (its head's host:port, or auto); its nodes run their own "
+                       "BOute install, and its Ray token is found here as for `boute deploy`")
     p.add_argument("--p95", type=float, default=10.0, help="latency target of the summary's "
                    "capacity column, seconds")
     add_hardware_profiles_arg(p)
@@ -98,7 +104,7 @@ def _add_profile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _run_profile(args: argparse.Namespace) -> int:
-    from profiling import build_perfdb, load_catalog, load_scenario
+    from profiling import load_catalog, load_scenario
     from profiling._perfdb import spec_calibration
     from profiling._replica import engine_profile
 
@@ -116,8 +122,7 @@ def _run_profile(args: argparse.Namespace) -> int:
     spec = scenario.profile_spec()
     calibration = spec_calibration(spec, catalog, hardware_profiles=args.hardware_profiles)
     start = time.perf_counter()
-    db = build_perfdb(spec, catalog, engine=engine, calibration=calibration,
-                      workers=args.workers, progress=True)
+    db, built_with = _build_db(args, spec, catalog, engine, calibration)
     from tuning import default_db_path
 
     path = db.save(args.out or default_db_path(scenario))
@@ -139,13 +144,14 @@ def _run_profile(args: argparse.Namespace) -> int:
             best[k] = row
     payload = {"db": str(path), "scenario": scenario.name, "rows": db.table.num_rows,
                "configs": len(db.keys), "infeasible": db.meta["infeasible"],
-               "efficiency_source": calibration.source,
+               "efficiency_source": calibration.source, "built_with": built_with,
                "seconds": seconds, "p95_target_s": args.p95, "best": list(best.values()),
                "configs_summary": summary}
 
     def human() -> str:
         lines = [f"perf DB {path}: {db.table.num_rows} rows, {len(db.keys)} feasible configs, "
-                 f"{len(db.meta['infeasible'])} infeasible, built in {seconds:.1f} s",
+                 f"{len(db.meta['infeasible'])} infeasible, built in {seconds:.1f} s with "
+                 f"{built_with}",
                  "efficiency: " + ", ".join(f"{g} {src}" for g, src
                                             in calibration.source.items()),
                  f"best config per model and GPU (most req/s per $ with P95 <= {args.p95:g} s):",
@@ -160,6 +166,51 @@ def _run_profile(args: argparse.Namespace) -> int:
 
     _emit(args, payload, human)
     return 0
+
+
+def _build_db(args: argparse.Namespace, spec: Any, catalog: Any, engine: Any,
+              calibration: Any) -> tuple[Any, str]:
+    """The perf DB built in local processes (``--workers``) or as Ray tasks (``--address``).
+
+    Returns the DB and what built it, in words. The rows are the same either way.
+
+    Raises:
+        RayAuthError: ``--address`` names a cluster that cannot be reached or refuses this
+            machine's token (one line, with the fix).
+
+    """
+    from profiling import build_perfdb
+
+    if args.address is None:
+        workers = args.workers or os.cpu_count() or 1
+        db = build_perfdb(spec, catalog, engine=engine, calibration=calibration,
+                          workers=workers, progress=True)
+        return db, f"{workers} local process{'es' if workers > 1 else ''}"
+    import contextlib
+
+    import ray
+    from ray.exceptions import RayError
+
+    from placement import connect, ray_config_mapper
+
+    # Ray prints notices on stdout; keep stdout for --json's one object.
+    with contextlib.redirect_stdout(sys.stderr):
+        connect(args.address, "start one (`ray up cluster.yaml`, `ray start --head`) or drop "
+                "--address to build in local processes")
+        try:
+            cpus = int(ray.cluster_resources().get("CPU", 0))  # type: ignore[no-untyped-call]
+            db = build_perfdb(spec, catalog, engine=engine, calibration=calibration,
+                              map_configs=ray_config_mapper(), progress=True)
+        except RayError as exc:     # a task failed on a node (no BOute there?), a node died
+            cause = getattr(exc, "cause", None) or exc
+            first = (str(cause).splitlines() or [""])[0]
+            raise BouteError(f"building the perf DB as Ray tasks on --address={args.address} "
+                             f"failed ({type(cause).__name__}: {first}); every node must run "
+                             "this BOute (`make setup`), or drop --address to build in local "
+                             "processes") from None
+        finally:
+            ray.shutdown()
+    return db, f"Ray tasks on {args.address} ({cpus} CPUs)"
 
 
 # -- boute simulate ------------------------------------------------------------------------------

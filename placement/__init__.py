@@ -1,4 +1,7 @@
-"""Plan -> Ray placement: GPU-type resources, deployment specs, cluster fit checks."""
+"""Plan -> Ray placement: GPU-type resources, deployment specs, cluster fit checks.
+
+Also the perf DB build as Ray tasks (`ray_config_mapper`).
+"""
 
 from ._auth import (
     TOKEN_FIX,
@@ -13,6 +16,7 @@ from ._auth import (
 from ._cluster import Shortfall, check_fit, gpu_counts_in, gpu_types_in, live_nodes
 from ._detect import gpu_type_from_name, local_gpu_names, node_resources
 from ._local import free_port, local_cluster, ray_temp_dir
+from ._perfdb_ray import ray_config_mapper
 from ._resources import RESOURCE_PREFIX, gpu_resource, gpu_type_of
 from ._serve_mode import HIGH_THROUGHPUT_ENV
 from ._specs import GroupSpec, PlacementError, group_specs
@@ -42,6 +46,7 @@ __all__ = [
     "local_cluster",
     "local_gpu_names",
     "node_resources",
+    "ray_config_mapper",
     "ray_temp_dir",
     "use_token_if_available",
 ]

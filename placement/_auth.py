@@ -163,7 +163,8 @@ def connect(address: str, unreachable_fix: str) -> None:
 
     Raises:
         RayAuthError: no or a wrong token (with `TOKEN_FIX`), or the cluster is unreachable
-            (with `unreachable_fix` and `connect_hint`).
+            (with `unreachable_fix`, and `connect_hint` unless nothing listens at the address:
+            that is found in at most 5 s, before Ray's own minutes of retries).
 
     """
     import ray
@@ -171,6 +172,7 @@ def connect(address: str, unreachable_fix: str) -> None:
 
     try:
         use_token_if_available()
+        _check_reachable(address, unreachable_fix)
         ray.init(address=address, log_to_driver=False)
     except AuthenticationError as exc:      # RAY_AUTH_MODE=token but no token found here
         raise RayAuthError(f"cannot authenticate to the Ray cluster at --address={address} "
@@ -178,6 +180,27 @@ def connect(address: str, unreachable_fix: str) -> None:
     except (ConnectionError, RuntimeError) as exc:
         raise RayAuthError(f"cannot reach a Ray cluster at --address={address} ({exc}); "
                            f"{unreachable_fix}; {connect_hint()}") from None
+
+
+def _check_reachable(address: str, unreachable_fix: str, timeout_s: float = 5.0) -> None:
+    """Raise `RayAuthError` at once when nothing accepts a TCP connection at ``host:port``.
+
+    ``ray.init`` retries an address where nothing listens for minutes before it gives up;
+    a closed port or an unknown host can never become a cluster. Addresses that are not
+    ``[ray://]host:port`` (``auto``) are left to Ray.
+    """
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise RayAuthError(f"cannot reach a Ray cluster at --address={address} (nothing "
+                           f"answers at {host}:{port}: {why}); {unreachable_fix}") from None
 
 
 def connect_hint() -> str:

@@ -11,6 +11,7 @@ from ._replica import ENGINE_PROFILES, Efficiency, EngineConfig, ReplicaModel, p
 from ._scenario import DEFAULT_SCENARIO, ProfileSpec, Scenario, list_presets, load_scenario
 from ._scheduler import BatchScheduler, SequenceTooLongError, StepPlan
 from ._simulator import QUANTILES, SimResult, capacity_rps, simulate, simulate_closed_loop
+from ._sweep import ConfigMapper, SweepJob, map_serial, process_mapper, sweep_config
 from ._workload import TRACE_SHAPES, Trace, generate_trace, load_trace
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "TRACE_SHAPES",
     "BatchScheduler",
     "Catalog",
+    "ConfigMapper",
     "Efficiency",
     "EngineConfig",
     "GpuType",
@@ -32,6 +34,7 @@ __all__ = [
     "SequenceTooLongError",
     "SimResult",
     "StepPlan",
+    "SweepJob",
     "Trace",
     "build_perfdb",
     "capacity_rps",
@@ -42,8 +45,11 @@ __all__ = [
     "load_hf_config",
     "load_scenario",
     "load_trace",
+    "map_serial",
     "mixture_quantile",
     "parallel_configs",
+    "process_mapper",
     "simulate",
     "simulate_closed_loop",
+    "sweep_config",
 ]

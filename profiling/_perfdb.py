@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -45,11 +43,12 @@ from tqdm import tqdm
 
 from boute.errors import InfeasibleConfigError, PerfDBError, StaleDBError
 
-from ._catalog import Catalog, GpuType, ModelArch
+from ._catalog import Catalog
 from ._hardware import Calibration, resolve_calibration
 from ._replica import Efficiency, EngineConfig, ReplicaModel, parallel_configs
 from ._scenario import ProfileSpec
-from ._simulator import QUANTILES, capacity_rps, simulate
+from ._simulator import QUANTILES
+from ._sweep import ConfigMapper, SweepJob, process_mapper
 from ._workload import Trace
 
 __all__ = ["ConfigKey", "PerfDB", "build_perfdb", "mixture_quantile", "spec_calibration"]
@@ -76,58 +75,6 @@ _SCHEMA = pa.schema([
 def fingerprint(payload: Any) -> str:
     """Short SHA-256 of a JSON-serializable payload."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _rate_grid(capacity: float, num_rates: int) -> FloatArray:
-    """`num_rates - 2` log-spaced rates from 1% to 97% of capacity, then two saturated ones."""
-    below = np.geomspace(0.01 * capacity, 0.97 * capacity, num_rates - 2)
-    return np.concatenate([below, [1.05 * capacity, 1.25 * capacity]])
-
-
-def _sweep_config(
-    model: ModelArch, gpu: GpuType, tp: int, pp: int, engine: EngineConfig,
-    efficiency: Efficiency, base: Trace, num_rates: int,
-) -> list[dict[str, Any]]:
-    """Simulate one config over its rate grid; one DB row per rate."""
-    replica = ReplicaModel(model, gpu, tp, pp, engine, efficiency)
-    cap = capacity_rps(replica, base)
-    rows = []
-    nq = len(QUANTILES)
-    for rate in _rate_grid(cap, num_rates):
-        row: dict[str, Any] = {
-            "model": model.name, "gpu": gpu.name, "tp": tp, "pp": pp, "num_gpus": tp * pp,
-            "price_per_hour": replica.price_per_hour, "rate_rps": float(rate),
-            "capacity_rps": cap, "kv_capacity_tokens": replica.memory.kv_capacity_tokens,
-        }
-        if rate >= 0.98 * cap:
-            res = None
-        else:
-            res = simulate(replica, base.scaled_to(float(rate)), stop_when_saturated=True,
-                           capacity=cap)
-        if res is None or res.saturated:
-            inf = math.inf
-            row.update(saturated=True, latency_mean_s=inf, latency_quantiles_s=[inf] * nq,
-                       latency_p50_s=inf, latency_p95_s=inf, latency_p99_s=inf, ttft_p50_s=inf,
-                       ttft_p95_s=inf, tpot_p50_s=inf, tpot_p95_s=inf, throughput_rps=cap,
-                       throughput_tok_s=cap * float(base.output_tokens.mean()))
-        else:
-            lat_q = res.latency_quantiles()
-            tpot = res.tpot_s[~np.isnan(res.tpot_s)]
-            row.update(
-                saturated=False, latency_mean_s=float(res.latency_s.mean()),
-                latency_quantiles_s=lat_q.tolist(),
-                latency_p50_s=float(np.quantile(res.latency_s, 0.5)),
-                latency_p95_s=float(np.quantile(res.latency_s, 0.95)),
-                latency_p99_s=float(np.quantile(res.latency_s, 0.99)),
-                ttft_p50_s=float(np.quantile(res.ttft_s, 0.5)),
-                ttft_p95_s=float(np.quantile(res.ttft_s, 0.95)),
-                tpot_p50_s=float(np.quantile(tpot, 0.5)) if tpot.size else math.nan,
-                tpot_p95_s=float(np.quantile(tpot, 0.95)) if tpot.size else math.nan,
-                throughput_rps=float(rate),  # stable queue: everything offered is served
-                throughput_tok_s=float(rate * base.output_tokens.mean()),
-            )
-        rows.append(row)
-    return rows
 
 
 def spec_calibration(
@@ -164,6 +111,7 @@ def build_perfdb(
     hardware_profiles: str | Path | None = None,
     calibration: Calibration | None = None,
     workers: int | None = None,
+    map_configs: ConfigMapper | None = None,
     progress: bool = True,
 ) -> PerfDB:
     """Sweep every feasible (model, GPU, TP, PP) of `spec` over a rate grid.
@@ -181,12 +129,18 @@ def build_perfdb(
             scenario's ``profile.hardware_profiles``, else none (spec-sheet roofline).
         calibration: an already resolved calibration (`spec_calibration`); replaces
             `efficiency` and `hardware_profiles`.
-        workers: processes to use (default: all cores).
-        progress: draw a progress bar on stderr.
+        workers: local processes to sweep in (default: all cores); ignored with
+            `map_configs`.
+        map_configs: runs the sweeps (a `ConfigMapper`, e.g. ``placement.ray_config_mapper``
+            for Ray tasks on a cluster); default: `workers` local processes. The DB's rows
+            are the same whichever mapper ran them (only the ``build_seconds`` and
+            ``created_utc`` metadata differ between builds).
+        progress: draw a progress bar on stderr (one step per config as it finishes).
 
     Raises:
         CatalogError: a GPU or model of the spec is not in the catalog.
         ProfilerError: the hardware profiles folder is missing or holds a malformed profile.
+        PerfDBError: `map_configs` yielded another number of results than configs.
 
     """
     engine = engine or EngineConfig()
@@ -194,7 +148,7 @@ def build_perfdb(
         calibration = spec_calibration(spec, catalog, hardware_profiles=hardware_profiles,
                                        efficiency=efficiency)
     base = spec.base_trace()
-    jobs: list[tuple[ModelArch, GpuType, int, int]] = []
+    jobs: list[SweepJob] = []
     infeasible: list[dict[str, Any]] = []
     models = [catalog.model(m) for m in spec.models]
     for gpu_name, count in spec.gpus.items():
@@ -208,25 +162,20 @@ def build_perfdb(
                     infeasible.append({"model": model.name, "gpu": gpu.name, "tp": tp, "pp": pp,
                                        "reason": exc.reason})
                     continue
-                jobs.append((model, gpu, tp, pp))
+                jobs.append(SweepJob(model, gpu, tp, pp, engine, efficiency, spec.num_rates))
+    if map_configs is None:
+        map_configs = process_mapper(workers or os.cpu_count() or 1)
     rows: list[dict[str, Any]] = []
-    workers = workers or os.cpu_count() or 1
+    done = 0
     start = time.perf_counter()
-    bar = tqdm(total=len(jobs), desc="perf DB", unit="config", disable=not progress)
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_sweep_config, m, g, tp, pp, engine,
-                                   calibration.for_gpu(g.name), base, spec.num_rates)
-                       for m, g, tp, pp in jobs]
-            for fut in as_completed(futures):
-                rows.extend(fut.result())
-                bar.update()
-    else:
-        for m, g, tp, pp in jobs:
-            rows.extend(_sweep_config(m, g, tp, pp, engine, calibration.for_gpu(g.name), base,
-                                      spec.num_rates))
+    with tqdm(total=len(jobs), desc="perf DB", unit="config", disable=not progress) as bar:
+        for result in map_configs(jobs, base):
+            rows.extend(result)
+            done += 1
             bar.update()
-    bar.close()
+    if done != len(jobs):
+        raise PerfDBError(f"the config mapper returned {done} results for {len(jobs)} configs; "
+                          "it must yield one list of rows per config")
     rows.sort(key=lambda r: (r["model"], r["gpu"], r["tp"], r["pp"], r["rate_rps"]))
     table = pa.Table.from_pylist(rows, schema=_SCHEMA)
     meta = {

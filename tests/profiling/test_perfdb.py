@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -77,3 +79,34 @@ def test_mixture_of_uniforms() -> None:
     batch = mixture_quantile(np.stack([np.stack([a, b]), np.stack([a, np.full_like(b, np.inf)])]),
                              np.array([[0.5, 0.5], [0.5, 0.5]]), QUANTILES)
     assert batch[0] == pytest.approx(3.6, rel=1e-6) and np.isinf(batch[1])
+
+
+def _data_equal(a: PerfDB, b: PerfDB) -> bool:
+    """Same rows and columns, and the same metadata but the build's own time stamps."""
+    stamps = {"build_seconds", "created_utc"}
+    meta_a = {k: v for k, v in a.meta.items() if k not in stamps}
+    meta_b = {k: v for k, v in b.meta.items() if k not in stamps}
+    return a.table.equals(b.table, check_metadata=False) and meta_a == meta_b
+
+
+def test_processes_and_any_mapper_give_the_serial_rows(
+        tiny_db: tuple[PerfDB, Path], catalog: Catalog, tmp_path: Path) -> None:
+    from profiling import SweepJob, Trace, map_serial
+
+    serial = tiny_db[0]
+    spec = load_scenario(write_scenario(tmp_path, TINY_SCENARIO)).profile_spec()
+    pooled = build_perfdb(spec, catalog, workers=2, progress=False)
+    assert _data_equal(serial, pooled)
+
+    def backwards(jobs: Sequence[SweepJob], base: Trace) -> list[list[dict[str, Any]]]:
+        return list(map_serial(jobs[::-1], base))          # finishes in another order
+
+    mapped = build_perfdb(spec, catalog, map_configs=backwards, progress=False)
+    assert _data_equal(serial, mapped)
+    assert mapped.meta["build_seconds"] >= 0 and "created_utc" in mapped.meta
+
+    def loses_one(jobs: Sequence[SweepJob], base: Trace) -> list[list[dict[str, Any]]]:
+        return list(map_serial(jobs[1:], base))
+
+    with pytest.raises(PerfDBError, match=r"returned 2 results for 3 configs"):
+        build_perfdb(spec, catalog, map_configs=loses_one, progress=False)
