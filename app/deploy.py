@@ -13,8 +13,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from boute.errors import BouteError
-from boute.textfile import read_utf8
+from common.errors import BouteError
+from common.textfile import read_utf8
 from placement import check_fit, gpu_types_in, live_nodes
 from tuning import Plan
 

@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from boute.envvars import scoped_env
-from boute.errors import MeasurementTimeoutError, ProfilerError
+from common.envvars import scoped_env
+from common.errors import MeasurementTimeoutError, ProfilerError
 from profiling import generate_trace, load_hf_config
 from profiling._engine_profile import (
     EngineProfile,

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from boute.errors import BouteError
+from common.errors import BouteError
 
 from .openai_api import ApiError
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from boute.pairs import parse_pairs
+from common.pairs import parse_pairs
 from placement import GroupSpec, group_specs
 from tuning import Group, Plan, Routing
 

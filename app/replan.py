@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -43,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from boute.errors import BouteError
+from common.errors import BouteError
 from placement import TOKEN_FIX, RayAuthError, auth_headers, cluster_auth_token
 from tuning import Goal, Group, Hysteresis, Plan, decide
 
@@ -234,9 +235,14 @@ def replan(options: ReplanOptions | None = None) -> dict[str, Any]:
             step that failed is named.
 
     """
-    from boute.plan_cli import planning_problem
     from placement import gpu_counts_in, live_nodes
-    from tuning import InfeasiblePlanError, evaluate_plan, plan_from_arrays, search
+    from tuning import (
+        InfeasiblePlanError,
+        evaluate_plan,
+        plan_from_arrays,
+        planning_problem,
+        search,
+    )
 
     options = options or ReplanOptions()
     api = ServeApi(options.dashboard or dashboard_url())
@@ -257,7 +263,7 @@ def replan(options: ReplanOptions | None = None) -> dict[str, Any]:
                                    gpu_counts_in(live_nodes()), work)
     problem = planning_problem(str(scenario_path), db=str(work / "perfdb.parquet"),
                                gpu_catalog=state.stack.gpu_catalog,
-                               model_catalog=state.stack.model_catalog)
+                               model_catalog=state.stack.model_catalog, note=_stderr_note)
     goal = _goal_of(state.plan, options)
 
     violation = None
@@ -546,3 +552,8 @@ def submit_replan_job(dashboard: str, args: list[str] | tuple[str, ...] = (), *,
         tail = "\n".join(logs.strip().splitlines()[-5:])
         raise ReplanError(f"replan job {job} ended {status}:\n{tail}")
     return json.loads(reports[-1])  # type: ignore[no-any-return]
+
+
+def _stderr_note(text: str) -> None:
+    """A note for the job's log (stderr), as the CLI prints it."""
+    print(f"boute replan: {text}", file=sys.stderr)

@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from boute.errors import BouteError
+from common.errors import BouteError
 
 __all__ = ["OUTCOMES", "SCHEMA", "ReadReport", "RecoveryReport", "RequestLog",
            "RequestLogError", "read_log", "read_log_report", "recover_log"]

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from boute.errors import BouteError
+from common.errors import BouteError
 
 __all__ = [
     "BuiltinRouter",

@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
-from boute.errors import BouteError
+from common.errors import BouteError
 from placement import TOKEN_FIX, RayAuthError, auth_headers, cluster_auth_token
 
 __all__ = ["ServeApi", "ServeApiError", "dashboard_url", "local_url"]

@@ -20,7 +20,7 @@ The exact reference solver (`tuning._exact`: a knapsack DP over GPU types, run o
   bounds the number of distinct states).
 
 Each case runs `tuning.search(problem, Goal(), solver="exact")` in its own process (the
-problem built by `boute.plan_cli.planning_problem`, as `benchmarks/search.py` does) under a
+problem built by `tuning.planning_problem`, as `benchmarks/search.py` does) under a
 wall-clock limit; a case past the limit is killed and the larger cases of its sweep are
 skipped (they only grow). Per case: seconds, peak RSS of the process and its RSS once the
 problem is loaded (their difference is the DP's memory), DP runs, the largest number of Pareto
@@ -157,7 +157,7 @@ def _superset_scenario() -> dict[str, Any]:
 
 def ensure_db() -> float:
     """Build (or check) the shared perf DB; returns the seconds it took."""
-    from boute.plan_cli import planning_problem
+    from tuning import planning_problem
 
     WORK.mkdir(parents=True, exist_ok=True)
     path = WORK / "exact-scaling-db.yaml"
@@ -190,8 +190,7 @@ def run_child(scenario_ref: str, db: str) -> int:
     import numpy as np
 
     import tuning._exact as exact
-    from boute.plan_cli import planning_problem
-    from tuning import Goal, search
+    from tuning import Goal, planning_problem, search
 
     t0 = time.perf_counter()
     problem = planning_problem(scenario_ref, db=db)

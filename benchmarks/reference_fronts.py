@@ -33,8 +33,15 @@ from typing import Any
 import numpy as np
 from exact_scaling import run_exact
 
-from boute.plan_cli import planning_problem
-from tuning import Goal, Problem, SearchResult, default_db_path, pareto_mask, search
+from tuning import (
+    Goal,
+    Problem,
+    SearchResult,
+    default_db_path,
+    pareto_mask,
+    planning_problem,
+    search,
+)
 from tuning._front import hypervolume
 
 PRESETS = ("scale-8types-256", "scale-12types-1k")

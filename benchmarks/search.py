@@ -50,8 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from boute.plan_cli import planning_problem
-from tuning import Goal, Problem, SearchResult, StopRule, evaluate_arrays, search
+from tuning import Goal, Problem, SearchResult, StopRule, evaluate_arrays, planning_problem, search
 from tuning._auto import ExactBudgetExceeded
 from tuning._encoding import RawEncoding
 from tuning._exact import exact_min_cost

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from boute.errors import BenchError
+from common.errors import BenchError
 from profiling import Trace
 
 __all__ = ["MAX_BENCH_CONCURRENCY", "MAX_BENCH_RATE_RPS", "MAX_BENCH_REQUESTS", "BenchRequest",

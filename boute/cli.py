@@ -7,55 +7,19 @@ go to stderr). Errors in the user's input print one line on stderr and exit with
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from boute.errors import BouteError
+from boute._shared import add_catalog_args, add_hardware_profiles_arg, emit
+from common.errors import BouteError
 
 __all__ = ["main"]
 
 EXIT_USAGE = 2
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe copy: inf/nan become null, numpy scalars become Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_clean(v) for v in obj]
-    if hasattr(obj, "item") and not isinstance(obj, str | bytes):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _emit(args: argparse.Namespace, payload: dict[str, Any], human: Callable[[], str]) -> None:
-    if args.json:
-        print(json.dumps(_clean(payload)))
-    else:
-        print(human())
-
-
-def _add_catalog_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gpu-catalog", action="append", default=[], metavar="FILE",
-                   help="extra GPU catalog YAML (adds or overrides entries by name)")
-    p.add_argument("--model-catalog", action="append", default=[], metavar="FILE",
-                   help="extra model catalog YAML")
-
-
-def add_hardware_profiles_arg(p: argparse.ArgumentParser) -> None:
-    """Add ``--hardware-profiles DIR``: where the stage-1 model looks for hardware profiles."""
-    p.add_argument("--hardware-profiles", default=None, metavar="DIR",
-                   help="folder of hardware profiles (`boute profile hardware` writes "
-                   "build/calibration/<device>/) or one profile directory: GPU types with a "
-                   "profile there use the efficiency fitted on it (default: the scenario's "
-                   "profile.hardware_profiles, else none: spec-sheet roofline)")
 
 
 MAX_GENERATED_REQUESTS = 10_000_000
@@ -96,7 +60,7 @@ def _add_profile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--p95", type=float, default=10.0, help="latency target of the summary's "
                    "capacity column, seconds")
     add_hardware_profiles_arg(p)
-    _add_catalog_args(p)
+    add_catalog_args(p)
     p.set_defaults(run=_run_profile)
     from boute.profile_cli import add_profile_modes
 
@@ -164,7 +128,7 @@ def _run_profile(args: argparse.Namespace) -> int:
                          f"{_fmt(r['p95_idle_s']):>9}s")
         return "\n".join(lines)
 
-    _emit(args, payload, human)
+    emit(args, payload, human)
     return 0
 
 
@@ -234,7 +198,7 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--max-num-seqs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     add_hardware_profiles_arg(p)
-    _add_catalog_args(p)
+    add_catalog_args(p)
     p.set_defaults(run=_run_simulate)
 
 
@@ -327,7 +291,7 @@ def _run_simulate(args: argparse.Namespace) -> int:
                             if payload["saturated"] else ""))
         return "\n".join(lines)
 
-    _emit(args, payload, human)
+    emit(args, payload, human)
     return 0
 
 
@@ -372,7 +336,7 @@ def _run_trace(args: argparse.Namespace) -> int:
                                burstiness_cv=args.cv, seed=args.seed)
     if args.out:
         trace.save(args.out)
-    _emit(args, {"name": trace.name, **trace.summary(), "fingerprint": trace.fingerprint()},
+    emit(args, {"name": trace.name, **trace.summary(), "fingerprint": trace.fingerprint()},
           trace.format_summary)
     return 0
 

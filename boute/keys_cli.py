@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from boute.errors import BouteError
+from common.errors import BouteError
 
 __all__ = ["add_keys"]
 
@@ -54,7 +54,7 @@ def _entries(path: str, must_exist: bool = True) -> list:  # type: ignore[type-a
 
 def _run_new(args: argparse.Namespace) -> int:
     from app.guard import KeyEntry, hash_key, new_key, write_key_file
-    from boute.cli import _emit
+    from boute._shared import emit
 
     entries = _entries(args.file, must_exist=False)
     if any(e.id == args.id for e in entries):
@@ -65,24 +65,24 @@ def _run_new(args: argparse.Namespace) -> int:
     write_key_file(args.file, [*entries, entry])
     print(f"boute keys: key {args.id!r} added to {args.file} (digest only); it is shown "
           "once, here:", file=sys.stderr)
-    _emit(args, {"id": args.id, "key": key, "file": args.file}, lambda: key)
+    emit(args, {"id": args.id, "key": key, "file": args.file}, lambda: key)
     return 0
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    from boute.cli import _emit
+    from boute._shared import emit
 
     entries = [e.to_dict() for e in _entries(args.file)]
     for e in entries:
         e.pop("sha256")
-    _emit(args, {"keys": entries}, lambda: "\n".join(
+    emit(args, {"keys": entries}, lambda: "\n".join(
         f"{e['id']}\trate_rps={e.get('rate_rps', 'unlimited')}" for e in entries) or "(none)")
     return 0
 
 
 def _run_revoke(args: argparse.Namespace) -> int:
     from app.guard import write_key_file
-    from boute.cli import _emit
+    from boute._shared import emit
 
     entries = _entries(args.file)
     kept = [e for e in entries if e.id != args.id]
@@ -90,7 +90,7 @@ def _run_revoke(args: argparse.Namespace) -> int:
         raise BouteError(f"--id={args.id!r} is not in {args.file}; `boute keys list --file "
                          f"{args.file}` shows the ids")
     write_key_file(args.file, kept)
-    _emit(args, {"revoked": args.id}, lambda: f"revoked {args.id!r}; run `boute keys apply "
+    emit(args, {"revoked": args.id}, lambda: f"revoked {args.id!r}; run `boute keys apply "
           f"--file {args.file}` to take it off the running router")
     return 0
 
@@ -98,11 +98,11 @@ def _run_revoke(args: argparse.Namespace) -> int:
 def _run_apply(args: argparse.Namespace) -> int:
     from app.deploy import apply_api_keys
     from app.serve_api import ServeApi
-    from boute.cli import _emit
+    from boute._shared import emit
 
     entries = _entries(args.file)
     apply_api_keys(ServeApi(args.dashboard), [e.to_dict() for e in entries], app=args.app)
-    _emit(args, {"applied": [e.id for e in entries]},
+    emit(args, {"applied": [e.id for e in entries]},
           lambda: f"the router now accepts {len(entries)} key(s): "
                   f"{', '.join(e.id for e in entries) or 'none'}")
     return 0

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from boute.cli import add_hardware_profiles_arg
-from boute.errors import BouteError, PerfDBError, StaleDBError
+from boute._shared import add_hardware_profiles_arg, stderr_note
+from common.errors import BouteError
 
 if TYPE_CHECKING:
-    from profiling import Scenario
     from tuning import Plan, Problem, SearchResult, StopRule
 
-__all__ = ["add_compare", "add_evaluate", "add_plan", "planning_problem"]
+__all__ = ["add_compare", "add_evaluate", "add_plan"]
 
 
 
@@ -33,54 +30,12 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def load_planning_problem(args: argparse.Namespace) -> Problem:
     """The CLI's scenario, catalog, budget and DB flags -> `planning_problem`."""
+    from tuning import planning_problem
+
     return planning_problem(args.scenario, db=args.db, budget=args.budget,
                             gpu_catalog=args.gpu_catalog, model_catalog=args.model_catalog,
-                            hardware_profiles=args.hardware_profiles)
+                            hardware_profiles=args.hardware_profiles, note=stderr_note)
 
-
-def planning_problem(scenario_ref: str | None, *, db: str | None = None,
-                     budget: float | None = None, rate_rps: float | None = None,
-                     gpu_catalog: Sequence[str] = (), model_catalog: Sequence[str] = (),
-                     hardware_profiles: str | None = None) -> Problem:
-    """Scenario + perf DB (built or rebuilt when needed, with a note on stderr) -> Problem.
-
-    The DB must have been built with the efficiency each GPU type gets now: from a hardware
-    profile under `hardware_profiles` (else the scenario's ``profile.hardware_profiles``), or
-    the spec-sheet roofline; otherwise it is stale and rebuilt.
-    """
-    from profiling import PerfDB, build_perfdb, load_catalog, load_scenario
-    from profiling._perfdb import spec_calibration
-    from tuning import default_db_path, load_problem
-
-    catalog = load_catalog(gpu_catalog, model_catalog)
-    scenario: Scenario = load_scenario(scenario_ref)
-    scenario.check_catalog(catalog, scenario_ref)
-    if budget is not None:
-        if not (budget > 0 and math.isfinite(budget)):
-            raise BouteError(f"--budget={budget} must be a positive number of $/hour")
-        scenario = scenario.model_copy(update={"budget_per_hour": budget})
-    if rate_rps is not None:        # the DB is rate-free (a 1 req/s base trace, a rate grid)
-        if not (rate_rps > 0 and math.isfinite(rate_rps)):
-            raise BouteError(f"--rate={rate_rps} must be a positive number of requests/s")
-        workload = scenario.workload.model_copy(update={"rate_rps": rate_rps})
-        scenario = scenario.model_copy(update={"workload": workload})
-    path = Path(db) if db else default_db_path(scenario)
-    spec = scenario.profile_spec()
-    calibration = spec_calibration(spec, catalog, hardware_profiles=hardware_profiles)
-    try:
-        perfdb = PerfDB.load(path, catalog=catalog, trace=spec.base_trace(),
-                             calibration=calibration)
-        return load_problem(scenario, perfdb, catalog)
-    except StaleDBError as exc:
-        note = f"{exc}; rebuilding"
-    except PerfDBError as exc:
-        if path.is_file():
-            raise
-        note = f"no perf DB at {path} ({exc.__class__.__name__}); building it"
-    print(f"boute: {note}", file=sys.stderr)
-    perfdb = build_perfdb(spec, catalog, calibration=calibration, progress=True)
-    perfdb.save(path)
-    return load_problem(scenario, perfdb, catalog)
 
 
 # -- boute plan ----------------------------------------------------------------------------------
@@ -208,9 +163,9 @@ def _run_plan(args: argparse.Namespace) -> int:
             lines.append(f"Pareto plot: {payload['plot']}")
         return "\n".join(lines)
 
-    from boute.cli import _emit
+    from boute._shared import emit
 
-    _emit(args, payload, human)
+    emit(args, payload, human)
     return 0 if plan else 1
 
 
@@ -295,9 +250,9 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     problem = load_planning_problem(args)
     evaluated = evaluate_plan(problem, plan)
 
-    from boute.cli import _emit
+    from boute._shared import emit
 
-    _emit(args, evaluated.to_dict(), lambda: format_plan(evaluated))
+    emit(args, evaluated.to_dict(), lambda: format_plan(evaluated))
     return 0
 
 
@@ -407,7 +362,7 @@ def _run_compare(args: argparse.Namespace) -> int:
                          f"{_gpu_text(a['gpus'].get(strong, {}))}")
         return "\n".join(lines)
 
-    from boute.cli import _emit
+    from boute._shared import emit
 
-    _emit(args, payload, human)
+    emit(args, payload, human)
     return 0

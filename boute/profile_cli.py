@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from boute.errors import BouteError
+from common.errors import BouteError
 
 __all__ = ["add_profile_modes", "parse_levels"]
 
@@ -86,7 +86,7 @@ def add_profile_modes(p: argparse.ArgumentParser) -> None:
 
 
 def _run_hardware(args: argparse.Namespace) -> int:
-    from boute.cli import _emit
+    from boute._shared import emit
     from profiling import load_catalog
     from profiling._hardware import device_gpu_type, fit_efficiency, fit_report
     from profiling._hwbench import default_sweep, measure_hardware, resolve_device
@@ -134,13 +134,13 @@ def _run_hardware(args: argparse.Namespace) -> int:
             f"  GEMM fit: median |rel err| {fit['median_abs_rel_err']:.1%}, worst "
             f"{fit['worst_abs_rel_err']:.1%} over {fit['gemm_rows']:.0f} rows"])
 
-    _emit(args, payload, human)
+    emit(args, payload, human)
     return 0
 
 
 def _run_engine(args: argparse.Namespace) -> int:
     from app.engine_profiler import EngineRun, profile_engine
-    from boute.cli import _emit
+    from boute._shared import emit
 
     device = args.device
     if device == "auto":
@@ -180,5 +180,5 @@ def _run_engine(args: argparse.Namespace) -> int:
                          f"{s['latency_s_p95']:>8.2f}{s['latency_s_p99']:>8.2f}")
         return "\n".join(lines)
 
-    _emit(args, payload, human)
+    emit(args, payload, human)
     return 0

@@ -12,7 +12,7 @@ import contextlib
 import sys
 from typing import Any
 
-from boute.errors import BouteError
+from common.errors import BouteError
 
 __all__ = ["add_replan"]
 
@@ -95,7 +95,7 @@ def _run_replan(args: argparse.Namespace) -> int:
     import ray
 
     from app.replan import format_report, replan
-    from boute.cli import _emit
+    from boute._shared import emit
 
     options = _options(args)        # bad flags fail before touching the cluster
     # Ray prints notices on stdout; keep stdout for the one JSON object.
@@ -105,14 +105,14 @@ def _run_replan(args: argparse.Namespace) -> int:
         if args.watchdog:
             from app.replan import watch
 
-            def emit(report: dict[str, Any]) -> None:
+            def on_report(report: dict[str, Any]) -> None:
                 with contextlib.redirect_stdout(sys.__stdout__):
-                    _emit(args, report, lambda: format_report(report))
+                    emit(args, report, lambda: format_report(report))
 
-            watch(options, loss_s=args.loss_s, poll_s=args.poll_s, on_report=emit)
+            watch(options, loss_s=args.loss_s, poll_s=args.poll_s, on_report=on_report)
             return 0
         report = replan(options)
-    _emit(args, report, lambda: format_report(report))
+    emit(args, report, lambda: format_report(report))
     return 0
 
 

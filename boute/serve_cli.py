@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from boute.errors import BouteError
-from boute.pairs import parse_pairs
+from common.errors import BouteError
+from common.pairs import parse_pairs
 
 __all__ = ["add_bench", "add_deploy", "add_node_resources"]
 
@@ -105,9 +105,9 @@ def add_deploy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def _reevaluate(args: argparse.Namespace, plan: Any, rate_rps: float) -> Any:
     """The plan's predictions at `rate_rps` (shares re-optimized), from its scenario's DB."""
-    from boute.plan_cli import planning_problem
+    from boute._shared import stderr_note
     from profiling import list_presets
-    from tuning import evaluate_plan
+    from tuning import evaluate_plan, planning_problem
 
     scenario = args.scenario or plan.scenario.get("name")
     if scenario not in list_presets() and not (scenario and Path(scenario).is_file()):
@@ -115,7 +115,7 @@ def _reevaluate(args: argparse.Namespace, plan: Any, rate_rps: float) -> Any:
                          "a preset nor a file; pass --scenario")
     problem = planning_problem(scenario, db=args.db, rate_rps=rate_rps,
                                gpu_catalog=args.gpu_catalog,
-                               model_catalog=args.model_catalog)
+                               model_catalog=args.model_catalog, note=stderr_note)
     return evaluate_plan(problem, plan)
 
 
@@ -178,9 +178,9 @@ def _serve(args: argparse.Namespace, plan: Any, rate: float, sources: dict[str, 
         if args.bench_s:
             report = _bench_deployed(args, plan, url, rate, key)
         elif cluster is None:       # Serve keeps running on the cluster after we exit
-            from boute.cli import _emit
+            from boute._shared import emit
 
-            report = lambda: _emit(args, {"url": url, "plan": plan.to_dict()},  # noqa: E731
+            report = lambda: emit(args, {"url": url, "plan": plan.to_dict()},  # noqa: E731
                                    lambda: f"serving at {url}")
         else:
             print("boute deploy: local cluster up; Ctrl-C stops it", file=sys.stderr)
@@ -238,9 +238,9 @@ def _write_serve_config(args: argparse.Namespace, plan: Any, sources: dict[str, 
                           api_keys=_api_keys(args)[0], on_model_down=args.on_model_down)
     Path(args.serve_config).parent.mkdir(parents=True, exist_ok=True)
     Path(args.serve_config).write_text(yaml.safe_dump(config, sort_keys=False))
-    from boute.cli import _emit
+    from boute._shared import emit
 
-    _emit(args, {"serve_config": args.serve_config,
+    emit(args, {"serve_config": args.serve_config,
                  "applications": [a["name"] for a in config["applications"]]},
           lambda: f"wrote {args.serve_config} (the router + {len(plan.groups)} replica-group "
                   f"applications); run it with `serve deploy {args.serve_config}`")
@@ -293,8 +293,8 @@ def _bench_deployed(args: argparse.Namespace, plan: Any, url: str, rate: float,
                     api_key: str | None
                     ) -> Callable[[], None]:
     """Bench the deployed plan; returns the function that prints the report."""
+    from boute._shared import emit
     from boute.bench import format_bench, run_bench
-    from boute.cli import _emit
 
     shape = str(plan.scenario.get("task") or "gsm8k")
     trace = _bench_trace(shape, rate, args.bench_s, args.seed)
@@ -302,7 +302,7 @@ def _bench_deployed(args: argparse.Namespace, plan: Any, url: str, rate: float,
                        api_key=api_key)
     summary = _with_strong_share(result.summary(), plan)
     predicted = _predicted(plan)
-    return lambda: _emit(args, {"plan": plan.to_dict(), "bench": summary,
+    return lambda: emit(args, {"plan": plan.to_dict(), "bench": summary,
                                 "predicted": predicted},
                          lambda: format_bench(summary, predicted))
 
@@ -380,8 +380,8 @@ def _bench_key(args: argparse.Namespace) -> str | None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    from boute._shared import emit
     from boute.bench import check_client, check_duration, check_rate, format_bench, run_bench
-    from boute.cli import _emit
     from profiling import load_trace
     from tuning import Plan
 
@@ -410,7 +410,7 @@ def _run_bench(args: argparse.Namespace) -> int:
     if plan is not None:
         summary = _with_strong_share(summary, plan)
         predicted = _predicted(plan)
-    _emit(args, {"bench": summary, "predicted": predicted},
+    emit(args, {"bench": summary, "predicted": predicted},
           lambda: format_bench(summary, predicted))
     if summary["ok"] == 0:
         print(f"boute bench: no request succeeded; first error: {summary['first_error']}",

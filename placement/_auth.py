@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from boute.errors import BouteError
+from common.errors import BouteError
 
 __all__ = [
     "AUTH_MODE_ENV",

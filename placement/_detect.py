@@ -8,38 +8,17 @@ serves every node of a mixed rack.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from collections import Counter
 from collections.abc import Sequence
 
+from profiling import gpu_type_from_name
+
 from ._resources import gpu_resource
 from ._specs import PlacementError
 
 __all__ = ["gpu_type_from_name", "local_gpu_names", "node_resources"]
-
-# (pattern on the device name, catalog type); the first match wins, so variants come first.
-_PATTERNS = (
-    (r"H200", "H200"),
-    (r"H100.*PCIe", "H100-PCIe"),
-    (r"H100", "H100"),
-    (r"A100.*80\s*GB", "A100-80G"),
-    (r"A100", "A100-40G"),
-    (r"L40S", "L40S"),
-    (r"RTX PRO 6000", "RTX-PRO-6000"),
-    (r"RTX 5090", "RTX-5090"),
-    (r"RTX 4090", "RTX-4090"),
-)
-
-
-def gpu_type_from_name(name: str) -> str | None:
-    """The catalog GPU type of an NVIDIA device name, or None when it is not known."""
-    for pattern, gpu in _PATTERNS:
-        if re.search(pattern, name, re.IGNORECASE):
-            return gpu
-    return None
-
 
 def node_resources(names: Sequence[str], override: str | None = None) -> dict[str, int]:
     """Ray custom resources of a node with GPUs `names` (``{}`` without GPUs).

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from boute.envvars import scoped_env
+from common.envvars import scoped_env
 
 from ._auth import (
     AUTH_MODE_ENV,

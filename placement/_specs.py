@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from boute.errors import BouteError
+from common.errors import BouteError
 from tuning import Plan
 
 from ._resources import gpu_resource

@@ -5,6 +5,7 @@ Pure planning code: no Ray, no Serve.
 """
 
 from ._catalog import Catalog, GpuType, ModelArch, load_catalog, load_hf_config
+from ._gpu_names import gpu_type_from_name
 from ._perfdb import PerfDB, build_perfdb, mixture_quantile
 from ._quality import QualityCurve, default_quality_curve
 from ._replica import ENGINE_PROFILES, Efficiency, EngineConfig, ReplicaModel, parallel_configs
@@ -40,6 +41,7 @@ __all__ = [
     "capacity_rps",
     "default_quality_curve",
     "generate_trace",
+    "gpu_type_from_name",
     "list_presets",
     "load_catalog",
     "load_hf_config",

@@ -17,8 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
-from boute.errors import CatalogError
-from boute.textfile import read_utf8
+from common.errors import CatalogError
+from common.textfile import read_utf8
 
 __all__ = [
     "Catalog",

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from boute.errors import ProfilerError
+from common.errors import ProfilerError
 
 from ._replica import EngineConfig, ReplicaModel
 from ._simulator import SimResult, simulate, simulate_closed_loop

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from boute.errors import ProfilerError
+from common.errors import ProfilerError
 
 from ._catalog import GpuType
 from ._replica import Efficiency

@@ -38,7 +38,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from boute.errors import MeasurementTimeoutError, ProfilerError
+from common.errors import MeasurementTimeoutError, ProfilerError
 
 from ._catalog import ModelArch
 from ._hardware import (
@@ -140,7 +140,7 @@ def resolve_device(device: str, gpu_type: str | None = None) -> DeviceInfo:
         raise ProfilerError(f"--device={device!r}: only {torch.cuda.device_count()} CUDA "
                             f"device(s); use cuda:0..cuda:{torch.cuda.device_count() - 1}")
     props = torch.cuda.get_device_properties(index)
-    from placement._detect import gpu_type_from_name
+    from ._gpu_names import gpu_type_from_name
 
     catalog_type = gpu_type or gpu_type_from_name(props.name)
     if catalog_type is None:

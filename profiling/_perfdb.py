@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from boute.errors import InfeasibleConfigError, PerfDBError, StaleDBError
+from common.errors import InfeasibleConfigError, PerfDBError, StaleDBError
 
 from ._catalog import Catalog
 from ._hardware import Calibration, resolve_calibration

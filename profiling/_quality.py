@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
-from boute.errors import BouteError
+from common.errors import BouteError
 
 __all__ = ["QualityCurve", "default_quality_curve"]
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from boute.errors import InfeasibleConfigError
+from common.errors import InfeasibleConfigError
 
 from ._catalog import GpuType, ModelArch
 

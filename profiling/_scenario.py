@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from boute.errors import CatalogError, ScenarioError
-from boute.textfile import read_utf8
+from common.errors import CatalogError, ScenarioError
+from common.textfile import read_utf8
 
 from ._workload import TRACE_SHAPES, Trace, generate_trace, load_trace
 

@@ -42,7 +42,7 @@ from collections import deque
 from heapq import heappop, heappush
 from typing import NamedTuple
 
-from boute.errors import BouteError
+from common.errors import BouteError
 
 from ._replica import EngineConfig, ReplicaModel
 

@@ -28,7 +28,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from boute.errors import TraceError
+from common.errors import TraceError
 
 __all__ = [
     "TRACE_SHAPES",

@@ -16,7 +16,7 @@ from ._evaluator import (
 from ._exact import ExactFront, exact_front, exact_max_throughput, exact_min_cost
 from ._front import hypervolume, pareto_mask
 from ._plan import Group, Plan, PlanError, Predicted, Routing
-from ._problem import Problem, default_db_path, load_problem
+from ._problem import Problem, default_db_path, load_problem, planning_problem
 from ._replan import Decision, GroupChange, Hysteresis, decide, diff_groups
 from ._search import Goal, SearchResult, StopRule, search
 
@@ -52,5 +52,6 @@ __all__ = [
     "pareto_mask",
     "plan_from_arrays",
     "plan_to_arrays",
+    "planning_problem",
     "search",
 ]

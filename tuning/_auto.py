@@ -31,7 +31,7 @@ import numpy as np
 
 from ._exact import ExactBudgetExceeded, solve_level
 from ._problem import Problem
-from ._search import Goal
+from ._run import Goal
 
 __all__ = ["EXACT_BUDGET_S", "ExactBudgetExceeded", "SolverChoice", "choose_solver",
            "exact_deadline"]

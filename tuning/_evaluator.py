@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from boute.errors import BouteError
+from common.errors import BouteError
 from profiling import mixture_quantile
 
 from ._plan import Group, Plan, Predicted, Routing

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from boute.errors import BouteError
+from common.errors import BouteError
 
 from ._evaluator import PlanArrays
 from ._problem import STRONG, WEAK, Problem

@@ -1,7 +1,7 @@
 """The BoTorch MOBO loop: Sobol start, then qLogNEHVI batches with an outcome constraint.
 
 One step (`MoboState.propose`): fit a GP per outcome (two objectives and one constraint slack,
-see `tuning._search._outcomes`) to at most `gp_points` of the points so far — the leading
+see `tuning._run._outcomes`) to at most `gp_points` of the points so far — the leading
 non-dominated layers of the feasible ones plus a random rest, since the acquisition only needs
 the model to be right near the front — and maximize qLogNEHVI — the log noisy expected
 hypervolume improvement, reference point at the origin of the normalized objectives, the
@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from ._front import pareto_mask
 from ._problem import Problem
-from ._search import Callback, Goal, SearchResult, StopRule, _outcomes, _Run, make_encoding
+from ._run import Callback, Goal, SearchResult, StopRule, _outcomes, _Run, make_encoding
 
 __all__ = ["MoboSettings", "MoboState", "run_mobo", "torch_threads"]
 

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from boute.errors import BouteError
-from boute.textfile import read_utf8
+from common.errors import BouteError
+from common.textfile import read_utf8
 
 __all__ = ["MAX_GROUP_GPUS", "Group", "Plan", "PlanError", "Predicted", "Routing"]
 

@@ -25,16 +25,20 @@ P95 <= x), which the evaluator also reports (`system_p95_s`).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from boute.errors import PerfDBError, ScenarioError
+from common.errors import BouteError, PerfDBError, ScenarioError, StaleDBError
 from profiling import Catalog, PerfDB, QualityCurve, Scenario, default_quality_curve
 
-__all__ = ["NUM_LEVELS", "X_MIN_S", "Problem", "default_db_path", "load_problem"]
+__all__ = [
+    "NUM_LEVELS", "X_MIN_S", "Problem", "default_db_path", "load_problem", "planning_problem",
+]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -218,3 +222,59 @@ def load_problem(
         cfg_tp=np.asarray(ctp, dtype=np.int64), cfg_pp=np.asarray(cpp, dtype=np.int64),
         cfg_gpus=cfg_gpus, cfg_price=cfg_gpus * gpu_price[cfg_type], cfg_db=row_arr,
         levels_s=levels, cap=_capacity_table(db, row_arr, levels), _by_key=by_key)
+
+
+def planning_problem(scenario_ref: str | None, *, db: str | None = None,
+                     budget: float | None = None, rate_rps: float | None = None,
+                     gpu_catalog: Sequence[str] = (), model_catalog: Sequence[str] = (),
+                     hardware_profiles: str | None = None,
+                     note: Callable[[str], None] | None = None,
+                     progress: bool = True) -> Problem:
+    """Scenario (a preset name or a YAML path) + its perf DB -> `Problem`.
+
+    The DB at `db` (default `default_db_path`) is built, or rebuilt, when it is missing or
+    stale: it must have been built with the efficiency each GPU type gets now (a hardware
+    profile under `hardware_profiles`, else the scenario's ``profile.hardware_profiles``, else
+    the spec-sheet roofline). `note` receives one line saying why a DB is (re)built.
+    `budget` / `rate_rps` override the scenario's (the DB is rate-free: a 1 req/s base trace
+    and a rate grid).
+
+    Raises:
+        BouteError: a non-positive or non-finite `budget` / `rate_rps` (named, with the fix).
+        PerfDBError: `db` names a file that is not a readable perf DB.
+        CatalogError, ScenarioError: from loading the catalog and the scenario.
+
+    """
+    from profiling import build_perfdb, load_catalog, load_scenario
+    from profiling._perfdb import spec_calibration
+
+    catalog = load_catalog(gpu_catalog, model_catalog)
+    scenario = load_scenario(scenario_ref)
+    scenario.check_catalog(catalog, scenario_ref)
+    if budget is not None:
+        if not (budget > 0 and math.isfinite(budget)):
+            raise BouteError(f"--budget={budget} must be a positive number of $/hour")
+        scenario = scenario.model_copy(update={"budget_per_hour": budget})
+    if rate_rps is not None:
+        if not (rate_rps > 0 and math.isfinite(rate_rps)):
+            raise BouteError(f"--rate={rate_rps} must be a positive number of requests/s")
+        workload = scenario.workload.model_copy(update={"rate_rps": rate_rps})
+        scenario = scenario.model_copy(update={"workload": workload})
+    path = Path(db) if db else default_db_path(scenario)
+    spec = scenario.profile_spec()
+    calibration = spec_calibration(spec, catalog, hardware_profiles=hardware_profiles)
+    try:
+        perfdb = PerfDB.load(path, catalog=catalog, trace=spec.base_trace(),
+                             calibration=calibration)
+        return load_problem(scenario, perfdb, catalog)
+    except StaleDBError as exc:
+        why = f"{exc}; rebuilding"
+    except PerfDBError as exc:
+        if path.is_file():
+            raise
+        why = f"no perf DB at {path} ({exc.__class__.__name__}); building it"
+    if note is not None:
+        note(why)
+    perfdb = build_perfdb(spec, catalog, calibration=calibration, progress=progress)
+    perfdb.save(path)
+    return load_problem(scenario, perfdb, catalog)

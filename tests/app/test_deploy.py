@@ -177,7 +177,7 @@ def test_threshold_calibrated_on_a_prompt_sample(tmp_path: Path) -> None:
 
 def test_deploy_refuses_a_replica_that_does_not_fit_in_memory() -> None:
     from app.deploy import deploy_plan
-    from boute.errors import BouteError
+    from common.errors import BouteError
 
     plan = Plan(Routing(0.5), (Group("llama-3.1-70b", "H100", 1, 1, 1, 1.0),),
                 scenario=PLAN.scenario)
@@ -186,7 +186,7 @@ def test_deploy_refuses_a_replica_that_does_not_fit_in_memory() -> None:
 
 
 def test_name_value_pairs_for_flags_and_builder_args() -> None:
-    from boute.pairs import PairError, parse_pairs
+    from common.pairs import PairError, parse_pairs
 
     assert parse_pairs([" a = 1 ", "", "b=x=y"], "--model") == {"a": "1", "b": "x=y"}
     assert parse_pairs([""], "models") == {}      # the builder default "" split by ","

@@ -22,7 +22,7 @@ from boute.bench import (
     run_bench,
 )
 from boute.cli import main
-from boute.errors import BenchError
+from common.errors import BenchError
 from profiling import generate_trace
 
 # Port 9 (discard) on localhost: nothing listens, so a request that were sent would fail

@@ -70,19 +70,23 @@ def test_no_profile_for_the_gpu_gives_todays_numbers(
 
 def test_profile_db_reports_its_source_and_plan_rebuilds_a_stale_db(
         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from boute.plan_cli import planning_problem
+    from tuning import planning_problem
 
+    notes: list[str] = []
     scenario = write_scenario(tmp_path, TINY_SCENARIO)
     db = tmp_path / "db.parquet"
     code = main(["--json", "profile", "--scenario", str(scenario), "--out", str(db),
                  "--workers", "1"])
     assert code == 0
     assert json.loads(capsys.readouterr().out)["efficiency_source"] == {"H100": "spec-sheet"}
-    planning_problem(str(scenario), db=str(db), hardware_profiles=str(H100_REF))
-    err = capsys.readouterr().err
-    assert "is stale: H100's efficiency came from spec-sheet" in err and "rebuilding" in err
-    problem = planning_problem(str(scenario), db=str(db), hardware_profiles=str(H100_REF))
-    assert "rebuilding" not in capsys.readouterr().err       # rebuilt with the profile: current
+    planning_problem(str(scenario), db=str(db), hardware_profiles=str(H100_REF),
+                     note=notes.append)
+    assert len(notes) == 1
+    assert "is stale: H100's efficiency came from spec-sheet" in notes[0]
+    assert "rebuilding" in notes[0]
+    problem = planning_problem(str(scenario), db=str(db), hardware_profiles=str(H100_REF),
+                               note=notes.append)
+    assert len(notes) == 1                                    # rebuilt with the profile: current
     assert problem.db.meta["efficiency_source"] == {"H100": f"profile:{H100_REF}"}
 
 

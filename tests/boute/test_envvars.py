@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from boute.envvars import scoped_env
+from common.envvars import scoped_env
 from placement import HIGH_THROUGHPUT_ENV
 
 

@@ -432,7 +432,7 @@ ENGINE_CORPUS: dict[str, str | bytes] = {
 @pytest.mark.parametrize("body", list(ENGINE_CORPUS.values()), ids=list(ENGINE_CORPUS))
 def test_malformed_engine_profile_raises_a_one_line_profiler_error(
         body: str | bytes, tmp_path: Path) -> None:
-    from boute.errors import ProfilerError
+    from common.errors import ProfilerError
     from profiling._engine_profile import load_engine_profile
 
     path = tmp_path / "engine.jsonl"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from boute.errors import ProfilerError, StaleDBError
+from common.errors import ProfilerError, StaleDBError
 from profiling import Catalog, Efficiency, PerfDB, ProfileSpec, build_perfdb, load_scenario
 from profiling._hardware import SPEC_SHEET, resolve_calibration, scan_hardware_profiles
 from profiling._perfdb import spec_calibration

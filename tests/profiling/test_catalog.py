@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from boute.errors import CatalogError
+from common.errors import CatalogError
 from profiling import Catalog, load_catalog, load_hf_config, parallel_configs
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from boute.errors import ProfilerError
+from common.errors import ProfilerError
 from profiling import ModelArch
 from profiling._engine_profile import (
     EngineOverheads,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from boute.cli import main
-from boute.errors import MeasurementTimeoutError, ProfilerError
+from common.errors import MeasurementTimeoutError, ProfilerError
 from profiling import Efficiency, GpuType, ModelArch
 from profiling._hardware import (
     ATTENTION_COLUMNS,

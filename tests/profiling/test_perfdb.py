@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from boute.errors import PerfDBError, StaleDBError
+from common.errors import PerfDBError, StaleDBError
 from profiling import (
     QUANTILES,
     Catalog,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from boute.errors import InfeasibleConfigError
+from common.errors import InfeasibleConfigError
 from profiling import Catalog, EngineConfig, ReplicaModel
 from tests.conftest import make_replica
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from boute.errors import ScenarioError
+from common.errors import ScenarioError
 from profiling import Catalog, list_presets, load_scenario
 from tests.conftest import write_scenario
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from boute.errors import TraceError
+from common.errors import TraceError
 from profiling import Trace, generate_trace, load_trace
 
 

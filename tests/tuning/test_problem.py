@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from boute.errors import PerfDBError
+from common.errors import PerfDBError
 from profiling import Catalog, build_perfdb, load_scenario
 from tests.conftest import write_scenario
 from tuning import Goal, Problem, load_problem, plan_from_arrays, search

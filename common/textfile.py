@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from boute.errors import BouteError
+from common.errors import BouteError
 
 __all__ = ["read_utf8"]
 

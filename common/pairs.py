@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from boute.errors import BouteError
+from common.errors import BouteError
 
 __all__ = ["PairError", "parse_pairs"]
 

@@ -1,0 +1,60 @@
+"""What the command modules share: JSON-or-text output and the flags several commands take.
+
+The command modules import this and nothing of each other; `boute.cli` assembles them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "add_catalog_args", "add_hardware_profiles_arg", "emit", "json_safe", "stderr_note",
+]
+
+
+def json_safe(obj: Any) -> Any:
+    """JSON-safe copy: inf/nan become null, numpy scalars become Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, str | bytes):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def emit(args: argparse.Namespace, payload: dict[str, Any], human: Callable[[], str]) -> None:
+    """Print `payload` as one JSON object under ``--json``, else the human text `human()`."""
+    if args.json:
+        print(json.dumps(json_safe(payload)))
+    else:
+        print(human())
+
+
+def add_catalog_args(p: argparse.ArgumentParser) -> None:
+    """Add ``--gpu-catalog FILE`` and ``--model-catalog FILE`` (repeatable)."""
+    p.add_argument("--gpu-catalog", action="append", default=[], metavar="FILE",
+                   help="extra GPU catalog YAML (adds or overrides entries by name)")
+    p.add_argument("--model-catalog", action="append", default=[], metavar="FILE",
+                   help="extra model catalog YAML")
+
+
+def add_hardware_profiles_arg(p: argparse.ArgumentParser) -> None:
+    """Add ``--hardware-profiles DIR``: where the stage-1 model looks for hardware profiles."""
+    p.add_argument("--hardware-profiles", default=None, metavar="DIR",
+                   help="folder of hardware profiles (`boute profile hardware` writes "
+                   "build/calibration/<device>/) or one profile directory: GPU types with a "
+                   "profile there use the efficiency fitted on it (default: the scenario's "
+                   "profile.hardware_profiles, else none: spec-sheet roofline)")
+
+
+def stderr_note(text: str) -> None:
+    """Print a one-line note for the user on stderr (``boute: ...``)."""
+    print(f"boute: {text}", file=sys.stderr)

@@ -1,0 +1,286 @@
+"""What every searcher shares: goals, the stopping rule, results and the evaluation loop.
+
+`Goal` says what to optimize, `StopRule` when an iterative searcher stops, `SearchResult`
+what it found; `_Run` evaluates batches of plans, keeps the best so far and applies the rule;
+`make_encoding` is the search space of a goal (`tuning._encoding`). `tuning._search` dispatches
+to the searchers (`tuning._mobo`, random, `tuning._exact`), which build on this module.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from common.errors import BouteError
+
+from ._encoding import RawEncoding, StructuredEncoding
+from ._evaluator import BatchMetrics, PlanArrays, evaluate_arrays
+from ._front import hypervolume, normalized, pareto_mask
+from ._problem import Problem
+
+__all__ = [
+    "MODES", "SOLVERS", "Callback", "Goal", "SearchError", "SearchResult", "StopRule",
+    "concat_plans", "make_encoding",
+]
+
+FloatArray = npt.NDArray[np.float64]
+Mode = Literal["pareto", "min-cost", "max-throughput"]
+SOLVERS = ("auto", "mobo", "exact", "random")
+MODES = ("pareto", "min-cost", "max-throughput")
+
+
+class SearchError(BouteError, ValueError):
+    """A search request cannot be satisfied as asked."""
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What to optimize: a mode with optional quality and P95 targets."""
+
+    mode: Mode = "pareto"
+    quality: float | None = None
+    p95_s: float | None = None
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """When an iterative searcher stops: the first of these.
+
+    Attributes:
+        max_evals: plans evaluated.
+        patience: batches (BO steps) after the start without an improvement of the progress
+            value (hypervolume; -cost; capacity) by more than `rel_tol` of it: "stable for
+            `patience` consecutive iterations", the paper's criterion. None: no such rule.
+        time_limit_s: wall-clock seconds of the search (checked after each batch). None: no
+            limit.
+        rel_tol: relative improvement that counts.
+
+    """
+
+    max_evals: int = 4096
+    patience: int | None = 20
+    time_limit_s: float | None = 60.0
+    rel_tol: float = 1e-4
+
+    @classmethod
+    def fixed(cls, max_evals: int) -> StopRule:
+        """Exactly `max_evals` evaluations (the benchmarks' equal-effort comparisons)."""
+        return cls(max_evals=max_evals, patience=None, time_limit_s=None)
+
+
+@dataclass
+class SearchResult:
+    """Every plan a searcher evaluated, their metrics, the chosen plan and the effort.
+
+    ``reason`` says why this solver ran (``auto``'s choice) and ``stopped`` why it ended;
+    ``step_seconds`` holds one ``{"fit_s", "acq_s", "decode_s"}`` per BO step.
+    """
+
+    solver: str
+    goal: Goal
+    plans: PlanArrays
+    metrics: BatchMetrics
+    seconds: float
+    trace: list[tuple[int, float, float]] = field(default_factory=list)  # (evals, s, value)
+    exact_runs: int = 0
+    reason: str = ""
+    stopped: str = ""
+    step_seconds: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def evaluations(self) -> int:
+        """Plans evaluated (DP runs for the exact solver)."""
+        return self.exact_runs or len(self.plans)
+
+    def admissible(self, problem: Problem) -> npt.NDArray[np.bool_]:
+        """Plans meeting the goal's constraints."""
+        m, g = self.metrics, self.goal
+        ok = m.within_stock & m.unsaturated & (m.p95_s <= problem.ceiling_s)
+        if g.mode != "min-cost":
+            ok &= m.within_budget
+        if g.quality is not None:
+            ok &= m.quality >= g.quality - 1e-9
+        if g.p95_s is not None and g.mode != "max-throughput":
+            ok &= m.p95_s <= g.p95_s + 1e-9
+        return np.asarray(ok)
+
+    def front_mask(self, problem: Problem) -> npt.NDArray[np.bool_]:
+        """Admissible plans on the (quality, P95) Pareto front (budget always applies)."""
+        ok = self.metrics.within_stock & self.metrics.unsaturated & self.metrics.within_budget
+        ok &= self.metrics.p95_s <= problem.ceiling_s
+        mask = np.zeros(len(ok), dtype=bool)
+        idx = np.flatnonzero(ok)
+        mask[idx[pareto_mask(self.metrics.p95_s[idx], self.metrics.quality[idx])]] = True
+        return mask
+
+    def hypervolume(self, problem: Problem) -> float:
+        """Hypervolume of the front (normalized objectives)."""
+        f = self.front_mask(problem)
+        return hypervolume(problem, self.metrics.p95_s[f], self.metrics.quality[f])
+
+    def best(self, problem: Problem) -> int | None:
+        """Index of the chosen plan, or None when no plan meets the goal."""
+        ok = np.flatnonzero(self.admissible(problem))
+        if len(ok) == 0:
+            return None
+        m, mode = self.metrics, self.goal.mode
+        if mode == "min-cost":
+            key = np.lexsort((m.p95_s[ok], m.cost_per_hour[ok]))
+        elif mode == "max-throughput":
+            key = np.lexsort((m.cost_per_hour[ok], -m.capacity_rps[ok]))
+        elif self.goal.quality is not None:
+            key = np.lexsort((m.cost_per_hour[ok], m.p95_s[ok]))
+        elif self.goal.p95_s is not None:
+            key = np.lexsort((m.cost_per_hour[ok], -m.quality[ok]))
+        else:   # the knee: best sum of normalized objectives
+            y = normalized(problem, m.p95_s[ok], m.quality[ok]).sum(axis=1)
+            key = np.lexsort((m.cost_per_hour[ok], -y))
+        return int(ok[key[0]])
+
+
+def concat_plans(parts: list[PlanArrays]) -> PlanArrays:
+    """Stack batches (slot counts must match)."""
+    return PlanArrays(np.concatenate([p.strong_share for p in parts]),
+                      np.concatenate([p.config for p in parts]),
+                      np.concatenate([p.replicas for p in parts]))
+
+
+def _s_lo(problem: Problem, goal: Goal) -> float:
+    return 0.0 if goal.quality is None else problem.quality.min_share_for(goal.quality)
+
+
+def _outcomes(problem: Problem, goal: Goal, m: BatchMetrics) -> FloatArray:
+    """(N, 3): two objectives to maximize and a constraint slack (feasible when >= 0)."""
+    y = normalized(problem, m.p95_s, m.quality)
+    stock_pen = np.where(m.within_stock & m.unsaturated, 0.0, -1.0)
+    if goal.mode == "pareto":
+        slack = (problem.budget - m.cost_per_hour) / problem.budget
+        return np.stack([y[:, 0], y[:, 1], np.maximum(slack + stock_pen, -2.0)], axis=1)
+    if goal.mode == "min-cost":
+        ref = float((problem.stock * problem.gpu_price).sum())
+        level = goal.p95_s if goal.p95_s is not None else problem.ceiling_s
+        with np.errstate(invalid="ignore"):
+            slack = np.clip((level - m.p95_s) / level, -2.0, 1.0)
+        return np.stack([1.0 - m.cost_per_hour / ref, y[:, 1], slack + stock_pen], axis=1)
+    slack = (problem.budget - m.cost_per_hour) / problem.budget
+    return np.stack([m.capacity_rps / (4 * problem.rate_rps), y[:, 0],
+                     np.maximum(slack + stock_pen, -2.0)], axis=1)
+
+
+def _progress_value(problem: Problem, result: SearchResult) -> float:
+    """Pareto: hypervolume; min-cost: -cost of the best; max-throughput: best capacity."""
+    if result.goal.mode == "pareto":
+        return result.hypervolume(problem)
+    b = result.best(problem)
+    if b is None:
+        return -np.inf
+    if result.goal.mode == "min-cost":
+        return -float(result.metrics.cost_per_hour[b])
+    return float(result.metrics.capacity_rps[b])
+
+
+def _concat_metrics(a: BatchMetrics, b: BatchMetrics) -> BatchMetrics:
+    return BatchMetrics(**{k: np.concatenate([getattr(a, k), getattr(b, k)])
+                           for k in BatchMetrics.__dataclass_fields__})
+
+
+Callback = Callable[[int, float, float], bool]   # (evaluations, seconds, value) -> stop?
+
+
+class _Run:
+    """Bookkeeping shared by the iterative searchers, and their `StopRule`.
+
+    Batches count toward ``patience`` once `warmup_evals` plans (the Sobol start) are in.
+    """
+
+    def __init__(self, problem: Problem, goal: Goal, solver: str, callback: Callback | None,
+                 rule: StopRule | None = None, warmup_evals: int = 0):
+        self.problem, self.goal, self.solver, self.callback = problem, goal, solver, callback
+        self.rule = rule or StopRule()
+        self.warmup_evals = warmup_evals
+        self.start = time.perf_counter()
+        self.result: SearchResult | None = None
+        self.stop = False
+        self.stopped = ""
+        self.best = -np.inf
+        self.stalled = 0
+
+    def add(self, plans: PlanArrays) -> BatchMetrics:
+        m = evaluate_arrays(self.problem, plans, self.goal.p95_s)
+        if self.result is None:
+            self.result = SearchResult(self.solver, self.goal, plans, m, 0.0)
+        else:
+            self.result.plans = concat_plans([self.result.plans, plans])
+            self.result.metrics = _concat_metrics(self.result.metrics, m)
+        elapsed = time.perf_counter() - self.start
+        value = _progress_value(self.problem, self.result)
+        evals = len(self.result.plans)
+        self.result.trace.append((evals, elapsed, value))
+        self.result.seconds = elapsed
+        self._check(evals, elapsed, value)
+        if self.callback is not None and self.callback(evals, elapsed, value):
+            self.stop, self.stopped = True, self.stopped or "the caller's callback"
+        return m
+
+    def _check(self, evals: int, elapsed: float, value: float) -> None:
+        rule = self.rule
+        improved = value > self.best + rule.rel_tol * max(abs(self.best), 1e-12)
+        if np.isfinite(value) and (improved or not np.isfinite(self.best)):
+            self.best = max(self.best, value)
+        if evals > self.warmup_evals:
+            self.stalled = 0 if improved else self.stalled + 1
+        if evals >= rule.max_evals:
+            self.stop, self.stopped = True, f"{evals} evaluations (the limit)"
+        elif rule.patience is not None and self.stalled >= rule.patience:
+            self.stop, self.stopped = True, (f"front stable for {self.stalled} steps "
+                                             f"(patience {rule.patience})")
+        elif rule.time_limit_s is not None and elapsed >= rule.time_limit_s:
+            self.stop, self.stopped = True, f"time limit {rule.time_limit_s:g} s"
+
+    def done(self) -> SearchResult:
+        assert self.result is not None
+        self.result.seconds = time.perf_counter() - self.start
+        self.result.stopped = self.stopped or "evaluation budget spent"
+        return self.result
+
+
+def _empty(problem: Problem) -> PlanArrays:
+    n = 2 * len(problem.gpu_types)
+    return PlanArrays(np.zeros(1), np.full((1, n), -1, dtype=np.int64),
+                      np.zeros((1, n), dtype=np.int64))
+
+
+def _max_scale(problem: Problem, level_s: float) -> float:
+    """Upper bound of the load scale of max-throughput.
+
+    Every GPU in stock serving at the best per-GPU capacity any config reaches at the level,
+    over the scenario's rate.
+    """
+    per_gpu = problem.cap_at(np.array([level_s]))[:, 0] / problem.cfg_gpus
+    best = np.zeros(len(problem.gpu_types))
+    np.maximum.at(best, problem.cfg_type, per_gpu)
+    return float((best * problem.stock).sum() / problem.rate_rps)
+
+
+def make_encoding(problem: Problem, goal: Goal, encoding: str = "structured"
+                  ) -> StructuredEncoding | RawEncoding:
+    """The encoding a goal is searched in."""
+    s_lo = _s_lo(problem, goal)
+    if encoding == "raw":
+        return RawEncoding(problem, s_lo)
+    if encoding != "structured":
+        raise SearchError(f"encoding={encoding!r} is unknown; use structured or raw")
+    if goal.mode == "min-cost":
+        return StructuredEncoding(problem, s_lo, x_hi_s=goal.p95_s, x_band=0.7)
+    if goal.mode == "max-throughput":
+        level = goal.p95_s if goal.p95_s is not None else problem.ceiling_s
+        return StructuredEncoding(problem, s_lo, x_hi_s=level,
+                                  scale_range=(0.25, max(1.0, _max_scale(problem, level))),
+                                  budget_per_hour=problem.budget)
+    enc = StructuredEncoding(problem, s_lo, x_hi_s=goal.p95_s, budget_per_hour=problem.budget)
+    return replace(enc, x_hi_s=enc.top_level_s())
