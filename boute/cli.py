@@ -16,6 +16,7 @@ from typing import Any
 
 from boute._shared import add_catalog_args, add_hardware_profiles_arg, emit
 from common.errors import BouteError
+from common.pairs import parse_pairs
 
 __all__ = ["main"]
 
@@ -308,7 +309,8 @@ def _add_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--arrival", default="poisson", choices=["poisson", "gamma"])
     p.add_argument("--cv", type=float, default=1.0, help="burstiness of gamma arrivals")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="write the (rescaled) trace as Parquet")
+    p.add_argument("--out", default=None, help="write the (rescaled) trace; the format follows "
+                   "the suffix: .parquet, .csv or .jsonl")
     p.set_defaults(run=_run_trace)
 
 
@@ -320,12 +322,7 @@ def _run_trace(args: argparse.Namespace) -> int:
     if not (args.cv > 0 and math.isfinite(args.cv)):
         raise BouteError(f"--cv={args.cv:g} must be a number > 0 (1 = Poisson)")
     if args.file:
-        mapping = {}
-        for item in filter(None, args.columns.split(",")):
-            if "=" not in item:
-                raise BouteError(f"--columns item {item!r} must look like ours=theirs")
-            ours, theirs = item.split("=", 1)
-            mapping[ours.strip()] = theirs.strip()
+        mapping = parse_pairs(args.columns.split(","), "--columns item")
         trace = load_trace(args.file, columns=mapping)
         if args.rate is not None:
             trace = trace.scaled_to(args.rate)

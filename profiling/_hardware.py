@@ -51,9 +51,7 @@ __all__ = [
     "Calibration",
     "CsvAppender",
     "HardwareProfile",
-    "calibrated_efficiency",
     "device_gpu_type",
-    "find_hardware_profile",
     "fit_efficiency",
     "load_hardware_profile",
     "resolve_calibration",
@@ -185,30 +183,6 @@ def load_hardware_profile(path: str | Path) -> HardwareProfile:
     return HardwareProfile(path, meta, tables["gemm"], tables["attention"], tables["bandwidth"])
 
 
-def find_hardware_profile(gpu_type: str, root: str | Path = DEFAULT_CALIBRATION_ROOT
-                          ) -> HardwareProfile | None:
-    """The hardware profile under `root` whose meta names `gpu_type` (None if there is none).
-
-    With several, the newest (by meta ``date``) complete one wins.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        return None
-    found = []
-    for meta_path in sorted(root.glob("*/meta.json")):
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except ValueError:          # not JSON or not UTF-8: not a profile of ours
-            continue
-        if (isinstance(meta, dict) and meta.get("gpu_type") == gpu_type
-                and (meta_path.parent / "gemm.csv").is_file()):
-            found.append((meta.get("status") == "complete", str(meta.get("date", "")),
-                          meta_path.parent))
-    if not found:
-        return None
-    return load_hardware_profile(max(found)[2])
-
-
 def device_gpu_type(profile: HardwareProfile) -> GpuType:
     """A catalog row for a device without a spec sheet (the CPU): its measured peaks.
 
@@ -302,21 +276,6 @@ def fit_report(profile: HardwareProfile, gpu: GpuType, eff: Efficiency) -> dict[
         errs.append(abs(t_hat / (float(r["median_us"]) * 1e-6) - 1))
     return {"gemm_rows": float(len(errs)), "median_abs_rel_err": statistics.median(errs),
             "worst_abs_rel_err": max(errs)}
-
-
-def calibrated_efficiency(gpu: GpuType, root: str | Path = DEFAULT_CALIBRATION_ROOT,
-                          base: Efficiency | None = None) -> tuple[Efficiency, str | None]:
-    """The replica model's efficiency for `gpu`: fitted when a profile exists, else `base`.
-
-    Returns:
-        ``(efficiency, profile directory or None)``; None means the spec-sheet roofline with
-        the default factors (no hardware profile of this GPU type under `root`).
-
-    """
-    profile = find_hardware_profile(gpu.name, root)
-    if profile is None:
-        return base or Efficiency(), None
-    return fit_efficiency(profile, gpu, base), str(profile.path)
 
 
 # -- calibration of the stage-1 model per GPU type ------------------------------------------------

@@ -14,8 +14,9 @@ clusters requests in bursts.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -129,14 +130,27 @@ class Trace:
                      self.name)
 
     def save(self, path: str | Path) -> Path:
-        """Write the trace as Parquet (`load_trace` reads it back); returns the path."""
+        """Write the trace in the format its suffix names; returns the path.
+
+        ``.parquet``, ``.csv`` or ``.jsonl`` (one JSON object per request), with the columns
+        ``arrival_s``, ``input_tokens``, ``output_tokens`` (and ``prompt`` when the trace has
+        prompts); `load_trace` reads each back.
+
+        Raises:
+            TraceError: any other suffix (named, with the ones supported).
+
+        """
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in _WRITERS:
+            raise TraceError(f"trace file {str(path)!r}: cannot write format {suffix!r}; "
+                             f"use one of {', '.join(_WRITERS)}")
         cols: dict[str, Any] = {"arrival_s": self.arrival_s, "input_tokens": self.input_tokens,
                                 "output_tokens": self.output_tokens}
         if self.prompts is not None:
             cols["prompt"] = list(self.prompts)
-        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table(cols), path)
+        _WRITERS[suffix](pa.table(cols), path)
         return path
 
     def fingerprint(self) -> str:
@@ -286,6 +300,20 @@ def generate_trace(
         gaps[0] = 0.0
         arrivals = np.cumsum(gaps)
     return Trace(arrivals, inputs, outputs, None, name=f"{shape}-{arrival}")
+
+
+def _write_jsonl(table: pa.Table, path: Path) -> None:
+    """One JSON object per row (pyarrow reads JSON lines but does not write them)."""
+    with path.open("w", encoding="utf-8") as out:
+        for row in table.to_pylist():
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+_WRITERS: dict[str, Callable[[pa.Table, Path], None]] = {
+    ".parquet": lambda table, path: pq.write_table(table, path),
+    ".csv": lambda table, path: pa_csv.write_csv(table, path),
+    ".jsonl": _write_jsonl,
+}
 
 
 def _read_table(path: Path) -> pa.Table:

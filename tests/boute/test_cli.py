@@ -53,6 +53,31 @@ def test_trace_file_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
     assert code == 2 and "arrival_s is not sorted" in err
 
 
+def test_trace_out_writes_the_format_its_suffix_names(capsys: pytest.CaptureFixture[str],
+                                                      tmp_path: Path) -> None:
+    src = tmp_path / "in.csv"
+    src.write_text("ts,inp,out\n0,5,3\n1,7,2\n2,9,4\n")
+    for suffix in (".csv", ".jsonl", ".parquet"):
+        out = tmp_path / f"out{suffix}"
+        code, _, err = _run(capsys, "trace", "--file", str(src), "--columns",
+                            "arrival_s=ts, input_tokens=inp,output_tokens=out", "--rate", "2",
+                            "--out", str(out))
+        assert code == 0, err
+        code, stdout, _ = _run(capsys, "--json", "trace", "--file", str(out))
+        data = json.loads(stdout)
+        # 3 requests over 2 s at 1 req/s, rescaled to 2 req/s: 1 s; mean prompt 7 tokens.
+        assert (data["requests"], data["duration_s"]) == (3, 1.0)
+        assert data["input_tokens_mean"] == 7.0
+    assert (tmp_path / "out.csv").read_text().splitlines()[0] == (
+        '"arrival_s","input_tokens","output_tokens"')
+    code, _, err = _run(capsys, "trace", "--file", str(src), "--columns", "arrival_s=ts,inp",
+                        "--out", str(tmp_path / "x.csv"))
+    assert code == 2 and "--columns item 'inp' must look like NAME=VALUE" in err
+    code, _, err = _run(capsys, "trace", "--shape", "gsm8k", "--out", str(tmp_path / "t.txt"))
+    assert code == 2 and "cannot write format '.txt'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "t.txt").exists()
+
+
 def test_profile_writes_a_db(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     scenario = write_scenario(tmp_path, TINY_SCENARIO)
     code, out, _ = _run(capsys, "--json", "profile", "--scenario", str(scenario), "--out",

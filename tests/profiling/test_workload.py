@@ -78,3 +78,32 @@ def test_missing_column_negative_length_and_unsorted(tmp_path: Path) -> None:
 def test_trace_type_validates() -> None:
     with pytest.raises(TraceError, match=r"output_tokens=0 at row 0 must be >= 1"):
         Trace(np.zeros(1), np.ones(1, dtype=np.int64), np.zeros(1, dtype=np.int64))
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_save_writes_the_format_its_suffix_names(tmp_path: Path, suffix: str) -> None:
+    trace = Trace(np.array([0.0, 0.25, 1.5]), np.array([3, 70, 9]), np.array([1, 2, 400]),
+                  ["hi", 'a "quoted", comma', "naïve\nline"], name="t")
+    path = trace.save(tmp_path / f"t{suffix}")
+    head = path.read_bytes()[:64]
+    if suffix == ".parquet":
+        assert head.startswith(b"PAR1")
+    elif suffix == ".csv":
+        assert head.startswith(b'"arrival_s","input_tokens","output_tokens","prompt"')
+    else:
+        first = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
+        assert first == {"arrival_s": 0.0, "input_tokens": 3, "output_tokens": 1,
+                         "prompt": "hi"}
+    back = load_trace(path)
+    assert back.arrival_s.tolist() == [0.0, 0.25, 1.5]
+    assert back.input_tokens.tolist() == [3, 70, 9]
+    assert back.output_tokens.tolist() == [1, 2, 400]
+    assert back.prompts is not None and list(back.prompts) == list(trace.prompts or [])
+
+
+def test_save_refuses_a_suffix_it_cannot_write(tmp_path: Path) -> None:
+    trace = generate_trace("gsm8k", rate_rps=1.0, num_requests=3, seed=0)
+    with pytest.raises(TraceError, match=r"cannot write format '\.txt'; use one of "
+                       r"\.parquet, \.csv, \.jsonl"):
+        trace.save(tmp_path / "t.txt")
+    assert not (tmp_path / "t.txt").exists()
