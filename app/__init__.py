@@ -1,1 +1,29 @@
-"""app package (filled by later issues)."""
+"""The serving layer: a plan running on Ray Serve, behind one router, and kept up to date.
+
+A plan (`tuning.Plan`) becomes one Serve application per replica group plus the router
+(`app.main`). The planning packages below it decide what to run; this one runs it.
+
+* **Router** (`router`, `routing`, `groups`, `openai_api`): the stack's OpenAI-compatible
+  HTTP ingress. It scores each query (RouteLLM-compatible scorers, a threshold calibrated to
+  the plan's strong share), sends it to the weak or the strong model, and spreads each
+  model's queries over its available replica groups in the plan's shares (health, in-flight
+  bounds).
+* **Engines** (`server`, `vllm_server`, `emulated`, `engine_profiler`): the backend contract;
+  the real vLLM backend (Ray Serve LLM's ``LLMServer``), the emulated engine (the stage-1
+  replica model and the shared `profiling.BatchScheduler`, a declared dry run) and the engine
+  profiler that measures a real engine under load.
+* **Deploy** (`deploy`, `main`, `serve_api`): check that a plan fits the live cluster, then
+  deploy it through Serve's declarative REST API.
+* **Guard** (`guard`): API keys, rate limits and body limits, checked before a request costs
+  anything.
+* **Request log and metrics** (`request_log`, `observability`): one Parquet row per request
+  answered; Ray Serve custom metrics.
+* **Replan** (`replan`): refit the workload on the request log, re-optimize, and apply the
+  change with hysteresis (up, switch, down) while the service keeps running.
+
+Layers: `app` imports `placement` (resources, fit checks, cluster auth), `tuning` (plans,
+evaluation, search, the replanning decision), `profiling` (catalogs, traces, the replica
+model) and `common` (errors, helpers); nothing below imports it, and only the CLI
+(`boute`) sits above it. The package itself imports nothing; Ray, Serve and vLLM are
+imported by the modules that use them.
+"""

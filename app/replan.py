@@ -40,16 +40,19 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from common.errors import BouteError
 from placement import TOKEN_FIX, RayAuthError, auth_headers, cluster_auth_token
-from tuning import Goal, Group, Hysteresis, Plan, decide
+from tuning import Decision, Goal, Group, Hysteresis, Plan, Problem, decide
 
 from .main import APP_NAME, Stack, stack_config
 from .serve_api import ServeApi, ServeApiError, dashboard_url, local_url
+
+if TYPE_CHECKING:
+    from profiling import Trace
 
 __all__ = ["ReplanError", "ReplanOptions", "apply_plan", "format_report", "peak_plan", "replan",
            "running_state", "submit_replan_job"]
@@ -144,7 +147,7 @@ def running_state(api: ServeApi, app: str = APP_NAME) -> RunningState:
                         str(details.get("proxy_location") or "EveryNode"))
 
 
-def window_trace(log_dir: str, *, window_s: float, now_s: float, min_requests: int) -> Any:
+def window_trace(log_dir: str, *, window_s: float, now_s: float, min_requests: int) -> Trace:
     """The successful requests of the last `window_s` seconds of the log, as a `Trace`.
 
     Raises:
@@ -235,41 +238,89 @@ def replan(options: ReplanOptions | None = None) -> dict[str, Any]:
             step that failed is named.
 
     """
-    from placement import gpu_counts_in, live_nodes
-    from tuning import (
-        InfeasiblePlanError,
-        evaluate_plan,
-        plan_from_arrays,
-        planning_problem,
-        search,
-    )
-
     options = options or ReplanOptions()
     api = ServeApi(options.dashboard or dashboard_url())
-    state = running_state(api, options.app)
-    if not state.stack.log_dir:
-        raise ReplanError(f"application {options.app!r} keeps no request log (deployed without "
-                          "--log-dir); replanning refits the workload on it")
+    state, log_dir = _logged_state(api, options.app)                   # 1. state
     now = options.now_s if options.now_s is not None else time.time()
-    trace = window_trace(state.stack.log_dir, window_s=options.window_s, now_s=now,
+    trace = _window(log_dir, options, now)                              # 2. workload
+    problem = _window_problem(state, options, trace, log_dir)           # 3. re-optimize
+    goal = _goal_of(state.plan, options)
+    running, violation = _evaluate_running(problem, state.plan, goal)
+    proposed = _propose(problem, goal, options, trace.rate_rps)
+    since = None if state.applied_unix_s is None else now - float(state.applied_unix_s)
+    decision = decide(goal.mode, running, proposed, violation=violation,  # 4. decide
+                      hysteresis=options.hysteresis, seconds_since_change=since,
+                      force=options.force)
+    report = _report(trace, options, goal, running, violation, proposed, decision)
+    if decision.applies and not options.dry_run:                        # 5. apply
+        _apply_decision(api, state, proposed, decision, options, report)
+    return report
+
+
+def _logged_state(api: ServeApi, app: str) -> tuple[RunningState, str]:
+    """Step 1: the running state of `app` and its request log's folder.
+
+    Raises:
+        ReplanError: no such stack, or one deployed without a request log.
+
+    """
+    state = running_state(api, app)
+    if not state.stack.log_dir:
+        raise ReplanError(f"application {app!r} keeps no request log (deployed without "
+                          "--log-dir); replanning refits the workload on it")
+    return state, state.stack.log_dir
+
+
+def _window(log_dir: str, options: ReplanOptions, now_s: float) -> Trace:
+    """Step 2: the window's trace (`window_trace`), spread over a positive duration.
+
+    Raises:
+        ReplanError: too few requests, or all of them at the same instant.
+
+    """
+    trace = window_trace(log_dir, window_s=options.window_s, now_s=now_s,
                          min_requests=options.min_requests)
     if not trace.duration_s > 0:
         raise ReplanError("every request of the window arrived at the same instant; widen the "
                           "window")
-    work = Path(options.work_dir or Path(state.stack.log_dir).parent / "replan")
+    return trace
+
+
+def _window_problem(state: RunningState, options: ReplanOptions, trace: Trace,
+                    log_dir: str) -> Problem:
+    """Step 3's inputs: the planning problem of the plan's scenario on the window's traffic.
+
+    The trace, the scenario (`_scenario_file`, GPU stock capped by the live cluster's) and
+    the fresh perf DB go to ``options.work_dir`` (default: ``replan/`` beside the log).
+    """
+    from placement import gpu_counts_in, live_nodes
+    from tuning import planning_problem
+
+    work = Path(options.work_dir or Path(log_dir).parent / "replan")
     work.mkdir(parents=True, exist_ok=True)
     trace_path = trace.save(work / "window.parquet")
     scenario_path = _scenario_file(state, options, trace_path, trace.rate_rps,
                                    gpu_counts_in(live_nodes()), work)
-    problem = planning_problem(str(scenario_path), db=str(work / "perfdb.parquet"),
-                               gpu_catalog=state.stack.gpu_catalog,
-                               model_catalog=state.stack.model_catalog, note=_stderr_note)
-    goal = _goal_of(state.plan, options)
+    return planning_problem(str(scenario_path), db=str(work / "perfdb.parquet"),
+                            gpu_catalog=state.stack.gpu_catalog,
+                            model_catalog=state.stack.model_catalog, note=_stderr_note)
+
+
+def _evaluate_running(problem: Problem, plan: Plan, goal: Goal) -> tuple[Plan, str | None]:
+    """The running plan re-evaluated on the window's traffic, and how it misses `goal`.
+
+    Returns:
+        The plan with its new predictions (as it was when it is infeasible now) and the
+        violation (the P95 target, the quality floor, or infeasible), None when it meets
+        the goal.
+
+    """
+    from tuning import InfeasiblePlanError, evaluate_plan
 
     violation = None
-    running = state.plan
+    running = plan
     try:
-        running = evaluate_plan(problem, state.plan, goal.p95_s)
+        running = evaluate_plan(problem, plan, goal.p95_s)
         assert running.predicted is not None
         if goal.p95_s is not None and running.predicted.p95_s > goal.p95_s:
             violation = (f"misses the P95 target: {running.predicted.p95_s:.3f} s > "
@@ -279,22 +330,34 @@ def replan(options: ReplanOptions | None = None) -> dict[str, Any]:
                          f"{goal.quality:g}")
     except InfeasiblePlanError as exc:
         violation = f"is infeasible on the observed traffic: {exc}"
+    return running, violation
+
+
+def _propose(problem: Problem, goal: Goal, options: ReplanOptions, rate_rps: float) -> Plan:
+    """The best plan for `goal` (`tuning.search` with the options' solver), with its search.
+
+    Raises:
+        ReplanError: no plan meets the goal at `rate_rps` on this cluster.
+
+    """
+    from tuning import plan_from_arrays, search
 
     result = search(problem, goal, solver=options.solver, seed=options.seed,
                     max_evals=options.evals, progress=False)
     best = result.best(problem)
     if best is None:
         raise ReplanError(f"no plan meets the goal ({goal.mode}, quality >= {goal.quality}, "
-                          f"P95 <= {goal.p95_s}) at {trace.rate_rps:.2f} req/s on this "
+                          f"P95 <= {goal.p95_s}) at {rate_rps:.2f} req/s on this "
                           "cluster; the running plan is unchanged")
-    proposed = plan_from_arrays(problem, result.plans, result.metrics, best, {
+    return plan_from_arrays(problem, result.plans, result.metrics, best, {
         "search": {"solver": result.solver, "reason": result.reason, "objective": goal.mode,
                    "goal": {"mode": goal.mode, "quality": goal.quality, "p95_s": goal.p95_s}}})
-    since = None if state.applied_unix_s is None else now - float(state.applied_unix_s)
-    decision = decide(goal.mode, running, proposed, violation=violation,
-                      hysteresis=options.hysteresis, seconds_since_change=since,
-                      force=options.force)
-    report: dict[str, Any] = {
+
+
+def _report(trace: Trace, options: ReplanOptions, goal: Goal, running: Plan,
+            violation: str | None, proposed: Plan, decision: Decision) -> dict[str, Any]:
+    """The round's report before any change (`replan`'s docstring; ``applied`` False)."""
+    return {
         "window": {**trace.summary(), "window_s": options.window_s},
         "goal": {"mode": goal.mode, "quality": goal.quality, "p95_s": goal.p95_s},
         "running": {**running.to_dict(), "violation": violation},
@@ -306,25 +369,38 @@ def replan(options: ReplanOptions | None = None) -> dict[str, Any]:
                      "share": [c.share_before, c.share_after]} for c in decision.changes],
         "applied": False, "dry_run": options.dry_run, "steps": {},
     }
-    if decision.applies and not options.dry_run:
-        from .deploy import DeployError, check_plan_fits
 
-        lost = lost_gpu_types(state)
-        if lost:        # a node is gone: its groups have no replica to keep while scaling up
-            state = replace(state, plan=replace(state.plan, groups=tuple(
-                g for g in state.plan.groups if g.gpu not in lost)))
-            report["lost_gpu_types"] = lost
-        try:
-            stack = check_plan_fits(peak_plan(state.plan, proposed), state.stack)
-        except DeployError as exc:
-            raise ReplanError(f"the proposed plan cannot be applied (scaling up before scaling "
-                              f"down needs the running and the new groups at once): {exc}; "
-                              "the running plan is unchanged") from None
-        report["steps"] = apply_plan(api, replace(state, stack=stack), proposed,
-                                     routing_only=decision.action == "routing",
-                                     timeout_s=options.timeout_s)
-        report["applied"] = True
-    return report
+
+def _apply_decision(api: ServeApi, state: RunningState, proposed: Plan, decision: Decision,
+                    options: ReplanOptions, report: dict[str, Any]) -> None:
+    """Step 5: check the change's peak fits the cluster, then apply it; fills `report`.
+
+    Groups on GPU types the live cluster no longer has (a lost node) are dropped from the
+    running plan first (``report["lost_gpu_types"]``): they have no replica to keep while
+    scaling up.
+
+    Raises:
+        ReplanError: the running and the proposed groups do not fit the cluster together
+            (nothing changed).
+
+    """
+    from .deploy import DeployError, check_plan_fits
+
+    lost = lost_gpu_types(state)
+    if lost:
+        state = replace(state, plan=replace(state.plan, groups=tuple(
+            g for g in state.plan.groups if g.gpu not in lost)))
+        report["lost_gpu_types"] = lost
+    try:
+        stack = check_plan_fits(peak_plan(state.plan, proposed), state.stack)
+    except DeployError as exc:
+        raise ReplanError(f"the proposed plan cannot be applied (scaling up before scaling "
+                          f"down needs the running and the new groups at once): {exc}; "
+                          "the running plan is unchanged") from None
+    report["steps"] = apply_plan(api, replace(state, stack=stack), proposed,
+                                 routing_only=decision.action == "routing",
+                                 timeout_s=options.timeout_s)
+    report["applied"] = True
 
 
 def short_groups(details: dict[str, Any], state: RunningState) -> dict[str, tuple[int, int]]:

@@ -254,6 +254,10 @@ def _write_meta(out: Path, meta: dict[str, Any]) -> None:
     tmp.replace(out / "meta.json")
 
 
+_Job = tuple[str, Callable[[], None]]
+"""A labelled measurement: calling it times one kernel and appends its row."""
+
+
 def measure_hardware(
     device: DeviceInfo,
     sweep: HardwareSweep,
@@ -283,90 +287,99 @@ def measure_hardware(
 
     """
     import torch
-    import torch.nn.functional as F
-    from tqdm import tqdm
 
+    path = _fresh_profile_dir(device, out)
+    meta = _start_meta(torch, device, command)
+    _write_meta(path, meta)
+    bench = _Bench(torch, device, path, _Timer(torch, device, sweep.target_s, timeout_s, path))
+    jobs = [*_gemm_jobs(bench, sweep), *_attention_jobs(bench, sweep),
+            *_bandwidth_jobs(bench, sweep)]
+    _run_jobs(jobs, device, path, meta, progress)
+    return load_hardware_profile(path)
+
+
+def _fresh_profile_dir(device: DeviceInfo, out: str | Path | None) -> Path:
+    """The profile directory, created, without the tables of an earlier run."""
     path = Path(out) if out else DEFAULT_CALIBRATION_ROOT / device.key
     path.mkdir(parents=True, exist_ok=True)
     for name in ("gemm", "attention", "bandwidth"):
         (path / f"{name}.csv").unlink(missing_ok=True)
-    meta: dict[str, Any] = {
+    return path
+
+
+def _start_meta(torch_mod: Any, device: DeviceInfo, command: str) -> dict[str, Any]:
+    """meta.json of a run that has started (``status: running``)."""
+    return {
         "device_name": device.name, "device_key": device.key, "gpu_type": device.gpu_type,
         "torch_device": device.torch_device, "memory_gib": device.memory_gib,
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "torch": torch_mod.__version__, "threads": torch_mod.get_num_threads(),
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": command, "status": "running", "dtype": "bfloat16",
         "l2_flush": device.is_cuda, "timing": "cuda events" if device.is_cuda else "perf_counter",
     }
-    _write_meta(path, meta)
-    gemm_csv = CsvAppender(path / "gemm.csv", GEMM_COLUMNS)
-    attn_csv = CsvAppender(path / "attention.csv", ATTENTION_COLUMNS)
-    bw_csv = CsvAppender(path / "bandwidth.csv", BANDWIDTH_COLUMNS)
-    timer = _Timer(torch, device, sweep.target_s, timeout_s, path)
-    dev = device.torch_device
-    bf16 = torch.bfloat16
-    gen = torch.Generator(device=dev).manual_seed(0)
 
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, dtype=bf16, device=dev, generator=gen)
 
-    jobs: list[tuple[str, Callable[[], None]]] = []
+class _Bench:
+    """One measurement of each kind: makes the inputs, times the kernel, appends the row.
 
-    def gemm_job(model: str, layer: str, tp: int, m: int, n: int, k: int) -> None:
-        x, w = randn(m, k), randn(n, k)
-        med, lo, reps = timer(lambda: F.linear(x, w), f"gemm {model} {layer} tp={tp} m={m}")
-        gemm_csv.append({"model": model, "layer": layer, "tp": tp, "m": m, "n": n, "k": k,
-                         "median_us": med, "tflops": 2 * m * n * k / med * 1e-6,
-                         "gbps": 2 * (m * k + k * n + m * n) / med * 1e-3, "min_us": lo,
-                         "reps": reps})
+    The inputs are bf16 (fp32 for bandwidth) random tensors from one generator seeded 0, drawn
+    in the order the measurements run.
+    """
 
-    for size in sweep.squares:
-        jobs.append((f"gemm square{size}", partial(gemm_job, "reference", f"square{size}", 1,
-                                                   size, size, size)))
-    for model in sweep.models:
-        for tp in sweep.tps:
-            if model.num_heads % tp:
-                continue
-            for layer, n, k in layer_shapes(model, tp):
-                for m in sweep.token_counts:
-                    jobs.append((f"gemm {model.name} {layer} tp={tp} m={m}",
-                                 partial(gemm_job, model.name, layer, tp, m, n, k)))
+    def __init__(self, torch_mod: Any, device: DeviceInfo, path: Path, timer: _Timer) -> None:
+        import torch.nn.functional as F
 
-    def attn_job(model: ModelArch, tp: int, phase: str, batch: int, q_len: int,
-                 kv_len: int) -> None:
+        self.torch = torch_mod
+        self.F = F
+        self.dev = device.torch_device
+        self.timer = timer
+        self.gemm_csv = CsvAppender(path / "gemm.csv", GEMM_COLUMNS)
+        self.attn_csv = CsvAppender(path / "attention.csv", ATTENTION_COLUMNS)
+        self.bw_csv = CsvAppender(path / "bandwidth.csv", BANDWIDTH_COLUMNS)
+        self.gen = torch_mod.Generator(device=self.dev).manual_seed(0)
+
+    def _randn(self, *shape: int) -> torch.Tensor:
+        x: torch.Tensor = self.torch.randn(*shape, dtype=self.torch.bfloat16, device=self.dev,
+                                           generator=self.gen)
+        return x
+
+    def gemm(self, model: str, layer: str, tp: int, m: int, n: int, k: int) -> None:
+        """``F.linear`` of an ``(m, k)`` input by an ``(n, k)`` weight."""
+        x, w = self._randn(m, k), self._randn(n, k)
+        F = self.F
+        med, lo, reps = self.timer(lambda: F.linear(x, w), f"gemm {model} {layer} tp={tp} m={m}")
+        self.gemm_csv.append({"model": model, "layer": layer, "tp": tp, "m": m, "n": n, "k": k,
+                              "median_us": med, "tflops": 2 * m * n * k / med * 1e-6,
+                              "gbps": 2 * (m * k + k * n + m * n) / med * 1e-3, "min_us": lo,
+                              "reps": reps})
+
+    def attention(self, model: ModelArch, tp: int, phase: str, batch: int, q_len: int,
+                  kv_len: int) -> None:
+        """``scaled_dot_product_attention`` of one TP shard (causal for ``prefill``)."""
         hq, hkv, d = model.num_heads // tp, -(-model.num_kv_heads // tp), model.head_dim
-        q, kk, v = randn(batch, hq, q_len, d), randn(batch, hkv, kv_len, d), \
-            randn(batch, hkv, kv_len, d)
+        q, kk, v = self._randn(batch, hq, q_len, d), self._randn(batch, hkv, kv_len, d), \
+            self._randn(batch, hkv, kv_len, d)
         causal = phase == "prefill"
-        med, lo, reps = timer(lambda: F.scaled_dot_product_attention(
+        F = self.F
+        med, lo, reps = self.timer(lambda: F.scaled_dot_product_attention(
             q, kk, v, is_causal=causal, enable_gqa=True),
             f"attention {model.name} tp={tp} {phase} b={batch} q={q_len} kv={kv_len}")
         work = (q_len * (kv_len - q_len) + q_len * (q_len + 1) / 2) if causal else q_len * kv_len
         flops = 4 * batch * hq * d * work
         kv_bytes = 2 * batch * hkv * kv_len * d * 2
         io_bytes = kv_bytes + 2 * batch * hq * q_len * d * 2
-        attn_csv.append({"model": model.name, "tp": tp, "phase": phase, "batch": batch,
-                         "q_len": q_len, "kv_len": kv_len, "median_us": med,
-                         "backend": "default", "gqa_mode": "flag", "n_q_heads": hq,
-                         "n_kv_heads": hkv, "tflops": flops / med * 1e-6,
-                         "gbps": io_bytes / med * 1e-3, "kv_bytes": kv_bytes, "min_us": lo,
-                         "reps": reps})
+        self.attn_csv.append({"model": model.name, "tp": tp, "phase": phase, "batch": batch,
+                              "q_len": q_len, "kv_len": kv_len, "median_us": med,
+                              "backend": "default", "gqa_mode": "flag", "n_q_heads": hq,
+                              "n_kv_heads": hkv, "tflops": flops / med * 1e-6,
+                              "gbps": io_bytes / med * 1e-3, "kv_bytes": kv_bytes, "min_us": lo,
+                              "reps": reps})
 
-    for model in sweep.models:
-        for tp in sorted({sweep.tps[0], sweep.tps[-1]}):
-            if model.num_heads % tp:
-                continue
-            for length in sweep.prefill_lens:
-                jobs.append((f"attention {model.name} prefill {length}",
-                             partial(attn_job, model, tp, "prefill", 1, length, length)))
-            for b in sweep.decode_batches:
-                for s in sweep.decode_contexts:
-                    jobs.append((f"attention {model.name} decode b={b} kv={s}",
-                                 partial(attn_job, model, tp, "decode", b, 1, s)))
-
-    def bw_job(test: str, nbytes: int) -> None:
-        n = nbytes // 4
-        src = torch.rand(n, dtype=torch.float32, device=dev, generator=gen)
+    def bandwidth(self, test: str, nbytes: int) -> None:
+        """``d2d_copy`` (bytes read + written), ``read_sum`` or ``write_fill`` of `nbytes`."""
+        torch = self.torch
+        src = torch.rand(nbytes // 4, dtype=torch.float32, device=self.dev, generator=self.gen)
+        fn: Callable[[], object]
         if test == "d2d_copy":
             dst = torch.empty_like(src)
             moved, fn, note = 2 * nbytes, lambda: dst.copy_(src), "bytes_moved=read+write"
@@ -374,16 +387,66 @@ def measure_hardware(
             moved, fn, note = nbytes, lambda: src.sum(), "torch.sum read-only"
         else:
             moved, fn, note = nbytes, lambda: src.fill_(1.0), "fill_ write-only"
-        med, lo, reps = timer(fn, f"bandwidth {test} {nbytes} bytes")
-        bw_csv.append({"test": test, "bytes_per_iter": nbytes, "bytes_moved": moved,
-                       "median_us": med, "min_us": lo, "tb_per_s": moved / med * 1e-6,
-                       "reps": reps, "note": note})
+        med, lo, reps = self.timer(fn, f"bandwidth {test} {nbytes} bytes")
+        self.bw_csv.append({"test": test, "bytes_per_iter": nbytes, "bytes_moved": moved,
+                            "median_us": med, "min_us": lo, "tb_per_s": moved / med * 1e-6,
+                            "reps": reps, "note": note})
 
-    for nbytes in sweep.copy_bytes:
-        jobs.append((f"bandwidth copy {nbytes}", partial(bw_job, "d2d_copy", nbytes)))
+
+def _gemm_jobs(bench: _Bench, sweep: HardwareSweep) -> list[_Job]:
+    """The square references, then each model's layers per TP degree and token count.
+
+    TP degrees that do not divide a model's heads are skipped.
+    """
+    jobs: list[_Job] = [(f"gemm square{size}", partial(bench.gemm, "reference", f"square{size}",
+                                                        1, size, size, size))
+                        for size in sweep.squares]
+    for model in sweep.models:
+        for tp in sweep.tps:
+            if model.num_heads % tp:
+                continue
+            for layer, n, k in layer_shapes(model, tp):
+                for m in sweep.token_counts:
+                    jobs.append((f"gemm {model.name} {layer} tp={tp} m={m}",
+                                 partial(bench.gemm, model.name, layer, tp, m, n, k)))
+    return jobs
+
+
+def _attention_jobs(bench: _Bench, sweep: HardwareSweep) -> list[_Job]:
+    """Prefill lengths, then decode batch x context, at the sweep's smallest and largest TP."""
+    jobs: list[_Job] = []
+    for model in sweep.models:
+        for tp in sorted({sweep.tps[0], sweep.tps[-1]}):
+            if model.num_heads % tp:
+                continue
+            for length in sweep.prefill_lens:
+                jobs.append((f"attention {model.name} prefill {length}",
+                             partial(bench.attention, model, tp, "prefill", 1, length, length)))
+            for b in sweep.decode_batches:
+                for s in sweep.decode_contexts:
+                    jobs.append((f"attention {model.name} decode b={b} kv={s}",
+                                 partial(bench.attention, model, tp, "decode", b, 1, s)))
+    return jobs
+
+
+def _bandwidth_jobs(bench: _Bench, sweep: HardwareSweep) -> list[_Job]:
+    """A device copy per buffer size, then read-only and write-only on the largest."""
+    jobs: list[_Job] = [(f"bandwidth copy {nbytes}", partial(bench.bandwidth, "d2d_copy", nbytes))
+                        for nbytes in sweep.copy_bytes]
     big = sweep.copy_bytes[-1]
-    jobs.append(("bandwidth read", partial(bw_job, "read_sum", big)))
-    jobs.append(("bandwidth write", partial(bw_job, "write_fill", big)))
+    jobs.append(("bandwidth read", partial(bench.bandwidth, "read_sum", big)))
+    jobs.append(("bandwidth write", partial(bench.bandwidth, "write_fill", big)))
+    return jobs
+
+
+def _run_jobs(jobs: list[_Job], device: DeviceInfo, path: Path, meta: dict[str, Any],
+              progress: bool) -> None:
+    """Run the measurements in order and close meta.json.
+
+    Its status becomes ``complete``, or ``partial`` with the error when a measurement raises
+    (re-raised; the rows measured before it are on disk).
+    """
+    from tqdm import tqdm
 
     start = time.perf_counter()
     try:
@@ -402,4 +465,3 @@ def measure_hardware(
         raise
     meta.update(status="complete", seconds=time.perf_counter() - start, measurements=len(jobs))
     _write_meta(path, meta)
-    return load_hardware_profile(path)

@@ -148,6 +148,24 @@ def build_perfdb(
         calibration = spec_calibration(spec, catalog, hardware_profiles=hardware_profiles,
                                        efficiency=efficiency)
     base = spec.base_trace()
+    jobs, infeasible = _sweep_jobs(spec, catalog, engine, calibration)
+    if map_configs is None:
+        map_configs = process_mapper(workers or os.cpu_count() or 1)
+    start = time.perf_counter()
+    rows = _sweep_rows(jobs, base, map_configs, progress)
+    table = pa.Table.from_pylist(rows, schema=_SCHEMA)
+    meta = _build_meta(spec, catalog, base, engine, calibration, infeasible, start_s=start)
+    return PerfDB(table.replace_schema_metadata({"boute": json.dumps(meta)}))
+
+
+def _sweep_jobs(spec: ProfileSpec, catalog: Catalog, engine: EngineConfig,
+                calibration: Calibration) -> tuple[list[SweepJob], list[dict[str, Any]]]:
+    """One sweep per feasible (GPU, model, TP, PP) of `spec`, and the infeasible ones.
+
+    Configs come per GPU type, then model, then `parallel_configs` order. A config whose
+    `ReplicaModel` raises `InfeasibleConfigError` (memory) is listed with its reason
+    (``model``, ``gpu``, ``tp``, ``pp``, ``reason``) instead of swept.
+    """
     jobs: list[SweepJob] = []
     infeasible: list[dict[str, Any]] = []
     models = [catalog.model(m) for m in spec.models]
@@ -163,11 +181,19 @@ def build_perfdb(
                                        "reason": exc.reason})
                     continue
                 jobs.append(SweepJob(model, gpu, tp, pp, engine, efficiency, spec.num_rates))
-    if map_configs is None:
-        map_configs = process_mapper(workers or os.cpu_count() or 1)
+    return jobs, infeasible
+
+
+def _sweep_rows(jobs: list[SweepJob], base: Trace, map_configs: ConfigMapper,
+                progress: bool) -> list[dict[str, Any]]:
+    """Every job's rows through `map_configs`, sorted by (model, gpu, tp, pp, rate).
+
+    Raises:
+        PerfDBError: `map_configs` yielded another number of results than jobs.
+
+    """
     rows: list[dict[str, Any]] = []
     done = 0
-    start = time.perf_counter()
     with tqdm(total=len(jobs), desc="perf DB", unit="config", disable=not progress) as bar:
         for result in map_configs(jobs, base):
             rows.extend(result)
@@ -177,8 +203,17 @@ def build_perfdb(
         raise PerfDBError(f"the config mapper returned {done} results for {len(jobs)} configs; "
                           "it must yield one list of rows per config")
     rows.sort(key=lambda r: (r["model"], r["gpu"], r["tp"], r["pp"], r["rate_rps"]))
-    table = pa.Table.from_pylist(rows, schema=_SCHEMA)
-    meta = {
+    return rows
+
+
+def _build_meta(spec: ProfileSpec, catalog: Catalog, base: Trace, engine: EngineConfig,
+                calibration: Calibration, infeasible: list[dict[str, Any]], *,
+                start_s: float) -> dict[str, Any]:
+    """The DB's ``boute`` metadata: what it was built from (module docstring).
+
+    ``build_seconds`` counts from `start_s` (a ``time.perf_counter`` reading) to now.
+    """
+    return {
         "schema_version": SCHEMA_VERSION,
         "quantiles": list(QUANTILES),
         "scenario": spec.name,
@@ -189,10 +224,9 @@ def build_perfdb(
         **calibration.to_meta(),
         "num_requests": len(base),
         "infeasible": infeasible,
-        "build_seconds": time.perf_counter() - start,
+        "build_seconds": time.perf_counter() - start_s,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return PerfDB(table.replace_schema_metadata({"boute": json.dumps(meta)}))
 
 
 def _checked_table(table: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
