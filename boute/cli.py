@@ -204,62 +204,98 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from profiling import (
-        ReplicaModel,
-        Trace,
-        generate_trace,
-        load_catalog,
-        simulate,
-        simulate_closed_loop,
-    )
+    from profiling import ReplicaModel, load_catalog, simulate, simulate_closed_loop
     from profiling._hardware import resolve_calibration
-    from profiling._replica import engine_profile
 
     catalog = load_catalog(args.gpu_catalog, args.model_catalog)
     model, gpu = catalog.model(args.model), catalog.gpu(args.gpu)
     calibration = resolve_calibration([gpu], args.hardware_profiles)
-    efficiency = calibration.for_gpu(gpu.name)
-    overrides = {} if args.max_num_seqs is None else {"max_num_seqs": args.max_num_seqs}
-    try:
-        engine = engine_profile(args.engine, **overrides)
-    except KeyError as exc:
-        raise BouteError(f"--engine: {exc.args[0]}") from None
-    except ValueError as exc:
-        raise BouteError(str(exc)) from None
-    if args.concurrency is not None and args.concurrency < 1:
-        raise BouteError(f"--concurrency={args.concurrency} must be >= 1")
-    if args.rate is not None and not args.rate > 0:
-        raise BouteError(f"--rate={args.rate} must be > 0 (or 'inf')")
-    n = args.requests if args.requests is not None else (
-        1000 if args.rate is not None else max(200, 10 * args.concurrency))
-    _check_requests(n, "--requests" if args.requests is not None
-                    else "--requests (default 10 x --concurrency)")
-    replica = ReplicaModel(model, gpu, args.tp, args.pp, engine, efficiency)
-    rate = args.rate if args.rate is not None else 1.0
-    if args.shape:
-        trace = generate_trace(args.shape, rate_rps=rate, num_requests=n, seed=args.seed)
-    else:
-        for flag, value in (("--input-len", args.input_len), ("--output-len", args.output_len)):
-            if value is None or value < 1:
-                raise BouteError(f"{flag}={value} must be an integer >= 1 (or give --shape)")
-        base = generate_trace("gsm8k", rate_rps=rate, num_requests=n, seed=args.seed)
-        trace = Trace(base.arrival_s, np.full(n, args.input_len, dtype=np.int64),
-                      np.full(n, args.output_len, dtype=np.int64), None, "fixed-lengths")
+    engine = _simulate_engine(args)
+    n = _simulate_requests(args)
+    replica = ReplicaModel(model, gpu, args.tp, args.pp, engine, calibration.for_gpu(gpu.name))
+    trace = _simulate_trace(args, n)
     if args.concurrency is not None:
         result = simulate_closed_loop(replica, trace, args.concurrency)
     else:
         result = simulate(replica, trace)
+    payload = _simulate_payload(args, replica, calibration.source[gpu.name], result, n)
+    emit(args, payload, lambda: _simulate_human(args, payload, replica))
+    return 0
+
+
+def _simulate_engine(args: argparse.Namespace) -> Any:
+    """The ``--engine`` profile with ``--max-num-seqs`` applied (an `EngineConfig`).
+
+    Raises:
+        BouteError: an unknown profile or a bad override.
+
+    """
+    from profiling._replica import engine_profile
+
+    overrides = {} if args.max_num_seqs is None else {"max_num_seqs": args.max_num_seqs}
+    try:
+        return engine_profile(args.engine, **overrides)
+    except KeyError as exc:
+        raise BouteError(f"--engine: {exc.args[0]}") from None
+    except ValueError as exc:
+        raise BouteError(str(exc)) from None
+
+
+def _simulate_requests(args: argparse.Namespace) -> int:
+    """Requests to simulate: ``--requests``, else 1000 open loop, max(200, 10 c) closed loop.
+
+    Raises:
+        BouteError: ``--concurrency`` < 1, ``--rate`` <= 0, or too many requests.
+
+    """
+    if args.concurrency is not None and args.concurrency < 1:
+        raise BouteError(f"--concurrency={args.concurrency} must be >= 1")
+    if args.rate is not None and not args.rate > 0:
+        raise BouteError(f"--rate={args.rate} must be > 0 (or 'inf')")
+    n: int = args.requests if args.requests is not None else (
+        1000 if args.rate is not None else max(200, 10 * args.concurrency))
+    _check_requests(n, "--requests" if args.requests is not None
+                    else "--requests (default 10 x --concurrency)")
+    return n
+
+
+def _simulate_trace(args: argparse.Namespace, n: int) -> Any:
+    """`n` requests at ``--rate`` (1 req/s closed loop: the arrivals are not used).
+
+    Lengths are drawn from ``--shape``, else fixed at ``--input-len`` / ``--output-len``
+    (arrivals as a gsm8k trace's with the same seed).
+
+    Raises:
+        BouteError: no ``--shape`` and a length missing or < 1.
+
+    """
+    import numpy as np
+
+    from profiling import Trace, generate_trace
+
+    rate = args.rate if args.rate is not None else 1.0
+    if args.shape:
+        return generate_trace(args.shape, rate_rps=rate, num_requests=n, seed=args.seed)
+    for flag, value in (("--input-len", args.input_len), ("--output-len", args.output_len)):
+        if value is None or value < 1:
+            raise BouteError(f"{flag}={value} must be an integer >= 1 (or give --shape)")
+    base = generate_trace("gsm8k", rate_rps=rate, num_requests=n, seed=args.seed)
+    return Trace(base.arrival_s, np.full(n, args.input_len, dtype=np.int64),
+                 np.full(n, args.output_len, dtype=np.int64), None, "fixed-lengths")
+
+
+def _simulate_payload(args: argparse.Namespace, replica: Any, efficiency_source: str,
+                      result: Any, n: int) -> dict[str, Any]:
+    """``boute simulate``'s JSON object: the replica, its efficiency, latencies, throughput."""
     s = result.summary()
-    mem = replica.memory
-    payload: dict[str, Any] = {
-        "model": model.name, "gpu": gpu.name, "tp": args.tp, "pp": args.pp,
-        "engine": engine.name, "efficiency_source": calibration.source[gpu.name],
-        "efficiency": {"compute": efficiency.compute, "memory": efficiency.memory,
-                       "attention_compute": efficiency.attention_compute,
-                       "kernel_latency_s": efficiency.kernel_latency_s},
-        "ttft_ms": s["ttft_ms"]["p50"], "tpot_ms": s["tpot_ms"]["p50"],  # type: ignore[index]
+    mem, eff = replica.memory, replica.efficiency
+    return {
+        "model": replica.model.name, "gpu": replica.gpu.name, "tp": args.tp, "pp": args.pp,
+        "engine": replica.engine.name, "efficiency_source": efficiency_source,
+        "efficiency": {"compute": eff.compute, "memory": eff.memory,
+                       "attention_compute": eff.attention_compute,
+                       "kernel_latency_s": eff.kernel_latency_s},
+        "ttft_ms": s["ttft_ms"]["p50"], "tpot_ms": s["tpot_ms"]["p50"],
         "ttft_ms_stats": s["ttft_ms"], "tpot_ms_stats": s["tpot_ms"],
         "latency_s": s["latency_s"], "throughput_tok_s": s["throughput_tok_s"],
         "throughput_rps": s["throughput_rps"], "saturated": s["saturated"],
@@ -269,31 +305,29 @@ def _run_simulate(args: argparse.Namespace) -> int:
                    "kv_capacity_tokens": mem.kv_capacity_tokens},
     }
 
-    def human() -> str:
-        lat = payload["latency_s"]
-        load = (f"concurrency {args.concurrency}" if args.concurrency is not None
-                else f"{rate:g} req/s")
-        e = payload["efficiency"]
-        lines = [f"{replica.label}, {engine.name}, {load}, {n} requests",
-                 f"  efficiency ({payload['efficiency_source']}): compute {e['compute']:.3f}, "
-                 f"memory {e['memory']:.3f}, attention {e['attention_compute']:.3f}, kernel "
-                 f"latency {e['kernel_latency_s'] * 1e6:.1f} us",
-                 f"  memory: weights {mem.weights_gib:.1f} GiB/GPU, KV cache {mem.kv_gib:.1f} GiB "
-                 f"= {mem.kv_capacity_tokens:,} tokens",
-                 f"  TTFT p50 {_fmt(payload['ttft_ms'], '.1f')} ms   TPOT p50 "
-                 f"{_fmt(payload['tpot_ms'], '.2f')} ms",
-                 f"  latency p50 {_fmt(lat['p50'])} s  p95 {_fmt(lat['p95'])} s  "
-                 f"p99 {_fmt(lat['p99'])} s",
-                 f"  throughput {payload['throughput_tok_s']:.1f} tok/s, "
-                 f"{payload['throughput_rps']:.2f} req/s"]
-        if payload["capacity_rps"] is not None:
-            lines.append(f"  capacity {payload['capacity_rps']:.2f} req/s"
-                         + ("   SATURATED: offered load exceeds capacity, latency diverges"
-                            if payload["saturated"] else ""))
-        return "\n".join(lines)
 
-    emit(args, payload, human)
-    return 0
+def _simulate_human(args: argparse.Namespace, payload: dict[str, Any], replica: Any) -> str:
+    """``boute simulate``'s text: the payload as a few aligned lines."""
+    lat, e, mem = payload["latency_s"], payload["efficiency"], replica.memory
+    load = (f"concurrency {args.concurrency}" if args.concurrency is not None
+            else f"{args.rate:g} req/s")
+    lines = [f"{replica.label}, {replica.engine.name}, {load}, {payload['requests']} requests",
+             f"  efficiency ({payload['efficiency_source']}): compute {e['compute']:.3f}, "
+             f"memory {e['memory']:.3f}, attention {e['attention_compute']:.3f}, kernel "
+             f"latency {e['kernel_latency_s'] * 1e6:.1f} us",
+             f"  memory: weights {mem.weights_gib:.1f} GiB/GPU, KV cache {mem.kv_gib:.1f} GiB "
+             f"= {mem.kv_capacity_tokens:,} tokens",
+             f"  TTFT p50 {_fmt(payload['ttft_ms'], '.1f')} ms   TPOT p50 "
+             f"{_fmt(payload['tpot_ms'], '.2f')} ms",
+             f"  latency p50 {_fmt(lat['p50'])} s  p95 {_fmt(lat['p95'])} s  "
+             f"p99 {_fmt(lat['p99'])} s",
+             f"  throughput {payload['throughput_tok_s']:.1f} tok/s, "
+             f"{payload['throughput_rps']:.2f} req/s"]
+    if payload["capacity_rps"] is not None:
+        lines.append(f"  capacity {payload['capacity_rps']:.2f} req/s"
+                     + ("   SATURATED: offered load exceeds capacity, latency diverges"
+                        if payload["saturated"] else ""))
+    return "\n".join(lines)
 
 
 # -- boute trace ---------------------------------------------------------------------------------
@@ -347,10 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     from boute.keys_cli import add_keys
     from boute.plan_cli import add_compare, add_evaluate, add_plan
     from boute.replan_cli import add_replan
+    from boute.reproduce_cli import add_reproduce
     from boute.serve_cli import add_bench, add_deploy, add_node_resources
 
     for add in (_add_profile, _add_simulate, _add_trace, add_plan, add_evaluate, add_compare,
-                add_deploy, add_bench, add_node_resources, add_replan, add_keys):
+                add_deploy, add_bench, add_node_resources, add_replan, add_keys,
+                add_reproduce):
         add(sub)
     for p in sub.choices.values():
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,

@@ -281,28 +281,13 @@ def _parse_targets(text: str) -> list[tuple[float, float]]:
     return out
 
 
-def _allocation(plan: Plan) -> dict[str, Any]:
-    """Table 1's row: strong load share and GPUs per model (``{"model": {"gpu": n}}``)."""
-    gpus: dict[str, dict[str, int]] = {}
-    for g in plan.groups:
-        per = gpus.setdefault(g.model, {})
-        per[g.gpu] = per.get(g.gpu, 0) + g.num_gpus
-    return {"strong_share": plan.routing.strong_share, "gpus": gpus}
-
-
 def _gpu_text(per: dict[str, int]) -> str:
     return "+".join(f"{n}x{gpu}" for gpu, n in sorted(per.items(), key=lambda kv: -kv[1])) or "-"
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from tuning import (
-        BASELINES,
-        Goal,
-        baseline_min_cost,
-        evaluate_arrays,
-        plan_from_arrays,
-        search,
-    )
+    from tuning import BASELINES
+    from tuning._reproduce import compare_targets
 
     problem = load_planning_problem(args)
     targets = (_parse_targets(args.targets) if args.targets else
@@ -310,26 +295,11 @@ def _run_compare(args: argparse.Namespace) -> int:
     if not targets:
         raise BouteError("no targets: pass --targets Q:SEC,... or add targets to the scenario")
     rule = stop_rule_from(args)
-    columns: list[dict[str, Any]] = []
-    for q, sec in targets:
-        problem.quality.min_share_for(q)
-        costs: dict[str, float | None] = {}
-        for name in BASELINES:
-            found = baseline_min_cost(problem, name, q, sec)
-            costs[name] = (None if found is None
-                           else float(evaluate_arrays(problem, found).cost_per_hour[0]))
-        res = search(problem, Goal("min-cost", q, sec), solver=args.solver, seed=args.seed,
-                     stop=rule)
-        b = res.best(problem)
-        costs["BOute"] = None if b is None else float(res.metrics.cost_per_hour[b])
-        boute = costs["BOute"]
-        reduction = {k: (None if v is None or boute is None else 1.0 - boute / v)
-                     for k, v in costs.items() if k != "BOute"}
-        alloc = (None if b is None else
-                 _allocation(plan_from_arrays(problem, res.plans, res.metrics, b)))
-        columns.append({"quality": q, "p95_s": sec, "cost_per_hour": costs,
-                        "reduction": reduction, "allocation": alloc,
-                        "search": search_block(res)})
+    columns: list[dict[str, Any]] = [
+        {"quality": c.quality, "p95_s": c.p95_s, "cost_per_hour": c.cost_per_hour,
+         "reduction": c.reduction, "allocation": c.allocation, "search": search_block(c.result)}
+        for c in compare_targets(problem, targets, solver=args.solver, seed=args.seed,
+                                 stop=rule)]
     payload = {"scenario": problem.scenario.name, "solver": args.solver, "targets": columns}
 
     def human() -> str:
