@@ -234,7 +234,11 @@ class RouterIngress:
                                       seed=int(config.get("seed", 0)))
         for group, app_name in config.get("apps", {}).items():   # the stack layout
             if group not in self.handles:
-                self.handles[group] = serve.get_deployment_handle(group, app_name)
+                # Not checked for existence: the group applications deploy beside the router
+                # and a vLLM one can take minutes to build (importing vLLM on a busy node);
+                # the handle resolves once it exists (the deploy waits for every app).
+                self.handles[group] = serve.get_deployment_handle(group, app_name,
+                                                                  _check_exists=False)
         shares = config["shares"]
         missing = {g for s in shares.values() for g in s} - set(self.handles)
         if missing:

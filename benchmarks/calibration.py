@@ -1,19 +1,25 @@
-"""Predicted vs measured: `boute simulate`'s model against calibration.md section 3.
+"""Predicted vs measured: `boute simulate`'s model against the public vLLM runs.
 
-Every measured vLLM row of ../shared/reference/calibration.md section 3 (LambdaLabsML
-vllm-benchmark, Sept 2024): ShareGPT prompts sent all at once (request_rate=inf), the engine
-generation of the run (engine profiles in profiling/_replica.py), BF16. For each row we
-simulate the same number of prompts with ShareGPT-shaped lengths, averaged over seeds (the
-runs' exact prompts are not published), and compare the median TPOT and the output throughput.
+Every measured vLLM row of benchmarks/data/reference/vllm_runs.csv (calibration.md section 3
+in the same folder: LambdaLabsML vllm-benchmark, Sept 2024, one source URL per row): ShareGPT
+prompts sent all at once (request_rate=inf), the engine generation of the run (engine
+profiles in profiling/_replica.py), BF16. For each row we simulate the same number of prompts
+with ShareGPT-shaped lengths, averaged over seeds (the runs' exact prompts are not
+published), and compare the median TPOT and the output throughput.
 
     python benchmarks/calibration.py [--seeds 8] [--json build/calibration.json]
+                                     [--target KEY=VALUE]
 
-Prints a table and the median / worst absolute relative errors; writes JSON.
+Targets (`TARGETS`): median |relative error| <= 15% and worst <= 40%, for the throughput of
+every row and the TPOT of every row whose latencies fit its own throughput (Little's law,
+`Row.inconsistency`). Prints a table and the errors; writes JSON; exits 1 when a target is
+missed.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import sys
@@ -25,6 +31,18 @@ import numpy as np
 
 from profiling import Efficiency, ReplicaModel, generate_trace, load_catalog, simulate
 from profiling._replica import engine_profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _targets import Target, add_target_argument, check, passed, print_checks, resolve
+
+RUNS_CSV = Path(__file__).resolve().parent / "data" / "reference" / "vllm_runs.csv"
+TARGETS = {
+    "tput_median": Target("<=", 0.15, "", "throughput, median |rel err| (14 rows)"),
+    "tput_worst": Target("<=", 0.40, "", "throughput, worst |rel err|"),
+    "tpot_median": Target("<=", 0.15, "", "TPOT, median |rel err| (consistent rows)"),
+    "tpot_worst": Target("<=", 0.40, "", "TPOT, worst |rel err|"),
+}
 
 
 @dataclass(frozen=True)
@@ -66,37 +84,29 @@ class Row:
                 f"seqs / {self.tput_tok_s:g} tok/s (Little's law)")
 
 
-# calibration.md s3b; prompt_N runs used max-num-seqs 1024 and v0.6 multi-step (ITL ~ 10 x TPOT).
-# TPOT and ITL are the published medians (LambdaLabsML benchmark_v0.md; v0.5.4 ran with
-# chunked prefill, v0.6.0 without).
-ROWS = [
-    Row("8B 1xH100 N=10", "llama-3.1-8b", "H100", 1, 10, "vllm-0.6-multistep", 1024, 347.9, 7.56),
-    Row("8B 1xH100 N=320", "llama-3.1-8b", "H100", 1, 320, "vllm-0.6-multistep", 1024, 6027,
-        20.0),
-    Row("8B 1xA100 N=10", "llama-3.1-8b", "A100-80G", 1, 10, "vllm-0.6-multistep", 1024, 226.5,
-        12.0),
-    Row("70B 2xH100 N=10", "llama-3.1-70b", "H100", 2, 10, "vllm-0.6-multistep", 1024, 97.8, 29.5),
-    Row("70B 4xH100 N=10", "llama-3.1-70b", "H100", 4, 10, "vllm-0.6-multistep", 1024, 160.0,
-        18.1),
-    Row("70B 8xH100 N=10", "llama-3.1-70b", "H100", 8, 10, "vllm-0.6-multistep", 1024, 238.4,
-        12.2),
-    Row("70B 2xA100 N=10", "llama-3.1-70b", "A100-80G", 2, 10, "vllm-0.6-multistep", 1024, 58.4,
-        50.9),
-    Row("70B 4xH100 N=320", "llama-3.1-70b", "H100", 4, 320, "vllm-0.6-multistep", 1024, 2445,
-        39.1),
-    Row("8B 1xH100 N=5000 v0.5.4", "llama-3.1-8b", "H100", 1, 5000, "vllm-0.5", 256, 3032.04,
-        64.06, 48.28),
-    Row("8B 1xH100 N=5000 v0.6 step1", "llama-3.1-8b", "H100", 1, 5000, "vllm-0.6", 256,
-        3958.40, 196.24, 179.17),
-    Row("8B 1xH100 N=5000 v0.6 step10", "llama-3.1-8b", "H100", 1, 5000, "vllm-0.6-multistep",
-        256, 8088.35, 25.57, 243.76, 10),
-    Row("70B 4xH100 N=5000 v0.5.4", "llama-3.1-70b", "H100", 4, 5000, "vllm-0.5", 256, 1491.93,
-        125.78, 74.22),
-    Row("70B 4xH100 N=5000 v0.6 step1", "llama-3.1-70b", "H100", 4, 5000, "vllm-0.6", 256,
-        2291.0, 102.99, 63.54),
-    Row("70B 4xH100 N=5000 v0.6 step10", "llama-3.1-70b", "H100", 4, 5000, "vllm-0.6-multistep",
-        256, 3542.88, 61.10, 574.07, 10),
-]
+def load_rows(path: Path = RUNS_CSV) -> list[Row]:
+    """The measured runs of ``path`` (vllm_runs.csv: one row per run, with its source URL).
+
+    The prompt_N runs used max-num-seqs 1024 and v0.6 multi-step (ITL ~ 10 x TPOT); TPOT and
+    ITL are the published medians (LambdaLabsML benchmark_v0.md; v0.5.4 ran with chunked
+    prefill, v0.6.0 without). An empty ``itl_ms`` cell means not published.
+    """
+    with path.open(newline="") as f:
+        return [Row(r["name"], r["model"], r["gpu"], int(r["tp"]), int(r["prompts"]),
+                    r["engine"], int(r["max_num_seqs"]), float(r["tput_tok_s"]),
+                    float(r["tpot_ms"]), float(r["itl_ms"]) if r["itl_ms"] else None,
+                    int(r["chunk_tokens"]))
+                for r in csv.DictReader(f)]
+
+
+def ttft_medians(path: Path = RUNS_CSV) -> dict[str, float]:
+    """Median TTFT (ms) by run name, for the runs of ``path`` that publish one."""
+    with path.open(newline="") as f:
+        return {r["name"]: float(r["ttft_median_ms"]) for r in csv.DictReader(f)
+                if r["ttft_median_ms"]}
+
+
+ROWS = load_rows()
 
 
 def predict(row: Row, seeds: int, efficiency: Efficiency | None = None
@@ -121,7 +131,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--json", default="build/calibration.json")
+    add_target_argument(parser, TARGETS)
     args = parser.parse_args()
+    targets = resolve(TARGETS, args.target)
     start = time.perf_counter()
     results = []
     header = (f"{'run':<32}{'engine':<20}{'tok/s meas':>11}{'pred':>9}{'err':>8}"
@@ -156,14 +168,18 @@ def main() -> int:
             s = summary[f"{key}_{scope}"]
             print(f"{label:<11}{scope:>7} ({s['rows']:>2.0f} rows) median |rel err| "
                   f"{s['median_abs']:6.1%}   worst {s['worst_abs']:6.1%}"
-                  + ("   (targets: <= 15%, <= 40%)" if scope == "scored" else ""))
+                  + ("   (scored)" if scope == "scored" else ""))
+    tput, tpot = summary["tput_rel_err_scored"], summary["tpot_rel_err_scored"]
+    rows = check(targets, {"tput_median": tput["median_abs"], "tput_worst": tput["worst_abs"],
+                           "tpot_median": tpot["median_abs"], "tpot_worst": tpot["worst_abs"]})
+    print_checks(rows)
     print(f"{time.perf_counter() - start:.1f} s")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": results, "summary": summary}, indent=2))
-    ok = all(v["median_abs"] <= 0.15 and v["worst_abs"] <= 0.40
-             for k, v in summary.items() if k.endswith("_scored"))
-    return 0 if ok else 1
+    out.write_text(json.dumps({"source": str(RUNS_CSV.relative_to(RUNS_CSV.parents[3])),
+                               "seeds": args.seeds, "rows": results, "summary": summary,
+                               "targets": rows}, indent=2))
+    return 0 if passed(rows) else 1
 
 
 if __name__ == "__main__":

@@ -92,6 +92,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:       # run as a script: the repo's packages
     sys.path.insert(0, str(REPO))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _targets import check, print_checks  # noqa: E402  (the folder's shared helper)
+
 WORK = REPO / "build" / "chaos"
 RAY_TMP = REPO / "build" / "ray-tmp-chaos"
 WEAK, STRONG = "llama-3.1-8b", "llama-3.1-70b"
@@ -137,8 +140,7 @@ GH100 = group_name(STRONG, "H100", 4)
 # -- the plan --------------------------------------------------------------------------------
 def chaos_plan() -> Any:
     """The plan of the module docstring, with `tuning.evaluate_plan`'s predicted figures."""
-    from boute.plan_cli import planning_problem
-    from tuning import Group, Plan, Routing, evaluate_plan
+    from tuning import Group, Plan, Routing, evaluate_plan, planning_problem
 
     WORK.mkdir(parents=True, exist_ok=True)
     scenario = WORK / "scenario.yaml"
@@ -590,7 +592,7 @@ def run_chaos(args: argparse.Namespace) -> int:
         "phase_s": dur, "fault_at_s_in_phase": fault_at, "load_s": data.duration_s,
         "stream_share": STREAM_SHARE, "max_tokens_cap": CHAOS_MAX_TOKENS,
         "log_rows_total": 0 if log is None else log.num_rows, "phases": rows,
-        "checks": checks, "health": data.health,
+        "checks": checks, "targets": check({}, {}, checks), "health": data.health,
         "records": [asdict(r) for r in data.records]})
     print(f"plan: {', '.join(f'{g.name} x{g.replicas} share {g.share:.3f}' for g in plan.groups)}"
           f"; predicted P95 {plan.predicted.p95_s:.2f} s, capacity "
@@ -603,8 +605,7 @@ def run_chaos(args: argparse.Namespace) -> int:
     for r in rows:
         if r["errors"]:
             print(f"  ({r['phase']}) {r['errors']}; first: {r['first_errors'][:2]}")
-    for name, ok in checks.items():
-        print(f"{'PASS' if ok else 'MISS'}  {name}")
+    print_checks(out["targets"])
     path = Path(args.json or "build/chaos.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1, default=str))
@@ -739,6 +740,7 @@ def run_overload(args: argparse.Namespace) -> int:
         "target_p95_s": TARGET_P95_S, "rss": rss_summary, "rss_samples": rss,
         "log_rows": None if log is None else log.num_rows,
         "answered": sum(r.answered for r in recs), "checks": checks,
+        "targets": check({}, {}, checks),
         "records": [asdict(r) for r in recs]})
     head = (f"{'offered req/s':>13} {'sent':>6} {'accepted':>8} {'refused 429':>11} "
             f"{'other':>5} {'acc. P50 s':>10} {'acc. P95 s':>10} {'target x2':>9} "
@@ -757,8 +759,7 @@ def run_overload(args: argparse.Namespace) -> int:
     print(f"log: {out['answered']} answered by the router, {out['log_rows']} rows logged")
     if other:
         print(f"other failures: {out['other_errors']}; first: {other[0].error}")
-    for name, ok in checks.items():
-        print(f"{'PASS' if ok else 'MISS'}  {name}")
+    print_checks(out["targets"])
     plot_overload(data, rss, lead_s, load_s, Path(args.plot),
                   f"BOute router at {OVERLOAD_FACTOR:g}x the plan's capacity "
                   f"({rate:.0f} req/s offered for {load_s:g} s): {len(refused)} refused (429), "

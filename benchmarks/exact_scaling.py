@@ -1,15 +1,16 @@
 """Where the exact DP stops being practical: its time and memory against the problem's size.
 
     python benchmarks/exact_scaling.py [--limit-s 120] [--sweeps types,stock,models,rate]
-                                       [--json build/exact_scaling.json]
+                                       [--json build/exact_scaling.json] [--no-copy]
+                                       [--target KEY=VALUE]
 
 The exact reference solver (`tuning._exact`: a knapsack DP over GPU types, run on each of the
 192 latency levels and then refined) is timed on scenarios that grow along one axis at a time:
 
-* **types**: the paper's scalability runs extended (calibration.md s0: 3 types/24 GPUs ...
-  6/48, 8 GPUs per type, 100 req/s, $30/h) from 3 to 12 GPU types: the paper's four, A100-80G,
-  L40S, H200, H100-PCIe, A100-40G, then three spot offers (`gpu:` aliases, the spot prices of
-  the ``scale-12types-1k`` preset);
+* **types**: the paper's scalability runs extended (benchmarks/data/reference/calibration.md
+  s0: 3 types/24 GPUs ... 6/48, 8 GPUs per type, 100 req/s, $30/h) from 3 to 12 GPU types: the
+  paper's four, A100-80G, L40S, H200, H100-PCIe, A100-40G, then three spot offers (`gpu:`
+  aliases, the spot prices of the ``scale-12types-1k`` preset);
 * **stock**: the paper's four types with 8, 16, 32, 64 and 128 GPUs each, rate and budget
   scaled with the fleet (100 req/s and $30/h per 8 GPUs of each type: the paper's problem,
   n/8 times larger);
@@ -29,7 +30,9 @@ states one DP run kept, hypervolume, and for killed cases how many latency level
 All cases share one perf DB (`build/exact_scaling/perfdb.parquet`, built once: the paper's
 four types at 128 GPUs, the other five catalog GPUs at 8; `tuning.load_problem` keeps the
 configs that fit each case's stock). Prints a table, writes JSON (and a copy to
-benchmarks/data/exact_scaling.json), exits 1 only when a case crashed.
+benchmarks/data/exact_scaling.json). Targets (`TARGETS`): no case crashes, and the DP solves
+every case of the paper's scalability range (types sweep, 3 to 6 types x 8 GPUs) within 10 s;
+exits 1 when one is missed.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ from typing import Any
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _targets import Target, add_target_argument, check, passed, print_checks, resolve
+
 WORK = Path("build") / "exact_scaling"
 DB_PATH = WORK / "perfdb.parquet"
 DATA_COPY = Path("benchmarks") / "data" / "exact_scaling.json"
@@ -63,6 +70,11 @@ SPOT = {"L40S-spot": ("L40S", 0.79), "RTX-4090-spot": ("RTX-4090", 0.34),
 MAX_STOCK = 128
 WEAK, STRONG = "llama-3.1-8b", "llama-3.1-70b"
 SWEEPS = ("types", "stock", "models", "rate")
+TARGETS = {
+    "crashed": Target("<=", 0.0, "cases", "cases whose process crashed"),
+    "paper_scale_s": Target("<=", 10.0, "s", "exact DP, slowest of the paper's scalability "
+                            "range (3-6 types x 8 GPUs; inf when one did not finish)"),
+}
 
 
 @dataclass
@@ -317,7 +329,9 @@ def main() -> int:
                         help=f"do not copy the JSON to {DATA_COPY}")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--db", default=str(DB_PATH), help=argparse.SUPPRESS)
+    add_target_argument(parser, TARGETS)
     args = parser.parse_args()
+    targets = resolve(TARGETS, args.target)
     if args.child is not None:
         return run_child(args.child, args.db)
     sweeps = [s for s in args.sweeps.split(",") if s]
@@ -346,6 +360,13 @@ def main() -> int:
     limits = _limits(cases, results, args.limit_s)
     crashed = [f"{c.sweep}/{c.label}: {r.error}" for c, r in zip(cases, results, strict=True)
                if r.status == "crashed"]
+    measured: dict[str, float | None] = {"crashed": float(len(crashed))}
+    paper = [r for c, r in zip(cases, results, strict=True)
+             if c.sweep == "types" and c.num_types <= 6]
+    if paper:       # the types sweep ran
+        measured["paper_scale_s"] = (max(r.search_s for r in paper if r.search_s is not None)
+                                     if all(r.status == "ok" for r in paper) else float("inf"))
+    rows = check({k: t for k, t in targets.items() if k in measured}, measured)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     payload = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
@@ -357,7 +378,7 @@ def main() -> int:
                    **{k: v for k, v in asdict(r).items() if k != "front"
                       and (k != "level_trace" or r.status == "timeout")}}
                   for c, r in zip(cases, results, strict=True)],
-        "limits": limits, "crashed": crashed,
+        "limits": limits, "crashed": crashed, "targets": rows,
     }
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -372,8 +393,9 @@ def main() -> int:
         print(f"{sweep}: {text}")
     for c in crashed:
         print("CRASHED:", c)
+    print_checks(rows)
     print(f"wrote {out}" + ("" if args.no_copy else f" and {DATA_COPY}"))
-    return 1 if crashed else 0
+    return 0 if passed(rows) else 1
 
 
 if __name__ == "__main__":

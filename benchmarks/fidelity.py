@@ -5,19 +5,26 @@ Rows (one per measured point), each predicted twice:
 * BEFORE calibration: spec-sheet peaks with the default `Efficiency` and the default engine
   overheads (for a CPU, whose "spec sheet" is its measured peaks, the same defaults);
 * AFTER calibration: efficiencies fitted (`fit_efficiency`) on the hardware profile of that
-  device type (benchmarks/data/hardware/*, build/calibration/*), and for engine profiles the
+  device type (benchmarks/data/hardware/*), and for engine profiles the
   engine overheads and front-end latency fitted (`fit_engine_overhead`) on that device's
   calibration runs (``role: calibration``), never on the judged points.
 
-Sources: (A) calibration.md section 3 (public vLLM runs; H100 rows are calibrated with the
-committed H100 kernel measurements, A100 rows have no hardware profile and stay as before);
-(B) every engine profile on disk (benchmarks/data/engine-profiles/*.jsonl,
-build/engine-profiles/*.jsonl) that is not a calibration run.
+Sources: (A) benchmarks/data/reference/vllm_runs.csv (calibration.md section 3 there: public
+vLLM runs; H100 rows are calibrated with the committed H100 kernel measurements, A100 rows
+have no hardware profile and stay as before); (B) every committed engine profile
+(benchmarks/data/engine-profiles/*.jsonl) that is not a calibration run. Only committed data
+is read, so the report is the same on every checkout; ``--include-build`` adds what
+`boute profile hardware` / `boute profile engine` left under build/calibration/ and
+build/engine-profiles/ (committed profiles win for a GPU type that has both).
 
     python benchmarks/fidelity.py [--seeds 4] [--json F.json] [--plot F.png]
+                                  [--include-build] [--target KEY=VALUE]
 
+Targets (`TARGETS`, after calibration): engine profiles' median |relative error| <= 15% on
+TPOT and on throughput (held-out points), and the public runs' median throughput error <= 20%.
 Prints the table and the median / worst |relative error| of TPOT, TTFT and throughput before
-and after calibration; writes JSON and a predicted-vs-measured plot.
+and after calibration; writes JSON and a predicted-vs-measured plot; exits 1 when a target is
+missed.
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from calibration import ROWS, predict
+from _targets import Target, add_target_argument, check, passed, print_checks, resolve
+from calibration import ROWS, predict, ttft_medians
 
 from profiling import load_catalog
 from profiling._engine_profile import EngineProfile, load_engine_profile
@@ -44,19 +52,27 @@ from profiling._hardware import (
 )
 
 DATA = Path(__file__).resolve().parent / "data"
-HW_DIRS = [DATA / "hardware", Path("build/calibration")]
-ENGINE_DIRS = [DATA / "engine-profiles", Path("build/engine-profiles")]
+HW_DIRS = [DATA / "hardware"]
+ENGINE_DIRS = [DATA / "engine-profiles"]
+BUILD_HW_DIRS = [Path("build/calibration")]
+BUILD_ENGINE_DIRS = [Path("build/engine-profiles")]
 KEYS = ("tpot_ms", "ttft_ms", "throughput_tok_s")
-# calibration.md s3b: median TTFT (ms) of the rows that report one.
-TTFT_MS = {"8B 1xH100 N=10": 62.2, "8B 1xH100 N=320": 1731, "8B 1xA100 N=10": 127,
-           "70B 2xH100 N=10": 219, "70B 4xH100 N=10": 140.6, "70B 8xH100 N=10": 122.3,
-           "70B 2xA100 N=10": 506}
+# vllm_runs.csv (calibration.md s3b): median TTFT (ms) of the rows that report one.
+TTFT_MS = ttft_medians()
+TARGETS = {
+    "engine_tpot_median": Target("<=", 0.15, "", "engine profiles after calibration, TPOT "
+                                 "median |rel err|"),
+    "engine_tput_median": Target("<=", 0.15, "", "engine profiles after calibration, "
+                                 "throughput median |rel err|"),
+    "public_tput_median": Target("<=", 0.20, "", "public vLLM runs after calibration, "
+                                 "throughput median |rel err|"),
+}
 
 
-def hardware_profiles() -> dict[str, HardwareProfile]:
-    """Every hardware profile on disk by GPU type (the first directory listed wins)."""
+def hardware_profiles(dirs: list[Path] = HW_DIRS) -> dict[str, HardwareProfile]:
+    """Every hardware profile under ``dirs`` by GPU type (the first directory listed wins)."""
     out: dict[str, HardwareProfile] = {}
-    for root in HW_DIRS:
+    for root in dirs:
         for meta in sorted(root.glob("*/meta.json")):
             prof = load_hardware_profile(meta.parent)
             if prof.meta.get("status") == "complete":
@@ -80,7 +96,7 @@ def _row(source: str, point: str, role: str, meas: dict[str, float], before: dic
 
 
 def calibration_md_rows(hw: dict[str, HardwareProfile], seeds: int) -> list[dict[str, Any]]:
-    """Section A: calibration.md's measured vLLM rows."""
+    """Section A: the measured vLLM rows of vllm_runs.csv (calibration.md s3)."""
     catalog = load_catalog()
     rows = []
     for r in ROWS:
@@ -103,12 +119,12 @@ def calibration_md_rows(hw: dict[str, HardwareProfile], seeds: int) -> list[dict
     return rows
 
 
-def engine_profile_rows(hw: dict[str, HardwareProfile]) -> tuple[list[dict[str, Any]],
-                                                                 list[dict[str, Any]]]:
+def engine_profile_rows(hw: dict[str, HardwareProfile], dirs: list[Path] = ENGINE_DIRS
+                        ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Section B: every non-calibration engine profile; also what was fitted on what."""
     catalog = load_catalog()
     profiles: list[EngineProfile] = []
-    for root in ENGINE_DIRS:
+    for root in dirs:
         profiles += [load_engine_profile(p) for p in sorted(root.glob("*.jsonl"))]
     rows, fits = [], []
     for prof in profiles:
@@ -190,11 +206,17 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=4)
     parser.add_argument("--json", default="build/fidelity.json")
     parser.add_argument("--plot", default="build/fidelity.png")
+    parser.add_argument("--include-build", action="store_true",
+                        help="also read build/calibration/ and build/engine-profiles/ "
+                             "(local profiles, not committed)")
+    add_target_argument(parser, TARGETS)
     args = parser.parse_args()
+    targets = resolve(TARGETS, args.target)
     start = time.perf_counter()
-    hw = hardware_profiles()
+    extra = args.include_build
+    hw = hardware_profiles(HW_DIRS + (BUILD_HW_DIRS if extra else []))
     rows_a = calibration_md_rows(hw, args.seeds)
-    rows_b, fits = engine_profile_rows(hw)
+    rows_b, fits = engine_profile_rows(hw, ENGINE_DIRS + (BUILD_ENGINE_DIRS if extra else []))
     rows = rows_a + rows_b
     head = (f"{'source':<28}{'point':<30}" + "".join(
         f"{k[:10]:>11}{'before':>9}{'after':>9}" for k in KEYS))
@@ -222,14 +244,21 @@ def main() -> int:
               f"overhead {f['step_overhead_s'] * 1e3:.2f} ms/step + "
               f"{f['step_overhead_per_seq_s'] * 1e6:.0f} us/seq, front-end "
               f"{f['frontend_latency_s'] * 1e3:.1f} ms/request from {f['overhead_from']}")
+    after_b, after_a = summaries["engine profiles"]["after"], summaries["calibration.md"]["after"]
+    checks = check(targets, {
+        "engine_tpot_median": after_b.get("tpot_ms", {}).get("median_abs"),
+        "engine_tput_median": after_b.get("throughput_tok_s", {}).get("median_abs"),
+        "public_tput_median": after_a.get("throughput_tok_s", {}).get("median_abs")})
+    print_checks(checks)
     plot(rows, Path(args.plot))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "summary": summaries, "fits": fits,
-                               "hardware_profiles": {k: str(v.path) for k, v in hw.items()}},
-                              indent=2))
+    out.write_text(json.dumps({"seeds": args.seeds, "include_build": extra, "rows": rows,
+                               "summary": summaries, "fits": fits,
+                               "hardware_profiles": {k: str(v.path) for k, v in hw.items()},
+                               "targets": checks}, indent=2))
     print(f"{time.perf_counter() - start:.1f} s; wrote {out} and {args.plot}")
-    return 0
+    return 0 if passed(checks) else 1
 
 
 if __name__ == "__main__":

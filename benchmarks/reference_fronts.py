@@ -1,8 +1,8 @@
 """Reference (quality, P95) fronts of presets the exact DP may not solve, saved as JSON.
 
     python benchmarks/reference_fronts.py [--presets scale-8types-256,scale-12types-1k]
-        [--exact-limit-s 120] [--seeds 0,1,2] [--evals 512] [--random-evals 20000]
-        [--out benchmarks/data/reference_fronts]
+        [--exact-limit-s 120] [--seeds 0,1] [--evals 320] [--random-evals 50000]
+        [--out benchmarks/data/reference_fronts] [--json FILE] [--target KEY=VALUE]
 
 Per preset (perf DB built when missing, as `boute plan` does):
 
@@ -16,7 +16,13 @@ Per preset (perf DB built when missing, as `boute plan` does):
 
 Writes ``<out>/<preset>.json``: points (p95_s, quality, cost_per_hour, strong_share, source),
 the HV, and how it was obtained (solver, seeds, evaluations, seconds of every run, the exact
-attempt's outcome, the machine).
+attempt's outcome, the machine). ``--json`` also writes a summary (HV per preset, the
+committed front's HV, their ratio and the targets).
+
+Target (`TARGETS`): every preset's new front reaches at least 98% of the HV of the committed
+front (benchmarks/data/reference_fronts/<preset>.json, read before it is overwritten), so a
+shorter run (``--seeds 0 --random-evals 0``) checks that the searchers still find the
+reference, and a change that loses part of the front fails; exits 1 when missed.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _targets import Target, add_target_argument, check, passed, print_checks, resolve
 from exact_scaling import run_exact
 
 from tuning import (
@@ -45,6 +52,11 @@ from tuning import (
 from tuning._front import hypervolume
 
 PRESETS = ("scale-8types-256", "scale-12types-1k")
+COMMITTED = Path(__file__).resolve().parent / "data" / "reference_fronts"
+TARGETS = {
+    "hv_ratio": Target(">=", 0.98, "x", "HV of the new front / HV of the committed front, "
+                       "worst preset"),
+}
 
 
 def _front_points(problem: Problem, res: SearchResult, source: str) -> list[dict[str, Any]]:
@@ -132,23 +144,48 @@ def main() -> int:
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--exact-limit-s", type=float, default=120.0,
                         help="wall-clock limit of the exact attempt (0: skip it)")
-    parser.add_argument("--seeds", default="0,1,2", help="MOBO seeds, comma-separated")
-    parser.add_argument("--evals", type=int, default=512, help="evaluations per MOBO run")
-    parser.add_argument("--random-evals", type=int, default=20_000,
+    # Defaults = the settings of the committed fronts (their files record them).
+    parser.add_argument("--seeds", default="0,1", help="MOBO seeds, comma-separated")
+    parser.add_argument("--evals", type=int, default=320, help="evaluations per MOBO run")
+    parser.add_argument("--random-evals", type=int, default=50_000,
                         help="evaluations of the random-search run (0: none)")
     parser.add_argument("--out", default="benchmarks/data/reference_fronts")
+    parser.add_argument("--json", default=None, help="also write a summary with the targets")
+    add_target_argument(parser, TARGETS)
     args = parser.parse_args()
+    targets = resolve(TARGETS, args.target)
     seeds = [int(s) for s in args.seeds.split(",") if s]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"args": vars(args), "presets": {}}
+    ratios = []
     for preset in args.presets.split(","):
+        committed = COMMITTED / f"{preset}.json"
+        before = (json.loads(committed.read_text())["hypervolume"] if committed.exists()
+                  else None)
         payload = reference_front(preset, exact_limit_s=args.exact_limit_s, seeds=seeds,
                                   evals=args.evals, random_evals=args.random_evals)
         path = out / f"{preset}.json"
         path.write_text(json.dumps(payload, indent=1))
+        ratio = None if before is None else payload["hypervolume"] / before
+        ratios.append(ratio)
+        summary["presets"][preset] = {"method": payload["method"],
+                                      "points": len(payload["points"]),
+                                      "hypervolume": payload["hypervolume"],
+                                      "committed_hypervolume": before, "hv_ratio": ratio,
+                                      "seconds": payload.get("seconds")}
         print(f"{preset}: {payload['method']}, {len(payload['points'])} points, HV "
-              f"{payload['hypervolume']:.4f}; wrote {path}", flush=True)
-    return 0
+              f"{payload['hypervolume']:.4f}"
+              + ("" if ratio is None else f" = {ratio:.2%} of the committed front's")
+              + f"; wrote {path}", flush=True)
+    known = [r for r in ratios if r is not None]
+    rows = check(targets, {"hv_ratio": min(known) if known else None})
+    print_checks(rows)
+    summary["targets"] = rows
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    return 0 if passed(rows) else 1
 
 
 if __name__ == "__main__":

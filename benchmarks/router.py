@@ -2,6 +2,7 @@
 
     python benchmarks/router.py [--decisions 20000] [--requests 400] [--seconds 10]
                                 [--concurrency 64] [--json build/router_bench.json]
+                                [--stock-serve] [--target KEY=VALUE]
 
 * **decision**: one routing decision in-process — the built-in router's score of a prompt,
   the live threshold's strong/weak choice (with its recalibration) and the smooth weighted
@@ -16,8 +17,8 @@
 * **throughput**: closed loop, `--concurrency` clients for `--seconds` through the router to
   zero-latency engines (1 output token).
 
-Targets (2-core machine): decision p99 <= 1 ms; hop p50 <= 5 ms; >= 300 requests/s.
-Prints a table, writes JSON, exits 1 when a target is missed.
+Targets (`TARGETS`, 2-core machine): decision p99 <= 1 ms; hop p50 <= 5 ms; >= 300
+requests/s. Prints a table, writes JSON, exits 1 when a target is missed.
 """
 
 import argparse
@@ -39,11 +40,19 @@ from app.routing import BuiltinRouter, LiveThreshold, SmoothWeightedRoundRobin
 from boute.bench import synth_prompt
 from tuning import Group, Plan, Routing
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _targets import Target, add_target_argument, check, passed, print_checks, resolve
+
 REPO = Path(__file__).resolve().parents[1]
 PLAN = Plan(Routing(0.3), (Group("llama-3.1-8b", "H100", 1, 1, 2, 1.0),
                            Group("llama-3.1-70b", "H100", 4, 1, 1, 1.0)),
             scenario={"models": {"weak": "llama-3.1-8b", "strong": "llama-3.1-70b"}})
-TARGETS = {"decision_p99_ms": 1.0, "hop_p50_ms": 5.0, "throughput_rps": 300.0}
+TARGETS = {
+    "decision_p99_ms": Target("<=", 1.0, "ms", "routing decision p99 (in-process)"),
+    "hop_p50_ms": Target("<=", 5.0, "ms", "added latency of the router hop, p50"),
+    "throughput_rps": Target(">=", 300.0, "req/s", "closed-loop throughput through the router"),
+}
 
 echo_api = FastAPI()
 
@@ -121,7 +130,9 @@ def main() -> int:
                     "proxy actor, Ray actor calls between replicas) instead of its documented "
                     "high-throughput mode (HAProxy ingress, gRPC between replicas), which "
                     "`boute deploy --local` and cluster.yaml use")
+    add_target_argument(ap, TARGETS)
     args = ap.parse_args()
+    targets = resolve(TARGETS, args.target)
 
     import ray
 
@@ -157,22 +168,24 @@ def main() -> int:
                          "echo_rps": echo_rps}
     measured = {"decision_p99_ms": out["decision"]["p99_ms"],
                 "hop_p50_ms": out["hop"]["added_p50_ms"], "throughput_rps": rps}
-    failures = [f"{k} = {measured[k]:.2f} misses {v}" for k, v in TARGETS.items()
-                if (measured[k] < v if k == "throughput_rps" else measured[k] > v)]
+    rows = check(targets, measured)
+    failures = [f"{r['key']} = {r['measured']:.2f} misses {r['op']} {r['target']:g}"
+                for r in rows if not r["ok"]]
     out["failures"] = failures
+    out["targets"] = rows
     print(f"{'metric':28s} {'measured':>10s} {'target':>10s}")
     print(f"{'decision p50 (ms)':28s} {out['decision']['p50_ms']:10.3f} {'':>10s}")
-    print(f"{'decision p99 (ms)':28s} {measured['decision_p99_ms']:10.3f} {'<= 1':>10s}")
+    t_dec, t_hop, t_rps = (f"{t.op} {t.value:g}" for t in targets.values())
+    print(f"{'decision p99 (ms)':28s} {measured['decision_p99_ms']:10.3f} {t_dec:>10s}")
     print(f"{'ingress->echo p50 (ms)':28s} {echo_ms:10.2f} {'':>10s}")
     print(f"{'ingress->router->engine p50':28s} {router_ms:10.2f} {'':>10s}")
-    print(f"{'router hop added p50 (ms)':28s} {measured['hop_p50_ms']:10.2f} {'<= 5':>10s}")
+    print(f"{'router hop added p50 (ms)':28s} {measured['hop_p50_ms']:10.2f} {t_hop:>10s}")
     print(f"{'ingress->echo (req/s)':28s} {echo_rps:10.1f} {'':>10s}")
-    print(f"{'throughput (req/s)':28s} {rps:10.1f} {'>= 300':>10s}  ({errors} errors)")
+    print(f"{'throughput (req/s)':28s} {rps:10.1f} {t_rps:>10s}  ({errors} errors)")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))
-    for f in failures:
-        print("MISSED:", f, file=sys.stderr)
-    return 1 if failures else 0
+    print_checks(rows)
+    return 0 if passed(rows) else 1
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ A hardware profile is a directory (``build/calibration/<device key>/`` by defaul
   ``partial`` with the error), the command, torch version and date;
 * ``gemm.csv``, ``attention.csv``, ``bandwidth.csv``: one row per measurement, with the
   columns of the committed H100 reference measurements (`GEMM_COLUMNS`, `ATTENTION_COLUMNS`,
-  `BANDWIDTH_COLUMNS`; ../shared/reference/h100/), so both feed the same fit.
+  `BANDWIDTH_COLUMNS`; benchmarks/data/hardware/h100-sxm-reference/), so both feed the same
+  fit.
 
 The fit (`fit_efficiency`) turns the tables into the replica model's `Efficiency`:
 
@@ -60,7 +61,7 @@ __all__ = [
 
 DEFAULT_CALIBRATION_ROOT = Path("build/calibration")
 
-# Column order of ../shared/reference/h100/*.csv (the H100 kernel measurements).
+# Column order of the H100 kernel measurements (benchmarks/data/hardware/h100-sxm-reference/).
 GEMM_COLUMNS = ("model", "layer", "tp", "m", "n", "k", "median_us", "tflops", "gbps", "min_us",
                 "reps")
 ATTENTION_COLUMNS = ("model", "tp", "phase", "batch", "q_len", "kv_len", "median_us", "backend",

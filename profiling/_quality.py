@@ -160,9 +160,10 @@ def _published(name: str, points: list[tuple[float, float]], source: str) -> Qua
 def default_quality_curve(task: str) -> QualityCurve:
     """Published curve of the Llama-3.1-8B / 70B pair on a task.
 
-    * ``gsm8k``: 84.5 (8B) to 95.1 (70B), Meta's model card (calibration.md s5); the interior
-      points are the paper's chosen strong shares for accuracy 87 / 89 / 91 (26.55%, 56.05%,
-      70.06%; calibration.md s0), so the paper's targets need the paper's shares.
+    * ``gsm8k``: 84.5 (8B) to 95.1 (70B), Meta's model card
+      (benchmarks/data/reference/calibration.md s5); the interior points are the paper's chosen
+      strong shares for accuracy 87 / 89 / 91 (26.55%, 56.05%, 70.06%; calibration.md s0), so
+      the paper's targets need the paper's shares.
     * ``mtbench``: the paper's shares for 8.1 / 8.3 / 8.5 (19.42%, 38.83%, 58.25%) lie exactly on
       one line, 7.90 + 1.0304 s; its endpoints 7.90 (8B) and 8.93 (70B) are used. (Published
       single-model scores, 8.07 and 8.22, would make 8.3 and 8.5 unreachable.)

@@ -48,10 +48,11 @@ _GIB = 1024**3
 class Efficiency:
     """Achieved fractions of spec-sheet peaks and fixed latencies (physical, GPU-independent).
 
-    Set by hand against the H100 kernel measurements in ../shared/reference/h100/ (GEMM,
-    attention, bandwidth) and checked against the vLLM rows of calibration.md section 3 by
-    ``benchmarks/calibration.py``. They carry over to GPUs without measurements because each
-    one is a ratio to that GPU's own spec sheet (or a fixed latency).
+    Set by hand against the H100 kernel measurements in
+    benchmarks/data/hardware/h100-sxm-reference/ (GEMM, attention, bandwidth) and checked
+    against the vLLM rows of benchmarks/data/reference/vllm_runs.csv (calibration.md section 3
+    there) by ``benchmarks/calibration.py``. They carry over to GPUs without measurements
+    because each one is a ratio to that GPU's own spec sheet (or a fixed latency).
     """
 
     compute: float = 0.72
@@ -132,9 +133,9 @@ class EngineConfig:
 
 # Engine generations. The default is current vLLM (v1 scheduler, chunked prefill, async
 # output processing); the others reproduce the engines of the public measurements in
-# calibration.md section 3 (LambdaLabsML, Sept 2024). The legacy single-step engines were
-# CPU bound (the source reports ~60% GPU power on v0.5.4); their per-sequence overheads are
-# set so the 8B rows' throughput matches (benchmarks/calibration.py).
+# benchmarks/data/reference/calibration.md section 3 (LambdaLabsML, Sept 2024). The legacy
+# single-step engines were CPU bound (the source reports ~60% GPU power on v0.5.4); their
+# per-sequence overheads are set so the 8B rows' throughput matches (benchmarks/calibration.py).
 ENGINE_PROFILES: dict[str, EngineConfig] = {
     "vllm": EngineConfig(),
     # v0.6.0, num-scheduler-steps 10: CPU work amortized over 10 steps; no chunked prefill;

@@ -31,7 +31,8 @@ __all__ = ["DEFAULT_SCENARIO", "ProfileSpec", "Scenario", "ScenarioError", "list
 
 DEFAULT_SCENARIO = "paper-gsm8k"
 # Bounds that catch typos and unit mix-ups before a sweep starts: the paper's setting is
-# 100 req/s, $30/h and P95 targets of 8-12 s (calibration.md s0), four to six orders below.
+# 100 req/s, $30/h and P95 targets of 8-12 s (benchmarks/data/reference/calibration.md s0),
+# four to six orders below.
 MAX_RATE_RPS = 1e6
 MAX_BUDGET_PER_HOUR = 1e7
 MAX_LATENCY_S = 86_400.0    # one day

@@ -3,7 +3,7 @@
 A trace is four aligned columns: ``arrival_s`` (seconds, non-decreasing), ``input_tokens`` and
 ``output_tokens`` (integers >= 1), and an optional ``prompt`` text. Generators draw lengths
 from log-normal distributions matched to the mean and median measured on the real data sets
-(../shared/reference/calibration.md section 4): for a log-normal with median ``m`` and mean
+(benchmarks/data/reference/calibration.md section 4): for a log-normal with median ``m`` and mean
 ``mu``, ``sigma = sqrt(2 ln(mu / m))``.
 
 Arrivals are Poisson (exponential gaps, coefficient of variation 1) or bursty: gamma gaps with
@@ -216,7 +216,7 @@ class TraceShape:
     source: str
 
 
-# Lengths measured with the Llama-3 tokenizer (calibration.md section 4).
+# Lengths measured with the Llama-3 tokenizer (benchmarks/data/reference/calibration.md section 4).
 TRACE_SHAPES: dict[str, TraceShape] = {
     # Zero-shot chat-template prompts 69 / 65; answers: 8B-class CoT responses 103.3 / 95
     # (Mixtral proxy), clipped at the longest reference answers.

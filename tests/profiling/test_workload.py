@@ -16,7 +16,8 @@ def test_generator_is_reproducible_and_matches_the_data_set_statistics() -> None
     a = generate_trace("gsm8k", rate_rps=50, num_requests=20_000, seed=3)
     b = generate_trace("gsm8k", rate_rps=50, num_requests=20_000, seed=3)
     assert a.fingerprint() == b.fingerprint()
-    # calibration.md s4: GSM8K prompt 69 / 65 (mean / median), 8B-class answer 103.3 / 95.
+    # benchmarks/data/reference/calibration.md s4: GSM8K prompt 69 / 65 (mean / median),
+    # 8B-class answer 103.3 / 95.
     assert a.input_tokens.mean() == pytest.approx(69, rel=0.03)
     assert np.median(a.input_tokens) == pytest.approx(65, rel=0.03)
     assert a.output_tokens.mean() == pytest.approx(103.3, rel=0.03)

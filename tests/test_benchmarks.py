@@ -1,0 +1,101 @@
+"""benchmarks/run_all.py: every script is listed, and a missed target fails the run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import run_all  # noqa: E402
+from _targets import Target, check, passed, resolve  # noqa: E402
+
+# A fake benchmark: writes a targets block for a measured 2.0 against `score <= 1.0` (or the
+# override) and exits 1 when it misses, as every script of benchmarks/ does.
+FAKE = """
+import argparse, json, sys
+sys.path.insert(0, {bench!r})
+from _targets import Target, add_target_argument, check, passed, resolve
+TARGETS = {{"score": Target("<=", 1.0, "s", "a fake figure")}}
+ap = argparse.ArgumentParser()
+ap.add_argument("--json")
+add_target_argument(ap, TARGETS)
+args = ap.parse_args()
+rows = check(resolve(TARGETS, args.target), {{"score": 2.0}})
+open(args.json, "w").write(json.dumps({{"targets": rows}}))
+sys.exit(0 if passed(rows) else 1)
+"""
+
+
+def _fake(tmp_path: Path) -> run_all.Bench:
+    script = tmp_path / "fake.py"
+    script.write_text(FAKE.format(bench=str(BENCHMARKS)))
+    return run_all.Bench("fake", str(script), full_json=str(tmp_path / "fake.json"))
+
+
+def test_every_benchmark_script_is_in_the_runner() -> None:
+    scripts = {p.name for p in BENCHMARKS.glob("*.py")
+               if not p.name.startswith("_") and p.name != "run_all.py"}
+    listed = {Path(b.script).name for b in run_all.BENCHMARKS}
+    assert scripts - listed == set()
+    assert listed - scripts == set()        # nothing listed that does not exist
+    assert len({b.name for b in run_all.BENCHMARKS}) == len(run_all.BENCHMARKS)
+
+
+def test_quick_results_stay_out_of_the_committed_data() -> None:
+    for b in run_all.BENCHMARKS:
+        quick, full = b.json_path(full=False), b.json_path(full=True)
+        assert quick is not None and quick.parts[:2] == ("build", "bench")
+        assert "benchmarks/data" not in " ".join(b.quick)
+        assert full is None or full.parts[:2] == ("benchmarks", "data")
+
+
+def test_runner_fails_on_a_missed_target(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.json"
+    rc = run_all.run_all([_fake(tmp_path)], full=True, summary=summary, cwd=tmp_path)
+    assert rc == 1                          # measured 2.0 > target 1.0
+    out = json.loads(summary.read_text())
+    assert out["passed"] is False
+    assert out["benchmarks"][0]["missed"] == ["score"]
+    assert out["benchmarks"][0]["key_figure"] == "score 2 s"
+
+
+def test_runner_passes_with_an_override_and_rejects_unknown_names(tmp_path: Path) -> None:
+    bench = _fake(tmp_path)
+    assert run_all.run_all([bench], full=True, targets=["fake.score=3"], cwd=tmp_path) == 0
+    with pytest.raises(SystemExit, match=r"NAME\.KEY=VALUE"):
+        run_all.run_all([bench], full=True, targets=["other.score=3"], cwd=tmp_path)
+
+
+def test_targets_resolve_and_check() -> None:
+    targets = {"p99_ms": Target("<=", 1.0, "ms", "p99"), "rps": Target(">=", 300.0, "1/s", "")}
+    assert resolve(targets, ["p99_ms=0.5"])["p99_ms"].value == 0.5
+    assert targets["p99_ms"].value == 1.0   # not changed in place
+    with pytest.raises(SystemExit, match="KEY one of p99_ms, rps"):
+        resolve(targets, ["p50_ms=1"])
+    rows = check(targets, {"p99_ms": 0.9, "rps": None}, {"no errors": True})
+    assert [r["ok"] for r in rows] == [True, False, True]   # None (not measured) fails
+    assert not passed(rows)
+
+
+def test_vllm_runs_csv_matches_calibration_md() -> None:
+    ref = BENCHMARKS / "data" / "reference"
+    text = (ref / "calibration.md").read_text()
+    s3 = text[text.index("## 3."):text.index("## 4.")]
+    with (ref / "vllm_runs.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 14
+    for r in rows:
+        assert r["source_url"].startswith("https://github.com/LambdaLabsML/vllm-benchmark")
+        assert r["source_url"].split("/")[-1] in s3
+        # calibration.md rounds to whole tok/s above 1,000 (3,032.04 -> "3,032").
+        tput = float(r["tput_tok_s"])
+        shown = f"{tput:,.0f}" if tput >= 1000 else f"{tput:g}"
+        assert re.search(rf"(?<![\d,.]){re.escape(shown)}(?![\d])", s3), (r["name"], shown)
