@@ -10,12 +10,12 @@ Nothing the bench measures is fitted.
 What it asserts, and why not the benchmark's 25%: every request succeeds, the routed strong
 share is within 10 points of the plan's, and predicted and measured P95 and mean latency are
 within a factor of `FACTOR` of each other at both rates. On this 2-core machine the served
-engines run 2-3x slower than the model calibrated in-process predicts (the benchmark's
-docstring says why; measured 2.1x to 4.1x, the larger at the higher rate), so the prediction check here is a gross one: it
-catches a chain that is broken or off by an order of magnitude (a unit, a wrong DB, a model
-never routed to), not a 25% drift; `benchmarks/cpu_e2e.py` reports the exact errors against
-the 25% target. A rate that misses is measured once more on the same deployment (a busy spell
-skews a whole run) and the better run counts.
+engines run slower than the model calibrated in-process predicts (the benchmark's docstring
+says why; measured 2.1x to 4.1x, the larger at the higher rate), so the prediction check
+here is a gross one: it catches a chain that is broken or off by an order of magnitude (a
+unit, a wrong DB, a model never routed to), not a 25% drift; `benchmarks/cpu_e2e.py`
+reports the exact errors against the 25% target. A rate that misses is measured once more
+on the same deployment (a busy spell skews a whole run) and the better run counts.
 """
 
 from __future__ import annotations
