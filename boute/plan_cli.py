@@ -26,6 +26,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     add_hardware_profiles_arg(p)
     p.add_argument("--gpu-catalog", action="append", default=[], metavar="FILE")
     p.add_argument("--model-catalog", action="append", default=[], metavar="FILE")
+    p.add_argument("--quality-records", default=None, metavar="FILE",
+                   help="per-query eval records (Parquet or CSV with router_score, "
+                   "quality_weak, quality_strong): the quality curve is computed exactly from "
+                   "them instead of the task's published one")
 
 
 def load_planning_problem(args: argparse.Namespace) -> Problem:
@@ -34,7 +38,8 @@ def load_planning_problem(args: argparse.Namespace) -> Problem:
 
     return planning_problem(args.scenario, db=args.db, budget=args.budget,
                             gpu_catalog=args.gpu_catalog, model_catalog=args.model_catalog,
-                            hardware_profiles=args.hardware_profiles, note=stderr_note)
+                            hardware_profiles=args.hardware_profiles,
+                            quality_records=args.quality_records, note=stderr_note)
 
 
 

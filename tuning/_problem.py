@@ -228,6 +228,7 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
                      budget: float | None = None, rate_rps: float | None = None,
                      gpu_catalog: Sequence[str] = (), model_catalog: Sequence[str] = (),
                      hardware_profiles: str | None = None,
+                     quality_records: str | None = None,
                      note: Callable[[str], None] | None = None,
                      progress: bool = True) -> Problem:
     """Scenario (a preset name or a YAML path) + its perf DB -> `Problem`.
@@ -237,10 +238,12 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
     profile under `hardware_profiles`, else the scenario's ``profile.hardware_profiles``, else
     the spec-sheet roofline). `note` receives one line saying why a DB is (re)built.
     `budget` / `rate_rps` override the scenario's (the DB is rate-free: a 1 req/s base trace
-    and a rate grid).
+    and a rate grid). `quality_records` (per-query eval records,
+    `profiling.QualityCurve.from_parquet`) replaces the task's published quality curve.
 
     Raises:
-        BouteError: a non-positive or non-finite `budget` / `rate_rps` (named, with the fix).
+        BouteError: a non-positive or non-finite `budget` / `rate_rps` (named, with the fix),
+            or unreadable / invalid eval records.
         PerfDBError: `db` names a file that is not a readable perf DB.
         CatalogError, ScenarioError: from loading the catalog and the scenario.
 
@@ -248,6 +251,7 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
     from profiling import build_perfdb, load_catalog, load_scenario
     from profiling._perfdb import spec_calibration
 
+    curve = QualityCurve.from_parquet(quality_records) if quality_records else None
     catalog = load_catalog(gpu_catalog, model_catalog)
     scenario = load_scenario(scenario_ref)
     scenario.check_catalog(catalog, scenario_ref)
@@ -266,7 +270,7 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
     try:
         perfdb = PerfDB.load(path, catalog=catalog, trace=spec.base_trace(),
                              calibration=calibration)
-        return load_problem(scenario, perfdb, catalog)
+        return load_problem(scenario, perfdb, catalog, curve)
     except StaleDBError as exc:
         why = f"{exc}; rebuilding"
     except PerfDBError as exc:
@@ -277,4 +281,4 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
         note(why)
     perfdb = build_perfdb(spec, catalog, calibration=calibration, progress=progress)
     perfdb.save(path)
-    return load_problem(scenario, perfdb, catalog)
+    return load_problem(scenario, perfdb, catalog, curve)

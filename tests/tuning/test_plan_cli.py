@@ -47,3 +47,33 @@ def test_bad_inputs_give_one_line(small_yaml: Path, tmp_path: Path, capsys) -> N
     assert "is not valid JSON" in capsys.readouterr().err
     assert main(["plan", "--scenario", str(small_yaml), "--db", db, "--quality", "99"]) == 2
     assert "above what" in capsys.readouterr().err
+
+
+def test_quality_records_replace_the_published_curve(small_yaml: Path, tmp_path: Path,
+                                                      capsys) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    db = str(tmp_path / "db.parquet")
+    # Four queries, hardest first by score: routing the top k of 4 to the strong model gives
+    # Q = mean(q_weak) + sum_{i<=k}(q_strong - q_weak)/4 = 50, 75, 75, 100, 75 for k = 0..4,
+    # envelope 50, 75, 75, 100, 100 at shares 0, .25, .5, .75, 1, linear between: quality 96
+    # needs a strong share >= 0.5 + (96 - 75) / 100 = 0.71.
+    records = tmp_path / "evals.parquet"
+    pq.write_table(pa.table({"router_score": [0.9, 0.7, 0.4, 0.1],
+                             "quality_weak": [0.0, 100.0, 0.0, 100.0],
+                             "quality_strong": [100.0, 100.0, 100.0, 0.0]}), records)
+    argv = ["--json", "plan", "--scenario", str(small_yaml), "--db", db, "--solver", "exact",
+            "--objective", "min-cost", "--quality", "96", "--p95", "30", "--plot", "",
+            "--out", str(tmp_path / "plan.json")]
+    assert main(argv) == 2                      # the published GSM8K curve tops out at 95.1
+    capsys.readouterr()
+    assert main([*argv, "--quality-records", str(records)]) == 0
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    share = plan["routing"]["strong_share"]
+    assert share >= 0.71 - 1e-6
+    assert plan["predicted"]["quality"] == pytest.approx(min(100.0, 75 + 100 * (share - 0.5)))
+    missing = str(tmp_path / "nope.parquet")
+    assert main([*argv[1:], "--quality-records", missing]) == 2
+    err = capsys.readouterr().err
+    assert f"eval records {missing!r}: cannot read" in err and len(err.splitlines()) == 1
