@@ -20,6 +20,7 @@ def test_embedded_catalog_has_the_required_gpus(catalog: Catalog) -> None:
     # Published parameter counts of the HF checkpoints.
     ("llama-3.1-8b", 8_030_261_248),
     ("llama-3.1-70b", 70_553_706_496),
+    ("llama-3.1-405b", 405_853_388_800),
 ])
 def test_parameter_counts_match_the_checkpoints(catalog: Catalog, model: str, params: int) -> None:
     assert catalog.model(model).num_params == params
