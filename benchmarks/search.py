@@ -158,7 +158,7 @@ def _mobo_default(problem: Problem, ref: float, seeds: list[int]) -> list[dict[s
 def _min_cost(problem: Problem, seeds: list[int]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for t in problem.scenario.targets:
-        found = exact_min_cost(problem, t.quality, t.p95_s)
+        found = exact_min_cost(problem, t.single_quality, t.p95_s)
         if found is None:
             rows.append({"quality": t.quality, "p95_s": t.p95_s, "exact": None})
             continue
@@ -169,7 +169,7 @@ def _min_cost(problem: Problem, seeds: list[int]) -> list[dict[str, Any]]:
             return v >= -1.01 * c
 
         for seed in seeds:
-            res = search(problem, Goal("min-cost", t.quality, t.p95_s), solver="mobo",
+            res = search(problem, Goal("min-cost", t.single_quality, t.p95_s), solver="mobo",
                          seed=seed, callback=within)
             b = res.best(problem)
             ratios.append(np.inf if b is None else

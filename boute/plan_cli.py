@@ -48,11 +48,15 @@ def add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `boute plan`."""
     p = sub.add_parser("plan", help="search routing + deployment plans")
     _common(p)
-    p.add_argument("--quality", type=float, default=None, help="minimum quality")
+    p.add_argument("--quality", default=None, help="minimum quality; with several workloads "
+                   "one per workload, NAME=Q,NAME=Q (e.g. math=89,chat=8.3)")
     p.add_argument("--p95", type=float, default=None, help="maximum P95 latency, seconds")
     p.add_argument("--objective", default="pareto",
                    choices=["pareto", "min-cost", "max-throughput"])
     _add_solver_args(p)
+    p.add_argument("--resim-seeds", type=int, default=3, help="re-simulate the chosen plan "
+                   "on this many fresh traces per group and re-plan with derated capacities "
+                   "until it holds its P95 target (default 3; 0: no check)")
     p.add_argument("--tune", action="store_true", help="evaluate MOBO proposals as Ray Tune "
                    "trials in parallel")
     p.add_argument("--out", default="build/plan.json", help="plan JSON to write")
@@ -114,31 +118,83 @@ def search_block(result: SearchResult, hypervolume: float | None = None) -> dict
     return out
 
 
+def parse_quality(text: str | None, workloads: tuple[str, ...]
+                  ) -> tuple[float | None, tuple[float, ...] | None]:
+    """``--quality``: one number, or ``NAME=Q,...`` with one quality per workload.
+
+    Raises:
+        BouteError: not a number, unknown or missing workload names (named, with the fix).
+
+    """
+    from common.pairs import parse_pairs
+
+    if text is None:
+        return None, None
+    if "=" not in text:
+        try:
+            value = float(text)
+        except ValueError:
+            raise BouteError(f"--quality={text!r} must be a number, or NAME=Q,... per "
+                             "workload") from None
+        if len(workloads) > 1:
+            raise BouteError(f"--quality={text}: the scenario has workloads "
+                             f"{', '.join(workloads)}; give one quality each, e.g. "
+                             + ",".join(f"{w}=Q" for w in workloads))
+        return value, None
+    pairs = parse_pairs(text.split(","), "--quality item")
+    if sorted(pairs) != sorted(workloads):
+        raise BouteError(f"--quality={text!r} names {sorted(pairs)}; the scenario's workloads "
+                         f"are {list(workloads)}: give one quality each")
+    try:
+        values = tuple(float(pairs[w]) for w in workloads)
+    except ValueError:
+        raise BouteError(f"--quality={text!r}: each quality must be a number") from None
+    return (values[0], None) if len(workloads) == 1 else (None, values)
+
+
 def _run_plan(args: argparse.Namespace) -> int:
-    from tuning import Goal, plan_from_arrays, search
+    from tuning import Goal, search
 
     if args.p95 is not None and not args.p95 > 0:
         raise BouteError(f"--p95={args.p95} must be > 0 seconds")
+    if args.resim_seeds < 0:
+        raise BouteError(f"--resim-seeds={args.resim_seeds} must be >= 0 (0: no check)")
     rule = stop_rule_from(args)
     problem = load_planning_problem(args)
-    goal = Goal(args.objective, args.quality, args.p95)
-    if args.tune:
-        if args.solver not in ("auto", "mobo"):
-            raise BouteError("--tune runs the mobo solver; drop --solver or use --solver mobo")
-        from tuning.tune import search_with_tune
+    quality, qualities = parse_quality(args.quality, problem.workloads)
+    goal = Goal(args.objective, quality, args.p95, qualities)
 
-        result = search_with_tune(problem, goal, seed=args.seed, stop=rule)
-        result.reason = "mobo through Ray Tune trials (--tune)"
-    else:
-        result = search(problem, goal, solver=args.solver, seed=args.seed, stop=rule,
-                        progress=not args.json)
-    best = result.best(problem)
+    def run(pr: Problem) -> SearchResult:
+        if args.tune:
+            if args.solver not in ("auto", "mobo"):
+                raise BouteError("--tune runs the mobo solver; drop --solver or use "
+                                 "--solver mobo")
+            from tuning.tune import search_with_tune
+
+            res = search_with_tune(pr, goal, seed=args.seed, stop=rule)
+            res.reason = "mobo through Ray Tune trials (--tune)"
+            return res
+        return search(pr, goal, solver=args.solver, seed=args.seed, stop=rule,
+                      progress=not args.json)
+
+    from profiling import load_catalog
+    from tuning._headroom import FRESH_SEEDS, hold
+
+    held = hold(problem, goal, run, load_catalog(args.gpu_catalog, args.model_catalog),
+                seeds=FRESH_SEEDS[:args.resim_seeds] if args.resim_seeds <= len(FRESH_SEEDS)
+                else tuple(range(101, 101 + args.resim_seeds)),
+                hardware_profiles=args.hardware_profiles)
+    result = held.result
     plan = None
-    if best is not None:
-        plan = plan_from_arrays(problem, result.plans, result.metrics, best,
-                                {"search": {"solver": result.solver, "objective": goal.mode,
-                                            "goal": {"mode": goal.mode, "quality": goal.quality,
-                                                     "p95_s": goal.p95_s}}})
+    if held.plan is not None:
+        extra: dict[str, Any] = {"search": {
+            "solver": result.solver, "objective": goal.mode,
+            "goal": {"mode": goal.mode, "quality": goal.quality, "p95_s": goal.p95_s,
+                     **({"qualities": dict(zip(problem.workloads, goal.qualities,
+                                                strict=True))} if goal.qualities else {})}}}
+        if held.checks:
+            extra["headroom"] = held.summary()
+        plan = held.plan.with_extra(extra)
         plan.save(args.out)
     front = _front_rows(problem, result)
     hv = result.hypervolume(problem)
@@ -149,6 +205,8 @@ def _run_plan(args: argparse.Namespace) -> int:
         payload["plot"] = _plot(problem, front, plan, args.plot)
     if plan is None:
         payload["error"] = _no_plan_message(goal, problem)
+    elif held.checks:
+        payload["headroom"] = held.summary()
 
     def human() -> str:
         lines = [f"{result.solver}: {result.evaluations} evaluations in {result.seconds:.2f} s, "
@@ -162,6 +220,8 @@ def _run_plan(args: argparse.Namespace) -> int:
                          f"{r['cost_per_hour']:>8.2f}")
         lines.append("")
         lines.append(format_plan(plan) if plan else payload["error"])
+        if plan and held.checks:
+            lines.append(_headroom_line(held.summary()))
         if plan:
             lines.append(f"plan written to {args.out}")
         if "plot" in payload:
@@ -174,8 +234,21 @@ def _run_plan(args: argparse.Namespace) -> int:
     return 0 if plan else 1
 
 
+def _headroom_line(h: dict[str, Any]) -> str:
+    worst = h["worst"]
+    head = (f"headroom: {'holds' if h['holds'] else 'DOES NOT HOLD'} on {len(h['seeds'])} "
+            f"fresh traces per group (worst: {worst['group']} P95 {worst['p95_s']:.2f} s vs "
+            f"{worst['target_s']:.2f} s)")
+    if h["derated"]:
+        head += (f"; re-planned {h['rounds'] - 1} time(s) with derated "
+                 f"{', '.join(h['derated'])}")
+    return head
+
+
 def _no_plan_message(goal: Any, problem: Problem) -> str:
-    return (f"no plan meets the goal ({goal.mode}, quality >= {goal.quality}, P95 <= "
+    quality = (goal.quality if goal.qualities is None else
+               dict(zip(problem.workloads, goal.qualities, strict=True)))
+    return (f"no plan meets the goal ({goal.mode}, quality >= {quality}, P95 <= "
             f"{goal.p95_s} s, budget ${problem.budget:g}/h); relax a target or the budget")
 
 
@@ -194,10 +267,19 @@ def _front_rows(problem: Problem, result: SearchResult) -> list[dict[str, float]
 def format_plan(plan: Plan) -> str:
     """A readable table of one plan."""
     pr = plan.predicted
-    lines = [f"plan: strong share {plan.routing.strong_share:.4f}"]
+    rt = plan.routing
+    if rt.is_ladder:
+        lines = ["plan: routing shares per workload (" + " / ".join(rt.models) + ")"]
+        for w in rt.workloads:
+            lines.append(f"  {w.name:<10} {w.rate_rps:>8.2f} req/s  "
+                         + " / ".join(f"{v:.4f}" for v in w.shares)
+                         + f"  quality {w.quality:.3f}")
+    else:
+        lines = [f"plan: strong share {rt.strong_share:.4f}"]
     if pr is not None:
-        lines.append(f"  quality {pr.quality:.3f}, P95 (every group) {pr.p95_s:.2f} s, system "
-                     f"P95 {pr.system_p95_s:.2f} s, mean {pr.mean_s:.2f} s, "
+        norm = " (lowest normalized)" if len(rt.workloads) > 1 else ""
+        lines.append(f"  quality {pr.quality:.3f}{norm}, P95 (every group) {pr.p95_s:.2f} s, "
+                     f"system P95 {pr.system_p95_s:.2f} s, mean {pr.mean_s:.2f} s, "
                      f"${pr.cost_per_hour:.2f}/h, capacity {pr.capacity_rps:.1f} req/s")
     lines.append(f"  {'model':<15}{'gpu':<14}{'tp':>3}{'pp':>3}{'replicas':>9}{'GPUs':>6}"
                  f"{'share':>8}")
@@ -296,7 +378,7 @@ def _run_compare(args: argparse.Namespace) -> int:
 
     problem = load_planning_problem(args)
     targets = (_parse_targets(args.targets) if args.targets else
-               [(t.quality, t.p95_s) for t in problem.scenario.targets])
+               [(t.single_quality, t.p95_s) for t in problem.scenario.targets])
     if not targets:
         raise BouteError("no targets: pass --targets Q:SEC,... or add targets to the scenario")
     rule = stop_rule_from(args)

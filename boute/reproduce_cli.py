@@ -131,7 +131,7 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     scenarios = []
     for problem, grid in zip(problems, grids, strict=True):
         rows = main_results(problem, grid, tick=tick)
-        targets = [(t.quality, t.p95_s) for t in problem.scenario.targets]
+        targets = [(t.single_quality, t.p95_s) for t in problem.scenario.targets]
         columns = compare_targets(problem, targets, seed=args.seed, tick=tick)
         scenarios.append(_scenario_block(problem, rows, columns, headline(rows),
                                          characterization(rows), violations(rows, columns)))

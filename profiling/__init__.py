@@ -7,9 +7,16 @@ Pure planning code: no Ray, no Serve.
 from ._catalog import Catalog, GpuType, ModelArch, load_catalog, load_hf_config
 from ._gpu_names import gpu_type_from_name
 from ._perfdb import PerfDB, build_perfdb, mixture_quantile
-from ._quality import QualityCurve, default_quality_curve
+from ._quality import PUBLISHED_SCORES, CascadeQuality, QualityCurve, default_quality_curve
 from ._replica import ENGINE_PROFILES, Efficiency, EngineConfig, ReplicaModel, parallel_configs
-from ._scenario import DEFAULT_SCENARIO, ProfileSpec, Scenario, list_presets, load_scenario
+from ._scenario import (
+    DEFAULT_SCENARIO,
+    NamedWorkload,
+    ProfileSpec,
+    Scenario,
+    list_presets,
+    load_scenario,
+)
 from ._scheduler import BatchScheduler, SequenceTooLongError, StepPlan
 from ._simulator import QUANTILES, SimResult, capacity_rps, simulate, simulate_closed_loop
 from ._sweep import ConfigMapper, SweepJob, map_serial, process_mapper, sweep_config
@@ -18,15 +25,18 @@ from ._workload import TRACE_SHAPES, Trace, generate_trace, load_trace
 __all__ = [
     "DEFAULT_SCENARIO",
     "ENGINE_PROFILES",
+    "PUBLISHED_SCORES",
     "QUANTILES",
     "TRACE_SHAPES",
     "BatchScheduler",
+    "CascadeQuality",
     "Catalog",
     "ConfigMapper",
     "Efficiency",
     "EngineConfig",
     "GpuType",
     "ModelArch",
+    "NamedWorkload",
     "PerfDB",
     "ProfileSpec",
     "QualityCurve",

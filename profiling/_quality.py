@@ -15,6 +15,8 @@ queries scoring at or above a threshold to the strong model; the threshold that 
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import pyarrow as pa
 
 from common.errors import BouteError
 
-__all__ = ["QualityCurve", "default_quality_curve"]
+__all__ = ["PUBLISHED_SCORES", "CascadeQuality", "QualityCurve", "default_quality_curve"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -183,3 +185,195 @@ def default_quality_curve(task: str) -> QualityCurve:
                           "linear through the BOute paper's shares for 8.1/8.3/8.5")
     raise QualityError(f"task={task!r} has no default quality curve (gsm8k, mtbench); "
                        "give per-query eval records with --quality-records FILE")
+
+
+# -- ladders of K models ------------------------------------------------------------------------
+PUBLISHED_SCORES: dict[str, dict[str, float]] = {
+    # Meta's Llama 3.1 model card, GSM-8K (CoT) 8-shot em_maj1@1 (calibration.md s5).
+    "gsm8k": {"llama-3.1-8b": 84.5, "llama-3.1-70b": 95.1, "llama-3.1-405b": 96.8},
+    # The paper-implied endpoints of the mtbench curve (8B 7.90, 70B 8.93, see
+    # `default_quality_curve`); 405B: 70B's 8.93 plus the published 405B - 70B gap under one
+    # judge (8.49 - 8.22, GPT-4-Turbo judge, NVIDIA's Nemotron card; calibration.md s5).
+    "mtbench": {"llama-3.1-8b": 7.9, "llama-3.1-70b": 8.93, "llama-3.1-405b": 9.2},
+}
+
+
+@dataclass(frozen=True)
+class CascadeQuality:
+    """Quality of a score-ordered cascade over K models, as a function of the routing shares.
+
+    The router scores each query with a difficulty score; K - 1 ordered thresholds send the
+    easiest queries to the smallest model and the hardest to the largest. Routing is described
+    by the *tail shares* ``S_k = sum_{j >= k} s_j`` (k = 2..K): the share of queries sent to
+    model k or a larger one, ``1 >= S_2 >= ... >= S_K >= 0``. Two ways to get quality:
+
+    * ``records``: exactly, from per-query eval records. With queries sorted by score,
+      descending, and ``P_k(t)`` the sum of model k's quality over the first t of them
+      (linear between integers), ``Q(S) = sum_k (P_k(n S_k) - P_k(n S_{k+1})) / n`` with
+      ``S_1 = 1``, ``S_{K+1} = 0``.
+    * ``published``: from one published score per model, ``q_1 <= ... <= q_K``, and the task's
+      pairwise routing curve ``Q_2`` (`default_quality_curve`) as the shape of every step of
+      the ladder: ``Q(S) = q_1 + sum_{k>=2} (q_k - q_{k-1}) g(S_k)``, with
+      ``g(s) = (Q_2(s) - Q_2(0)) / (Q_2(1) - Q_2(0))``: sending the hardest share S_k of
+      queries up from model k-1 to model k gains the fraction ``g(S_k)`` of their quality gap,
+      as routing does between the task's pair. Monotone in every S_k (g is), and with two
+      models it is the pair's curve itself (`pair`).
+
+    Attributes:
+        models: the ladder, smallest first.
+        name, source: labels.
+
+    """
+
+    models: tuple[str, ...]
+    name: str
+    source: str
+    scores: tuple[float, ...] = ()
+    shape: QualityCurve | None = None
+    pair: QualityCurve | None = None
+    sorted_scores: tuple[float, ...] = ()
+    prefix: tuple[tuple[float, ...], ...] = ()
+
+    @property
+    def num_models(self) -> int:
+        """K."""
+        return len(self.models)
+
+    def __call__(self, tails: FloatArray) -> FloatArray:
+        """Quality at tail shares ``(..., K - 1)`` (clipped to [0, 1] and made decreasing)."""
+        t = np.clip(np.asarray(tails, dtype=np.float64), 0.0, 1.0)
+        if self.pair is not None:
+            return self.pair(t[..., 0])
+        t = np.minimum.accumulate(t, axis=-1)
+        if self.shape is not None:
+            q = np.full(t.shape[:-1], self.scores[0])
+            for k in range(1, self.num_models):
+                q = q + (self.scores[k] - self.scores[k - 1]) * self.shape(t[..., k - 1])
+            return q
+        n = len(self.sorted_scores)
+        idx = np.arange(n + 1, dtype=np.float64)
+        bounds = np.concatenate([np.ones((*t.shape[:-1], 1)), t,
+                                 np.zeros((*t.shape[:-1], 1))], axis=-1) * n
+        q = np.zeros(t.shape[:-1])
+        for k in range(self.num_models):
+            p = np.asarray(self.prefix[k])
+            q = q + np.interp(bounds[..., k], idx, p) - np.interp(bounds[..., k + 1], idx, p)
+        return q / n
+
+    def of_shares(self, shares: FloatArray) -> FloatArray:
+        """Quality at per-model shares ``(..., K)`` (smallest model first)."""
+        s = np.asarray(shares, dtype=np.float64)
+        tails = np.cumsum(s[..., ::-1], axis=-1)[..., ::-1][..., 1:]
+        return self(tails)
+
+    @property
+    def lowest(self) -> float:
+        """Quality with every query on the smallest model."""
+        return float(self(np.zeros(self.num_models - 1)))
+
+    @property
+    def highest(self) -> float:
+        """Quality with every query on the largest model."""
+        return float(self(np.ones(self.num_models - 1)))
+
+    def thresholds_for(self, tails: FloatArray) -> tuple[float, ...]:
+        """Router-score thresholds ``(t_2, ..., t_K)`` giving tail shares S (NaN if unknown).
+
+        A query with score >= ``t_k`` goes to model k or above: ``t_k`` is the score of the
+        ``n S_k``-th hardest query.
+        """
+        t = np.asarray(tails, dtype=np.float64)
+        if self.pair is not None:
+            return (self.pair.threshold_for(float(t[0])),)
+        if not self.sorted_scores:
+            return tuple(math.nan for _ in t)
+        ss = np.concatenate([[np.nextafter(1.0, 2.0)], np.asarray(self.sorted_scores)])
+        n = len(self.sorted_scores)
+        return tuple(float(np.interp(v * n, np.arange(n + 1), ss)) for v in t)
+
+    @classmethod
+    def of_pair(cls, curve: QualityCurve, models: tuple[str, str]) -> CascadeQuality:
+        """Two models: the pair's curve as it is."""
+        return cls(models, curve.name, curve.source, pair=curve)
+
+    @classmethod
+    def published(cls, task: str, models: tuple[str, ...],
+                  scores: dict[str, float] | None = None) -> CascadeQuality:
+        """From per-model scores (`PUBLISHED_SCORES`, or `scores` first) and the task's shape.
+
+        Raises:
+            QualityError: a model has no score on the task, or the scores decrease along the
+                ladder (order the models by capability, or give eval records).
+
+        """
+        known = {**PUBLISHED_SCORES.get(task, {}), **(scores or {})}
+        missing = [m for m in models if m not in known]
+        if missing:
+            raise QualityError(f"task={task!r} has no published score for {missing}; give "
+                               f"`scores: {{{missing[0]}: ...}}` in the workload, or "
+                               "per-query eval records (quality_records)")
+        q = tuple(float(known[m]) for m in models)
+        if any(b < a for a, b in itertools.pairwise(q)):
+            raise QualityError(f"task={task!r}: scores {dict(zip(models, q, strict=True))} "
+                               "decrease along the ladder; list models smallest first")
+        base = default_quality_curve(task)
+        lo, hi = base.quality[0], base.quality[-1]
+        shape = QualityCurve(base.shares, tuple((v - lo) / (hi - lo) for v in base.quality),
+                             tuple((v - lo) / (hi - lo) for v in base.exact),
+                             base.thresholds, f"{task}-shape", base.source)
+        return cls(models, task, f"published scores {dict(zip(models, q, strict=True))}; "
+                   f"shape of {base.source}", scores=q, shape=shape)
+
+    @classmethod
+    def from_records(cls, router_score: FloatArray, quality: FloatArray,
+                     models: tuple[str, ...], *, name: str = "records") -> CascadeQuality:
+        """Exact cascade quality from eval records (``quality``: ``(n, K)``, smallest first).
+
+        Raises:
+            QualityError: empty, mismatched shapes or scores outside [0, 1].
+
+        """
+        score = np.asarray(router_score, dtype=np.float64)
+        q = np.asarray(quality, dtype=np.float64)
+        n = len(score)
+        if n == 0 or q.shape != (n, len(models)):
+            raise QualityError(f"eval records: {n} scores and quality of shape {q.shape}; "
+                               f"need one quality column per model ({len(models)})")
+        if np.isnan(score).any() or np.any((score < 0) | (score > 1)):
+            raise QualityError("eval records: router_score must lie in [0, 1]")
+        order = np.argsort(-score, kind="stable")
+        prefix = tuple(tuple(np.concatenate([[0.0], np.cumsum(q[order, k])]))
+                       for k in range(len(models)))
+        return cls(models, name, f"{n} eval records", sorted_scores=tuple(score[order]),
+                   prefix=prefix)
+
+    @classmethod
+    def from_file(cls, path: str | Path, models: tuple[str, ...]) -> CascadeQuality:
+        """Eval records from Parquet/CSV: ``router_score`` and ``quality_<model>`` per model.
+
+        With two models, ``quality_weak`` / ``quality_strong`` also work (and give the pair's
+        monotone curve, `QualityCurve.from_parquet`).
+
+        Raises:
+            QualityError: unreadable file or a missing column (named).
+
+        """
+        import pyarrow.csv as pa_csv
+        import pyarrow.parquet as pq
+
+        p = Path(path)
+        try:
+            table = pq.read_table(p) if p.suffix == ".parquet" else pa_csv.read_csv(p)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise QualityError(f"eval records {str(p)!r}: cannot read "
+                               f"({str(exc).splitlines()[0]})") from None
+        cols = table.column_names
+        if len(models) == 2 and {"quality_weak", "quality_strong"} <= set(cols):
+            return cls.of_pair(QualityCurve.from_parquet(p), (models[0], models[1]))
+        need = ["router_score"] + [f"quality_{m}" for m in models]
+        missing = [c for c in need if c not in cols]
+        if missing:
+            raise QualityError(f"eval records {str(p)!r}: missing column(s) {missing} (one "
+                               "quality_<model> column per model of the ladder)")
+        arr = [table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in need]
+        return cls.from_records(arr[0], np.stack(arr[1:], axis=1), models, name=p.stem)

@@ -26,8 +26,8 @@ from ._workload import TRACE_SHAPES, Trace, generate_trace, load_trace
 if TYPE_CHECKING:
     from ._catalog import Catalog, GpuType
 
-__all__ = ["DEFAULT_SCENARIO", "ProfileSpec", "Scenario", "ScenarioError", "list_presets",
-           "load_scenario"]
+__all__ = ["DEFAULT_SCENARIO", "NamedWorkload", "ProfileSpec", "Scenario", "ScenarioError",
+           "list_presets", "load_scenario"]
 
 DEFAULT_SCENARIO = "paper-gsm8k"
 # Bounds that catch typos and unit mix-ups before a sweep starts: the paper's setting is
@@ -66,6 +66,11 @@ class ModelPair(_Strict):
     strong: str = Field("llama-3.1-70b", description="Catalog name of the large model.")
 
 
+MAX_MODELS = 8
+"""Models of one ladder: the search's dimension grows by one per model and workload."""
+MAX_WORKLOADS = 8
+
+
 class Workload(_Strict):
     """The request stream: a built-in shape or a trace file, at a total rate."""
 
@@ -86,6 +91,24 @@ class Workload(_Strict):
         return self
 
 
+class NamedWorkload(Workload):
+    """One of several workloads sharing the GPU pool: its own traffic, task and quality.
+
+    Requests carry the workload's name (model alias ``auto:NAME`` or the ``x-boute-workload``
+    header); each workload gets its own routing shares over the models.
+    """
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", description="Workload name, "
+                      "used in plans, request metadata and metrics (lower case, digits, - _).")
+    task: str = Field("gsm8k", description="Task of its quality (gsm8k, mtbench, ...).")
+    scores: dict[str, float] | None = Field(
+        None, description="Published score of each model on the task, by catalog name "
+        "(overrides the embedded ones; needed for models the task has none for).")
+    quality_records: str | None = Field(
+        None, description="Per-query eval records (Parquet/CSV: router_score and "
+        "quality_<model> per model) giving its quality exactly.")
+
+
 class ProfileSettings(_Strict):
     """How densely the perf DB samples each replica config."""
 
@@ -101,11 +124,35 @@ class ProfileSettings(_Strict):
 
 
 class Target(_Strict):
-    """A (quality, P95 latency) target of the paper's Table 3."""
+    """A (quality, P95 latency) target of the paper's Table 3.
 
-    quality: float = Field(description="Minimum quality (task's unit).")
+    With several workloads, ``quality`` maps each workload's name to its minimum quality.
+    """
+
+    quality: float | dict[str, float] = Field(
+        description="Minimum quality (task's unit); with several workloads, one per "
+        "workload name.")
     p95_s: float = Field(gt=0, le=MAX_LATENCY_S, description="Maximum P95 latency, seconds "
                          "(every replica group meets it; see README, planning P95).")
+
+    @property
+    def single_quality(self) -> float:
+        """The quality of a one-workload target.
+
+        Raises:
+            ScenarioError: the target gives one quality per workload.
+
+        """
+        if isinstance(self.quality, dict):
+            raise ScenarioError(f"target quality {self.quality} is per workload; this step "
+                                "needs one number")
+        return self.quality
+
+    def qualities(self, workloads: tuple[str, ...]) -> tuple[float, ...]:
+        """Minimum quality of each workload, in `workloads` order."""
+        if isinstance(self.quality, dict):
+            return tuple(self.quality[w] for w in workloads)
+        return tuple(self.quality for _ in workloads)
 
 
 class Scenario(_Strict):
@@ -113,9 +160,13 @@ class Scenario(_Strict):
 
     name: str = Field("custom", description="Scenario name (shown in outputs).")
     gpus: dict[str, GpuOffer] = Field(description="GPU types on offer, by catalog name.")
-    models: ModelPair = Field(default_factory=lambda: ModelPair(), description="Model pair.")
+    models: ModelPair | list[str] = Field(
+        default_factory=lambda: ModelPair(), description="Model pair {weak, strong}, or a "
+        "ladder of 2 to 8 catalog models in order of capability (smallest first).")
     task: str = Field("gsm8k", description="Task of the quality curve (gsm8k, mtbench, ...).")
     workload: Workload = Field(default_factory=lambda: Workload(), description="Request stream.")
+    workloads: list[NamedWorkload] | None = Field(
+        None, description="Several workloads on one pool (replaces `workload` and `task`).")
     budget_per_hour: float = Field(30.0, gt=0, le=MAX_BUDGET_PER_HOUR,
                                    description="Budget, $/hour.")
     targets: list[Target] = Field(default_factory=list, description="Table-3 targets.")
@@ -130,7 +181,86 @@ class Scenario(_Strict):
     def _some_gpus(self) -> Scenario:
         if not self.gpus:
             raise ValueError("gpus must list at least one GPU type")
+        if isinstance(self.models, list):
+            if not 2 <= len(self.models) <= MAX_MODELS:
+                raise ValueError(f"models lists {len(self.models)} model(s); a ladder has 2 "
+                                 f"to {MAX_MODELS}, smallest first")
+            if len(set(self.models)) != len(self.models):
+                raise ValueError(f"models={self.models} names a model twice; list each once")
+        if self.workloads is not None:
+            if not 1 <= len(self.workloads) <= MAX_WORKLOADS:
+                raise ValueError(f"workloads lists {len(self.workloads)}; give 1 to "
+                                 f"{MAX_WORKLOADS}")
+            names = [w.name for w in self.workloads]
+            if len(set(names)) != len(names):
+                raise ValueError(f"workloads: the names {names} repeat; name each once")
+            clash = {"workload", "task"} & self.model_fields_set
+            if clash:
+                raise ValueError(f"set either workloads or {' and '.join(sorted(clash))}, not "
+                                 "both (each workload has its own rate, shape and task)")
+        for i, t in enumerate(self.targets):
+            if isinstance(t.quality, dict):
+                want = set(self.workload_names)
+                if set(t.quality) != want:
+                    raise ValueError(f"targets[{i}].quality names {sorted(t.quality)}; give "
+                                     f"one quality per workload: {sorted(want)}")
+            elif self.workloads is not None and len(self.workloads) > 1:
+                raise ValueError(f"targets[{i}].quality={t.quality} is one number but there "
+                                 f"are {len(self.workloads)} workloads; map each workload "
+                                 f"name to its quality")
         return self
+
+    # -- the ladder and the workloads ------------------------------------------------------
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """The models, smallest first (``(weak, strong)`` for a pair)."""
+        if isinstance(self.models, ModelPair):
+            return (self.models.weak, self.models.strong)
+        return tuple(self.models)
+
+    @property
+    def named_workloads(self) -> tuple[NamedWorkload, ...]:
+        """The workloads; a scenario with one `workload` has one named ``default``."""
+        if self.workloads is not None:
+            return tuple(self.workloads)
+        return (NamedWorkload(name="default", task=self.task,
+                              **self.workload.model_dump()),)
+
+    @property
+    def workload_names(self) -> tuple[str, ...]:
+        """Names of `named_workloads`."""
+        return tuple(w.name for w in self.named_workloads)
+
+    @property
+    def total_rate_rps(self) -> float:
+        """Sum of the workloads' rates."""
+        return float(sum(w.rate_rps for w in self.named_workloads))
+
+    @property
+    def is_pair(self) -> bool:
+        """Two models and one workload: the paper's setting (its exact solver and encoding)."""
+        return len(self.model_names) == 2 and len(self.named_workloads) == 1
+
+    def for_workload(self, name: str) -> Scenario:
+        """The scenario cut to workload `name` (its perf DB is profiled on that traffic).
+
+        A scenario with one `workload` is itself; one with a ``workloads`` list keeps that
+        one entry and is named ``<scenario>-<workload>``.
+        """
+        wl = next(w for w in self.named_workloads if w.name == name)
+        if self.workloads is None:
+            return self
+        return self.model_copy(update={"name": f"{self.name}-{name}", "workloads": [wl]})
+
+    def with_rates(self, rates: dict[str, float]) -> Scenario:
+        """A copy with new rates for the named workloads (the others keep theirs)."""
+        if self.workloads is None:
+            rate = rates.get("default", self.workload.rate_rps)
+            return self.model_copy(update={"workload": self.workload.model_copy(
+                update={"rate_rps": rate})})
+        return self.model_copy(update={"workloads": [
+            w.model_copy(update={"rate_rps": rates.get(w.name, w.rate_rps)})
+            for w in self.workloads]})
 
     def profile_spec(self) -> ProfileSpec:
         """The profiling view of this scenario."""
@@ -194,11 +324,13 @@ class Scenario(_Strict):
         """
         where = f"scenario {source or self.name!r}"
         self.offered_gpus(catalog, source)
-        for role in ("weak", "strong"):
+        for i, name in enumerate(self.model_names):
+            field = (("models.weak", "models.strong")[i] if isinstance(self.models, ModelPair)
+                     else f"models[{i}]")
             try:
-                catalog.model(getattr(self.models, role))
+                catalog.model(name)
             except CatalogError as exc:
-                raise ScenarioError(f"{where}: models.{role}: {exc}") from None
+                raise ScenarioError(f"{where}: {field}: {exc}") from None
 
 
 class ProfileSpec:
@@ -216,13 +348,17 @@ class ProfileSpec:
         for key, offer in scenario.gpus.items():
             gpu = scenario.catalog_gpu(key)
             self.gpus[gpu] = max(self.gpus.get(gpu, 0), offer.count)
-        self.models = list(dict.fromkeys([scenario.models.weak, scenario.models.strong]))
+        self.models = list(dict.fromkeys(scenario.model_names))
         self.num_rates = scenario.profile.num_rates
         self.hardware_profiles = scenario.profile.hardware_profiles
 
     @cached_property
     def _base(self) -> Trace:
-        wl, pr = self.scenario.workload, self.scenario.profile
+        workloads = self.scenario.named_workloads
+        if len(workloads) != 1:
+            raise ScenarioError(f"scenario {self.name!r} has {len(workloads)} workloads: "
+                                "profile each one (`Scenario.for_workload`)")
+        wl, pr = workloads[0], self.scenario.profile
         if wl.trace is not None:
             trace = load_trace(wl.trace).head(pr.num_requests)
             return trace.scaled_to(1.0) if trace.duration_s > 0 else trace

@@ -77,6 +77,10 @@ def _probe_levels(problem: Problem, goal: Goal) -> tuple[list[float], float, flo
 def choose_solver(problem: Problem, goal: Goal, *, budget_s: float = EXACT_BUDGET_S
                   ) -> SolverChoice:
     """Probe the exact DP and pick ``exact`` or ``mobo`` (see the module docstring)."""
+    if not problem.is_pair:
+        return SolverChoice("mobo", f"{problem.num_models} models and "
+                            f"{len(problem.workloads)} workload(s): the exact DP covers two "
+                            "models and one workload", None)
     levels, runs, clip = _probe_levels(problem, goal)
     budget = None if goal.mode == "min-cost" else problem.budget
     probe_limit_s = PROBE_DEADLINE_FACTOR * budget_s

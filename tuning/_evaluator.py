@@ -19,10 +19,19 @@ For plan b and model m with load ``lambda_m`` (see `tuning._problem`):
 
 Constraints: budget, GPU stock per type, TP within a node, memory fit (the config is in the DB)
 and no saturation. `explain` names each violated constraint and by how much.
+
+**Ladders** (K models, W workloads; `PlanArrays.shares` set): model m's load is
+``lambda_m = sum_w s_{w,m} lambda_w`` and each of its groups serves the mix ``f_w =
+s_{w,m} lambda_w / lambda_m``, so the capacity curves above use ``cap_mix`` (`Problem.mix_cap`)
+instead of ``cap``; everything else is the same, over K models. Quality is per workload
+(`workload_quality`, the workload's `profiling.CascadeQuality`); ``quality`` is that of the one
+workload, or with several the lowest *normalized* quality ``(Q_w - Q_w^low) / (Q_w^high -
+Q_w^low)`` (0: every query on the smallest model, 1: on the largest).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,11 +40,11 @@ import numpy.typing as npt
 from common.errors import BouteError
 from profiling import mixture_quantile
 
-from ._plan import Group, Plan, Predicted, Routing
-from ._problem import STRONG, WEAK, Problem
+from ._plan import Group, Plan, Predicted, Routing, WorkloadRouting
+from ._problem import Problem
 
 __all__ = ["BatchMetrics", "InfeasiblePlanError", "PlanArrays", "evaluate_arrays",
-           "evaluate_plan", "explain", "plan_from_arrays", "plan_to_arrays"]
+           "evaluate_plan", "explain", "ladder_arrays", "plan_from_arrays", "plan_to_arrays"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -54,14 +63,29 @@ class InfeasiblePlanError(BouteError, ValueError):
 
 @dataclass(frozen=True)
 class PlanArrays:
-    """A batch of B plans with G group slots each (``config == -1``: empty slot)."""
+    """A batch of B plans with G group slots each (``config == -1``: empty slot).
+
+    ``shares`` ``(B, W, K)``: each workload's share per model (ladders); None for the pair,
+    whose routing is ``strong_share``. For ladders ``strong_share`` is the share of all
+    traffic on the largest model.
+    """
 
     strong_share: FloatArray   # (B,)
     config: IntArray           # (B, G)
     replicas: IntArray         # (B, G)
+    shares: FloatArray | None = None
 
     def __len__(self) -> int:
         return len(self.strong_share)
+
+
+def ladder_arrays(problem: Problem, shares: FloatArray, config: IntArray, replicas: IntArray
+                  ) -> PlanArrays:
+    """Plans of a ladder from their ``(B, W, K)`` shares (``strong_share`` derived)."""
+    sh = np.asarray(shares, dtype=np.float64)
+    top = (sh[:, :, -1] * problem.workload_rates).sum(axis=1) / problem.rate_rps
+    return PlanArrays(top, np.asarray(config, dtype=np.int64),
+                      np.asarray(replicas, dtype=np.int64), sh)
 
 
 @dataclass(frozen=True)
@@ -69,7 +93,7 @@ class BatchMetrics:
     """Metrics of a batch of plans (``(B,)`` arrays unless noted)."""
 
     p95_s: FloatArray          # planning P95 (+inf when saturated)
-    model_p95_s: FloatArray    # (B, 2) x_m* of (weak, strong)
+    model_p95_s: FloatArray    # (B, K) x_m* of each model (weak, strong for the pair)
     quality: FloatArray
     cost_per_hour: FloatArray
     gpus_used: IntArray        # (B, T)
@@ -77,6 +101,7 @@ class BatchMetrics:
     within_budget: BoolArray
     within_stock: BoolArray
     unsaturated: BoolArray
+    workload_quality: FloatArray   # (B, W)
 
     @property
     def feasible(self) -> BoolArray:
@@ -101,6 +126,50 @@ def _crossing(problem: Problem, curve: FloatArray, need: FloatArray) -> FloatArr
     return np.where(need <= 0, 0.0, x)
 
 
+def _at_level(problem: Problem, table: FloatArray, x_s: float) -> FloatArray:
+    """A ``(..., L)`` capacity table at level `x_s`, as `Problem.cap_at` interpolates."""
+    pos = float(np.interp(np.log(max(x_s, 1e-12)), np.log(problem.levels_s),
+                          np.arange(len(problem.levels_s), dtype=np.float64), left=-1.0))
+    if pos < 0:
+        return np.zeros(table.shape[:-1])
+    lo = min(int(np.floor(pos)), len(problem.levels_s) - 1)
+    hi = min(lo + 1, len(problem.levels_s) - 1)
+    w = min(max(pos - lo, 0.0), 1.0)
+    return np.asarray((1 - w) * table[..., lo] + w * table[..., hi])
+
+
+def _ladder_loads(problem: Problem, plans: PlanArrays, model: IntArray, safe: IntArray
+                  ) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Model loads ``(B, K)``, per-slot mix capacity ``(B, G, L)``, workload quality."""
+    assert plans.shares is not None
+    wl = problem.workload_loads(plans.shares)                         # (B, W, K)
+    loads = wl.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(loads[:, None, :] > 0, wl / loads[:, None, :], 0.0)   # (B, W, K)
+    if len(problem.workloads) == 1:
+        slot_cap = problem.caps[0][safe]
+    else:
+        f = np.take_along_axis(frac, model[:, None, :], axis=2)        # (B, W, G)
+        inv = np.zeros((*safe.shape, len(problem.levels_s)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for w in range(len(problem.workloads)):
+                fw = f[:, w, :, None]
+                inv = inv + np.where(fw > 0, fw / problem.caps[w][safe], 0.0)
+            slot_cap = np.where(np.isfinite(inv) & (inv > 0), 1.0 / inv, 0.0)
+    wq = np.stack([c.of_shares(plans.shares[:, w, :]) for w, c in enumerate(problem.cascades)],
+                  axis=1)
+    return loads, slot_cap, wq
+
+
+def _summary_quality(problem: Problem, wq: FloatArray) -> FloatArray:
+    """One workload: its quality; several: the lowest normalized quality."""
+    if wq.shape[1] == 1:
+        return np.asarray(wq[:, 0])
+    lo = np.array([c.lowest for c in problem.cascades])
+    hi = np.array([c.highest for c in problem.cascades])
+    return np.asarray(((wq - lo) / np.where(hi > lo, hi - lo, 1.0)).min(axis=1))
+
+
 def evaluate_arrays(
     problem: Problem, plans: PlanArrays, p95_target_s: float | None = None
 ) -> BatchMetrics:
@@ -109,31 +178,40 @@ def evaluate_arrays(
     reps = np.where(cfg >= 0, np.asarray(plans.replicas, dtype=np.int64), 0)
     safe = np.maximum(cfg, 0)
     s = np.asarray(plans.strong_share, dtype=np.float64)
-    loads = problem.loads(s)                                          # (B, 2)
+    model = problem.cfg_model[safe]
+    level = problem.ceiling_s if p95_target_s is None else p95_target_s
+    if plans.shares is None:
+        loads = problem.loads(s)                                      # (B, 2)
+        caps = reps[..., None] * problem.cap[safe]                    # (B, G, L)
+        cap_l = reps * problem.cap_at(level)[safe]
+        quality = problem.quality(s)
+        wq = quality[:, None]
+    else:
+        loads, slot_cap, wq = _ladder_loads(problem, plans, model, safe)
+        caps = reps[..., None] * slot_cap
+        cap_l = reps * _at_level(problem, slot_cap, level)
+        quality = _summary_quality(problem, wq)
     cost = (reps * problem.cfg_price[safe]).sum(axis=1)
     n_types = len(problem.gpu_types)
     gpus = reps * problem.cfg_gpus[safe]
     used = np.zeros((len(s), n_types), dtype=np.int64)
     for t in range(n_types):
         used[:, t] = (gpus * (problem.cfg_type[safe] == t)).sum(axis=1)
-    caps = reps[..., None] * problem.cap[safe]                        # (B, G, K)
-    model = problem.cfg_model[safe]
-    curves = np.stack([(caps * (model == m)[..., None]).sum(axis=1) for m in (WEAK, STRONG)],
-                      axis=1)                                         # (B, 2, K)
-    x = _crossing(problem, curves, loads)                             # (B, 2)
+    ms = range(problem.num_models)
+    curves = np.stack([(caps * (model == m)[..., None]).sum(axis=1) for m in ms],
+                      axis=1)                                         # (B, K, L)
+    x = _crossing(problem, curves, loads)                             # (B, K)
     p95 = x.max(axis=1)
-    level = problem.ceiling_s if p95_target_s is None else p95_target_s
-    cap_l = reps * problem.cap_at(level)[safe]
     with np.errstate(divide="ignore", invalid="ignore"):
         alpha = np.stack([np.where(loads[:, m] > 0, (cap_l * (model == m)).sum(axis=1)
-                                   / loads[:, m], np.inf) for m in (WEAK, STRONG)], axis=1)
+                                   / loads[:, m], np.inf) for m in ms], axis=1)
     capacity = alpha.min(axis=1) * problem.rate_rps
     return BatchMetrics(
-        p95_s=p95, model_p95_s=x, quality=problem.quality(s), cost_per_hour=cost,
+        p95_s=p95, model_p95_s=x, quality=quality, cost_per_hour=cost,
         gpus_used=used, capacity_rps=np.where(np.isfinite(capacity), capacity, 0.0),
         within_budget=cost <= problem.budget + BUDGET_TOL,
         within_stock=np.all(used <= problem.stock, axis=1),
-        unsaturated=np.isfinite(p95))
+        unsaturated=np.isfinite(p95), workload_quality=wq)
 
 
 # -- single plans ---------------------------------------------------------------------------
@@ -175,8 +253,39 @@ def plan_to_arrays(problem: Problem, plan: Plan) -> PlanArrays:
         reps.append(g.replicas)
     if errors:
         raise InfeasiblePlanError(errors)
-    return PlanArrays(np.array([plan.routing.strong_share]), np.array([cfgs], dtype=np.int64),
-                      np.array([reps], dtype=np.int64))
+    config, replicas = np.array([cfgs], dtype=np.int64), np.array([reps], dtype=np.int64)
+    if problem.is_pair and not plan.routing.is_ladder:
+        return PlanArrays(np.array([plan.routing.strong_share]), config, replicas)
+    return ladder_arrays(problem, _plan_shares(problem, plan)[None], config, replicas)
+
+
+def _plan_shares(problem: Problem, plan: Plan) -> FloatArray:
+    """``(W, K)`` shares of a plan for this problem (a pair plan's from its strong share).
+
+    Raises:
+        InfeasiblePlanError: the plan's models or workloads are not the scenario's.
+
+    """
+    rt = plan.routing
+    if not rt.is_ladder:
+        if problem.num_models != 2 or len(problem.workloads) != 1:
+            raise InfeasiblePlanError([
+                f"routing: the plan routes a pair (strong_share) but the scenario has "
+                f"{problem.num_models} models and {len(problem.workloads)} workload(s); "
+                "plan it again with `boute plan`"])
+        return np.array([[1.0 - rt.strong_share, rt.strong_share]])
+    errors = []
+    if tuple(rt.models) != problem.models:
+        errors.append(f"routing.models={list(rt.models)} is not the scenario's ladder "
+                      f"{list(problem.models)}")
+    names = [w.name for w in rt.workloads]
+    if sorted(names) != sorted(problem.workloads):
+        errors.append(f"routing.workloads {names} are not the scenario's "
+                      f"{list(problem.workloads)}")
+    if errors:
+        raise InfeasiblePlanError(errors)
+    by_name = {w.name: w for w in rt.workloads}
+    return np.array([by_name[w].shares for w in problem.workloads], dtype=np.float64)
 
 
 def explain(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b: int = 0) -> list[str]:
@@ -191,26 +300,90 @@ def explain(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b: int =
         if used > have:
             out.append(f"GPU stock: {used} x {name} used but {have} on offer (short by "
                        f"{used - have})")
-    loads = problem.loads(plans.strong_share[b])
-    for m in (WEAK, STRONG):
+    loads = _model_loads(problem, plans, b)
+    for m in range(problem.num_models):
         if not np.isfinite(metrics.model_p95_s[b, m]):
             cfg, reps = plans.config[b], plans.replicas[b]
             ok = (cfg >= 0) & (problem.cfg_model[np.maximum(cfg, 0)] == m)
-            top = float((reps[ok] * problem.cap[cfg[ok], -1]).sum())
+            top = float((reps[ok] * _slot_caps(problem, plans, b)[ok, -1]).sum())
             out.append(f"saturation: {problem.models[m]} gets {loads[m]:.2f} req/s but its "
                        f"groups serve at most {top:.2f} req/s with P95 <= "
                        f"{problem.ceiling_s:g} s (short by {loads[m] - top:.2f} req/s)")
     return out
 
 
+def _model_loads(problem: Problem, plans: PlanArrays, b: int) -> FloatArray:
+    """``(K,)`` load of each model in plan `b`."""
+    if plans.shares is None:
+        return problem.loads(plans.strong_share[b])
+    return np.asarray(problem.workload_loads(plans.shares[b:b + 1])[0].sum(axis=0))
+
+
+def _slot_caps(problem: Problem, plans: PlanArrays, b: int) -> FloatArray:
+    """``(G, L)`` capacity table of each slot of plan `b` for its model's workload mix."""
+    cfg = np.maximum(plans.config[b], 0)
+    if plans.shares is None:
+        return np.asarray(problem.cap[cfg])
+    one = PlanArrays(plans.strong_share[b:b + 1], plans.config[b:b + 1],
+                     plans.replicas[b:b + 1], plans.shares[b:b + 1])
+    _, slot_cap, _ = _ladder_loads(problem, one, problem.cfg_model[cfg][None], cfg[None])
+    return np.asarray(slot_cap[0])
+
+
+def _detail_ladder(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b: int
+                   ) -> tuple[list[float], float, float]:
+    """`_detail` of a ladder: each group's latency is the mixture of its workloads'.
+
+    A group at utilization ``u`` of its mix capacity at ``x_m*`` serves workload w's requests
+    as its DB does at ``u cap_w(x_m*)`` req/s (the harmonic model of `tuning._problem`).
+    """
+    assert plans.shares is not None
+    cfg, reps = plans.config[b], plans.replicas[b]
+    wl = problem.workload_loads(plans.shares[b:b + 1])[0]                # (W, K)
+    loads = wl.sum(axis=0)
+    slot = _slot_caps(problem, plans, b)
+    shares = [0.0] * len(cfg)
+    quants, means, weights = [], [], []
+    for m in range(problem.num_models):
+        idx = [i for i, c in enumerate(cfg) if c >= 0 and problem.cfg_model[c] == m]
+        if not idx or loads[m] <= 0:
+            continue
+        x = float(metrics.model_p95_s[b, m])
+        per = np.array([_at_level(problem, slot[i], x) for i in idx])
+        lam = per * reps[idx]
+        lam = lam / lam.sum() if lam.sum() > 0 else np.full(len(idx), 1.0 / len(idx))
+        for j, i in enumerate(idx):
+            shares[i] = float(lam[j])
+            if lam[j] <= 0 or per[j] <= 0:
+                continue
+            util = min(1.0, lam[j] * loads[m] / reps[i] / per[j])
+            for w in range(len(problem.workloads)):
+                if wl[w, m] <= 0:
+                    continue
+                rate = util * float(_at_level(problem, problem.caps[w][cfg[i]], x))
+                q, mean, _ = problem.dbs[w].lookup(np.array([problem.cfg_dbs[w, cfg[i]]]),
+                                                   np.array([rate]))
+                quants.append(q[0])
+                means.append(float(mean[0]))
+                weights.append(lam[j] * wl[w, m] / problem.rate_rps)
+    if not weights:
+        return shares, 0.0, 0.0
+    wts = np.asarray(weights)
+    p95 = float(mixture_quantile(np.asarray(quants)[None], wts[None],
+                                 list(problem.db.quantile_levels), 0.95)[0])
+    return shares, p95, float((wts * np.asarray(means)).sum() / wts.sum())
+
+
 def _detail(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b: int
             ) -> tuple[list[float], float, float]:
     """Group shares within their model, system P95 and mean latency of plan `b`."""
+    if plans.shares is not None:
+        return _detail_ladder(problem, plans, metrics, b)
     cfg, reps = plans.config[b], plans.replicas[b]
     loads = problem.loads(plans.strong_share[b])
     shares = [0.0] * len(cfg)
     rates, weights, rows = [], [], []
-    for m in (WEAK, STRONG):
+    for m in range(problem.num_models):
         idx = [i for i, c in enumerate(cfg) if c >= 0 and problem.cfg_model[c] == m]
         if not idx or loads[m] <= 0:
             continue
@@ -247,24 +420,36 @@ def plan_from_arrays(problem: Problem, plans: PlanArrays, metrics: BatchMetrics,
                             round(shares[i], 6)))
     s = float(plans.strong_share[b])
     feasible = bool(metrics.feasible[b])
+    if plans.shares is None:
+        routing = Routing(s, problem.quality.threshold_for(s))
+    else:
+        routing = Routing(s, math.nan, models=problem.models, workloads=tuple(
+            WorkloadRouting(name, tuple(round(float(v), 6) for v in plans.shares[b, w]),
+                            problem.cascades[w].thresholds_for(
+                                np.cumsum(plans.shares[b, w, ::-1])[::-1][1:]),
+                            float(problem.workload_rates[w]),
+                            float(metrics.workload_quality[b, w]))
+            for w, name in enumerate(problem.workloads)))
     predicted = Predicted(
         p95_s=float(metrics.p95_s[b]), system_p95_s=sys_p95, mean_s=mean,
         quality=float(metrics.quality[b]), cost_per_hour=float(metrics.cost_per_hour[b]),
         throughput_rps=problem.rate_rps if feasible else 0.0,
         capacity_rps=float(metrics.capacity_rps[b]))
-    return Plan(Routing(s, problem.quality.threshold_for(s)), tuple(groups), predicted,
-                scenario_summary(problem), dict(extra or {}))
+    return Plan(routing, tuple(groups), predicted, scenario_summary(problem), dict(extra or {}))
 
 
 def scenario_summary(problem: Problem) -> dict[str, object]:
     """The scenario block written into plan files."""
     sc = problem.scenario
+    models: object = ({"weak": problem.models[0], "strong": problem.models[1]}
+                      if problem.num_models == 2 else list(problem.models))
     return {"name": sc.name, "rate_rps": problem.rate_rps, "budget_per_hour": problem.budget,
-            "task": sc.task, "models": {"weak": problem.models[0], "strong": problem.models[1]},
+            "task": sc.task, "models": models,
             "gpus": {g: {"count": int(n), "price_per_hour": float(p)} for g, n, p in
                      zip(problem.gpu_types, problem.stock, problem.gpu_price, strict=True)},
             # the whole scenario, so that replanning can re-optimize for new traffic
-            "spec": sc.model_dump(mode="json")}
+            "spec": sc.model_dump(mode="json", exclude=(
+                {"workloads"} if sc.workloads is None else {"workload", "task"}))}
 
 
 def evaluate_plan(problem: Problem, plan: Plan, p95_target_s: float | None = None) -> Plan:

@@ -30,7 +30,7 @@ BoolArray = npt.NDArray[np.bool_]
 
 def normalized(problem: Problem, p95_s: FloatArray, quality: FloatArray) -> FloatArray:
     """``(N, 2)`` normalized (q_n, y_n), clipped to [0, 1] (inf latency -> y_n = 0)."""
-    q0, q1 = float(problem.quality(0.0)), float(problem.quality(1.0))
+    q0, q1 = problem.quality_range()
     qn = (np.asarray(quality, dtype=np.float64) - q0) / ((q1 - q0) or 1.0)
     with np.errstate(divide="ignore"):
         yn = np.log(problem.ceiling_s / np.asarray(p95_s, dtype=np.float64)) / np.log(

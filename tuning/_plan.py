@@ -10,6 +10,18 @@
 
 ``share`` is the share of *its model's* load that a group receives (shares of one model's groups
 sum to 1). ``predicted`` is optional on input (`boute evaluate` recomputes it).
+
+A *ladder* (K models, or several workloads) adds to ``routing``
+
+```
+"models": [smallest, ..., largest],
+"workloads": [{"name", "rate_rps", "shares": {model: share}, "thresholds": [t_2, ..., t_K],
+               "quality"}, ...]
+```
+
+where each workload's shares sum to 1 and a query of the workload with router score >= t_k
+goes to model k or a larger one (NaN / null: calibrated live); ``strong_share`` is then the
+share of all traffic on the largest model. Two models and one workload keep the pair format.
 """
 
 from __future__ import annotations
@@ -23,7 +35,8 @@ from typing import Any
 from common.errors import BouteError
 from common.textfile import read_utf8
 
-__all__ = ["MAX_GROUP_GPUS", "Group", "Plan", "PlanError", "Predicted", "Routing"]
+__all__ = ["MAX_GROUP_GPUS", "Group", "Plan", "PlanError", "Predicted", "Routing",
+           "WorkloadRouting"]
 
 MAX_GROUP_GPUS = 4096
 """GPUs one replica group may use: a group is one GPU type, and a scenario offers at most
@@ -35,12 +48,55 @@ class PlanError(BouteError, ValueError):
 
 
 @dataclass(frozen=True)
+class WorkloadRouting:
+    """One workload's routing over a ladder of models (smallest first)."""
+
+    name: str
+    shares: tuple[float, ...]
+    thresholds: tuple[float, ...]
+    rate_rps: float = math.nan
+    quality: float = math.nan
+
+    @property
+    def tails(self) -> tuple[float, ...]:
+        """``S_k``, k = 2..K: the share sent to model k or a larger one."""
+        out, acc = [], 0.0
+        for v in reversed(self.shares[1:]):
+            acc += v
+            out.append(acc)
+        return tuple(reversed(out))
+
+
+@dataclass(frozen=True)
 class Routing:
-    """Which share of queries goes to the strong model, and the router threshold doing it."""
+    """Which share of queries goes to the strong model, and the router threshold doing it.
+
+    A ladder (``models`` and ``workloads`` set) routes each workload by its own shares.
+    """
 
     strong_share: float
     threshold: float = math.nan
     router: str = "builtin"
+    models: tuple[str, ...] = ()
+    workloads: tuple[WorkloadRouting, ...] = ()
+
+    @property
+    def is_ladder(self) -> bool:
+        """Per-workload shares over a ladder (else the pair's strong share)."""
+        return bool(self.workloads)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object (the pair's three keys, and a ladder's two more)."""
+        out: dict[str, Any] = {"strong_share": self.strong_share, "threshold": self.threshold,
+                               "router": self.router}
+        if self.is_ladder:
+            out["models"] = list(self.models)
+            out["workloads"] = [
+                {"name": w.name, "rate_rps": w.rate_rps,
+                 "shares": dict(zip(self.models, w.shares, strict=True)),
+                 "thresholds": list(w.thresholds), "quality": w.quality}
+                for w in self.workloads]
+        return out
 
 
 @dataclass(frozen=True)
@@ -105,6 +161,10 @@ class Plan:
         """A copy with predicted metrics (and optionally re-balanced group shares)."""
         return replace(self, predicted=predicted, groups=groups or self.groups)
 
+    def with_extra(self, extra: dict[str, Any]) -> Plan:
+        """A copy with `extra` merged into its extra top-level keys."""
+        return replace(self, extra={**self.extra, **extra})
+
     def gpus_by_type(self) -> dict[str, int]:
         """GPUs used per GPU type."""
         out: dict[str, int] = {}
@@ -139,7 +199,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         """The contract's JSON object (NaN/inf become null)."""
         out: dict[str, Any] = {
-            "routing": asdict(self.routing),
+            "routing": self.routing.to_dict(),
             "groups": [asdict(g) for g in self.groups],
             "predicted": asdict(self.predicted) if self.predicted else None,
             "scenario": self.scenario,
@@ -181,7 +241,8 @@ class Plan:
             raise PlanError(f"{source}: routing.router={router!r} must be a router name "
                             "(builtin, random, or a RouteLLM router such as mf)")
         rt = Routing(share, math.nan if threshold is None else
-                     _number(threshold, f"{source}: routing.threshold"), router)
+                     _number(threshold, f"{source}: routing.threshold"), router,
+                     *_ladder_routing(routing, source))
         raw_groups = data.get("groups")
         if not isinstance(raw_groups, list) or not raw_groups:
             raise PlanError(f"{source}: groups must be a non-empty list of "
@@ -248,6 +309,58 @@ class Plan:
         return cls.from_dict(data, f"plan {str(path)!r}")
 
 
+def _ladder_routing(routing: dict[str, Any], source: str
+                    ) -> tuple[tuple[str, ...], tuple[WorkloadRouting, ...]]:
+    """``routing.models`` and ``routing.workloads`` of a ladder plan (empty for a pair).
+
+    Raises:
+        PlanError: naming the field, the value and the rule.
+
+    """
+    if "models" not in routing and "workloads" not in routing:
+        return (), ()
+    where = f"{source}: routing"
+    models = routing.get("models")
+    if (not isinstance(models, list) or len(models) < 2
+            or not all(isinstance(m, str) and m for m in models)
+            or len(set(models)) != len(models)):
+        raise PlanError(f"{where}.models={models!r} must list 2 or more distinct model names, "
+                        "smallest first")
+    raw = routing.get("workloads")
+    if not isinstance(raw, list) or not raw:
+        raise PlanError(f"{where}.workloads={raw!r} must be a non-empty list of "
+                        "{name, shares, thresholds}")
+    out = []
+    for i, w in enumerate(raw):
+        at = f"{where}.workloads[{i}]"
+        if not isinstance(w, dict) or not isinstance(w.get("name"), str) or not w["name"]:
+            raise PlanError(f"{at}: expected an object with a name")
+        shares = w.get("shares")
+        if not isinstance(shares, dict) or set(shares) != set(models):
+            raise PlanError(f"{at}.shares={shares!r} must give one share per model of "
+                            f"routing.models {models}")
+        vals = tuple(_number(shares[m], f"{at}.shares.{m}") for m in models)
+        if any(v < 0 for v in vals) or abs(sum(vals) - 1.0) > 1e-6:
+            raise PlanError(f"{at}.shares={shares} must be >= 0 and sum to 1 (they sum to "
+                            f"{sum(vals):.6g})")
+        th = w.get("thresholds", [None] * (len(models) - 1))
+        if not isinstance(th, list) or len(th) != len(models) - 1:
+            raise PlanError(f"{at}.thresholds={th!r} must list {len(models) - 1} router "
+                            "thresholds (null: calibrated live)")
+        thresholds = tuple(math.nan if t is None else _number(t, f"{at}.thresholds")
+                           for t in th)
+        rate = w.get("rate_rps")
+        quality = w.get("quality")
+        out.append(WorkloadRouting(
+            w["name"], vals, thresholds,
+            math.nan if rate is None else _number(rate, f"{at}.rate_rps"),
+            math.nan if quality is None else _number(quality, f"{at}.quality")))
+    names = [w.name for w in out]
+    if len(set(names)) != len(names):
+        raise PlanError(f"{where}.workloads names {names} repeat")
+    return tuple(models), tuple(out)
+
+
 def _scenario_block(block: Any, source: str) -> dict[str, Any]:
     """Check the ``scenario`` block's known keys (others are kept as they are).
 
@@ -271,11 +384,13 @@ def _scenario_block(block: Any, source: str) -> dict[str, Any]:
             raise PlanError(f"{where}.{key}={value!r} must be a positive number of {unit} "
                             "(or null); fix the plan file")
     models = block.get("models")
-    if models is not None and (not isinstance(models, dict) or not all(
+    ladder = isinstance(models, list) and len(models) >= 2 and all(
+        isinstance(m, str) for m in models)
+    if models is not None and not ladder and (not isinstance(models, dict) or not all(
             isinstance(models.get(k), str) for k in ("weak", "strong"))):
         raise PlanError(f"{where}.models={models!r} must be an object with the weak and "
                         'strong model names, e.g. {"weak": "llama-3.1-8b", "strong": '
-                        '"llama-3.1-70b"}')
+                        '"llama-3.1-70b"}, or a list of a ladder\'s models')
     for key in ("gpus", "spec"):
         if block.get(key) is not None and not isinstance(block[key], dict):
             raise PlanError(f"{where}.{key}={block[key]!r} must be an object")

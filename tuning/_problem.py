@@ -21,6 +21,15 @@ r_g replicas) serve that load with P95 <= x iff ``C_m(x) = sum_g r_g cap_{c_g}(x
 ``max_m x_m*`` with ``x_m* = min {x : C_m(x) >= lambda_m}``: the P95 that *every* replica group
 meets. It bounds the P95 of all requests (a mixture of distributions whose P95s are all <= x has
 P95 <= x), which the evaluator also reports (`system_p95_s`).
+
+**Ladders and several workloads.** With K models and W workloads (`profiling.Scenario`), model m
+gets ``lambda_{w,m} = s_{w,m} lambda_w`` from workload w (each workload has its own shares) and
+its groups serve the mix. Each workload has its own perf DB (its lengths), so its own capacity
+table ``cap_w[c, k]``; a replica serving a mix with fractions ``f_w`` keeps P95 <= x up to the
+rate ``cap_mix,c(x) = 1 / sum_w (f_w / cap_w,c(x))`` (each request takes ``1 / cap_w`` of the
+replica's time at that level: the capacities combine harmonically, as per-request service
+times add). With one workload this is ``cap`` itself, and two models and one workload are
+exactly the paper's problem above.
 """
 
 from __future__ import annotations
@@ -34,7 +43,14 @@ import numpy as np
 import numpy.typing as npt
 
 from common.errors import BouteError, PerfDBError, ScenarioError, StaleDBError
-from profiling import Catalog, PerfDB, QualityCurve, Scenario, default_quality_curve
+from profiling import (
+    CascadeQuality,
+    Catalog,
+    PerfDB,
+    QualityCurve,
+    Scenario,
+    default_quality_curve,
+)
 
 __all__ = [
     "NUM_LEVELS", "X_MIN_S", "Problem", "default_db_path", "load_problem", "planning_problem",
@@ -49,8 +65,26 @@ WEAK, STRONG = 0, 1
 
 
 def default_db_path(scenario: Scenario) -> Path:
-    """Where `boute profile` writes, and `boute plan` looks for, a scenario's perf DB."""
+    """Where `boute profile` writes, and `boute plan` looks for, a scenario's perf DB.
+
+    A scenario with several workloads has one DB per workload (`db_paths`); this is the
+    path of a one-workload scenario (e.g. `profiling.Scenario.for_workload`'s).
+    """
     return Path("build") / f"perfdb-{scenario.name}.parquet"
+
+
+def db_paths(scenario: Scenario, db: str | Path | None = None) -> list[Path]:
+    """One perf DB path per workload: `db` (one workload) or ``<db stem>-<workload>``."""
+    if scenario.workloads is None:
+        return [Path(db) if db else default_db_path(scenario)]
+    out = []
+    for name in scenario.workload_names:
+        if db:
+            base = Path(db)
+            out.append(base.with_name(f"{base.stem}-{name}{base.suffix or '.parquet'}"))
+        else:
+            out.append(default_db_path(scenario.for_workload(name)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -59,9 +93,10 @@ class Problem:
 
     Attributes:
         scenario: the scenario (rate, budget, targets, ...).
-        db: the perf DB it was built from.
-        quality: quality as a function of the strong share.
-        models: ``(weak, strong)`` model names.
+        db: the perf DB it was built from (the first workload's).
+        pair_quality: quality as a function of the strong share (two models, one
+            workload; `quality`).
+        models: model names, smallest first (``(weak, strong)`` for a pair).
         gpu_types: GPU types on offer, in scenario order; ``t`` indexes them.
         stock: ``(T,)`` GPUs of each type on offer.
         gpu_price: ``(T,)`` $/GPU-hour.
@@ -70,14 +105,20 @@ class Problem:
         cfg_price: ``(C,)`` $/hour of one replica.
         cfg_db: ``(C,)`` row of the config in the DB's lookup arrays.
         levels_s: ``(K,)`` latency levels.
-        cap: ``(C, K)`` capacity table, req/s per replica.
+        cap: ``(C, K)`` capacity table, req/s per replica (of the scenario's workload mix at
+            its rates, `mix_cap`).
+        workloads: workload names (``("default",)`` for one `workload`).
+        workload_rates: ``(W,)`` req/s of each.
+        cascades: ``(W,)`` quality of each workload as a function of its shares.
+        caps: ``(W, C, K)`` capacity table of each workload.
+        dbs, cfg_dbs: each workload's DB and ``(W, C)`` rows of the configs in it.
 
     """
 
     scenario: Scenario
     db: PerfDB
-    quality: QualityCurve
-    models: tuple[str, str]
+    pair_quality: QualityCurve | None
+    models: tuple[str, ...]
     gpu_types: tuple[str, ...]
     stock: IntArray
     gpu_price: FloatArray
@@ -91,13 +132,56 @@ class Problem:
     cfg_db: IntArray
     levels_s: FloatArray
     cap: FloatArray
+    workloads: tuple[str, ...]
+    workload_rates: FloatArray
+    cascades: tuple[CascadeQuality, ...]
+    caps: FloatArray
+    dbs: tuple[PerfDB, ...]
+    cfg_dbs: IntArray
     _by_key: dict[tuple[int, int, int, int], int] = field(default_factory=dict, repr=False)
 
     # -- derived quantities ----------------------------------------------------------------
     @property
     def rate_rps(self) -> float:
         """Total request rate of the scenario."""
-        return float(self.scenario.workload.rate_rps)
+        return self.scenario.total_rate_rps
+
+    @property
+    def num_models(self) -> int:
+        """Models of the ladder."""
+        return len(self.models)
+
+    @property
+    def is_pair(self) -> bool:
+        """Two models and one workload: the paper's problem (its encoding and exact DP)."""
+        return self.pair_quality is not None
+
+    @property
+    def quality(self) -> QualityCurve:
+        """Quality as a function of the strong share (two models, one workload).
+
+        Raises:
+            BouteError: a ladder or several workloads (use `cascades`).
+
+        """
+        if self.pair_quality is None:
+            raise BouteError(f"scenario {self.scenario.name!r} has {self.num_models} models "
+                             f"and {len(self.workloads)} workload(s): its quality is per "
+                             "workload and model share (Problem.cascades)")
+        return self.pair_quality
+
+    @property
+    def num_slots(self) -> int:
+        """Group slots of a plan: one per (model, GPU type), model-major."""
+        return self.num_models * len(self.gpu_types)
+
+    def quality_range(self) -> tuple[float, float]:
+        """Quality with every query on the smallest / the largest model (first workload)."""
+        if self.pair_quality is not None:
+            return float(self.pair_quality(0.0)), float(self.pair_quality(1.0))
+        if len(self.workloads) > 1:
+            return 0.0, 1.0           # several workloads: quality is normalized
+        return self.cascades[0].lowest, self.cascades[0].highest
 
     @property
     def budget(self) -> float:
@@ -118,6 +202,26 @@ class Problem:
         """``(..., 2)`` request rates of (weak, strong) for strong shares ``s``."""
         s = np.asarray(strong_share, dtype=np.float64)
         return np.stack([(1.0 - s) * self.rate_rps, s * self.rate_rps], axis=-1)
+
+    def workload_loads(self, shares: FloatArray) -> FloatArray:
+        """``(B, W, K)`` request rates ``s_{w,m} lambda_w`` for shares ``(B, W, K)``."""
+        return np.asarray(shares, dtype=np.float64) * self.workload_rates[None, :, None]
+
+    def mix_cap(self, fractions: FloatArray) -> FloatArray:
+        """``(..., C, K)`` capacity table of workload mixes ``(..., W)`` (fractions sum to 1).
+
+        ``1 / sum_w (f_w / cap_w)``; 0 where a workload with a share has no capacity.
+        """
+        f = np.asarray(fractions, dtype=np.float64)
+        if len(self.workloads) == 1:
+            return np.broadcast_to(self.caps[0], f.shape[:-1] + self.caps.shape[1:])
+        inv = np.zeros(f.shape[:-1] + self.caps.shape[1:])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for w in range(len(self.workloads)):
+                fw = f[..., w][..., None, None]
+                inv = inv + np.where(fw > 0, fw / self.caps[w], 0.0)
+            out = np.where(np.isfinite(inv) & (inv > 0), 1.0 / inv, 0.0)
+        return np.asarray(out, dtype=np.float64)
 
     def config(self, model: int, gpu_type: int, tp: int, pp: int) -> int:
         """Index of a candidate config, or -1."""
@@ -161,13 +265,39 @@ def _capacity_table(db: PerfDB, rows: IntArray, levels: FloatArray) -> FloatArra
     return cap
 
 
+def _cascade(scenario: Scenario, w: int, quality: QualityCurve | CascadeQuality | None
+             ) -> CascadeQuality:
+    """Quality of workload w: `quality` if given, its eval records, else published scores."""
+    models = scenario.model_names
+    wl = scenario.named_workloads[w]
+    try:
+        if isinstance(quality, CascadeQuality):
+            return quality
+        if len(models) == 2 and (quality is not None or (wl.quality_records is None
+                                                          and not wl.scores)):
+            curve = quality or default_quality_curve(wl.task)
+            return CascadeQuality.of_pair(curve, (models[0], models[1]))
+        if wl.quality_records is not None:
+            return CascadeQuality.from_file(wl.quality_records, models)
+        return CascadeQuality.published(wl.task, models, wl.scores)
+    except ValueError as exc:
+        where = "" if scenario.workloads is None else f"workloads[{w}] ({wl.name}): "
+        raise ScenarioError(f"{where}task={wl.task!r}: {exc}") from None
+
+
 def load_problem(
     scenario: Scenario,
-    db: PerfDB,
+    db: PerfDB | Sequence[PerfDB],
     catalog: Catalog,
-    quality: QualityCurve | None = None,
+    quality: QualityCurve | CascadeQuality | None = None,
 ) -> Problem:
     """Assemble the arrays of a planning problem.
+
+    Args:
+        scenario: the scenario.
+        db: its perf DB, or one per workload (`db_paths` order).
+        catalog: the merged catalog.
+        quality: the (first) workload's quality instead of its published one.
 
     Raises:
         PerfDBError: the DB lacks a GPU type or model of the scenario (rebuild it).
@@ -175,53 +305,65 @@ def load_problem(
             no catalog GPU (`profiling.Scenario.offered_gpus`).
 
     """
-    models = (scenario.models.weak, scenario.models.strong)
+    dbs = (db,) if isinstance(db, PerfDB) else tuple(db)
+    names = scenario.workload_names
+    if len(dbs) != len(names):
+        raise PerfDBError(f"{len(dbs)} perf DB(s) for {len(names)} workloads {list(names)}")
+    models = scenario.model_names
     gpu_types = tuple(scenario.gpus)
     offered = scenario.offered_gpus(catalog)
     rents = [scenario.catalog_gpu(g) for g in gpu_types]     # offer -> catalog GPU (DB rows)
     stock = np.array([o.count for o in scenario.gpus.values()], dtype=np.int64)
-    db_gpus = {k[1] for k in db.keys}
-    db_models = {k[0] for k in db.keys}
-    missing = [g for g in dict.fromkeys(rents) if g not in db_gpus] + [
-        m for m in models if m not in db_models]
-    if missing:
-        raise PerfDBError(f"perf DB (scenario {db.meta.get('scenario')!r}) has no rows for "
-                          f"{missing}; build one for scenario {scenario.name!r} with "
-                          f"`boute profile --scenario {scenario.name}`")
-    try:
-        curve = quality or default_quality_curve(scenario.task)
-    except ValueError as exc:
-        raise ScenarioError(f"task={scenario.task!r}: {exc}") from None
+    for one in dbs:
+        db_gpus = {k[1] for k in one.keys}
+        db_models = {k[0] for k in one.keys}
+        missing = [g for g in dict.fromkeys(rents) if g not in db_gpus] + [
+            m for m in models if m not in db_models]
+        if missing:
+            raise PerfDBError(f"perf DB (scenario {one.meta.get('scenario')!r}) has no rows "
+                              f"for {missing}; build one for scenario {scenario.name!r} with "
+                              f"`boute profile --scenario {scenario.name}`")
+    cascades = tuple(_cascade(scenario, w, quality if w == 0 else None)
+                     for w in range(len(names)))
+    pair = (cascades[0].pair if len(names) == 1 and len(models) == 2 else None)
     gpu_price = np.array([offered[g].price_per_hour for g in gpu_types])
-    rows, cm, ct, ctp, cpp = [], [], [], [], []
-    for key in db.keys:
+    rows: list[list[int]] = [[] for _ in dbs]
+    cm, ct, ctp, cpp = [], [], [], []
+    for key in dbs[0].keys:
         m, g, tp, pp = key
-        if m not in models:
+        if m not in models or any(key not in other.index for other in dbs[1:]):
             continue
         # Each offer renting GPU g whose stock holds one replica; weak and strong may be the
         # same model (a degenerate pair): list it for both.
         for t in (t for t, r in enumerate(rents) if r == g and tp * pp <= stock[t]):
             for mi, name in enumerate(models):
                 if name == m:
-                    rows.append(db.index[key])
+                    for w, one in enumerate(dbs):
+                        rows[w].append(one.index[key])
                     cm.append(mi)
                     ct.append(t)
                     ctp.append(tp)
                     cpp.append(pp)
-    row_arr = np.asarray(rows, dtype=np.int64)
+    row_arr = np.asarray(rows, dtype=np.int64).reshape(len(dbs), len(cm))
     cfg_type = np.asarray(ct, dtype=np.int64)
     cfg_gpus = np.asarray(ctp, dtype=np.int64) * np.asarray(cpp, dtype=np.int64)
     levels = np.geomspace(X_MIN_S, scenario.p95_ceiling_s, NUM_LEVELS)
     by_key = {(m, t, tp, pp): i for i, (m, t, tp, pp) in enumerate(zip(cm, ct, ctp, cpp,
                                                                        strict=True))}
-    return Problem(
-        scenario=scenario, db=db, quality=curve, models=models, gpu_types=gpu_types,
+    caps = np.stack([_capacity_table(one, row_arr[w], levels) for w, one in enumerate(dbs)])
+    rates = np.array([w.rate_rps for w in scenario.named_workloads], dtype=np.float64)
+    problem = Problem(
+        scenario=scenario, db=dbs[0], pair_quality=pair, models=models, gpu_types=gpu_types,
         stock=stock, gpu_price=gpu_price,
         gpus_per_node=np.array([offered[g].gpus_per_node for g in gpu_types], dtype=np.int64),
         cfg_model=np.asarray(cm, dtype=np.int64), cfg_type=cfg_type,
         cfg_tp=np.asarray(ctp, dtype=np.int64), cfg_pp=np.asarray(cpp, dtype=np.int64),
-        cfg_gpus=cfg_gpus, cfg_price=cfg_gpus * gpu_price[cfg_type], cfg_db=row_arr,
-        levels_s=levels, cap=_capacity_table(db, row_arr, levels), _by_key=by_key)
+        cfg_gpus=cfg_gpus, cfg_price=cfg_gpus * gpu_price[cfg_type], cfg_db=row_arr[0],
+        levels_s=levels, cap=caps[0], workloads=names, workload_rates=rates,
+        cascades=cascades, caps=caps, dbs=dbs, cfg_dbs=row_arr, _by_key=by_key)
+    if len(names) > 1:
+        object.__setattr__(problem, "cap", problem.mix_cap(rates / rates.sum()))
+    return problem
 
 
 def planning_problem(scenario_ref: str | None, *, db: str | None = None,
@@ -248,13 +390,15 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
         CatalogError, ScenarioError: from loading the catalog and the scenario.
 
     """
-    from profiling import build_perfdb, load_catalog, load_scenario
-    from profiling._perfdb import spec_calibration
+    from profiling import load_catalog, load_scenario
 
-    curve = QualityCurve.from_parquet(quality_records) if quality_records else None
     catalog = load_catalog(gpu_catalog, model_catalog)
     scenario = load_scenario(scenario_ref)
     scenario.check_catalog(catalog, scenario_ref)
+    quality: QualityCurve | CascadeQuality | None = None
+    if quality_records:
+        quality = (QualityCurve.from_parquet(quality_records) if scenario.is_pair else
+                   CascadeQuality.from_file(quality_records, scenario.model_names))
     if budget is not None:
         if not (budget > 0 and math.isfinite(budget)):
             raise BouteError(f"--budget={budget} must be a positive number of $/hour")
@@ -262,15 +406,31 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
     if rate_rps is not None:
         if not (rate_rps > 0 and math.isfinite(rate_rps)):
             raise BouteError(f"--rate={rate_rps} must be a positive number of requests/s")
-        workload = scenario.workload.model_copy(update={"rate_rps": rate_rps})
-        scenario = scenario.model_copy(update={"workload": workload})
-    path = Path(db) if db else default_db_path(scenario)
+        if scenario.workloads is None:
+            workload = scenario.workload.model_copy(update={"rate_rps": rate_rps})
+            scenario = scenario.model_copy(update={"workload": workload})
+        else:      # the same total, in the same proportions
+            f = rate_rps / scenario.total_rate_rps
+            scenario = scenario.with_rates({w.name: w.rate_rps * f
+                                            for w in scenario.named_workloads})
+    dbs = [_load_or_build(scenario.for_workload(name), path, catalog, hardware_profiles,
+                          note, progress)
+           for name, path in zip(scenario.workload_names, db_paths(scenario, db), strict=True)]
+    return load_problem(scenario, dbs, catalog, quality)
+
+
+def _load_or_build(scenario: Scenario, path: Path, catalog: Catalog,
+                   hardware_profiles: str | None, note: Callable[[str], None] | None,
+                   progress: bool) -> PerfDB:
+    """The perf DB of a one-workload scenario at `path`, (re)built when missing or stale."""
+    from profiling import build_perfdb
+    from profiling._perfdb import spec_calibration
+
     spec = scenario.profile_spec()
     calibration = spec_calibration(spec, catalog, hardware_profiles=hardware_profiles)
     try:
-        perfdb = PerfDB.load(path, catalog=catalog, trace=spec.base_trace(),
-                             calibration=calibration)
-        return load_problem(scenario, perfdb, catalog, curve)
+        return PerfDB.load(path, catalog=catalog, trace=spec.base_trace(),
+                           calibration=calibration)
     except StaleDBError as exc:
         why = f"{exc}; rebuilding"
     except PerfDBError as exc:
@@ -281,4 +441,4 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
         note(why)
     perfdb = build_perfdb(spec, catalog, calibration=calibration, progress=progress)
     perfdb.save(path)
-    return load_problem(scenario, perfdb, catalog, curve)
+    return perfdb

@@ -122,7 +122,7 @@ def quality_grid(problem: Problem, points: int) -> list[tuple[float, float]]:
         BouteError: the scenario has no targets, or `points` < 1.
 
     """
-    targets = sorted((t.quality, t.p95_s) for t in problem.scenario.targets)
+    targets = sorted((t.single_quality, t.p95_s) for t in problem.scenario.targets)
     if not targets:
         raise BouteError(f"scenario {problem.scenario.name!r} has no targets; add "
                          "`targets: [{quality: Q, p95_s: SECONDS}, ...]` to its YAML")

@@ -19,13 +19,14 @@ import numpy.typing as npt
 from common.errors import BouteError
 
 from ._encoding import RawEncoding, StructuredEncoding
-from ._evaluator import BatchMetrics, PlanArrays, evaluate_arrays
+from ._evaluator import BatchMetrics, PlanArrays, evaluate_arrays, ladder_arrays
 from ._front import hypervolume, normalized, pareto_mask
+from ._ladder import LadderEncoding
 from ._problem import Problem
 
 __all__ = [
     "MODES", "SOLVERS", "Callback", "Goal", "SearchError", "SearchResult", "StopRule",
-    "concat_plans", "make_encoding",
+    "concat_plans", "floors", "make_encoding",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -40,11 +41,16 @@ class SearchError(BouteError, ValueError):
 
 @dataclass(frozen=True)
 class Goal:
-    """What to optimize: a mode with optional quality and P95 targets."""
+    """What to optimize: a mode with optional quality and P95 targets.
+
+    ``qualities``: with several workloads, the minimum quality of each (`Problem.workloads`
+    order); ``quality`` then bounds the summary quality (the lowest normalized one).
+    """
 
     mode: Mode = "pareto"
     quality: float | None = None
     p95_s: float | None = None
+    qualities: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,8 @@ class SearchResult:
             ok &= m.within_budget
         if g.quality is not None:
             ok &= m.quality >= g.quality - 1e-9
+        if g.qualities is not None:
+            ok &= (m.workload_quality >= np.asarray(g.qualities) - 1e-9).all(axis=1)
         if g.p95_s is not None and g.mode != "max-throughput":
             ok &= m.p95_s <= g.p95_s + 1e-9
         return np.asarray(ok)
@@ -145,9 +153,41 @@ class SearchResult:
 
 def concat_plans(parts: list[PlanArrays]) -> PlanArrays:
     """Stack batches (slot counts must match)."""
+    shares = [p.shares for p in parts]
     return PlanArrays(np.concatenate([p.strong_share for p in parts]),
                       np.concatenate([p.config for p in parts]),
-                      np.concatenate([p.replicas for p in parts]))
+                      np.concatenate([p.replicas for p in parts]),
+                      None if any(s is None for s in shares) else np.concatenate(
+                          [s for s in shares if s is not None]))
+
+
+def floors(problem: Problem, goal: Goal) -> tuple[float | None, ...]:
+    """Each workload's quality floor under `goal` (None: no floor).
+
+    Raises:
+        SearchError: a floor above what the workload reaches with every query on the largest
+            model.
+
+    """
+    n_w = len(problem.workloads)
+    if goal.qualities is not None:
+        if len(goal.qualities) != n_w:
+            raise SearchError(f"{len(goal.qualities)} quality targets for {n_w} workloads "
+                              f"{list(problem.workloads)}; give one per workload")
+        out: tuple[float | None, ...] = tuple(goal.qualities)
+    elif goal.quality is not None and n_w == 1:
+        out = (goal.quality,)
+    elif goal.quality is not None:
+        # The summary quality (lowest normalized) >= q: each workload's normalized >= q.
+        out = tuple(c.lowest + goal.quality * (c.highest - c.lowest) for c in problem.cascades)
+    else:
+        out = tuple(None for _ in problem.workloads)
+    for w, (q, c) in enumerate(zip(out, problem.cascades, strict=True)):
+        if q is not None and q > c.highest + 1e-12:
+            raise SearchError(f"quality={q:g} for workload {problem.workloads[w]!r} is above "
+                              f"what {c.name!r} reaches ({c.highest:g} with every query on "
+                              f"{problem.models[-1]})")
+    return out
 
 
 def _s_lo(problem: Problem, goal: Goal) -> float:
@@ -250,9 +290,13 @@ class _Run:
 
 
 def _empty(problem: Problem) -> PlanArrays:
-    n = 2 * len(problem.gpu_types)
-    return PlanArrays(np.zeros(1), np.full((1, n), -1, dtype=np.int64),
-                      np.zeros((1, n), dtype=np.int64))
+    n = problem.num_slots
+    cfg, reps = np.full((1, n), -1, dtype=np.int64), np.zeros((1, n), dtype=np.int64)
+    if problem.is_pair:
+        return PlanArrays(np.zeros(1), cfg, reps)
+    shares = np.zeros((1, len(problem.workloads), problem.num_models))
+    shares[:, :, 0] = 1.0
+    return ladder_arrays(problem, shares, cfg, reps)
 
 
 def _max_scale(problem: Problem, level_s: float) -> float:
@@ -268,8 +312,13 @@ def _max_scale(problem: Problem, level_s: float) -> float:
 
 
 def make_encoding(problem: Problem, goal: Goal, encoding: str = "structured"
-                  ) -> StructuredEncoding | RawEncoding:
-    """The encoding a goal is searched in."""
+                  ) -> StructuredEncoding | RawEncoding | LadderEncoding:
+    """The encoding a goal is searched in (`LadderEncoding` for ladders)."""
+    if not problem.is_pair:
+        if encoding != "structured":
+            raise SearchError(f"encoding={encoding!r}: ladders (more than two models or "
+                              "workloads) are searched in the structured encoding only")
+        return _ladder_encoding(problem, goal)
     s_lo = _s_lo(problem, goal)
     if encoding == "raw":
         return RawEncoding(problem, s_lo)
@@ -284,3 +333,16 @@ def make_encoding(problem: Problem, goal: Goal, encoding: str = "structured"
                                   budget_per_hour=problem.budget)
     enc = StructuredEncoding(problem, s_lo, x_hi_s=goal.p95_s, budget_per_hour=problem.budget)
     return replace(enc, x_hi_s=enc.top_level_s())
+
+
+def _ladder_encoding(problem: Problem, goal: Goal) -> LadderEncoding:
+    """`make_encoding` for a ladder: the same levels and bands as the pair's."""
+    lo = floors(problem, goal)
+    if goal.mode == "min-cost":
+        return LadderEncoding(problem, lo, x_hi_s=goal.p95_s, x_band=0.7)
+    if goal.mode == "max-throughput":
+        level = goal.p95_s if goal.p95_s is not None else problem.ceiling_s
+        return LadderEncoding(problem, lo, x_hi_s=level,
+                              scale_range=(0.25, max(1.0, _max_scale(problem, level))),
+                              budget_per_hour=problem.budget)
+    return LadderEncoding(problem, lo, x_hi_s=goal.p95_s, budget_per_hour=problem.budget)

@@ -41,6 +41,7 @@ from ._run import (
     _progress_value,
     _Run,
     concat_plans,
+    floors,
     make_encoding,
 )
 
@@ -61,6 +62,10 @@ def _random(problem: Problem, goal: Goal, *, rule: StopRule, seed: int, batch: i
 
 def _exact(problem: Problem, goal: Goal, deadline: float | None = None) -> SearchResult:
     """The exact solver; past `deadline` (perf_counter) it raises `ExactBudgetExceeded`."""
+    if not problem.is_pair:
+        raise SearchError(f"solver=exact covers two models and one workload; this scenario has "
+                          f"{problem.num_models} models and {len(problem.workloads)} "
+                          "workload(s): use --solver mobo (or auto)")
     start = time.perf_counter()
     if goal.mode == "pareto":
         front = exact_front(problem, deadline=deadline)
@@ -117,10 +122,15 @@ def search(
         raise SearchError(f"solver={solver!r} is unknown; use one of {', '.join(SOLVERS)}")
     if goal.mode not in MODES:
         raise SearchError(f"objective={goal.mode!r} is unknown; use one of {', '.join(MODES)}")
-    if goal.mode == "min-cost" and (goal.quality is None or goal.p95_s is None):
+    if goal.mode == "min-cost" and ((goal.quality is None and goal.qualities is None)
+                                    or goal.p95_s is None):
         raise SearchError("objective=min-cost needs both --quality and --p95")
-    if goal.quality is not None:
+    if problem.is_pair and goal.qualities is not None:
+        goal = replace(goal, quality=goal.qualities[0], qualities=None)
+    if goal.quality is not None and problem.is_pair:
         problem.quality.min_share_for(goal.quality)       # raises if unreachable
+    if not problem.is_pair:
+        floors(problem, goal)                             # raises if unreachable
     rule = StopRule.fixed(max_evals) if max_evals is not None else (stop or StopRule())
     if rule.max_evals < 1:
         raise SearchError(f"max_evals={rule.max_evals} must be >= 1")

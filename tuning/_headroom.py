@@ -1,0 +1,250 @@
+"""Headroom: plans that hold their P95 target on traffic they were not planned on.
+
+The perf DB measures each config on one base trace (seed ``profile.seed``, ``num_requests``
+requests) scaled to each rate, so a plan is chosen on that sample. `resimulate` replays every
+replica group of a plan on *fresh* traffic: for each seed, a new trace of each workload the group
+serves (new lengths, new arrivals), mixed in the group's proportions at the per-replica rate the
+plan gives it (`Group.share` of its model's load), through the same replica model and simulator
+the DB was built with. A group *holds* when its P95 on that trace is at or below the target
+and the run is not saturated; a plan holds when every group does on every seed.
+
+`hold` is the planner's guard against the edge: it searches, re-simulates the chosen plan, and
+while a group fails it *derates* that group's config and searches again, up to `MAX_ROUNDS`
+rounds. Derating a config by ``(a, r)`` replaces its capacity table (every workload's) by
+``a cap(x / r)``: its P95 at every rate is taken ``r`` times higher (``r`` = the worst fresh
+P95 over the target, plus 1%; this is what fixes a P95 that is long at any load, such as
+MT-Bench's long answers), and its capacity ``a = DERATE`` times lower when a fresh run
+saturated or ``r`` was already applied (what fixes a rate too close to saturation). A plan
+that holds on the first try is returned as the search found it; one that sat on the edge (a
+P95 estimated on one 1,000-request sample, a rate within a few percent of saturation) is
+replaced by the cheapest plan the derated capacities allow. The target is the goal's P95,
+or for a Pareto goal the plan's own planning P95 plus `PARETO_TOLERANCE`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from profiling import (
+    Catalog,
+    EngineConfig,
+    NamedWorkload,
+    ReplicaModel,
+    Trace,
+    generate_trace,
+    load_trace,
+    simulate,
+)
+
+from ._evaluator import plan_from_arrays
+from ._plan import Plan
+from ._problem import Problem
+from ._run import Goal, SearchResult
+
+__all__ = ["FRESH_SEEDS", "GroupCheck", "Held", "hold", "resimulate"]
+
+FRESH_SEEDS = (101, 202, 303)
+DERATE = 0.95
+MAX_ROUNDS = 8
+PARETO_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class GroupCheck:
+    """One replica group of a plan re-simulated on one fresh trace."""
+
+    group: str
+    seed: int
+    rate_rps: float          # per replica
+    p95_s: float
+    target_s: float
+    saturated: bool
+
+    @property
+    def holds(self) -> bool:
+        """P95 at or below the target, unsaturated."""
+        return not self.saturated and self.p95_s <= self.target_s
+
+
+def _fresh(wl: NamedWorkload, rate_rps: float, num_requests: int, seed: int) -> Trace:
+    """A new trace of workload `wl` at `rate_rps`: its shape, or its file's lengths resampled."""
+    if wl.trace is None:
+        assert wl.shape is not None
+        return generate_trace(wl.shape, rate_rps=rate_rps, num_requests=num_requests,
+                              arrival=wl.arrival, burstiness_cv=wl.burstiness_cv, seed=seed)
+    base = load_trace(wl.trace)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(base.arrival_s), size=num_requests)
+    arrival = np.cumsum(rng.exponential(1.0 / rate_rps, size=num_requests))
+    return Trace(arrival - arrival[0], base.input_tokens[idx], base.output_tokens[idx],
+                 name=f"{wl.name}-resampled")
+
+
+def _mixed(parts: Sequence[Trace]) -> Trace:
+    """Traces merged by arrival time."""
+    arrival = np.concatenate([p.arrival_s for p in parts])
+    order = np.argsort(arrival, kind="stable")
+    return Trace(arrival[order], np.concatenate([p.input_tokens for p in parts])[order],
+                 np.concatenate([p.output_tokens for p in parts])[order], name="mix")
+
+
+def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: float,
+               seeds: Sequence[int] = FRESH_SEEDS, num_requests: int = 2000,
+               hardware_profiles: str | None = None) -> list[GroupCheck]:
+    """Every group of `plan` on fresh traffic, one check per (group, seed).
+
+    Args:
+        problem: the planning problem the plan was made for.
+        plan: the plan (its groups' ``share`` gives each group's load).
+        catalog: the merged catalog (models and GPUs of the replicas).
+        target_s: the P95 each group must meet.
+        seeds: one fresh trace per seed.
+        num_requests: requests per group and seed.
+        hardware_profiles: as for the perf DB (the GPU efficiencies it was built with).
+
+    """
+    from profiling._perfdb import spec_calibration
+
+    sc = problem.scenario
+    calibration = spec_calibration(sc.for_workload(sc.workload_names[0]).profile_spec(),
+                                   catalog, hardware_profiles=hardware_profiles)
+    loads = _model_workload_loads(problem, plan)                         # {model: (W,)}
+    out = []
+    for g in plan.groups:
+        load = loads.get(g.model)
+        if load is None or load.sum() <= 0 or g.share <= 0:
+            continue
+        gpu = catalog.gpu(sc.catalog_gpu(g.gpu))
+        replica = ReplicaModel(catalog.model(g.model), gpu, g.tp, g.pp, EngineConfig(),
+                               calibration.for_gpu(gpu.name))
+        per_replica = load * g.share / g.replicas                          # (W,) req/s
+        for seed in seeds:
+            parts = []
+            for w, wl in enumerate(sc.named_workloads):
+                if per_replica[w] <= 0:
+                    continue
+                n = max(50, round(num_requests * per_replica[w] / per_replica.sum()))
+                parts.append(_fresh(wl, float(per_replica[w]), n, seed * 31 + w))
+            res = simulate(replica, _mixed(parts))
+            p95 = float(res.latency_quantiles((0.95,))[0])
+            out.append(GroupCheck(g.name, seed, float(per_replica.sum()), p95, target_s,
+                                  res.saturated))
+    return out
+
+
+def _model_workload_loads(problem: Problem, plan: Plan) -> dict[str, np.ndarray]:
+    """Each model's load from each workload, req/s."""
+    rt = plan.routing
+    rates = problem.workload_rates
+    if not rt.is_ladder:
+        s = rt.strong_share
+        return {problem.models[0]: rates * (1.0 - s), problem.models[1]: rates * s}
+    by_name = {w.name: w for w in rt.workloads}
+    out = {}
+    for m, name in enumerate(rt.models):
+        out[name] = np.array([by_name[w].shares[m] * rates[i]
+                              for i, w in enumerate(problem.workloads)])
+    return out
+
+
+@dataclass
+class Held:
+    """The outcome of `hold`: the last search, its plan and the checks of that plan.
+
+    ``derated`` maps a config's name to the factors it was planned with: ``capacity`` (a)
+    and ``latency`` (r), see the module docstring.
+    """
+
+    result: SearchResult
+    plan: Plan | None
+    checks: list[GroupCheck]
+    rounds: int
+    derated: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def holds(self) -> bool:
+        """Every group met its target on every fresh trace."""
+        return all(c.holds for c in self.checks)
+
+    def summary(self) -> dict[str, object]:
+        """The JSON block of plan outputs."""
+        worst = max(self.checks, key=lambda c: c.p95_s / c.target_s, default=None)
+        return {"seeds": sorted({c.seed for c in self.checks}), "holds": self.holds,
+                "rounds": self.rounds, "derated": self.derated,
+                "worst": None if worst is None else {
+                    "group": worst.group, "seed": worst.seed, "p95_s": worst.p95_s,
+                    "target_s": worst.target_s, "saturated": worst.saturated}}
+
+
+def _derated(problem: Problem, derate: dict[int, tuple[float, float]]) -> Problem:
+    """`problem` with config c's capacity tables replaced by ``a cap(x / r)``."""
+    cap, caps = problem.cap.copy(), problem.caps.copy()
+    logx = np.log(problem.levels_s)
+    for c, (a, r) in derate.items():
+        for w in range(len(problem.workloads)):
+            caps[w, c] = a * np.interp(logx - np.log(r), logx, problem.caps[w, c], left=0.0)
+        cap[c] = a * np.interp(logx - np.log(r), logx, problem.cap[c], left=0.0)
+    return replace(problem, cap=cap, caps=caps)
+
+
+def hold(problem: Problem, goal: Goal, run: Callable[[Problem], SearchResult],
+         catalog: Catalog, *, seeds: Sequence[int] = FRESH_SEEDS,
+         hardware_profiles: str | None = None) -> Held:
+    """Search with `run` until the chosen plan holds on fresh traffic (module docstring).
+
+    Args:
+        problem: the planning problem.
+        goal: the search's goal (its P95 is the target).
+        run: ``problem -> SearchResult`` (the searcher, with its settings).
+        catalog: the merged catalog.
+        seeds: fresh traces per group; empty: no check (the search's plan as it is).
+        hardware_profiles: as for the perf DB.
+
+    """
+    derate: dict[int, tuple[float, float]] = {}
+    current = problem
+    for rounds in range(1, MAX_ROUNDS + 2):
+        res = run(current)
+        b = res.best(current)
+        if b is None:
+            return Held(res, None, [], rounds, _names(problem, derate))
+        # Predicted with the derated capacities: the shares the groups are checked with.
+        plan = plan_from_arrays(current, res.plans, res.metrics, b)
+        if not seeds:
+            return Held(res, plan, [], rounds)
+        assert plan.predicted is not None
+        target = (goal.p95_s if goal.p95_s is not None and goal.mode != "pareto"
+                  else plan.predicted.p95_s * (1 + PARETO_TOLERANCE))
+        checks = resimulate(problem, plan, catalog, target_s=target, seeds=seeds,
+                            hardware_profiles=hardware_profiles)
+        failed = [c for c in checks if not c.holds]
+        if not failed or rounds > MAX_ROUNDS:
+            return Held(res, plan, checks, rounds, _names(problem, derate))
+        for g in plan.groups:
+            mine = [c for c in failed if c.group == g.name]
+            if not mine:
+                continue
+            c = problem.config(problem.models.index(g.model), problem.gpu_types.index(g.gpu),
+                               g.tp, g.pp)
+            a, r = derate.get(c, (1.0, 1.0))
+            over = max((k.p95_s / k.target_s for k in mine if not k.saturated), default=0.0)
+            if any(k.saturated for k in mine) or over <= 1.0 or r > 1.0:
+                a *= DERATE
+            if over > 1.0:
+                r *= over * 1.01
+            derate[c] = (a, r)
+        current = _derated(problem, derate)
+    raise AssertionError("unreachable")
+
+
+def _names(problem: Problem, derate: dict[int, tuple[float, float]]
+           ) -> dict[str, dict[str, float]]:
+    out = {}
+    for c, (a, r) in derate.items():
+        name = (f"{problem.models[problem.cfg_model[c]]}-{problem.gpu_types[problem.cfg_type[c]]}"
+                f"-tp{problem.cfg_tp[c]}pp{problem.cfg_pp[c]}")
+        out[name] = {"capacity": round(a, 6), "latency": round(r, 6)}
+    return out

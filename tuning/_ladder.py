@@ -1,0 +1,291 @@
+"""The search encoding of ladders: K models, W workloads, one point of the unit cube -> a plan.
+
+``z = (z_{w,j} for each workload w and j = 1..K-1, u)``, dimension ``W (K - 1) + 1``:
+
+* each workload's routing, as *tail shares* (`profiling.CascadeQuality`) built from the top:
+  ``S_K = z_{w,1}`` and ``S_k = S_{k+1} + z_{w,K-k+1} (1 - S_{k+1})``, so every point is a valid
+  cascade (``1 >= S_2 >= ... >= S_K >= 0``) and with two models ``S_2`` is the pair encoding's
+  ``s``. 3% of each axis at each end maps onto the end (`tuning._encoding.AXIS_END`).
+* a workload with a quality floor q_w (the goal's) whose point falls short is moved up the
+  ladder, one step at a time (``S_2`` toward 1, then ``S_3``, ...), by the least amount
+  reaching q_w (bisection; quality is monotone along that path): every decoded plan meets its
+  floors.
+* ``u``: the latency level x, on a log scale, as in the pair encoding (for min-cost the band
+  ``[0.7 L, L]`` below the target L; for max-throughput x = L and u is a load scale).
+
+Decoding at level x: each model's load is ``sum_w s_{w,m} lambda_w`` with its workload mix;
+its replicas' capacity at x for that mix is ``cap_mix`` (`tuning._problem`). Models are
+covered from the largest down, greedily (the replica with the most capacity per dollar for the
+load still uncovered, one config per (model, GPU type), within the stock left), and the slack
+of a model's last replica is given the hardest queries of the model below it (raising the
+shares of the larger model — quality cannot fall — and lowering the load below; the amount is
+found by bisection on the larger model's capacity for the new mix). A plan that does not fit
+the stock or the budget is repaired as the pair's is: its routing is pulled toward the
+smallest models, ``S(a) = floor(a S)``, with the largest a in [0, 1] whose plan fits
+(bisection); if even a = 0 does not fit the point's own plan is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import numpy.typing as npt
+
+from ._encoding import AXIS_END, REPAIR_HALVINGS
+from ._evaluator import BUDGET_TOL, PlanArrays, ladder_arrays
+from ._problem import Problem
+
+__all__ = ["LadderEncoding"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+# Bisection steps of the quality floor (tau to 2**-20) and of the slack hand-over.
+FLOOR_HALVINGS = 20
+SLACK_HALVINGS = 12
+
+
+@dataclass(frozen=True)
+class _Fill:
+    config: IntArray
+    replicas: IntArray
+    shares: FloatArray        # (W, K)
+    fits: bool
+
+
+@dataclass(frozen=True)
+class LadderEncoding:
+    """The encoding of a ladder problem (see the module docstring).
+
+    Attributes:
+        problem: the planning problem.
+        floors: minimum quality of each workload (None: no floor).
+        x_hi_s: top latency level; None: the ceiling.
+        scale_range: ``(lo, hi)`` load scale of max-throughput; None: u is the latency level.
+        x_band: search only ``[x_band * x_hi_s, x_hi_s]`` (min-cost).
+        budget_per_hour: plans above it do not fit; None: no budget.
+        fixed_tails: ``(W, K - 1)`` routing to keep (a baseline's); None: searched.
+
+    """
+
+    problem: Problem
+    floors: tuple[float | None, ...] = ()
+    x_hi_s: float | None = None
+    scale_range: tuple[float, float] | None = None
+    x_band: float | None = None
+    budget_per_hour: float | None = None
+    fixed_tails: FloatArray | None = None
+
+    @property
+    def _k(self) -> int:
+        return self.problem.num_models - 1
+
+    @property
+    def dim(self) -> int:
+        """Dimension of z."""
+        return 1 + (0 if self.fixed_tails is not None else len(self.problem.workloads) * self._k)
+
+    @property
+    def x_lo_s(self) -> float:
+        """Lowest level searched (as `tuning._encoding.StructuredEncoding.x_lo_s`)."""
+        ok = (self.problem.cap > 0).any(axis=0)
+        fastest = float(self.problem.levels_s[int(np.argmax(ok))])
+        if self.x_band is None or self.x_hi_s is None:
+            return fastest
+        return max(fastest, self.x_band * self.x_hi_s)
+
+    @cached_property
+    def _options(self) -> list[list[IntArray]]:
+        """Candidate configs per model and GPU type."""
+        pr = self.problem
+        return [[pr.configs_of(m, t) for t in range(len(pr.gpu_types))]
+                for m in range(pr.num_models)]
+
+    # -- routing -------------------------------------------------------------------------------
+    def tails(self, z: FloatArray) -> FloatArray:
+        """``(N, W, K - 1)`` tail shares of points z (floors applied)."""
+        pr = self.problem
+        n_w = len(pr.workloads)
+        if self.fixed_tails is not None:
+            return np.broadcast_to(self.fixed_tails, (len(z), n_w, self._k)).copy()
+        v = np.clip((1 + 2 * AXIS_END) * z[:, :n_w * self._k] - AXIS_END, 0.0, 1.0)
+        v = v.reshape(len(z), n_w, self._k)
+        tails = np.zeros_like(v)
+        acc = np.zeros(v.shape[:2])
+        for j in range(self._k):               # from the largest model down
+            acc = acc + v[:, :, j] * (1.0 - acc)
+            tails[:, :, self._k - 1 - j] = acc
+        return self.floored(tails)
+
+    def floored(self, tails: FloatArray) -> FloatArray:
+        """Tails moved up the ladder until each workload meets its floor.
+
+        The path raises ``S_2`` to 1 first (queries go one model up), then ``S_3``, and so
+        on: ``tau`` in ``[j - 1, j]`` moves ``S_{j+1}`` toward 1. Quality is monotone along
+        it, and with two models it is the pair's lowest share ``s_lo``.
+        """
+        out = np.array(tails, dtype=np.float64)
+        for w, floor in enumerate(self.floors):
+            if floor is None:
+                continue
+            q = self.problem.cascades[w]
+            short = q(out[:, w, :]) < floor - 1e-12
+            if not short.any():
+                continue
+            base = out[short, w, :]
+            lo, hi = np.zeros(len(base)), np.full(len(base), float(self._k))
+            for _ in range(FLOOR_HALVINGS + 2 * self._k):
+                mid = 0.5 * (lo + hi)
+                ok = q(self._up(base, mid)) >= floor - 1e-12
+                hi, lo = np.where(ok, mid, hi), np.where(ok, lo, mid)
+            out[short, w, :] = self._up(base, hi)
+        return out
+
+    def _up(self, base: FloatArray, tau: FloatArray) -> FloatArray:
+        """``(N, K - 1)`` tails `base` moved ``tau`` along the floor path (`floored`)."""
+        j = np.arange(self._k)[None, :]
+        step = np.clip(tau[:, None] - j, 0.0, 1.0)
+        moved = base + step * (1.0 - base)
+        # A tail never exceeds the one below it (S_2 >= S_3 >= ...): raising S_2 first keeps
+        # the order; a larger tail keeps its value.
+        return np.asarray(np.maximum(moved, base))
+
+    @staticmethod
+    def shares_of(tails: FloatArray) -> FloatArray:
+        """``(..., K)`` shares from ``(..., K - 1)`` tails."""
+        ext = np.concatenate([np.ones((*tails.shape[:-1], 1)), tails,
+                              np.zeros((*tails.shape[:-1], 1))], axis=-1)
+        return np.asarray(np.maximum(ext[..., :-1] - ext[..., 1:], 0.0))
+
+    # -- decoding ------------------------------------------------------------------------------
+    def decode(self, z: FloatArray) -> PlanArrays:
+        """Decode ``(N, dim)`` points into plans with K T slots (model-major, then type)."""
+        pr = self.problem
+        z = np.atleast_2d(np.asarray(z, dtype=np.float64))
+        tails = self.tails(z)
+        x_hi = pr.ceiling_s if self.x_hi_s is None else self.x_hi_s
+        if self.scale_range is None:
+            u = np.minimum((1 + AXIS_END) * z[:, -1], 1.0)
+            lx = np.log(self.x_lo_s) + u * (np.log(x_hi) - np.log(self.x_lo_s))
+            scale = np.ones(len(z))
+        else:
+            lx = np.full(len(z), np.log(x_hi))
+            lo, hi = self.scale_range
+            scale = lo * (hi / lo) ** z[:, -1]
+        caps_w = np.stack([self._caps_at(float(np.exp(v))) for v in lx])      # (N, W, C)
+        fills = [self._repaired(tails[b], caps_w[b], float(scale[b])) for b in range(len(z))]
+        return ladder_arrays(pr, np.stack([f.shares for f in fills]),
+                             np.stack([f.config for f in fills]),
+                             np.stack([f.replicas for f in fills]))
+
+    def _caps_at(self, x_s: float) -> FloatArray:
+        """``(W, C)`` per-replica capacity of every config for each workload at level x."""
+        pr = self.problem
+        pos = float(np.interp(np.log(x_s), np.log(pr.levels_s),
+                              np.arange(len(pr.levels_s), dtype=np.float64), left=-1.0))
+        if pos < 0:
+            return np.zeros(pr.caps.shape[:2])
+        lo = min(int(pos), len(pr.levels_s) - 1)
+        hi = min(lo + 1, len(pr.levels_s) - 1)
+        w = pos - lo
+        return np.asarray((1 - w) * pr.caps[:, :, lo] + w * pr.caps[:, :, hi])
+
+    def _repaired(self, tails: FloatArray, caps_w: FloatArray, scale: float) -> _Fill:
+        f = self._fill(tails, caps_w, scale)
+        if f.fits or self.fixed_tails is not None:
+            return f
+        best = self._fill(self.floored(0.0 * tails[None])[0], caps_w, scale)
+        if not best.fits:
+            return f
+        lo, hi = 0.0, 1.0
+        for _ in range(REPAIR_HALVINGS):
+            mid = 0.5 * (lo + hi)
+            g = self._fill(self.floored(mid * tails[None])[0], caps_w, scale)
+            if g.fits:
+                lo, best = mid, g
+            else:
+                hi = mid
+        return best
+
+    def _fill(self, tails: FloatArray, caps_w: FloatArray, scale: float) -> _Fill:
+        """Cover every model's load from the largest down (see the module docstring)."""
+        pr = self.problem
+        n_t, n_m = len(pr.gpu_types), pr.num_models
+        cfg = np.full(n_m * n_t, -1, dtype=np.int64)
+        reps = np.zeros(n_m * n_t, dtype=np.int64)
+        free = pr.stock.copy()
+        load = self.shares_of(tails) * (pr.workload_rates * scale)[:, None]     # (W, K)
+        short = 0.0
+        for m in range(n_m - 1, -1, -1):
+            need = load[:, m].sum()
+            if need <= 1e-12:
+                continue
+            mix = load[:, m] / need
+            cap = self._mix_caps(caps_w, mix)
+            covered = self._cover(m, need, cap, cfg, reps, free)
+            short += max(0.0, need - covered)
+            if m > 0 and covered > need and load[:, m - 1].sum() > 1e-12:
+                moved = self._slack(m, load, caps_w, cfg, reps)
+                load[:, m] += moved
+                load[:, m - 1] -= moved
+        shares = load / (pr.workload_rates * scale)[:, None]
+        cost = float((reps * pr.cfg_price[np.maximum(cfg, 0)]).sum())
+        fits = (short <= 1e-9 and (self.budget_per_hour is None
+                                    or cost <= self.budget_per_hour + BUDGET_TOL))
+        return _Fill(cfg, reps, shares, fits)
+
+    @staticmethod
+    def _mix_caps(caps_w: FloatArray, mix: FloatArray) -> FloatArray:
+        """``(C,)`` capacity of each config for a workload mix (harmonic, `Problem.mix_cap`)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = sum(np.where(mix[w] > 0, mix[w] / caps_w[w], 0.0) for w in range(len(mix)))
+            return np.asarray(np.where(np.isfinite(inv) & (inv > 0), 1.0 / inv, 0.0))
+
+    def _slack(self, m: int, load: FloatArray, caps_w: FloatArray, cfg: IntArray,
+               reps: IntArray) -> FloatArray:
+        """``(W,)`` load of model m - 1 that model m's replicas can also serve at the level."""
+        pr = self.problem
+        n_t = len(pr.gpu_types)
+        slots = [i for i in range(m * n_t, (m + 1) * n_t) if cfg[i] >= 0]
+        below = load[:, m - 1]
+
+        def fits(a: float) -> bool:
+            total = load[:, m] + a * below
+            mix = total / total.sum()
+            cap = self._mix_caps(caps_w, mix)
+            return bool(sum(reps[i] * cap[cfg[i]] for i in slots) >= total.sum() - 1e-9)
+
+        lo, hi = 0.0, 1.0
+        if fits(1.0):
+            return np.asarray(below.copy())
+        for _ in range(SLACK_HALVINGS):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return np.asarray(lo * below)
+
+    def _cover(self, m: int, need: float, caps: FloatArray, cfg: IntArray, reps: IntArray,
+               free: IntArray) -> float:
+        """Add replicas of model m greedily until `need` req/s is covered; the capacity added."""
+        pr = self.problem
+        n_t = len(pr.gpu_types)
+        added = 0.0
+        while need - added > 1e-9:
+            best, best_score = -1, 0.0
+            for t in range(n_t):
+                slot = m * n_t + t
+                for c in ([cfg[slot]] if cfg[slot] >= 0 else self._options[m][t]):
+                    if pr.cfg_gpus[c] > free[t] or caps[c] <= 0:
+                        continue
+                    score = min(need - added, caps[c]) / pr.cfg_price[c]
+                    if score > best_score:
+                        best, best_score = int(c), score
+            if best < 0:
+                break
+            slot = m * n_t + int(pr.cfg_type[best])
+            cfg[slot] = best
+            reps[slot] += 1
+            free[pr.cfg_type[best]] -= pr.cfg_gpus[best]
+            added += float(caps[best])
+        return added
