@@ -89,8 +89,14 @@ def calibrated(plan: Plan, prompts: list[str], seed: int = 0) -> Plan:
             raise DeployError(f"router={plan.routing.router!r} failed to score the "
                               f"calibration prompts ({type(exc).__name__}: {exc}); check its "
                               "credentials and network, or use router=builtin") from None
-    threshold = calibrate_threshold(scores, plan.routing.strong_share)
-    return replace(plan, routing=replace(plan.routing, threshold=threshold))
+    rt = plan.routing
+    if rt.is_ladder:        # every workload's cascade, on the same sample
+        workloads = tuple(replace(w, thresholds=tuple(calibrate_threshold(scores, t)
+                                                      for t in w.tails))
+                          for w in rt.workloads)
+        return replace(plan, routing=replace(rt, workloads=workloads))
+    threshold = calibrate_threshold(scores, rt.strong_share)
+    return replace(plan, routing=replace(rt, threshold=threshold))
 
 
 def check_plan_fits(plan: Plan, stack: Stack, *, gpu_catalog: list[str] | None = None,

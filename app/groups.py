@@ -10,12 +10,16 @@ that drops out has its share spread over the others in proportion to theirs; whe
 back the plan's shares hold again exactly.
 
 **Admission.** Each group has a bound on in-flight requests, from the plan's capacity by
-Little's law (`inflight_limits`): ``N_g = ceil(C_g * L)`` with ``C_g`` the rate the group
-sustains (``capacity_rps * model share * group share``) at the latency level ``L`` the plan's
-capacity is computed at (its P95 target; else its predicted P95). While ``N_g`` requests are
-in flight, a group sustaining ``C_g`` completes them in ``N_g / C_g = L`` seconds on average:
-an admitted request waits about what the plan allows, and the excess is refused at once (429)
-instead of queueing without bound.
+Little's law (`inflight_limits`): ``m_g = C_g * L`` with ``C_g`` the rate the group sustains
+(``capacity_rps * model share * group share``) at the latency level ``L`` the plan's capacity
+is computed at (its P95 target; else its predicted P95). While ``m_g`` requests are in
+flight, a group sustaining ``C_g`` completes them in ``m_g / C_g = L`` seconds on average. The
+number in flight under Poisson arrivals fluctuates around its mean like a Poisson count, so
+the bound is ``N_g = ceil(m_g + 3 sqrt(m_g))``: three standard deviations above it (at the
+plan's own rate about 0.1% of the time; without the margin a group with ``m_g`` ~ 24, a slow
+replica at a fraction of a request per second, refused 3% of its planned traffic). An admitted
+request waits about what the plan allows, and the excess is refused at once (429) instead of
+queueing without bound.
 
 **Circuit breaker.** ``fail_threshold`` consecutive failed calls (errors or deadlines) eject a
 group for ``cooldown_s``, doubled on each ejection in a row up to ``max_cooldown_s``. After
@@ -65,7 +69,8 @@ def inflight_limits(groups: Iterable[tuple[str, str, int, float]],
     for name, model, replicas, share in groups:
         if known:
             assert capacity_rps is not None and p95_s is not None
-            n = math.ceil(scale * capacity_rps * model_share.get(model, 0.0) * share * p95_s)
+            m = capacity_rps * model_share.get(model, 0.0) * share * p95_s
+            n = math.ceil(scale * (m + 3.0 * math.sqrt(m)))
         else:
             n = math.ceil(scale * per_replica_fallback * replicas)
         out[name] = max(replicas, n)

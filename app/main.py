@@ -157,12 +157,24 @@ def routing_config(plan: Plan, specs: list[GroupSpec], weak: str, strong: str,
     t = plan.routing.threshold
     s = plan.routing.strong_share
     pred = plan.predicted
+    rt = plan.routing
+    if rt.is_ladder:
+        rates = [w.rate_rps if math.isfinite(w.rate_rps) else 1.0 for w in rt.workloads]
+        load = {m: sum(r * w.shares[k] for r, w in zip(rates, rt.workloads, strict=True))
+                / sum(rates) for k, m in enumerate(rt.models)}
+    else:
+        load = {strong: s, weak: 1.0 - s} if weak != strong else {strong: 1.0}
     limits = inflight_limits(
-        [(spec.name, spec.model, spec.replicas, spec.share) for spec in specs],
-        {strong: s, weak: 1.0 - s} if weak != strong else {strong: 1.0},
+        [(spec.name, spec.model, spec.replicas, spec.share) for spec in specs], load,
         pred.capacity_rps if pred else None, _latency_level_s(plan),
         scale=stack.inflight_scale)
-    return {"weak": weak, "strong": strong, "strong_share": s,
+    ladder: dict[str, Any] = {}
+    if rt.is_ladder:
+        ladder = {"models": list(rt.models), "workloads": {
+            w.name: {"shares": list(w.shares),
+                     "thresholds": [v if math.isfinite(v) else None for v in w.thresholds]}
+            for w in rt.workloads}}
+    return {**ladder, "weak": weak, "strong": strong, "strong_share": s,
             "threshold": t if math.isfinite(t) else None, "router": plan.routing.router,
             "seed": seed, "shares": shares, "limits": limits,
             "replicas": {spec.name: spec.replicas for spec in specs},
@@ -278,6 +290,9 @@ def build_app(plan: Plan, *, backend: str = "emulated",
 
 
 def _pair(plan: Plan) -> tuple[str, str]:
+    """The smallest and the largest model of the plan (a pair's weak and strong)."""
+    if plan.routing.is_ladder:
+        return plan.routing.models[0], plan.routing.models[-1]
     if plan.scenario and isinstance(plan.scenario.get("models"), dict):
         m = plan.scenario["models"]
         return str(m["weak"]), str(m["strong"])

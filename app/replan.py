@@ -147,8 +147,11 @@ def running_state(api: ServeApi, app: str = APP_NAME) -> RunningState:
                         str(details.get("proxy_location") or "EveryNode"))
 
 
-def window_trace(log_dir: str, *, window_s: float, now_s: float, min_requests: int) -> Trace:
+def window_trace(log_dir: str, *, window_s: float, now_s: float, min_requests: int,
+                 workload: str | None = None) -> Trace:
     """The successful requests of the last `window_s` seconds of the log, as a `Trace`.
+
+    `workload`: only the requests routed for that workload (the log's ``workload`` column).
 
     Raises:
         ReplanError: no readable log, or fewer than `min_requests` requests in the window.
@@ -167,11 +170,16 @@ def window_trace(log_dir: str, *, window_s: float, now_s: float, min_requests: i
             ("arrival_s", "prompt_tokens", "output_tokens", "status")}
     ok = ((cols["status"] == 200) & (cols["prompt_tokens"] >= 1) &
           (cols["output_tokens"] >= 1) & (cols["arrival_s"] <= now_s))
+    if workload is not None:
+        names = table.column("workload").to_numpy(zero_copy_only=False)
+        ok &= names == workload
     n = int(ok.sum())
     if n < min_requests:
+        which = "" if workload is None else f" of workload {workload!r}"
         raise ReplanError(f"the last {window_s:g} s of the request log at {log_dir} hold {n} "
-                          f"successful request(s) ({table.num_rows} rows in all), fewer than "
-                          f"min_requests={min_requests}; widen the window or wait for traffic")
+                          f"successful request(s){which} ({table.num_rows} rows in all), "
+                          f"fewer than min_requests={min_requests}; widen the window or wait "
+                          "for traffic")
     order = np.argsort(cols["arrival_s"][ok], kind="stable")
     arrivals = cols["arrival_s"][ok][order]
     return Trace(arrivals - arrivals[0], cols["prompt_tokens"][ok][order].astype(np.int64),
@@ -183,15 +191,21 @@ def _goal_of(plan: Plan, options: ReplanOptions) -> Goal:
         return options.goal
     saved = (plan.extra.get("search") or {}).get("goal")
     if isinstance(saved, dict):
-        return Goal(saved.get("mode", "pareto"), saved.get("quality"), saved.get("p95_s"))
+        per = saved.get("qualities")
+        qualities = (tuple(float(per[w.name]) for w in plan.routing.workloads)
+                     if isinstance(per, dict) else None)
+        return Goal(saved.get("mode", "pareto"), saved.get("quality"), saved.get("p95_s"),
+                    qualities)
     quality = plan.predicted.quality if plan.predicted is not None else None
     return Goal("pareto", quality, None)
 
 
-def _scenario_file(state: RunningState, options: ReplanOptions, trace_path: Path,
-                   rate_rps: float, cluster_gpus: dict[str, int], work: Path) -> Path:
-    """The running plan's scenario with the window's trace and rate, written as YAML.
+def _scenario_file(state: RunningState, options: ReplanOptions,
+                   traces: dict[str, tuple[Path, float]], cluster_gpus: dict[str, int],
+                   work: Path) -> Path:
+    """The running plan's scenario with the window's traces and rates, written as YAML.
 
+    `traces`: workload name -> (trace file, rate); a one-workload scenario's is ``default``.
     The GPU stock is capped by what the cluster has.
     """
     import yaml
@@ -212,7 +226,16 @@ def _scenario_file(state: RunningState, options: ReplanOptions, trace_path: Path
             raise ReplanError(f"the running plan does not carry its scenario and {name!r} is "
                               f"not a preset ({exc}); pass --scenario") from None
     spec = scenario.model_dump(mode="json")
-    spec["workload"] = {"trace": str(trace_path), "rate_rps": rate_rps}
+    if scenario.workloads is None:
+        path, rate = traces["default"]
+        spec["workload"] = {"trace": str(path), "rate_rps": rate}
+        spec.pop("workloads", None)
+    else:
+        spec.pop("workload", None)
+        spec.pop("task", None)
+        for w in spec["workloads"]:
+            path, rate = traces[w["name"]]
+            w.update(trace=str(path), rate_rps=rate)
     for gpu, offer in spec["gpus"].items():
         offer["count"] = min(int(offer["count"]), cluster_gpus.get(gpu, 0))
     spec["gpus"] = {g: o for g, o in spec["gpus"].items() if o["count"] > 0}
@@ -242,8 +265,9 @@ def replan(options: ReplanOptions | None = None) -> dict[str, Any]:
     api = ServeApi(options.dashboard or dashboard_url())
     state, log_dir = _logged_state(api, options.app)                   # 1. state
     now = options.now_s if options.now_s is not None else time.time()
-    trace = _window(log_dir, options, now)                              # 2. workload
-    problem = _window_problem(state, options, trace, log_dir)           # 3. re-optimize
+    traces = _windows(log_dir, options, now, state.plan)                # 2. workload
+    trace = traces["default"] if "default" in traces else _merged(traces)
+    problem = _window_problem(state, options, traces, log_dir)          # 3. re-optimize
     goal = _goal_of(state.plan, options)
     running, violation = _evaluate_running(problem, state.plan, goal)
     proposed = _propose(problem, goal, options, trace.rate_rps)
@@ -271,7 +295,8 @@ def _logged_state(api: ServeApi, app: str) -> tuple[RunningState, str]:
     return state, state.stack.log_dir
 
 
-def _window(log_dir: str, options: ReplanOptions, now_s: float) -> Trace:
+def _window(log_dir: str, options: ReplanOptions, now_s: float,
+            workload: str | None = None, min_requests: int | None = None) -> Trace:
     """Step 2: the window's trace (`window_trace`), spread over a positive duration.
 
     Raises:
@@ -279,14 +304,39 @@ def _window(log_dir: str, options: ReplanOptions, now_s: float) -> Trace:
 
     """
     trace = window_trace(log_dir, window_s=options.window_s, now_s=now_s,
-                         min_requests=options.min_requests)
+                         min_requests=options.min_requests if min_requests is None
+                         else min_requests, workload=workload)
     if not trace.duration_s > 0:
         raise ReplanError("every request of the window arrived at the same instant; widen the "
                           "window")
     return trace
 
 
-def _window_problem(state: RunningState, options: ReplanOptions, trace: Trace,
+def _windows(log_dir: str, options: ReplanOptions, now_s: float, plan: Plan
+             ) -> dict[str, Trace]:
+    """Step 2 per workload: one trace each for a plan with several (``default`` otherwise).
+
+    Each workload needs its share of ``min_requests`` (at least 20) in the window.
+    """
+    names = [w.name for w in plan.routing.workloads] if plan.routing.is_ladder else []
+    if len(names) <= 1:
+        return {"default": _window(log_dir, options, now_s)}
+    each = max(20, options.min_requests // len(names))
+    return {n: _window(log_dir, options, now_s, n, each) for n in names}
+
+
+def _merged(traces: dict[str, Trace]) -> Trace:
+    """The workloads' traces as one (for the report's window summary)."""
+    from profiling import Trace
+
+    arrival = np.concatenate([t.arrival_s for t in traces.values()])
+    order = np.argsort(arrival, kind="stable")
+    return Trace(arrival[order], np.concatenate([t.input_tokens for t in traces.values()])[order],
+                 np.concatenate([t.output_tokens for t in traces.values()])[order],
+                 name="request-log-window")
+
+
+def _window_problem(state: RunningState, options: ReplanOptions, traces: dict[str, Trace],
                     log_dir: str) -> Problem:
     """Step 3's inputs: the planning problem of the plan's scenario on the window's traffic.
 
@@ -298,9 +348,10 @@ def _window_problem(state: RunningState, options: ReplanOptions, trace: Trace,
 
     work = Path(options.work_dir or Path(log_dir).parent / "replan")
     work.mkdir(parents=True, exist_ok=True)
-    trace_path = trace.save(work / "window.parquet")
-    scenario_path = _scenario_file(state, options, trace_path, trace.rate_rps,
-                                   gpu_counts_in(live_nodes()), work)
+    saved = {name: (t.save(work / ("window.parquet" if name == "default"
+                                   else f"window-{name}.parquet")), t.rate_rps)
+             for name, t in traces.items()}
+    scenario_path = _scenario_file(state, options, saved, gpu_counts_in(live_nodes()), work)
     return planning_problem(str(scenario_path), db=str(work / "perfdb.parquet"),
                             gpu_catalog=state.stack.gpu_catalog,
                             model_catalog=state.stack.model_catalog, note=_stderr_note)
@@ -328,6 +379,11 @@ def _evaluate_running(problem: Problem, plan: Plan, goal: Goal) -> tuple[Plan, s
         elif goal.quality is not None and running.predicted.quality < goal.quality - 1e-9:
             violation = (f"misses the quality floor: {running.predicted.quality:.3f} < "
                          f"{goal.quality:g}")
+        elif goal.qualities is not None:
+            for w, q in zip(running.routing.workloads, goal.qualities, strict=True):
+                if w.quality < q - 1e-9:
+                    violation = (f"misses workload {w.name!r}'s quality floor: "
+                                 f"{w.quality:.3f} < {q:g}")
     except InfeasiblePlanError as exc:
         violation = f"is infeasible on the observed traffic: {exc}"
     return running, violation
@@ -349,9 +405,12 @@ def _propose(problem: Problem, goal: Goal, options: ReplanOptions, rate_rps: flo
         raise ReplanError(f"no plan meets the goal ({goal.mode}, quality >= {goal.quality}, "
                           f"P95 <= {goal.p95_s}) at {rate_rps:.2f} req/s on this "
                           "cluster; the running plan is unchanged")
+    saved: dict[str, Any] = {"mode": goal.mode, "quality": goal.quality, "p95_s": goal.p95_s}
+    if goal.qualities is not None:
+        saved["qualities"] = dict(zip(problem.workloads, goal.qualities, strict=True))
     return plan_from_arrays(problem, result.plans, result.metrics, best, {
         "search": {"solver": result.solver, "reason": result.reason, "objective": goal.mode,
-                   "goal": {"mode": goal.mode, "quality": goal.quality, "p95_s": goal.p95_s}}})
+                   "goal": saved}})
 
 
 def _report(trace: Trace, options: ReplanOptions, goal: Goal, running: Plan,
@@ -359,7 +418,8 @@ def _report(trace: Trace, options: ReplanOptions, goal: Goal, running: Plan,
     """The round's report before any change (`replan`'s docstring; ``applied`` False)."""
     return {
         "window": {**trace.summary(), "window_s": options.window_s},
-        "goal": {"mode": goal.mode, "quality": goal.quality, "p95_s": goal.p95_s},
+        "goal": {"mode": goal.mode, "quality": goal.quality, "p95_s": goal.p95_s,
+                 "qualities": None if goal.qualities is None else list(goal.qualities)},
         "running": {**running.to_dict(), "violation": violation},
         "proposed": proposed.to_dict(),
         "decision": {"action": decision.action, "reason": decision.reason,

@@ -10,7 +10,10 @@ A request goes through, in order (each refusal is an OpenAI error body, logged a
    model's context.
 3. **Routing**: ``model: "auto"`` is scored by the plan's router and sent to the weak or the
    strong model by the live-calibrated threshold (`app.routing.LiveThreshold`); a model name
-   pins it. A group of that model is chosen by the plan's shares among the available ones
+   pins it. A ladder plan (K models, several workloads) routes each workload by its own
+   cascade (`app.routing.LiveCascade`); a request names its workload with the model alias
+   ``auto:NAME`` or the ``x-boute-workload`` header (else the plan's first workload). A group
+   of that model is chosen by the plan's shares among the available ones
    (`app.groups.GroupPool`).
 4. **Admission**: every group has an in-flight bound from the plan's capacity; when all of
    the model's healthy groups are full the request is refused at once with 429 and
@@ -56,11 +59,13 @@ from .groups import GroupPool
 from .guard import ApiKeys, KeyEntry, RequestLimits, check_body, check_max_tokens, parse_body
 from .observability import Observer
 from .openai_api import ApiError, error_body, error_status, prompt_of, sse
-from .routing import LiveThreshold, RouterError, make_router
+from .routing import LiveCascade, LiveThreshold, RouterError, make_router
 
 __all__ = ["ROUTED_MODELS", "RouterIngress", "RouterSettings"]
 
 ROUTED_MODELS = ("auto", "boute")
+WORKLOAD_HEADER = "x-boute-workload"
+DEFAULT_WORKLOAD = "default"
 # Requests a replica takes at once: Serve's own bound would queue or reject before the
 # router's admission control, which is sized from the plan.
 MAX_ONGOING_REQUESTS = 4096
@@ -144,6 +149,8 @@ class _Call:
     model: str = ""
     group: str = ""
     score: float | None = None
+    workload: str | None = None
+    workload_asked: str | None = None
     degraded: str | None = None
     tries: int = 0
     prompt_tokens: int = 0
@@ -198,6 +205,9 @@ class RouterIngress:
                         for name, h in groups.items()}
         self.obs = Observer(log_dir, log_rotate_s)
         self.live: LiveThreshold | None = None
+        self.ladder_models: list[str] = []
+        self.cascades: dict[str, LiveCascade] = {}
+        self.workload_counts: Counter[tuple[str, str]] = Counter()
         self.router_name: str | None = None
         self.config_id: str | None = None
         self.pool: GroupPool | None = None
@@ -232,6 +242,7 @@ class RouterIngress:
         else:
             self.live = LiveThreshold(float(config["strong_share"]), threshold,
                                       seed=int(config.get("seed", 0)))
+        self._set_ladder(config)
         for group, app_name in config.get("apps", {}).items():   # the stack layout
             if group not in self.handles:
                 # Not checked for existence: the group applications deploy beside the router
@@ -258,6 +269,32 @@ class RouterIngress:
         p95 = config.get("plan_p95_s")
         self.plan_p95_s = float(p95) if p95 is not None else None
         self.config_id = config.get("config_id")
+
+    def _set_ladder(self, config: dict[str, Any]) -> None:
+        """The ladder's models and each workload's cascade (kept live across configs)."""
+        self.ladder_models = list(dict.fromkeys(config.get("models") or [self.weak, self.strong]))
+        workloads = config.get("workloads") or {}
+        cascades = {}
+        for i, (name, w) in enumerate(workloads.items()):
+            shares = [float(v) for v in w["shares"]]
+            if len(shares) != len(self.ladder_models):
+                raise RouterError(f"workload {name!r}: {len(shares)} shares for "
+                                  f"{len(self.ladder_models)} models")
+            tails = [sum(shares[k:]) for k in range(1, len(shares))]
+            th = [math.nan if v is None else float(v) for v in w.get("thresholds") or []]
+            old = self.cascades.get(name)
+            if old is not None:
+                old.set_tails(tails, th or None)
+                cascades[name] = old
+            else:
+                cascades[name] = LiveCascade(tails, th or None,
+                                             seed=int(config.get("seed", 0)) + i)
+        self.cascades = cascades
+
+    @property
+    def ladder(self) -> bool:
+        """Per-workload cascades over K models (else the pair's threshold)."""
+        return bool(self.cascades)
 
     @property
     def call_timeout_s(self) -> float:
@@ -339,6 +376,7 @@ class RouterIngress:
             self.keys.admit(entry)
         body = parse_body(await _read_body(request, self.limits.max_body_bytes), self.limits)
         check_body(call.kind, body, self.limits)
+        call.workload_asked = request.headers.get(WORKLOAD_HEADER)
         call.stream = bool(body.get("stream"))
         self._route(call, body)
         return await self._dispatch(call, body)
@@ -350,17 +388,26 @@ class RouterIngress:
         if self.routed % 50 == 0:
             self._export_routing()
         asked = body.get("model")
+        known = ", ".join(repr(m) for m in self.ladder_models)
         if asked is None:
-            raise ApiError("model is required: 'auto' to route, or one of "
-                           f"{self.weak!r}, {self.strong!r}", param="model")
+            raise ApiError(f"model is required: 'auto' to route, or one of {known}",
+                           param="model")
         prompt = prompt_of(call.kind, body)
         call.prompt_tokens = estimate_tokens(prompt)
+        if isinstance(asked, str) and asked.startswith("auto:"):
+            call.workload_asked, asked = asked.removeprefix("auto:"), "auto"
         if asked in ROUTED_MODELS:
             s = float(self.router.calculate_strong_win_rate(prompt))
-            call.model = self.strong if self.live.route_strong(s) else self.weak
+            if self.ladder:
+                call.workload = self._workload(call.workload_asked)
+                call.model = self.ladder_models[self.cascades[call.workload].route(s)]
+                self.workload_counts[(call.workload, call.model)] += 1
+            else:
+                call.workload = self._workload(call.workload_asked)
+                call.model = self.strong if self.live.route_strong(s) else self.weak
             call.score = s
             self.counts[call.model] += 1
-        elif asked in (self.weak, self.strong):
+        elif asked in self.ladder_models:
             if asked not in self.pool.pickers:      # a plan may serve one model only
                 raise ApiError(f"The model {asked!r} has no replicas in the running plan; use "
                                "'auto'", 404, "model", "model_not_found")
@@ -368,8 +415,37 @@ class RouterIngress:
             call.model = str(asked)
         else:
             raise ApiError(f"The model {asked!r} does not exist; use 'auto' to route, or one "
-                           f"of {self.weak!r}, {self.strong!r}", 404, "model",
-                           "model_not_found")
+                           f"of {known}", 404, "model", "model_not_found")
+
+    def _workload(self, asked: str | None) -> str:
+        """The workload a routed request belongs to (its alias or header, else the first).
+
+        Raises:
+            ApiError: 404 for a workload the plan does not have.
+
+        """
+        names = list(self.cascades) or [DEFAULT_WORKLOAD]
+        if asked is None or asked == "":
+            return names[0]
+        if asked not in names:
+            raise ApiError(f"The workload {asked!r} does not exist; use one of "
+                           f"{', '.join('auto:' + n for n in names)} (or the "
+                           f"{WORKLOAD_HEADER} header)", 404, "model", "model_not_found")
+        return asked
+
+    def _other_model(self, model: str) -> str | None:
+        """Where a request goes when its model is down (None: nowhere).
+
+        The nearest served model of the ladder, the larger one first (a pair: the other).
+        """
+        if model not in self.ladder_models:
+            return None
+        i = self.ladder_models.index(model)
+        rank = self.ladder_models.index
+        order = sorted((m for m in self.ladder_models if m != model),
+                       key=lambda m: (abs(rank(m) - i), rank(m) < i))
+        return next((m for m in order if self.pool is not None and m in self.pool.pickers),
+                    None)
 
     def _next_group(self, call: _Call, tried: set[str]) -> str:
         """The group of the next try, switching model when this one is down.
@@ -386,9 +462,9 @@ class RouterIngress:
         if self.pool.reachable(call.model, now, tried):
             raise ApiError(f"The {call.model} model is at its capacity; retry shortly", 429,
                            kind="rate_limit_error", retry_after_s=1.0)
-        other = self.strong if call.model == self.weak else self.weak
+        other = self._other_model(call.model)
         if (self.settings.on_model_down == "fallback" and call.degraded is None
-                and other in self.pool.pickers):
+                and other is not None):
             self.obs.degraded(call.model)
             call.degraded, call.model = call.model, other
             return self._next_group(call, tried)
@@ -559,7 +635,7 @@ class RouterIngress:
             status=status, ttft_s=ttft_s, latency_s=latency,
             prompt_tokens=int(usage.get("prompt_tokens") or call.prompt_tokens),
             output_tokens=int(usage.get("completion_tokens") or output_tokens),
-            stream=call.stream, key_id=call.key_id, outcome=outcome)
+            stream=call.stream, key_id=call.key_id, outcome=outcome, workload=call.workload)
 
     def __del__(self) -> None:
         """Serve calls this on a graceful shutdown: flush the request log."""
@@ -584,9 +660,10 @@ class RouterIngress:
                 self.keys.authenticate(request.headers.get("authorization"))
             except ApiError as exc:
                 return JSONResponse(exc.body(), exc.status, {"www-authenticate": "Bearer"})
+        aliases = [f"auto:{w}" for w in self.cascades]
         return {"object": "list", "data": [
             {"id": m, "object": "model", "owned_by": "boute"}
-            for m in (ROUTED_MODELS[0], self.weak, self.strong)]}
+            for m in (ROUTED_MODELS[0], *aliases, *self.ladder_models)]}
 
     @api.get("/health")
     async def health(self, request: Request) -> Any:
@@ -605,6 +682,16 @@ class RouterIngress:
             except ApiError:
                 return JSONResponse(brief, code)
         total = sum(self.counts.values())
+        ladder = {}
+        for name, cascade in self.cascades.items():
+            n = sum(v for (w, _), v in self.workload_counts.items() if w == name)
+            tails = (1.0, *cascade.tails, 0.0)
+            ladder[name] = {
+                "requests": n,
+                "target": {m: tails[k] - tails[k + 1] for k, m in enumerate(self.ladder_models)},
+                "routed": {m: self.workload_counts[(name, m)] / n if n else None
+                           for m in self.ladder_models},
+                "thresholds": [t if math.isfinite(t) else None for t in cascade.thresholds]}
         return JSONResponse({
             **brief, "models": pool["models"], "groups": pool["groups"],
             "requests": total, "pinned": self.pinned, "errors": self.errors,
@@ -613,4 +700,5 @@ class RouterIngress:
             "strong_share_routed": (self.counts[self.strong] / total) if total else None,
             "threshold": (self.live.threshold if math.isfinite(self.live.threshold) else None),
             "router": self.router_name, "call_timeout_s": self.call_timeout_s,
-            "auth": self.keys is not None}, code)
+            "auth": self.keys is not None, "routed_models": dict(self.counts),
+            **({"workloads": ladder} if ladder else {})}, code)

@@ -36,7 +36,8 @@ from profiling import Trace
 __all__ = ["MAX_BENCH_CONCURRENCY", "MAX_BENCH_RATE_RPS", "MAX_BENCH_REQUESTS", "BenchRequest",
            "BenchResult", "RequestRecord", "check_client", "check_duration", "check_load",
            "check_rate", "format_bench",
-           "generated_requests", "run_bench", "synth_prompt", "trace_requests"]
+           "generated_requests", "run_bench", "synth_prompt", "trace_requests",
+           "workload_requests"]
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99)
 _WORDS = ("the", "model", "explain", "why", "sum", "of", "each", "cost", "train", "step",
@@ -66,6 +67,7 @@ class RequestRecord:
     model: str = ""
     group: str = ""
     error: str = ""
+    workload: str = ""
 
 
 @dataclass
@@ -96,6 +98,15 @@ class BenchResult:
         models = Counter(r.model for r in ok)
         groups = Counter(r.group for r in ok)
         out["model_share"] = {m: n / len(ok) for m, n in sorted(models.items())} if ok else {}
+        by_workload: dict[str, Counter[str]] = {}
+        for r in ok:
+            if r.workload:
+                by_workload.setdefault(r.workload, Counter())[r.model] += 1
+        if by_workload:
+            out["workload_share"] = {
+                w: {m: n / sum(c.values()) for m, n in sorted(c.items())}
+                for w, c in sorted(by_workload.items())}
+            out["workload_requests"] = {w: sum(c.values()) for w, c in sorted(by_workload.items())}
         out["group_share"] = {g: n / len(ok) for g, n in sorted(groups.items())} if ok else {}
         first = next((r.error for r in self.records if r.error), "")
         out["first_error"] = first
@@ -124,6 +135,7 @@ class BenchRequest:
     input_tokens: int
     output_tokens: int
     prompt: str | None = None
+    model: str | None = None          # the request's ``model`` (None: the bench's)
 
 
 def check_rate(rate_rps: float, flag: str = "--rate") -> None:
@@ -233,6 +245,28 @@ def generated_requests(shape: str, *, rate_rps: float, duration_s: float, seed: 
     return draw()
 
 
+def workload_requests(workloads: Iterable[tuple[str, str, float]], *, duration_s: float,
+                      seed: int = 0, duration_flag: str = "--duration"
+                      ) -> Iterator[BenchRequest]:
+    """Several workloads' generated requests, merged by arrival time.
+
+    Each ``(name, shape, rate_rps)`` is `generated_requests` of its own (seed ``seed + i``)
+    whose requests ask for ``model: "auto:<name>"`` (the router's workload alias).
+    """
+    import heapq
+    from dataclasses import replace
+
+    def tagged(name: str, requests: Iterator[BenchRequest]) -> Iterator[BenchRequest]:
+        for r in requests:
+            yield replace(r, model=f"auto:{name}")
+
+    streams = [tagged(name, generated_requests(
+        shape, rate_rps=rate, duration_s=duration_s, seed=seed + i,
+        rate_flag=f"the rate of workload {name!r}", duration_flag=duration_flag))
+        for i, (name, shape, rate) in enumerate(workloads)]
+    return heapq.merge(*streams, key=lambda r: r.arrival_s)
+
+
 def trace_requests(trace: Trace) -> Iterator[BenchRequest]:
     """The rows of `trace` as requests, one at a time."""
     for i in range(len(trace)):
@@ -244,7 +278,8 @@ def trace_requests(trace: Trace) -> Iterator[BenchRequest]:
 def _body(kind: str, model: str, req: BenchRequest, rng: np.random.Generator
           ) -> dict[str, Any]:
     prompt = req.prompt if req.prompt is not None else synth_prompt(req.input_tokens, rng)
-    body: dict[str, Any] = {"model": model, "max_tokens": req.output_tokens, "stream": True,
+    body: dict[str, Any] = {"model": req.model or model, "max_tokens": req.output_tokens,
+                            "stream": True,
                             "ignore_eos": True}
     if kind == "chat":
         body["messages"] = [{"role": "user", "content": prompt}]
@@ -320,6 +355,8 @@ async def _run(url: str, requests: Iterable[BenchRequest], *, kind: str, model: 
         for req in requests:
             first = req.arrival_s if first is None else first
             rec = RequestRecord(req.arrival_s - first)
+            if req.model and req.model.startswith("auto:"):
+                rec.workload = req.model.removeprefix("auto:")
             result.records.append(rec)
             await asyncio.sleep(max(0.0, rec.arrival_s - (time.perf_counter() - t0)))
             queue.put_nowait((req, rec))

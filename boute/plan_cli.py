@@ -372,13 +372,52 @@ def _gpu_text(per: dict[str, int]) -> str:
     return "+".join(f"{n}x{gpu}" for gpu, n in sorted(per.items(), key=lambda kv: -kv[1])) or "-"
 
 
+def _target_text(quality: Any, sec: float) -> str:
+    q = ("/".join(f"{v:g}" for v in quality) if isinstance(quality, tuple | list)
+         else f"{quality:g}")
+    return f"({q}, {sec:g} s)"
+
+
+def _allocation_lines(problem: Problem, columns: list[dict[str, Any]]) -> list[str]:
+    """Table 1: the top model's share of the queries and the GPUs of each model."""
+    models = problem.models
+    if problem.is_pair:
+        weak, strong = models
+        lines = ["", f"BOute's allocation per target (Table 1): share of queries to {strong}, "
+                 "GPUs per model", f"{'target':<16}{'strong share':>13}  {weak:<34}{strong}"]
+    else:
+        lines = ["", "BOute's allocation per target (Table 1): share of all queries to "
+                 f"{models[-1]}, GPUs per model",
+                 f"{'target':<18}{'top share':>10}  " + "".join(f"{m:<30}" for m in models)]
+    for col in columns:
+        a = col["allocation"]
+        tgt = _target_text(col["quality"], col["p95_s"])
+        if problem.is_pair and a is None:
+            lines.append(f"{tgt:<16}{'-':>13}")
+        elif problem.is_pair:
+            lines.append(f"{tgt:<16}{a['strong_share']:>13.1%}  "
+                         f"{_gpu_text(a['gpus'].get(models[0], {})):<34}"
+                         f"{_gpu_text(a['gpus'].get(models[1], {}))}")
+        elif a is None:
+            lines.append(f"{tgt:<18}{'-':>10}")
+        else:
+            lines.append(f"{tgt:<18}{a['strong_share']:>10.1%}  " + "".join(
+                f"{_gpu_text(a['gpus'].get(m, {})):<30}" for m in models))
+    return lines
+
+
 def _run_compare(args: argparse.Namespace) -> int:
     from tuning import BASELINES
     from tuning._reproduce import compare_targets
 
     problem = load_planning_problem(args)
-    targets = (_parse_targets(args.targets) if args.targets else
-               [(t.single_quality, t.p95_s) for t in problem.scenario.targets])
+    targets: list[tuple[Any, float]]
+    if args.targets:
+        targets = list(_parse_targets(args.targets))
+    elif len(problem.workloads) > 1:
+        targets = [(t.qualities(problem.workloads), t.p95_s) for t in problem.scenario.targets]
+    else:
+        targets = [(t.single_quality, t.p95_s) for t in problem.scenario.targets]
     if not targets:
         raise BouteError("no targets: pass --targets Q:SEC,... or add targets to the scenario")
     rule = stop_rule_from(args)
@@ -388,11 +427,16 @@ def _run_compare(args: argparse.Namespace) -> int:
         for c in compare_targets(problem, targets, solver=args.solver, seed=args.seed,
                                  stop=rule)]
     payload = {"scenario": problem.scenario.name, "solver": args.solver, "targets": columns}
+    if not problem.is_pair:
+        payload["not_applicable"] = ["RouteLLM-uniform"]
 
     def human() -> str:
-        head = f"{'system':<20}" + "".join(f"{f'({c[0]:g}, {c[1]:g} s)':>16}" for c in targets)
+        width = 16 if problem.is_pair else 18
+        head = f"{'system':<20}" + "".join(f"{_target_text(*c):>{width}}" for c in targets)
         lines = [f"cheapest $/hour meeting (quality, P95) on {problem.scenario.name} "
-                 "(- = no plan meets it)", head]
+                 "(- = no plan meets it" + ("" if problem.is_pair else
+                                            "; RouteLLM-uniform: n/a for a ladder") + ")",
+                 head]
         for name in (*BASELINES, "BOute"):
             cells = []
             for col in columns:
@@ -401,23 +445,11 @@ def _run_compare(args: argparse.Namespace) -> int:
                 txt = "-" if v is None else f"{v:.2f}"
                 if red is not None:
                     txt += f" ({red:+.0%})"
-                cells.append(f"{txt:>16}")
+                cells.append(f"{txt:>{width}}")
             lines.append(f"{name:<20}" + "".join(cells))
         lines.append("(x%) = BOute's cost reduction versus that baseline")
-        weak, strong = problem.models
-        lines += ["", f"BOute's allocation per target (Table 1): share of queries to {strong}, "
-                  "GPUs per model",
-                  f"{'target':<16}{'strong share':>13}  {weak:<34}{strong}"]
-        for col in columns:
-            a = col["allocation"]
-            tgt = f"({col['quality']:g}, {col['p95_s']:g} s)"
-            if a is None:
-                lines.append(f"{tgt:<16}{'-':>13}")
-                continue
-            lines.append(f"{tgt:<16}{a['strong_share']:>13.1%}  "
-                         f"{_gpu_text(a['gpus'].get(weak, {})):<34}"
-                         f"{_gpu_text(a['gpus'].get(strong, {}))}")
-        return "\n".join(lines)
+        return "\n".join(lines + _allocation_lines(problem, columns))
+
 
     from boute._shared import emit
 

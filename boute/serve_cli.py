@@ -296,8 +296,14 @@ def _bench_deployed(args: argparse.Namespace, plan: Any, url: str, rate: float,
     from boute._shared import emit
     from boute.bench import format_bench, run_bench
 
-    shape = str(plan.scenario.get("task") or "gsm8k")
-    trace = _bench_trace(shape, rate, args.bench_s, args.seed)
+    if plan.routing.is_ladder and len(plan.routing.workloads) > 1:
+        from boute.bench import workload_requests
+
+        trace = workload_requests(_workload_loads(plan, rate), duration_s=args.bench_s,
+                                  seed=args.seed, duration_flag="--bench-s")
+    else:
+        shape = str(plan.scenario.get("task") or "gsm8k")
+        trace = _bench_trace(shape, rate, args.bench_s, args.seed)
     result = run_bench(url, trace, max_concurrency=args.max_concurrency, seed=args.seed,
                        api_key=api_key)
     summary = _with_strong_share(result.summary(), plan)
@@ -307,15 +313,32 @@ def _bench_deployed(args: argparse.Namespace, plan: Any, url: str, rate: float,
                          lambda: format_bench(summary, predicted))
 
 
+def _workload_loads(plan: Any, rate: float) -> list[tuple[str, str, float]]:
+    """(name, shape, rate) of each workload of a ladder plan, at `rate` req/s in all."""
+    spec = {w["name"]: w for w in (plan.scenario.get("spec") or {}).get("workloads") or []}
+    rates = [w.rate_rps for w in plan.routing.workloads]
+    total = sum(rates)
+    out = []
+    for w, r in zip(plan.routing.workloads, rates, strict=True):
+        shape = (spec.get(w.name) or {}).get("shape") or "gsm8k"
+        out.append((w.name, str(shape), rate * r / total))
+    return out
+
+
 def _predicted(plan: Any) -> dict[str, Any] | None:
     if plan.predicted is None:
         return None
-    return {"system_p95_s": plan.predicted.system_p95_s, "mean_s": plan.predicted.mean_s,
-            "p95_s": plan.predicted.p95_s, "strong_share": plan.routing.strong_share}
+    out = {"system_p95_s": plan.predicted.system_p95_s, "mean_s": plan.predicted.mean_s,
+           "p95_s": plan.predicted.p95_s, "strong_share": plan.routing.strong_share}
+    if plan.routing.is_ladder:
+        out["workload_share"] = {w.name: dict(zip(plan.routing.models, w.shares, strict=True))
+                                 for w in plan.routing.workloads}
+    return out
 
 
 def _with_strong_share(summary: dict[str, Any], plan: Any) -> dict[str, Any]:
-    strong = (plan.scenario.get("models") or {}).get("strong")
+    strong = (plan.routing.models[-1] if plan.routing.is_ladder
+              else (plan.scenario.get("models") or {}).get("strong"))
     if strong:
         summary["strong_share"] = summary["model_share"].get(strong, 0.0)
     return summary

@@ -46,7 +46,7 @@ import numpy.typing as npt
 
 from common.errors import BouteError
 
-from ._baselines import BASELINES, baseline_min_cost
+from ._baselines import BASELINES, baseline_min_cost, ladder_baseline_min_cost
 from ._evaluator import PlanArrays, evaluate_arrays, plan_from_arrays
 from ._exact import (
     LevelStates,
@@ -358,7 +358,7 @@ class TargetComparison:
     ``reduction`` is ``1 - BOute / baseline``; ``plan`` is BOute's plan (None: none found).
     """
 
-    quality: float
+    quality: float | tuple[float, ...]
     p95_s: float
     cost_per_hour: dict[str, float | None]
     reduction: dict[str, float | None]
@@ -371,10 +371,14 @@ class TargetComparison:
         return None if self.plan is None else allocation(self.plan)
 
 
-def compare_targets(problem: Problem, targets: Sequence[tuple[float, float]], *,
+def compare_targets(problem: Problem,
+                    targets: Sequence[tuple[float | tuple[float, ...], float]], *,
                     solver: str = "auto", seed: int = 0, stop: StopRule | None = None,
                     tick: Tick | None = None) -> list[TargetComparison]:
     """The cheapest $/hour per baseline and BOute for each (quality, P95 s) target.
+
+    On a ladder a target's quality may be one per workload (a tuple, `Problem.workloads`
+    order), and the baselines are `ladder_baseline_min_cost`'s.
 
     Baselines: `baseline_min_cost` (exact in their spaces); BOute: ``search(problem,
     Goal("min-cost", Q, L), solver=solver)``. The budget does not apply (the paper's Table 3).
@@ -385,13 +389,23 @@ def compare_targets(problem: Problem, targets: Sequence[tuple[float, float]], *,
     """
     columns = []
     for q, sec in targets:
-        problem.quality.min_share_for(q)
         costs: dict[str, float | None] = {}
-        for name in BASELINES:
-            found = baseline_min_cost(problem, name, q, sec)
-            costs[name] = (None if found is None
-                           else float(evaluate_arrays(problem, found).cost_per_hour[0]))
-        res = search(problem, Goal("min-cost", q, sec), solver=solver, seed=seed, stop=stop)
+        if problem.is_pair:
+            q1 = float(q[0]) if isinstance(q, tuple) else float(q)
+            problem.quality.min_share_for(q1)
+            goal = Goal("min-cost", q1, sec)
+            for name in BASELINES:
+                found = baseline_min_cost(problem, name, q1, sec)
+                costs[name] = (None if found is None
+                               else float(evaluate_arrays(problem, found).cost_per_hour[0]))
+        else:
+            qs = (q,) * len(problem.workloads) if isinstance(q, float | int) else tuple(q)
+            goal = Goal("min-cost", None, sec, qs)
+            for name in BASELINES:
+                found = ladder_baseline_min_cost(problem, name, qs, sec, seed=seed)
+                costs[name] = (None if found is None
+                               else float(evaluate_arrays(problem, found).cost_per_hour[0]))
+        res = search(problem, goal, solver=solver, seed=seed, stop=stop)
         b = res.best(problem)
         costs["BOute"] = None if b is None else float(res.metrics.cost_per_hour[b])
         boute = costs["BOute"]
@@ -400,7 +414,7 @@ def compare_targets(problem: Problem, targets: Sequence[tuple[float, float]], *,
         plan = None if b is None else plan_from_arrays(problem, res.plans, res.metrics, b)
         columns.append(TargetComparison(q, sec, costs, reduction, plan, res))
         if tick is not None:
-            tick(f"{problem.scenario.name} ({q:g}, {sec:g} s)")
+            tick(f"{problem.scenario.name} ({q}, {sec:g} s)")
     return columns
 
 

@@ -11,13 +11,14 @@ SHARES = {"weak": {"a": 0.6, "b": 0.4}, "strong": {"c": 1.0}}
 
 
 def test_inflight_limits_by_littles_law() -> None:
-    # capacity 10 req/s, strong share 0.3, P95 4 s: weak groups get 10*0.7*0.6*4 = 16.8 -> 17
-    # and 10*0.7*0.4*4 = 11.2 -> 12, the strong group 10*0.3*1*4 = 12.
+    # capacity 10 req/s, strong share 0.3, P95 4 s: Little's law gives the weak groups
+    # m = 10*0.7*0.6*4 = 16.8 and 10*0.7*0.4*4 = 11.2, the strong group 10*0.3*1*4 = 12; the
+    # bound is m + 3 sqrt(m): 29.10 -> 30, 21.24 -> 22, 22.39 -> 23.
     groups = [("a", "weak", 1, 0.6), ("b", "weak", 1, 0.4), ("c", "strong", 2, 1.0)]
     lim = inflight_limits(groups, {"weak": 0.7, "strong": 0.3}, 10.0, 4.0)
-    assert lim == {"a": 17, "b": 12, "c": 12}
+    assert lim == {"a": 30, "b": 22, "c": 23}
     assert inflight_limits(groups, {"weak": 0.7, "strong": 0.3}, 10.0, 4.0,
-                           scale=2.0) == {"a": 34, "b": 23, "c": 24}
+                           scale=2.0) == {"a": 59, "b": 43, "c": 45}
     # Unknown capacity: vLLM's max_num_seqs per replica.
     assert inflight_limits(groups, {}, math.inf, 4.0) == {"a": 256, "b": 256, "c": 512}
     # At least one request per replica.

@@ -269,3 +269,40 @@ def test_a_client_that_gives_up_cancels_its_engine_call(serve_url) -> None:
     # cancelled, not left running until its deadline).
     assert health["outcomes"].get("abandoned") == 2, health
     assert health["groups"]["stuck"]["inflight"] == 0
+
+
+def test_a_ladder_routes_each_workload_by_its_own_cascade(serve_url) -> None:
+    """Three models, two workloads: ``auto:NAME`` and the workload header pick the cascade."""
+    base, serve = serve_url
+    big = "llama-3.1-405b"
+    config = {"models": [WEAK, STRONG, big], "strong_share": 0.3,
+              "workloads": {"math": {"shares": [0.2, 0.5, 0.3], "thresholds": [None, None]},
+                            "chat": {"shares": [0.6, 0.4, 0.0], "thresholds": [None, None]}},
+              "context": {WEAK: 8192, STRONG: 8192, big: 8192}}
+    serve.run(_app({"w": ("ok", WEAK), "s": ("ok", STRONG), "b": ("ok", big)},
+                   {WEAK: {"w": 1.0}, STRONG: {"s": 1.0}, big: {"b": 1.0}}, **config),
+              name="ladder", route_prefix="/ladder")
+    url = f"{base}/ladder"
+    math_models, chat_models = Counter(), Counter()
+    for _ in range(20):
+        status, headers, body = _post(f"{url}/v1/chat/completions", _chat("auto:math"))
+        assert status == 200, body
+        math_models[headers["x-boute-model"]] += 1
+        status, headers, body = _post(f"{url}/v1/chat/completions", _chat(),
+                                      {"x-boute-workload": "chat"})
+        assert status == 200, body
+        chat_models[headers["x-boute-model"]] += 1
+    # Until a window of scores is in, each cascade routes by deficit: the shares exactly.
+    assert math_models == {WEAK: 4, STRONG: 10, big: 6}
+    assert chat_models == {WEAK: 12, STRONG: 8}
+    status, _, body = _post(f"{url}/v1/chat/completions", _chat("auto:nope"))
+    assert status == 404 and "auto:math" in body["error"]["message"], body
+    status, headers, _ = _post(f"{url}/v1/chat/completions", _chat(big))
+    assert status == 200 and headers["x-boute-model"] == big
+    code, health = _get(f"{url}/health")
+    assert code == 200 and health["workloads"]["math"]["requests"] == 20
+    assert health["workloads"]["chat"]["routed"][WEAK] == pytest.approx(0.6)
+    assert health["workloads"]["math"]["target"][big] == pytest.approx(0.3)
+    _, models = _get(f"{url}/v1/models")
+    assert [m["id"] for m in models["data"]] == ["auto", "auto:math", "auto:chat", WEAK,
+                                                 STRONG, big]

@@ -1,5 +1,6 @@
 import asyncio
 import math
+import random
 import time
 
 import numpy as np
@@ -111,3 +112,36 @@ def test_build_app_errors_name_the_field() -> None:
         build_app(plan, backend="gpu")
     with pytest.raises(ValueError, match=r"plan\.scenario\.models is missing"):
         build_app(plan)
+
+
+def test_live_cascade_holds_every_share_and_orders_by_score() -> None:
+    from app.routing import LiveCascade
+
+    cascade = LiveCascade([0.6, 0.2])               # shares 0.4 / 0.4 / 0.2
+    rng = random.Random(3)
+    routed = {0: [], 1: [], 2: []}
+    for _ in range(600):
+        s = rng.random()
+        routed[cascade.route(s)].append(s)
+    n = {k: len(v) for k, v in routed.items()}
+    assert abs(n[0] - 240) <= 3 and abs(n[1] - 240) <= 3 and abs(n[2] - 120) <= 3, n
+    # Once calibrated, harder queries go up the ladder: the medians are ordered.
+    med = [sorted(v)[len(v) // 2] for v in routed.values()]
+    assert med[0] < med[1] < med[2]
+    # Before the window fills, the deficit rule keeps the shares exact: 10 queries -> 4/4/2.
+    fresh, counts = LiveCascade([0.6, 0.2]), [0, 0, 0]
+    for _ in range(10):
+        counts[fresh.route(rng.random())] += 1
+    assert counts == [4, 4, 2]
+    with pytest.raises(RouterError, match="decrease"):
+        LiveCascade([0.2, 0.6])
+
+
+def test_workload_requests_tag_and_merge_each_workload() -> None:
+    from boute.bench import workload_requests
+
+    reqs = list(workload_requests([("math", "gsm8k", 5.0), ("chat", "mtbench", 1.0)],
+                                  duration_s=100))
+    counts = {m: sum(r.model == m for r in reqs) for m in ("auto:math", "auto:chat")}
+    assert counts == {"auto:math": 500, "auto:chat": 100}
+    assert all(a.arrival_s <= b.arrival_s for a, b in zip(reqs, reqs[1:], strict=False))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from common.errors import ScenarioError
-from profiling import Catalog, CascadeQuality, build_perfdb, default_quality_curve, load_scenario
+from profiling import CascadeQuality, Catalog, build_perfdb, default_quality_curve, load_scenario
 from tuning import (
     Goal,
     Plan,
@@ -215,8 +215,12 @@ def test_floors_move_up_one_model_at_a_time(three: Problem) -> None:
     tails = enc.floored(np.zeros((1, 1, 2)))
     # The cheapest step first: S_2 to 0.7006 (91 on the pair's curve), no 405B.
     assert tails[0, 0] == pytest.approx([0.7006, 0.0], abs=1e-4)
-    top = enc.floored(np.zeros((1, 1, 2)) + [[[0.0, 0.0]]])
-    assert three.cascades[0](top[0, 0]) >= 91.0 - 1e-9
+    # 96 needs the 405B: S_2 goes all the way to 1 first, then S_3 rises until 96.
+    high = make_encoding(three, Goal("min-cost", 96.0, 12.0))
+    assert isinstance(high, LadderEncoding)
+    top = high.floored(np.zeros((1, 1, 2)))[0, 0]
+    assert top[0] == 1.0 and 0.5 < top[1] < 1.0
+    assert three.cascades[0](top) == pytest.approx(96.0, abs=1e-4)
 
 
 def test_three_models_reach_what_two_cannot(three: Problem) -> None:
@@ -289,3 +293,52 @@ def test_ladder_plan_round_trip() -> None:
     pair = Plan.from_dict({"routing": {"strong_share": 0.3}, "groups": [
         {"model": "a", "gpu": "H100", "replicas": 1}]})
     assert list(pair.to_dict()["routing"]) == ["strong_share", "threshold", "router"]
+
+
+# -- command line -----------------------------------------------------------------------------
+def test_quality_flag_per_workload() -> None:
+    from boute.plan_cli import parse_quality
+    from common.errors import BouteError
+
+    assert parse_quality("91", ("default",)) == (91.0, None)
+    assert parse_quality("math=89,chat=8.3", ("math", "chat")) == (None, (89.0, 8.3))
+    assert parse_quality(None, ("math", "chat")) == (None, None)
+    with pytest.raises(BouteError, match=r"math=Q,chat=Q"):
+        parse_quality("89", ("math", "chat"))
+    with pytest.raises(BouteError, match=r"workloads are \['math', 'chat'\]"):
+        parse_quality("math=89", ("math", "chat"))
+    with pytest.raises(BouteError, match=r"must be a number"):
+        parse_quality("math=x,chat=8", ("math", "chat"))
+
+
+def test_plan_and_compare_a_two_workload_scenario(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from boute.cli import main
+
+    scenario, db = tmp_path / "mix.yaml", tmp_path / "db.parquet"
+    scenario.write_text(SMALL_MIX)
+    plan = tmp_path / "plan.json"
+    assert main(["--json", "plan", "--scenario", str(scenario), "--db", str(db),
+                 "--objective", "min-cost", "--quality", "math=88,chat=8.2", "--p95", "40",
+                 "--evals", "64", "--plot", "", "--out", str(plan)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    workloads = {w["name"]: w for w in out["plan"]["routing"]["workloads"]}
+    assert workloads["math"]["quality"] >= 88 and workloads["chat"]["quality"] >= 8.2
+    assert out["plan"]["search"]["goal"]["qualities"] == {"math": 88.0, "chat": 8.2}
+    assert out["headroom"]["holds"] and len(out["headroom"]["seeds"]) == 3
+    # Each workload's perf DB sits beside --db.
+    assert (tmp_path / "db-math.parquet").is_file() and (tmp_path / "db-chat.parquet").is_file()
+    assert main(["--json", "evaluate", str(plan), "--scenario", str(scenario),
+                 "--db", str(db)]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["predicted"]["cost_per_hour"] == pytest.approx(
+        out["plan"]["predicted"]["cost_per_hour"])
+    assert main(["--json", "compare", "--scenario", str(scenario), "--db", str(db),
+                 "--evals", "48"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    col = table["targets"][0]
+    assert col["quality"] == [88.0, 8.2] and table["not_applicable"] == ["RouteLLM-uniform"]
+    costs = col["cost_per_hour"]
+    assert costs["RouteLLM-uniform"] is None and costs["BOute"] is not None
+    # Stand-Alone (every query on the 70B) is never cheaper than BOute's routed plan here.
+    assert costs["Stand-Alone-Hetero"] is None or costs["Stand-Alone-Hetero"] >= costs["BOute"]

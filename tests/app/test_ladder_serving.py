@@ -1,0 +1,136 @@
+"""Three models x two workloads served end to end on a local fake cluster (issue 17).
+
+`boute plan` of a ladder scenario on deliberately slow cards (benchmarks/data/ladder) gives a
+plan that uses the 8B, the 70B and the 405B; it is deployed with emulated engines, benched with
+both workloads' traffic (``auto:math`` / ``auto:chat``), and checked against its prediction;
+then the math traffic doubles and a replanning Ray job refits each workload's rate from the
+request log and applies a new plan while the load runs.
+"""
+
+import json
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.app import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+CATALOG = REPO / "benchmarks" / "data" / "ladder" / "gpus.yaml"
+
+SCENARIO = """
+name: ladder-serve
+gpus:
+  EDU-GPU: {count: 16}
+  EDU-GPU-XL: {count: 32}
+models: [llama-3.1-8b, llama-3.1-70b, llama-3.1-405b]
+workloads:
+  - {name: math, shape: gsm8k, rate_rps: 5, task: gsm8k}
+  - {name: chat, shape: mtbench, rate_rps: 1, task: mtbench}
+budget_per_hour: 200
+p95_ceiling_s: 120
+targets:
+  - {quality: {math: 95.5, chat: 8.3}, p95_s: 40}
+profile: {num_rates: 8, num_requests: 300}
+"""
+
+
+def _plan(tmp: Path) -> Path:
+    from boute.cli import main
+
+    scenario, plan = tmp / "ladder.yaml", tmp / "plan.json"
+    scenario.write_text(SCENARIO)
+    assert main(["plan", "--scenario", str(scenario), "--gpu-catalog", str(CATALOG),
+                 "--db", str(tmp / "db.parquet"), "--objective", "min-cost",
+                 "--quality", "math=95.5,chat=8.3", "--p95", "40", "--plot", "",
+                 "--out", str(plan)]) == 0
+    return plan
+
+
+def _shares(summary: dict[str, Any], workload: str) -> dict[str, float]:
+    return summary["workload_share"].get(workload, {})
+
+
+@pytest.mark.heavy
+def test_three_models_two_workloads_served_and_replanned(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    import ray
+    from ray import serve
+
+    from app.deploy import deploy_plan
+    from app.replan import running_state, submit_replan_job
+    from app.request_log import read_log
+    from app.serve_api import ServeApi, dashboard_url
+    from boute.bench import run_bench, workload_requests
+    from placement import local_cluster
+    from tuning import Plan
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    plan = Plan.load(_plan(tmp_path))
+    assert plan.predicted is not None and plan.routing.is_ladder
+    assert {g.model for g in plan.groups} == {"llama-3.1-8b", "llama-3.1-70b",
+                                              "llama-3.1-405b"}
+    target = {w.name: dict(zip(plan.routing.models, w.shares, strict=True))
+              for w in plan.routing.workloads}
+    log_dir = tmp_path / "log"
+    cluster = local_cluster({"EDU-GPU": 16, "EDU-GPU-XL": 32}, {"EDU-GPU": 4, "EDU-GPU-XL": 8},
+                            temp_dir=REPO / "build" / "tmp", dashboard_port=free_port())
+    try:
+        url = deploy_plan(plan, backend="emulated", gpu_catalog=[str(CATALOG)],
+                          port=free_port(), proxy_location="HeadOnly", log_dir=str(log_dir),
+                          log_rotate_s=3.0)
+        # 1. The plan's traffic, 110 s of it (~660 requests): shares and P95 as planned.
+        result = run_bench(url, workload_requests([("math", "gsm8k", 5.0),
+                                                   ("chat", "mtbench", 1.0)],
+                                                  duration_s=110, seed=1))
+        first = result.summary()
+        refused = Counter((r.model, r.status, r.arrival_s // 10) for r in result.records
+                          if r.status != 200)
+        assert first["requests"] >= 600 and first["ok"] == first["requests"], (first, refused)
+        for w, want in target.items():
+            got = _shares(first, w)
+            for model, share in want.items():
+                assert abs(got.get(model, 0.0) - share) <= 0.03, (w, got, want)
+        predicted = plan.predicted.system_p95_s
+        measured = first["e2e_s"]["p95"]
+        assert abs(measured - predicted) <= 0.2 * predicted, (measured, predicted)
+
+        # 2. Math traffic doubles: a replanning job refits each workload and applies a plan.
+        dashboard = dashboard_url()
+        second: list[Any] = []
+        load = threading.Thread(target=lambda: second.append(run_bench(url, workload_requests(
+            [("math", "gsm8k", 10.0), ("chat", "mtbench", 1.0)], duration_s=150,
+            seed=2)).summary()))
+        load.start()
+        time.sleep(50.0)
+        moved = submit_replan_job(dashboard, ["--window-s", "40", "--min-requests", "80",
+                                              "--cooldown-s", "0"])
+        load.join()
+        assert moved["applied"] and moved["decision"]["action"] == "deployment", moved
+        rates = {w["name"]: w["rate_rps"] for w in moved["proposed"]["routing"]["workloads"]}
+        assert rates["math"] == pytest.approx(10.0, rel=0.25), rates
+        assert rates["chat"] == pytest.approx(1.0, rel=0.5), rates
+        live = running_state(ServeApi(dashboard))
+        assert [g.name for g in live.plan.groups] == [
+            g["model"] + "-" + g["gpu"] + f"-tp{g['tp']}pp{g['pp']}"
+            for g in moved["proposed"]["groups"]]
+        summary = second[0]
+        # Nothing fails: until the new plan is in, the doubled rate is beyond the running
+        # plan's capacity and admission control refuses some with 429 (bound 10%).
+        assert set(summary["errors"]) <= {"429"}, summary
+        assert summary["errors"].get("429", 0) <= 0.1 * summary["requests"], summary
+        print(json.dumps({"first": {"workload_share": first["workload_share"],
+                                    "p95_s": measured, "predicted_p95_s": predicted,
+                                    "requests": first["requests"]},
+                          "target": target, "replan": moved["decision"],
+                          "second": {"requests": summary["requests"],
+                                     "errors": summary["errors"]}}))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        cluster.shutdown()
+    assert read_log(log_dir).num_rows == first["requests"] + summary["requests"]
