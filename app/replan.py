@@ -58,6 +58,10 @@ __all__ = ["ReplanError", "ReplanOptions", "apply_plan", "format_report", "peak_
            "running_state", "submit_replan_job"]
 
 
+MIN_WORKLOAD_REQUESTS = 10
+"""Fewest successful requests of each workload a window must hold (their rate's estimate)."""
+
+
 class ReplanError(BouteError, RuntimeError):
     """Replanning cannot proceed; the running service was not touched."""
 
@@ -152,6 +156,14 @@ def window_trace(log_dir: str, *, window_s: float, now_s: float, min_requests: i
     """The successful requests of the last `window_s` seconds of the log, as a `Trace`.
 
     `workload`: only the requests routed for that workload (the log's ``workload`` column).
+    The log holds a request once it ends, so the last seconds of the window miss the requests
+    still in flight: a workload of long requests looks lighter than it is. The rate is
+    therefore measured on the *settled* part of the window, the arrivals at least ``settle``
+    before `now_s` (``settle``: the 99th percentile of the window's latencies), counting the
+    requests refused by admission control (429, outcome ``shed``: demand the plan did not
+    serve), as ``(n - 1) / (t_last - t_first)``; the trace (the successful requests' lengths
+    and arrival pattern) is scaled to that rate. A settled part shorter than a third of the
+    window, or with fewer than 10 arrivals, leaves the trace's own rate.
 
     Raises:
         ReplanError: no readable log, or fewer than `min_requests` requests in the window.
@@ -170,9 +182,12 @@ def window_trace(log_dir: str, *, window_s: float, now_s: float, min_requests: i
             ("arrival_s", "prompt_tokens", "output_tokens", "status")}
     ok = ((cols["status"] == 200) & (cols["prompt_tokens"] >= 1) &
           (cols["output_tokens"] >= 1) & (cols["arrival_s"] <= now_s))
+    shed = ((table.column("outcome").to_numpy(zero_copy_only=False) == "shed")
+            & (cols["arrival_s"] <= now_s))
     if workload is not None:
         names = table.column("workload").to_numpy(zero_copy_only=False)
         ok &= names == workload
+        shed &= names == workload
     n = int(ok.sum())
     if n < min_requests:
         which = "" if workload is None else f" of workload {workload!r}"
@@ -182,8 +197,16 @@ def window_trace(log_dir: str, *, window_s: float, now_s: float, min_requests: i
                           "for traffic")
     order = np.argsort(cols["arrival_s"][ok], kind="stable")
     arrivals = cols["arrival_s"][ok][order]
-    return Trace(arrivals - arrivals[0], cols["prompt_tokens"][ok][order].astype(np.int64),
-                 cols["output_tokens"][ok][order].astype(np.int64), name="request-log-window")
+    trace = Trace(arrivals - arrivals[0], cols["prompt_tokens"][ok][order].astype(np.int64),
+                  cols["output_tokens"][ok][order].astype(np.int64), name="request-log-window")
+    latency = table.column("latency_s").to_numpy(zero_copy_only=False)[ok]
+    settle = float(np.quantile(latency, 0.99)) if len(latency) else 0.0
+    settled = (ok | shed) & (cols["arrival_s"] <= now_s - settle)
+    demand = np.sort(cols["arrival_s"][settled])
+    if (window_s - settle >= window_s / 3 and len(demand) >= 10 and demand[-1] > demand[0]
+            and trace.duration_s > 0):
+        return trace.scaled_to((len(demand) - 1) / float(demand[-1] - demand[0]))
+    return trace
 
 
 def _goal_of(plan: Plan, options: ReplanOptions) -> Goal:
@@ -316,13 +339,24 @@ def _windows(log_dir: str, options: ReplanOptions, now_s: float, plan: Plan
              ) -> dict[str, Trace]:
     """Step 2 per workload: one trace each for a plan with several (``default`` otherwise).
 
-    Each workload needs its share of ``min_requests`` (at least 20) in the window.
+    The window needs ``min_requests`` in all and `MIN_WORKLOAD_REQUESTS` of each workload (a
+    workload of long requests completes few of them in a short window).
+
+    Raises:
+        ReplanError: too few requests in all or of one workload.
+
     """
     names = [w.name for w in plan.routing.workloads] if plan.routing.is_ladder else []
     if len(names) <= 1:
         return {"default": _window(log_dir, options, now_s)}
-    each = max(20, options.min_requests // len(names))
-    return {n: _window(log_dir, options, now_s, n, each) for n in names}
+    out = {n: _window(log_dir, options, now_s, n, MIN_WORKLOAD_REQUESTS) for n in names}
+    total = sum(len(t) for t in out.values())
+    if total < options.min_requests:
+        raise ReplanError(f"the last {options.window_s:g} s of the request log at {log_dir} "
+                          f"hold {total} successful requests of the plan's workloads, fewer "
+                          f"than min_requests={options.min_requests}; widen the window or "
+                          "wait for traffic")
+    return out
 
 
 def _merged(traces: dict[str, Trace]) -> Trace:

@@ -129,6 +129,8 @@ BENCHMARKS: tuple[Bench, ...] = (
           full_json=f"{DATA}/chaos/overload.json"),
     Bench("replan", "benchmarks/replan.py", quick=("--plot", f"{_Q}/dashboard.png"),
           full_json=f"{DATA}/replan/measured-2core.json"),
+    Bench("ladder", "benchmarks/ladder.py", full=("--no-copy",), quick=("--no-copy",),
+          full_json=f"{DATA}/ladder.json"),
     Bench("cpu_e2e", "benchmarks/cpu_e2e.py", quick=("--duration-s", "60"),
           full_json=f"{DATA}/cpu_e2e.json"),
     # `make gpu-check`; a full run writes benchmarks/data/gpu-check/<device>/.

@@ -70,7 +70,6 @@ def _add_profile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def _run_profile(args: argparse.Namespace) -> int:
     from profiling import load_catalog, load_scenario
-    from profiling._perfdb import spec_calibration
     from profiling._replica import engine_profile
 
     if args.p95 <= 0:
@@ -84,13 +83,34 @@ def _run_profile(args: argparse.Namespace) -> int:
         engine = engine_profile(args.engine)
     except KeyError as exc:
         raise BouteError(f"--engine: {exc.args[0]}") from None
+    from tuning import db_paths
+
+    paths = db_paths(scenario, args.out)
+    if scenario.workloads is None:
+        payload, human = _profile_one(args, scenario, paths[0], catalog, engine)
+        emit(args, payload, human)
+        return 0
+    # One perf DB per workload (its own lengths), beside each other.
+    parts = [_profile_one(args, scenario.for_workload(name), path, catalog, engine)
+             for name, path in zip(scenario.workload_names, paths, strict=True)]
+    emit(args, {"scenario": scenario.name, "workloads": {
+        name: part[0] for name, part in zip(scenario.workload_names, parts, strict=True)}},
+        lambda: "\n\n".join(f"workload {name}:\n{part[1]()}"
+                            for name, part in zip(scenario.workload_names, parts,
+                                                  strict=True)))
+    return 0
+
+
+def _profile_one(args: argparse.Namespace, scenario: Any, out: Any, catalog: Any,
+                 engine: Any) -> tuple[dict[str, Any], Any]:
+    """Build and save one perf DB; its JSON payload and its table's printer."""
+    from profiling._perfdb import spec_calibration
+
     spec = scenario.profile_spec()
     calibration = spec_calibration(spec, catalog, hardware_profiles=args.hardware_profiles)
     start = time.perf_counter()
     db, built_with = _build_db(args, spec, catalog, engine, calibration)
-    from tuning import default_db_path
-
-    path = db.save(args.out or default_db_path(scenario))
+    path = db.save(out)
     seconds = time.perf_counter() - start
     summary: list[dict[str, Any]] = []
     for key in db.keys:
@@ -129,8 +149,7 @@ def _run_profile(args: argparse.Namespace) -> int:
                          f"{_fmt(r['p95_idle_s']):>9}s")
         return "\n".join(lines)
 
-    emit(args, payload, human)
-    return 0
+    return payload, human
 
 
 def _build_db(args: argparse.Namespace, spec: Any, catalog: Any, engine: Any,

@@ -15,8 +15,8 @@ from ._evaluator import (
 )
 from ._exact import ExactFront, exact_front, exact_max_throughput, exact_min_cost
 from ._front import hypervolume, pareto_mask
-from ._plan import Group, Plan, PlanError, Predicted, Routing
-from ._problem import Problem, default_db_path, load_problem, planning_problem
+from ._plan import Group, Plan, PlanError, Predicted, Routing, WorkloadRouting
+from ._problem import Problem, db_paths, default_db_path, load_problem, planning_problem
 from ._replan import Decision, GroupChange, Hysteresis, decide, diff_groups
 from ._search import Goal, SearchResult, StopRule, search
 
@@ -38,7 +38,9 @@ __all__ = [
     "Routing",
     "SearchResult",
     "StopRule",
+    "WorkloadRouting",
     "baseline_min_cost",
+    "db_paths",
     "decide",
     "default_db_path",
     "diff_groups",

@@ -112,7 +112,8 @@ class BatchMetrics:
 def _crossing(problem: Problem, curve: FloatArray, need: FloatArray) -> FloatArray:
     """Smallest x with ``curve(x) >= need``; curve is ``(..., K)`` on the latency levels."""
     k_count = curve.shape[-1]
-    k = (curve < need[..., None]).sum(axis=-1)           # first level meeting the need
+    # (a need equal to a capacity up to rounding, e.g. the exact DP's boundary share, is met)
+    k = (curve < need[..., None] * (1 - 1e-12)).sum(axis=-1)
     logx = np.log(problem.levels_s)
     k_hi = np.minimum(k, k_count - 1)
     k_lo = np.maximum(k - 1, 0)
@@ -424,7 +425,7 @@ def plan_from_arrays(problem: Problem, plans: PlanArrays, metrics: BatchMetrics,
         routing = Routing(s, problem.quality.threshold_for(s))
     else:
         routing = Routing(s, math.nan, models=problem.models, workloads=tuple(
-            WorkloadRouting(name, tuple(round(float(v), 6) for v in plans.shares[b, w]),
+            WorkloadRouting(name, tuple(float(v) for v in plans.shares[b, w]),
                             problem.cascades[w].thresholds_for(
                                 np.cumsum(plans.shares[b, w, ::-1])[::-1][1:]),
                             float(problem.workload_rates[w]),

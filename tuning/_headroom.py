@@ -47,7 +47,7 @@ from ._run import Goal, SearchResult
 __all__ = ["FRESH_SEEDS", "GroupCheck", "Held", "hold", "resimulate"]
 
 FRESH_SEEDS = (101, 202, 303)
-DERATE = 0.95
+DERATE = 0.98
 MAX_ROUNDS = 8
 PARETO_TOLERANCE = 0.05
 

@@ -88,6 +88,19 @@ def diff_groups(running: Plan, proposed: Plan) -> list[GroupChange]:
             for n in sorted(set(before) | set(after))]
 
 
+def _routing_distance(running: Plan, proposed: Plan) -> float:
+    """The largest change of a routed share (the strong share; a ladder's every share)."""
+    a, b = running.routing, proposed.routing
+    gap = abs(a.strong_share - b.strong_share)
+    if a.is_ladder or b.is_ladder:
+        if a.models != b.models or [w.name for w in a.workloads] != [w.name for w in
+                                                                      b.workloads]:
+            return math.inf
+        gap = max([gap] + [abs(x - y) for wa, wb in zip(a.workloads, b.workloads, strict=True)
+                           for x, y in zip(wa.shares, wb.shares, strict=True)])
+    return gap
+
+
 def objective_gain(mode: str, running: Plan, proposed: Plan) -> float:
     """The proposal's relative gain on the goal's objective (see the module docstring).
 
@@ -137,7 +150,7 @@ def decide(mode: str, running: Plan, proposed: Plan, *, violation: str | None,
     """
     changes = tuple(diff_groups(running, proposed))
     same_groups = all(c.replicas_before == c.replicas_after for c in changes)
-    same_share = abs(running.routing.strong_share - proposed.routing.strong_share) <= SHARE_TOL
+    same_share = _routing_distance(running, proposed) <= SHARE_TOL
     if same_groups and same_share and all(c.kind == "same" for c in changes):
         return Decision("none", "the proposed plan is the running plan", changes, 0.0,
                         violation is not None)

@@ -61,10 +61,12 @@ def test_no_running_app_or_a_one_application_deploy_is_refused() -> None:
         running_state(StubApi(single))  # type: ignore[arg-type]
 
 
-def _log(folder: Path, arrivals: list[float], status: int = 200) -> None:
+def _log(folder: Path, arrivals: list[float], status: int = 200, outcome: str = "ok",
+         workload: str | None = None) -> None:
     log = RequestLog(folder)
     for t in arrivals:
-        log.record(t, 70, 100, 0.5, "llama-3.1-8b", "g", 0.1, 1.0, status, False)
+        log.record(t, 70, 100, 0.5, "llama-3.1-8b", "g", 0.1, 1.0, status, False,
+                   outcome=outcome, workload=workload)
     log.close()
 
 
@@ -75,6 +77,24 @@ def test_window_trace_keeps_successful_requests_of_the_window(tmp_path: Path) ->
     assert len(trace) == 50                                      # t = 150..199
     assert trace.rate_rps == pytest.approx(1.0) and trace.arrival_s[0] == 0.0
     assert set(trace.input_tokens) == {70} and set(trace.output_tokens) == {100}
+
+
+def test_shed_requests_count_toward_the_rate_and_workloads_are_apart(tmp_path: Path) -> None:
+    # math: 1 req/s served at t = 100..199 plus 50 shed at t = 150.25..199.25 (demand 2 req/s
+    # over the last 50 s); chat: 0.5 req/s; the router logged each with its workload.
+    _log(tmp_path, [float(t) for t in range(100, 200)], workload="math")
+    _log(tmp_path, [t + 0.25 for t in range(150, 200)], status=429, outcome="shed",
+         workload="math")
+    _log(tmp_path, [float(t) for t in range(100, 200, 2)], workload="chat")
+    math_trace = window_trace(str(tmp_path), window_s=50, now_s=199.5, min_requests=10,
+                              workload="math")
+    # Latencies are 1 s, so the settled arrivals end at 198.5: 49 served + 49 shed between
+    # 150 and 198.25, (98 - 1) / 48.25 = 2.01 req/s; the lengths are the served ones'.
+    assert len(math_trace) == 50
+    assert math_trace.rate_rps == pytest.approx(97 / 48.25, rel=1e-6)
+    chat = window_trace(str(tmp_path), window_s=50, now_s=199.5, min_requests=10,
+                        workload="chat")
+    assert len(chat) == 25 and chat.rate_rps == pytest.approx(0.5)
 
 
 def test_empty_or_corrupt_or_thin_windows_are_clear_errors(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
 import asyncio
+import itertools
 import math
 import random
 import time
@@ -144,4 +145,4 @@ def test_workload_requests_tag_and_merge_each_workload() -> None:
                                   duration_s=100))
     counts = {m: sum(r.model == m for r in reqs) for m in ("auto:math", "auto:chat")}
     assert counts == {"auto:math": 500, "auto:chat": 100}
-    assert all(a.arrival_s <= b.arrival_s for a, b in zip(reqs, reqs[1:], strict=False))
+    assert all(a.arrival_s <= b.arrival_s for a, b in itertools.pairwise(reqs))

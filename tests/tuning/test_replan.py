@@ -78,3 +78,24 @@ def test_hysteresis_rejects_bad_settings() -> None:
         Hysteresis(-0.1)
     with pytest.raises(ValueError, match=r"cooldown_s=nan must be"):
         Hysteresis(0.1, math.nan)
+
+
+def test_a_ladder_rerouting_one_workload_is_a_routing_change() -> None:
+    from tuning import WorkloadRouting
+
+    models = ("llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b")
+
+    def ladder(chat: tuple[float, float, float]) -> Plan:
+        rt = Routing(0.1, math.nan, "builtin", models, (
+            WorkloadRouting("math", (0.0, 0.8, 0.2), (math.nan, math.nan), 5.0),
+            WorkloadRouting("chat", chat, (math.nan, math.nan), 1.0)))
+        return replace(RUN, routing=rt)
+
+    run, moved = ladder((0.6, 0.4, 0.0)), ladder((0.2, 0.8, 0.0))
+    # Same groups, same share on the 405B, but chat moves from the 8B to the 70B.
+    d = decide("min-cost", run, moved, violation="misses the P95 target: 46 s > 40 s",
+               hysteresis=QUIET, seconds_since_change=None)
+    assert d.action == "routing" and d.must
+    same = decide("min-cost", run, ladder((0.6, 0.4, 0.0)), violation=None, hysteresis=QUIET,
+                  seconds_since_change=None)
+    assert same.action == "none" and same.reason == "the proposed plan is the running plan"
