@@ -136,21 +136,42 @@ class QualityCurve:
 
         The file has columns router_score, quality_weak and quality_strong.
         """
-        import pyarrow.csv as pa_csv
-        import pyarrow.parquet as pq
-
         p = Path(path)
-        try:
-            table = pq.read_table(p) if p.suffix == ".parquet" else pa_csv.read_csv(p)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise QualityError(f"eval records {str(p)!r}: cannot read "
-                               f"({str(exc).splitlines()[0]})") from None
-        need = ["router_score", "quality_weak", "quality_strong"]
-        missing = [c for c in need if c not in table.column_names]
-        if missing:
-            raise QualityError(f"eval records {str(p)!r}: missing column(s) {missing}")
-        cols = [table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in need]
+        cols = _columns(_read_table(p), p, PAIR_COLUMNS)
         return cls.from_records(*cols, name=name or p.stem)
+
+
+PAIR_COLUMNS = ["router_score", "quality_weak", "quality_strong"]
+
+
+def _read_table(p: Path) -> pa.Table:
+    """The eval records of a Parquet or CSV file.
+
+    Raises:
+        QualityError: the file cannot be read.
+
+    """
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(p) if p.suffix == ".parquet" else pa_csv.read_csv(p)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise QualityError(f"eval records {str(p)!r}: cannot read "
+                           f"({str(exc).splitlines()[0]})") from None
+
+
+def _columns(table: pa.Table, p: Path, need: list[str], hint: str = "") -> list[FloatArray]:
+    """The `need` columns of `table` as float arrays.
+
+    Raises:
+        QualityError: naming the missing columns (and `hint`).
+
+    """
+    missing = [c for c in need if c not in table.column_names]
+    if missing:
+        raise QualityError(f"eval records {str(p)!r}: missing column(s) {missing}{hint}")
+    return [table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in need]
 
 
 def _published(name: str, points: list[tuple[float, float]], source: str) -> QualityCurve:
@@ -358,22 +379,11 @@ class CascadeQuality:
             QualityError: unreadable file or a missing column (named).
 
         """
-        import pyarrow.csv as pa_csv
-        import pyarrow.parquet as pq
-
         p = Path(path)
-        try:
-            table = pq.read_table(p) if p.suffix == ".parquet" else pa_csv.read_csv(p)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise QualityError(f"eval records {str(p)!r}: cannot read "
-                               f"({str(exc).splitlines()[0]})") from None
-        cols = table.column_names
-        if len(models) == 2 and {"quality_weak", "quality_strong"} <= set(cols):
-            return cls.of_pair(QualityCurve.from_parquet(p), (models[0], models[1]))
-        need = ["router_score"] + [f"quality_{m}" for m in models]
-        missing = [c for c in need if c not in cols]
-        if missing:
-            raise QualityError(f"eval records {str(p)!r}: missing column(s) {missing} (one "
-                               "quality_<model> column per model of the ladder)")
-        arr = [table.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in need]
+        table = _read_table(p)
+        if len(models) == 2 and set(PAIR_COLUMNS[1:]) <= set(table.column_names):
+            pair = QualityCurve.from_records(*_columns(table, p, PAIR_COLUMNS), name=p.stem)
+            return cls.of_pair(pair, (models[0], models[1]))
+        arr = _columns(table, p, ["router_score"] + [f"quality_{m}" for m in models],
+                       " (one quality_<model> column per model of the ladder)")
         return cls.from_records(arr[0], np.stack(arr[1:], axis=1), models, name=p.stem)

@@ -66,6 +66,51 @@ REPAIR_HALVINGS = 10
 TOP_LEVEL_HALVINGS = 40
 
 
+def lowest_level_s(problem: Problem, x_band: float | None, x_hi_s: float | None) -> float:
+    """Lowest level an encoding searches.
+
+    The fastest level at which some config has capacity, or ``x_band * x_hi_s`` when a band
+    below the target is asked for (min-cost).
+    """
+    ok = (problem.cap > 0).any(axis=0)
+    fastest = float(problem.levels_s[int(np.argmax(ok))])
+    if x_band is None or x_hi_s is None:
+        return fastest
+    return max(fastest, x_band * x_hi_s)
+
+
+def cover(problem: Problem, m: int, need: float, caps: FloatArray,
+          options: list[list[IntArray]], cfg: IntArray, reps: IntArray, free: IntArray) -> float:
+    """Greedily add replicas of model m until `need` req/s is covered or no stock is left.
+
+    The replica added is the one maximizing ``min(need left, cap_c) / price_c`` over GPU
+    types with stock left, one config per (model, type) slot. Updates the slots `cfg`,
+    `reps` and the stock left `free` in place; returns the capacity added (req/s at the
+    level of `caps`).
+    """
+    pr = problem
+    n_t = len(pr.gpu_types)
+    added = 0.0
+    while need - added > 1e-9:
+        best, best_score = -1, 0.0
+        for t in range(n_t):
+            slot = m * n_t + t
+            for c in ([cfg[slot]] if cfg[slot] >= 0 else options[m][t]):
+                if pr.cfg_gpus[c] > free[t] or caps[c] <= 0:
+                    continue
+                score = min(need - added, caps[c]) / pr.cfg_price[c]
+                if score > best_score:
+                    best, best_score = int(c), score
+        if best < 0:
+            break
+        slot = m * n_t + int(pr.cfg_type[best])
+        cfg[slot] = best
+        reps[slot] += 1
+        free[pr.cfg_type[best]] -= pr.cfg_gpus[best]
+        added += float(caps[best])
+    return added
+
+
 @dataclass(frozen=True)
 class _Fill:
     """One decoded plan: 2T slots, the strong share it serves and whether it fits."""
@@ -100,16 +145,8 @@ class StructuredEncoding:
 
     @property
     def x_lo_s(self) -> float:
-        """Lowest level searched.
-
-        The fastest level at which some config has capacity, or ``x_band * x_hi_s`` when a
-        band below the target is asked for (min-cost).
-        """
-        ok = (self.problem.cap > 0).any(axis=0)
-        fastest = float(self.problem.levels_s[int(np.argmax(ok))])
-        if self.x_band is None or self.x_hi_s is None:
-            return fastest
-        return max(fastest, self.x_band * self.x_hi_s)
+        """Lowest level searched (`lowest_level_s`)."""
+        return lowest_level_s(self.problem, self.x_band, self.x_hi_s)
 
     @property
     def dim(self) -> int:
@@ -193,44 +230,15 @@ class StructuredEncoding:
         cfg = np.full(2 * n_t, -1, dtype=np.int64)
         reps = np.zeros(2 * n_t, dtype=np.int64)
         free = pr.stock.copy()
-        served = self._cover(STRONG, s * lam, caps, options, cfg, reps, free)
+        served = cover(pr, STRONG, s * lam, caps, options, cfg, reps, free)
         share = min(1.0, served / lam) if lam > 0 else s
         weak_need = (1.0 - share) * lam
-        short = weak_need - self._cover(WEAK, weak_need, caps, options, cfg, reps, free)
+        short = weak_need - cover(pr, WEAK, weak_need, caps, options, cfg, reps, free)
         cost = float((reps * pr.cfg_price[np.maximum(cfg, 0)]).sum())
         fits = (short <= 1e-9 and share >= self.s_lo - 1e-12
                 and (self.budget_per_hour is None
                      or cost <= self.budget_per_hour + BUDGET_TOL))
         return _Fill(cfg, reps, share, fits)
-
-    def _cover(self, m: int, need: float, caps: FloatArray, options: list[list[IntArray]],
-               cfg: IntArray, reps: IntArray, free: IntArray) -> float:
-        """Greedily add replicas of model m until `need` req/s is covered or no stock is left.
-
-        Updates the slots `cfg`, `reps` and the stock left `free` in place; returns the
-        capacity added (req/s at the level of `caps`).
-        """
-        pr = self.problem
-        n_t = len(pr.gpu_types)
-        added = 0.0
-        while need - added > 1e-9:
-            best, best_score = -1, 0.0
-            for t in range(n_t):
-                slot = m * n_t + t
-                for c in ([cfg[slot]] if cfg[slot] >= 0 else options[m][t]):
-                    if pr.cfg_gpus[c] > free[t] or caps[c] <= 0:
-                        continue
-                    score = min(need - added, caps[c]) / pr.cfg_price[c]
-                    if score > best_score:
-                        best, best_score = int(c), score
-            if best < 0:
-                break
-            slot = m * n_t + int(pr.cfg_type[best])
-            cfg[slot] = best
-            reps[slot] += 1
-            free[pr.cfg_type[best]] -= pr.cfg_gpus[best]
-            added += float(caps[best])
-        return added
 
 
 @dataclass(frozen=True)

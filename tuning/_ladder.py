@@ -33,7 +33,7 @@ from functools import cached_property
 import numpy as np
 import numpy.typing as npt
 
-from ._encoding import AXIS_END, REPAIR_HALVINGS
+from ._encoding import AXIS_END, REPAIR_HALVINGS, cover, lowest_level_s
 from ._evaluator import BUDGET_TOL, PlanArrays, ladder_arrays
 from ._problem import Problem
 
@@ -89,12 +89,8 @@ class LadderEncoding:
 
     @property
     def x_lo_s(self) -> float:
-        """Lowest level searched (as `tuning._encoding.StructuredEncoding.x_lo_s`)."""
-        ok = (self.problem.cap > 0).any(axis=0)
-        fastest = float(self.problem.levels_s[int(np.argmax(ok))])
-        if self.x_band is None or self.x_hi_s is None:
-            return fastest
-        return max(fastest, self.x_band * self.x_hi_s)
+        """Lowest level searched (`tuning._encoding.lowest_level_s`)."""
+        return lowest_level_s(self.problem, self.x_band, self.x_hi_s)
 
     @cached_property
     def _options(self) -> list[list[IntArray]]:
@@ -224,7 +220,7 @@ class LadderEncoding:
                 continue
             mix = load[:, m] / need
             cap = self._mix_caps(caps_w, mix)
-            covered = self._cover(m, need, cap, cfg, reps, free)
+            covered = cover(pr, m, need, cap, self._options, cfg, reps, free)
             short += max(0.0, need - covered)
             if m > 0 and covered > need and load[:, m - 1].sum() > 1e-12:
                 moved = self._slack(m, load, caps_w, cfg, reps)
@@ -264,28 +260,3 @@ class LadderEncoding:
             mid = 0.5 * (lo + hi)
             lo, hi = (mid, hi) if fits(mid) else (lo, mid)
         return np.asarray(lo * below)
-
-    def _cover(self, m: int, need: float, caps: FloatArray, cfg: IntArray, reps: IntArray,
-               free: IntArray) -> float:
-        """Add replicas of model m greedily until `need` req/s is covered; the capacity added."""
-        pr = self.problem
-        n_t = len(pr.gpu_types)
-        added = 0.0
-        while need - added > 1e-9:
-            best, best_score = -1, 0.0
-            for t in range(n_t):
-                slot = m * n_t + t
-                for c in ([cfg[slot]] if cfg[slot] >= 0 else self._options[m][t]):
-                    if pr.cfg_gpus[c] > free[t] or caps[c] <= 0:
-                        continue
-                    score = min(need - added, caps[c]) / pr.cfg_price[c]
-                    if score > best_score:
-                        best, best_score = int(c), score
-            if best < 0:
-                break
-            slot = m * n_t + int(pr.cfg_type[best])
-            cfg[slot] = best
-            reps[slot] += 1
-            free[pr.cfg_type[best]] -= pr.cfg_gpus[best]
-            added += float(caps[best])
-        return added
