@@ -132,9 +132,21 @@ def _scenario_cases() -> list[Case]:
         "ceiling-huge": ok + "p95_ceiling_s: 1.0e+300\n",
         "trace-missing": ok + "workload: {trace: nowhere.csv}\n",
         "trace-header-only": ok + "workload: {trace: {tmp}/h.csv}\n",
+        # ladders: K models, several workloads
+        "models-one": ok + "models: [llama-3.1-8b]\n",
+        "models-unknown": ok + "models: [llama-3.1-8b, llama-9]\n",
+        "workload-name-bad": ok + "workloads: [{name: 'Math Stuff', rate_rps: 1}]\n",
+        "workloads-and-task": ok + "task: gsm8k\nworkloads: [{name: a, rate_rps: 1}]\n",
+        "workload-score-string": ok + "workloads: [{name: a, rate_rps: 1, "
+                                      "scores: {llama-3.1-8b: high}}]\n",
+        "target-per-workload-missing": ok + "workloads: [{name: a, rate_rps: 1}, "
+                                            "{name: b, rate_rps: 1}]\n"
+                                            "targets: [{quality: {a: 90}, p95_s: 5}]\n",
     }
     extra: Files = {"h.csv": TRACE_HEAD}
-    return [(f"scenario-{k}", {"s.yaml": v, **extra}, argv) for k, v in bodies.items()]
+    cases = [(f"scenario-{k}", {"s.yaml": v, **extra}, argv) for k, v in bodies.items()]
+    cases.append(("plan-resim-seeds-negative", {"s.yaml": ok}, [*argv, "--resim-seeds", "-1"]))
+    return cases
 
 
 def _parquet(table: pa.Table) -> bytes:
@@ -232,6 +244,14 @@ def _plan_cases() -> list[Case]:
         "scenario-list": plan(scenario=[1]),
         "models-list": plan(scenario__models=["a"]),
         "spec-bad": plan(scenario__spec={"gpus": {}}),
+        # ladder routing (K models, several workloads)
+        "ladder-models-one": plan(routing__models=["a"], routing__workloads=[]),
+        "ladder-shares-sum": plan(routing__models=["a", "b"], routing__workloads=[
+            {"name": "w", "shares": {"a": 0.7, "b": 0.7}}]),
+        "ladder-share-string": plan(routing__models=["a", "b"], routing__workloads=[
+            {"name": "w", "shares": {"a": "x", "b": 1.0}}]),
+        "ladder-thresholds-short": plan(routing__models=["a", "b", "c"], routing__workloads=[
+            {"name": "w", "shares": {"a": 0.2, "b": 0.3, "c": 0.5}, "thresholds": [0.1]}]),
     }
     cases: list[Case] = []
     for k, v in bodies.items():
