@@ -31,7 +31,7 @@ from ray.serve import Application
 
 from common.pairs import parse_pairs
 from placement import GroupSpec, group_specs
-from tuning import Group, Plan, Routing
+from tuning import LENGTH_CLASSES, Group, Plan, Routing
 
 from .groups import inflight_limits
 from .router import RouterIngress, RouterSettings
@@ -153,7 +153,7 @@ def routing_config(plan: Plan, specs: list[GroupSpec], weak: str, strong: str,
     stack = stack or Stack()
     shares: dict[str, dict[str, float]] = {}
     for spec in specs:
-        shares.setdefault(spec.model, {})[spec.name] = spec.share
+        shares.setdefault(spec.pool_key, {})[spec.name] = spec.share
     t = plan.routing.threshold
     s = plan.routing.strong_share
     pred = plan.predicted
@@ -164,8 +164,16 @@ def routing_config(plan: Plan, specs: list[GroupSpec], weak: str, strong: str,
                 / sum(rates) for k, m in enumerate(rt.models)}
     else:
         load = {strong: s, weak: 1.0 - s} if weak != strong else {strong: 1.0}
+    lc = rt.length_classes
+    if lc is not None:      # each model's load split by class, over the workloads
+        rates_by = {w.name: (w.rate_rps if math.isfinite(w.rate_rps) else 1.0, w.shares)
+                    for w in rt.workloads} if rt.is_ladder else {}
+        total = sum(r for r, _ in rates_by.values()) or 1.0
+        load = {f"{m}#{cls}": sum(r * sh[k] * lc.shares.get(w, (0.5, 0.5))[c]
+                                  for w, (r, sh) in rates_by.items()) / total
+                for k, m in enumerate(rt.models) for c, cls in enumerate(LENGTH_CLASSES)}
     limits = inflight_limits(
-        [(spec.name, spec.model, spec.replicas, spec.share) for spec in specs], load,
+        [(spec.name, spec.pool_key, spec.replicas, spec.share) for spec in specs], load,
         pred.capacity_rps if pred else None, _latency_level_s(plan),
         scale=stack.inflight_scale)
     ladder: dict[str, Any] = {}
@@ -174,6 +182,8 @@ def routing_config(plan: Plan, specs: list[GroupSpec], weak: str, strong: str,
             w.name: {"shares": list(w.shares),
                      "thresholds": [v if math.isfinite(v) else None for v in w.thresholds]}
             for w in rt.workloads}}
+    if lc is not None:
+        ladder["length_threshold_tokens"] = lc.threshold_tokens
     return {**ladder, "weak": weak, "strong": strong, "strong_share": s,
             "threshold": t if math.isfinite(t) else None, "router": plan.routing.router,
             "seed": seed, "shares": shares, "limits": limits,

@@ -90,7 +90,8 @@ class Observer:
     def observe(self, *, arrival_s: float, model: str, group: str, score: float | None,
                 status: int, ttft_s: float, latency_s: float, prompt_tokens: int,
                 output_tokens: int, stream: bool, key_id: str | None = None,
-                outcome: str = "ok", workload: str | None = None) -> None:
+                outcome: str = "ok", workload: str | None = None,
+                length_class: str | None = None) -> None:
         """Record one request, answered, refused or abandoned (``outcome``)."""
         tags = {"model": model, "group": group}
         self.requests.inc(1, {**tags, "status": str(status)})
@@ -110,7 +111,7 @@ class Observer:
             self.log.record(arrival_s, prompt_tokens, output_tokens,
                             math.nan if score is None else score, model, group, ttft_s,
                             latency_s, status, stream, key_id=key_id, outcome=outcome,
-                            workload=workload)
+                            workload=workload, length_class=length_class)
 
     def retry(self, group: str) -> None:
         """An engine call to `group` failed and is retried elsewhere."""

@@ -30,7 +30,8 @@ on stderr what it could not read. `record` is not thread-safe: call it from one 
 loop). Schema (`SCHEMA`): arrival_s (unix s), prompt_tokens, output_tokens, score (NaN when
 pinned), model, group, ttft_s, latency_s, status (HTTP), stream, key_id (the API key's id, never
 the key; null when none), outcome (one of `OUTCOMES`), workload (the routed request's workload;
-null when pinned or refused before routing).
+null when pinned or refused before routing), length_class (short / long when the plan splits
+requests by length; null otherwise).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ SCHEMA = pa.schema([
     ("output_tokens", pa.int32()), ("score", pa.float32()), ("model", pa.string()),
     ("group", pa.string()), ("ttft_s", pa.float32()), ("latency_s", pa.float32()),
     ("status", pa.int16()), ("stream", pa.bool_()), ("key_id", pa.string()),
-    ("outcome", pa.string()), ("workload", pa.string()),
+    ("outcome", pa.string()), ("workload", pa.string()), ("length_class", pa.string()),
 ])
 # ok; client_error (4xx) / engine_error (5xx); shed (429 from admission control); abandoned
 # (the client disconnected); degraded (served by another model); unauthorized; rate_limited
@@ -187,7 +188,7 @@ class RequestLog:
     def record(self, arrival_s: float, prompt_tokens: int, output_tokens: int, score: float,
                model: str, group: str, ttft_s: float, latency_s: float, status: int,
                stream: bool, *, key_id: str | None = None, outcome: str = "ok",
-               workload: str | None = None) -> None:
+               workload: str | None = None, length_class: str | None = None) -> None:
         """Append one request's row to the WAL and the buffer (see the module docstring).
 
         Raises:
@@ -201,14 +202,14 @@ class RequestLog:
                                   f"one of {sorted(OUTCOMES)}")
         seq = self._next
         row = (seq, arrival_s, prompt_tokens, output_tokens, score, model, group, ttft_s,
-               latency_s, status, stream, key_id, outcome, workload)
+               latency_s, status, stream, key_id, outcome, workload, length_class)
         if self._wal_fd >= 0:
             try:
                 line = (_encode(row) + "\n").encode()
             except TypeError:                       # numpy scalars: plain Python values
                 row = (seq, float(arrival_s), int(prompt_tokens), int(output_tokens),
                        float(score), str(model), str(group), float(ttft_s), float(latency_s),
-                       int(status), bool(stream), key_id, outcome, workload)
+                       int(status), bool(stream), key_id, outcome, workload, length_class)
                 line = (_encode(row) + "\n").encode()
             try:
                 while line:
@@ -488,7 +489,7 @@ def read_log_report(folder: str | Path, since_s: float | None = None) -> tuple[
     (in that order, so a record moved from WAL to Parquet meanwhile is seen at least once;
     duplicates are dropped by ``seq``). Files written before ``key_id``/``outcome`` existed
     read with ``key_id`` null and ``outcome`` from the status (ok, client_error, engine_error);
-    before ``workload``, with ``workload`` null.
+    before ``workload`` (``length_class``), with it null.
 
     Raises:
         FileNotFoundError: `folder` holds no readable log file and no live writer's record.
@@ -571,8 +572,9 @@ def _conform(table: pa.Table) -> pa.Table:
         outcome = pc.if_else(pc.less(status, 400), "ok", pc.if_else(
             pc.greater_equal(status, 500), "engine_error", "client_error"))
         table = table.append_column("outcome", outcome)
-    if "workload" not in table.column_names:
-        table = table.append_column("workload", pa.nulls(table.num_rows, pa.string()))
+    for name in ("workload", "length_class"):
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
     return table.cast(SCHEMA)
 
 

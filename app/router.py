@@ -54,6 +54,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from tuning import LENGTH_CLASSES
+
 from .emulated import estimate_tokens
 from .groups import GroupPool
 from .guard import ApiKeys, KeyEntry, RequestLimits, check_body, check_max_tokens, parse_body
@@ -151,6 +153,7 @@ class _Call:
     score: float | None = None
     workload: str | None = None
     workload_asked: str | None = None
+    length_class: str | None = None
     degraded: str | None = None
     tries: int = 0
     prompt_tokens: int = 0
@@ -206,6 +209,7 @@ class RouterIngress:
         self.obs = Observer(log_dir, log_rotate_s)
         self.live: LiveThreshold | None = None
         self.ladder_models: list[str] = []
+        self.length_tokens: int | None = None
         self.cascades: dict[str, LiveCascade] = {}
         self.workload_counts: Counter[tuple[str, str]] = Counter()
         self.router_name: str | None = None
@@ -273,6 +277,8 @@ class RouterIngress:
     def _set_ladder(self, config: dict[str, Any]) -> None:
         """The ladder's models and each workload's cascade (kept live across configs)."""
         self.ladder_models = list(dict.fromkeys(config.get("models") or [self.weak, self.strong]))
+        tokens = config.get("length_threshold_tokens")
+        self.length_tokens = None if tokens is None else int(tokens)
         workloads = config.get("workloads") or {}
         cascades = {}
         for i, (name, w) in enumerate(workloads.items()):
@@ -408,7 +414,7 @@ class RouterIngress:
             call.score = s
             self.counts[call.model] += 1
         elif asked in self.ladder_models:
-            if asked not in self.pool.pickers:      # a plan may serve one model only
+            if not self._serves(asked):             # a plan may serve one model only
                 raise ApiError(f"The model {asked!r} has no replicas in the running plan; use "
                                "'auto'", 404, "model", "model_not_found")
             self.pinned += 1
@@ -416,6 +422,33 @@ class RouterIngress:
         else:
             raise ApiError(f"The model {asked!r} does not exist; use 'auto' to route, or one "
                            f"of {known}", 404, "model", "model_not_found")
+        call.length_class = self._length_class(body, call.prompt_tokens)
+
+    def _length_class(self, body: dict[str, Any], prompt_tokens: int) -> str | None:
+        """``short`` when prompt + max_tokens <= the plan's threshold, else ``long``.
+
+        A request without ``max_tokens`` (or ``max_completion_tokens``) may generate up to
+        the context: it is long. None when the plan has no length classes.
+        """
+        if self.length_tokens is None:
+            return None
+        limit = body.get("max_tokens", body.get("max_completion_tokens"))
+        if not isinstance(limit, int) or isinstance(limit, bool):
+            return LENGTH_CLASSES[1]
+        return (LENGTH_CLASSES[0] if prompt_tokens + limit <= self.length_tokens
+                else LENGTH_CLASSES[1])
+
+    def _serves(self, model: str) -> bool:
+        """Whether the running plan has a group of `model` (of any length class)."""
+        assert self.pool is not None
+        return any(k == model or k.startswith(f"{model}#") for k in self.pool.pickers)
+
+    def _keys(self, call: _Call) -> list[str]:
+        """The pool keys a call may use, in order: its model, or its class then the other."""
+        if call.length_class is None:
+            return [call.model]
+        other = LENGTH_CLASSES[1 - LENGTH_CLASSES.index(call.length_class)]
+        return [f"{call.model}#{call.length_class}", f"{call.model}#{other}"]
 
     def _workload(self, asked: str | None) -> str:
         """The workload a routed request belongs to (its alias or header, else the first).
@@ -444,8 +477,7 @@ class RouterIngress:
         rank = self.ladder_models.index
         order = sorted((m for m in self.ladder_models if m != model),
                        key=lambda m: (abs(rank(m) - i), rank(m) < i))
-        return next((m for m in order if self.pool is not None and m in self.pool.pickers),
-                    None)
+        return next((m for m in order if self.pool is not None and self._serves(m)), None)
 
     def _next_group(self, call: _Call, tried: set[str]) -> str:
         """The group of the next try, switching model when this one is down.
@@ -456,12 +488,15 @@ class RouterIngress:
         """
         assert self.pool is not None
         now = time.monotonic()
-        group = self.pool.pick(call.model, now, tried)
-        if group is not None:
-            return group
-        if self.pool.reachable(call.model, now, tried):
-            raise ApiError(f"The {call.model} model is at its capacity; retry shortly", 429,
-                           kind="rate_limit_error", retry_after_s=1.0)
+        # Its own length class first; the other class only when every group of its own is
+        # down (a full class answers 429: spilling would break the other class's P95).
+        for key in self._keys(call):
+            group = self.pool.pick(key, now, tried)
+            if group is not None:
+                return group
+            if self.pool.reachable(key, now, tried):
+                raise ApiError(f"The {call.model} model is at its capacity; retry shortly",
+                               429, kind="rate_limit_error", retry_after_s=1.0)
         other = self._other_model(call.model)
         if (self.settings.on_model_down == "fallback" and call.degraded is None
                 and other is not None):
@@ -606,6 +641,8 @@ class RouterIngress:
              "x-boute-score": "pinned" if call.score is None else f"{call.score:.6f}"}
         if call.degraded:
             h["x-boute-degraded"] = call.degraded
+        if call.length_class is not None:
+            h["x-boute-length-class"] = call.length_class
         if call.tries > 1:
             h["x-boute-tries"] = str(call.tries)
         return h
@@ -635,7 +672,8 @@ class RouterIngress:
             status=status, ttft_s=ttft_s, latency_s=latency,
             prompt_tokens=int(usage.get("prompt_tokens") or call.prompt_tokens),
             output_tokens=int(usage.get("completion_tokens") or output_tokens),
-            stream=call.stream, key_id=call.key_id, outcome=outcome, workload=call.workload)
+            stream=call.stream, key_id=call.key_id, outcome=outcome, workload=call.workload,
+            length_class=call.length_class)
 
     def __del__(self) -> None:
         """Serve calls this on a graceful shutdown: flush the request log."""

@@ -32,14 +32,16 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "them instead of the task's published one")
 
 
-def load_planning_problem(args: argparse.Namespace) -> Problem:
+def load_planning_problem(args: argparse.Namespace, threshold_tokens: int | None = None
+                          ) -> Problem:
     """The CLI's scenario, catalog, budget and DB flags -> `planning_problem`."""
     from tuning import planning_problem
 
     return planning_problem(args.scenario, db=args.db, budget=args.budget,
                             gpu_catalog=args.gpu_catalog, model_catalog=args.model_catalog,
                             hardware_profiles=args.hardware_profiles,
-                            quality_records=args.quality_records, note=stderr_note)
+                            quality_records=args.quality_records, note=stderr_note,
+                            threshold_tokens=threshold_tokens)
 
 
 
@@ -178,12 +180,27 @@ def _run_plan(args: argparse.Namespace) -> int:
                       progress=not args.json)
 
     from profiling import load_catalog
-    from tuning._headroom import FRESH_SEEDS, hold
+    from tuning._headroom import FRESH_SEEDS, Held, hold
 
-    held = hold(problem, goal, run, load_catalog(args.gpu_catalog, args.model_catalog),
-                seeds=FRESH_SEEDS[:args.resim_seeds] if args.resim_seeds <= len(FRESH_SEEDS)
-                else tuple(range(101, 101 + args.resim_seeds)),
-                hardware_profiles=args.hardware_profiles)
+    catalog = load_catalog(args.gpu_catalog, args.model_catalog)
+    seeds = (FRESH_SEEDS[:args.resim_seeds] if args.resim_seeds <= len(FRESH_SEEDS)
+             else tuple(range(101, 101 + args.resim_seeds)))
+
+    def held_plan(pr: Problem) -> Held:
+        return hold(pr, goal, run, catalog, seeds=seeds,
+                    hardware_profiles=args.hardware_profiles)
+
+    lengths = None
+    if problem.scenario.length_classes is not None:
+        from profiling import length_thresholds
+        from tuning._lengths import choose
+
+        lengths = choose(length_thresholds(problem.scenario),
+                         lambda tau: problem if tau is None else
+                         load_planning_problem(args, tau), held_plan, goal)
+        problem, held = lengths.problem, lengths.held
+    else:
+        held = held_plan(problem)
     result = held.result
     plan = None
     if held.plan is not None:
@@ -194,6 +211,8 @@ def _run_plan(args: argparse.Namespace) -> int:
                                                 strict=True))} if goal.qualities else {})}}}
         if held.checks:
             extra["headroom"] = held.summary()
+        if lengths is not None:
+            extra["length_classes"] = lengths.summary()
         plan = held.plan.with_extra(extra)
         plan.save(args.out)
     front = _front_rows(problem, result)
@@ -222,6 +241,8 @@ def _run_plan(args: argparse.Namespace) -> int:
         lines.append(format_plan(plan) if plan else payload["error"])
         if plan and held.checks:
             lines.append(_headroom_line(held.summary()))
+        if lengths is not None:
+            lines.append(_lengths_line(lengths.summary()))
         if plan:
             lines.append(f"plan written to {args.out}")
         if "plot" in payload:
@@ -232,6 +253,20 @@ def _run_plan(args: argparse.Namespace) -> int:
 
     emit(args, payload, human)
     return 0 if plan else 1
+
+
+def _lengths_line(summary: dict[str, Any]) -> str:
+    """One line per threshold tried (`tuning._lengths.choose`)."""
+    lines = ["length classes (threshold = prompt + max_tokens):"]
+    for t in summary["tries"]:
+        chosen = "  <- chosen" if t["threshold_tokens"] == summary[
+            "chosen_threshold_tokens"] else ""
+        cost = "no plan" if t["cost_per_hour"] is None else f"${t['cost_per_hour']:.2f}/h"
+        what = ("no classes" if t["threshold_tokens"] is None else
+                f"<= {t['threshold_tokens']} tokens short")
+        holds = "" if t["holds"] is None else ("" if t["holds"] else " (does not hold)")
+        lines.append(f"  {what:<26}{cost}{holds}{chosen}")
+    return "\n".join(lines)
 
 
 def _headroom_line(h: dict[str, Any]) -> str:
@@ -281,11 +316,18 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"  quality {pr.quality:.3f}{norm}, P95 (every group) {pr.p95_s:.2f} s, "
                      f"system P95 {pr.system_p95_s:.2f} s, mean {pr.mean_s:.2f} s, "
                      f"${pr.cost_per_hour:.2f}/h, capacity {pr.capacity_rps:.1f} req/s")
+    lc = rt.length_classes
+    if lc is not None:
+        lines.append(f"  length classes: short = prompt + max_tokens <= {lc.threshold_tokens} "
+                     "tokens (" + ", ".join(f"{w} {v[0]:.0%}" for w, v in lc.shares.items())
+                     + " short)")
+    cls = f"{'class':>7}" if lc is not None else ""
     lines.append(f"  {'model':<15}{'gpu':<14}{'tp':>3}{'pp':>3}{'replicas':>9}{'GPUs':>6}"
-                 f"{'share':>8}")
+                 f"{'share':>8}{cls}")
     for g in plan.groups:
         lines.append(f"  {g.model:<15}{g.gpu:<14}{g.tp:>3}{g.pp:>3}{g.replicas:>9}"
-                     f"{g.num_gpus:>6}{g.share:>8.3f}")
+                     f"{g.num_gpus:>6}{g.share:>8.3f}"
+                     + ("" if g.length_class is None else f"{g.length_class:>7}"))
     return "\n".join(lines)
 
 
@@ -334,7 +376,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
         if plan.scenario["name"] in list_presets():
             args.scenario = plan.scenario["name"]
-    problem = load_planning_problem(args)
+    lc = plan.routing.length_classes
+    problem = load_planning_problem(args, None if lc is None else lc.threshold_tokens)
     evaluated = evaluate_plan(problem, plan)
 
     from boute._shared import emit

@@ -40,6 +40,12 @@ class GroupSpec:
     share: float                # share of its model's traffic
     strategy: str               # placement-group strategy of one replica
     engine_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    length_class: str | None = None   # short / long: the requests it serves (None: all)
+
+    @property
+    def pool_key(self) -> str:
+        """What the router picks groups by: the model, or ``model#class``."""
+        return self.model if self.length_class is None else f"{self.model}#{self.length_class}"
 
     @property
     def gpus_per_replica(self) -> int:
@@ -97,5 +103,5 @@ def group_specs(plan: Plan, *, sources: Mapping[str, str], gpus_per_node: Mappin
             name=name, model=g.model, source=sources[g.model], gpu=g.gpu,
             tp=g.tp, pp=g.pp, replicas=g.replicas, share=g.share,
             strategy="STRICT_PACK" if g.tp * g.pp <= node else "PACK",
-            engine_kwargs=dict(engine_kwargs or {})))
+            engine_kwargs=dict(engine_kwargs or {}), length_class=g.length_class))
     return specs

@@ -11,11 +11,14 @@ from ._quality import PUBLISHED_SCORES, CascadeQuality, QualityCurve, default_qu
 from ._replica import ENGINE_PROFILES, Efficiency, EngineConfig, ReplicaModel, parallel_configs
 from ._scenario import (
     DEFAULT_SCENARIO,
+    LengthClasses,
     NamedWorkload,
     ProfileSpec,
     Scenario,
+    length_thresholds,
     list_presets,
     load_scenario,
+    request_tokens,
 )
 from ._scheduler import BatchScheduler, SequenceTooLongError, StepPlan
 from ._simulator import QUANTILES, SimResult, capacity_rps, simulate, simulate_closed_loop
@@ -35,6 +38,7 @@ __all__ = [
     "Efficiency",
     "EngineConfig",
     "GpuType",
+    "LengthClasses",
     "ModelArch",
     "NamedWorkload",
     "PerfDB",
@@ -52,6 +56,7 @@ __all__ = [
     "default_quality_curve",
     "generate_trace",
     "gpu_type_from_name",
+    "length_thresholds",
     "list_presets",
     "load_catalog",
     "load_hf_config",
@@ -61,6 +66,7 @@ __all__ = [
     "mixture_quantile",
     "parallel_configs",
     "process_mapper",
+    "request_tokens",
     "simulate",
     "simulate_closed_loop",
     "sweep_config",

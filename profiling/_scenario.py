@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
+import numpy.typing as npt
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -26,13 +28,15 @@ from ._workload import TRACE_SHAPES, Trace, generate_trace, load_trace
 if TYPE_CHECKING:
     from ._catalog import Catalog, GpuType
 
-__all__ = ["DEFAULT_SCENARIO", "NamedWorkload", "ProfileSpec", "Scenario", "ScenarioError",
-           "list_presets", "load_scenario"]
+__all__ = ["DEFAULT_SCENARIO", "LengthClasses", "NamedWorkload", "ProfileSpec", "Scenario",
+           "ScenarioError", "length_thresholds", "list_presets", "load_scenario",
+           "request_tokens"]
 
 DEFAULT_SCENARIO = "paper-gsm8k"
 # Bounds that catch typos and unit mix-ups before a sweep starts: the paper's setting is
 # 100 req/s, $30/h and P95 targets of 8-12 s (benchmarks/data/reference/calibration.md s0),
 # four to six orders below.
+IntArray = npt.NDArray[np.int64]
 MAX_RATE_RPS = 1e6
 MAX_BUDGET_PER_HOUR = 1e7
 MAX_LATENCY_S = 86_400.0    # one day
@@ -123,6 +127,40 @@ class ProfileSettings(_Strict):
         "spec-sheet roofline with the default factors. `--hardware-profiles` overrides it.")
 
 
+LENGTH_QUANTILES = (0.4, 0.5, 0.6)
+"""Where ``threshold_tokens: auto`` puts its candidate thresholds: these quantiles of the
+requests' prompt + max_tokens."""
+
+
+class LengthClasses(_Strict):
+    """Request classes by length: *short* (prompt + max_tokens <= threshold) and *long*.
+
+    Each class is served by its own replica groups, so that short requests, whose P95 is
+    short, can run on cheap latency-bound replicas while long ones go where long sequences are
+    fast. Routing between models is unchanged (a query's model depends on its difficulty
+    score, not on its length): each model's traffic is split by length. The planner plans
+    with each candidate threshold and keeps the cheapest plan, with or without classes
+    (`tuning.plan_length_classes`): classes are used only where they pay.
+    """
+
+    threshold_tokens: Literal["auto"] | int | list[int] = Field(
+        "auto", description="Candidate thresholds, tokens of prompt + max_tokens: `auto` "
+        "(the 40/50/60% quantiles of the workloads' lengths), one number, or a list.")
+
+    @model_validator(mode="after")
+    def _positive(self) -> LengthClasses:
+        values = ([self.threshold_tokens] if isinstance(self.threshold_tokens, int)
+                  else [] if self.threshold_tokens == "auto" else self.threshold_tokens)
+        if isinstance(self.threshold_tokens, list) and not values:
+            raise ValueError("length_classes.threshold_tokens=[] lists no threshold; give "
+                             "one or more token counts, or auto")
+        bad = [v for v in values if not 1 <= v <= 10_000_000]
+        if bad:
+            raise ValueError(f"length_classes.threshold_tokens={bad[0]} must be a number of "
+                             "tokens from 1 to 10,000,000 (prompt + max_tokens)")
+        return self
+
+
 class Target(_Strict):
     """A (quality, P95 latency) target of the paper's Table 3.
 
@@ -162,7 +200,8 @@ class Scenario(_Strict):
     gpus: dict[str, GpuOffer] = Field(description="GPU types on offer, by catalog name.")
     models: ModelPair | list[str] = Field(
         default_factory=lambda: ModelPair(), description="Model pair {weak, strong}, or a "
-        "ladder of 2 to 8 catalog models in order of capability (smallest first).")
+        "ladder of 1 to 8 catalog models in order of capability (smallest first; one model: "
+        "no routing, only the deployment is planned).")
     task: str = Field("gsm8k", description="Task of the quality curve (gsm8k, mtbench, ...).")
     workload: Workload = Field(default_factory=lambda: Workload(), description="Request stream.")
     workloads: list[NamedWorkload] | None = Field(
@@ -176,15 +215,18 @@ class Scenario(_Strict):
                                  "grid of the optimizer.")
     profile: ProfileSettings = Field(default_factory=lambda: ProfileSettings(),
                                      description="Perf DB sweep settings.")
+    length_classes: LengthClasses | None = Field(
+        None, description="Split each model's traffic into short and long requests, each "
+                          "served by its own replica groups (default: no split).")
 
     @model_validator(mode="after")
     def _some_gpus(self) -> Scenario:
         if not self.gpus:
             raise ValueError("gpus must list at least one GPU type")
         if isinstance(self.models, list):
-            if not 2 <= len(self.models) <= MAX_MODELS:
-                raise ValueError(f"models lists {len(self.models)} model(s); a ladder has 2 "
-                                 f"to {MAX_MODELS}, smallest first")
+            if not 1 <= len(self.models) <= MAX_MODELS:
+                raise ValueError(f"models lists {len(self.models)} model(s); list 1 to "
+                                 f"{MAX_MODELS}, smallest first")
             if len(set(self.models)) != len(self.models):
                 raise ValueError(f"models={self.models} names a model twice; list each once")
         if self.workloads is not None:
@@ -262,9 +304,9 @@ class Scenario(_Strict):
             w.model_copy(update={"rate_rps": rates.get(w.name, w.rate_rps)})
             for w in self.workloads]})
 
-    def profile_spec(self) -> ProfileSpec:
-        """The profiling view of this scenario."""
-        return ProfileSpec(self)
+    def profile_spec(self, length_tokens: tuple[int, int] | None = None) -> ProfileSpec:
+        """The profiling view of this scenario (of one length class: `ProfileSpec`)."""
+        return ProfileSpec(self, length_tokens)
 
     def catalog_gpu(self, offer: str) -> str:
         """The catalog GPU that offer `offer` rents: its ``gpu`` field, else its key."""
@@ -339,11 +381,20 @@ class ProfileSpec:
     ``gpus`` maps *catalog* GPUs to the most GPUs any offer of them has: offers that alias one
     GPU (``gpu:``) share its rows, since they differ only in price and stock, and the planner
     (`tuning.load_problem`) prices each offer and keeps the configs that fit its stock.
+
+    ``length_tokens = (lo, hi)``: the DB of one request class by length (`LengthClasses`):
+    only requests with ``lo < prompt + max_tokens <= hi`` (the trace's input + output tokens).
+    A generated workload draws `CLASS_OVERSAMPLE` times the requests and keeps the first
+    ``num_requests`` of the class, so every class is measured on as many requests as the
+    whole workload; a trace file keeps its requests of the class. Arrivals are the thinned
+    process, rescaled to 1 req/s.
     """
 
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: Scenario, length_tokens: tuple[int, int] | None = None
+                 ) -> None:
         self.scenario = scenario
         self.name = scenario.name
+        self.length_tokens = length_tokens
         self.gpus: dict[str, int] = {}
         for key, offer in scenario.gpus.items():
             gpu = scenario.catalog_gpu(key)
@@ -359,16 +410,67 @@ class ProfileSpec:
             raise ScenarioError(f"scenario {self.name!r} has {len(workloads)} workloads: "
                                 "profile each one (`Scenario.for_workload`)")
         wl, pr = workloads[0], self.scenario.profile
+        n = pr.num_requests * (1 if self.length_tokens is None else CLASS_OVERSAMPLE)
         if wl.trace is not None:
-            trace = load_trace(wl.trace).head(pr.num_requests)
-            return trace.scaled_to(1.0) if trace.duration_s > 0 else trace
-        assert wl.shape is not None
-        return generate_trace(wl.shape, rate_rps=1.0, num_requests=pr.num_requests,
-                              arrival=wl.arrival, burstiness_cv=wl.burstiness_cv, seed=pr.seed)
+            trace = load_trace(wl.trace)
+            trace = trace if self.length_tokens is not None else trace.head(n)
+        else:
+            assert wl.shape is not None
+            trace = generate_trace(wl.shape, rate_rps=1.0, num_requests=n, arrival=wl.arrival,
+                                   burstiness_cv=wl.burstiness_cv, seed=pr.seed)
+        if self.length_tokens is not None:
+            lo, hi = self.length_tokens
+            total = trace.input_tokens + trace.output_tokens
+            keep = np.flatnonzero((total > lo) & (total <= hi))[:pr.num_requests]
+            if len(keep) < MIN_CLASS_REQUESTS:
+                raise ScenarioError(
+                    f"scenario {self.name!r}: only {len(keep)} request(s) of its workload "
+                    f"have {lo} < prompt + max_tokens <= {hi} tokens; a length class needs "
+                    f"{MIN_CLASS_REQUESTS} to be measured: move length_classes.threshold_tokens "
+                    "toward the median length")
+            trace = Trace(trace.arrival_s[keep], trace.input_tokens[keep],
+                          trace.output_tokens[keep], None if trace.prompts is None else
+                          tuple(trace.prompts[i] for i in keep), f"{trace.name}-{lo}-{hi}")
+        return trace.scaled_to(1.0) if trace.duration_s > 0 else trace
 
     def base_trace(self) -> Trace:
         """The workload at 1 req/s; the sweep rescales it to each rate (same requests)."""
         return self._base
+
+
+CLASS_OVERSAMPLE = 4
+MIN_CLASS_REQUESTS = 100
+
+
+def request_tokens(scenario: Scenario) -> dict[str, IntArray]:
+    """Prompt + max_tokens of each workload's profiled requests (its base trace), by name."""
+    return {name: (lambda t: t.input_tokens + t.output_tokens)(
+        scenario.for_workload(name).profile_spec().base_trace())
+        for name in scenario.workload_names}
+
+
+def length_thresholds(scenario: Scenario) -> tuple[int, ...]:
+    """Candidate thresholds of the scenario's `LengthClasses` (empty: none).
+
+    ``auto``: the `LENGTH_QUANTILES` of all workloads' requests pooled (each workload weighted
+    by its rate), rounded to whole tokens, without repeats.
+    """
+    lc = scenario.length_classes
+    if lc is None:
+        return ()
+    if isinstance(lc.threshold_tokens, int):
+        return (lc.threshold_tokens,)
+    if isinstance(lc.threshold_tokens, list):
+        return tuple(sorted(set(lc.threshold_tokens)))
+    tokens = request_tokens(scenario)
+    values = np.concatenate(list(tokens.values())).astype(np.float64)
+    weights = np.concatenate([np.full(len(v), w.rate_rps / len(v)) for v, w in
+                              zip(tokens.values(), scenario.named_workloads, strict=True)])
+    order = np.argsort(values, kind="stable")
+    cdf = np.cumsum(weights[order]) / weights.sum()
+    picks = [int(values[order][min(int(np.searchsorted(cdf, q)), len(cdf) - 1)])
+             for q in LENGTH_QUANTILES]
+    return tuple(sorted(set(picks)))
 
 
 def list_presets() -> list[str]:

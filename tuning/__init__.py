@@ -15,13 +15,23 @@ from ._evaluator import (
 )
 from ._exact import ExactFront, exact_front, exact_max_throughput, exact_min_cost
 from ._front import hypervolume, pareto_mask
-from ._plan import Group, Plan, PlanError, Predicted, Routing, WorkloadRouting
+from ._plan import (
+    LENGTH_CLASSES,
+    Group,
+    LengthRouting,
+    Plan,
+    PlanError,
+    Predicted,
+    Routing,
+    WorkloadRouting,
+)
 from ._problem import Problem, db_paths, default_db_path, load_problem, planning_problem
 from ._replan import Decision, GroupChange, Hysteresis, decide, diff_groups
 from ._search import Goal, SearchResult, StopRule, search
 
 __all__ = [
     "BASELINES",
+    "LENGTH_CLASSES",
     "BatchMetrics",
     "Decision",
     "ExactFront",
@@ -30,6 +40,7 @@ __all__ = [
     "GroupChange",
     "Hysteresis",
     "InfeasiblePlanError",
+    "LengthRouting",
     "Plan",
     "PlanArrays",
     "PlanError",

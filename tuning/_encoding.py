@@ -81,7 +81,7 @@ def lowest_level_s(problem: Problem, x_band: float | None, x_hi_s: float | None)
 
 def cover(problem: Problem, m: int, need: float, caps: FloatArray,
           options: list[list[IntArray]], cfg: IntArray, reps: IntArray, free: IntArray) -> float:
-    """Greedily add replicas of model m until `need` req/s is covered or no stock is left.
+    """Greedily add replicas of lane m (a model, or a (model, class)) until `need` is covered.
 
     The replica added is the one maximizing ``min(need left, cap_c) / price_c`` over GPU
     types with stock left, one config per (model, type) slot. Updates the slots `cfg`,

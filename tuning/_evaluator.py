@@ -27,6 +27,10 @@ instead of ``cap``; everything else is the same, over K models. Quality is per w
 (`workload_quality`, the workload's `profiling.CascadeQuality`); ``quality`` is that of the one
 workload, or with several the lowest *normalized* quality ``(Q_w - Q_w^low) / (Q_w^high -
 Q_w^low)`` (0: every query on the smallest model, 1: on the largest).
+
+**Length classes** (`tuning._problem`): every "model" above is a *lane* (model, class) with
+load ``sum_w s_{w,m} p_{w,class} lambda_w`` and its own groups; ``model_p95_s`` is then per
+lane.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import numpy.typing as npt
 from common.errors import BouteError
 from profiling import mixture_quantile
 
-from ._plan import Group, Plan, Predicted, Routing, WorkloadRouting
+from ._plan import LENGTH_CLASSES, Group, LengthRouting, Plan, Predicted, Routing, WorkloadRouting
 from ._problem import Problem
 
 __all__ = ["BatchMetrics", "InfeasiblePlanError", "PlanArrays", "evaluate_arrays",
@@ -93,7 +97,8 @@ class BatchMetrics:
     """Metrics of a batch of plans (``(B,)`` arrays unless noted)."""
 
     p95_s: FloatArray          # planning P95 (+inf when saturated)
-    model_p95_s: FloatArray    # (B, K) x_m* of each model (weak, strong for the pair)
+    model_p95_s: FloatArray    # (B, L) x_l* of each lane: each model (weak, strong for the
+    #                            pair), or each (model, length class)
     quality: FloatArray
     cost_per_hour: FloatArray
     gpus_used: IntArray        # (B, T)
@@ -141,9 +146,12 @@ def _at_level(problem: Problem, table: FloatArray, x_s: float) -> FloatArray:
 
 def _ladder_loads(problem: Problem, plans: PlanArrays, model: IntArray, safe: IntArray
                   ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """Model loads ``(B, K)``, per-slot mix capacity ``(B, G, L)``, workload quality."""
+    """Lane loads ``(B, L)``, per-slot mix capacity ``(B, G, levels)``, workload quality.
+
+    `model`: ``(B, G)`` lane of each slot.
+    """
     assert plans.shares is not None
-    wl = problem.workload_loads(plans.shares)                         # (B, W, K)
+    wl = problem.lane_loads(plans.shares)                             # (B, W, L)
     loads = wl.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         frac = np.where(loads[:, None, :] > 0, wl / loads[:, None, :], 0.0)   # (B, W, K)
@@ -179,7 +187,7 @@ def evaluate_arrays(
     reps = np.where(cfg >= 0, np.asarray(plans.replicas, dtype=np.int64), 0)
     safe = np.maximum(cfg, 0)
     s = np.asarray(plans.strong_share, dtype=np.float64)
-    model = problem.cfg_model[safe]
+    model = problem.cfg_lane[safe]
     level = problem.ceiling_s if p95_target_s is None else p95_target_s
     if plans.shares is None:
         loads = problem.loads(s)                                      # (B, 2)
@@ -198,7 +206,7 @@ def evaluate_arrays(
     used = np.zeros((len(s), n_types), dtype=np.int64)
     for t in range(n_types):
         used[:, t] = (gpus * (problem.cfg_type[safe] == t)).sum(axis=1)
-    ms = range(problem.num_models)
+    ms = range(problem.num_lanes)
     curves = np.stack([(caps * (model == m)[..., None]).sum(axis=1) for m in ms],
                       axis=1)                                         # (B, K, L)
     x = _crossing(problem, curves, loads)                             # (B, K)
@@ -239,12 +247,21 @@ def plan_to_arrays(problem: Problem, plan: Plan) -> PlanArrays:
                           f"({', '.join(problem.gpu_types)})")
             continue
         t = problem.gpu_types.index(g.gpu)
+        if (g.length_class is None) != (not problem.classes):
+            errors.append(f"{where}: " + (
+                f"names no length class but the problem splits requests at "
+                f"{problem.threshold_tokens} tokens; plan it again with `boute plan`"
+                if g.length_class is None else
+                f"length_class={g.length_class!r} but the problem has no length classes "
+                "(evaluate it with the plan's routing.length_classes threshold)"))
+            continue
+        k = 0 if g.length_class is None else LENGTH_CLASSES.index(g.length_class)
         if g.tp > problem.gpus_per_node[t]:
             errors.append(f"{where}: TP must stay inside a node: tp={g.tp} > "
                           f"{problem.gpus_per_node[t]} GPUs per {g.gpu} node (exceeds by "
                           f"{g.tp - problem.gpus_per_node[t]})")
             continue
-        c = problem.config(problem.models.index(g.model), t, g.tp, g.pp)
+        c = problem.config(problem.models.index(g.model), t, g.tp, g.pp, k)
         if c < 0:
             reason = infeasible.get((g.model, g.gpu, g.tp, g.pp),
                                     "the perf DB has no rows for it")
@@ -302,22 +319,22 @@ def explain(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b: int =
             out.append(f"GPU stock: {used} x {name} used but {have} on offer (short by "
                        f"{used - have})")
     loads = _model_loads(problem, plans, b)
-    for m in range(problem.num_models):
+    for m in range(problem.num_lanes):
         if not np.isfinite(metrics.model_p95_s[b, m]):
             cfg, reps = plans.config[b], plans.replicas[b]
-            ok = (cfg >= 0) & (problem.cfg_model[np.maximum(cfg, 0)] == m)
+            ok = (cfg >= 0) & (problem.cfg_lane[np.maximum(cfg, 0)] == m)
             top = float((reps[ok] * _slot_caps(problem, plans, b)[ok, -1]).sum())
-            out.append(f"saturation: {problem.models[m]} gets {loads[m]:.2f} req/s but its "
+            out.append(f"saturation: {problem.lane_name(m)} gets {loads[m]:.2f} req/s but its "
                        f"groups serve at most {top:.2f} req/s with P95 <= "
                        f"{problem.ceiling_s:g} s (short by {loads[m] - top:.2f} req/s)")
     return out
 
 
 def _model_loads(problem: Problem, plans: PlanArrays, b: int) -> FloatArray:
-    """``(K,)`` load of each model in plan `b`."""
+    """``(L,)`` load of each lane (model) in plan `b`."""
     if plans.shares is None:
         return problem.loads(plans.strong_share[b])
-    return np.asarray(problem.workload_loads(plans.shares[b:b + 1])[0].sum(axis=0))
+    return np.asarray(problem.lane_loads(plans.shares[b:b + 1])[0].sum(axis=0))
 
 
 def _slot_caps(problem: Problem, plans: PlanArrays, b: int) -> FloatArray:
@@ -327,7 +344,7 @@ def _slot_caps(problem: Problem, plans: PlanArrays, b: int) -> FloatArray:
         return np.asarray(problem.cap[cfg])
     one = PlanArrays(plans.strong_share[b:b + 1], plans.config[b:b + 1],
                      plans.replicas[b:b + 1], plans.shares[b:b + 1])
-    _, slot_cap, _ = _ladder_loads(problem, one, problem.cfg_model[cfg][None], cfg[None])
+    _, slot_cap, _ = _ladder_loads(problem, one, problem.cfg_lane[cfg][None], cfg[None])
     return np.asarray(slot_cap[0])
 
 
@@ -340,13 +357,13 @@ def _detail_ladder(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b
     """
     assert plans.shares is not None
     cfg, reps = plans.config[b], plans.replicas[b]
-    wl = problem.workload_loads(plans.shares[b:b + 1])[0]                # (W, K)
+    wl = problem.lane_loads(plans.shares[b:b + 1])[0]                    # (W, L)
     loads = wl.sum(axis=0)
     slot = _slot_caps(problem, plans, b)
     shares = [0.0] * len(cfg)
     quants, means, weights = [], [], []
-    for m in range(problem.num_models):
-        idx = [i for i, c in enumerate(cfg) if c >= 0 and problem.cfg_model[c] == m]
+    for m in range(problem.num_lanes):
+        idx = [i for i, c in enumerate(cfg) if c >= 0 and problem.cfg_lane[c] == m]
         if not idx or loads[m] <= 0:
             continue
         x = float(metrics.model_p95_s[b, m])
@@ -362,8 +379,8 @@ def _detail_ladder(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b
                 if wl[w, m] <= 0:
                     continue
                 rate = util * float(_at_level(problem, problem.caps[w][cfg[i]], x))
-                q, mean, _ = problem.dbs[w].lookup(np.array([problem.cfg_dbs[w, cfg[i]]]),
-                                                   np.array([rate]))
+                q, mean, _ = problem.stream_db(w, cfg[i]).lookup(
+                    np.array([problem.cfg_dbs[w, cfg[i]]]), np.array([rate]))
                 quants.append(q[0])
                 means.append(float(mean[0]))
                 weights.append(lam[j] * wl[w, m] / problem.rate_rps)
@@ -418,7 +435,7 @@ def plan_from_arrays(problem: Problem, plans: PlanArrays, metrics: BatchMetrics,
         groups.append(Group(problem.models[problem.cfg_model[c]],
                             problem.gpu_types[problem.cfg_type[c]], int(problem.cfg_tp[c]),
                             int(problem.cfg_pp[c]), int(plans.replicas[b, i]),
-                            round(shares[i], 6)))
+                            round(shares[i], 6), _class_name(problem, c)))
     s = float(plans.strong_share[b])
     feasible = bool(metrics.feasible[b])
     if plans.shares is None:
@@ -430,13 +447,27 @@ def plan_from_arrays(problem: Problem, plans: PlanArrays, metrics: BatchMetrics,
                                 np.cumsum(plans.shares[b, w, ::-1])[::-1][1:]),
                             float(problem.workload_rates[w]),
                             float(metrics.workload_quality[b, w]))
-            for w, name in enumerate(problem.workloads)))
+            for w, name in enumerate(problem.workloads)), length_classes=_length_routing(problem))
     predicted = Predicted(
         p95_s=float(metrics.p95_s[b]), system_p95_s=sys_p95, mean_s=mean,
         quality=float(metrics.quality[b]), cost_per_hour=float(metrics.cost_per_hour[b]),
         throughput_rps=problem.rate_rps if feasible else 0.0,
         capacity_rps=float(metrics.capacity_rps[b]))
     return Plan(routing, tuple(groups), predicted, scenario_summary(problem), dict(extra or {}))
+
+
+def _class_name(problem: Problem, c: int) -> str | None:
+    """Length class of config c (None without classes)."""
+    return None if problem.cfg_class is None else problem.classes[int(problem.cfg_class[c])]
+
+
+def _length_routing(problem: Problem) -> LengthRouting | None:
+    """The plan's length classes: threshold and each workload's class shares."""
+    if problem.threshold_tokens is None or problem.class_share is None:
+        return None
+    return LengthRouting(problem.threshold_tokens, {
+        name: (float(problem.class_share[w, 0]), float(problem.class_share[w, 1]))
+        for w, name in enumerate(problem.workloads)})
 
 
 def scenario_summary(problem: Problem) -> dict[str, object]:
@@ -450,7 +481,8 @@ def scenario_summary(problem: Problem) -> dict[str, object]:
                      zip(problem.gpu_types, problem.stock, problem.gpu_price, strict=True)},
             # the whole scenario, so that replanning can re-optimize for new traffic
             "spec": sc.model_dump(mode="json", exclude=(
-                {"workloads"} if sc.workloads is None else {"workload", "task"}))}
+                {"workloads"} if sc.workloads is None else {"workload", "task"}) | (
+                {"length_classes"} if sc.length_classes is None else set()))}
 
 
 def evaluate_plan(problem: Problem, plan: Plan, p95_target_s: float | None = None) -> Plan:

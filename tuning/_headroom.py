@@ -40,7 +40,7 @@ from profiling import (
 )
 
 from ._evaluator import plan_from_arrays
-from ._plan import Plan
+from ._plan import LENGTH_CLASSES, Plan
 from ._problem import Problem
 from ._run import Goal, SearchResult
 
@@ -69,18 +69,34 @@ class GroupCheck:
         return not self.saturated and self.p95_s <= self.target_s
 
 
-def _fresh(wl: NamedWorkload, rate_rps: float, num_requests: int, seed: int) -> Trace:
-    """A new trace of workload `wl` at `rate_rps`: its shape, or its file's lengths resampled."""
+def _fresh(wl: NamedWorkload, rate_rps: float, num_requests: int, seed: int,
+           span: tuple[int, int] | None = None, class_share: float = 1.0) -> Trace:
+    """A new trace of workload `wl` at `rate_rps`: its shape, or its file's lengths resampled.
+
+    `span` ``(lo, hi)``: only requests with ``lo < prompt + max_tokens <= hi`` (a length
+    class holding `class_share` of the workload): the workload is drawn at ``rate /
+    class_share`` and thinned to the class, so the class arrives at about `rate_rps`.
+    """
+    draw = (num_requests if span is None else
+            int(np.ceil(num_requests / max(class_share, 1e-3) * 1.5)) + 50)
+    rate = rate_rps / (1.0 if span is None else max(class_share, 1e-3))
     if wl.trace is None:
         assert wl.shape is not None
-        return generate_trace(wl.shape, rate_rps=rate_rps, num_requests=num_requests,
-                              arrival=wl.arrival, burstiness_cv=wl.burstiness_cv, seed=seed)
-    base = load_trace(wl.trace)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(base.arrival_s), size=num_requests)
-    arrival = np.cumsum(rng.exponential(1.0 / rate_rps, size=num_requests))
-    return Trace(arrival - arrival[0], base.input_tokens[idx], base.output_tokens[idx],
-                 name=f"{wl.name}-resampled")
+        trace = generate_trace(wl.shape, rate_rps=rate, num_requests=draw, arrival=wl.arrival,
+                               burstiness_cv=wl.burstiness_cv, seed=seed)
+    else:
+        base = load_trace(wl.trace)
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, len(base.arrival_s), size=draw)
+        arrival = np.cumsum(rng.exponential(1.0 / rate, size=draw))
+        trace = Trace(arrival - arrival[0], base.input_tokens[idx], base.output_tokens[idx],
+                      name=f"{wl.name}-resampled")
+    if span is None:
+        return trace
+    total = trace.input_tokens + trace.output_tokens
+    keep = np.flatnonzero((total > span[0]) & (total <= span[1]))[:num_requests]
+    return Trace(trace.arrival_s[keep] - trace.arrival_s[keep[0]], trace.input_tokens[keep],
+                 trace.output_tokens[keep], name=f"{trace.name}-{span[0]}-{span[1]}")
 
 
 def _mixed(parts: Sequence[Trace]) -> Trace:
@@ -111,10 +127,14 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
     sc = problem.scenario
     calibration = spec_calibration(sc.for_workload(sc.workload_names[0]).profile_spec(),
                                    catalog, hardware_profiles=hardware_profiles)
-    loads = _model_workload_loads(problem, plan)                         # {model: (W,)}
+    loads = _model_workload_loads(problem, plan)                 # {(model, class): (W,)}
+    tau = problem.threshold_tokens
     out = []
     for g in plan.groups:
-        load = loads.get(g.model)
+        load = loads.get((g.model, g.length_class))
+        span = (None if tau is None or g.length_class is None else
+                (0, tau) if g.length_class == LENGTH_CLASSES[0] else (tau, 2**62))
+        k = 0 if g.length_class is None else LENGTH_CLASSES.index(g.length_class)
         if load is None or load.sum() <= 0 or g.share <= 0:
             continue
         gpu = catalog.gpu(sc.catalog_gpu(g.gpu))
@@ -127,7 +147,8 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
                 if per_replica[w] <= 0:
                     continue
                 n = max(50, round(num_requests * per_replica[w] / per_replica.sum()))
-                parts.append(_fresh(wl, float(per_replica[w]), n, seed * 31 + w))
+                p = 1.0 if problem.class_share is None else float(problem.class_share[w, k])
+                parts.append(_fresh(wl, float(per_replica[w]), n, seed * 31 + w, span, p))
             res = simulate(replica, _mixed(parts))
             p95 = float(res.latency_quantiles((0.95,))[0])
             out.append(GroupCheck(g.name, seed, float(per_replica.sum()), p95, target_s,
@@ -135,18 +156,25 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
     return out
 
 
-def _model_workload_loads(problem: Problem, plan: Plan) -> dict[str, np.ndarray]:
-    """Each model's load from each workload, req/s."""
+def _model_workload_loads(problem: Problem, plan: Plan
+                          ) -> dict[tuple[str, str | None], np.ndarray]:
+    """Each (model, length class)'s load from each workload, req/s (class None: no classes)."""
     rt = plan.routing
     rates = problem.workload_rates
     if not rt.is_ladder:
         s = rt.strong_share
-        return {problem.models[0]: rates * (1.0 - s), problem.models[1]: rates * s}
+        return {(problem.models[0], None): rates * (1.0 - s),
+                (problem.models[1], None): rates * s}
     by_name = {w.name: w for w in rt.workloads}
-    out = {}
+    out: dict[tuple[str, str | None], np.ndarray] = {}
     for m, name in enumerate(rt.models):
-        out[name] = np.array([by_name[w].shares[m] * rates[i]
-                              for i, w in enumerate(problem.workloads)])
+        load = np.array([by_name[w].shares[m] * rates[i]
+                         for i, w in enumerate(problem.workloads)])
+        if problem.class_share is None:
+            out[(name, None)] = load
+        else:
+            for k, cls in enumerate(problem.classes):
+                out[(name, cls)] = load * problem.class_share[:, k]
     return out
 
 
@@ -228,7 +256,8 @@ def hold(problem: Problem, goal: Goal, run: Callable[[Problem], SearchResult],
             if not mine:
                 continue
             c = problem.config(problem.models.index(g.model), problem.gpu_types.index(g.gpu),
-                               g.tp, g.pp)
+                               g.tp, g.pp, 0 if g.length_class is None else
+                               LENGTH_CLASSES.index(g.length_class))
             a, r = derate.get(c, (1.0, 1.0))
             over = max((k.p95_s / k.target_s for k in mine if not k.saturated), default=0.0)
             if any(k.saturated for k in mine) or over <= 1.0 or r > 1.0:
@@ -244,7 +273,9 @@ def _names(problem: Problem, derate: dict[int, tuple[float, float]]
            ) -> dict[str, dict[str, float]]:
     out = {}
     for c, (a, r) in derate.items():
+        cls = ("" if problem.cfg_class is None else
+               f"-{problem.classes[int(problem.cfg_class[c])]}")
         name = (f"{problem.models[problem.cfg_model[c]]}-{problem.gpu_types[problem.cfg_type[c]]}"
-                f"-tp{problem.cfg_tp[c]}pp{problem.cfg_pp[c]}")
+                f"-tp{problem.cfg_tp[c]}pp{problem.cfg_pp[c]}{cls}")
         out[name] = {"capacity": round(a, 6), "latency": round(r, 6)}
     return out

@@ -16,7 +16,8 @@
 Decoding at level x: each model's load is ``sum_w s_{w,m} lambda_w`` with its workload mix;
 its replicas' capacity at x for that mix is ``cap_mix`` (`tuning._problem`). Models are
 covered from the largest down, greedily (the replica with the most capacity per dollar for the
-load still uncovered, one config per (model, GPU type), within the stock left), and the slack
+load still uncovered, one config per (model, GPU type), within the stock left; with length
+classes each (model, class) lane is covered on its own, short first), and the slack
 of a model's last replica is given the hardest queries of the model below it (raising the
 shares of the larger model — quality cannot fall — and lowering the load below; the amount is
 found by bisection on the larger model's capacity for the new mix). A plan that does not fit
@@ -94,10 +95,10 @@ class LadderEncoding:
 
     @cached_property
     def _options(self) -> list[list[IntArray]]:
-        """Candidate configs per model and GPU type."""
+        """Candidate configs per lane (model, or (model, length class)) and GPU type."""
         pr = self.problem
-        return [[pr.configs_of(m, t) for t in range(len(pr.gpu_types))]
-                for m in range(pr.num_models)]
+        return [[pr.configs_of(lane, t) for t in range(len(pr.gpu_types))]
+                for lane in range(pr.num_lanes)]
 
     # -- routing -------------------------------------------------------------------------------
     def tails(self, z: FloatArray) -> FloatArray:
@@ -209,12 +210,15 @@ class LadderEncoding:
         """Cover every model's load from the largest down (see the module docstring)."""
         pr = self.problem
         n_t, n_m = len(pr.gpu_types), pr.num_models
-        cfg = np.full(n_m * n_t, -1, dtype=np.int64)
-        reps = np.zeros(n_m * n_t, dtype=np.int64)
+        cfg = np.full(pr.num_lanes * n_t, -1, dtype=np.int64)
+        reps = np.zeros(pr.num_lanes * n_t, dtype=np.int64)
         free = pr.stock.copy()
         load = self.shares_of(tails) * (pr.workload_rates * scale)[:, None]     # (W, K)
         short = 0.0
         for m in range(n_m - 1, -1, -1):
+            if pr.class_share is not None:
+                short += self._fill_classes(m, load, caps_w, cfg, reps, free)
+                continue
             need = load[:, m].sum()
             if need <= 1e-12:
                 continue
@@ -231,6 +235,27 @@ class LadderEncoding:
         fits = (short <= 1e-9 and (self.budget_per_hour is None
                                     or cost <= self.budget_per_hour + BUDGET_TOL))
         return _Fill(cfg, reps, shares, fits)
+
+    def _fill_classes(self, m: int, load: FloatArray, caps_w: FloatArray, cfg: IntArray,
+                      reps: IntArray, free: IntArray) -> float:
+        """Cover model m's length classes, each on its own lane; returns the load left over.
+
+        (No slack hand-over: the larger model's spare capacity is per class, and moving
+        queries up moves both classes at once.)
+        """
+        pr = self.problem
+        assert pr.class_share is not None
+        n_c = len(pr.classes)
+        short = 0.0
+        for k in range(n_c):
+            lane_load = load[:, m] * pr.class_share[:, k]
+            need = float(lane_load.sum())
+            if need <= 1e-12:
+                continue
+            cap = self._mix_caps(caps_w, lane_load / need)
+            covered = cover(pr, m * n_c + k, need, cap, self._options, cfg, reps, free)
+            short += max(0.0, need - covered)
+        return short
 
     @staticmethod
     def _mix_caps(caps_w: FloatArray, mix: FloatArray) -> FloatArray:

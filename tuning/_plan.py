@@ -22,6 +22,17 @@ A *ladder* (K models, or several workloads) adds to ``routing``
 where each workload's shares sum to 1 and a query of the workload with router score >= t_k
 goes to model k or a larger one (NaN / null: calibrated live); ``strong_share`` is then the
 share of all traffic on the largest model. Two models and one workload keep the pair format.
+
+*Length classes* (`profiling.LengthClasses`) add
+
+```
+"routing": {..., "length_classes": {"threshold_tokens": n,
+                                    "shares": {workload: {"short": p, "long": 1 - p}}}},
+"groups": [{..., "length_class": "short" | "long"}, ...]
+```
+
+a request with prompt + max_tokens <= n tokens is *short* and is served by its model's short
+groups only (``share`` is then the share of its model's load *of that class*).
 """
 
 from __future__ import annotations
@@ -35,8 +46,11 @@ from typing import Any
 from common.errors import BouteError
 from common.textfile import read_utf8
 
-__all__ = ["MAX_GROUP_GPUS", "Group", "Plan", "PlanError", "Predicted", "Routing",
-           "WorkloadRouting"]
+__all__ = ["LENGTH_CLASSES", "MAX_GROUP_GPUS", "Group", "LengthRouting", "Plan", "PlanError",
+           "Predicted", "Routing", "WorkloadRouting"]
+
+LENGTH_CLASSES = ("short", "long")
+"""Request classes by length: prompt + max_tokens at most the threshold, and above it."""
 
 MAX_GROUP_GPUS = 4096
 """GPUs one replica group may use: a group is one GPU type, and a scenario offers at most
@@ -68,6 +82,24 @@ class WorkloadRouting:
 
 
 @dataclass(frozen=True)
+class LengthRouting:
+    """Length classes of a plan: the threshold and each workload's predicted class shares."""
+
+    threshold_tokens: int
+    shares: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def class_of(self, tokens: int) -> str:
+        """``short`` when prompt + max_tokens ``tokens`` <= the threshold, else ``long``."""
+        return LENGTH_CLASSES[0] if tokens <= self.threshold_tokens else LENGTH_CLASSES[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object."""
+        return {"threshold_tokens": self.threshold_tokens,
+                "shares": {w: dict(zip(LENGTH_CLASSES, v, strict=True))
+                           for w, v in self.shares.items()}}
+
+
+@dataclass(frozen=True)
 class Routing:
     """Which share of queries goes to the strong model, and the router threshold doing it.
 
@@ -79,6 +111,7 @@ class Routing:
     router: str = "builtin"
     models: tuple[str, ...] = ()
     workloads: tuple[WorkloadRouting, ...] = ()
+    length_classes: LengthRouting | None = None
 
     @property
     def is_ladder(self) -> bool:
@@ -96,6 +129,8 @@ class Routing:
                  "shares": dict(zip(self.models, w.shares, strict=True)),
                  "thresholds": list(w.thresholds), "quality": w.quality}
                 for w in self.workloads]
+        if self.length_classes is not None:
+            out["length_classes"] = self.length_classes.to_dict()
         return out
 
 
@@ -109,6 +144,7 @@ class Group:
     pp: int
     replicas: int
     share: float = 0.0
+    length_class: str | None = None
 
     @property
     def num_gpus(self) -> int:
@@ -117,8 +153,16 @@ class Group:
 
     @property
     def name(self) -> str:
-        """A stable, Serve-safe name, e.g. ``llama-3.1-70b-H100-tp4pp1``."""
-        return f"{self.model}-{self.gpu}-tp{self.tp}pp{self.pp}"
+        """A stable, Serve-safe name, e.g. ``llama-3.1-70b-H100-tp4pp1`` (``-short`` appended)."""
+        cls = "" if self.length_class is None else f"-{self.length_class}"
+        return f"{self.model}-{self.gpu}-tp{self.tp}pp{self.pp}{cls}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object (``length_class`` only when set)."""
+        out = asdict(self)
+        if self.length_class is None:
+            del out["length_class"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -200,7 +244,7 @@ class Plan:
         """The contract's JSON object (NaN/inf become null)."""
         out: dict[str, Any] = {
             "routing": self.routing.to_dict(),
-            "groups": [asdict(g) for g in self.groups],
+            "groups": [g.to_dict() for g in self.groups],
             "predicted": asdict(self.predicted) if self.predicted else None,
             "scenario": self.scenario,
         }
@@ -242,7 +286,7 @@ class Plan:
                             "(builtin, random, or a RouteLLM router such as mf)")
         rt = Routing(share, math.nan if threshold is None else
                      _number(threshold, f"{source}: routing.threshold"), router,
-                     *_ladder_routing(routing, source))
+                     *_ladder_routing(routing, source), _length_routing(routing, source))
         raw_groups = data.get("groups")
         if not isinstance(raw_groups, list) or not raw_groups:
             raise PlanError(f"{source}: groups must be a non-empty list of "
@@ -270,8 +314,18 @@ class Plan:
             gshare = _number(g.get("share", 0.0), f"{where}.share")
             if not 0.0 <= gshare <= 1.0:
                 raise PlanError(f"{where}.share={gshare} must lie in [0, 1]")
+            cls_name = g.get("length_class")
+            if cls_name is not None and cls_name not in LENGTH_CLASSES:
+                raise PlanError(f"{where}.length_class={cls_name!r} must be one of "
+                                f"{list(LENGTH_CLASSES)} (or absent)")
+            if (cls_name is None) != (rt.length_classes is None):
+                raise PlanError(f"{where}.length_class={cls_name!r}: "
+                                + ("every group of a plan with routing.length_classes names "
+                                   "its class (short or long)" if cls_name is None else
+                                   "the plan has no routing.length_classes; drop the field "
+                                   "or add routing.length_classes.threshold_tokens"))
             groups.append(Group(g["model"], g["gpu"], ints["tp"], ints["pp"],
-                                ints["replicas"], gshare))
+                                ints["replicas"], gshare, cls_name))
         pred = data.get("predicted")
         predicted = None
         if isinstance(pred, dict):
@@ -321,10 +375,10 @@ def _ladder_routing(routing: dict[str, Any], source: str
         return (), ()
     where = f"{source}: routing"
     models = routing.get("models")
-    if (not isinstance(models, list) or len(models) < 2
+    if (not isinstance(models, list) or len(models) < 1
             or not all(isinstance(m, str) and m for m in models)
             or len(set(models)) != len(models)):
-        raise PlanError(f"{where}.models={models!r} must list 2 or more distinct model names, "
+        raise PlanError(f"{where}.models={models!r} must list 1 or more distinct model names, "
                         "smallest first")
     raw = routing.get("workloads")
     if not isinstance(raw, list) or not raw:
@@ -361,6 +415,36 @@ def _ladder_routing(routing: dict[str, Any], source: str
     return tuple(models), tuple(out)
 
 
+def _length_routing(routing: dict[str, Any], source: str) -> LengthRouting | None:
+    """``routing.length_classes`` (None when absent).
+
+    Raises:
+        PlanError: naming the field, the value and the rule.
+
+    """
+    block = routing.get("length_classes")
+    if block is None:
+        return None
+    where = f"{source}: routing.length_classes"
+    if not isinstance(block, dict):
+        raise PlanError(f"{where}={block!r} must be an object with threshold_tokens")
+    n = block.get("threshold_tokens")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise PlanError(f"{where}.threshold_tokens={n!r} must be a positive whole number of "
+                        "tokens (prompt + max_tokens)")
+    raw = block.get("shares", {})
+    if not isinstance(raw, dict):
+        raise PlanError(f"{where}.shares={raw!r} must map each workload to its class shares")
+    shares = {}
+    for name, v in raw.items():
+        if not isinstance(v, dict) or set(v) != set(LENGTH_CLASSES):
+            raise PlanError(f"{where}.shares.{name}={v!r} must give the share of each class "
+                            f"{list(LENGTH_CLASSES)}")
+        pair = tuple(_number(v[c], f"{where}.shares.{name}.{c}") for c in LENGTH_CLASSES)
+        shares[str(name)] = (pair[0], pair[1])
+    return LengthRouting(n, shares)
+
+
 def _scenario_block(block: Any, source: str) -> dict[str, Any]:
     """Check the ``scenario`` block's known keys (others are kept as they are).
 
@@ -384,7 +468,7 @@ def _scenario_block(block: Any, source: str) -> dict[str, Any]:
             raise PlanError(f"{where}.{key}={value!r} must be a positive number of {unit} "
                             "(or null); fix the plan file")
     models = block.get("models")
-    ladder = isinstance(models, list) and len(models) >= 2 and all(
+    ladder = isinstance(models, list) and len(models) >= 1 and all(
         isinstance(m, str) for m in models)
     if models is not None and not ladder and (not isinstance(models, dict) or not all(
             isinstance(models.get(k), str) for k in ("weak", "strong"))):

@@ -30,13 +30,22 @@ rate ``cap_mix,c(x) = 1 / sum_w (f_w / cap_w,c(x))`` (each request takes ``1 / c
 replica's time at that level: the capacities combine harmonically, as per-request service
 times add). With one workload this is ``cap`` itself, and two models and one workload are
 exactly the paper's problem above.
+
+**Length classes** (`profiling.LengthClasses`, a threshold n of prompt + max_tokens). Each
+workload w is split into a short and a long *stream* (shares ``p_{w,short}``,
+``p_{w,long}``), each with its own perf DB (the workload's requests of that class). Every
+config exists once per class: a replica serves one class of one model, a *lane* ``l = (m,
+class)``. Lane l gets ``lambda_{w,l} = s_{w,m} p_{w,class} lambda_w`` (routing by difficulty
+does not look at length), and everything above holds with lanes in place of models: each
+lane's groups meet ``x_l*`` on what they serve, the planning P95 is ``max_l x_l*``. Without
+classes there is one lane per model and nothing changes.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +59,14 @@ from profiling import (
     QualityCurve,
     Scenario,
     default_quality_curve,
+    request_tokens,
 )
 
+from ._plan import LENGTH_CLASSES
+
 __all__ = [
-    "NUM_LEVELS", "X_MIN_S", "Problem", "default_db_path", "load_problem", "planning_problem",
+    "NUM_LEVELS", "X_MIN_S", "Problem", "class_db_path", "default_db_path", "load_problem",
+    "planning_problem",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -111,7 +124,13 @@ class Problem:
         workload_rates: ``(W,)`` req/s of each.
         cascades: ``(W,)`` quality of each workload as a function of its shares.
         caps: ``(W, C, K)`` capacity table of each workload.
-        dbs, cfg_dbs: each workload's DB and ``(W, C)`` rows of the configs in it.
+        dbs, cfg_dbs: each workload's DB and ``(W, C)`` rows of the configs in it; with
+            length classes one DB per (workload, class), workload-major, and config c's row
+            in the DB of its class (`stream_db`).
+        classes: ``("short", "long")`` with length classes, else empty.
+        threshold_tokens: the classes' threshold (prompt + max_tokens), or None.
+        class_share: ``(W, 2)`` share of each workload's requests in each class.
+        cfg_class: ``(C,)`` class of each config.
 
     """
 
@@ -138,7 +157,12 @@ class Problem:
     caps: FloatArray
     dbs: tuple[PerfDB, ...]
     cfg_dbs: IntArray
-    _by_key: dict[tuple[int, int, int, int], int] = field(default_factory=dict, repr=False)
+    _by_key: dict[tuple[int, int, int, int, int], int] = field(default_factory=dict,
+                                                               repr=False)
+    classes: tuple[str, ...] = ()
+    threshold_tokens: int | None = None
+    class_share: FloatArray | None = None
+    cfg_class: IntArray | None = None
 
     # -- derived quantities ----------------------------------------------------------------
     @property
@@ -171,9 +195,49 @@ class Problem:
         return self.pair_quality
 
     @property
+    def num_lanes(self) -> int:
+        """Lanes: one per model, or per (model, length class)."""
+        return self.num_models * max(1, len(self.classes))
+
+    @property
+    def cfg_lane(self) -> IntArray:
+        """``(C,)`` lane of each config: its model, or ``model * 2 + class``."""
+        if self.cfg_class is None:
+            return self.cfg_model
+        return np.asarray(self.cfg_model * len(self.classes) + self.cfg_class)
+
+    def lane_name(self, lane: int) -> str:
+        """``model`` or ``model (short)``."""
+        if not self.classes:
+            return self.models[lane]
+        n = len(self.classes)
+        return f"{self.models[lane // n]} ({self.classes[lane % n]})"
+
+    def lane_model(self, lane: int) -> int:
+        """The model of a lane."""
+        return lane // max(1, len(self.classes))
+
+    def lane_loads(self, shares: FloatArray) -> FloatArray:
+        """``(B, W, L)`` request rates of each lane from each workload, for shares ``(B, W, K)``.
+
+        ``s_{w,m} p_{w,class} lambda_w``; without classes `workload_loads`.
+        """
+        wl = self.workload_loads(shares)
+        if self.class_share is None:
+            return wl
+        return np.asarray((wl[..., :, None] * self.class_share[None, :, None, :]).reshape(
+            *wl.shape[:-1], self.num_lanes))
+
+    def stream_db(self, w: int, c: int) -> PerfDB:
+        """The DB holding config c's rows of workload w (`cfg_dbs`)."""
+        if self.cfg_class is None:
+            return self.dbs[w]
+        return self.dbs[w * len(self.classes) + int(self.cfg_class[c])]
+
+    @property
     def num_slots(self) -> int:
-        """Group slots of a plan: one per (model, GPU type), model-major."""
-        return self.num_models * len(self.gpu_types)
+        """Group slots of a plan: one per (lane, GPU type), lane-major."""
+        return self.num_lanes * len(self.gpu_types)
 
     def quality_range(self) -> tuple[float, float]:
         """Quality with every query on the smallest / the largest model (first workload)."""
@@ -223,13 +287,14 @@ class Problem:
             out = np.where(np.isfinite(inv) & (inv > 0), 1.0 / inv, 0.0)
         return np.asarray(out, dtype=np.float64)
 
-    def config(self, model: int, gpu_type: int, tp: int, pp: int) -> int:
-        """Index of a candidate config, or -1."""
-        return self._by_key.get((model, gpu_type, tp, pp), -1)
+    def config(self, model: int, gpu_type: int, tp: int, pp: int, length_class: int = 0
+               ) -> int:
+        """Index of a candidate config (of a length class), or -1."""
+        return self._by_key.get((model, gpu_type, tp, pp, length_class), -1)
 
-    def configs_of(self, model: int, gpu_type: int) -> IntArray:
-        """Candidate configs of one model on one GPU type."""
-        return np.flatnonzero((self.cfg_model == model) & (self.cfg_type == gpu_type))
+    def configs_of(self, lane: int, gpu_type: int) -> IntArray:
+        """Candidate configs of one lane (a model, without length classes) on one GPU type."""
+        return np.flatnonzero((self.cfg_lane == lane) & (self.cfg_type == gpu_type))
 
     def cap_at(self, x_s: float | FloatArray) -> FloatArray:
         """``cap_c(x)`` for every config at latency level(s) `x_s`: ``(C,)`` or ``(C, N)``.
@@ -290,14 +355,18 @@ def load_problem(
     db: PerfDB | Sequence[PerfDB],
     catalog: Catalog,
     quality: QualityCurve | CascadeQuality | None = None,
+    threshold_tokens: int | None = None,
 ) -> Problem:
     """Assemble the arrays of a planning problem.
 
     Args:
         scenario: the scenario.
-        db: its perf DB, or one per workload (`db_paths` order).
+        db: its perf DB, or one per workload (`db_paths` order); with `threshold_tokens`
+            one per (workload, class): short then long of each workload.
         catalog: the merged catalog.
         quality: the (first) workload's quality instead of its published one.
+        threshold_tokens: plan with length classes split at this many tokens (module
+            docstring); None: without.
 
     Raises:
         PerfDBError: the DB lacks a GPU type or model of the scenario (rebuild it).
@@ -307,8 +376,10 @@ def load_problem(
     """
     dbs = (db,) if isinstance(db, PerfDB) else tuple(db)
     names = scenario.workload_names
-    if len(dbs) != len(names):
-        raise PerfDBError(f"{len(dbs)} perf DB(s) for {len(names)} workloads {list(names)}")
+    n_cls = 1 if threshold_tokens is None else len(LENGTH_CLASSES)
+    if len(dbs) != len(names) * n_cls:
+        raise PerfDBError(f"{len(dbs)} perf DB(s) for {len(names)} workloads {list(names)}"
+                          + ("" if n_cls == 1 else f" x {n_cls} length classes"))
     models = scenario.model_names
     gpu_types = tuple(scenario.gpus)
     offered = scenario.offered_gpus(catalog)
@@ -325,32 +396,39 @@ def load_problem(
                               f"`boute profile --scenario {scenario.name}`")
     cascades = tuple(_cascade(scenario, w, quality if w == 0 else None)
                      for w in range(len(names)))
-    pair = (cascades[0].pair if len(names) == 1 and len(models) == 2 else None)
+    pair = (cascades[0].pair if len(names) == 1 and len(models) == 2 and n_cls == 1 else None)
     gpu_price = np.array([offered[g].price_per_hour for g in gpu_types])
-    rows: list[list[int]] = [[] for _ in dbs]
-    cm, ct, ctp, cpp = [], [], [], []
+    rows: list[list[int]] = [[] for _ in names]
+    cm, ct, ctp, cpp, ccl = [], [], [], [], []
     for key in dbs[0].keys:
         m, g, tp, pp = key
         if m not in models or any(key not in other.index for other in dbs[1:]):
             continue
         # Each offer renting GPU g whose stock holds one replica; weak and strong may be the
-        # same model (a degenerate pair): list it for both.
+        # same model (a degenerate pair): list it for both. One config per length class.
         for t in (t for t, r in enumerate(rents) if r == g and tp * pp <= stock[t]):
             for mi, name in enumerate(models):
-                if name == m:
-                    for w, one in enumerate(dbs):
-                        rows[w].append(one.index[key])
+                if name != m:
+                    continue
+                for k in range(n_cls):
+                    for w in range(len(names)):
+                        rows[w].append(dbs[w * n_cls + k].index[key])
                     cm.append(mi)
                     ct.append(t)
                     ctp.append(tp)
                     cpp.append(pp)
-    row_arr = np.asarray(rows, dtype=np.int64).reshape(len(dbs), len(cm))
+                    ccl.append(k)
+    row_arr = np.asarray(rows, dtype=np.int64).reshape(len(names), len(cm))
+    cfg_class = np.asarray(ccl, dtype=np.int64)
     cfg_type = np.asarray(ct, dtype=np.int64)
     cfg_gpus = np.asarray(ctp, dtype=np.int64) * np.asarray(cpp, dtype=np.int64)
     levels = np.geomspace(X_MIN_S, scenario.p95_ceiling_s, NUM_LEVELS)
-    by_key = {(m, t, tp, pp): i for i, (m, t, tp, pp) in enumerate(zip(cm, ct, ctp, cpp,
-                                                                       strict=True))}
-    caps = np.stack([_capacity_table(one, row_arr[w], levels) for w, one in enumerate(dbs)])
+    by_key = {key: i for i, key in enumerate(zip(cm, ct, ctp, cpp, ccl, strict=True))}
+    caps = np.zeros((len(names), len(cm), len(levels)))
+    for w in range(len(names)):
+        for k in range(n_cls):
+            mine = np.flatnonzero(cfg_class == k)
+            caps[w, mine] = _capacity_table(dbs[w * n_cls + k], row_arr[w, mine], levels)
     rates = np.array([w.rate_rps for w in scenario.named_workloads], dtype=np.float64)
     problem = Problem(
         scenario=scenario, db=dbs[0], pair_quality=pair, models=models, gpu_types=gpu_types,
@@ -361,9 +439,21 @@ def load_problem(
         cfg_gpus=cfg_gpus, cfg_price=cfg_gpus * gpu_price[cfg_type], cfg_db=row_arr[0],
         levels_s=levels, cap=caps[0], workloads=names, workload_rates=rates,
         cascades=cascades, caps=caps, dbs=dbs, cfg_dbs=row_arr, _by_key=by_key)
+    if threshold_tokens is not None:
+        problem = replace(problem, classes=LENGTH_CLASSES, threshold_tokens=int(threshold_tokens),
+                          class_share=_class_shares(scenario, threshold_tokens),
+                          cfg_class=cfg_class)
     if len(names) > 1:
         object.__setattr__(problem, "cap", problem.mix_cap(rates / rates.sum()))
     return problem
+
+
+def _class_shares(scenario: Scenario, threshold_tokens: int) -> FloatArray:
+    """``(W, 2)`` share of each workload's profiled requests at or below / above the threshold."""
+    tokens = request_tokens(scenario)
+    short = np.array([float(np.mean(tokens[w] <= threshold_tokens))
+                      for w in scenario.workload_names])
+    return np.stack([short, 1.0 - short], axis=1)
 
 
 def planning_problem(scenario_ref: str | None, *, db: str | None = None,
@@ -372,7 +462,7 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
                      hardware_profiles: str | None = None,
                      quality_records: str | None = None,
                      note: Callable[[str], None] | None = None,
-                     progress: bool = True) -> Problem:
+                     progress: bool = True, threshold_tokens: int | None = None) -> Problem:
     """Scenario (a preset name or a YAML path) + its perf DB -> `Problem`.
 
     The DB at `db` (default `default_db_path`) is built, or rebuilt, when it is missing or
@@ -382,6 +472,8 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
     `budget` / `rate_rps` override the scenario's (the DB is rate-free: a 1 req/s base trace
     and a rate grid). `quality_records` (per-query eval records,
     `profiling.QualityCurve.from_parquet`) replaces the task's published quality curve.
+    `threshold_tokens`: plan with length classes split there (`load_problem`); each
+    (workload, class) has its own DB (`class_db_path`), built when missing or stale.
 
     Raises:
         BouteError: a non-positive or non-finite `budget` / `rate_rps` (named, with the fix),
@@ -413,20 +505,37 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
             f = rate_rps / scenario.total_rate_rps
             scenario = scenario.with_rates({w.name: w.rate_rps * f
                                             for w in scenario.named_workloads})
-    dbs = [_load_or_build(scenario.for_workload(name), path, catalog, hardware_profiles,
-                          note, progress)
-           for name, path in zip(scenario.workload_names, db_paths(scenario, db), strict=True)]
-    return load_problem(scenario, dbs, catalog, quality)
+    if threshold_tokens is None:
+        dbs = [_load_or_build(scenario.for_workload(name), path, catalog, hardware_profiles,
+                              note, progress)
+               for name, path in zip(scenario.workload_names, db_paths(scenario, db),
+                                     strict=True)]
+        return load_problem(scenario, dbs, catalog, quality)
+    if not (isinstance(threshold_tokens, int) and threshold_tokens >= 1):
+        raise BouteError(f"threshold_tokens={threshold_tokens!r} must be a positive whole "
+                         "number of tokens")
+    bounds = ((0, threshold_tokens), (threshold_tokens, 2**62))
+    dbs = [_load_or_build(scenario.for_workload(name), class_db_path(path, threshold_tokens, k),
+                          catalog, hardware_profiles, note, progress, span)
+           for name, path in zip(scenario.workload_names, db_paths(scenario, db), strict=True)
+           for k, span in zip(LENGTH_CLASSES, bounds, strict=True)]
+    return load_problem(scenario, dbs, catalog, quality, threshold_tokens)
+
+
+def class_db_path(path: Path, threshold_tokens: int, length_class: str) -> Path:
+    """The DB of one length class next to the workload's: ``<stem>-len<n>-<class>``."""
+    return path.with_name(f"{path.stem}-len{threshold_tokens}-{length_class}"
+                          f"{path.suffix or '.parquet'}")
 
 
 def _load_or_build(scenario: Scenario, path: Path, catalog: Catalog,
                    hardware_profiles: str | None, note: Callable[[str], None] | None,
-                   progress: bool) -> PerfDB:
-    """The perf DB of a one-workload scenario at `path`, (re)built when missing or stale."""
+                   progress: bool, length_tokens: tuple[int, int] | None = None) -> PerfDB:
+    """The perf DB of a one-workload scenario (one length class's) at `path`, built if need be."""
     from profiling import build_perfdb
     from profiling._perfdb import spec_calibration
 
-    spec = scenario.profile_spec()
+    spec = scenario.profile_spec(length_tokens)
     calibration = spec_calibration(spec, catalog, hardware_profiles=hardware_profiles)
     try:
         return PerfDB.load(path, catalog=catalog, trace=spec.base_trace(),

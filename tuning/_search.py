@@ -122,9 +122,10 @@ def search(
         raise SearchError(f"solver={solver!r} is unknown; use one of {', '.join(SOLVERS)}")
     if goal.mode not in MODES:
         raise SearchError(f"objective={goal.mode!r} is unknown; use one of {', '.join(MODES)}")
-    if goal.mode == "min-cost" and ((goal.quality is None and goal.qualities is None)
-                                    or goal.p95_s is None):
-        raise SearchError("objective=min-cost needs both --quality and --p95")
+    if goal.mode == "min-cost" and ((goal.quality is None and goal.qualities is None
+                                     and problem.num_models > 1) or goal.p95_s is None):
+        raise SearchError("objective=min-cost needs both --quality and --p95"
+                          if problem.num_models > 1 else "objective=min-cost needs --p95")
     if problem.is_pair and goal.qualities is not None:
         goal = replace(goal, quality=goal.qualities[0], qualities=None)
     if goal.quality is not None and problem.is_pair:
@@ -162,4 +163,34 @@ def search(
     res = run_mobo(problem, goal, seed=seed, stop=rule, encoding=encoding or "structured",
                    callback=callback, progress=progress)
     res.reason = reason or "asked for (--solver mobo)"
+    return _polished(problem, goal, res)
+
+
+def _polished(problem: Problem, goal: Goal, res: SearchResult) -> SearchResult:
+    """Min-cost ladders: the cheapest routings found get an exact deployment (`tuning._polish`).
+
+    The candidates are the plans meeting the quality targets, admissible ones first, cheapest
+    first; the polished plans are evaluated and added to the result, so `best` picks them
+    only when they are cheaper.
+    """
+    if goal.mode != "min-cost" or problem.is_pair or goal.p95_s is None:
+        return res
+    from ._polish import polish_candidates
+    from ._run import _concat_metrics, concat_plans
+
+    m = res.metrics
+    ok = np.ones(len(res.plans), dtype=bool)
+    if goal.quality is not None:
+        ok &= m.quality >= goal.quality - 1e-9
+    if goal.qualities is not None:
+        ok &= (m.workload_quality >= np.asarray(goal.qualities) - 1e-9).all(axis=1)
+    idx = np.flatnonzero(ok)
+    adm = res.admissible(problem)[idx]
+    order = idx[np.lexsort((m.cost_per_hour[idx], ~adm))]
+    extra = polish_candidates(problem, res.plans, order, goal.p95_s)
+    if not extra:
+        return res
+    plans = concat_plans(extra)
+    res.plans = concat_plans([res.plans, plans])
+    res.metrics = _concat_metrics(res.metrics, evaluate_arrays(problem, plans, goal.p95_s))
     return res

@@ -133,7 +133,10 @@ def _scenario_cases() -> list[Case]:
         "trace-missing": ok + "workload: {trace: nowhere.csv}\n",
         "trace-header-only": ok + "workload: {trace: {tmp}/h.csv}\n",
         # ladders: K models, several workloads
-        "models-one": ok + "models: [llama-3.1-8b]\n",
+        "models-none": ok + "models: []\n",
+        "length-threshold-zero": ok + "length_classes: {threshold_tokens: 0}\n",
+        "length-thresholds-empty": ok + "length_classes: {threshold_tokens: []}\n",
+        "length-threshold-word": ok + "length_classes: {threshold_tokens: median}\n",
         "models-unknown": ok + "models: [llama-3.1-8b, llama-9]\n",
         "workload-name-bad": ok + "workloads: [{name: 'Math Stuff', rate_rps: 1}]\n",
         "workloads-and-task": ok + "task: gsm8k\nworkloads: [{name: a, rate_rps: 1}]\n",
@@ -242,10 +245,13 @@ def _plan_cases() -> list[Case]:
         "rate-negative": plan(scenario__rate_rps=-3),
         "rate-inf": plan(scenario__rate_rps=float("inf")),
         "scenario-list": plan(scenario=[1]),
-        "models-list": plan(scenario__models=["a"]),
+        "models-list": plan(scenario__models=[]),
         "spec-bad": plan(scenario__spec={"gpus": {}}),
         # ladder routing (K models, several workloads)
-        "ladder-models-one": plan(routing__models=["a"], routing__workloads=[]),
+        "ladder-models-none": plan(routing__models=[], routing__workloads=[]),
+        "length-class-unknown": plan(groups__0__length_class="medium"),
+        "length-class-without-threshold": plan(groups__0__length_class="short"),
+        "length-threshold-string": plan(routing__length_classes={"threshold_tokens": "200"}),
         "ladder-shares-sum": plan(routing__models=["a", "b"], routing__workloads=[
             {"name": "w", "shares": {"a": 0.7, "b": 0.7}}]),
         "ladder-share-string": plan(routing__models=["a", "b"], routing__workloads=[
