@@ -418,6 +418,8 @@ class ProfileSpec:
             assert wl.shape is not None
             trace = generate_trace(wl.shape, rate_rps=1.0, num_requests=n, arrival=wl.arrival,
                                    burstiness_cv=wl.burstiness_cv, seed=pr.seed)
+            if self.length_tokens is None:
+                return trace                    # generated at 1 req/s already
         if self.length_tokens is not None:
             lo, hi = self.length_tokens
             total = trace.input_tokens + trace.output_tokens

@@ -228,15 +228,18 @@ def test_old_schema_files_read_with_null_key_and_outcome_from_status(tmp_path: P
     log.record(4.0, 1, 1, 0.5, "m", "g", 0.1, 0.2, 429, False, key_id="team-a",
                outcome="rate_limited")
     log.record(5.0, 1, 1, 0.5, "m", "g", 0.1, 0.2, 200, False, workload="math")
+    log.record(6.0, 1, 1, 0.5, "m", "g", 0.1, 0.2, 200, False, workload="math",
+               length_class="short")
     log.close()
     table = read_log(tmp_path)
     assert table.schema.equals(SCHEMA)
     assert table.sort_by("arrival_s")["outcome"].to_pylist() == [
-        "ok", "client_error", "engine_error", "rate_limited", "ok"]
+        "ok", "client_error", "engine_error", "rate_limited", "ok", "ok"]
     assert table.sort_by("arrival_s")["key_id"].to_pylist() == [None, None, None, "team-a",
-                                                                 None]
-    # Files (and WAL segments) from before the workload column read it as null.
-    assert table.sort_by("arrival_s")["workload"].to_pylist() == [None] * 4 + ["math"]
+                                                                 None, None]
+    # Files (and WAL segments) from before the workload / length_class columns read null.
+    assert table.sort_by("arrival_s")["workload"].to_pylist() == [None] * 4 + ["math"] * 2
+    assert table.sort_by("arrival_s")["length_class"].to_pylist() == [None] * 5 + ["short"]
 
 
 def test_grafana_dashboard_plots_only_exported_metrics() -> None:

@@ -306,3 +306,31 @@ def test_a_ladder_routes_each_workload_by_its_own_cascade(serve_url) -> None:
     _, models = _get(f"{url}/v1/models")
     assert [m["id"] for m in models["data"]] == ["auto", "auto:math", "auto:chat", WEAK,
                                                  STRONG, big]
+
+
+def test_length_classes_route_short_and_long_requests_to_their_own_groups(serve_url) -> None:
+    """One model, split at 60 tokens of prompt + max_tokens; a dead class falls back."""
+    base, serve = serve_url
+    config = {"models": [STRONG], "strong_share": 1.0, "length_threshold_tokens": 60,
+              "workloads": {"default": {"shares": [1.0], "thresholds": []}}}
+    serve.run(_app({"short-a": ("ok", STRONG), "long-b": ("ok", STRONG)},
+                   {f"{STRONG}#short": {"short-a": 1.0}, f"{STRONG}#long": {"long-b": 1.0}},
+                   **config), name="lengths", route_prefix="/lengths")
+    url = f"{base}/lengths/v1/chat/completions"
+    # "What is 2 + 2?" is a handful of tokens: with max_tokens 4 it is short, with 500 long;
+    # without max_tokens it may run to the context: long.
+    for body, group, cls in ((_chat(), "short-a", "short"),
+                             (_chat(max_tokens=500), "long-b", "long"),
+                             ({k: v for k, v in _chat().items() if k != "max_tokens"},
+                              "long-b", "long"),
+                             (_chat(STRONG), "short-a", "short")):
+        status, headers, out = _post(url, body)
+        assert status == 200, out
+        assert (headers["x-boute-group"], headers["x-boute-length-class"]) == (group, cls)
+    serve.run(_app({"short-a": ("fail", STRONG), "long-b": ("ok", STRONG)},
+                   {f"{STRONG}#short": {"short-a": 1.0}, f"{STRONG}#long": {"long-b": 1.0}},
+                   **config), name="lengths-down", route_prefix="/lengths-down")
+    status, headers, out = _post(f"{base}/lengths-down/v1/chat/completions", _chat())
+    # The short group fails: the request is retried on the long class's group, not lost.
+    assert status == 200, out
+    assert headers["x-boute-group"] == "long-b" and headers["x-boute-tries"] == "2"
