@@ -375,7 +375,8 @@ def _window_problem(state: RunningState, options: ReplanOptions, traces: dict[st
     """Step 3's inputs: the planning problem of the plan's scenario on the window's traffic.
 
     The trace, the scenario (`_scenario_file`, GPU stock capped by the live cluster's) and
-    the fresh perf DB go to ``options.work_dir`` (default: ``replan/`` beside the log).
+    the fresh perf DB go to ``options.work_dir`` (default: ``replan/`` beside the log). A plan
+    with length classes is replanned with its threshold (one DB per class of the window).
     """
     from placement import gpu_counts_in, live_nodes
     from tuning import planning_problem
@@ -386,9 +387,12 @@ def _window_problem(state: RunningState, options: ReplanOptions, traces: dict[st
                                    else f"window-{name}.parquet")), t.rate_rps)
              for name, t in traces.items()}
     scenario_path = _scenario_file(state, options, saved, gpu_counts_in(live_nodes()), work)
+    # A plan split by length keeps its threshold: its classes are re-measured on the window.
+    lc = state.plan.routing.length_classes
     return planning_problem(str(scenario_path), db=str(work / "perfdb.parquet"),
                             gpu_catalog=state.stack.gpu_catalog,
-                            model_catalog=state.stack.model_catalog, note=_stderr_note)
+                            model_catalog=state.stack.model_catalog, note=_stderr_note,
+                            threshold_tokens=None if lc is None else lc.threshold_tokens)
 
 
 def _evaluate_running(problem: Problem, plan: Plan, goal: Goal) -> tuple[Plan, str | None]:

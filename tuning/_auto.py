@@ -78,9 +78,13 @@ def choose_solver(problem: Problem, goal: Goal, *, budget_s: float = EXACT_BUDGE
                   ) -> SolverChoice:
     """Probe the exact DP and pick ``exact`` or ``mobo`` (see the module docstring)."""
     if not problem.is_pair:
-        return SolverChoice("mobo", f"{problem.num_models} models and "
-                            f"{len(problem.workloads)} workload(s): the exact DP covers two "
-                            "models and one workload", None)
+        what = (f"{problem.num_models} model(s) and {len(problem.workloads)} workload(s)"
+                if not problem.classes else f"length classes at {problem.threshold_tokens} "
+                "tokens")
+        polish = (" (min-cost: the deployment of its best routings is then solved exactly)"
+                  if goal.mode == "min-cost" else "")
+        return SolverChoice("mobo", f"{what}: the exact DP covers two models and one "
+                            f"workload without length classes{polish}", None)
     levels, runs, clip = _probe_levels(problem, goal)
     budget = None if goal.mode == "min-cost" else problem.budget
     probe_limit_s = PROBE_DEADLINE_FACTOR * budget_s

@@ -60,8 +60,36 @@ def _random(problem: Problem, goal: Goal, *, rule: StopRule, seed: int, batch: i
     return run.done()
 
 
+def _one_model_min_cost(problem: Problem, goal: Goal) -> SearchResult | None:
+    """One model, min-cost: no routing to search, the exact deployment is the answer.
+
+    None when no deployment within the stock meets the P95 (the caller searches instead, to
+    report the closest plans).
+    """
+    from ._polish import exact_deployment
+
+    assert goal.p95_s is not None
+    start = time.perf_counter()
+    shares = np.ones((len(problem.workloads), 1))
+    plans = exact_deployment(problem, shares, goal.p95_s)
+    if plans is None:
+        return None
+    res = SearchResult("exact", goal, plans, evaluate_arrays(problem, plans, goal.p95_s),
+                       time.perf_counter() - start, exact_runs=1)
+    res.stopped = "certified (the integer program's answer is exact)"
+    res.reason = ("one model: no routing to search; the cheapest deployment meeting the P95 "
+                  "is a small integer program, solved exactly")
+    return res
+
+
 def _exact(problem: Problem, goal: Goal, deadline: float | None = None) -> SearchResult:
     """The exact solver; past `deadline` (perf_counter) it raises `ExactBudgetExceeded`."""
+    if problem.num_models == 1 and goal.mode == "min-cost" and goal.p95_s is not None:
+        res = _one_model_min_cost(problem, goal)
+        if res is None:
+            raise SearchError(f"no deployment within the stock keeps P95 <= {goal.p95_s:g} s "
+                              f"at {problem.rate_rps:g} req/s")
+        return res
     if not problem.is_pair:
         raise SearchError(f"solver=exact covers two models and one workload; this scenario has "
                           f"{problem.num_models} models and {len(problem.workloads)} "
@@ -136,6 +164,10 @@ def search(
     if rule.max_evals < 1:
         raise SearchError(f"max_evals={rule.max_evals} must be >= 1")
     reason = ""
+    if solver == "auto" and problem.num_models == 1 and goal.mode == "min-cost":
+        one = _one_model_min_cost(problem, goal)
+        if one is not None:
+            return one
     if solver == "auto":
         from ._auto import ExactBudgetExceeded, choose_solver, exact_deadline
 

@@ -209,3 +209,8 @@ def test_one_model_scenarios_plan_without_a_quality_target(problems) -> None:
     b = res.best(whole)
     assert b is not None and res.metrics.p95_s[b] <= 8.0 + 1e-9
     assert isinstance(res.plans, PlanArrays) and res.plans.shares.shape[1:] == (1, 1)
+    # auto: one model has no routing to search; the exact deployment is the answer.
+    exact = search(whole, Goal("min-cost", None, 8.0), solver="auto", progress=False)
+    assert exact.solver == "exact" and len(exact.plans) == 1
+    assert exact.metrics.cost_per_hour[0] <= res.metrics.cost_per_hour[b] + 1e-9
+    assert exact.metrics.p95_s[0] <= 8.0 + 1e-9
