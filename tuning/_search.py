@@ -91,9 +91,12 @@ def _exact(problem: Problem, goal: Goal, deadline: float | None = None) -> Searc
                               f"at {problem.rate_rps:g} req/s")
         return res
     if not problem.is_pair:
-        raise SearchError(f"solver=exact covers two models and one workload; this scenario has "
-                          f"{problem.num_models} models and {len(problem.workloads)} "
-                          "workload(s): use --solver mobo (or auto)")
+        what = (f"{problem.num_models} models and {len(problem.workloads)} workload(s)"
+                if not problem.classes else
+                f"length classes at {problem.threshold_tokens} tokens")
+        raise SearchError("solver=exact covers two models and one workload without length "
+                          f"classes (and one model at min-cost); this problem has {what}: "
+                          "use --solver mobo (or auto)")
     start = time.perf_counter()
     if goal.mode == "pareto":
         front = exact_front(problem, deadline=deadline)
