@@ -261,7 +261,9 @@ def _lengths_line(summary: dict[str, Any]) -> str:
     for t in summary["tries"]:
         chosen = "  <- chosen" if t["threshold_tokens"] == summary[
             "chosen_threshold_tokens"] else ""
-        cost = "no plan" if t["cost_per_hour"] is None else f"${t['cost_per_hour']:.2f}/h"
+        cost = ("no plan" if t["cost_per_hour"] is None else f"${t['cost_per_hour']:.2f}/h")
+        if t.get("error"):
+            cost = f"skipped: {t['error']}"
         what = ("no classes" if t["threshold_tokens"] is None else
                 f"<= {t['threshold_tokens']} tokens short")
         holds = "" if t["holds"] is None else ("" if t["holds"] else " (does not hold)")

@@ -384,9 +384,10 @@ class ProfileSpec:
 
     ``length_tokens = (lo, hi)``: the DB of one request class by length (`LengthClasses`):
     only requests with ``lo < prompt + max_tokens <= hi`` (the trace's input + output tokens).
-    A generated workload draws `CLASS_OVERSAMPLE` times the requests and keeps the first
-    ``num_requests`` of the class, so every class is measured on as many requests as the
-    whole workload; a trace file keeps its requests of the class. Arrivals are the thinned
+    A generated workload draws `CLASS_OVERSAMPLE` times the requests (more for a rare class,
+    up to `MAX_CLASS_DRAW`) and keeps the first ``num_requests`` of the class, so every class
+    is measured on as many requests as the whole workload; a trace file keeps its requests
+    of the class. Arrivals are the thinned
     process, rescaled to 1 req/s.
     """
 
@@ -420,10 +421,16 @@ class ProfileSpec:
                                    burstiness_cv=wl.burstiness_cv, seed=pr.seed)
             if self.length_tokens is None:
                 return trace                    # generated at 1 req/s already
+            found = int(self._in_class(trace).sum())
+            if found < pr.num_requests:         # a rare class: draw enough to measure it
+                more = min(MAX_CLASS_DRAW, int(np.ceil(n * pr.num_requests * 1.2
+                                                       / max(found, 1))))
+                trace = generate_trace(wl.shape, rate_rps=1.0, num_requests=more,
+                                       arrival=wl.arrival, burstiness_cv=wl.burstiness_cv,
+                                       seed=pr.seed)
         if self.length_tokens is not None:
             lo, hi = self.length_tokens
-            total = trace.input_tokens + trace.output_tokens
-            keep = np.flatnonzero((total > lo) & (total <= hi))[:pr.num_requests]
+            keep = np.flatnonzero(self._in_class(trace))[:pr.num_requests]
             if len(keep) < MIN_CLASS_REQUESTS:
                 raise ScenarioError(
                     f"scenario {self.name!r}: only {len(keep)} request(s) of its workload "
@@ -435,12 +442,21 @@ class ProfileSpec:
                           tuple(trace.prompts[i] for i in keep), f"{trace.name}-{lo}-{hi}")
         return trace.scaled_to(1.0) if trace.duration_s > 0 else trace
 
+    def _in_class(self, trace: Trace) -> npt.NDArray[np.bool_]:
+        """Requests of `trace` in the spec's length class."""
+        assert self.length_tokens is not None
+        lo, hi = self.length_tokens
+        total = trace.input_tokens + trace.output_tokens
+        return np.asarray((total > lo) & (total <= hi))
+
     def base_trace(self) -> Trace:
         """The workload at 1 req/s; the sweep rescales it to each rate (same requests)."""
         return self._base
 
 
 CLASS_OVERSAMPLE = 4
+MAX_CLASS_DRAW = 400_000
+"""Most requests drawn to find a rare class's (its share may be below 1%)."""
 MIN_CLASS_REQUESTS = 100
 
 

@@ -6,13 +6,17 @@ scenario without classes and with each candidate (`tuning.planning_problem`
 ``threshold_tokens``), each through `tuning._headroom.hold` (so each plan is checked on fresh
 traffic), and keeps the best plan that holds by the goal's own order: the cheapest for
 min-cost, the most capacity for max-throughput, else the lowest P95 then cost. Without
-classes wins ties: classes are kept only where they pay.
+classes wins ties: classes are kept only where they pay. A threshold that cannot be planned
+(a class with too few requests to measure, a goal the split cannot meet) is skipped, with its
+reason in the tries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from common.errors import BouteError
 
 from ._headroom import Held
 from ._problem import Problem
@@ -63,8 +67,16 @@ def choose(thresholds: Sequence[int], build: Callable[[int | None], Problem],
     best: tuple[tuple[float, ...], Problem, Held] | None = None
     tries: list[dict[str, object]] = []
     for tau in (None, *thresholds):
-        problem = build(tau)
-        held = plan(problem)
+        try:
+            problem = build(tau)
+            held = plan(problem)
+        except BouteError as exc:
+            if tau is None:
+                raise
+            # A threshold whose classes cannot be measured or planned is skipped, not fatal.
+            tries.append({"threshold_tokens": tau, "short_share": None, "cost_per_hour": None,
+                          "p95_s": None, "holds": None, "error": str(exc)})
+            continue
         rank = _rank(goal, held)
         p = held.plan
         tries.append({

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from common.errors import ScenarioError
 from profiling import length_thresholds, load_scenario
 from tuning import Goal, Plan, evaluate_plan, planning_problem
 from tuning._evaluator import PlanArrays, evaluate_arrays, ladder_arrays, plan_from_arrays
@@ -177,6 +178,14 @@ def test_choose_keeps_the_cheapest_plan_that_holds_and_prefers_no_split() -> Non
     assert choose((160,), problem, lambda p: costs[p.threshold_tokens],
                   goal).problem.threshold_tokens is None       # a tie: no split
 
+    def unmeasurable(tau: int | None) -> SimpleNamespace:
+        if tau == 150:
+            raise ScenarioError("only 45 request(s) ... a length class needs 100")
+        return problem(tau)
+
+    out = choose((150, 160), unmeasurable, lambda p: costs[p.threshold_tokens], goal)
+    assert out.tries[1]["error"].startswith("only 45") and out.tries[2]["cost_per_hour"] == 40
+
 
 def test_plan_cli_picks_a_threshold_and_writes_it(folder: Path) -> None:
     import subprocess
@@ -214,3 +223,12 @@ def test_one_model_scenarios_plan_without_a_quality_target(problems) -> None:
     assert exact.solver == "exact" and len(exact.plans) == 1
     assert exact.metrics.cost_per_hour[0] <= res.metrics.cost_per_hour[b] + 1e-9
     assert exact.metrics.p95_s[0] <= 8.0 + 1e-9
+
+
+def test_a_rare_class_is_drawn_until_it_can_be_measured() -> None:
+    """Chat traffic has ~1% of requests under 179 tokens: 4x oversampling finds ~45."""
+    sc = load_scenario("mixed-gsm8k-mtbench").for_workload("chat")
+    short = sc.profile_spec((0, 179)).base_trace()
+    assert len(short) >= 900 and np.all(short.input_tokens + short.output_tokens <= 179)
+    four_x = sc.profile_spec().base_trace()          # (the first draw's share, for scale)
+    assert np.mean(four_x.input_tokens + four_x.output_tokens <= 179) < 0.05
