@@ -355,12 +355,14 @@ def router_app(args: dict[str, Any]) -> Application:
 def group_app(args: dict[str, Any]) -> Application:
     """Builder of one replica group's application.
 
-    Args: ``{"stack": Stack.to_args(), "group": {"model", "gpu", "tp", "pp"}}``; the replica
+    Args: ``{"stack": Stack.to_args(), "group": {"model", "gpu", "tp", "pp",
+    "length_class"?}}``; the replica
     count comes from the config's ``deployments[0].num_replicas`` (`stack_config`).
     """
     stack = Stack.from_args(args["stack"])
     g = args["group"]
-    one = Plan(Routing(1.0), (Group(g["model"], g["gpu"], int(g["tp"]), int(g["pp"]), 1, 1.0),))
+    one = Plan(Routing(1.0), (Group(g["model"], g["gpu"], int(g["tp"]), int(g["pp"]), 1, 1.0,
+                                    g.get("length_class")),))
     (spec,) = stack_specs(one, stack)
     return _engine(spec, stack)
 
@@ -401,8 +403,9 @@ def stack_config(plan: Plan, stack: Stack, *, host: str = "0.0.0.0", port: int =
     for name, spec in sorted(specs.items()):
         apps.append({
             "name": name, "route_prefix": None, "import_path": "app.main:group_app",
-            "args": {"stack": stack_args, "group": {"model": spec.model, "gpu": spec.gpu,
-                                                    "tp": spec.tp, "pp": spec.pp}},
+            "args": {"stack": stack_args, "group": {
+                "model": spec.model, "gpu": spec.gpu, "tp": spec.tp, "pp": spec.pp,
+                **({} if spec.length_class is None else {"length_class": spec.length_class})}},
             "deployments": [{"name": name, "num_replicas": spec.replicas}],
         })
     return {"proxy_location": proxy_location, "http_options": {"host": host, "port": port},

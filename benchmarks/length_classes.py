@@ -157,7 +157,8 @@ def main() -> int:
     _table(results)
     rows = [r for rs in results.values() for r in rs]
     single = results.get("single-70b-gsm8k", [])
-    ratios = [r["chosen"]["cost_per_hour"] / r["tries"][0]["cost_per_hour"] for r in rows
+    ratios = [round(r["chosen"]["cost_per_hour"] / r["tries"][0]["cost_per_hour"], 6)
+              for r in rows
               if r["chosen"]["cost_per_hour"] and r["tries"][0]["cost_per_hour"]]
     measured = {
         "single_70b_cost_per_hour": (single[0]["chosen"]["cost_per_hour"] if single else None),
