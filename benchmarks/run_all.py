@@ -131,6 +131,9 @@ BENCHMARKS: tuple[Bench, ...] = (
           full_json=f"{DATA}/replan/measured-2core.json"),
     Bench("ladder", "benchmarks/ladder.py", full=("--no-copy",), quick=("--no-copy",),
           full_json=f"{DATA}/ladder.json"),
+    Bench("length_classes", "benchmarks/length_classes.py", full=("--no-copy",),
+          quick=("--no-copy", "--cases", "single-70b-gsm8k"),
+          full_json=f"{DATA}/length_classes.json"),
     Bench("cpu_e2e", "benchmarks/cpu_e2e.py", quick=("--duration-s", "60"),
           full_json=f"{DATA}/cpu_e2e.json"),
     # `make gpu-check`; a full run writes benchmarks/data/gpu-check/<device>/.
