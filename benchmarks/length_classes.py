@@ -51,26 +51,10 @@ CASES = ("single-70b-gsm8k", "paper-gsm8k", "paper-mtbench", "mixed-gsm8k-mtbenc
 
 
 def _problem(scenario: Any, catalog: Any, tau: int | None) -> Any:
-    """`tuning.planning_problem` for a scenario object (DBs under build/, built if need be)."""
-    from tuning._problem import (
-        LENGTH_CLASSES,
-        _load_or_build,
-        class_db_path,
-        db_paths,
-        load_problem,
-    )
+    """The scenario's planning problem (DBs under build/, built if need be)."""
+    from tuning._problem import scenario_problem
 
-    paths = db_paths(scenario)
-    if tau is None:
-        dbs = [_load_or_build(scenario.for_workload(n), p, catalog, None, None, False)
-               for n, p in zip(scenario.workload_names, paths, strict=True)]
-        return load_problem(scenario, dbs, catalog)
-    spans = ((0, tau), (tau, 2**62))
-    dbs = [_load_or_build(scenario.for_workload(n), class_db_path(p, tau, k), catalog, None,
-                          None, False, span)
-           for n, p in zip(scenario.workload_names, paths, strict=True)
-           for k, span in zip(LENGTH_CLASSES, spans, strict=True)]
-    return load_problem(scenario, dbs, catalog, threshold_tokens=tau)
+    return scenario_problem(scenario, catalog, progress=False, threshold_tokens=tau)
 
 
 def _plan_row(choice: Any) -> dict[str, Any]:

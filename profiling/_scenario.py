@@ -421,7 +421,7 @@ class ProfileSpec:
                                    burstiness_cv=wl.burstiness_cv, seed=pr.seed)
             if self.length_tokens is None:
                 return trace                    # generated at 1 req/s already
-            found = int(self._in_class(trace).sum())
+            found = int(trace.in_length_span(*self.length_tokens).sum())
             if found < pr.num_requests:         # a rare class: draw enough to measure it
                 more = min(MAX_CLASS_DRAW, int(np.ceil(n * pr.num_requests * 1.2
                                                        / max(found, 1))))
@@ -430,7 +430,7 @@ class ProfileSpec:
                                        seed=pr.seed)
         if self.length_tokens is not None:
             lo, hi = self.length_tokens
-            keep = np.flatnonzero(self._in_class(trace))[:pr.num_requests]
+            keep = np.flatnonzero(trace.in_length_span(lo, hi))[:pr.num_requests]
             if len(keep) < MIN_CLASS_REQUESTS:
                 raise ScenarioError(
                     f"scenario {self.name!r}: only {len(keep)} request(s) of its workload "
@@ -441,13 +441,6 @@ class ProfileSpec:
                           trace.output_tokens[keep], None if trace.prompts is None else
                           tuple(trace.prompts[i] for i in keep), f"{trace.name}-{lo}-{hi}")
         return trace.scaled_to(1.0) if trace.duration_s > 0 else trace
-
-    def _in_class(self, trace: Trace) -> npt.NDArray[np.bool_]:
-        """Requests of `trace` in the spec's length class."""
-        assert self.length_tokens is not None
-        lo, hi = self.length_tokens
-        total = trace.input_tokens + trace.output_tokens
-        return np.asarray((total > lo) & (total <= hi))
 
     def base_trace(self) -> Trace:
         """The workload at 1 req/s; the sweep rescales it to each rate (same requests)."""
@@ -462,9 +455,11 @@ MIN_CLASS_REQUESTS = 100
 
 def request_tokens(scenario: Scenario) -> dict[str, IntArray]:
     """Prompt + max_tokens of each workload's profiled requests (its base trace), by name."""
-    return {name: (lambda t: t.input_tokens + t.output_tokens)(
-        scenario.for_workload(name).profile_spec().base_trace())
-        for name in scenario.workload_names}
+    out = {}
+    for name in scenario.workload_names:
+        trace = scenario.for_workload(name).profile_spec().base_trace()
+        out[name] = trace.input_tokens + trace.output_tokens
+    return out
 
 
 def length_thresholds(scenario: Scenario) -> tuple[int, ...]:

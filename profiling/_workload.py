@@ -107,6 +107,11 @@ class Trace:
         """Mean arrival rate: (n - 1) / duration; infinite when all arrive at once."""
         return (len(self) - 1) / self.duration_s if self.duration_s > 0 else math.inf
 
+    def in_length_span(self, lo: int, hi: int) -> npt.NDArray[np.bool_]:
+        """Requests with ``lo < input + output tokens <= hi`` (a length class's)."""
+        total = self.input_tokens + self.output_tokens
+        return np.asarray((total > lo) & (total <= hi))
+
     def scaled_to(self, rate_rps: float) -> Trace:
         """The same requests with arrival times stretched so the mean rate is `rate_rps`.
 

@@ -40,7 +40,7 @@ from profiling import (
 )
 
 from ._evaluator import plan_from_arrays
-from ._plan import LENGTH_CLASSES, Plan
+from ._plan import LENGTH_CLASSES, Plan, length_spans
 from ._problem import Problem
 from ._run import Goal, SearchResult
 
@@ -93,8 +93,7 @@ def _fresh(wl: NamedWorkload, rate_rps: float, num_requests: int, seed: int,
                       name=f"{wl.name}-resampled")
     if span is None:
         return trace
-    total = trace.input_tokens + trace.output_tokens
-    keep = np.flatnonzero((total > span[0]) & (total <= span[1]))[:num_requests]
+    keep = np.flatnonzero(trace.in_length_span(*span))[:num_requests]
     return Trace(trace.arrival_s[keep] - trace.arrival_s[keep[0]], trace.input_tokens[keep],
                  trace.output_tokens[keep], name=f"{trace.name}-{span[0]}-{span[1]}")
 
@@ -133,7 +132,7 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
     for g in plan.groups:
         load = loads.get((g.model, g.length_class))
         span = (None if tau is None or g.length_class is None else
-                (0, tau) if g.length_class == LENGTH_CLASSES[0] else (tau, 2**62))
+                length_spans(tau)[g.length_class])
         k = 0 if g.length_class is None else LENGTH_CLASSES.index(g.length_class)
         if load is None or load.sum() <= 0 or g.share <= 0:
             continue

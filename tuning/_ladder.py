@@ -214,19 +214,25 @@ class LadderEncoding:
         reps = np.zeros(pr.num_lanes * n_t, dtype=np.int64)
         free = pr.stock.copy()
         load = self.shares_of(tails) * (pr.workload_rates * scale)[:, None]     # (W, K)
+        # Each model's lanes: the model itself, or one per length class (its share of the load).
+        split = (np.ones((len(pr.workloads), 1)) if pr.class_share is None
+                 else pr.class_share)
+        n_c = split.shape[1]
         short = 0.0
         for m in range(n_m - 1, -1, -1):
-            if pr.class_share is not None:
-                short += self._fill_classes(m, load, caps_w, cfg, reps, free)
-                continue
-            need = load[:, m].sum()
-            if need <= 1e-12:
-                continue
-            mix = load[:, m] / need
-            cap = self._mix_caps(caps_w, mix)
-            covered = cover(pr, m, need, cap, self._options, cfg, reps, free)
-            short += max(0.0, need - covered)
-            if m > 0 and covered > need and load[:, m - 1].sum() > 1e-12:
+            spare = False
+            for k in range(n_c):
+                lane_load = load[:, m] * split[:, k]
+                need = lane_load.sum()
+                if need <= 1e-12:
+                    continue
+                cap = self._mix_caps(caps_w, lane_load / need)
+                covered = cover(pr, m * n_c + k, need, cap, self._options, cfg, reps, free)
+                short += max(0.0, need - covered)
+                spare = covered > need
+            # (With length classes the spare capacity is per class, and moving queries up
+            # moves both classes at once: no hand-over.)
+            if n_c == 1 and spare and m > 0 and load[:, m - 1].sum() > 1e-12:
                 moved = self._slack(m, load, caps_w, cfg, reps)
                 load[:, m] += moved
                 load[:, m - 1] -= moved
@@ -235,27 +241,6 @@ class LadderEncoding:
         fits = (short <= 1e-9 and (self.budget_per_hour is None
                                     or cost <= self.budget_per_hour + BUDGET_TOL))
         return _Fill(cfg, reps, shares, fits)
-
-    def _fill_classes(self, m: int, load: FloatArray, caps_w: FloatArray, cfg: IntArray,
-                      reps: IntArray, free: IntArray) -> float:
-        """Cover model m's length classes, each on its own lane; returns the load left over.
-
-        (No slack hand-over: the larger model's spare capacity is per class, and moving
-        queries up moves both classes at once.)
-        """
-        pr = self.problem
-        assert pr.class_share is not None
-        n_c = len(pr.classes)
-        short = 0.0
-        for k in range(n_c):
-            lane_load = load[:, m] * pr.class_share[:, k]
-            need = float(lane_load.sum())
-            if need <= 1e-12:
-                continue
-            cap = self._mix_caps(caps_w, lane_load / need)
-            covered = cover(pr, m * n_c + k, need, cap, self._options, cfg, reps, free)
-            short += max(0.0, need - covered)
-        return short
 
     @staticmethod
     def _mix_caps(caps_w: FloatArray, mix: FloatArray) -> FloatArray:

@@ -52,6 +52,12 @@ __all__ = ["LENGTH_CLASSES", "MAX_GROUP_GPUS", "Group", "LengthRouting", "Plan",
 LENGTH_CLASSES = ("short", "long")
 """Request classes by length: prompt + max_tokens at most the threshold, and above it."""
 
+
+def length_spans(threshold_tokens: int) -> dict[str, tuple[int, int]]:
+    """Each class's ``(lo, hi]`` range of prompt + max_tokens, by class name."""
+    return {LENGTH_CLASSES[0]: (0, threshold_tokens),
+            LENGTH_CLASSES[1]: (threshold_tokens, 2**62)}
+
 MAX_GROUP_GPUS = 4096
 """GPUs one replica group may use: a group is one GPU type, and a scenario offers at most
 4096 GPUs of a type (`profiling.GpuOffer.count`)."""

@@ -62,11 +62,11 @@ from profiling import (
     request_tokens,
 )
 
-from ._plan import LENGTH_CLASSES
+from ._plan import LENGTH_CLASSES, length_spans
 
 __all__ = [
     "NUM_LEVELS", "X_MIN_S", "Problem", "class_db_path", "default_db_path", "load_problem",
-    "planning_problem",
+    "planning_problem", "scenario_problem",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -505,6 +505,22 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
             f = rate_rps / scenario.total_rate_rps
             scenario = scenario.with_rates({w.name: w.rate_rps * f
                                             for w in scenario.named_workloads})
+    return scenario_problem(scenario, catalog, db=db, quality=quality,
+                            hardware_profiles=hardware_profiles, note=note, progress=progress,
+                            threshold_tokens=threshold_tokens)
+
+
+def scenario_problem(scenario: Scenario, catalog: Catalog, *, db: str | Path | None = None,
+                     quality: QualityCurve | CascadeQuality | None = None,
+                     hardware_profiles: str | None = None,
+                     note: Callable[[str], None] | None = None, progress: bool = True,
+                     threshold_tokens: int | None = None) -> Problem:
+    """`planning_problem` of a loaded scenario: its perf DBs (built when missing or stale).
+
+    Raises:
+        BouteError: a `threshold_tokens` that is not a positive whole number.
+
+    """
     if threshold_tokens is None:
         dbs = [_load_or_build(scenario.for_workload(name), path, catalog, hardware_profiles,
                               note, progress)
@@ -514,11 +530,10 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
     if not (isinstance(threshold_tokens, int) and threshold_tokens >= 1):
         raise BouteError(f"threshold_tokens={threshold_tokens!r} must be a positive whole "
                          "number of tokens")
-    bounds = ((0, threshold_tokens), (threshold_tokens, 2**62))
     dbs = [_load_or_build(scenario.for_workload(name), class_db_path(path, threshold_tokens, k),
                           catalog, hardware_profiles, note, progress, span)
            for name, path in zip(scenario.workload_names, db_paths(scenario, db), strict=True)
-           for k, span in zip(LENGTH_CLASSES, bounds, strict=True)]
+           for k, span in length_spans(threshold_tokens).items()]
     return load_problem(scenario, dbs, catalog, quality, threshold_tokens)
 
 

@@ -109,13 +109,20 @@ class SearchResult:
         ok = m.within_stock & m.unsaturated & (m.p95_s <= problem.ceiling_s)
         if g.mode != "min-cost":
             ok &= m.within_budget
+        ok &= self.meets_quality()
+        if g.p95_s is not None and g.mode != "max-throughput":
+            ok &= m.p95_s <= g.p95_s + 1e-9
+        return np.asarray(ok)
+
+    def meets_quality(self) -> npt.NDArray[np.bool_]:
+        """Plans meeting the goal's quality floor(s) (all of them when it has none)."""
+        m, g = self.metrics, self.goal
+        ok = np.ones(len(m.quality), dtype=bool)
         if g.quality is not None:
             ok &= m.quality >= g.quality - 1e-9
         if g.qualities is not None:
             ok &= (m.workload_quality >= np.asarray(g.qualities) - 1e-9).all(axis=1)
-        if g.p95_s is not None and g.mode != "max-throughput":
-            ok &= m.p95_s <= g.p95_s + 1e-9
-        return np.asarray(ok)
+        return ok
 
     def front_mask(self, problem: Problem) -> npt.NDArray[np.bool_]:
         """Admissible plans on the (quality, P95) Pareto front (budget always applies)."""

@@ -214,12 +214,7 @@ def _polished(problem: Problem, goal: Goal, res: SearchResult) -> SearchResult:
     from ._run import _concat_metrics, concat_plans
 
     m = res.metrics
-    ok = np.ones(len(res.plans), dtype=bool)
-    if goal.quality is not None:
-        ok &= m.quality >= goal.quality - 1e-9
-    if goal.qualities is not None:
-        ok &= (m.workload_quality >= np.asarray(goal.qualities) - 1e-9).all(axis=1)
-    idx = np.flatnonzero(ok)
+    idx = np.flatnonzero(res.meets_quality())
     adm = res.admissible(problem)[idx]
     order = idx[np.lexsort((m.cost_per_hour[idx], ~adm))]
     extra = polish_candidates(problem, res.plans, order, goal.p95_s)
