@@ -12,7 +12,10 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from boute._shared import add_catalog_args, add_hardware_profiles_arg, emit
 from common.errors import BouteError
@@ -351,12 +354,16 @@ def _simulate_human(args: argparse.Namespace, payload: dict[str, Any], replica: 
 
 # -- boute trace ---------------------------------------------------------------------------------
 def _add_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("trace", help="summarize a trace file or a generated trace")
+    p = sub.add_parser("trace", help="summarize a trace file or a generated trace: lengths, "
+                       "rate and burstiness")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", help="CSV, JSONL or Parquet trace")
     src.add_argument("--shape", help="generate: gsm8k, mtbench, sharegpt")
     p.add_argument("--columns", default="", help="column mapping ours=theirs,... "
                    "(arrival_s, input_tokens, output_tokens, prompt)")
+    p.add_argument("--time-unit", default="auto", choices=["auto", "s", "ms", "us", "ns"],
+                   help="unit of a numeric arrival column (auto: seconds, or an epoch clock "
+                   "detected by magnitude); datetimes are read as such")
     p.add_argument("--rate", type=float, default=None, help="rescale (or generate) to req/s")
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--arrival", default="poisson", choices=["poisson", "gamma"])
@@ -364,19 +371,23 @@ def _add_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the (rescaled) trace; the format follows "
                    "the suffix: .parquet, .csv or .jsonl")
+    p.add_argument("--plot", default=None, metavar="PNG", help="plot the request rate over "
+                   "time (per 10 s and per minute) to this PNG")
     p.set_defaults(run=_run_trace)
 
 
 def _run_trace(args: argparse.Namespace) -> int:
-    from profiling import generate_trace, load_trace
+    from profiling import generate_trace, read_trace
 
     if args.rate is not None and not (args.rate > 0 and math.isfinite(args.rate)):
         raise BouteError(f"--rate={args.rate:g} must be a number of requests/s > 0")
     if not (args.cv > 0 and math.isfinite(args.cv)):
         raise BouteError(f"--cv={args.cv:g} must be a number > 0 (1 = Poisson)")
+    notes: list[str] = []
     if args.file:
         mapping = parse_pairs(args.columns.split(","), "--columns item")
-        trace = load_trace(args.file, columns=mapping)
+        trace, report = read_trace(args.file, columns=mapping, time_unit=args.time_unit)
+        notes = report.notes()
         if args.rate is not None:
             trace = trace.scaled_to(args.rate)
     else:
@@ -386,9 +397,55 @@ def _run_trace(args: argparse.Namespace) -> int:
                                burstiness_cv=args.cv, seed=args.seed)
     if args.out:
         trace.save(args.out)
-    emit(args, {"name": trace.name, **trace.summary(), "fingerprint": trace.fingerprint()},
-          trace.format_summary)
+    plot = _plot_rate(trace, args.plot) if args.plot else None
+    burst = trace.burstiness()
+
+    def human() -> str:
+        lines = [trace.format_summary()]
+        if burst:
+            lines.append("burstiness: " + ", ".join(
+                f"count CV per {k.removeprefix('count_cv_')} {v:.2f}"
+                for k, v in burst.items() if k.startswith("count_cv_"))
+                + (f"; busiest minute {burst['minute_peak_to_mean']:.2f}x the mean, "
+                   f"quietest {burst['minute_trough_to_mean']:.2f}x"
+                   if "minute_peak_to_mean" in burst else ""))
+        lines += [f"note: {n}" for n in notes]
+        if plot:
+            lines.append(f"rate plot: {plot}")
+        return "\n".join(lines)
+
+    emit(args, {"name": trace.name, **trace.summary(), "burstiness": burst, "notes": notes,
+                "plot": plot, "fingerprint": trace.fingerprint()}, human)
     return 0
+
+
+def _plot_rate(trace: Any, path: str) -> str:
+    """The request rate per 10 s and per minute over the trace's time, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not path.lower().endswith(".png"):
+        raise BouteError(f"--plot={path!r} must name a .png file")
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for window_s, style in ((10.0, "-"), (60.0, "-o")):
+        counts = trace.window_counts(window_s)
+        if counts.size:
+            t_min = (np.arange(counts.size) + 0.5) * window_s / 60.0
+            ax.plot(t_min, counts / window_s, style, ms=3, lw=1,
+                    label=f"per {window_s:g} s")
+    ax.axhline(trace.rate_rps, color="grey", ls="--", lw=1, label="mean")
+    ax.set_xlabel("time since the first request (min)")
+    ax.set_ylabel("requests/s")
+    ax.set_title(f"{trace.name}: {len(trace)} requests")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def build_parser() -> argparse.ArgumentParser:

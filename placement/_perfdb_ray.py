@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from profiling import ConfigMapper, SweepJob, Trace, sweep_config
+from profiling import ConfigMapper, SweepJob, Traffic, sweep_config
 
 from ._specs import PlacementError
 
@@ -35,13 +35,13 @@ def ray_config_mapper(*, num_cpus: float = 1.0, max_retries: int = 3) -> ConfigM
             so a rerun gives the same rows).
 
     Returns:
-        ``mapper(jobs, base)``; calling it raises `PlacementError` when this process is not
+        ``mapper(jobs, traffic)``; calling it raises `PlacementError` when this process is not
         connected to Ray. A sweep that raises fails the build with that error; the tasks not
         yet finished are then cancelled.
 
     """
 
-    def run(jobs: Sequence[SweepJob], base: Trace) -> Iterator[list[dict[str, Any]]]:
+    def run(jobs: Sequence[SweepJob], base: Traffic) -> Iterator[list[dict[str, Any]]]:
         import ray
 
         if not ray.is_initialized():
@@ -49,7 +49,7 @@ def ray_config_mapper(*, num_cpus: float = 1.0, max_retries: int = 3) -> ConfigM
                                  "call placement.connect(address, ...) first")
         task = ray.remote(num_cpus=num_cpus, max_retries=max_retries)(sweep_config)
         base_ref = ray.put(base)
-        pending = [task.remote(job, base_ref) for job in jobs]
+        pending = [task.remote(job, base_ref) for job in jobs]  # type: ignore[arg-type]
         try:
             while pending:
                 done, pending = ray.wait(pending, num_returns=len(pending), timeout=_POLL_S)

@@ -4,6 +4,7 @@ Catalogs, workload traces, replica model, load simulation, perf DB and quality c
 Pure planning code: no Ray, no Serve.
 """
 
+from ._arrivals import ScaledTraffic, ThinnedTraffic, Traffic
 from ._catalog import Catalog, GpuType, ModelArch, load_catalog, load_hf_config
 from ._gpu_names import gpu_type_from_name
 from ._perfdb import PerfDB, build_perfdb, mixture_quantile
@@ -23,7 +24,7 @@ from ._scenario import (
 from ._scheduler import BatchScheduler, SequenceTooLongError, StepPlan
 from ._simulator import QUANTILES, SimResult, capacity_rps, simulate, simulate_closed_loop
 from ._sweep import ConfigMapper, SweepJob, map_serial, process_mapper, sweep_config
-from ._workload import TRACE_SHAPES, Trace, generate_trace, load_trace
+from ._workload import TRACE_SHAPES, Trace, TraceReport, generate_trace, load_trace, read_trace
 
 __all__ = [
     "DEFAULT_SCENARIO",
@@ -45,12 +46,16 @@ __all__ = [
     "ProfileSpec",
     "QualityCurve",
     "ReplicaModel",
+    "ScaledTraffic",
     "Scenario",
     "SequenceTooLongError",
     "SimResult",
     "StepPlan",
     "SweepJob",
+    "ThinnedTraffic",
     "Trace",
+    "TraceReport",
+    "Traffic",
     "build_perfdb",
     "capacity_rps",
     "default_quality_curve",
@@ -66,6 +71,7 @@ __all__ = [
     "mixture_quantile",
     "parallel_configs",
     "process_mapper",
+    "read_trace",
     "request_tokens",
     "simulate",
     "simulate_closed_loop",

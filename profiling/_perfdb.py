@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from common.errors import InfeasibleConfigError, PerfDBError, StaleDBError
 
+from ._arrivals import Traffic
 from ._catalog import Catalog
 from ._hardware import Calibration, resolve_calibration
 from ._replica import Efficiency, EngineConfig, ReplicaModel, parallel_configs
@@ -148,13 +149,15 @@ def build_perfdb(
         calibration = spec_calibration(spec, catalog, hardware_profiles=hardware_profiles,
                                        efficiency=efficiency)
     base = spec.base_trace()
+    traffic = spec.traffic()
     jobs, infeasible = _sweep_jobs(spec, catalog, engine, calibration)
     if map_configs is None:
         map_configs = process_mapper(workers or os.cpu_count() or 1)
     start = time.perf_counter()
-    rows = _sweep_rows(jobs, base, map_configs, progress)
+    rows = _sweep_rows(jobs, traffic, map_configs, progress)
     table = pa.Table.from_pylist(rows, schema=_SCHEMA)
     meta = _build_meta(spec, catalog, base, engine, calibration, infeasible, start_s=start)
+    meta["arrival"] = traffic.describe()
     return PerfDB(table.replace_schema_metadata({"boute": json.dumps(meta)}))
 
 
@@ -184,7 +187,7 @@ def _sweep_jobs(spec: ProfileSpec, catalog: Catalog, engine: EngineConfig,
     return jobs, infeasible
 
 
-def _sweep_rows(jobs: list[SweepJob], base: Trace, map_configs: ConfigMapper,
+def _sweep_rows(jobs: list[SweepJob], traffic: Traffic, map_configs: ConfigMapper,
                 progress: bool) -> list[dict[str, Any]]:
     """Every job's rows through `map_configs`, sorted by (model, gpu, tp, pp, rate).
 
@@ -195,7 +198,7 @@ def _sweep_rows(jobs: list[SweepJob], base: Trace, map_configs: ConfigMapper,
     rows: list[dict[str, Any]] = []
     done = 0
     with tqdm(total=len(jobs), desc="perf DB", unit="config", disable=not progress) as bar:
-        for result in map_configs(jobs, base):
+        for result in map_configs(jobs, traffic):
             rows.extend(result)
             done += 1
             bar.update()
@@ -335,13 +338,17 @@ class PerfDB:
         catalog: Catalog | None = None,
         trace: Trace | None = None,
         calibration: Calibration | None = None,
+        arrival: dict[str, Any] | None = None,
     ) -> PerfDB:
-        """Read a DB; with `catalog`/`trace`/`calibration` given, check it was built from them.
+        """Read a DB; with `catalog`/`trace`/`calibration`/`arrival` given, check its inputs.
+
+        `arrival` is the traffic's ``describe()``; a DB from before arrival models was built
+        on renewal traffic.
 
         Raises:
             PerfDBError: missing, unreadable or corrupt file.
-            StaleDBError: built from another catalog or trace, or with other efficiency
-                factors for one of `calibration`'s GPU types; rebuild it.
+            StaleDBError: built from another catalog, trace or arrival model, or with other
+                efficiency factors for one of `calibration`'s GPU types; rebuild it.
 
         """
         path = Path(path)
@@ -368,11 +375,16 @@ class PerfDB:
             raise StaleDBError(f"perf DB {str(path)!r}: schema_version="
                                f"{db.meta.get('schema_version')!r}, expected {SCHEMA_VERSION}; "
                                "rebuild it with `boute profile`")
-        checks = []
+        checks: list[tuple[str, Any]] = []
         if catalog is not None:
             checks.append(("catalog_fingerprint", fingerprint(catalog.fingerprint_payload())))
         if trace is not None:
             checks.append(("trace_fingerprint", trace.fingerprint()))
+        if arrival is not None:
+            renewal = arrival.get("model") in ("poisson", "gamma")
+            checks.append(("arrival", arrival))
+            if renewal and "arrival" not in db.meta:
+                checks.pop()
         for key, expected in checks:
             if db.meta.get(key) != expected:
                 raise StaleDBError(

@@ -20,9 +20,10 @@ import numpy.typing as npt
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from common.errors import CatalogError, ScenarioError
+from common.errors import CatalogError, ScenarioError, TraceError
 from common.textfile import read_utf8
 
+from ._arrivals import ScaledTraffic, ThinnedTraffic, Traffic
 from ._workload import TRACE_SHAPES, Trace, generate_trace, load_trace
 
 if TYPE_CHECKING:
@@ -75,24 +76,74 @@ MAX_MODELS = 8
 MAX_WORKLOADS = 8
 
 
+ArrivalModel = Literal["poisson", "gamma", "trace", "modulated"]
+
+
 class Workload(_Strict):
     """The request stream: a built-in shape or a trace file, at a total rate."""
 
     shape: str | None = Field("gsm8k", description="Built-in trace shape (gsm8k, mtbench, "
                               "sharegpt); ignored when `trace` is set.")
-    trace: str | None = Field(None, description="Path of a CSV/JSONL/Parquet trace file.")
+    trace: str | None = Field(None, description="Path of a CSV/JSONL/Parquet trace file "
+                              "(relative paths: from the scenario file's folder).")
+    columns: dict[str, str] | None = Field(
+        None, description="The trace file's column names: ours -> theirs, e.g. {arrival_s: "
+        "TIMESTAMP, input_tokens: ContextTokens, output_tokens: GeneratedTokens} "
+        "(as `boute trace --columns`).")
+    time_unit: Literal["auto", "s", "ms", "us", "ns"] = Field(
+        "auto", description="Unit of a numeric arrival column (auto: seconds, or an epoch "
+        "clock detected by magnitude); datetime columns are read as such.")
     rate_rps: float = Field(100.0, gt=0, le=MAX_RATE_RPS,
-                            description="Total request rate of the system, req/s.")
-    arrival: Literal["poisson", "gamma"] = Field("poisson", description="Arrival process.")
+                            description="Total request rate of the system, req/s (a trace's "
+                            "arrival times are scaled to it).")
+    arrival: Literal["auto", "poisson", "gamma", "trace", "modulated"] = Field(
+        "auto", description="Arrival process: auto (a trace file's own arrivals, else "
+        "poisson), poisson, gamma (bursty gaps), trace (the file's arrivals, drawn from the "
+        "whole file), modulated (Poisson with a rate redrawn every minute, `minute_cv`); "
+        "poisson with a trace file keeps its lengths and replaces its arrivals.")
     burstiness_cv: float = Field(1.0, gt=0, le=100.0, description="Gamma inter-arrival CV "
                                  "(1 = Poisson; at most 100, a gamma shape of 1e-4).")
+    minute_cv: float = Field(0.5, ge=0, le=10.0, description="Coefficient of variation of "
+                             "the per-minute rate of `arrival: modulated` (production "
+                             "traces: 0.2 to 1.0).")
 
     @model_validator(mode="after")
     def _known_shape(self) -> Workload:
         if self.trace is None and self.shape not in TRACE_SHAPES:
             raise ValueError(f"workload.shape={self.shape!r} is unknown; use one of "
                              f"{sorted(TRACE_SHAPES)} or set workload.trace")
+        if self.arrival == "trace" and self.trace is None:
+            raise ValueError("workload.arrival='trace' needs workload.trace (a file with "
+                             "arrival times); for generated bursts use 'modulated'")
+        if self.arrival == "modulated" and self.trace is not None:
+            raise ValueError("workload.arrival='modulated' generates arrivals but "
+                             f"workload.trace={self.trace!r} has its own; use arrival: trace "
+                             "(or auto), or drop the trace")
+        if self.columns is not None:
+            bad = sorted(set(self.columns) - {"arrival_s", "input_tokens", "output_tokens",
+                                              "prompt"})
+            if bad:
+                raise ValueError(f"workload.columns names {bad}; map only arrival_s, "
+                                 "input_tokens, output_tokens and prompt to the file's columns")
         return self
+
+    @property
+    def arrival_model(self) -> ArrivalModel:
+        """The arrival process in effect (``auto`` resolved)."""
+        if self.arrival == "auto":
+            return "trace" if self.trace is not None else "poisson"
+        return self.arrival
+
+    def load(self) -> Trace:
+        """The workload's trace file, with its column mapping and time unit.
+
+        Raises:
+            TraceError: no `trace` set, or the file is unreadable or malformed.
+
+        """
+        if self.trace is None:
+            raise TraceError("workload.trace is not set")
+        return load_trace(self.trace, columns=self.columns, time_unit=self.time_unit)
 
 
 class NamedWorkload(Workload):
@@ -405,19 +456,55 @@ class ProfileSpec:
         self.hardware_profiles = scenario.profile.hardware_profiles
 
     @cached_property
-    def _base(self) -> Trace:
+    def _traffic(self) -> Traffic:
         workloads = self.scenario.named_workloads
         if len(workloads) != 1:
             raise ScenarioError(f"scenario {self.name!r} has {len(workloads)} workloads: "
                                 "profile each one (`Scenario.for_workload`)")
         wl, pr = workloads[0], self.scenario.profile
-        n = pr.num_requests * (1 if self.length_tokens is None else CLASS_OVERSAMPLE)
+        model = wl.arrival_model
+        if model in ("trace", "modulated"):
+            return ThinnedTraffic(self._stream(wl), model, pr.num_requests, pr.seed)
+        return ScaledTraffic(self._renewal_base(wl), model)
+
+    def _stream(self, wl: NamedWorkload) -> Trace:
+        """The workload at its own rate, real seconds (a length class's requests only).
+
+        A trace file is scaled to ``rate_rps``; ``modulated`` arrivals are generated for
+        `MODULATED_HORIZON_S` (at most `MAX_MODULATED_REQUESTS` requests).
+        """
         if wl.trace is not None:
-            trace = load_trace(wl.trace)
-            trace = trace if self.length_tokens is not None else trace.head(n)
+            stream = wl.load()
+            stream = stream.scaled_to(wl.rate_rps) if stream.duration_s > 0 else stream
         else:
             assert wl.shape is not None
-            trace = generate_trace(wl.shape, rate_rps=1.0, num_requests=n, arrival=wl.arrival,
+            n = int(min(MAX_MODULATED_REQUESTS, max(self.scenario.profile.num_requests,
+                                                    wl.rate_rps * MODULATED_HORIZON_S)))
+            stream = generate_trace(wl.shape, rate_rps=wl.rate_rps, num_requests=n,
+                                    arrival="modulated", minute_cv=wl.minute_cv,
+                                    seed=self.scenario.profile.seed)
+        if self.length_tokens is None:
+            return stream
+        return self._class_of(stream, stream)
+
+    def _renewal_base(self, wl: NamedWorkload) -> Trace:
+        pr = self.scenario.profile
+        n = pr.num_requests * (1 if self.length_tokens is None else CLASS_OVERSAMPLE)
+        arrival: Literal["poisson", "gamma"] = ("gamma" if wl.arrival_model == "gamma"
+                                                else "poisson")
+        if wl.trace is not None:
+            # Renewal arrivals on the file's lengths, drawn evenly from the whole file.
+            lengths = wl.load()
+            idx = np.unique(np.linspace(0, len(lengths) - 1, min(len(lengths), n)
+                                        ).astype(np.int64))
+            arrivals = generate_trace("gsm8k", rate_rps=1.0, num_requests=len(idx),
+                                      arrival=arrival, burstiness_cv=wl.burstiness_cv,
+                                      seed=pr.seed).arrival_s
+            trace = Trace(arrivals, lengths.input_tokens[idx], lengths.output_tokens[idx],
+                          None, lengths.name)
+        else:
+            assert wl.shape is not None
+            trace = generate_trace(wl.shape, rate_rps=1.0, num_requests=n, arrival=arrival,
                                    burstiness_cv=wl.burstiness_cv, seed=pr.seed)
             if self.length_tokens is None:
                 return trace                    # generated at 1 req/s already
@@ -426,25 +513,51 @@ class ProfileSpec:
                 more = min(MAX_CLASS_DRAW, int(np.ceil(n * pr.num_requests * 1.2
                                                        / max(found, 1))))
                 trace = generate_trace(wl.shape, rate_rps=1.0, num_requests=more,
-                                       arrival=wl.arrival, burstiness_cv=wl.burstiness_cv,
+                                       arrival=arrival, burstiness_cv=wl.burstiness_cv,
                                        seed=pr.seed)
         if self.length_tokens is not None:
-            lo, hi = self.length_tokens
-            keep = np.flatnonzero(trace.in_length_span(lo, hi))[:pr.num_requests]
-            if len(keep) < MIN_CLASS_REQUESTS:
-                raise ScenarioError(
-                    f"scenario {self.name!r}: only {len(keep)} request(s) of its workload "
-                    f"have {lo} < prompt + max_tokens <= {hi} tokens; a length class needs "
-                    f"{MIN_CLASS_REQUESTS} to be measured: move length_classes.threshold_tokens "
-                    "toward the median length")
-            trace = Trace(trace.arrival_s[keep], trace.input_tokens[keep],
-                          trace.output_tokens[keep], None if trace.prompts is None else
-                          tuple(trace.prompts[i] for i in keep), f"{trace.name}-{lo}-{hi}")
+            trace = self._class_of(trace, trace, limit=pr.num_requests)
         return trace.scaled_to(1.0) if trace.duration_s > 0 else trace
 
+    def _class_of(self, trace: Trace, source: Trace, limit: int | None = None) -> Trace:
+        """The requests of `trace` in this spec's length class (the first `limit`).
+
+        Raises:
+            ScenarioError: fewer than `MIN_CLASS_REQUESTS` requests of the class.
+
+        """
+        assert self.length_tokens is not None
+        lo, hi = self.length_tokens
+        keep = np.flatnonzero(trace.in_length_span(lo, hi))[:limit]
+        if len(keep) < MIN_CLASS_REQUESTS:
+            raise ScenarioError(
+                f"scenario {self.name!r}: only {len(keep)} request(s) of its workload "
+                f"have {lo} < prompt + max_tokens <= {hi} tokens; a length class needs "
+                f"{MIN_CLASS_REQUESTS} to be measured: move length_classes.threshold_tokens "
+                "toward the median length")
+        return Trace(trace.arrival_s[keep], trace.input_tokens[keep],
+                     trace.output_tokens[keep], None if trace.prompts is None else
+                     tuple(trace.prompts[i] for i in keep), f"{source.name}-{lo}-{hi}")
+
+    def traffic(self) -> Traffic:
+        """What the sweep simulates at each rate (`profiling._arrivals`)."""
+        return self._traffic
+
     def base_trace(self) -> Trace:
-        """The workload at 1 req/s; the sweep rescales it to each rate (same requests)."""
-        return self._base
+        """The requests the DB is measured on (their fingerprint identifies its input).
+
+        The renewal base trace at 1 req/s, or the modulated stream at the workload's rate.
+        """
+        t = self._traffic
+        if isinstance(t, ScaledTraffic):
+            return t.base
+        assert isinstance(t, ThinnedTraffic)
+        return t.stream
+
+
+MODULATED_HORIZON_S = 3600.0
+"""A generated `modulated` workload is drawn for one hour (60 per-minute rates)."""
+MAX_MODULATED_REQUESTS = 1_000_000
 
 
 CLASS_OVERSAMPLE = 4
@@ -534,4 +647,30 @@ def load_scenario(name_or_path: str | Path | None = None) -> Scenario:
         scenario = Scenario.model_validate(data)
     except ValidationError as exc:
         raise ScenarioError(_format_validation(source, exc)) from None
-    return scenario
+    return _paths_from(scenario, path.parent) if path.is_file() else scenario
+
+
+def _paths_from(scenario: Scenario, folder: Path) -> Scenario:
+    """`scenario` with its workloads' relative file paths resolved against `folder`.
+
+    A relative ``trace`` or ``quality_records`` names a file in the scenario file's folder;
+    one that is only found relative to the working directory (how scenarios were read
+    before) keeps that meaning.
+    """
+    def resolve(value: str | None) -> str | None:
+        if value is None or Path(value).is_absolute():
+            return value
+        here = folder / value
+        return str(here) if here.exists() or not Path(value).exists() else value
+
+    def fixed(w: Workload) -> dict[str, str | None]:
+        out = {"trace": resolve(w.trace)}
+        if isinstance(w, NamedWorkload):
+            out["quality_records"] = resolve(w.quality_records)
+        return out
+
+    if scenario.workloads is None:
+        return scenario.model_copy(update={"workload": scenario.workload.model_copy(
+            update=fixed(scenario.workload))})
+    return scenario.model_copy(update={"workloads": [w.model_copy(update=fixed(w))
+                                                     for w in scenario.workloads]})

@@ -1,12 +1,13 @@
 """The perf DB's unit of work: one replica config swept over its rate grid, and how to map it.
 
 `build_perfdb` lists the feasible configs as `SweepJob`s and hands them, with the scenario's
-base trace, to a `ConfigMapper`: a callable that runs `sweep_config` on every job and yields
-each job's rows as it finishes, in any order (the DB sorts its rows, so the order of
-completion never shows). Two mappers ship here: `map_serial` (this process) and
-`process_mapper` (a local process pool); ``placement.ray_config_mapper`` runs the jobs as Ray
-tasks on a cluster. Every mapper runs the same `sweep_config` on the same inputs, so the DB's
-rows are identical whichever one built it.
+traffic (`profiling._arrivals`: how requests arrive at each rate), to a `ConfigMapper`: a
+callable that runs `sweep_config` on every job and yields each job's rows as it finishes, in
+any order (the DB sorts its rows, so the order of completion never shows). Two mappers ship
+here: `map_serial` (this process) and `process_mapper` (a local process pool);
+``placement.ray_config_mapper`` runs the jobs as Ray tasks on a cluster. Every mapper runs
+the same `sweep_config` on the same inputs, so the DB's rows are identical whichever one
+built it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ._arrivals import ScaledTraffic, Traffic
 from ._catalog import GpuType, ModelArch
 from ._replica import Efficiency, EngineConfig, ReplicaModel
 from ._simulator import QUANTILES, capacity_rps, simulate
@@ -28,8 +30,8 @@ from ._workload import Trace
 __all__ = ["ConfigMapper", "SweepJob", "map_serial", "process_mapper", "sweep_config"]
 
 Row = dict[str, Any]
-ConfigMapper = Callable[[Sequence["SweepJob"], Trace], Iterable[list[Row]]]
-"""``mapper(jobs, base)`` runs ``sweep_config(job, base)`` for every job and yields each
+ConfigMapper = Callable[[Sequence["SweepJob"], Traffic], Iterable[list[Row]]]
+"""``mapper(jobs, traffic)`` runs ``sweep_config(job, traffic)`` for every job and yields each
 result (one list of rows per job, in any order) as it finishes."""
 
 
@@ -60,13 +62,17 @@ def rate_grid(capacity: float, num_rates: int) -> npt.NDArray[np.float64]:
     return np.concatenate([below, [1.05 * capacity, 1.25 * capacity]])
 
 
-def sweep_config(job: SweepJob, base: Trace) -> list[Row]:
-    """Simulate one config under `base` (scaled to each rate) over its grid; one row per rate.
+def sweep_config(job: SweepJob, traffic: Traffic | Trace) -> list[Row]:
+    """Simulate one config under `traffic` at each rate of its grid; one row per rate.
 
-    A pure function of its inputs: the same job and trace give the same rows in any process.
+    A `Trace` is taken as renewal traffic (`ScaledTraffic`: scaled to each rate). A pure
+    function of its inputs: the same job and traffic give the same rows in any process.
     """
+    if isinstance(traffic, Trace):
+        traffic = ScaledTraffic(traffic)
     model, gpu, tp, pp = job.model, job.gpu, job.tp, job.pp
     replica = ReplicaModel(model, gpu, tp, pp, job.engine, job.efficiency)
+    base = traffic.lengths()
     cap = capacity_rps(replica, base)
     rows = []
     nq = len(QUANTILES)
@@ -79,7 +85,7 @@ def sweep_config(job: SweepJob, base: Trace) -> list[Row]:
         if rate >= 0.98 * cap:
             res = None
         else:
-            res = simulate(replica, base.scaled_to(float(rate)), stop_when_saturated=True,
+            res = simulate(replica, traffic.at_rate(float(rate)), stop_when_saturated=True,
                            capacity=cap)
         if res is None or res.saturated:
             inf = math.inf
@@ -107,26 +113,26 @@ def sweep_config(job: SweepJob, base: Trace) -> list[Row]:
     return rows
 
 
-def map_serial(jobs: Sequence[SweepJob], base: Trace) -> Iterator[list[Row]]:
+def map_serial(jobs: Sequence[SweepJob], traffic: Traffic) -> Iterator[list[Row]]:
     """Sweep the jobs one after the other in this process."""
     for job in jobs:
-        yield sweep_config(job, base)
+        yield sweep_config(job, traffic)
 
 
 def process_mapper(workers: int) -> ConfigMapper:
     """A mapper that sweeps the jobs in a pool of `workers` local processes.
 
     One worker, or one job, sweeps in this process (`map_serial`): no pool to start.
-    The jobs and the trace travel to the workers by pickle.
+    The jobs and the traffic travel to the workers by pickle.
     """
 
-    def run(jobs: Sequence[SweepJob], base: Trace) -> Iterator[list[Row]]:
+    def run(jobs: Sequence[SweepJob], traffic: Traffic) -> Iterator[list[Row]]:
         if workers <= 1 or len(jobs) <= 1:
-            yield from map_serial(jobs, base)
+            yield from map_serial(jobs, traffic)
             return
         pool = ProcessPoolExecutor(max_workers=workers)
         try:
-            futures = [pool.submit(sweep_config, job, base) for job in jobs]
+            futures = [pool.submit(sweep_config, job, traffic) for job in jobs]
             for fut in as_completed(futures):
                 yield fut.result()
         finally:    # a failed job or a consumer that stops early: drop the queued ones

@@ -6,9 +6,13 @@ from log-normal distributions matched to the mean and median measured on the rea
 (benchmarks/data/reference/calibration.md section 4): for a log-normal with median ``m`` and mean
 ``mu``, ``sigma = sqrt(2 ln(mu / m))``.
 
-Arrivals are Poisson (exponential gaps, coefficient of variation 1) or bursty: gamma gaps with
-shape ``k = 1 / cv^2`` and scale ``1 / (rate * k)``, so the mean rate is kept and ``cv > 1``
-clusters requests in bursts.
+Arrivals are Poisson (exponential gaps, coefficient of variation 1); bursty at the scale of
+single gaps: gamma gaps with shape ``k = 1 / cv^2`` and scale ``1 / (rate * k)``, so the mean
+rate is kept and ``cv > 1`` clusters requests in bursts; or *modulated*: a Poisson process whose
+rate changes every minute, ``rate * m_k`` in minute k with ``m_k`` gamma-distributed of mean 1
+and coefficient of variation ``minute_cv`` (shape ``1 / cv^2``, scale ``cv^2``; cv = 1 lets a
+minute fall silent, as production traces do), independent from minute to minute: the
+minute-scale swings of production traffic.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,16 +39,21 @@ from common.errors import TraceError
 __all__ = [
     "TRACE_SHAPES",
     "LengthDist",
+    "TimeUnit",
     "Trace",
+    "TraceReport",
     "TraceShape",
     "generate_trace",
     "load_trace",
+    "read_trace",
 ]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
-ArrivalProcess = Literal["poisson", "gamma"]
+ArrivalProcess = Literal["poisson", "gamma", "modulated"]
 _COLUMNS = ("arrival_s", "input_tokens", "output_tokens")
+BURST_WINDOWS_S = (1.0, 10.0, 60.0)
+"""Time scales at which `Trace.burstiness` reports the spread of request counts."""
 MAX_TOKENS = 2**30
 """Longest request length a trace may hold: 100x the longest context of any model (10M)."""
 
@@ -183,6 +193,32 @@ class Trace:
             out[f"{col}_max"] = float(arr.max())
         return out
 
+    def window_counts(self, window_s: float) -> IntArray:
+        """Requests arriving in each full window ``[k W, (k + 1) W)`` from the first arrival."""
+        full = int(self.duration_s // window_s)
+        rel = self.arrival_s - self.arrival_s[0]
+        idx = (rel // window_s).astype(np.int64)
+        return np.bincount(idx[idx < full], minlength=full).astype(np.int64)
+
+    def burstiness(self, windows_s: tuple[float, ...] = BURST_WINDOWS_S) -> dict[str, float]:
+        """How bursty the arrivals are at several time scales.
+
+        ``count_cv_<W>s``: coefficient of variation (std / mean) of the request counts per
+        full W-second window (Poisson arrivals give ``1 / sqrt(rate W)``; more is burstier);
+        ``minute_peak_to_mean`` and ``minute_trough_to_mean``: the busiest and quietest full
+        minute's count over the mean minute. A scale with fewer than 3 full windows is left
+        out.
+        """
+        out: dict[str, float] = {}
+        for w in windows_s:
+            counts = self.window_counts(w)
+            if counts.size >= 3 and counts.mean() > 0:
+                out[f"count_cv_{w:g}s"] = float(counts.std() / counts.mean())
+                if w == 60.0:
+                    out["minute_peak_to_mean"] = float(counts.max() / counts.mean())
+                    out["minute_trough_to_mean"] = float(counts.min() / counts.mean())
+        return out
+
     def format_summary(self) -> str:
         """`summary()` as a small aligned table."""
         s = self.summary()
@@ -257,6 +293,7 @@ def generate_trace(
     num_requests: int,
     arrival: ArrivalProcess = "poisson",
     burstiness_cv: float = 1.0,
+    minute_cv: float = 0.5,
     seed: int = 0,
 ) -> Trace:
     """Generate a synthetic trace shaped like a data set.
@@ -265,8 +302,10 @@ def generate_trace(
         shape: a key of `TRACE_SHAPES` (``gsm8k``, ``mtbench``, ``sharegpt``).
         rate_rps: mean arrival rate, requests/s; ``math.inf`` puts every arrival at t = 0.
         num_requests: number of requests (>= 1).
-        arrival: ``poisson`` or ``gamma`` inter-arrival times.
+        arrival: ``poisson`` or ``gamma`` inter-arrival times, or ``modulated`` (a Poisson
+            process whose rate is redrawn every minute; module docstring).
         burstiness_cv: coefficient of variation of the gamma gaps (1 = Poisson).
+        minute_cv: coefficient of variation of the per-minute rate of ``modulated``.
         seed: random seed; the same arguments give the same trace.
 
     Raises:
@@ -282,6 +321,8 @@ def generate_trace(
         raise TraceError(f"num_requests={num_requests!r} must be >= 1")
     if not burstiness_cv > 0:
         raise TraceError(f"burstiness_cv={burstiness_cv!r} must be > 0")
+    if not minute_cv >= 0:
+        raise TraceError(f"minute_cv={minute_cv!r} must be >= 0")
     rng = np.random.default_rng(seed)
     spec = TRACE_SHAPES[shape]
     weights = np.array([c[0] for c in spec.components])
@@ -300,11 +341,40 @@ def generate_trace(
         elif arrival == "gamma":
             k = 1.0 / burstiness_cv**2
             gaps = rng.gamma(k, 1.0 / (rate_rps * k), size=num_requests)
+        elif arrival == "modulated":
+            gaps = np.diff(_modulated(rng, rate_rps, num_requests, minute_cv), prepend=0.0)
         else:
-            raise TraceError(f"arrival={arrival!r} must be 'poisson' or 'gamma'")
+            raise TraceError(f"arrival={arrival!r} must be 'poisson', 'gamma' or 'modulated'")
         gaps[0] = 0.0
         arrivals = np.cumsum(gaps)
     return Trace(arrivals, inputs, outputs, None, name=f"{shape}-{arrival}")
+
+
+MINUTE_S = 60.0
+
+
+def _modulated(rng: np.random.Generator, rate_rps: float, n: int, minute_cv: float
+               ) -> FloatArray:
+    """`n` arrival times of a Poisson process of rate ``rate_rps * m_k`` in minute k.
+
+    Time change: unit-rate Poisson points ``E_i`` mapped through the inverse of the
+    cumulative intensity ``Lambda(t) = rate * integral_0^t m``, piecewise linear over minutes.
+    """
+    unit = np.cumsum(rng.exponential(1.0, size=n))
+
+    def levels(k: int) -> FloatArray:
+        if minute_cv == 0:
+            return np.ones(k)
+        shape = 1.0 / minute_cv**2
+        return rng.gamma(shape, 1.0 / shape, size=k)
+
+    minutes = int(unit[-1] / (rate_rps * MINUTE_S)) + 1
+    cum = np.concatenate([[0.0], np.cumsum(levels(2 * minutes + 8)) * rate_rps * MINUTE_S])
+    while cum[-1] < unit[-1]:                     # a quiet draw: more minutes
+        cum = np.concatenate([cum, cum[-1] + np.cumsum(levels(minutes + 8))
+                              * rate_rps * MINUTE_S])
+    knots = np.arange(len(cum)) * MINUTE_S
+    return np.asarray(np.interp(unit, cum, knots), dtype=np.float64)
 
 
 def _write_jsonl(table: pa.Table, path: Path) -> None:
@@ -348,27 +418,162 @@ def _is_number(value: Any) -> bool:
     return True
 
 
+TimeUnit = Literal["auto", "s", "ms", "us", "ns"]
+_UNIT_S: dict[str, float] = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+# Epoch clocks by magnitude: 1e9 s is 2001-09-09; the same instant is 1e12 ms, 1e15 us, 1e18 ns.
+# A clock at or past 1e9 is read as an epoch: seconds below 1e11 (year 5138), milliseconds
+# below 1e14, microseconds below 1e17, nanoseconds beyond.
+_EPOCH_MIN = 1e9
+_EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"), (math.inf, "ns"))
+
+
+@dataclass(frozen=True)
+class TraceReport:
+    """What `read_trace` found in a file and did about it (shown by ``boute trace``).
+
+    Attributes:
+        time_format: how the arrival column was read: ``seconds``, ``<unit> (given)``,
+            ``epoch seconds``/``milliseconds``/``microseconds``/``nanoseconds`` (detected by
+            magnitude), ``timestamps`` (an Arrow/Parquet/pandas datetime column) or
+            ``ISO datetime strings``.
+        start: the first arrival as an ISO UTC datetime when the clock was absolute.
+        sorted_rows: rows that were out of arrival order (the trace is sorted, stably).
+        zero_input_rows, zero_output_rows: rows with 0 prompt / output tokens, counted as 1
+            token (a request that arrived and was answered with nothing still costs a
+            prefill and one step of its replica).
+
+    """
+
+    time_format: str
+    start: str | None = None
+    sorted_rows: int = 0
+    zero_input_rows: int = 0
+    zero_output_rows: int = 0
+
+    def notes(self) -> list[str]:
+        """One line per thing the loader detected or changed."""
+        out = [f"arrival column read as {self.time_format}"
+               + (f", first request at {self.start}" if self.start else "")]
+        if self.sorted_rows:
+            out.append(f"{self.sorted_rows} row(s) out of arrival order: sorted by arrival")
+        for col, n in (("input_tokens", self.zero_input_rows),
+                       ("output_tokens", self.zero_output_rows)):
+            if n:
+                out.append(f"{n} row(s) with {col}=0: counted as 1 token")
+        return out
+
+
+def _arrival_seconds(col: pa.ChunkedArray, where: str, time_unit: TimeUnit
+                     ) -> tuple[FloatArray, str, str | None]:
+    """The arrival column as float seconds, how it was read, and its absolute start (if any).
+
+    Timestamps (Arrow ``timestamp``/``date``; ISO strings) become seconds since the epoch;
+    numbers are seconds, or the `time_unit` given, or an epoch clock detected by magnitude.
+    """
+    if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
+        ns = pc.cast(pc.cast(col, pa.timestamp("ns")), pa.int64()).to_numpy(
+            zero_copy_only=False)
+        return _absolute(ns, col, where, "timestamps")
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        values = col.to_pylist()
+        if not any(v is not None and _is_number(v) for v in values[:1]):
+            return _absolute(_parse_iso(values, where), col, where, "ISO datetime strings")
+    if pa.types.is_boolean(col.type):
+        raise TraceError(f"{where} must be numbers or datetimes, row 0 holds "
+                         f"{col[0].as_py()!r}")
+    try:
+        arr = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+    except pa.ArrowException:
+        row, value = next(((i, v) for i, v in enumerate(col.to_pylist()) if not _is_number(v)),
+                          (0, col[0].as_py()))
+        raise TraceError(f"{where} must be numbers or datetimes, row {row} holds {value!r}"
+                         ) from None
+    arr = np.asarray(arr, dtype=np.float64)
+    if np.isnan(arr).any():
+        raise TraceError(f"{where} is empty at row {int(np.flatnonzero(np.isnan(arr))[0])}")
+    if time_unit != "auto":
+        return arr * _UNIT_S[time_unit], f"{time_unit} (given)", None
+    first = float(np.nanmin(arr)) if arr.size else 0.0
+    if first < _EPOCH_MIN:
+        return arr, "seconds", None
+    unit = next(u for bound, u in _EPOCH_UNITS if first < bound)
+    names = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+    seconds = arr * _UNIT_S[unit]
+    start = np.datetime64(round(float(seconds.min()) * 1e6), "us")
+    return seconds, f"epoch {names[unit]}", f"{start}Z"
+
+
+def _parse_iso(values: list[Any], where: str) -> npt.NDArray[np.int64]:
+    """ISO 8601 strings as epoch nanoseconds (UTC; offsets applied, naive read as UTC)."""
+    try:
+        return np.array(values, dtype="datetime64[ns]").astype(np.int64)
+    except (ValueError, TypeError):
+        pass                               # offsets, odd spellings: one by one below
+    out = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        try:
+            d = datetime.fromisoformat(str(v))
+        except (TypeError, ValueError):
+            raise TraceError(f"{where} must be numbers or datetimes, row {i} holds {v!r} "
+                             "(use ISO 8601, e.g. 2023-11-16 18:17:03.98)") from None
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=UTC)
+        out[i] = round(d.timestamp() * 1e9)
+    return out
+
+
+def _absolute(ns: npt.NDArray[np.int64], col: pa.ChunkedArray, where: str, how: str
+              ) -> tuple[FloatArray, str, str | None]:
+    if col.null_count:
+        row = next(i for i, v in enumerate(col.to_pylist()) if v is None)
+        raise TraceError(f"{where} is empty at row {row}")
+    ns = np.asarray(ns, dtype=np.int64)
+    first = int(ns.min())
+    start = f"{np.datetime64(first, 'ns').astype('datetime64[us]')}Z"
+    return (ns - first).astype(np.float64) / 1e9, how, start
+
+
 def load_trace(
     path: str | Path,
     *,
     columns: Mapping[str, str] | None = None,
-    time_unit_s: float = 1.0,
+    time_unit: TimeUnit = "auto",
 ) -> Trace:
-    """Load a trace from CSV, JSONL or Parquet.
+    """Load a trace from CSV, JSONL or Parquet (`read_trace` without its report)."""
+    return read_trace(path, columns=columns, time_unit=time_unit)[0]
+
+
+def read_trace(
+    path: str | Path,
+    *,
+    columns: Mapping[str, str] | None = None,
+    time_unit: TimeUnit = "auto",
+) -> tuple[Trace, TraceReport]:
+    """Load a trace from CSV, JSONL or Parquet, as users' logs hold it.
+
+    The arrival column may be seconds (any origin), an epoch clock in s/ms/us/ns (detected
+    by magnitude, or named by `time_unit`), Arrow/Parquet/pandas timestamps, or ISO 8601
+    strings; arrivals become seconds after the first request. Rows out of arrival order are
+    sorted (stably); rows with 0 prompt or output tokens count as 1 token. The report says
+    which of these applied.
 
     Args:
         path: the file; the format follows its suffix.
         columns: maps our column names (``arrival_s``, ``input_tokens``, ``output_tokens``,
-            ``prompt``) to the file's, e.g. ``{"arrival_s": "timestamp"}``.
-        time_unit_s: seconds per unit of the file's arrival column (0.001 for milliseconds).
+            ``prompt``) to the file's, e.g. ``{"arrival_s": "TIMESTAMP"}``.
+        time_unit: unit of a numeric arrival column: ``auto`` (seconds, or an epoch clock by
+            magnitude), ``s``, ``ms``, ``us`` or ``ns``.
 
     Raises:
-        TraceError: unreadable file, missing column, or invalid values.
+        TraceError: unreadable file, missing column, or invalid values (the message names the
+            column, the row and the value).
 
     """
     path = Path(path)
     if not path.is_file():
         raise TraceError(f"trace file {str(path)!r} does not exist")
+    if time_unit not in ("auto", *_UNIT_S):
+        raise TraceError(f"time_unit={time_unit!r} must be one of auto, {', '.join(_UNIT_S)}")
     table = _read_table(path)
     mapping = {c: c for c in (*_COLUMNS, "prompt")}
     mapping.update(columns or {})
@@ -401,30 +606,36 @@ def load_trace(
                              f"row {row}")
         return np.asarray(arr, dtype=np.float64)
 
-    arrivals = numeric("arrival_s") * time_unit_s
+    where = f"trace file {str(path)!r}: column {mapping['arrival_s']!r}"
+    arrivals, time_format, start = _arrival_seconds(table.column(mapping["arrival_s"]), where,
+                                                    time_unit)
     bad = np.flatnonzero(~np.isfinite(arrivals))
     if bad.size:
         raise TraceError(f"trace file {str(path)!r}: arrival_s={arrivals[bad[0]]:g} at row "
                          f"{int(bad[0])} must be a finite number of seconds")
-    drops = np.flatnonzero(np.diff(arrivals) < 0)
-    if drops.size:
-        i = int(drops[0]) + 1
-        raise TraceError(f"trace file {str(path)!r}: arrival_s is not sorted: row {i} has "
-                         f"arrival_s={arrivals[i]:g} < {arrivals[i - 1]:g} at row {i - 1} "
-                         "(sort the file by arrival time)")
     lengths = {c: numeric(c) for c in ("input_tokens", "output_tokens")}
     for col, arr in lengths.items():
-        bad = np.flatnonzero((arr < 1) | (arr > MAX_TOKENS) | (arr != np.rint(arr)))
+        bad = np.flatnonzero((arr < 0) | (arr > MAX_TOKENS) | (arr != np.rint(arr)))
         if bad.size:
             raise TraceError(f"trace file {str(path)!r}: {col}={arr[bad[0]]:g} at row "
-                             f"{int(bad[0])} must be an integer >= 1 and <= {MAX_TOKENS}")
+                             f"{int(bad[0])} must be an integer >= 0 and <= {MAX_TOKENS} "
+                             "(0 counts as 1)")
+    zeros = {c: int((arr == 0).sum()) for c, arr in lengths.items()}
     prompts = None
     if mapping["prompt"] in table.column_names:
         prompts = tuple(str(p) for p in table.column(mapping["prompt"]).to_pylist())
-    return Trace(
+    order = np.argsort(arrivals, kind="stable")
+    moved = int((order != np.arange(len(order))).sum())
+    if moved:
+        arrivals = arrivals[order]
+        lengths = {c: arr[order] for c, arr in lengths.items()}
+        prompts = None if prompts is None else tuple(prompts[i] for i in order)
+    trace = Trace(
         arrivals - arrivals[0],  # relative to the first request (absolute clocks are fine)
-        lengths["input_tokens"].astype(np.int64),
-        lengths["output_tokens"].astype(np.int64),
+        np.maximum(lengths["input_tokens"], 1).astype(np.int64),
+        np.maximum(lengths["output_tokens"], 1).astype(np.int64),
         prompts,
         name=path.stem,
     )
+    return trace, TraceReport(time_format, start, moved, zeros["input_tokens"],
+                              zeros["output_tokens"])

@@ -33,9 +33,10 @@ from profiling import (
     EngineConfig,
     NamedWorkload,
     ReplicaModel,
+    Scenario,
+    ThinnedTraffic,
     Trace,
     generate_trace,
-    load_trace,
     simulate,
 )
 
@@ -70,22 +71,33 @@ class GroupCheck:
 
 
 def _fresh(wl: NamedWorkload, rate_rps: float, num_requests: int, seed: int,
-           span: tuple[int, int] | None = None, class_share: float = 1.0) -> Trace:
-    """A new trace of workload `wl` at `rate_rps`: its shape, or its file's lengths resampled.
+           span: tuple[int, int] | None = None, class_share: float = 1.0,
+           scenario: Scenario | None = None) -> Trace:
+    """A new trace of workload `wl` at `rate_rps`, drawn with its own arrival process.
+
+    Renewal arrivals (poisson, gamma): a new draw of its shape, or its file's lengths
+    resampled with Poisson arrivals. Modulated arrivals (a trace file's own, ``modulated``):
+    the workload's traffic (`profiling.ThinnedTraffic`) at `rate_rps` with another bootstrap
+    seed, on a newly generated stream for ``modulated``: never Poisson for a workload that is
+    not.
 
     `span` ``(lo, hi)``: only requests with ``lo < prompt + max_tokens <= hi`` (a length
     class holding `class_share` of the workload): the workload is drawn at ``rate /
     class_share`` and thinned to the class, so the class arrives at about `rate_rps`.
     """
+    if wl.arrival_model in ("trace", "modulated"):
+        assert scenario is not None
+        return _modulated_traffic(scenario, wl, span, seed).at_rate(rate_rps, seed=seed)
     draw = (num_requests if span is None else
             int(np.ceil(num_requests / max(class_share, 1e-3) * 1.5)) + 50)
     rate = rate_rps / (1.0 if span is None else max(class_share, 1e-3))
     if wl.trace is None:
         assert wl.shape is not None
-        trace = generate_trace(wl.shape, rate_rps=rate, num_requests=draw, arrival=wl.arrival,
+        trace = generate_trace(wl.shape, rate_rps=rate, num_requests=draw,
+                               arrival="gamma" if wl.arrival_model == "gamma" else "poisson",
                                burstiness_cv=wl.burstiness_cv, seed=seed)
     else:
-        base = load_trace(wl.trace)
+        base = wl.load()
         rng = np.random.default_rng(seed)
         idx = rng.integers(0, len(base.arrival_s), size=draw)
         arrival = np.cumsum(rng.exponential(1.0 / rate, size=draw))
@@ -96,6 +108,31 @@ def _fresh(wl: NamedWorkload, rate_rps: float, num_requests: int, seed: int,
     keep = np.flatnonzero(trace.in_length_span(*span))[:num_requests]
     return Trace(trace.arrival_s[keep] - trace.arrival_s[keep[0]], trace.input_tokens[keep],
                  trace.output_tokens[keep], name=f"{trace.name}-{span[0]}-{span[1]}")
+
+
+_TRAFFIC: dict[tuple[str, str, tuple[int, int] | None, int], ThinnedTraffic] = {}
+
+
+def _modulated_traffic(scenario: Scenario, wl: NamedWorkload, span: tuple[int, int] | None,
+                       seed: int) -> ThinnedTraffic:
+    """Workload `wl`'s modulated traffic (its length class's), kept for the process.
+
+    A generated stream is drawn anew with `seed`; a trace file's stream is the file (the
+    bootstrap seed differs).
+    """
+    key = (scenario.model_dump_json(), wl.name, span,
+           seed if wl.arrival_model == "modulated" else -1)
+    if key in _TRAFFIC:
+        return _TRAFFIC[key]
+    if len(_TRAFFIC) > 64:
+        _TRAFFIC.clear()
+    sc = scenario.for_workload(wl.name)
+    if wl.arrival_model == "modulated":
+        sc = sc.model_copy(update={"profile": sc.profile.model_copy(update={"seed": seed})})
+    traffic = sc.profile_spec(span).traffic()
+    assert isinstance(traffic, ThinnedTraffic)
+    _TRAFFIC[key] = traffic
+    return traffic
 
 
 def _mixed(parts: Sequence[Trace]) -> Trace:
@@ -147,7 +184,7 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
                     continue
                 n = max(50, round(num_requests * per_replica[w] / per_replica.sum()))
                 p = 1.0 if problem.class_share is None else float(problem.class_share[w, k])
-                parts.append(_fresh(wl, float(per_replica[w]), n, seed * 31 + w, span, p))
+                parts.append(_fresh(wl, float(per_replica[w]), n, seed * 31 + w, span, p, sc))
             res = simulate(replica, _mixed(parts))
             p95 = float(res.latency_quantiles((0.95,))[0])
             out.append(GroupCheck(g.name, seed, float(per_replica.sum()), p95, target_s,

@@ -554,6 +554,7 @@ def _load_or_build(scenario: Scenario, path: Path, catalog: Catalog,
     calibration = spec_calibration(spec, catalog, hardware_profiles=hardware_profiles)
     try:
         return PerfDB.load(path, catalog=catalog, trace=spec.base_trace(),
+                           arrival=spec.traffic().describe(),
                            calibration=calibration)
     except StaleDBError as exc:
         why = f"{exc}; rebuilding"

@@ -77,7 +77,7 @@ class SimulatedEvaluator:
         self.problem = problem
         self.catalog = catalog
         self.calibration = spec_calibration(spec, catalog, hardware_profiles=hardware_profiles)
-        self.base = spec.base_trace()
+        self.traffic = spec.traffic()
         self.num_rates = spec.num_rates
         self.engine = EngineConfig(**problem.db.meta["engine"])
 
@@ -87,7 +87,7 @@ class SimulatedEvaluator:
         job = SweepJob(self.catalog.model(p.models[p.cfg_model[c]]), gpu, int(p.cfg_tp[c]),
                        int(p.cfg_pp[c]), self.engine, self.calibration.for_gpu(gpu.name),
                        self.num_rates)
-        return sweep_config(job, self.base)
+        return sweep_config(job, self.traffic)
 
     def evaluate(self, plans: PlanArrays, b: int) -> tuple[BatchMetrics, int]:
         """Metrics of plan `b` from fresh simulations, and the configs simulated."""
