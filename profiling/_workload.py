@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -506,8 +507,10 @@ def _arrival_seconds(col: pa.ChunkedArray, where: str, time_unit: TimeUnit
 def _parse_iso(values: list[Any], where: str) -> npt.NDArray[np.int64]:
     """ISO 8601 strings as epoch nanoseconds (UTC; offsets applied, naive read as UTC)."""
     try:
-        return np.array(values, dtype="datetime64[ns]").astype(np.int64)
-    except (ValueError, TypeError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")     # numpy warns on (and mis-stores) offsets
+            return np.array(values, dtype="datetime64[ns]").astype(np.int64)
+    except (ValueError, TypeError, UserWarning, DeprecationWarning):
         pass                               # offsets, odd spellings: one by one below
     out = np.empty(len(values), dtype=np.int64)
     for i, v in enumerate(values):

@@ -48,9 +48,41 @@ def test_bad_input_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], ar
 
 def test_trace_file_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
-    path.write_text("arrival_s,input_tokens,output_tokens\n0,5,3\n2,5,3\n1,5,3\n")
+    path.write_text("arrival_s,input_tokens,output_tokens\n0,5,3\nsoon,5,3\n1,5,3\n")
     code, _, err = _run(capsys, "trace", "--file", str(path))
-    assert code == 2 and "arrival_s is not sorted" in err
+    assert code == 2 and "column 'arrival_s' must be numbers or datetimes, row 1 holds 'soon'" \
+        in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_trace_reads_a_production_log(capsys: pytest.CaptureFixture[str],
+                                      tmp_path: Path) -> None:
+    """Datetime strings out of order, a 0-token answer: read, sorted, counted, plotted."""
+    path = tmp_path / "log.csv"
+    rows = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    # 2 req/s in the first minute, 6 req/s in the second, 2 in the third, then 10 more.
+    times = [i / 2 for i in range(120)] + [60 + i / 6 for i in range(360)] + \
+        [120 + i / 2 for i in range(130)]
+    for k, t in enumerate(times):
+        rows.append(f"2023-11-16 18:{int(t // 60):02d}:{t % 60:09.6f},{100 + k},"
+                    f"{0 if k == 7 else 20}")
+    rows[1], rows[2] = rows[2], rows[1]                  # one pair out of order
+    path.write_text("\n".join(rows) + "\n")
+    png = tmp_path / "rate.png"
+    code, out, _ = _run(capsys, "--json", "trace", "--file", str(path), "--columns",
+                        "arrival_s=TIMESTAMP,input_tokens=ContextTokens,"
+                        "output_tokens=GeneratedTokens", "--plot", str(png))
+    data = json.loads(out)
+    assert code == 0 and data["requests"] == 610
+    assert data["notes"] == ["arrival column read as timestamps, first request at "
+                             "2023-11-16T18:00:00.000000Z",
+                             "2 row(s) out of arrival order: sorted by arrival",
+                             "1 row(s) with output_tokens=0: counted as 1 token"]
+    # Three full minutes: 120, 360, 120 requests; mean 200, std sqrt(12800) = 113.1.
+    assert data["burstiness"]["count_cv_60s"] == pytest.approx(12800**0.5 / 200)
+    assert data["burstiness"]["minute_peak_to_mean"] == pytest.approx(1.8)
+    assert data["burstiness"]["minute_trough_to_mean"] == pytest.approx(0.6)
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_trace_out_writes_the_format_its_suffix_names(capsys: pytest.CaptureFixture[str],

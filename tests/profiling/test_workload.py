@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from common.errors import TraceError
-from profiling import Trace, generate_trace, load_trace
+from profiling import Trace, generate_trace, load_trace, read_trace
 
 
 def test_generator_is_reproducible_and_matches_the_data_set_statistics() -> None:
@@ -69,11 +69,15 @@ def test_missing_column_negative_length_and_unsorted(tmp_path: Path) -> None:
     with pytest.raises(TraceError, match=r"missing column\(s\) output_tokens"):
         load_trace(path)
     path.write_text("arrival_s,input_tokens,output_tokens\n0,5,3\n1,-4,3\n")
-    with pytest.raises(TraceError, match=r"input_tokens=-4 at row 1 must be an integer >= 1"):
+    with pytest.raises(TraceError, match=r"input_tokens=-4 at row 1 must be an integer >= 0"):
         load_trace(path)
-    path.write_text("arrival_s,input_tokens,output_tokens\n0,5,3\n2,5,3\n1,5,3\n")
-    with pytest.raises(TraceError, match=r"arrival_s is not sorted: row 2 has arrival_s=1"):
-        load_trace(path)
+    # Out of order: sorted (stably), and the report says how many rows moved.
+    path.write_text("arrival_s,input_tokens,output_tokens\n0,5,3\n2,6,3\n1,7,3\n")
+    trace, report = read_trace(path)
+    assert trace.arrival_s.tolist() == [0.0, 1.0, 2.0]
+    assert trace.input_tokens.tolist() == [5, 7, 6]
+    assert report.sorted_rows == 2
+    assert "2 row(s) out of arrival order: sorted by arrival" in report.notes()
 
 
 def test_trace_type_validates() -> None:
