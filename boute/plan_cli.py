@@ -11,7 +11,7 @@ from boute._shared import add_hardware_profiles_arg, stderr_note
 from common.errors import BouteError
 
 if TYPE_CHECKING:
-    from tuning import Plan, Problem, SearchResult, StopRule
+    from tuning import Plan, Problem, SearchResult, StopRule, WindowSLO
 
 __all__ = ["add_compare", "add_evaluate", "add_plan"]
 
@@ -55,6 +55,12 @@ def add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--p95", type=float, default=None, help="maximum P95 latency, seconds")
     p.add_argument("--objective", default="pareto",
                    choices=["pareto", "min-cost", "max-throughput"])
+    p.add_argument("--slo-attainment", type=float, default=None, metavar="PCT",
+                   help="a window SLO: the --p95 target must hold in at least PCT%% of "
+                   "the --slo-window-s windows (judged on fresh traffic with the workload's "
+                   "own arrivals), instead of over all requests")
+    p.add_argument("--slo-window-s", type=float, default=300.0, metavar="SEC",
+                   help="window of --slo-attainment, seconds (default 300)")
     _add_solver_args(p)
     p.add_argument("--resim-seeds", type=int, default=3, help="re-simulate the chosen plan "
                    "on this many fresh traces per group and re-plan with derated capacities "
@@ -162,9 +168,10 @@ def _run_plan(args: argparse.Namespace) -> int:
     if args.resim_seeds < 0:
         raise BouteError(f"--resim-seeds={args.resim_seeds} must be >= 0 (0: no check)")
     rule = stop_rule_from(args)
+    slo = window_slo(args)
     problem = load_planning_problem(args)
     quality, qualities = parse_quality(args.quality, problem.workloads)
-    goal = Goal(args.objective, quality, args.p95, qualities)
+    goal = Goal(args.objective, quality, args.p95, qualities, slo)
 
     def run(pr: Problem) -> SearchResult:
         if args.tune:
@@ -208,7 +215,9 @@ def _run_plan(args: argparse.Namespace) -> int:
             "solver": result.solver, "objective": goal.mode,
             "goal": {"mode": goal.mode, "quality": goal.quality, "p95_s": goal.p95_s,
                      **({"qualities": dict(zip(problem.workloads, goal.qualities,
-                                                strict=True))} if goal.qualities else {})}}}
+                                                strict=True))} if goal.qualities else {}),
+                     **({"slo": {"attainment": goal.slo.attainment,
+                                 "window_s": goal.slo.window_s}} if goal.slo else {})}}}
         if held.checks:
             extra["headroom"] = held.summary()
         if lengths is not None:
@@ -255,6 +264,29 @@ def _run_plan(args: argparse.Namespace) -> int:
     return 0 if plan else 1
 
 
+def window_slo(args: argparse.Namespace) -> WindowSLO | None:
+    """The `WindowSLO` of ``--slo-attainment`` / ``--slo-window-s`` (None without them).
+
+    Raises:
+        BouteError: a share outside (0, 100], a window not > 0, or no ``--p95`` to hold.
+
+    """
+    from tuning import WindowSLO
+
+    if args.slo_attainment is None:
+        return None
+    if not (0 < args.slo_attainment <= 100):
+        raise BouteError(f"--slo-attainment={args.slo_attainment:g} must be a percentage of "
+                         "windows in (0, 100], e.g. 99")
+    if not (args.slo_window_s > 0 and math.isfinite(args.slo_window_s)):
+        raise BouteError(f"--slo-window-s={args.slo_window_s:g} must be a positive number "
+                         "of seconds")
+    if args.p95 is None:
+        raise BouteError("--slo-attainment needs --p95: the latency each window's P95 must "
+                         "meet")
+    return WindowSLO(args.slo_attainment / 100.0, args.slo_window_s)
+
+
 def _lengths_line(summary: dict[str, Any]) -> str:
     """One line per threshold tried (`tuning._lengths.choose`)."""
     lines = ["length classes (threshold = prompt + max_tokens):"]
@@ -279,6 +311,11 @@ def _headroom_line(h: dict[str, Any]) -> str:
     if h["derated"]:
         head += (f"; re-planned {h['rounds'] - 1} time(s) with derated "
                  f"{', '.join(h['derated'])}")
+    if "slo" in h:
+        slo = h["slo"]
+        head += (f"\nSLO: P95 <= {worst['target_s']:g} s in >= {100 * slo['attainment']:g}% "
+                 f"of {slo['window_s']:g} s windows; predicted attainment "
+                 f"{100 * slo['predicted_attainment']:.1f}% (worst group, worst fresh trace)")
     return head
 
 

@@ -4,7 +4,7 @@ Catalogs, workload traces, replica model, load simulation, perf DB and quality c
 Pure planning code: no Ray, no Serve.
 """
 
-from ._arrivals import ScaledTraffic, ThinnedTraffic, Traffic
+from ._arrivals import MAX_STREAM_REQUESTS, ScaledTraffic, ThinnedTraffic, Traffic
 from ._catalog import Catalog, GpuType, ModelArch, load_catalog, load_hf_config
 from ._gpu_names import gpu_type_from_name
 from ._perfdb import PerfDB, build_perfdb, mixture_quantile
@@ -29,6 +29,7 @@ from ._workload import TRACE_SHAPES, Trace, TraceReport, generate_trace, load_tr
 __all__ = [
     "DEFAULT_SCENARIO",
     "ENGINE_PROFILES",
+    "MAX_STREAM_REQUESTS",
     "PUBLISHED_SCORES",
     "QUANTILES",
     "TRACE_SHAPES",

@@ -27,7 +27,9 @@ from ._plan import (
 )
 from ._problem import Problem, db_paths, default_db_path, load_problem, planning_problem
 from ._replan import Decision, GroupChange, Hysteresis, decide, diff_groups
+from ._replay import GroupReplay, Replay, replay
 from ._search import Goal, SearchResult, StopRule, search
+from ._slo import WindowSLO, attainment, window_p95s
 
 __all__ = [
     "BASELINES",
@@ -38,6 +40,7 @@ __all__ = [
     "Goal",
     "Group",
     "GroupChange",
+    "GroupReplay",
     "Hysteresis",
     "InfeasiblePlanError",
     "LengthRouting",
@@ -46,10 +49,13 @@ __all__ = [
     "PlanError",
     "Predicted",
     "Problem",
+    "Replay",
     "Routing",
     "SearchResult",
     "StopRule",
+    "WindowSLO",
     "WorkloadRouting",
+    "attainment",
     "baseline_min_cost",
     "db_paths",
     "decide",
@@ -66,5 +72,7 @@ __all__ = [
     "plan_from_arrays",
     "plan_to_arrays",
     "planning_problem",
+    "replay",
     "search",
+    "window_p95s",
 ]

@@ -19,16 +19,31 @@ that holds on the first try is returned as the search found it; one that sat on 
 P95 estimated on one 1,000-request sample, a rate within a few percent of saturation) is
 replaced by the cheapest plan the derated capacities allow. The target is the goal's P95,
 or for a Pareto goal the plan's own planning P95 plus `PARETO_TOLERANCE`.
+
+Fresh traffic keeps the workload's arrival process (`profiling._arrivals`): renewal
+workloads draw new Poisson/gamma traces; a trace file's workload draws new bootstrap
+stretches of the whole file, thinned to the group's rate; a ``modulated`` workload draws a
+new stream. A plan that holds on Poisson arrivals but not on the workload's bursts is caught
+here.
+
+With a window SLO (``Goal.slo``: P95 <= L in at least X of the W-second windows,
+`tuning._slo`) a group is judged by its window attainment on fresh traces long enough for
+`MIN_WINDOWS` windows, pooled over the seeds (`verdicts`); when one misses, every config of
+its lane (model, length class) has its latency tightened by the pooled ``window_quantile(X) /
+L`` (the search then plans that lane against a lower P95 on any config) rather than the
+failing config's alone.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from profiling import (
+    MAX_STREAM_REQUESTS,
     Catalog,
     EngineConfig,
     NamedWorkload,
@@ -44,10 +59,13 @@ from ._evaluator import plan_from_arrays
 from ._plan import LENGTH_CLASSES, Plan, length_spans
 from ._problem import Problem
 from ._run import Goal, SearchResult
+from ._slo import WindowSLO, window_p95s
 
 __all__ = ["FRESH_SEEDS", "GroupCheck", "Held", "hold", "resimulate"]
 
 FRESH_SEEDS = (101, 202, 303)
+MIN_WINDOWS = 40
+"""Windows per fresh trace when a window SLO is judged (its attainment in 2.5% steps)."""
 DERATE = 0.98
 MAX_ROUNDS = 8
 PARETO_TOLERANCE = 0.05
@@ -55,7 +73,13 @@ PARETO_TOLERANCE = 0.05
 
 @dataclass(frozen=True)
 class GroupCheck:
-    """One replica group of a plan re-simulated on one fresh trace."""
+    """One replica group of a plan re-simulated on one fresh trace.
+
+    With a window SLO (`tuning._slo`), ``attainment`` is the share of its windows whose P95
+    met the target, ``window_p95_s`` the SLO's quantile of the window P95s, and the group holds
+    when ``attainment >= slo.attainment``; otherwise both are None and the P95 over the whole
+    trace is judged.
+    """
 
     group: str
     seed: int
@@ -63,11 +87,61 @@ class GroupCheck:
     p95_s: float
     target_s: float
     saturated: bool
+    window_p95s: tuple[float, ...] | None = None
+    slo: WindowSLO | None = None
+
+    @property
+    def attainment(self) -> float | None:
+        """Share of this trace's windows whose P95 met the target (None: no window SLO)."""
+        if self.window_p95s is None:
+            return None
+        return float(np.mean(np.asarray(self.window_p95s) <= self.target_s)
+                     ) if self.window_p95s else 1.0
 
     @property
     def holds(self) -> bool:
-        """P95 at or below the target, unsaturated."""
-        return not self.saturated and self.p95_s <= self.target_s
+        """Unsaturated, and P95 (or the window attainment) within the target."""
+        if self.saturated:
+            return False
+        if self.slo is not None and self.attainment is not None:
+            return self.attainment >= self.slo.attainment - 1e-12
+        return self.p95_s <= self.target_s
+
+    @property
+    def over(self) -> float:
+        """The judged latency over the target (<= 1: within).
+
+        The P95, or with a window SLO the SLO's quantile of the window P95s.
+        """
+        if self.slo is not None and self.window_p95s:
+            return float(np.quantile(self.window_p95s, self.slo.attainment)) / self.target_s
+        return self.p95_s / self.target_s
+
+
+def verdicts(checks: Sequence[GroupCheck]) -> dict[str, tuple[bool, float]]:
+    """Each group's verdict over its fresh traces: ``(holds, over)``.
+
+    Without a window SLO a group holds when every trace holds, and ``over`` is the worst
+    unsaturated trace's. With one, the windows of all its traces are pooled (attainment is a
+    long-run share: three traces of 40 windows judge it on 120): the group holds when no trace
+    saturated and the pooled attainment reaches the SLO's; ``over`` is the pooled SLO quantile
+    of the window P95s over the target.
+    """
+    out: dict[str, tuple[bool, float]] = {}
+    for name in dict.fromkeys(c.group for c in checks):
+        mine = [c for c in checks if c.group == name]
+        slo = mine[0].slo
+        pooled = [w for c in mine for w in (c.window_p95s or ())]
+        if slo is None or not pooled:
+            over = max((c.over for c in mine if not c.saturated), default=0.0)
+            out[name] = (all(c.holds for c in mine), over)
+            continue
+        target = mine[0].target_s
+        share = float(np.mean(np.asarray(pooled) <= target))
+        over = float(np.quantile(pooled, slo.attainment)) / target
+        out[name] = (not any(c.saturated for c in mine)
+                     and share >= slo.attainment - 1e-12, over)
+    return out
 
 
 def _fresh(wl: NamedWorkload, rate_rps: float, num_requests: int, seed: int,
@@ -87,7 +161,9 @@ def _fresh(wl: NamedWorkload, rate_rps: float, num_requests: int, seed: int,
     """
     if wl.arrival_model in ("trace", "modulated"):
         assert scenario is not None
-        return _modulated_traffic(scenario, wl, span, seed).at_rate(rate_rps, seed=seed)
+        traffic = replace(_modulated_traffic(scenario, wl, span, seed),
+                          num_requests=num_requests)
+        return traffic.at_rate(rate_rps, seed=seed)
     draw = (num_requests if span is None else
             int(np.ceil(num_requests / max(class_share, 1e-3) * 1.5)) + 50)
     rate = rate_rps / (1.0 if span is None else max(class_share, 1e-3))
@@ -145,7 +221,8 @@ def _mixed(parts: Sequence[Trace]) -> Trace:
 
 def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: float,
                seeds: Sequence[int] = FRESH_SEEDS, num_requests: int = 2000,
-               hardware_profiles: str | None = None) -> list[GroupCheck]:
+               hardware_profiles: str | None = None, slo: WindowSLO | None = None
+               ) -> list[GroupCheck]:
     """Every group of `plan` on fresh traffic, one check per (group, seed).
 
     Args:
@@ -154,8 +231,10 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
         catalog: the merged catalog (models and GPUs of the replicas).
         target_s: the P95 each group must meet.
         seeds: one fresh trace per seed.
-        num_requests: requests per group and seed.
+        num_requests: requests per group and seed (with `slo`: enough for `MIN_WINDOWS`
+            windows, up to `MAX_STREAM_REQUESTS`).
         hardware_profiles: as for the perf DB (the GPU efficiencies it was built with).
+        slo: judge each group by its window attainment (`GroupCheck`).
 
     """
     from profiling._perfdb import spec_calibration
@@ -182,13 +261,20 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
             for w, wl in enumerate(sc.named_workloads):
                 if per_replica[w] <= 0:
                     continue
-                n = max(50, round(num_requests * per_replica[w] / per_replica.sum()))
+                want = num_requests if slo is None else max(num_requests, math.ceil(
+                    per_replica.sum() * slo.window_s * MIN_WINDOWS))
+                want = min(want, MAX_STREAM_REQUESTS)
+                n = max(50, round(want * per_replica[w] / per_replica.sum()))
                 p = 1.0 if problem.class_share is None else float(problem.class_share[w, k])
                 parts.append(_fresh(wl, float(per_replica[w]), n, seed * 31 + w, span, p, sc))
-            res = simulate(replica, _mixed(parts))
+            trace = _mixed(parts)
+            res = simulate(replica, trace)
             p95 = float(res.latency_quantiles((0.95,))[0])
+            windows = None
+            if slo is not None and res.completed == len(trace):
+                windows = tuple(window_p95s(trace.arrival_s, res.latency_s, slo.window_s))
             out.append(GroupCheck(g.name, seed, float(per_replica.sum()), p95, target_s,
-                                  res.saturated))
+                                  res.saturated, windows, slo))
     return out
 
 
@@ -219,7 +305,9 @@ class Held:
     """The outcome of `hold`: the last search, its plan and the checks of that plan.
 
     ``derated`` maps a config's name to the factors it was planned with: ``capacity`` (a)
-    and ``latency`` (r), see the module docstring.
+    and ``latency`` (r), see the module docstring; ``tightened`` maps a lane (model, and
+    ``-class`` with length classes) to the latency factor all its configs were planned with
+    after a window SLO missed.
     """
 
     result: SearchResult
@@ -227,20 +315,42 @@ class Held:
     checks: list[GroupCheck]
     rounds: int
     derated: dict[str, dict[str, float]] = field(default_factory=dict)
+    tightened: dict[str, float] = field(default_factory=dict)
 
     @property
     def holds(self) -> bool:
-        """Every group met its target on every fresh trace."""
-        return all(c.holds for c in self.checks)
+        """A plan, and every group met its target on its fresh traces (`verdicts`)."""
+        return self.plan is not None and all(ok for ok, _ in verdicts(self.checks).values())
 
     def summary(self) -> dict[str, object]:
         """The JSON block of plan outputs."""
-        worst = max(self.checks, key=lambda c: c.p95_s / c.target_s, default=None)
-        return {"seeds": sorted({c.seed for c in self.checks}), "holds": self.holds,
-                "rounds": self.rounds, "derated": self.derated,
-                "worst": None if worst is None else {
-                    "group": worst.group, "seed": worst.seed, "p95_s": worst.p95_s,
-                    "target_s": worst.target_s, "saturated": worst.saturated}}
+        worst = max(self.checks, key=lambda c: c.over, default=None)
+        out: dict[str, object] = {
+            "seeds": sorted({c.seed for c in self.checks}), "holds": self.holds,
+            "rounds": self.rounds, "derated": self.derated,
+            "worst": None if worst is None else {
+                "group": worst.group, "seed": worst.seed, "p95_s": worst.p95_s,
+                "target_s": worst.target_s, "saturated": worst.saturated}}
+        slo = next((c.slo for c in self.checks if c.slo is not None), None)
+
+        def slo_target(name: str) -> float:
+            return next(c.target_s for c in self.checks if c.group == name)
+
+        if slo is not None:
+            # Predicted attainment: each group's windows pooled over its fresh traces; the
+            # plan's: the worst group's.
+            groups: dict[str, float] = {}
+            for c in self.checks:
+                groups.setdefault(c.group, 1.0)
+            for name in groups:
+                pooled = [w for c in self.checks if c.group == name
+                          for w in (c.window_p95s or ())]
+                if pooled:
+                    groups[name] = float(np.mean(np.asarray(pooled) <= slo_target(name)))
+            out["slo"] = {"attainment": slo.attainment, "window_s": slo.window_s,
+                          "predicted_attainment": min(groups.values(), default=1.0),
+                          "groups": groups, "latency_tightened": self.tightened}
+        return out
 
 
 def _derated(problem: Problem, derate: dict[int, tuple[float, float]]) -> Problem:
@@ -269,12 +379,14 @@ def hold(problem: Problem, goal: Goal, run: Callable[[Problem], SearchResult],
 
     """
     derate: dict[int, tuple[float, float]] = {}
+    tighten: dict[tuple[int, int], float] = {}      # lane (model, class) -> latency factor
     current = problem
     for rounds in range(1, MAX_ROUNDS + 2):
         res = run(current)
         b = res.best(current)
         if b is None:
-            return Held(res, None, [], rounds, _names(problem, derate))
+            return Held(res, None, [], rounds, _names(problem, derate),
+                        _lane_names(problem, tighten))
         # Predicted with the derated capacities: the shares the groups are checked with.
         plan = plan_from_arrays(current, res.plans, res.metrics, b)
         if not seeds:
@@ -283,26 +395,52 @@ def hold(problem: Problem, goal: Goal, run: Callable[[Problem], SearchResult],
         target = (goal.p95_s if goal.p95_s is not None and goal.mode != "pareto"
                   else plan.predicted.p95_s * (1 + PARETO_TOLERANCE))
         checks = resimulate(problem, plan, catalog, target_s=target, seeds=seeds,
-                            hardware_profiles=hardware_profiles)
-        failed = [c for c in checks if not c.holds]
-        if not failed or rounds > MAX_ROUNDS:
-            return Held(res, plan, checks, rounds, _names(problem, derate))
+                            hardware_profiles=hardware_profiles, slo=goal.slo)
+        judged = verdicts(checks)
+        if all(ok for ok, _ in judged.values()) or rounds > MAX_ROUNDS:
+            return Held(res, plan, checks, rounds, _names(problem, derate),
+                        _lane_names(problem, tighten))
         for g in plan.groups:
-            mine = [c for c in failed if c.group == g.name]
-            if not mine:
+            mine = [c for c in checks if c.group == g.name]
+            if not mine or judged[g.name][0]:
                 continue
-            c = problem.config(problem.models.index(g.model), problem.gpu_types.index(g.gpu),
-                               g.tp, g.pp, 0 if g.length_class is None else
-                               LENGTH_CLASSES.index(g.length_class))
+            lane = (problem.models.index(g.model),
+                    0 if g.length_class is None else LENGTH_CLASSES.index(g.length_class))
+            c = problem.config(lane[0], problem.gpu_types.index(g.gpu), g.tp, g.pp, lane[1])
             a, r = derate.get(c, (1.0, 1.0))
-            over = max((k.p95_s / k.target_s for k in mine if not k.saturated), default=0.0)
-            if any(k.saturated for k in mine) or over <= 1.0 or r > 1.0:
-                a *= DERATE
-            if over > 1.0:
-                r *= over * 1.01
+            saturated = any(k.saturated for k in mine)
+            over = judged[g.name][1]
+            if goal.slo is not None:
+                # A window SLO missed: tighten every config of the lane (a burst pattern that
+                # breaks one config's windows breaks the config the search would move the lane
+                # to as well) by the square root of the pooled window quantile over the
+                # target: the worst windows' latency falls much faster than the load (queues
+                # drain), so the full ratio overshoots (measured: 0.6x the target after it).
+                if over > 1.0:
+                    tighten[lane] = tighten.get(lane, 1.0) * over**0.5 * 1.01
+                if saturated or over <= 1.0:
+                    a *= DERATE
+            else:
+                if saturated or over <= 1.0 or r > 1.0:
+                    a *= DERATE
+                if over > 1.0:
+                    r *= over * 1.01
             derate[c] = (a, r)
-        current = _derated(problem, derate)
+        factors = dict(derate)
+        for c in range(problem.num_configs):
+            lane = (int(problem.cfg_model[c]),
+                    0 if problem.cfg_class is None else int(problem.cfg_class[c]))
+            if lane in tighten:
+                a, r = factors.get(c, (1.0, 1.0))
+                factors[c] = (a, r * tighten[lane])
+        current = _derated(problem, factors)
     raise AssertionError("unreachable")
+
+
+def _lane_names(problem: Problem, tighten: dict[tuple[int, int], float]) -> dict[str, float]:
+    return {problem.models[m] + ("" if problem.cfg_class is None else
+                                 f"-{problem.classes[k]}"): round(f, 6)
+            for (m, k), f in tighten.items()}
 
 
 def _names(problem: Problem, derate: dict[int, tuple[float, float]]

@@ -9,11 +9,8 @@ their ``share``, and to one of the group's replicas uniformly; each replica's st
 simulated with the same replica model and simulator the perf DB was built with. Nothing is
 re-planned.
 
-SLO attainment: production SLOs are written per window ("P95 <= L in at least X% of W-minute
-windows"). For a window length W, the windows are ``[k W, (k + 1) W)`` of the trace's clock
-(full windows only); a window *meets* the SLO when the P95 of the latencies of the requests
-that *arrived* in it is at most L (a window with no request meets it). Attainment is the
-share of windows that meet it, per group and for the whole system (all requests).
+SLO attainment (`tuning._slo`: the share of W-second windows whose P95 is at most L) is
+reported per group and for the whole system (all requests).
 """
 
 from __future__ import annotations
@@ -28,42 +25,11 @@ from profiling import Catalog, EngineConfig, ReplicaModel, Trace, simulate
 
 from ._plan import Plan, length_spans
 from ._problem import Problem
+from ._slo import attainment
 
-__all__ = ["GroupReplay", "Replay", "attainment", "replay"]
+__all__ = ["GroupReplay", "Replay", "replay"]
 
 FloatArray = npt.NDArray[np.float64]
-
-
-def attainment(arrival_s: FloatArray, latency_s: FloatArray, target_s: float,
-               window_s: float) -> tuple[float, int]:
-    """Share of full windows whose P95 latency is at most `target_s`, and the window count.
-
-    Args:
-        arrival_s: arrival of each request, seconds from the trace's start (>= 0).
-        latency_s: its end-to-end latency (``inf`` for a request never served).
-        target_s: the P95 each window must meet.
-        window_s: window length, seconds.
-
-    Returns:
-        ``(share, windows)``; ``(1.0, 0)`` when the trace is shorter than one window.
-
-    """
-    if len(arrival_s) == 0:
-        return 1.0, 0
-    full = int(float(np.max(arrival_s)) // window_s)
-    if full == 0:
-        return 1.0, 0
-    k = (np.asarray(arrival_s) // window_s).astype(np.int64)
-    inside = k < full
-    k, lat = k[inside], np.asarray(latency_s)[inside]
-    met = 0
-    order = np.argsort(k, kind="stable")
-    bounds = np.searchsorted(k[order], np.arange(full + 1))
-    for j in range(full):
-        chunk = lat[order[bounds[j]:bounds[j + 1]]]
-        if chunk.size == 0 or float(np.quantile(chunk, 0.95)) <= target_s:
-            met += 1
-    return met / full, full
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from ._evaluator import BatchMetrics, PlanArrays, evaluate_arrays, ladder_arrays
 from ._front import hypervolume, normalized, pareto_mask
 from ._ladder import LadderEncoding
 from ._problem import Problem
+from ._slo import WindowSLO
 
 __all__ = [
     "MODES", "SOLVERS", "Callback", "Goal", "SearchError", "SearchResult", "StopRule",
@@ -45,12 +46,16 @@ class Goal:
 
     ``qualities``: with several workloads, the minimum quality of each (`Problem.workloads`
     order); ``quality`` then bounds the summary quality (the lowest normalized one).
+    ``slo``: the P95 target holds in at least a share of time windows (`tuning._slo`) rather
+    than over all requests; the search plans on the overall P95 and the headroom check
+    judges (and derates) every group by its window attainment on fresh traffic.
     """
 
     mode: Mode = "pareto"
     quality: float | None = None
     p95_s: float | None = None
     qualities: tuple[float, ...] | None = None
+    slo: WindowSLO | None = None
 
 
 @dataclass(frozen=True)
