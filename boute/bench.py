@@ -78,8 +78,14 @@ class BenchResult:
     records: list[RequestRecord] = field(default_factory=list)
     duration_s: float = 0.0
 
-    def summary(self) -> dict[str, Any]:
-        """The JSON report: counts, throughput, latency quantiles, routed shares, errors."""
+    def summary(self, slo_p95_s: float | None = None, slo_window_s: float = 60.0
+                ) -> dict[str, Any]:
+        """The JSON report: counts, throughput, latency quantiles, routed shares, errors.
+
+        With `slo_p95_s`: ``slo``, the measured attainment of "P95 <= slo_p95_s in each
+        `slo_window_s` window" (`tuning.attainment`: windows by arrival; a request that
+        failed, 429s included, counts as a miss: infinite latency).
+        """
         ok = [r for r in self.records if r.status == 200 and not r.error]
         errors = Counter(str(r.status) if r.status != 200 else "stream-error"
                          for r in self.records if r.status != 200 or r.error)
@@ -110,6 +116,16 @@ class BenchResult:
         out["group_share"] = {g: n / len(ok) for g, n in sorted(groups.items())} if ok else {}
         first = next((r.error for r in self.records if r.error), "")
         out["first_error"] = first
+        if slo_p95_s is not None:
+            from tuning import attainment
+
+            arrival = np.array([r.arrival_s for r in self.records], dtype=float)
+            latency = np.array([r.e2e_s if r.status == 200 and not r.error else np.inf
+                                for r in self.records], dtype=float)
+            share, windows = attainment(arrival, np.nan_to_num(latency, nan=np.inf),
+                                        slo_p95_s, slo_window_s)
+            out["slo"] = {"p95_s": slo_p95_s, "window_s": slo_window_s,
+                          "attainment": share, "windows": windows}
         return out
 
 
@@ -417,6 +433,10 @@ def format_bench(summary: dict[str, Any], predicted: dict[str, Any] | None = Non
         lines.append(f"  {g}: {s:.1%}")
     if summary["first_error"]:
         lines.append(f"first error: {summary['first_error']}")
+    if "slo" in summary:
+        slo = summary["slo"]
+        lines.append(f"SLO P95 <= {slo['p95_s']:g} s per {slo['window_s']:g} s window: "
+                     f"{slo['attainment']:.1%} of {slo['windows']} windows")
     if predicted:
         lines.append("")
         lines.append(f"{'':22s} {'predicted':>10s} {'measured':>10s} {'error':>7s}")

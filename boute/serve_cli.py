@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common.errors import BouteError
+from common.errors import BenchError, BouteError
 from common.pairs import parse_pairs
 
 __all__ = ["add_bench", "add_deploy", "add_node_resources"]
@@ -389,6 +390,11 @@ def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--api-key", default=None, help="the endpoint's API key (default: "
                    "$BOUTE_API_KEY, else build/api-key when `boute deploy` made one)")
+    p.add_argument("--slo-p95", type=float, default=None, metavar="SEC",
+                   help="report SLO attainment: the share of --slo-window-s windows whose "
+                   "P95 is at most SEC (default: the plan's P95 target with --plan)")
+    p.add_argument("--slo-window-s", type=float, default=60.0, metavar="SEC",
+                   help="window of the SLO attainment, seconds (default 60)")
     p.set_defaults(run=_run_bench)
 
 
@@ -413,6 +419,9 @@ def _run_bench(args: argparse.Namespace) -> int:
     if args.rate is not None:
         check_rate(args.rate)
     check_duration(args.duration)
+    for flag, value in (("--slo-p95", args.slo_p95), ("--slo-window-s", args.slo_window_s)):
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise BenchError(f"{flag}={value:g} must be a positive number of seconds")
     plan = Plan.load(args.plan) if args.plan else None
     if args.trace:
         trace = load_trace(args.trace)
@@ -428,7 +437,11 @@ def _run_bench(args: argparse.Namespace) -> int:
     result = run_bench(args.url, trace, kind=args.kind, model=args.model,
                        max_concurrency=args.max_concurrency, timeout_s=args.timeout,
                        seed=args.seed, api_key=_bench_key(args))
-    summary = result.summary()
+    slo_p95 = args.slo_p95
+    if slo_p95 is None and plan is not None:
+        goal = (plan.extra.get("search") or {}).get("goal") or {}
+        slo_p95 = goal.get("p95_s") if isinstance(goal.get("p95_s"), int | float) else None
+    summary = result.summary(slo_p95, args.slo_window_s)
     predicted = None
     if plan is not None:
         summary = _with_strong_share(summary, plan)

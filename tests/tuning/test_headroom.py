@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from profiling import Catalog
-from tuning import Goal, Problem, plan_from_arrays, planning_problem, search
+from profiling import Catalog, generate_trace, load_scenario
+from tuning import (
+    Goal,
+    Problem,
+    SearchResult,
+    plan_from_arrays,
+    planning_problem,
+    replay,
+    search,
+)
 from tuning._headroom import FRESH_SEEDS, _derated, hold, resimulate
+from tuning._problem import scenario_problem
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +62,60 @@ def test_an_edge_plan_is_replanned_until_it_holds(mtbench: Problem, catalog: Cat
     assert same.plan is not None and same.plan.predicted is not None
     assert same.plan.predicted.cost_per_hour == first.predicted.cost_per_hour
     assert same.checks == [] and same.rounds == 1
+
+
+BURSTY = """
+name: bursty-{kind}
+gpus: {{RTX-4090: {{count: 8}}, RTX-5090: {{count: 8}}}}
+models: [llama-3.1-8b]
+task: gsm8k
+workload:
+  trace: log.parquet
+  columns: {{arrival_s: TIMESTAMP, input_tokens: ContextTokens, output_tokens: GeneratedTokens}}
+  rate_rps: 30
+  arrival: {kind}
+budget_per_hour: 20
+profile: {{num_rates: 12, num_requests: 400}}
+"""
+
+
+def test_a_plan_that_holds_on_poisson_but_not_on_the_bursts_is_rejected(
+        catalog: Catalog, tmp_path: Path) -> None:
+    """A 40-minute log whose per-minute rate swings with CV 1 (0.1x to 4x the mean).
+
+    Planned on Poisson arrivals, the plan holds on fresh Poisson traffic but its groups miss
+    on fresh stretches of the log; planned on the log's own arrivals, it costs more and holds.
+    """
+    t = generate_trace("gsm8k", rate_rps=4.0, num_requests=9600, arrival="modulated",
+                       minute_cv=1.0, seed=7)
+    stamps = (np.datetime64("2024-05-10T00:00:00", "ms")
+              + (t.arrival_s * 1e3).astype("timedelta64[ms]"))
+    pq.write_table(pa.table({"TIMESTAMP": stamps, "ContextTokens": t.input_tokens,
+                             "GeneratedTokens": t.output_tokens}), tmp_path / "log.parquet")
+    problems = {}
+    for kind in ("poisson", "trace"):
+        (tmp_path / f"{kind}.yaml").write_text(BURSTY.format(kind=kind))
+        sc = load_scenario(tmp_path / f"{kind}.yaml")
+        problems[kind] = scenario_problem(sc, catalog, db=tmp_path / f"{kind}.parquet",
+                                          progress=False)
+    goal = Goal("min-cost", None, 4.0)
+
+    def run(pr: Problem) -> SearchResult:
+        return search(pr, goal, solver="auto", progress=False)
+
+    on_poisson = hold(problems["poisson"], goal, run, catalog)
+    assert on_poisson.holds and on_poisson.plan is not None
+    checks = resimulate(problems["trace"], on_poisson.plan, catalog, target_s=4.0)
+    assert any(not c.holds for c in checks)
+    worst = max(c.p95_s for c in checks)
+    assert worst > 4.0 * 1.05, [(c.group, c.p95_s) for c in checks]
+    on_bursts = hold(problems["trace"], goal, run, catalog)
+    assert on_bursts.holds and on_bursts.plan is not None
+    assert on_bursts.plan.predicted is not None and on_poisson.plan.predicted is not None
+    assert on_bursts.plan.predicted.cost_per_hour > on_poisson.plan.predicted.cost_per_hour
+    # The burst-aware plan on the whole log with its real arrivals: within its target.
+    whole = problems["trace"].scenario.named_workloads[0].load().scaled_to(30.0)
+    rep = replay(problems["trace"], on_bursts.plan, catalog, [whole], target_s=4.0)
+    assert rep.holds, rep.to_dict()
+    bad = replay(problems["trace"], on_poisson.plan, catalog, [whole], target_s=4.0)
+    assert not bad.holds
