@@ -458,12 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
     from boute.plan_cli import add_compare, add_evaluate, add_plan
     from boute.replan_cli import add_replan
     from boute.reproduce_cli import add_reproduce
+    from boute.schedule_cli import add_schedule
     from boute.serve_cli import add_bench, add_deploy, add_node_resources
     from boute.slo_cli import add_slo
 
     for add in (_add_profile, _add_simulate, _add_trace, add_plan, add_evaluate, add_compare,
                 add_deploy, add_bench, add_node_resources, add_replan, add_keys,
-                add_reproduce, add_slo):
+                add_reproduce, add_slo, add_schedule):
         add(sub)
     for p in sub.choices.values():
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,

@@ -4,8 +4,14 @@ Catalogs, workload traces, replica model, load simulation, perf DB and quality c
 Pure planning code: no Ray, no Serve.
 """
 
-from ._arrivals import MAX_STREAM_REQUESTS, ScaledTraffic, ThinnedTraffic, Traffic
-from ._catalog import Catalog, GpuType, ModelArch, load_catalog, load_hf_config
+from ._arrivals import (
+    MAX_CHECK_REQUESTS,
+    MAX_STREAM_REQUESTS,
+    ScaledTraffic,
+    ThinnedTraffic,
+    Traffic,
+)
+from ._catalog import Catalog, GpuType, ModelArch, cold_start_s, load_catalog, load_hf_config
 from ._gpu_names import gpu_type_from_name
 from ._perfdb import PerfDB, build_perfdb, mixture_quantile
 from ._quality import PUBLISHED_SCORES, CascadeQuality, QualityCurve, default_quality_curve
@@ -29,6 +35,7 @@ from ._workload import TRACE_SHAPES, Trace, TraceReport, generate_trace, load_tr
 __all__ = [
     "DEFAULT_SCENARIO",
     "ENGINE_PROFILES",
+    "MAX_CHECK_REQUESTS",
     "MAX_STREAM_REQUESTS",
     "PUBLISHED_SCORES",
     "QUANTILES",
@@ -59,6 +66,7 @@ __all__ = [
     "Traffic",
     "build_perfdb",
     "capacity_rps",
+    "cold_start_s",
     "default_quality_curve",
     "generate_trace",
     "gpu_type_from_name",

@@ -48,13 +48,17 @@ import numpy as np
 
 from ._workload import Trace
 
-__all__ = ["BLOCK_S", "MAX_STREAM_REQUESTS", "ScaledTraffic", "ThinnedTraffic", "Traffic"]
+__all__ = ["BLOCK_S", "MAX_CHECK_REQUESTS", "MAX_STREAM_REQUESTS", "ScaledTraffic",
+           "ThinnedTraffic", "Traffic"]
 
-BLOCK_S = 300.0
-"""Length of one bootstrap stretch: five minutes keep per-minute swings and the queue they
-build (a block of at most a quarter of the stream when the stream is shorter than 20 min)."""
-MAX_STREAM_REQUESTS = 60_000
-"""Most requests one (config, rate) run simulates (about 1 s of simulator time)."""
+BLOCK_S = 120.0
+"""Length of one bootstrap stretch: two minutes keep per-minute swings and the queue a busy
+minute builds (a block of at most a quarter of the stream when it is shorter than 8 min)."""
+MAX_STREAM_REQUESTS = 20_000
+"""Most requests one (config, rate) run of the perf DB simulates (~0.3 s of simulator time;
+a fast config at 50 req/s then sees 400 s, three or four stretches)."""
+MAX_CHECK_REQUESTS = 60_000
+"""Most requests one fresh-traffic check simulates (`tuning._headroom`)."""
 
 
 class Traffic(Protocol):

@@ -21,9 +21,11 @@ from common.errors import CatalogError
 from common.textfile import read_utf8
 
 __all__ = [
+    "ENGINE_START_S",
     "Catalog",
     "GpuType",
     "ModelArch",
+    "cold_start_s",
     "load_catalog",
     "load_hf_config",
 ]
@@ -37,7 +39,15 @@ _GIB = 1024**3
 # a 256k vocabulary and 10M-token contexts), low enough that sizes in bytes and FLOPs stay
 # exact integers and finite floats. A value beyond one is a typo or a unit mix-up.
 _MAX_GPU = {"memory_gib": 1e6, "memory_bandwidth_gbps": 1e6, "bf16_tflops": 1e6,
-            "link_bandwidth_gbps": 1e6, "gpus_per_node": 1024, "price_per_hour": 1e4}
+            "link_bandwidth_gbps": 1e6, "gpus_per_node": 1024, "price_per_hour": 1e4,
+            "weight_load_gbps": 1e4}
+DEFAULT_WEIGHT_LOAD_GBPS = 2.0
+"""Weights read from a node's local NVMe through safetensors memory maps, GB/s: vLLM loads
+Llama-70B's 140 GB in under 30 s at best (~4.7 GB/s) and far slower from network volumes
+(20 GB in 142 s, 0.14 GB/s); benchmarks/data/reference/README.md, "Cold starts"."""
+ENGINE_START_S = 60.0
+"""vLLM start-up besides the weights: torch.compile (~39 s measured), CUDA graph capture,
+memory profiling and warm-up (same source)."""
 _MAX_MODEL = {"num_layers": 10_000, "hidden_size": 2**20, "num_heads": 2**16,
               "num_kv_heads": 2**16, "head_dim": 2**16, "intermediate_size": 2**20,
               "vocab_size": 2**24, "dtype_bytes": 8, "max_position_embeddings": 2**30}
@@ -76,6 +86,9 @@ class GpuType:
         gpus_per_node: GPUs in one server; tensor parallelism stays inside a node.
         price_per_hour: rental price of one GPU, $/hour.
         description: free text.
+        weight_load_gbps: how fast a node of this type reads model weights from its storage
+            into its GPUs, GB/s (a new replica's cold start, `cold_start_s`); not part of the
+            perf DB's fingerprint (no latency depends on it).
 
     """
 
@@ -88,6 +101,7 @@ class GpuType:
     gpus_per_node: int
     price_per_hour: float
     description: str = ""
+    weight_load_gbps: float = DEFAULT_WEIGHT_LOAD_GBPS
 
     def __post_init__(self) -> None:
         owner = f"gpu {self.name!r}"
@@ -99,6 +113,8 @@ class GpuType:
                           maximum=_MAX_GPU["gpus_per_node"])
         _require_positive(owner, "price_per_hour", self.price_per_hour, allow_zero=True,
                           maximum=_MAX_GPU["price_per_hour"])
+        _require_positive(owner, "weight_load_gbps", self.weight_load_gbps,
+                          maximum=_MAX_GPU["weight_load_gbps"])
         if not isinstance(self.description, str):
             raise CatalogError(f"{owner}: description={self.description!r} must be a string")
         if self.interconnect not in ("nvlink", "pcie"):
@@ -270,7 +286,17 @@ class Catalog:
 
 
 def _asdict(row: GpuType | ModelArch) -> dict[str, Any]:
-    return {f.name: getattr(row, f.name) for f in fields(row) if f.name != "description"}
+    return {f.name: getattr(row, f.name) for f in fields(row)
+            if f.name not in ("description", "weight_load_gbps")}
+
+
+def cold_start_s(model: ModelArch, gpu: GpuType) -> float:
+    """Seconds from starting a replica of `model` on `gpu` to its first request.
+
+    ``ENGINE_START_S + weight_bytes / (weight_load_gbps 1e9)``: one node reads the whole
+    model (every TP/PP shard) from its storage; the engine's own start-up comes on top.
+    """
+    return ENGINE_START_S + model.weight_bytes / (gpu.weight_load_gbps * 1e9)
 
 
 def _read_yaml_list(text: str, source: str) -> list[dict[str, Any]]:

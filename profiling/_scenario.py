@@ -106,6 +106,11 @@ class Workload(_Strict):
     minute_cv: float = Field(0.5, ge=0, le=10.0, description="Coefficient of variation of "
                              "the per-minute rate of `arrival: modulated` (production "
                              "traces: 0.2 to 1.0).")
+    daily_profile: list[float] | None = Field(
+        None, min_length=2, max_length=1440, description="Relative rate at evenly spaced "
+        "times of the day (24 values: hours 0-23), linear in between; `rate_rps` is the "
+        "day's mean. `boute schedule` plans one plan per window of the day on it (default: "
+        "a flat day).")
 
     @model_validator(mode="after")
     def _known_shape(self) -> Workload:
@@ -119,6 +124,10 @@ class Workload(_Strict):
             raise ValueError("workload.arrival='modulated' generates arrivals but "
                              f"workload.trace={self.trace!r} has its own; use arrival: trace "
                              "(or auto), or drop the trace")
+        if self.daily_profile is not None and (
+                min(self.daily_profile) < 0 or max(self.daily_profile) <= 0):
+            raise ValueError(f"workload.daily_profile={self.daily_profile} must hold relative "
+                             "rates >= 0, not all 0 (e.g. 24 hourly values)")
         if self.columns is not None:
             bad = sorted(set(self.columns) - {"arrival_s", "input_tokens", "output_tokens",
                                               "prompt"})

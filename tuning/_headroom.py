@@ -43,7 +43,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from profiling import (
-    MAX_STREAM_REQUESTS,
+    MAX_CHECK_REQUESTS,
     Catalog,
     EngineConfig,
     NamedWorkload,
@@ -162,7 +162,7 @@ def _fresh(wl: NamedWorkload, rate_rps: float, num_requests: int, seed: int,
     if wl.arrival_model in ("trace", "modulated"):
         assert scenario is not None
         traffic = replace(_modulated_traffic(scenario, wl, span, seed),
-                          num_requests=num_requests)
+                          num_requests=num_requests, max_requests=MAX_CHECK_REQUESTS)
         return traffic.at_rate(rate_rps, seed=seed)
     draw = (num_requests if span is None else
             int(np.ceil(num_requests / max(class_share, 1e-3) * 1.5)) + 50)
@@ -232,7 +232,7 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
         target_s: the P95 each group must meet.
         seeds: one fresh trace per seed.
         num_requests: requests per group and seed (with `slo`: enough for `MIN_WINDOWS`
-            windows, up to `MAX_STREAM_REQUESTS`).
+            windows, up to `MAX_CHECK_REQUESTS`).
         hardware_profiles: as for the perf DB (the GPU efficiencies it was built with).
         slo: judge each group by its window attainment (`GroupCheck`).
 
@@ -263,7 +263,7 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
                     continue
                 want = num_requests if slo is None else max(num_requests, math.ceil(
                     per_replica.sum() * slo.window_s * MIN_WINDOWS))
-                want = min(want, MAX_STREAM_REQUESTS)
+                want = min(want, MAX_CHECK_REQUESTS)
                 n = max(50, round(want * per_replica[w] / per_replica.sum()))
                 p = 1.0 if problem.class_share is None else float(problem.class_share[w, k])
                 parts.append(_fresh(wl, float(per_replica[w]), n, seed * 31 + w, span, p, sc))

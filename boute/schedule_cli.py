@@ -1,0 +1,206 @@
+"""`boute schedule`: one plan per window of the day for a workload whose rate moves.
+
+    boute schedule --scenario S --quality Q --p95 SEC [--window-s 900] [--max-changes 8]
+
+The workload's rate over the day comes from its ``daily_profile`` (``rate_rps`` is the mean),
+or from a trace file's own clock (its per-window counts scaled by ``rate_rps`` over its mean
+rate). Each distinct level is planned by the same pipeline as `boute plan` (search, then the
+headroom check on fresh traffic); `tuning.plan_schedule` chooses the cheapest sequence under
+the change bound and the stock, and the result is compared with a static plan for the peak,
+one for the mean, and reactive replanning (`tuning._schedule.compare`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from boute._shared import add_catalog_args, stderr_note
+from common.errors import BouteError
+
+__all__ = ["add_schedule"]
+
+
+def add_schedule(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `boute schedule`."""
+    p = sub.add_parser("schedule", help="plan the day: one plan per window for a workload "
+                       "whose rate moves (daily profile or a long trace)")
+    p.add_argument("--scenario", default=None, help="preset name or YAML file")
+    add_catalog_args(p)
+    p.add_argument("--quality", type=float, default=None, help="minimum quality")
+    p.add_argument("--p95", type=float, required=True, help="P95 target of every window, s")
+    p.add_argument("--window-s", type=float, default=900.0, help="window length, s (default "
+                   "900: 15 min)")
+    p.add_argument("--max-changes", type=int, default=8, help="replicas started + stopped "
+                   "per window change at most (default 8)")
+    p.add_argument("--level-step", type=float, default=0.1, help="relative spacing of the "
+                   "planned rate levels (default 0.1: each window's rate rounded up by <= 10%%)")
+    p.add_argument("--resim-seeds", type=int, default=1, help="fresh traces per group in "
+                   "each level's headroom check (default 1)")
+    p.add_argument("--out", default="build/schedule.json", help="schedule JSON to write")
+    p.add_argument("--plot", default="build/schedule.png", help="PNG of rate, capacity and "
+                   "$/h over the day ('' = none)")
+    p.set_defaults(run=_run_schedule)
+
+
+class _Planner:
+    """The house pipeline at any rate, with its problems cached by rate."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from profiling import load_catalog, load_scenario
+
+        self.catalog = load_catalog(args.gpu_catalog, args.model_catalog)
+        self.scenario = load_scenario(args.scenario)
+        self.scenario.check_catalog(self.catalog, args.scenario)
+        if len(self.scenario.named_workloads) != 1:
+            raise BouteError("boute schedule plans one workload; the scenario has "
+                             f"{len(self.scenario.named_workloads)}: give each its own "
+                             "scenario")
+        self.workload = self.scenario.named_workloads[0]
+        self.args = args
+        self.problems: dict[float, Any] = {}
+
+    def problem(self, rate: float) -> Any:
+        from tuning._problem import scenario_problem
+
+        key = round(rate, 9)
+        if key not in self.problems:
+            sc = self.scenario.with_rates({self.workload.name: rate})
+            if self.workload.arrival_model in ("trace", "modulated"):
+                # The DB depends on the rate (thinned arrivals): one per level.
+                sc = sc.model_copy(update={"name": f"{sc.name}-at{rate:.6g}"})
+            self.problems[key] = scenario_problem(sc, self.catalog, note=stderr_note,
+                                                  progress=False)
+        return self.problems[key]
+
+    def plan_at(self, rate: float) -> Any:
+        from tuning import Goal, search
+        from tuning._headroom import FRESH_SEEDS, hold
+
+        goal = Goal("min-cost", self.args.quality, self.args.p95)
+        seeds = FRESH_SEEDS[:self.args.resim_seeds]
+        held = hold(self.problem(rate), goal,
+                    lambda p: search(p, goal, solver="auto", progress=False),
+                    self.catalog, seeds=seeds)
+        return held.plan if held.plan is not None and held.holds else None
+
+    def meets(self, plan: Any, rate: float) -> bool:
+        from tuning import InfeasiblePlanError, evaluate_plan
+
+        try:
+            got = evaluate_plan(self.problem(rate), plan)
+        except InfeasiblePlanError:
+            return False
+        return got.predicted is not None and got.predicted.p95_s <= self.args.p95 * (1 + 1e-9)
+
+    def rates(self, window_s: float) -> Any:
+        from tuning._schedule import daily_rates
+
+        wl = self.workload
+        if wl.daily_profile is not None:
+            return daily_rates(wl.daily_profile, wl.rate_rps, window_s)
+        if wl.trace is None:
+            raise BouteError("boute schedule needs a rate that moves: set workload."
+                             "daily_profile (24 hourly relative rates) or workload.trace")
+        trace = wl.load()
+        counts = trace.window_counts(window_s)
+        if counts.size < 2:
+            raise BouteError(f"workload.trace spans {trace.duration_s:.0f} s, fewer than two "
+                             f"--window-s={window_s:g} windows; use a longer trace or "
+                             "shorter windows")
+        return np.maximum(counts / window_s * wl.rate_rps / trace.rate_rps, 1e-6)
+
+    def cold_start(self, key: tuple[Any, ...]) -> float:
+        from profiling import cold_start_s
+
+        model, offer = key[0], key[1]
+        gpu = self.catalog.gpu(self.scenario.catalog_gpu(offer))
+        return cold_start_s(self.catalog.model(model), gpu)
+
+    def price(self, offer: str) -> float:
+        return self.scenario.offered_gpus(self.catalog)[offer].price_per_hour
+
+
+def _run_schedule(args: argparse.Namespace) -> int:
+    from boute._shared import emit
+    from tuning._schedule import Candidate, ScheduleError, compare, plan_schedule, replicas_of
+
+    if not (args.p95 > 0 and math.isfinite(args.p95)):
+        raise BouteError(f"--p95={args.p95} must be a positive number of seconds")
+    if not (args.window_s > 0 and math.isfinite(args.window_s)):
+        raise BouteError(f"--window-s={args.window_s} must be a positive number of seconds")
+    if not 0 <= args.resim_seeds <= 3:
+        raise BouteError(f"--resim-seeds={args.resim_seeds} must be 0 to 3")
+    if not (args.level_step > 0 and math.isfinite(args.level_step)):
+        raise BouteError(f"--level-step={args.level_step} must be > 0")
+    pl = _Planner(args)
+    rates = pl.rates(args.window_s)
+    stock = {k: o.count for k, o in pl.scenario.gpus.items()}
+    try:
+        sched = plan_schedule(rates, pl.plan_at, window_s=args.window_s, stock=stock,
+                              max_changes=args.max_changes, cold_start_s=pl.cold_start,
+                              price_per_hour=pl.price, step=args.level_step,
+                              progress=None if args.json else stderr_note)
+    except ScheduleError as exc:
+        raise BouteError(str(exc)) from None
+    mean = float(np.mean(rates))
+    mean_plan = pl.plan_at(mean)
+    mean_cand = (None if mean_plan is None or mean_plan.predicted is None else
+                 Candidate(mean, mean_plan, mean_plan.predicted.cost_per_hour,
+                           *replicas_of(mean_plan)))
+    policies = compare(sched, mean_cand, pl.meets, pl.cold_start, pl.price)
+    sched.extra["goal"] = {"quality": args.quality, "p95_s": args.p95}
+    sched.extra["policies"] = [p.to_dict() for p in policies]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    import json
+
+    Path(args.out).write_text(json.dumps(sched.to_dict(), indent=1, default=str) + "\n")
+    plot = _plot(sched, args.plot) if args.plot else None
+    payload = {"schedule": {k: v for k, v in sched.to_dict().items() if k != "plans"},
+               "policies": [p.to_dict() for p in policies], "out": args.out, "plot": plot}
+
+    def human() -> str:
+        lines = [f"schedule: {len(rates)} windows of {args.window_s:g} s, "
+                 f"{len({id(sched.candidates[j].plan) for j in sched.choice})} distinct plans, at most {args.max_changes} "
+                 "replicas changed per step",
+                 f"{'policy':<13}{'$/day':>10}{'attainment':>12}{'started/day':>13}"]
+        for p in policies:
+            lines.append(f"{p.name:<13}{p.cost_per_day:>10.2f}{p.attainment:>12.1%}"
+                         f"{p.started_per_day:>13}")
+        peak = next(p for p in policies if p.name == "static-peak")
+        lines.append(f"schedule vs static peak: {sched.cost_per_day / peak.cost_per_day - 1:+.1%}"
+                     f" $/day; written to {args.out}" + (f", plot {plot}" if plot else ""))
+        return "\n".join(lines)
+
+    emit(args, payload, human)
+    return 0
+
+
+def _plot(sched: Any, path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hours = np.arange(len(sched.rates)) * sched.window_s / 3600
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    a1.step(hours, sched.rates, where="post", label="window rate (peak)")
+    a1.step(hours, [sched.candidates[j].level_rps for j in sched.choice], where="post",
+            label="planned level")
+    a1.set_ylabel("req/s")
+    a1.legend()
+    a1.grid(alpha=0.3)
+    a2.step(hours, [sched.candidates[j].cost_per_hour for j in sched.choice], where="post",
+            color="green")
+    a2.set_ylabel("$/h")
+    a2.set_xlabel("hour of the day")
+    a2.grid(alpha=0.3)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
