@@ -30,7 +30,15 @@ from ._scenario import (
 from ._scheduler import BatchScheduler, SequenceTooLongError, StepPlan
 from ._simulator import QUANTILES, SimResult, capacity_rps, simulate, simulate_closed_loop
 from ._sweep import ConfigMapper, SweepJob, map_serial, process_mapper, sweep_config
-from ._workload import TRACE_SHAPES, Trace, TraceReport, generate_trace, load_trace, read_trace
+from ._workload import (
+    TRACE_SHAPES,
+    Trace,
+    TraceReport,
+    daily_curve,
+    generate_trace,
+    load_trace,
+    read_trace,
+)
 
 __all__ = [
     "DEFAULT_SCENARIO",
@@ -67,6 +75,7 @@ __all__ = [
     "build_perfdb",
     "capacity_rps",
     "cold_start_s",
+    "daily_curve",
     "default_quality_curve",
     "generate_trace",
     "gpu_type_from_name",

@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +44,7 @@ __all__ = [
     "Trace",
     "TraceReport",
     "TraceShape",
+    "daily_curve",
     "generate_trace",
     "load_trace",
     "read_trace",
@@ -295,6 +296,7 @@ def generate_trace(
     arrival: ArrivalProcess = "poisson",
     burstiness_cv: float = 1.0,
     minute_cv: float = 0.5,
+    daily_profile: Sequence[float] | None = None,
     seed: int = 0,
 ) -> Trace:
     """Generate a synthetic trace shaped like a data set.
@@ -307,6 +309,10 @@ def generate_trace(
             process whose rate is redrawn every minute; module docstring).
         burstiness_cv: coefficient of variation of the gamma gaps (1 = Poisson).
         minute_cv: coefficient of variation of the per-minute rate of ``modulated``.
+        daily_profile: ``poisson`` or ``modulated`` arrivals whose rate follows a day: the
+            relative rate at evenly spaced times from midnight (linear in between, mean 1
+            over the day, `daily_curve`), times `rate_rps` (the day's mean); the trace
+            starts at midnight.
         seed: random seed; the same arguments give the same trace.
 
     Raises:
@@ -337,13 +343,18 @@ def generate_trace(
     if math.isinf(rate_rps):
         arrivals = np.zeros(num_requests)
     else:
-        if arrival == "poisson":
+        if arrival == "poisson" and daily_profile is None:
             gaps = rng.exponential(1.0 / rate_rps, size=num_requests)
         elif arrival == "gamma":
             k = 1.0 / burstiness_cv**2
             gaps = rng.gamma(k, 1.0 / (rate_rps * k), size=num_requests)
-        elif arrival == "modulated":
-            gaps = np.diff(_modulated(rng, rate_rps, num_requests, minute_cv), prepend=0.0)
+        elif arrival == "modulated" or daily_profile is not None:
+            cv = minute_cv if arrival == "modulated" else 0.0
+            if arrival not in ("poisson", "modulated"):
+                raise TraceError(f"arrival={arrival!r}: a daily profile modulates poisson or "
+                                 "modulated arrivals")
+            curve = None if daily_profile is None else daily_curve(daily_profile)
+            gaps = np.diff(_modulated(rng, rate_rps, num_requests, cv, curve), prepend=0.0)
         else:
             raise TraceError(f"arrival={arrival!r} must be 'poisson', 'gamma' or 'modulated'")
         gaps[0] = 0.0
@@ -354,26 +365,53 @@ def generate_trace(
 MINUTE_S = 60.0
 
 
-def _modulated(rng: np.random.Generator, rate_rps: float, n: int, minute_cv: float
-               ) -> FloatArray:
+def daily_curve(profile: Sequence[float]) -> FloatArray:
+    """A day's relative rate per minute (1,440 values, mean 1) from evenly spaced points.
+
+    Point i of ``n`` is the rate at ``i * 24 h / n`` after midnight; linear in between and
+    from the last point back to the first at midnight.
+
+    Raises:
+        TraceError: an empty profile, a negative value, or all zeros.
+
+    """
+    prof = np.asarray(profile, dtype=np.float64)
+    if prof.size == 0 or np.any(prof < 0) or not prof.sum() > 0:
+        raise TraceError(f"daily_profile={list(profile)} must list relative rates >= 0, not "
+                         "all 0")
+    day = 1440
+    knots = np.arange(prof.size + 1) * day / prof.size
+    curve = np.interp(np.arange(day, dtype=np.float64), knots, np.append(prof, prof[0]))
+    return np.asarray(curve / curve.mean(), dtype=np.float64)
+
+
+def _modulated(rng: np.random.Generator, rate_rps: float, n: int, minute_cv: float,
+               curve: FloatArray | None = None) -> FloatArray:
     """`n` arrival times of a Poisson process of rate ``rate_rps * m_k`` in minute k.
+
+    With `curve` (a day's relative rate per minute, `daily_curve`), ``m_k`` is also
+    multiplied by ``curve[k mod 1440]``.
 
     Time change: unit-rate Poisson points ``E_i`` mapped through the inverse of the
     cumulative intensity ``Lambda(t) = rate * integral_0^t m``, piecewise linear over minutes.
     """
     unit = np.cumsum(rng.exponential(1.0, size=n))
 
-    def levels(k: int) -> FloatArray:
-        if minute_cv == 0:
-            return np.ones(k)
-        shape = 1.0 / minute_cv**2
-        return rng.gamma(shape, 1.0 / shape, size=k)
+    def levels(start: int, k: int) -> FloatArray:
+        out = np.ones(k)
+        if minute_cv > 0:
+            shape = 1.0 / minute_cv**2
+            out = rng.gamma(shape, 1.0 / shape, size=k)
+        if curve is not None:
+            out = out * curve[np.arange(start, start + k) % len(curve)]
+        return out
 
     minutes = int(unit[-1] / (rate_rps * MINUTE_S)) + 1
-    cum = np.concatenate([[0.0], np.cumsum(levels(2 * minutes + 8)) * rate_rps * MINUTE_S])
+    first = levels(0, 2 * minutes + 8)
+    cum = np.concatenate([[0.0], np.cumsum(first) * rate_rps * MINUTE_S])
     while cum[-1] < unit[-1]:                     # a quiet draw: more minutes
-        cum = np.concatenate([cum, cum[-1] + np.cumsum(levels(minutes + 8))
-                              * rate_rps * MINUTE_S])
+        more = levels(len(cum) - 1, minutes + 8)
+        cum = np.concatenate([cum, cum[-1] + np.cumsum(more) * rate_rps * MINUTE_S])
     knots = np.arange(len(cum)) * MINUTE_S
     return np.asarray(np.interp(unit, cum, knots), dtype=np.float64)
 

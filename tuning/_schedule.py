@@ -50,6 +50,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from profiling import daily_curve
+
 from ._plan import Plan
 
 __all__ = ["Candidate", "Schedule", "ScheduleError", "daily_rates", "level_grid",
@@ -124,29 +126,21 @@ def transition(a: Candidate, b: Candidate, cold_start_s: Callable[[Key], float],
 def daily_rates(profile: Sequence[float], mean_rps: float, window_s: float) -> FloatArray:
     """Each window's peak rate under a daily profile.
 
-    `profile` gives the relative rate at ``len(profile)`` evenly spaced times of the day
-    (hour 0, 1, ... for 24 values), linear in between and around midnight, scaled so that its
-    mean over the day is 1; a window's rate is the profile's maximum over it (sampled at one
-    minute) times `mean_rps`.
+    The profile's per-minute curve (`profiling.daily_curve`: evenly spaced points from
+    midnight, linear in between, mean 1 over the day); a window's rate is the curve's maximum
+    over its minutes times `mean_rps`.
 
     Raises:
-        ScheduleError: an empty or non-positive profile, or a window that does not divide
-            the day.
+        ScheduleError: a window that is not a whole number of minutes dividing the day.
+        TraceError: an empty or negative profile.
 
     """
-    prof = np.asarray(profile, dtype=np.float64)
-    if prof.size == 0 or not np.all(prof >= 0) or not prof.sum() > 0:
-        raise ScheduleError(f"daily_profile={list(profile)} must list relative rates >= 0, "
-                            "not all 0")
     windows = DAY_S / window_s
-    if not (window_s > 0 and abs(windows - round(windows)) < 1e-9):
-        raise ScheduleError(f"window_s={window_s:g} must divide the day (86,400 s), e.g. "
-                            "900 (15 min) or 3600")
-    minute = np.arange(0, DAY_S, 60.0)
-    knots = np.arange(prof.size + 1) * DAY_S / prof.size
-    curve = np.interp(minute, knots, np.append(prof, prof[0]))
-    curve = curve / curve.mean()
-    per = curve.reshape(round(windows), -1)
+    if not (window_s >= 60 and abs(windows - round(windows)) < 1e-9
+            and abs(window_s / 60 - round(window_s / 60)) < 1e-9):
+        raise ScheduleError(f"window_s={window_s:g} must be whole minutes dividing the day "
+                            "(86,400 s), e.g. 900 (15 min) or 3600")
+    per = daily_curve(profile).reshape(round(windows), -1)
     return np.asarray(per.max(axis=1) * mean_rps, dtype=np.float64)
 
 
