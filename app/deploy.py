@@ -115,8 +115,9 @@ def check_plan_fits(plan: Plan, stack: Stack, *, gpu_catalog: list[str] | None =
 
     catalog = load_catalog(gpu_catalog or stack.gpu_catalog, model_catalog or stack.model_catalog)
     for g in plan.groups:           # memory fit per replica (raises with the numbers)
-        if g.model in catalog.models and g.gpu in catalog.gpus:
-            ReplicaModel(catalog.model(g.model), catalog.gpu(g.gpu), g.tp, g.pp)
+        gpu = plan.catalog_gpu(g.gpu)
+        if g.model in catalog.models and gpu in catalog.gpus:
+            ReplicaModel(catalog.model(g.model), catalog.gpu(gpu), g.tp, g.pp)
     nodes = live_nodes()
     sizes = gpu_types_in(nodes)
     missing = sorted({g.gpu for g in plan.groups} - set(sizes))

@@ -236,7 +236,7 @@ def plan_specs(plan: Plan, *, backend: str = "emulated",
     sizes = dict(gpus_per_node or {})
     for g in plan.groups:
         if g.gpu not in sizes:
-            sizes[g.gpu] = catalog.gpu(g.gpu).gpus_per_node
+            sizes[g.gpu] = catalog.gpu(plan.catalog_gpu(g.gpu)).gpus_per_node
     known = dict(sources or {})
     for m in sorted({g.model for g in plan.groups}):
         if m not in known and backend == "emulated":
@@ -262,7 +262,7 @@ def _engine(spec: GroupSpec, stack: Stack) -> Application:
     return EmulatedLLMServer.options(  # type: ignore[attr-defined,no-any-return]
         name=spec.name, num_replicas=spec.replicas,
         placement_group_bundles=spec.bundles, placement_group_strategy=spec.strategy,
-    ).bind(spec.model, spec.gpu, spec.tp, spec.pp, stack.gpu_catalog or None,
+    ).bind(spec.model, spec.catalog_gpu, spec.tp, spec.pp, stack.gpu_catalog or None,
            stack.model_catalog or None, stack.time_scale)
 
 
@@ -356,13 +356,16 @@ def group_app(args: dict[str, Any]) -> Application:
     """Builder of one replica group's application.
 
     Args: ``{"stack": Stack.to_args(), "group": {"model", "gpu", "tp", "pp",
-    "length_class"?}}``; the replica
+    "device_gpu"?, "length_class"?}}`` (``device_gpu``: the catalog GPU of an offer under
+    another name); the replica
     count comes from the config's ``deployments[0].num_replicas`` (`stack_config`).
     """
     stack = Stack.from_args(args["stack"])
     g = args["group"]
+    offers = {g["gpu"]: {"gpu": g.get("device_gpu") or g["gpu"]}}
     one = Plan(Routing(1.0), (Group(g["model"], g["gpu"], int(g["tp"]), int(g["pp"]), 1, 1.0,
-                                    g.get("length_class")),))
+                                    g.get("length_class")),),
+               scenario={"spec": {"gpus": offers}})
     (spec,) = stack_specs(one, stack)
     return _engine(spec, stack)
 
@@ -405,6 +408,7 @@ def stack_config(plan: Plan, stack: Stack, *, host: str = "0.0.0.0", port: int =
             "name": name, "route_prefix": None, "import_path": "app.main:group_app",
             "args": {"stack": stack_args, "group": {
                 "model": spec.model, "gpu": spec.gpu, "tp": spec.tp, "pp": spec.pp,
+                **({} if spec.catalog_gpu == spec.gpu else {"device_gpu": spec.catalog_gpu}),
                 **({} if spec.length_class is None else {"length_class": spec.length_class})}},
             "deployments": [{"name": name, "num_replicas": spec.replicas}],
         })

@@ -47,87 +47,9 @@ def add_schedule(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.set_defaults(run=_run_schedule)
 
 
-class _Planner:
-    """The house pipeline at any rate, with its problems cached by rate."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        from profiling import load_catalog, load_scenario
-
-        self.catalog = load_catalog(args.gpu_catalog, args.model_catalog)
-        self.scenario = load_scenario(args.scenario)
-        self.scenario.check_catalog(self.catalog, args.scenario)
-        if len(self.scenario.named_workloads) != 1:
-            raise BouteError("boute schedule plans one workload; the scenario has "
-                             f"{len(self.scenario.named_workloads)}: give each its own "
-                             "scenario")
-        self.workload = self.scenario.named_workloads[0]
-        self.args = args
-        self.problems: dict[float, Any] = {}
-
-    def problem(self, rate: float) -> Any:
-        from tuning._problem import scenario_problem
-
-        key = round(rate, 9)
-        if key not in self.problems:
-            sc = self.scenario.with_rates({self.workload.name: rate})
-            if self.workload.arrival_model in ("trace", "modulated"):
-                # The DB depends on the rate (thinned arrivals): one per level.
-                sc = sc.model_copy(update={"name": f"{sc.name}-at{rate:.6g}"})
-            self.problems[key] = scenario_problem(sc, self.catalog, note=stderr_note,
-                                                  progress=False)
-        return self.problems[key]
-
-    def plan_at(self, rate: float) -> Any:
-        from tuning import Goal, search
-        from tuning._headroom import FRESH_SEEDS, hold
-
-        goal = Goal("min-cost", self.args.quality, self.args.p95)
-        seeds = FRESH_SEEDS[:self.args.resim_seeds]
-        held = hold(self.problem(rate), goal,
-                    lambda p: search(p, goal, solver="auto", progress=False),
-                    self.catalog, seeds=seeds)
-        return held.plan if held.plan is not None and held.holds else None
-
-    def meets(self, plan: Any, rate: float) -> bool:
-        from tuning import InfeasiblePlanError, evaluate_plan
-
-        try:
-            got = evaluate_plan(self.problem(rate), plan)
-        except InfeasiblePlanError:
-            return False
-        return got.predicted is not None and got.predicted.p95_s <= self.args.p95 * (1 + 1e-9)
-
-    def rates(self, window_s: float) -> Any:
-        from tuning._schedule import daily_rates
-
-        wl = self.workload
-        if wl.daily_profile is not None:
-            return daily_rates(wl.daily_profile, wl.rate_rps, window_s)
-        if wl.trace is None:
-            raise BouteError("boute schedule needs a rate that moves: set workload."
-                             "daily_profile (24 hourly relative rates) or workload.trace")
-        trace = wl.load()
-        counts = trace.window_counts(window_s)
-        if counts.size < 2:
-            raise BouteError(f"workload.trace spans {trace.duration_s:.0f} s, fewer than two "
-                             f"--window-s={window_s:g} windows; use a longer trace or "
-                             "shorter windows")
-        return np.maximum(counts / window_s * wl.rate_rps / trace.rate_rps, 1e-6)
-
-    def cold_start(self, key: tuple[Any, ...]) -> float:
-        from profiling import cold_start_s
-
-        model, offer = key[0], key[1]
-        gpu = self.catalog.gpu(self.scenario.catalog_gpu(offer))
-        return cold_start_s(self.catalog.model(model), gpu)
-
-    def price(self, offer: str) -> float:
-        return self.scenario.offered_gpus(self.catalog)[offer].price_per_hour
-
-
 def _run_schedule(args: argparse.Namespace) -> int:
     from boute._shared import emit
-    from tuning._schedule import Candidate, ScheduleError, compare, plan_schedule, replicas_of
+    from tuning._schedule import ScheduleError, compare, plan_schedule
 
     if not (args.p95 > 0 and math.isfinite(args.p95)):
         raise BouteError(f"--p95={args.p95} must be a positive number of seconds")
@@ -137,22 +59,27 @@ def _run_schedule(args: argparse.Namespace) -> int:
         raise BouteError(f"--resim-seeds={args.resim_seeds} must be 0 to 3")
     if not (args.level_step > 0 and math.isfinite(args.level_step)):
         raise BouteError(f"--level-step={args.level_step} must be > 0")
-    pl = _Planner(args)
-    rates = pl.rates(args.window_s)
-    stock = {k: o.count for k, o in pl.scenario.gpus.items()}
+    from profiling import load_catalog, load_scenario
+    from tuning._schedule import SchedulePlanner
+
+    catalog = load_catalog(args.gpu_catalog, args.model_catalog)
+    scenario = load_scenario(args.scenario)
+    scenario.check_catalog(catalog, args.scenario)
     try:
-        sched = plan_schedule(rates, pl.plan_at, window_s=args.window_s, stock=stock,
+        pl = SchedulePlanner(scenario, catalog, quality=args.quality, p95_s=args.p95,
+                             resim_seeds=args.resim_seeds, note=stderr_note)
+        rates = pl.rates(args.window_s)
+    except ScheduleError as exc:
+        raise BouteError(str(exc)) from None
+    try:
+        sched = plan_schedule(rates, pl.plan_at, window_s=args.window_s, stock=pl.stock,
                               max_changes=args.max_changes, cold_start_s=pl.cold_start,
                               price_per_hour=pl.price, step=args.level_step,
                               progress=None if args.json else stderr_note)
     except ScheduleError as exc:
         raise BouteError(str(exc)) from None
-    mean = float(np.mean(rates))
-    mean_plan = pl.plan_at(mean)
-    mean_cand = (None if mean_plan is None or mean_plan.predicted is None else
-                 Candidate(mean, mean_plan, mean_plan.predicted.cost_per_hour,
-                           *replicas_of(mean_plan)))
-    policies = compare(sched, mean_cand, pl.meets, pl.cold_start, pl.price)
+    policies = compare(sched, pl.candidate(float(np.mean(rates))), pl.meets, pl.cold_start,
+                       pl.price)
     sched.extra["goal"] = {"quality": args.quality, "p95_s": args.p95}
     sched.extra["policies"] = [p.to_dict() for p in policies]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -263,7 +263,7 @@ def _connect(args: argparse.Namespace, plan: Any) -> Any:
 
         catalog = load_catalog(args.gpu_catalog, args.model_catalog)
         gpus = plan.gpus_by_type()
-        sizes = {g: catalog.gpu(g).gpus_per_node for g in gpus}
+        sizes = {g: catalog.gpu(plan.catalog_gpu(g)).gpus_per_node for g in gpus}
         return local_cluster(gpus, sizes, temp_dir=REPO_TMP.resolve(),
                              dashboard_port=free_port(), high_throughput=True)
     connect(args.address, "start one (`ray up cluster.yaml`, `ray start --head`) or use "

@@ -41,6 +41,16 @@ class GroupSpec:
     strategy: str               # placement-group strategy of one replica
     engine_kwargs: Mapping[str, Any] = field(default_factory=dict)
     length_class: str | None = None   # short / long: the requests it serves (None: all)
+    device_gpu: str = ""        # the catalog GPU behind the offer `gpu` (default: `gpu`)
+
+    @property
+    def catalog_gpu(self) -> str:
+        """The catalog GPU type of the replicas.
+
+        An offer such as ``H100-spot`` rents H100s; its nodes declare the offer's own
+        resource, ``gpu_type_H100-spot``, so spot capacity is placed on spot nodes.
+        """
+        return self.device_gpu or self.gpu
 
     @property
     def pool_key(self) -> str:
@@ -103,5 +113,6 @@ def group_specs(plan: Plan, *, sources: Mapping[str, str], gpus_per_node: Mappin
             name=name, model=g.model, source=sources[g.model], gpu=g.gpu,
             tp=g.tp, pp=g.pp, replicas=g.replicas, share=g.share,
             strategy="STRICT_PACK" if g.tp * g.pp <= node else "PACK",
-            engine_kwargs=dict(engine_kwargs or {}), length_class=g.length_class))
+            engine_kwargs=dict(engine_kwargs or {}), length_class=g.length_class,
+            device_gpu=plan.catalog_gpu(g.gpu)))
     return specs

@@ -28,6 +28,7 @@ from ._plan import (
 from ._problem import Problem, db_paths, default_db_path, load_problem, planning_problem
 from ._replan import Decision, GroupChange, Hysteresis, decide, diff_groups
 from ._replay import GroupReplay, Replay, replay
+from ._schedule import Schedule, SchedulePlanner, daily_rates, plan_schedule
 from ._search import Goal, SearchResult, StopRule, search
 from ._slo import WindowSLO, attainment, window_p95s
 
@@ -51,12 +52,15 @@ __all__ = [
     "Problem",
     "Replay",
     "Routing",
+    "Schedule",
+    "SchedulePlanner",
     "SearchResult",
     "StopRule",
     "WindowSLO",
     "WorkloadRouting",
     "attainment",
     "baseline_min_cost",
+    "daily_rates",
     "db_paths",
     "decide",
     "default_db_path",
@@ -70,6 +74,7 @@ __all__ = [
     "load_problem",
     "pareto_mask",
     "plan_from_arrays",
+    "plan_schedule",
     "plan_to_arrays",
     "planning_problem",
     "replay",

@@ -215,6 +215,17 @@ class Plan:
         """A copy with `extra` merged into its extra top-level keys."""
         return replace(self, extra={**self.extra, **extra})
 
+    def catalog_gpu(self, offer: str) -> str:
+        """The catalog GPU an offer of this plan's scenario rents.
+
+        ``H100`` for an ``H100-spot: {gpu: H100}`` offer; the offer's own name otherwise.
+        """
+        spec = self.scenario.get("spec") if isinstance(self.scenario, dict) else None
+        gpus = spec.get("gpus") if isinstance(spec, dict) else None
+        entry = gpus.get(offer) if isinstance(gpus, dict) else None
+        base = entry.get("gpu") if isinstance(entry, dict) else None
+        return base if isinstance(base, str) and base else offer
+
     def gpus_by_type(self) -> dict[str, int]:
         """GPUs used per GPU type."""
         out: dict[str, int] = {}
