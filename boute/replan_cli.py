@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from typing import Any
 
@@ -63,6 +64,21 @@ def add_replan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    "stay short before replanning (default 60)")
     p.add_argument("--poll-s", type=float, default=5.0, help="watchdog: seconds between looks "
                    "(default 5)")
+    p.add_argument("--schedule", default=None, metavar="FILE", help="follow a `boute "
+                   "schedule` JSON: each window's plan, applied ahead of its rises; reactive "
+                   "replanning (the options above) when traffic departs from the forecast; "
+                   "with --follow-s, every --poll-s seconds for that long")
+    p.add_argument("--follow-s", type=float, default=None, help="with --schedule: keep "
+                   "following for this many seconds (default: one step)")
+    p.add_argument("--day-start-unix-s", type=float, default=None, help="with --schedule: "
+                   "the Unix time of the schedule's t = 0 (default: the last UTC midnight)")
+    p.add_argument("--time-scale", type=float, default=1.0, help="with --schedule: schedule "
+                   "seconds per wall second (> 1 compresses the day for a dry run)")
+    p.add_argument("--min-lead-s", type=float, default=30.0, help="with --schedule: apply "
+                   "a rise at least this many seconds ahead (default 30)")
+    p.add_argument("--depart-tolerance", type=float, default=0.25, help="with --schedule: "
+                   "observed rate above the forecast by more than this share falls back to "
+                   "reactive replanning (default 0.25)")
     p.set_defaults(run=_run_replan)
 
 
@@ -102,6 +118,8 @@ def _run_replan(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(sys.stderr):
         if not ray.is_initialized():
             _connect(args.address)
+        if args.schedule:
+            return _follow(args, options)
         if args.watchdog:
             from app.replan import watch
 
@@ -114,6 +132,34 @@ def _run_replan(args: argparse.Namespace) -> int:
         report = replan(options)
     emit(args, report, lambda: format_report(report))
     return 0
+
+
+def _follow(args: argparse.Namespace, options: Any) -> int:
+    """``--schedule``: one follower step, or steps every --poll-s for --follow-s seconds."""
+    import time
+
+    from app.follow import FollowOptions, FollowState, follow_step, load_schedule
+    from app.replan import ReplanError
+    from boute._shared import emit
+
+    try:
+        opts = FollowOptions(args.schedule, args.day_start_unix_s, args.time_scale,
+                             args.min_lead_s, args.depart_tolerance, options)
+    except ReplanError as exc:
+        raise BouteError(str(exc).replace("time_scale", "--time-scale")
+                         .replace("min_lead_s", "--min-lead-s")
+                         .replace("depart_tolerance", "--depart-tolerance")) from None
+    sched = load_schedule(args.schedule)
+    state = FollowState()
+    end = None if args.follow_s is None else time.time() + args.follow_s
+    while True:
+        report = follow_step(opts, state, sched=sched)
+        text = json.dumps(report, default=str)
+        with contextlib.redirect_stdout(sys.__stdout__):
+            emit(args, report, text.__str__)
+        if end is None or time.time() >= end:
+            return 0
+        time.sleep(args.poll_s)
 
 
 def _connect(address: str) -> None:
