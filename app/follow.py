@@ -64,6 +64,19 @@ class LoadedSchedule:
     plans: tuple[Plan, ...]
     started: tuple[int, ...]          # replicas the change into window t starts
     cold_start_s: tuple[float, ...]   # slowest cold start of those (0 when none)
+    levels: tuple[float, ...] = ()    # the rate each plan was sized for (empty: unknown)
+
+    def rises(self, w: int) -> bool:
+        """Whether the change into window `w` raises capacity.
+
+        A plan sized for a higher rate (levels unknown: one that starts replicas).
+        """
+        prev = self.choice[w - 1]
+        if self.choice[w] == prev or not self.started[w]:
+            return False
+        if self.levels:
+            return self.levels[self.choice[w]] > self.levels[prev]
+        return True
 
     @property
     def period_s(self) -> float:
@@ -91,6 +104,7 @@ def load_schedule(path: str | Path, cold_start: Callable[[Plan, Plan], float] | 
         choice = tuple(int(w["plan"]) for w in windows)
         rates = tuple(float(w["rate_rps"]) for w in windows)
         started = tuple(int(w["started"]) for w in windows)
+        levels = tuple(float(p["level_rps"]) for p in data["plans"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ReplanError(f"schedule {str(path)!r} is not a `boute schedule` JSON ({exc}); "
                           "write one with `boute schedule --out FILE`") from None
@@ -100,7 +114,7 @@ def load_schedule(path: str | Path, cold_start: Callable[[Plan, Plan], float] | 
     cold = cold_start or cold_start_between
     colds = tuple(cold(plans[choice[t - 1]], plans[choice[t]]) if started[t] else 0.0
                   for t in range(len(choice)))
-    return LoadedSchedule(window_s, rates, choice, plans, started, colds)
+    return LoadedSchedule(window_s, rates, choice, plans, started, colds, levels)
 
 
 def cold_start_between(a: Plan, b: Plan) -> float:
@@ -165,7 +179,7 @@ def scheduled_target(sched: LoadedSchedule, opts: FollowOptions, now_s: float
     nxt = (w + 1) % n
     until_wall = (sched.window_s - t % sched.window_s) / opts.time_scale
     lead = max(opts.min_lead_s, sched.cold_start_s[nxt] / opts.time_scale)
-    if sched.started[nxt] and sched.choice[nxt] != sched.choice[w] and until_wall <= lead:
+    if sched.rises(nxt) and until_wall <= lead:
         return w, sched.plans[sched.choice[nxt]], (
             f"ahead of window {nxt}'s rise ({until_wall:.0f} s to go, lead {lead:.0f} s)")
     return w, sched.plans[sched.choice[w]], f"window {w}"

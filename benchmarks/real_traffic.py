@@ -145,6 +145,7 @@ def run_case(name: str, seed: int) -> dict[str, Any]:
             rep = replay(made["problem"], plan, catalog, [whole], target_s=case["p95_s"],
                          window_s=WINDOW_S, seed=seed)
             row.update(cost_per_hour=round(plan.predicted.cost_per_hour, 4),
+                       holds=made["held"].holds,
                        strong_share=plan.routing.strong_share,
                        headroom=made["held"].summary(),
                        groups=[g.to_dict() for g in plan.groups],

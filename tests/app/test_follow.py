@@ -99,3 +99,13 @@ def test_departure_falls_back_to_reactive_with_a_band(monkeypatch: pytest.Monkey
              for k in range(4)]
     assert modes == ["reactive", "reactive", "scheduled", "scheduled"]
     assert fake.replans == 2 and fake.applied == []
+
+
+def test_a_change_to_smaller_replicas_is_a_fall_even_if_it_starts_some() -> None:
+    """TP4 -> TP2 starts a TP2 replica but lowers capacity: applied at its boundary only."""
+    tp4, tp2 = BIG, SMALL
+    sched = LoadedSchedule(100.0, (30.0, 10.0), (0, 1), (tp4, tp2), (1, 1), (50.0, 50.0),
+                           levels=(33.0, 11.0))
+    assert sched.rises(0) and not sched.rises(1)
+    assert scheduled_target(sched, OPTS, 80.0)[1] is tp4           # no early fall
+    assert scheduled_target(sched, OPTS, 180.0)[1] is tp4          # the rise at 200 s: ahead
