@@ -15,7 +15,10 @@ traces per group, re-planned with derated configs until it holds):
   for the generated case): the DB and the headroom check on block-bootstrap stretches of the
   whole stream, thinned to each rate (`profiling._arrivals`).
 
-Then both plans are replayed on the **whole** trace with its real arrivals (`tuning.replay`:
+and a third time as a window SLO (**slo**: burst-aware, "P95 <= L in at least 95% of the
+60 s windows", `boute plan --slo-attainment 95 --slo-window-s 60`).
+
+Then every plan is replayed on the **whole** trace with its real arrivals (`tuning.replay`:
 every request routed by the plan's shares, every replica simulated): P95 of every group
 against the target, and SLO attainment per 60 s window. The generated case is replayed on a
 stream drawn with a held-out seed (the planner never saw it).
@@ -33,22 +36,21 @@ Llama-3.1-8B + 70B):
   under $60/h holds: minutes at 4-5x the mean rate).
 
 Targets (`TARGETS`): every group of every burst-aware plan within +5% of its target on the
-whole trace; the Poisson-planned plan misses on at least one real trace (the premium of the
-burst-aware plan is what holding costs, reported per case).
+whole trace; every window-SLO plan meets P95 in at least 90% of the whole trace's 60 s windows
+(it was planned for 95%; the conversation trace has only 16 such windows at 20 req/s); the
+Poisson-planned plan misses on at least one real trace (the premium of the burst-aware plan is
+what holding costs, reported per case).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from _results import write_results
 from _targets import Target, add_target_argument, check, passed, print_checks, resolve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,11 +73,14 @@ CASES: dict[str, dict[str, Any]] = {
                                   "arrival": "modulated", "minute_cv": 0.5}},
 }
 WINDOW_S = 60.0
+SLO_ATTAINMENT = 0.95
 HELD_OUT_SEED = 1000
 
 TARGETS = {
     "aware_worst_over_target": Target("<=", 1.05, "", "burst-aware plans: worst group P95 on "
                                       "the whole trace over its target"),
+    "slo_worst_attainment": Target(">=", 0.90, "", "window-SLO plans (95% of 60 s windows): "
+                                   "worst attainment on the whole trace (system)"),
     "poisson_cases_missing": Target(">=", 1, "", "cases whose Poisson-planned plan misses "
                                     "its target on the whole trace (> +5%)"),
 }
@@ -104,15 +109,17 @@ def _whole_trace(scenario: Any) -> Any:
     return held_out.profile_spec().base_trace()
 
 
-def _plan(scenario: Any, catalog: Any, quality: float, p95_s: float) -> dict[str, Any]:
-    from tuning import Goal, search
+def _plan(scenario: Any, catalog: Any, quality: float, p95_s: float,
+          slo: bool = False) -> dict[str, Any]:
+    from tuning import Goal, WindowSLO, search
     from tuning._headroom import hold
     from tuning._problem import scenario_problem
 
     t0 = time.perf_counter()
     problem = scenario_problem(scenario, catalog, progress=False)
     db_s = time.perf_counter() - t0
-    goal = Goal("min-cost", quality, p95_s)
+    goal = Goal("min-cost", quality, p95_s, slo=WindowSLO(SLO_ATTAINMENT, WINDOW_S)
+                if slo else None)
     held = hold(problem, goal, lambda p: search(p, goal, solver="auto", progress=False),
                 catalog)
     return {"problem": problem, "held": held, "db_seconds": db_s,
@@ -131,9 +138,9 @@ def run_case(name: str, seed: int) -> dict[str, Any]:
     out: dict[str, Any] = {"case": case, "trace": {
         "requests": len(whole), "duration_s": whole.duration_s, "rate_rps": whole.rate_rps,
         **whole.burstiness()}}
-    for kind in ("poisson", "aware"):
+    for kind in ("poisson", "aware", "slo"):
         sc = _scenario(name, case, poisson=kind == "poisson")
-        made = _plan(sc, catalog, case["quality"], case["p95_s"])
+        made = _plan(sc, catalog, case["quality"], case["p95_s"], slo=kind == "slo")
         plan = made["held"].plan
         row: dict[str, Any] = {"db_seconds": round(made["db_seconds"], 2),
                                "plan_seconds": round(made["plan_seconds"], 2)}
@@ -167,7 +174,7 @@ def _table(results: dict[str, dict[str, Any]]) -> None:
     print(f"{'case':<14}{'CV 60s':>7}{'plan on':>9}{'$/h':>8}{'worst P95/target':>18}"
           f"{'system P95 s':>13}{'attain 60s':>11}{'premium':>9}")
     for name, r in results.items():
-        for kind in ("poisson", "aware"):
+        for kind in ("poisson", "aware", "slo"):
             row = r[kind]
             rep = row.get("replay") or {}
             print(f"{name:<14}{f(r['trace'].get('count_cv_60s')):>7}{kind:>9}"
@@ -191,9 +198,11 @@ def main() -> int:
     print()
     _table(results)
     aware = [r["aware"].get("worst_over_target") for r in results.values()]
+    slo = [(r["slo"].get("replay") or {}).get("system_attainment") for r in results.values()]
     measured = {
         "aware_worst_over_target": (None if any(v is None for v in aware)
                                     else max(aware, default=None)),
+        "slo_worst_attainment": None if any(v is None for v in slo) else min(slo),
         "poisson_cases_missing": float(sum(
             1 for name, r in results.items() if name.startswith("azure")
             and (r["poisson"].get("worst_over_target") or 0.0) > 1.05)),
@@ -201,15 +210,9 @@ def main() -> int:
     checks = check(resolve(TARGETS, args.target), measured, {})
     print()
     print_checks(checks)
-    payload = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                           "python": platform.python_version()},
-               "command": f"python benchmarks/real_traffic.py --cases {args.cases}",
+    payload = {"command": f"python benchmarks/real_traffic.py --cases {args.cases}",
                "seconds": time.perf_counter() - t0, "cases": results, "targets": checks}
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    if not args.no_copy:
-        shutil.copy(out, REPO / "benchmarks" / "data" / "real_traffic.json")
+    write_results(payload, args.json, None if args.no_copy else "real_traffic.json")
     return 0 if passed(checks) else 1
 
 

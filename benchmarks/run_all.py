@@ -134,6 +134,13 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("length_classes", "benchmarks/length_classes.py", full=("--no-copy",),
           quick=("--no-copy", "--cases", "single-70b-gsm8k"),
           full_json=f"{DATA}/length_classes.json"),
+    Bench("real_traffic", "benchmarks/real_traffic.py", full=("--no-copy",),
+          quick=("--no-copy", "--cases", "azure-conv"),
+          full_json=f"{DATA}/real_traffic.json"),
+    Bench("schedule", "benchmarks/schedule.py", full=("--no-copy",),
+          quick=("--no-copy", "--sim-scale", "0.25"), full_json=f"{DATA}/schedule.json"),
+    Bench("schedule_live", "benchmarks/schedule_live.py", full=("--no-copy",),
+          quick=("--no-copy", "--day-s", "300"), full_json=f"{DATA}/schedule_live.json"),
     Bench("cpu_e2e", "benchmarks/cpu_e2e.py", quick=("--duration-s", "60"),
           full_json=f"{DATA}/cpu_e2e.json"),
     # `make gpu-check`; a full run writes benchmarks/data/gpu-check/<device>/.

@@ -29,16 +29,13 @@ the peak, and at least 99% of windows meeting the SLO, predicted and simulated.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _results import write_results
 from _targets import Target, add_target_argument, check, passed, print_checks, resolve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,20 +135,14 @@ def main() -> int:
     checks = check(resolve(TARGETS, args.target), measured, {})
     print()
     print_checks(checks)
-    payload = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                           "python": platform.python_version()},
-               "command": "python benchmarks/schedule.py " + " ".join(sys.argv[1:]),
+    payload = {"command": "python benchmarks/schedule.py " + " ".join(sys.argv[1:]),
                "preset": PRESET, "goal": {"quality": QUALITY, "p95_s": P95_S},
                "plan_seconds": plan_s, "seconds": time.perf_counter() - t0,
                "policies": {n: r.to_dict() for n, r in policies.items()},
                "simulated": simulated,
                "schedule": {k: v for k, v in sched.to_dict().items() if k != "plans"},
                "targets": checks}
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    if not args.no_copy:
-        shutil.copy(out, REPO / "benchmarks" / "data" / "schedule.json")
+    write_results(payload, args.json, None if args.no_copy else "schedule.json")
     return 0 if passed(checks) else 1
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import threading
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _results import write_results
 from _targets import Target, add_target_argument, check, passed, print_checks, resolve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,20 +175,14 @@ def main() -> int:
                    {"every follower step succeeded": not any(r.get("error") for r in reports)})
     print()
     print_checks(checks)
-    payload = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                           "python": platform.python_version()},
-               "command": "python benchmarks/schedule_live.py " + " ".join(sys.argv[1:]),
+    payload = {"command": "python benchmarks/schedule_live.py " + " ".join(sys.argv[1:]),
                "day_s": args.day_s, "time_scale": scale, "window_wall_s": WINDOW_S / scale,
                "rates_rps": rates.tolist(), "policies": policies,
                "schedule": {k: v for k, v in sched.to_dict().items() if k != "plans"},
                "bench": {k: v for k, v in summary.items() if k != "url"},
                "measured": measured, "follower": reports,
                "seconds": time.perf_counter() - t0, "targets": checks}
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    if not args.no_copy:
-        shutil.copy(out, REPO / "benchmarks" / "data" / "schedule_live.json")
+    write_results(payload, args.json, None if args.no_copy else "schedule_live.json")
     return 0 if passed(checks) else 1
 
 

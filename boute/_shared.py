@@ -10,6 +10,7 @@ import json
 import math
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -58,3 +59,14 @@ def add_hardware_profiles_arg(p: argparse.ArgumentParser) -> None:
 def stderr_note(text: str) -> None:
     """Print a one-line note for the user on stderr (``boute: ...``)."""
     print(f"boute: {text}", file=sys.stderr)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> str:
+    """Lay out `fig`, write it as PNG at `path` (parent folders made), close it; the path."""
+    import matplotlib.pyplot as plt
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return str(path)

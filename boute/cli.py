@@ -12,12 +12,11 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from boute._shared import add_catalog_args, add_hardware_profiles_arg, emit
+from boute._shared import add_catalog_args, add_hardware_profiles_arg, emit, save_figure
 from common.errors import BouteError
 from common.pairs import parse_pairs
 
@@ -441,11 +440,7 @@ def _plot_rate(trace: Any, path: str) -> str:
     ax.set_title(f"{trace.name}: {len(trace)} requests")
     ax.grid(alpha=0.3)
     ax.legend()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from boute._shared import add_hardware_profiles_arg, stderr_note
+from boute._shared import add_hardware_profiles_arg, save_figure, stderr_note
 from common.errors import BouteError
 
 if TYPE_CHECKING:
@@ -390,11 +389,7 @@ def _plot(problem: Problem, front: list[dict[str, float]], plan: Plan | None, pa
                  f"{problem.rate_rps:g} req/s")
     ax.grid(alpha=0.3)
     ax.legend()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 # -- boute evaluate ------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from boute._shared import add_catalog_args, stderr_note
+from boute._shared import add_catalog_args, save_figure, stderr_note
 from common.errors import BouteError
 
 __all__ = ["add_schedule"]
@@ -126,8 +126,4 @@ def _plot(sched: Any, path: str) -> str:
     a2.set_ylabel("$/h")
     a2.set_xlabel("hour of the day")
     a2.grid(alpha=0.3)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -95,7 +95,8 @@ def test_block_bootstrap_keeps_the_per_minute_cv() -> None:
     p = 1/2, counts are binomial: variance 3360 / 4 + 120 / 4 = 870 around 60: CV 0.492.
     """
     stream = _two_level_stream()
-    traffic = ThinnedTraffic(stream, "trace", num_requests=200_000, max_requests=400_000)
+    traffic = ThinnedTraffic(stream, "trace", num_requests=200_000, block_s=300.0,
+                             max_requests=400_000)
     full = traffic.at_rate(stream.rate_rps)
     half = traffic.at_rate(stream.rate_rps / 2)
     assert full.burstiness()["count_cv_60s"] == pytest.approx(0.483, abs=0.03)

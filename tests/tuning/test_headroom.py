@@ -14,6 +14,7 @@ from tuning import (
     Goal,
     Problem,
     SearchResult,
+    WindowSLO,
     plan_from_arrays,
     planning_problem,
     replay,
@@ -119,3 +120,12 @@ def test_a_plan_that_holds_on_poisson_but_not_on_the_bursts_is_rejected(
     assert rep.holds, rep.to_dict()
     bad = replay(problems["trace"], on_poisson.plan, catalog, [whole], target_s=4.0)
     assert not bad.holds
+    # A window SLO (P95 <= 4 s in 90% of minutes): judged on >= 30 windows per fresh trace.
+    slo = Goal("min-cost", None, 4.0, slo=WindowSLO(0.9, 60.0))
+    windowed = hold(problems["trace"], slo, lambda pr: search(pr, slo, solver="auto",
+                                                               progress=False), catalog)
+    assert windowed.holds and windowed.plan is not None
+    assert all(c.window_p95s is not None and len(c.window_p95s) >= 30
+               for c in windowed.checks)
+    block = windowed.summary()["slo"]
+    assert isinstance(block, dict) and block["predicted_attainment"] >= 0.9

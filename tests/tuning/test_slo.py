@@ -63,3 +63,16 @@ def test_boute_slo_reads_the_request_log(tmp_path: Path,
     assert out["groups"]["a"]["attainment"] == 1.0
     assert out["groups"]["b"]["attainment"] == pytest.approx(3 / 4)
     assert out["groups"]["b"]["requests"] == 150
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--slo-attainment", "150", "--p95", "5"], "--slo-attainment=150 must be a percentage"),
+    (["--slo-attainment", "99"], "--slo-attainment needs --p95"),
+    (["--slo-attainment", "99", "--p95", "5", "--slo-window-s", "0"],
+     "--slo-window-s=0 must be a positive number"),
+])
+def test_plan_slo_flags_are_checked(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                    message: str) -> None:
+    code = main(["plan", "--objective", "min-cost", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
