@@ -29,9 +29,9 @@ here.
 With a window SLO (``Goal.slo``: P95 <= L in at least X of the W-second windows,
 `tuning._slo`) a group is judged by its window attainment on fresh traces long enough for
 `MIN_WINDOWS` windows, pooled over the seeds (`verdicts`); when one misses, every config of
-its lane (model, length class) has its latency tightened by the pooled ``window_quantile(X) /
-L`` (the search then plans that lane against a lower P95 on any config) rather than the
-failing config's alone.
+its lane (model, length class) has its capacity scaled by ``over^-1/2`` (``over``: the pooled
+``window_quantile(X) / L``; between 0.6 and 0.95 per round), so the search leaves that lane
+headroom for its busiest windows on whatever config it picks.
 """
 
 from __future__ import annotations
@@ -317,7 +317,7 @@ class Held:
 
     ``derated`` maps a config's name to the factors it was planned with: ``capacity`` (a)
     and ``latency`` (r), see the module docstring; ``tightened`` maps a lane (model, and
-    ``-class`` with length classes) to the latency factor all its configs were planned with
+    ``-class`` with length classes) to the capacity factor all its configs were planned with
     after a window SLO missed.
     """
 
@@ -360,7 +360,7 @@ class Held:
                     groups[name] = float(np.mean(np.asarray(pooled) <= slo_target(name)))
             out["slo"] = {"attainment": slo.attainment, "window_s": slo.window_s,
                           "predicted_attainment": min(groups.values(), default=1.0),
-                          "groups": groups, "latency_tightened": self.tightened}
+                          "groups": groups, "lane_capacity": self.tightened}
         return out
 
 
@@ -390,7 +390,7 @@ def hold(problem: Problem, goal: Goal, run: Callable[[Problem], SearchResult],
 
     """
     derate: dict[int, tuple[float, float]] = {}
-    tighten: dict[tuple[int, int], float] = {}      # lane (model, class) -> latency factor
+    tighten: dict[tuple[int, int], float] = {}      # lane (model, class) -> capacity factor
     current = problem
     for rounds in range(1, MAX_ROUNDS + 2):
         res = run(current)
@@ -422,13 +422,14 @@ def hold(problem: Problem, goal: Goal, run: Callable[[Problem], SearchResult],
             saturated = any(k.saturated for k in mine)
             over = judged[g.name][1]
             if goal.slo is not None:
-                # A window SLO missed: tighten every config of the lane (a burst pattern that
-                # breaks one config's windows breaks the config the search would move the lane
-                # to as well) by the square root of the pooled window quantile over the
-                # target: the worst windows' latency falls much faster than the load (queues
-                # drain), so the full ratio overshoots (measured: 0.6x the target after it).
+                # A window SLO missed: every config of the lane (a burst pattern that breaks
+                # one config's windows breaks the config the search would move the lane to
+                # as well) carries less load: its capacity times over^-1/2, between 0.6 and
+                # 0.95 per round. Latency scaling does not do it: near saturation a config's
+                # P95 curve is steep, and its worst windows need headroom for the busiest
+                # minutes, not a lower average P95.
                 if over > 1.0:
-                    tighten[lane] = tighten.get(lane, 1.0) * over**0.5 * 1.01
+                    tighten[lane] = tighten.get(lane, 1.0) * min(0.95, max(0.6, over**-0.5))
                 if saturated or over <= 1.0:
                     a *= DERATE
             else:
@@ -443,7 +444,7 @@ def hold(problem: Problem, goal: Goal, run: Callable[[Problem], SearchResult],
                     0 if problem.cfg_class is None else int(problem.cfg_class[c]))
             if lane in tighten:
                 a, r = factors.get(c, (1.0, 1.0))
-                factors[c] = (a, r * tighten[lane])
+                factors[c] = (a * tighten[lane], r)
         current = _derated(problem, factors)
     raise AssertionError("unreachable")
 
