@@ -22,6 +22,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", default=None, help="perf DB (default: build/perfdb-<scenario>."
                    "parquet; built when missing or stale)")
     p.add_argument("--budget", type=float, default=None, help="override the scenario's $/hour")
+    p.add_argument("--rate", type=float, default=None, help="override the scenario's total "
+                   "rate, req/s (several workloads: in the same proportions)")
     add_hardware_profiles_arg(p)
     p.add_argument("--gpu-catalog", action="append", default=[], metavar="FILE")
     p.add_argument("--model-catalog", action="append", default=[], metavar="FILE")
@@ -36,7 +38,7 @@ def load_planning_problem(args: argparse.Namespace, threshold_tokens: int | None
     """The CLI's scenario, catalog, budget and DB flags -> `planning_problem`."""
     from tuning import planning_problem
 
-    return planning_problem(args.scenario, db=args.db, budget=args.budget,
+    return planning_problem(args.scenario, db=args.db, budget=args.budget, rate_rps=args.rate,
                             gpu_catalog=args.gpu_catalog, model_catalog=args.model_catalog,
                             hardware_profiles=args.hardware_profiles,
                             quality_records=args.quality_records, note=stderr_note,
@@ -171,6 +173,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     problem = load_planning_problem(args)
     quality, qualities = parse_quality(args.quality, problem.workloads)
     goal = Goal(args.objective, quality, args.p95, qualities, slo)
+    _note_daily_profiles(problem)
 
     def run(pr: Problem) -> SearchResult:
         if args.tune:
@@ -261,6 +264,19 @@ def _run_plan(args: argparse.Namespace) -> int:
 
     emit(args, payload, human)
     return 0 if plan else 1
+
+
+def _note_daily_profiles(problem: Problem) -> None:
+    """Say so when a workload's rate moves over the day: one plan is sized for one rate."""
+    from profiling import daily_curve
+
+    for wl in problem.scenario.named_workloads:
+        if wl.daily_profile is not None:
+            peak = float(daily_curve(wl.daily_profile).max()) * wl.rate_rps
+            stderr_note(f"workload {wl.name!r} has a daily_profile: this plan is sized for "
+                        f"its mean rate_rps={wl.rate_rps:g} and misses its peak of "
+                        f"{peak:.3g} req/s; plan the day with `boute schedule`, or pass "
+                        f"--rate {peak:.3g} for one plan that holds all day")
 
 
 def window_slo(args: argparse.Namespace) -> WindowSLO | None:

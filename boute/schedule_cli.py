@@ -91,9 +91,10 @@ def _run_schedule(args: argparse.Namespace) -> int:
                "policies": [p.to_dict() for p in policies], "out": args.out, "plot": plot}
 
     def human() -> str:
-        distinct = len({id(sched.candidates[j].plan) for j in sched.choice})
+        distinct = len({frozenset(sched.candidates[j].replicas.items())
+                        for j in sched.choice})
         lines = [f"schedule: {len(rates)} windows of {args.window_s:g} s, {distinct} distinct "
-                 f"plans, at most {args.max_changes} replicas changed per step",
+                 f"deployments, at most {args.max_changes} replicas changed per step",
                  f"{'policy':<13}{'$/day':>10}{'attainment':>12}{'started/day':>13}"]
         for p in policies:
             lines.append(f"{p.name:<13}{p.cost_per_day:>10.2f}{p.attainment:>12.1%}"

@@ -292,7 +292,7 @@ class PolicyResult:
     cost_per_day: float
     attainment: float               # share of windows meeting the P95 target
     started_per_day: int
-    plans_used: int
+    plans_used: int                 # distinct deployments (replicas per config) over the day
 
     def to_dict(self) -> dict[str, Any]:
         """JSON view."""
@@ -321,7 +321,7 @@ def _run_policy(name: str, rates: FloatArray, chosen: list[Candidate], window_s:
             ok = meets(prev.plan, float(rates[t]))
         met += ok
     return PolicyResult(name, float(cost), met / len(chosen), started,
-                        len({id(c.plan) for c in chosen}))
+                        len({frozenset(c.replicas.items()) for c in chosen}))
 
 
 def compare(schedule: Schedule, mean_plan: Candidate | None,
