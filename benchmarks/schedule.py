@@ -79,7 +79,8 @@ def _simulate(planner: Any, plans: list[Any], day: Any, window_s: float, every: 
 
 def main() -> int:
     from profiling import generate_trace, load_catalog, load_scenario
-    from tuning._schedule import SchedulePlanner, compare, plan_schedule
+    from tuning import SchedulePlanner
+    from tuning._schedule import compare, plan_schedule
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", default="build/schedule_bench.json")

@@ -70,7 +70,8 @@ def main() -> int:
     from boute.slo_cli import log_attainment
     from placement import free_port, local_cluster
     from profiling import Trace, generate_trace, load_catalog, load_scenario
-    from tuning._schedule import SchedulePlanner, compare, plan_schedule
+    from tuning import SchedulePlanner
+    from tuning._schedule import compare, plan_schedule
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--day-s", type=float, default=600.0, help="wall seconds of the day")

@@ -60,7 +60,7 @@ def _run_schedule(args: argparse.Namespace) -> int:
     if not (args.level_step > 0 and math.isfinite(args.level_step)):
         raise BouteError(f"--level-step={args.level_step} must be > 0")
     from profiling import load_catalog, load_scenario
-    from tuning._schedule import SchedulePlanner
+    from tuning import SchedulePlanner
 
     catalog = load_catalog(args.gpu_catalog, args.model_catalog)
     scenario = load_scenario(args.scenario)

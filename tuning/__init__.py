@@ -28,7 +28,8 @@ from ._plan import (
 from ._problem import Problem, db_paths, default_db_path, load_problem, planning_problem
 from ._replan import Decision, GroupChange, Hysteresis, decide, diff_groups
 from ._replay import GroupReplay, Replay, replay
-from ._schedule import Schedule, SchedulePlanner, daily_rates, plan_schedule
+from ._schedule import Schedule, daily_rates, plan_schedule
+from ._schedule_planner import SchedulePlanner
 from ._search import Goal, SearchResult, StopRule, search
 from ._slo import WindowSLO, attainment, window_p95s
 
