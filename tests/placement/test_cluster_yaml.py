@@ -34,7 +34,11 @@ def test_cluster_yaml_has_a_node_type_per_gpu_type_and_passes_rays_schema() -> N
             gpu_types[gpu] = node["node_config"]["InstanceType"]
         else:
             assert not declared and name == config["head_node_type"]
-    assert gpu_types == {"H100": "p5.48xlarge", "RTX-PRO-6000": "g7e.48xlarge"}
+    # H100-spot: an offer under another name (`gpu: H100`), on its own spot nodes.
+    assert gpu_types == {"H100": "p5.48xlarge", "RTX-PRO-6000": "g7e.48xlarge",
+                         "H100-spot": "p5.48xlarge"}
+    assert types["gpu-h100-spot"]["node_config"]["InstanceMarketOptions"] == {
+        "MarketType": "spot"}
     assert any("make setup" in c for c in config["setup_commands"])
     broken = {**config, "available_node_types": {**types, "gpu-h100": {
         **types["gpu-h100"], "resources": {"GPU": 8, "gpu_type_H100": 8.5}}}}
