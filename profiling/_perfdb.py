@@ -381,7 +381,7 @@ class PerfDB:
         if trace is not None:
             checks.append(("trace_fingerprint", trace.fingerprint()))
         if arrival is not None:
-            renewal = arrival.get("model") in ("poisson", "gamma")
+            renewal = arrival.get("model") in ("poisson", "gamma", "trace-head")
             checks.append(("arrival", arrival))
             if renewal and "arrival" not in db.meta:
                 checks.pop()

@@ -473,8 +473,23 @@ class ProfileSpec:
         wl, pr = workloads[0], self.scenario.profile
         model = wl.arrival_model
         if model in ("trace", "modulated"):
-            return ThinnedTraffic(self._stream(wl), model, pr.num_requests, pr.seed)
+            stream = self._stream(wl)
+            if wl.arrival == "auto" and stream.duration_s < MIN_BOOTSTRAP_S:
+                # Too short to show minute-scale swings (a replanning window, a test file):
+                # its own arrivals, time-scaled to each rate, as recorded.
+                return ScaledTraffic(self._recorded(wl), "trace-head")
+            return ThinnedTraffic(stream, model, pr.num_requests, pr.seed)
         return ScaledTraffic(self._renewal_base(wl), model)
+
+    def _recorded(self, wl: NamedWorkload) -> Trace:
+        """A short trace file's first `num_requests` (its class's) at 1 req/s, as recorded."""
+        n = self.scenario.profile.num_requests
+        trace = wl.load()
+        if self.length_tokens is not None:
+            trace = self._class_of(trace, trace, limit=n)
+        else:
+            trace = trace.head(n)
+        return trace.scaled_to(1.0) if trace.duration_s > 0 else trace
 
     def _stream(self, wl: NamedWorkload) -> Trace:
         """The workload at its own rate, real seconds (a length class's requests only).
@@ -555,7 +570,8 @@ class ProfileSpec:
     def base_trace(self) -> Trace:
         """The requests the DB is measured on (their fingerprint identifies its input).
 
-        The renewal base trace at 1 req/s, or the modulated stream at the workload's rate.
+        The renewal (or short recorded) base trace at 1 req/s, or the modulated stream at
+        the workload's rate.
         """
         t = self._traffic
         if isinstance(t, ScaledTraffic):
@@ -564,6 +580,10 @@ class ProfileSpec:
         return t.stream
 
 
+MIN_BOOTSTRAP_S = 600.0
+"""A trace file (at the workload's rate) shorter than this is replayed as recorded with
+``arrival: auto``: ten minutes is the least that holds per-minute swings worth drawing
+stretches from (``arrival: trace`` asks for the bootstrap anyway)."""
 MODULATED_HORIZON_S = 3600.0
 """A generated `modulated` workload is drawn for one hour (60 per-minute rates)."""
 MAX_MODULATED_REQUESTS = 1_000_000

@@ -160,10 +160,9 @@ def _fresh(wl: NamedWorkload, rate_rps: float, num_requests: int, seed: int,
     class holding `class_share` of the workload): the workload is drawn at ``rate /
     class_share`` and thinned to the class, so the class arrives at about `rate_rps`.
     """
-    if wl.arrival_model in ("trace", "modulated"):
-        assert scenario is not None
-        traffic = replace(_modulated_traffic(scenario, wl, span, seed),
-                          num_requests=num_requests, max_requests=MAX_CHECK_REQUESTS)
+    thinned = None if scenario is None else _modulated_traffic(scenario, wl, span, seed)
+    if thinned is not None:
+        traffic = replace(thinned, num_requests=num_requests, max_requests=MAX_CHECK_REQUESTS)
         return traffic.at_rate(rate_rps, seed=seed)
     draw = (num_requests if span is None else
             int(np.ceil(num_requests / max(class_share, 1e-3) * 1.5)) + 50)
@@ -187,16 +186,19 @@ def _fresh(wl: NamedWorkload, rate_rps: float, num_requests: int, seed: int,
                  trace.output_tokens[keep], name=f"{trace.name}-{span[0]}-{span[1]}")
 
 
-_TRAFFIC: dict[tuple[str, str, tuple[int, int] | None, int], ThinnedTraffic] = {}
+_TRAFFIC: dict[tuple[str, str, tuple[int, int] | None, int], ThinnedTraffic | None] = {}
 
 
 def _modulated_traffic(scenario: Scenario, wl: NamedWorkload, span: tuple[int, int] | None,
-                       seed: int) -> ThinnedTraffic:
+                       seed: int) -> ThinnedTraffic | None:
     """Workload `wl`'s modulated traffic (its length class's), kept for the process.
 
     A generated stream is drawn anew with `seed`; a trace file's stream is the file (the
-    bootstrap seed differs).
+    bootstrap seed differs). None: the workload's traffic is renewal (its perf DB scales one
+    base trace), including a trace too short to bootstrap.
     """
+    if wl.arrival_model not in ("trace", "modulated"):
+        return None
     key = (scenario.model_dump_json(), wl.name, span,
            seed if wl.arrival_model == "modulated" else -1)
     if key in _TRAFFIC:
@@ -207,9 +209,9 @@ def _modulated_traffic(scenario: Scenario, wl: NamedWorkload, span: tuple[int, i
     if wl.arrival_model == "modulated":
         sc = sc.model_copy(update={"profile": sc.profile.model_copy(update={"seed": seed})})
     traffic = sc.profile_spec(span).traffic()
-    assert isinstance(traffic, ThinnedTraffic)
-    _TRAFFIC[key] = traffic
-    return traffic
+    thinned = traffic if isinstance(traffic, ThinnedTraffic) else None
+    _TRAFFIC[key] = thinned
+    return thinned
 
 
 def _mixed(parts: Sequence[Trace]) -> Trace:
@@ -257,8 +259,8 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
         replica = ReplicaModel(catalog.model(g.model), gpu, g.tp, g.pp, EngineConfig(),
                                calibration.for_gpu(gpu.name))
         per_replica = load * g.share / g.replicas                          # (W,) req/s
-        modulated = any(wl.arrival_model in ("trace", "modulated") and per_replica[w] > 0
-                        for w, wl in enumerate(sc.named_workloads))
+        modulated = any(per_replica[w] > 0 and _modulated_traffic(
+            sc, wl, span, FRESH_SEEDS[0]) is not None for w, wl in enumerate(sc.named_workloads))
         for seed in seeds:
             parts = []
             for w, wl in enumerate(sc.named_workloads):

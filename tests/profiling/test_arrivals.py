@@ -152,7 +152,7 @@ profile: {{num_rates: 4, num_requests: 100}}
 
 
 def _bursty_log(path: Path) -> Path:
-    t = generate_trace("gsm8k", rate_rps=4.0, num_requests=2400, arrival="modulated",
+    t = generate_trace("gsm8k", rate_rps=4.0, num_requests=4800, arrival="modulated",
                        minute_cv=1.0, seed=2)
     stamps = (np.datetime64("2024-05-10T00:00:00", "ms")
               + (t.arrival_s * 1e3).astype("timedelta64[ms]"))
@@ -207,3 +207,19 @@ def test_trace_arrival_needs_a_file(tmp_path: Path) -> None:
     path.write_text("gpus: {H100: {count: 1}}\nworkload: {shape: gsm8k, arrival: trace}\n")
     with pytest.raises(ScenarioError, match=r"workload.arrival='trace' needs workload.trace"):
         load_scenario(path)
+
+
+def test_a_short_trace_is_replayed_as_recorded(tmp_path: Path) -> None:
+    """Under 10 minutes at the workload's rate (a replanning window): no bootstrap with auto."""
+    t = generate_trace("gsm8k", rate_rps=4.0, num_requests=400, seed=3)      # ~100 s
+    t.save(tmp_path / "short.csv")
+    body = ("gpus: {H100: {count: 1}}\nmodels: [llama-3.1-8b]\n"
+            "workload: {trace: short.csv, rate_rps: 4%s}\n")
+    (tmp_path / "auto.yaml").write_text(body % "")
+    (tmp_path / "forced.yaml").write_text(body % ", arrival: trace")
+    auto = load_scenario(tmp_path / "auto.yaml").profile_spec().traffic()
+    assert isinstance(auto, ScaledTraffic) and auto.describe() == {"model": "trace-head"}
+    assert auto.base.arrival_s.tolist() == pytest.approx(
+        (t.scaled_to(1.0).arrival_s).tolist())             # the file's own gaps, at 1 req/s
+    forced = load_scenario(tmp_path / "forced.yaml").profile_spec().traffic()
+    assert isinstance(forced, ThinnedTraffic)
