@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import threading
@@ -107,7 +106,6 @@ def main() -> int:
           flush=True)
 
     # 2. Deploy window 0's plan.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")     # a throw-away local cluster
     first = sched.candidates[sched.choice[0]].plan.with_extra(
         {"search": {"goal": {"mode": "min-cost", "quality": QUALITY, "p95_s": P95_S}}})
     cluster = local_cluster({"EDU-GPU": 8}, {"EDU-GPU": 4}, temp_dir=REPO / "build" / "tmp",
