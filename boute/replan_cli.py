@@ -114,6 +114,14 @@ def _run_replan(args: argparse.Namespace) -> int:
     from boute._shared import emit
 
     options = _options(args)        # bad flags fail before touching the cluster
+    if args.schedule:
+        from app.follow import load_schedule
+        from app.replan import ReplanError
+
+        try:
+            load_schedule(args.schedule)    # a bad file fails before touching the cluster
+        except ReplanError as exc:
+            raise BouteError(str(exc)) from None
     # Ray prints notices on stdout; keep stdout for the one JSON object.
     with contextlib.redirect_stdout(sys.stderr):
         if not ray.is_initialized():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -109,3 +110,14 @@ def test_a_change_to_smaller_replicas_is_a_fall_even_if_it_starts_some() -> None
     assert sched.rises(0) and not sched.rises(1)
     assert scheduled_target(sched, OPTS, 80.0)[1] is tp4           # no early fall
     assert scheduled_target(sched, OPTS, 180.0)[1] is tp4          # the rise at 200 s: ahead
+
+
+def test_a_bad_schedule_file_fails_before_touching_the_cluster(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from boute.cli import main
+
+    bad = tmp_path / "s.json"
+    bad.write_text('{"window_s": 900}')
+    assert main(["replan", "--schedule", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a `boute schedule` JSON" in err and len(err.strip().splitlines()) == 1
