@@ -9,9 +9,10 @@ A schedule (`boute schedule`'s JSON: one plan per window of the day) is followed
 1. **Where in the day.** ``t = ((now - day_start) x time_scale) mod day``: the window ``w``
    and the wall seconds until the next one (``time_scale`` > 1 compresses a day for dry runs).
 2. **Predictive.** The target is window ``w``'s plan, or already the next window's when that
-   one *starts replicas* (a rise) and begins within ``lead_s``: the new replicas' cold start
-   (`profiling.cold_start_s` of the slowest config started, in wall seconds), at least
-   ``min_lead_s``. A fall is applied at its boundary, never ahead.
+   one raises capacity (a rise) and begins within the lead: the slowest cold start of the
+   replicas it starts (`profiling.cold_start_s`, written into each window by `boute
+   schedule`; in wall seconds), at least ``min_lead_s``. A fall is applied at its boundary,
+   never ahead.
 3. **Reactive fallback.** When the request log's last ``window_s`` seconds show a rate above
    the forecast (the window's planned rate) by more than ``depart_tolerance``, the schedule
    is not trusted: one reactive round (`app.replan.replan`, with its hysteresis) decides.
@@ -48,8 +49,8 @@ from .replan import (
 )
 from .serve_api import ServeApi, dashboard_url
 
-__all__ = ["FollowOptions", "FollowState", "follow", "follow_step", "load_schedule",
-           "scheduled_target"]
+__all__ = ["FollowOptions", "FollowState", "LoadedSchedule", "follow", "follow_step",
+           "load_schedule", "scheduled_target"]
 
 DAY_S = 86_400.0
 
@@ -84,12 +85,8 @@ class LoadedSchedule:
         return self.window_s * len(self.choice)
 
 
-def load_schedule(path: str | Path, cold_start: Callable[[Plan, Plan], float] | None = None
-                  ) -> LoadedSchedule:
-    """Read `boute schedule`'s JSON.
-
-    `cold_start(prev, next)` gives the slowest cold start of the replicas a change starts
-    (default: `cold_start_between` with the embedded catalog).
+def load_schedule(path: str | Path) -> LoadedSchedule:
+    """Read `boute schedule`'s JSON (each window carries its change's slowest cold start).
 
     Raises:
         ReplanError: unreadable or malformed (named).
@@ -104,6 +101,7 @@ def load_schedule(path: str | Path, cold_start: Callable[[Plan, Plan], float] | 
         choice = tuple(int(w["plan"]) for w in windows)
         rates = tuple(float(w["rate_rps"]) for w in windows)
         started = tuple(int(w["started"]) for w in windows)
+        colds = tuple(float(w["cold_start_s"]) for w in windows)
         levels = tuple(float(p["level_rps"]) for p in data["plans"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ReplanError(f"schedule {str(path)!r} is not a `boute schedule` JSON ({exc}); "
@@ -111,26 +109,7 @@ def load_schedule(path: str | Path, cold_start: Callable[[Plan, Plan], float] | 
     if not choice or not window_s > 0 or any(not 0 <= j < len(plans) for j in choice):
         raise ReplanError(f"schedule {str(path)!r}: windows name plans outside 0.."
                           f"{len(plans) - 1} or the window is not > 0 s")
-    cold = cold_start or cold_start_between
-    colds = tuple(cold(plans[choice[t - 1]], plans[choice[t]]) if started[t] else 0.0
-                  for t in range(len(choice)))
     return LoadedSchedule(window_s, rates, choice, plans, started, colds, levels)
-
-
-def cold_start_between(a: Plan, b: Plan) -> float:
-    """The slowest cold start of the replicas `b` has beyond `a` (0 when none), seconds."""
-    from profiling import cold_start_s, load_catalog
-
-    catalog = load_catalog()
-    have = {g.name: g.replicas for g in a.groups}
-    slowest = 0.0
-    for g in b.groups:
-        if g.replicas > have.get(g.name, 0) and g.model in catalog.models:
-            gpu = b.catalog_gpu(g.gpu)
-            if gpu in catalog.gpus:
-                slowest = max(slowest, cold_start_s(catalog.model(g.model),
-                                                    catalog.gpu(gpu)))
-    return slowest
 
 
 @dataclass(frozen=True)
@@ -207,8 +186,9 @@ def follow_step(opts: FollowOptions, state: FollowState | None = None, *,
     sched = sched or load_schedule(opts.schedule)
     now = time.time() if now_s is None else now_s
     w, target, why = scheduled_target(sched, opts, now)
-    forecast = max(sched.rates[w], sched.rates[(w + 1) % len(sched.rates)]
-                   if why.startswith("ahead") else 0.0)
+    # Ahead of a rise the next window's plan (and rate) already apply.
+    ahead = target is not sched.plans[sched.choice[w]]
+    forecast = max(sched.rates[w], sched.rates[(w + 1) % len(sched.rates)] if ahead else 0.0)
     running = running_state(api, opts.replan.app)
     observed = _observed_rate(running, opts, now)
     report: dict[str, Any] = {"window": w, "reason": why, "forecast_rps": forecast,
@@ -262,21 +242,23 @@ def _apply_target(api: ServeApi, running: RunningState, target: Plan, opts: Foll
 
 def follow(opts: FollowOptions, *, poll_s: float = 5.0, until_s: float | None = None,
            on_report: Callable[[dict[str, Any]], None] | None = None) -> FollowState:
-    """Follow the schedule every `poll_s` seconds until `until_s` (wall clock; None: forever).
+    """Follow the schedule: a step, then one every `poll_s` seconds until `until_s`.
 
-    A step that fails (a change that does not fit, the dashboard unreachable) is reported and
-    the next step tries again; the running plan is never left half-changed by the follower
-    (`app.replan.apply_plan` moves up, switches, then goes down).
+    `until_s` is wall-clock time (None: forever; already past: that one step). A step that
+    fails (a change that does not fit, the dashboard unreachable) is reported (``error``)
+    and the next step tries again; the running plan is never left half-changed by the
+    follower (`app.replan.apply_plan` moves up, switches, then goes down).
     """
     state = FollowState()
     sched = load_schedule(opts.schedule)
     api = ServeApi(opts.replan.dashboard or dashboard_url())
-    while until_s is None or time.time() < until_s:
+    while True:
         try:
             report = follow_step(opts, state, api=api, sched=sched)
         except ReplanError as exc:
             report = {"error": str(exc), "applied": False}
         if on_report is not None:
             on_report(report)
+        if until_s is not None and time.time() >= until_s:
+            return state
         time.sleep(poll_s)
-    return state

@@ -143,10 +143,13 @@ def _run_replan(args: argparse.Namespace) -> int:
 
 
 def _follow(args: argparse.Namespace, options: Any) -> int:
-    """``--schedule``: one follower step, or steps every --poll-s for --follow-s seconds."""
+    """``--schedule``: one follower step, or steps every --poll-s for --follow-s seconds.
+
+    One JSON report per step; exit 1 when a step failed (its report names why).
+    """
     import time
 
-    from app.follow import FollowOptions, FollowState, follow_step, load_schedule
+    from app.follow import FollowOptions, follow
     from app.replan import ReplanError
     from boute._shared import emit
 
@@ -157,17 +160,17 @@ def _follow(args: argparse.Namespace, options: Any) -> int:
         raise BouteError(str(exc).replace("time_scale", "--time-scale")
                          .replace("min_lead_s", "--min-lead-s")
                          .replace("depart_tolerance", "--depart-tolerance")) from None
-    sched = load_schedule(args.schedule)
-    state = FollowState()
-    end = None if args.follow_s is None else time.time() + args.follow_s
-    while True:
-        report = follow_step(opts, state, sched=sched)
+    failed = []
+
+    def on_report(report: dict[str, Any]) -> None:
+        failed.extend([report["error"]] if "error" in report else [])
         text = json.dumps(report, default=str)
         with contextlib.redirect_stdout(sys.__stdout__):
             emit(args, report, text.__str__)
-        if end is None or time.time() >= end:
-            return 0
-        time.sleep(args.poll_s)
+
+    follow(opts, poll_s=args.poll_s, on_report=on_report,
+           until_s=time.time() + (args.follow_s or 0.0))
+    return 1 if failed else 0
 
 
 def _connect(address: str) -> None:

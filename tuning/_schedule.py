@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -99,6 +99,7 @@ class Transition:
     stopped: int
     peak_gpus: dict[str, int]
     cost: float                        # $ of the started replicas' cold starts
+    cold_start_s: float = 0.0          # the slowest of those cold starts (0: none started)
 
     @property
     def changes(self) -> int:
@@ -111,7 +112,7 @@ def transition(a: Candidate, b: Candidate, cold_start_s: Callable[[Key], float],
     """`a` -> `b` with scale up before scale down (module docstring, C2, C3 and the price)."""
     started = stopped = 0
     peak: dict[str, int] = {}
-    cost = 0.0
+    cost = slowest = 0.0
     gpus = {**a.gpus, **b.gpus}
     types = {**a.gpu_type, **b.gpu_type}
     for k in set(a.replicas) | set(b.replicas):
@@ -119,8 +120,11 @@ def transition(a: Candidate, b: Candidate, cold_start_s: Callable[[Key], float],
         started += max(0, rb - ra)
         stopped += max(0, ra - rb)
         peak[types[k]] = peak.get(types[k], 0) + max(ra, rb) * gpus[k]
-        cost += max(0, rb - ra) * gpus[k] * price_per_hour(types[k]) * cold_start_s(k) / 3600
-    return Transition(started, stopped, peak, cost)
+        if rb > ra:
+            cold = cold_start_s(k)
+            cost += (rb - ra) * gpus[k] * price_per_hour(types[k]) * cold / 3600
+            slowest = max(slowest, cold)
+    return Transition(started, stopped, peak, cost, slowest)
 
 
 def daily_rates(profile: Sequence[float], mean_rps: float, window_s: float) -> FloatArray:
@@ -185,7 +189,7 @@ class Schedule:
                            "plan": c.plan.to_dict()} for c in self.candidates],
                 "windows": [{"start_s": i * self.window_s, "rate_rps": float(self.rates[i]),
                              "plan": j, "started": t.started, "stopped": t.stopped,
-                             "transition_cost": t.cost}
+                             "transition_cost": t.cost, "cold_start_s": t.cold_start_s}
                             for i, (j, t) in enumerate(zip(self.choice, self.transitions,
                                                            strict=True))],
                 **self.extra}
@@ -234,12 +238,8 @@ def plan_schedule(rates: FloatArray, plan_at: Callable[[float], Plan | None], *,
     # A cheaper plan for a higher level dominates: use it for the lower levels too.
     for i in range(len(cands) - 2, -1, -1):
         if cands[i + 1].cost_per_hour < cands[i].cost_per_hour:
-            cands[i] = Candidate(cands[i].level_rps, *_body(cands[i + 1]))
+            cands[i] = replace(cands[i + 1], level_rps=cands[i].level_rps)
     return _solve(rates, cands, window_s, stock, max_changes, cold_start_s, price_per_hour)
-
-
-def _body(c: Candidate) -> tuple[Plan, float, dict[Key, int], dict[Key, int], dict[Key, str]]:
-    return c.plan, c.cost_per_hour, c.replicas, c.gpus, c.gpu_type
 
 
 def _solve(rates: FloatArray, cands: list[Candidate], window_s: float, stock: dict[str, int],
@@ -331,8 +331,6 @@ def compare(schedule: Schedule, mean_plan: Candidate | None,
     cheaper, at most once per `cooldown_s`.
     """
     rates, cands, w = schedule.rates, schedule.candidates, schedule.window_s
-    levels = level_grid(rates, _step_of(cands))
-    by_level = {c.level_rps: c for c in cands}
 
     def sized(rate: float) -> Candidate:
         fit = [c for c in cands if c.level_rps >= rate * (1 - 1e-9)]
@@ -346,7 +344,7 @@ def compare(schedule: Schedule, mean_plan: Candidate | None,
         out.append(_run_policy("static-mean", rates, [mean_plan] * len(rates), w, meets,
                                cold_start_s, price_per_hour, lagged=False))
     reactive: list[Candidate] = []
-    running = by_level.get(float(levels[-1]), sized(float(rates[-1])))
+    running = sized(float(rates[-1]))
     last_change = -math.inf
     for t in range(len(rates)):
         seen = float(rates[t - 1])
@@ -360,8 +358,3 @@ def compare(schedule: Schedule, mean_plan: Candidate | None,
                            price_per_hour, lagged=True))
     return out
 
-
-def _step_of(cands: list[Candidate]) -> float:
-    """The level grid's step, read back from the candidates (0.1 when there is one)."""
-    lv = sorted({c.level_rps for c in cands})
-    return lv[1] / lv[0] - 1 if len(lv) > 1 else 0.1
