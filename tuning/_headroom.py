@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -76,10 +77,8 @@ PARETO_TOLERANCE = 0.05
 class GroupCheck:
     """One replica group of a plan re-simulated on one fresh trace.
 
-    With a window SLO (`tuning._slo`), ``attainment`` is the share of its windows whose P95
-    met the target, ``window_p95_s`` the SLO's quantile of the window P95s, and the group holds
-    when ``attainment >= slo.attainment``; otherwise both are None and the P95 over the whole
-    trace is judged.
+    With a window SLO (`tuning._slo`), ``window_p95s`` holds the P95 of each of the trace's
+    windows; a group's windows are judged pooled over its traces (`verdicts`).
     """
 
     group: str
@@ -92,21 +91,9 @@ class GroupCheck:
     slo: WindowSLO | None = None
 
     @property
-    def attainment(self) -> float | None:
-        """Share of this trace's windows whose P95 met the target (None: no window SLO)."""
-        if self.window_p95s is None:
-            return None
-        return float(np.mean(np.asarray(self.window_p95s) <= self.target_s)
-                     ) if self.window_p95s else 1.0
-
-    @property
     def holds(self) -> bool:
-        """Unsaturated, and P95 (or the window attainment) within the target."""
-        if self.saturated:
-            return False
-        if self.slo is not None and self.attainment is not None:
-            return self.attainment >= self.slo.attainment - 1e-12
-        return self.p95_s <= self.target_s
+        """P95 at or below the target, unsaturated."""
+        return not self.saturated and self.p95_s <= self.target_s
 
     @property
     def over(self) -> float:
@@ -119,8 +106,16 @@ class GroupCheck:
         return self.p95_s / self.target_s
 
 
-def verdicts(checks: Sequence[GroupCheck]) -> dict[str, tuple[bool, float]]:
-    """Each group's verdict over its fresh traces: ``(holds, over)``.
+class Verdict(NamedTuple):
+    """A group's verdict over its fresh traces (`verdicts`)."""
+
+    holds: bool
+    over: float
+    attainment: float | None        # pooled window attainment (None: no window SLO)
+
+
+def verdicts(checks: Sequence[GroupCheck]) -> dict[str, Verdict]:
+    """Each group's verdict over its fresh traces.
 
     Without a window SLO a group holds when every trace holds, and ``over`` is the worst
     unsaturated trace's. With one, the windows of all its traces are pooled (attainment is a
@@ -128,20 +123,20 @@ def verdicts(checks: Sequence[GroupCheck]) -> dict[str, tuple[bool, float]]:
     saturated and the pooled attainment reaches the SLO's; ``over`` is the pooled SLO quantile
     of the window P95s over the target.
     """
-    out: dict[str, tuple[bool, float]] = {}
+    out: dict[str, Verdict] = {}
     for name in dict.fromkeys(c.group for c in checks):
         mine = [c for c in checks if c.group == name]
         slo = mine[0].slo
         pooled = [w for c in mine for w in (c.window_p95s or ())]
         if slo is None or not pooled:
             over = max((c.over for c in mine if not c.saturated), default=0.0)
-            out[name] = (all(c.holds for c in mine), over)
+            out[name] = Verdict(all(c.holds for c in mine), over, None)
             continue
         target = mine[0].target_s
         share = float(np.mean(np.asarray(pooled) <= target))
         over = float(np.quantile(pooled, slo.attainment)) / target
-        out[name] = (not any(c.saturated for c in mine)
-                     and share >= slo.attainment - 1e-12, over)
+        out[name] = Verdict(not any(c.saturated for c in mine)
+                            and share >= slo.attainment - 1e-12, over, share)
     return out
 
 
@@ -214,6 +209,18 @@ def _modulated_traffic(scenario: Scenario, wl: NamedWorkload, span: tuple[int, i
     return thinned
 
 
+def _is_modulated(scenario: Scenario, wl: NamedWorkload, span: tuple[int, int] | None
+                  ) -> bool:
+    """Whether `wl` arrives modulated (its fresh traffic is thinned, not renewal).
+
+    Generated ``modulated`` arrivals (decided without drawing a stream), or a trace file
+    long enough to bootstrap (its traffic, cached).
+    """
+    if wl.arrival_model == "modulated":
+        return True
+    return _modulated_traffic(scenario, wl, span, 0) is not None
+
+
 def _mixed(parts: Sequence[Trace]) -> Trace:
     """Traces merged by arrival time."""
     arrival = np.concatenate([p.arrival_s for p in parts])
@@ -259,8 +266,8 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
         replica = ReplicaModel(catalog.model(g.model), gpu, g.tp, g.pp, EngineConfig(),
                                calibration.for_gpu(gpu.name))
         per_replica = load * g.share / g.replicas                          # (W,) req/s
-        modulated = any(per_replica[w] > 0 and _modulated_traffic(
-            sc, wl, span, FRESH_SEEDS[0]) is not None for w, wl in enumerate(sc.named_workloads))
+        modulated = any(per_replica[w] > 0 and _is_modulated(sc, wl, span)
+                        for w, wl in enumerate(sc.named_workloads))
         for seed in seeds:
             parts = []
             for w, wl in enumerate(sc.named_workloads):
@@ -333,7 +340,7 @@ class Held:
     @property
     def holds(self) -> bool:
         """A plan, and every group met its target on its fresh traces (`verdicts`)."""
-        return self.plan is not None and all(ok for ok, _ in verdicts(self.checks).values())
+        return self.plan is not None and all(v.holds for v in verdicts(self.checks).values())
 
     def summary(self) -> dict[str, object]:
         """The JSON block of plan outputs."""
@@ -345,21 +352,11 @@ class Held:
                 "group": worst.group, "seed": worst.seed, "p95_s": worst.p95_s,
                 "target_s": worst.target_s, "saturated": worst.saturated}}
         slo = next((c.slo for c in self.checks if c.slo is not None), None)
-
-        def slo_target(name: str) -> float:
-            return next(c.target_s for c in self.checks if c.group == name)
-
         if slo is not None:
             # Predicted attainment: each group's windows pooled over its fresh traces; the
             # plan's: the worst group's.
-            groups: dict[str, float] = {}
-            for c in self.checks:
-                groups.setdefault(c.group, 1.0)
-            for name in groups:
-                pooled = [w for c in self.checks if c.group == name
-                          for w in (c.window_p95s or ())]
-                if pooled:
-                    groups[name] = float(np.mean(np.asarray(pooled) <= slo_target(name)))
+            groups = {name: 1.0 if v.attainment is None else v.attainment
+                      for name, v in verdicts(self.checks).items()}
             out["slo"] = {"attainment": slo.attainment, "window_s": slo.window_s,
                           "predicted_attainment": min(groups.values(), default=1.0),
                           "groups": groups, "lane_capacity": self.tightened}
@@ -410,19 +407,19 @@ def hold(problem: Problem, goal: Goal, run: Callable[[Problem], SearchResult],
         checks = resimulate(problem, plan, catalog, target_s=target, seeds=seeds,
                             hardware_profiles=hardware_profiles, slo=goal.slo)
         judged = verdicts(checks)
-        if all(ok for ok, _ in judged.values()) or rounds > MAX_ROUNDS:
+        if all(v.holds for v in judged.values()) or rounds > MAX_ROUNDS:
             return Held(res, plan, checks, rounds, _names(problem, derate),
                         _lane_names(problem, tighten))
         for g in plan.groups:
             mine = [c for c in checks if c.group == g.name]
-            if not mine or judged[g.name][0]:
+            if not mine or judged[g.name].holds:
                 continue
             lane = (problem.models.index(g.model),
                     0 if g.length_class is None else LENGTH_CLASSES.index(g.length_class))
             c = problem.config(lane[0], problem.gpu_types.index(g.gpu), g.tp, g.pp, lane[1])
             a, r = derate.get(c, (1.0, 1.0))
             saturated = any(k.saturated for k in mine)
-            over = judged[g.name][1]
+            over = judged[g.name].over
             if goal.slo is not None:
                 # A window SLO missed: every config of the lane (a burst pattern that breaks
                 # one config's windows breaks the config the search would move the lane to
