@@ -465,6 +465,11 @@ class ProfileSpec:
         self.hardware_profiles = scenario.profile.hardware_profiles
 
     @cached_property
+    def _file(self) -> Trace:
+        """The workload's trace file, read once per spec."""
+        return self.scenario.named_workloads[0].load()
+
+    @cached_property
     def _traffic(self) -> Traffic:
         workloads = self.scenario.named_workloads
         if len(workloads) != 1:
@@ -484,11 +489,8 @@ class ProfileSpec:
     def _recorded(self, wl: NamedWorkload) -> Trace:
         """A short trace file's first `num_requests` (its class's) at 1 req/s, as recorded."""
         n = self.scenario.profile.num_requests
-        trace = wl.load()
-        if self.length_tokens is not None:
-            trace = self._class_of(trace, trace, limit=n)
-        else:
-            trace = trace.head(n)
+        trace = (self._file.head(n) if self.length_tokens is None else
+                 self._class_of(self._file, limit=n))
         return trace.scaled_to(1.0) if trace.duration_s > 0 else trace
 
     def _stream(self, wl: NamedWorkload) -> Trace:
@@ -498,7 +500,7 @@ class ProfileSpec:
         `MODULATED_HORIZON_S` (at most `MAX_MODULATED_REQUESTS` requests).
         """
         if wl.trace is not None:
-            stream = wl.load()
+            stream = self._file
             stream = stream.scaled_to(wl.rate_rps) if stream.duration_s > 0 else stream
         else:
             assert wl.shape is not None
@@ -509,7 +511,7 @@ class ProfileSpec:
                                     seed=self.scenario.profile.seed)
         if self.length_tokens is None:
             return stream
-        return self._class_of(stream, stream)
+        return self._class_of(stream)
 
     def _renewal_base(self, wl: NamedWorkload) -> Trace:
         pr = self.scenario.profile
@@ -518,7 +520,7 @@ class ProfileSpec:
                                                 else "poisson")
         if wl.trace is not None:
             # Renewal arrivals on the file's lengths, drawn evenly from the whole file.
-            lengths = wl.load()
+            lengths = self._file
             idx = np.unique(np.linspace(0, len(lengths) - 1, min(len(lengths), n)
                                         ).astype(np.int64))
             arrivals = generate_trace("gsm8k", rate_rps=1.0, num_requests=len(idx),
@@ -540,10 +542,10 @@ class ProfileSpec:
                                        arrival=arrival, burstiness_cv=wl.burstiness_cv,
                                        seed=pr.seed)
         if self.length_tokens is not None:
-            trace = self._class_of(trace, trace, limit=pr.num_requests)
+            trace = self._class_of(trace, limit=pr.num_requests)
         return trace.scaled_to(1.0) if trace.duration_s > 0 else trace
 
-    def _class_of(self, trace: Trace, source: Trace, limit: int | None = None) -> Trace:
+    def _class_of(self, trace: Trace, limit: int | None = None) -> Trace:
         """The requests of `trace` in this spec's length class (the first `limit`).
 
         Raises:
@@ -561,7 +563,7 @@ class ProfileSpec:
                 "toward the median length")
         return Trace(trace.arrival_s[keep], trace.input_tokens[keep],
                      trace.output_tokens[keep], None if trace.prompts is None else
-                     tuple(trace.prompts[i] for i in keep), f"{source.name}-{lo}-{hi}")
+                     tuple(trace.prompts[i] for i in keep), f"{trace.name}-{lo}-{hi}")
 
     def traffic(self) -> Traffic:
         """What the sweep simulates at each rate (`profiling._arrivals`)."""
