@@ -298,20 +298,24 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
     return out
 
 
+def model_shares(problem: Problem, plan: Plan) -> np.ndarray:
+    """``(W, M)``: the share of workload w's requests that `plan` routes to model m."""
+    rt = plan.routing
+    if not rt.is_ladder:
+        s = rt.strong_share
+        return np.tile(np.array([1.0 - s, s]), (len(problem.workloads), 1))
+    by_name = {w.name: w for w in rt.workloads}
+    order = [rt.models.index(m) for m in problem.models]
+    return np.array([[by_name[w].shares[i] for i in order] for w in problem.workloads])
+
+
 def _model_workload_loads(problem: Problem, plan: Plan
                           ) -> dict[tuple[str, str | None], np.ndarray]:
     """Each (model, length class)'s load from each workload, req/s (class None: no classes)."""
-    rt = plan.routing
-    rates = problem.workload_rates
-    if not rt.is_ladder:
-        s = rt.strong_share
-        return {(problem.models[0], None): rates * (1.0 - s),
-                (problem.models[1], None): rates * s}
-    by_name = {w.name: w for w in rt.workloads}
+    shares = model_shares(problem, plan)
     out: dict[tuple[str, str | None], np.ndarray] = {}
-    for m, name in enumerate(rt.models):
-        load = np.array([by_name[w].shares[m] * rates[i]
-                         for i, w in enumerate(problem.workloads)])
+    for m, name in enumerate(problem.models):
+        load = problem.workload_rates * shares[:, m]
         if problem.class_share is None:
             out[(name, None)] = load
         else:

@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from profiling import Catalog, EngineConfig, ReplicaModel, Trace, simulate
 
+from ._headroom import model_shares
 from ._plan import Plan, length_spans
 from ._problem import Problem
 from ._slo import attainment
@@ -89,17 +90,6 @@ class Replay:
                            for g in self.groups]}
 
 
-def _model_shares(problem: Problem, plan: Plan) -> FloatArray:
-    """``(W, M)``: share of workload w's requests that goes to model m."""
-    rt = plan.routing
-    if not rt.is_ladder:
-        s = rt.strong_share
-        return np.tile(np.array([1.0 - s, s]), (len(problem.workloads), 1))
-    by_name = {w.name: w for w in rt.workloads}
-    order = [rt.models.index(m) for m in problem.models]
-    return np.array([[by_name[w].shares[i] for i in order] for w in problem.workloads])
-
-
 def replay(problem: Problem, plan: Plan, catalog: Catalog, traces: Sequence[Trace], *,
            target_s: float, window_s: float = 300.0, seed: int = 0,
            hardware_profiles: str | None = None) -> Replay:
@@ -127,7 +117,7 @@ def replay(problem: Problem, plan: Plan, catalog: Catalog, traces: Sequence[Trac
     calibration = spec_calibration(sc.for_workload(sc.workload_names[0]).profile_spec(),
                                    catalog, hardware_profiles=hardware_profiles)
     rng = np.random.default_rng(seed)
-    shares = _model_shares(problem, plan)
+    shares = model_shares(problem, plan)
     spans = None if problem.threshold_tokens is None else length_spans(problem.threshold_tokens)
     # Every request's destination: (workload, index) -> group and replica.
     arrival = np.concatenate([t.arrival_s for t in traces])
