@@ -76,3 +76,27 @@ def test_plan_slo_flags_are_checked(capsys: pytest.CaptureFixture[str], argv: li
     code = main(["plan", "--objective", "min-cost", *argv])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["slo", "--log", "{tmp}/none", "--p95", "5"], "--log="),
+    (["slo", "--log", "{tmp}", "--p95", "-1"], "--p95=-1 must be a positive number"),
+    (["slo", "--log", "{tmp}", "--p95", "5", "--window-s", "0"],
+     "--window-s=0 must be a positive number"),
+    (["schedule", "--scenario", "diurnal-gsm8k", "--p95", "10", "--window-s", "700"],
+     "window_s=700 must be whole minutes dividing the day"),
+    (["schedule", "--scenario", "diurnal-gsm8k", "--p95", "10", "--max-changes", "-1"],
+     "max_changes=-1 must be >= 0"),
+    (["schedule", "--scenario", "diurnal-gsm8k", "--p95", "10", "--resim-seeds", "5"],
+     "--resim-seeds=5 must be 0 to 3"),
+    (["schedule", "--scenario", "paper-gsm8k", "--p95", "10"],
+     "a schedule needs a rate that moves"),
+    (["trace", "--shape", "gsm8k", "--plot", "{tmp}/rate.jpg"], "must name a .png file"),
+])
+def test_new_commands_refuse_bad_input_in_one_line(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str],
+                                                   argv: list[str], message: str) -> None:
+    code = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
