@@ -85,6 +85,8 @@ class ReplanOptions:
     evals: int | None = None
     """mobo/random: exactly this many plans (default: `tuning.StopRule`'s stopping rule)."""
     seed: int = 0
+    resim_seeds: int = 3
+    """Fresh traces per replica group of the headroom check (``boute plan --resim-seeds``)."""
     hysteresis: Hysteresis = field(default_factory=Hysteresis)
     force: bool = False
     dry_run: bool = False
@@ -105,6 +107,8 @@ class ReplanOptions:
             raise ReplanError(f"min_requests={self.min_requests!r} must be >= 2")
         if self.solver not in ("auto", "exact", "mobo", "random"):
             raise ReplanError(f"solver={self.solver!r} must be auto, exact, mobo or random")
+        if self.resim_seeds < 0:
+            raise ReplanError(f"resim_seeds={self.resim_seeds!r} must be >= 0 (0: no check)")
         if self.evals is not None and self.evals < 1:
             raise ReplanError(f"evals={self.evals!r} must be >= 1 (or None: stop when the "
                               "front is stable)")
@@ -210,15 +214,22 @@ def window_trace(log_dir: str, *, window_s: float, now_s: float, min_requests: i
 
 
 def _goal_of(plan: Plan, options: ReplanOptions) -> Goal:
+    """The options' goal, else the one the plan was made for, else its quality as a floor.
+
+    Raises:
+        ReplanError: the plan's saved goal is malformed (named, with the fix).
+
+    """
     if options.goal is not None:
         return options.goal
     saved = (plan.extra.get("search") or {}).get("goal")
     if isinstance(saved, dict):
-        per = saved.get("qualities")
-        qualities = (tuple(float(per[w.name]) for w in plan.routing.workloads)
-                     if isinstance(per, dict) else None)
-        return Goal(saved.get("mode", "pareto"), saved.get("quality"), saved.get("p95_s"),
-                    qualities)
+        try:
+            return Goal.from_dict(saved, tuple(w.name for w in plan.routing.workloads)
+                                  if plan.routing.is_ladder else ("default",),
+                                  "plan.extra.search.goal")
+        except BouteError as exc:
+            raise ReplanError(f"{exc}; pass the goal (--quality/--p95/--objective)") from None
     quality = plan.predicted.quality if plan.predicted is not None else None
     return Goal("pareto", quality, None)
 
@@ -290,10 +301,10 @@ def replan(options: ReplanOptions | None = None) -> dict[str, Any]:
     now = options.now_s if options.now_s is not None else time.time()
     traces = _windows(log_dir, options, now, state.plan)                # 2. workload
     trace = traces["default"] if "default" in traces else _merged(traces)
-    problem = _window_problem(state, options, traces, log_dir)          # 3. re-optimize
+    window = _window_problems(state, options, traces, log_dir)          # 3. re-optimize
     goal = _goal_of(state.plan, options)
-    running, violation = _evaluate_running(problem, state.plan, goal)
-    proposed = _propose(problem, goal, options, trace.rate_rps)
+    running, violation = _evaluate_running(window.running(), state.plan, goal)
+    proposed = _propose(window, goal, options, trace.rate_rps)
     since = None if state.applied_unix_s is None else now - float(state.applied_unix_s)
     decision = decide(goal.mode, running, proposed, violation=violation,  # 4. decide
                       hysteresis=options.hysteresis, seconds_since_change=since,
@@ -370,16 +381,46 @@ def _merged(traces: dict[str, Trace]) -> Trace:
                  name="request-log-window")
 
 
-def _window_problem(state: RunningState, options: ReplanOptions, traces: dict[str, Trace],
-                    log_dir: str) -> Problem:
-    """Step 3's inputs: the planning problem of the plan's scenario on the window's traffic.
+@dataclass
+class WindowProblems:
+    """Step 3's inputs: the planning problems of the plan's scenario on the window's traffic.
+
+    ``at(None)`` is the problem without length classes, ``at(tau)`` split at ``tau`` tokens
+    (each built once: a fresh perf DB per workload and class of the window); ``running()``
+    the one the running plan is evaluated on (split at its own threshold, if any).
+    """
+
+    scenario_path: Path
+    work: Path
+    state: RunningState
+    built: dict[int | None, Problem] = field(default_factory=dict)
+
+    def at(self, threshold_tokens: int | None) -> Problem:
+        """The window's problem split at `threshold_tokens` (None: no length classes)."""
+        from tuning import planning_problem
+
+        if threshold_tokens not in self.built:
+            self.built[threshold_tokens] = planning_problem(
+                str(self.scenario_path), db=str(self.work / "perfdb.parquet"),
+                gpu_catalog=self.state.stack.gpu_catalog,
+                model_catalog=self.state.stack.model_catalog, note=_stderr_note,
+                threshold_tokens=threshold_tokens)
+        return self.built[threshold_tokens]
+
+    def running(self) -> Problem:
+        """The problem the running plan is re-evaluated on."""
+        lc = self.state.plan.routing.length_classes
+        return self.at(None if lc is None else lc.threshold_tokens)
+
+
+def _window_problems(state: RunningState, options: ReplanOptions, traces: dict[str, Trace],
+                     log_dir: str) -> WindowProblems:
+    """Step 3's inputs: the window's traces and scenario written, its problems on demand.
 
     The trace, the scenario (`_scenario_file`, GPU stock capped by the live cluster's) and
-    the fresh perf DB go to ``options.work_dir`` (default: ``replan/`` beside the log). A plan
-    with length classes is replanned with its threshold (one DB per class of the window).
+    the fresh perf DBs go to ``options.work_dir`` (default: ``replan/`` beside the log).
     """
     from placement import gpu_counts_in, live_nodes
-    from tuning import planning_problem
 
     work = Path(options.work_dir or Path(log_dir).parent / "replan")
     work.mkdir(parents=True, exist_ok=True)
@@ -387,12 +428,7 @@ def _window_problem(state: RunningState, options: ReplanOptions, traces: dict[st
                                    else f"window-{name}.parquet")), t.rate_rps)
              for name, t in traces.items()}
     scenario_path = _scenario_file(state, options, saved, gpu_counts_in(live_nodes()), work)
-    # A plan split by length keeps its threshold: its classes are re-measured on the window.
-    lc = state.plan.routing.length_classes
-    return planning_problem(str(scenario_path), db=str(work / "perfdb.parquet"),
-                            gpu_catalog=state.stack.gpu_catalog,
-                            model_catalog=state.stack.model_catalog, note=_stderr_note,
-                            threshold_tokens=None if lc is None else lc.threshold_tokens)
+    return WindowProblems(scenario_path, work, state)
 
 
 def _evaluate_running(problem: Problem, plan: Plan, goal: Goal) -> tuple[Plan, str | None]:
@@ -427,28 +463,32 @@ def _evaluate_running(problem: Problem, plan: Plan, goal: Goal) -> tuple[Plan, s
     return running, violation
 
 
-def _propose(problem: Problem, goal: Goal, options: ReplanOptions, rate_rps: float) -> Plan:
-    """The best plan for `goal` (`tuning.search` with the options' solver), with its search.
+def _propose(window: WindowProblems, goal: Goal, options: ReplanOptions,
+             rate_rps: float) -> Plan:
+    """The plan `boute plan` would choose on the window (`tuning.choose_plan`).
+
+    The same pipeline as ``boute plan --scenario <window scenario>``: search with the
+    options' solver, the headroom check on ``options.resim_seeds`` fresh traces per group,
+    and, when the scenario names length classes, the best threshold of the window.
 
     Raises:
         ReplanError: no plan meets the goal at `rate_rps` on this cluster.
 
     """
-    from tuning import plan_from_arrays, search
+    from profiling import load_catalog
+    from tuning import PlanOptions, choose_plan, fresh_seeds
 
-    result = search(problem, goal, solver=options.solver, seed=options.seed,
-                    max_evals=options.evals, progress=False)
-    best = result.best(problem)
-    if best is None:
+    chosen = choose_plan(
+        window.at(None), goal,
+        PlanOptions(solver=options.solver, seed=options.seed, max_evals=options.evals,
+                    check_seeds=fresh_seeds(options.resim_seeds)),
+        with_threshold=window.at,
+        catalog=load_catalog(window.state.stack.gpu_catalog, window.state.stack.model_catalog))
+    if chosen.plan is None:
         raise ReplanError(f"no plan meets the goal ({goal.mode}, quality >= {goal.quality}, "
                           f"P95 <= {goal.p95_s}) at {rate_rps:.2f} req/s on this "
                           "cluster; the running plan is unchanged")
-    saved: dict[str, Any] = {"mode": goal.mode, "quality": goal.quality, "p95_s": goal.p95_s}
-    if goal.qualities is not None:
-        saved["qualities"] = dict(zip(problem.workloads, goal.qualities, strict=True))
-    return plan_from_arrays(problem, result.plans, result.metrics, best, {
-        "search": {"solver": result.solver, "reason": result.reason, "objective": goal.mode,
-                   "goal": saved}})
+    return chosen.plan
 
 
 def _report(trace: Trace, options: ReplanOptions, goal: Goal, running: Plan,

@@ -162,69 +162,27 @@ def parse_quality(text: str | None, workloads: tuple[str, ...]
 
 
 def _run_plan(args: argparse.Namespace) -> int:
-    from tuning import Goal, search
+    from profiling import load_catalog
+    from tuning import Goal, PlanOptions, choose_plan, fresh_seeds
 
     if args.p95 is not None and not args.p95 > 0:
         raise BouteError(f"--p95={args.p95} must be > 0 seconds")
     if args.resim_seeds < 0:
         raise BouteError(f"--resim-seeds={args.resim_seeds} must be >= 0 (0: no check)")
-    rule = stop_rule_from(args)
+    options = PlanOptions(solver=args.solver, seed=args.seed, stop=stop_rule_from(args),
+                          check_seeds=fresh_seeds(args.resim_seeds), tune=args.tune,
+                          progress=not args.json, hardware_profiles=args.hardware_profiles)
     slo = window_slo(args)
     problem = load_planning_problem(args)
     quality, qualities = parse_quality(args.quality, problem.workloads)
     goal = Goal(args.objective, quality, args.p95, qualities, slo)
     _note_daily_profiles(problem)
-
-    def run(pr: Problem) -> SearchResult:
-        if args.tune:
-            if args.solver not in ("auto", "mobo"):
-                raise BouteError("--tune runs the mobo solver; drop --solver or use "
-                                 "--solver mobo")
-            from tuning.tune import search_with_tune
-
-            res = search_with_tune(pr, goal, seed=args.seed, stop=rule)
-            res.reason = "mobo through Ray Tune trials (--tune)"
-            return res
-        return search(pr, goal, solver=args.solver, seed=args.seed, stop=rule,
-                      progress=not args.json)
-
-    from profiling import load_catalog
-    from tuning._headroom import FRESH_SEEDS, Held, hold
-
-    catalog = load_catalog(args.gpu_catalog, args.model_catalog)
-    seeds = (FRESH_SEEDS[:args.resim_seeds] if args.resim_seeds <= len(FRESH_SEEDS)
-             else tuple(range(101, 101 + args.resim_seeds)))
-
-    def held_plan(pr: Problem) -> Held:
-        return hold(pr, goal, run, catalog, seeds=seeds,
-                    hardware_profiles=args.hardware_profiles)
-
-    lengths = None
-    if problem.scenario.length_classes is not None:
-        from profiling import length_thresholds
-        from tuning._lengths import choose
-
-        lengths = choose(length_thresholds(problem.scenario),
-                         lambda tau: problem if tau is None else
-                         load_planning_problem(args, tau), held_plan, goal)
-        problem, held = lengths.problem, lengths.held
-    else:
-        held = held_plan(problem)
-    result = held.result
-    plan = None
-    if held.plan is not None:
-        extra: dict[str, Any] = {"search": {
-            "solver": result.solver, "objective": goal.mode,
-            "goal": {"mode": goal.mode, "quality": goal.quality, "p95_s": goal.p95_s,
-                     **({"qualities": dict(zip(problem.workloads, goal.qualities,
-                                                strict=True))} if goal.qualities else {}),
-                     **({"slo": {"attainment": goal.slo.attainment,
-                                 "window_s": goal.slo.window_s}} if goal.slo else {})}}}
-        if held.checks:
-            extra["headroom"] = held.summary()
-        if lengths is not None:
-            extra["length_classes"] = lengths.summary()
-        plan = held.plan.with_extra(extra)
+    chosen = choose_plan(problem, goal, options,
+                         with_threshold=lambda tau: load_planning_problem(args, tau),
+                         catalog=load_catalog(args.gpu_catalog, args.model_catalog))
+    problem, result, held, lengths, plan = (chosen.problem, chosen.result, chosen.held,
+                                            chosen.lengths, chosen.plan)
+    if plan is not None:
         plan.save(args.out)
     front = _front_rows(problem, result)
     hv = result.hypervolume(problem)

@@ -44,6 +44,9 @@ def add_replan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--evals", type=int, default=None, help="mobo/random: evaluate exactly "
                    "this many plans (default: stop when the front is stable)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resim-seeds", type=int, default=3, help="re-simulate the proposed plan "
+                   "on this many fresh traces per group, as `boute plan` does (default 3; "
+                   "0: no check)")
     p.add_argument("--min-gain", type=float, default=0.10, help="smallest predicted relative "
                    "gain worth a change (default 0.10)")
     p.add_argument("--cooldown-s", type=float, default=600.0, help="no change within this "
@@ -89,6 +92,8 @@ def _options(args: argparse.Namespace) -> Any:
     if args.evals is not None and args.evals < 1:
         raise BouteError(f"--evals={args.evals} must be >= 1 (or leave it out: stop when the "
                          "front is stable)")
+    if args.resim_seeds < 0:
+        raise BouteError(f"--resim-seeds={args.resim_seeds} must be >= 0 (0: no check)")
     goal = None
     if args.objective or args.quality is not None or args.p95 is not None:
         if args.p95 is not None and not args.p95 > 0:
@@ -102,6 +107,7 @@ def _options(args: argparse.Namespace) -> Any:
     return ReplanOptions(app=args.app, dashboard=args.dashboard or None,
                          window_s=args.window_s, min_requests=args.min_requests, goal=goal,
                          solver=args.solver, evals=args.evals, seed=args.seed,
+                         resim_seeds=args.resim_seeds,
                          hysteresis=hysteresis, force=args.force, dry_run=args.dry_run,
                          scenario=args.scenario, work_dir=args.work_dir,
                          timeout_s=args.timeout_s)

@@ -15,6 +15,7 @@ from ._evaluator import (
 )
 from ._exact import ExactFront, exact_front, exact_max_throughput, exact_min_cost
 from ._front import hypervolume, pareto_mask
+from ._pipeline import Chosen, PlanOptions, choose_plan, fresh_seeds
 from ._plan import (
     LENGTH_CLASSES,
     Group,
@@ -37,6 +38,7 @@ __all__ = [
     "BASELINES",
     "LENGTH_CLASSES",
     "BatchMetrics",
+    "Chosen",
     "Decision",
     "ExactFront",
     "Goal",
@@ -49,6 +51,7 @@ __all__ = [
     "Plan",
     "PlanArrays",
     "PlanError",
+    "PlanOptions",
     "Predicted",
     "Problem",
     "Replay",
@@ -61,6 +64,7 @@ __all__ = [
     "WorkloadRouting",
     "attainment",
     "baseline_min_cost",
+    "choose_plan",
     "daily_rates",
     "db_paths",
     "decide",
@@ -71,6 +75,7 @@ __all__ = [
     "exact_front",
     "exact_max_throughput",
     "exact_min_cost",
+    "fresh_seeds",
     "hypervolume",
     "load_problem",
     "pareto_mask",

@@ -1,8 +1,9 @@
 """The planning pipeline at any rate of one workload: what `tuning.plan_schedule` plans with.
 
-`SchedulePlanner.plan_at` is `boute plan`'s min-cost pipeline (search, then the headroom check
-on fresh traffic) for the scenario at a rate; `meets` evaluates a plan at a rate; the window
-rates come from the workload's daily profile or a long trace's own clock.
+`SchedulePlanner.plan_at` is `boute plan`'s min-cost pipeline (`tuning.choose_plan`: search,
+the headroom check on fresh traffic, length classes) for the scenario at a rate; `meets`
+evaluates a plan at a rate; the window rates come from the workload's daily profile or a long
+trace's own clock.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ import numpy as np
 from profiling import Catalog, Scenario, cold_start_s
 
 from ._evaluator import InfeasiblePlanError, evaluate_plan
-from ._headroom import FRESH_SEEDS, hold
+from ._pipeline import PlanOptions, choose_plan, fresh_seeds
 from ._plan import Plan
 from ._problem import Problem, scenario_problem
 from ._run import Goal
 from ._schedule import Candidate, FloatArray, Key, ScheduleError, daily_rates, replicas_of
-from ._search import search
 
 __all__ = ["SchedulePlanner"]
 
@@ -49,26 +49,27 @@ class SchedulePlanner:
         self.goal = Goal("min-cost", quality, p95_s)
         self.resim_seeds = resim_seeds
         self.note = note
-        self.problems: dict[float, Problem] = {}
+        self.problems: dict[tuple[float, int | None], Problem] = {}
 
-    def problem(self, rate: float) -> Problem:
-        """The planning problem at `rate` req/s (cached)."""
-        key = round(rate, 9)
+    def problem(self, rate: float, threshold_tokens: int | None = None) -> Problem:
+        """The planning problem at `rate` req/s, split at `threshold_tokens` (cached)."""
+        key = (round(rate, 9), threshold_tokens)
         if key not in self.problems:
             sc = self.scenario.with_rates({self.workload.name: rate})
             if self.workload.arrival_model in ("trace", "modulated"):
                 sc = sc.model_copy(update={"name": f"{sc.name}-at{rate:.6g}"})
             self.problems[key] = scenario_problem(sc, self.catalog, note=self.note,
-                                                  progress=False)
+                                                  progress=False,
+                                                  threshold_tokens=threshold_tokens)
         return self.problems[key]
 
     def plan_at(self, rate: float) -> Plan | None:
         """The min-cost plan at `rate` that holds its goal on fresh traffic, or None."""
-        goal = self.goal
-        held = hold(self.problem(rate), goal,
-                    lambda p: search(p, goal, solver="auto", progress=False), self.catalog,
-                    seeds=FRESH_SEEDS[:self.resim_seeds])
-        return held.plan if held.plan is not None and held.holds else None
+        chosen = choose_plan(self.problem(rate), self.goal,
+                             PlanOptions(check_seeds=fresh_seeds(self.resim_seeds)),
+                             with_threshold=lambda tau: self.problem(rate, tau),
+                             catalog=self.catalog)
+        return chosen.plan if chosen.plan is not None and chosen.held.holds else None
 
     def candidate(self, rate: float) -> Candidate | None:
         """`plan_at` as a `Candidate` (None without a plan)."""
