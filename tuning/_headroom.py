@@ -368,14 +368,16 @@ class Held:
 
 
 def _derated(problem: Problem, derate: dict[int, tuple[float, float]]) -> Problem:
-    """`problem` with config c's capacity tables replaced by ``a cap(x / r)``."""
-    cap, caps = problem.cap.copy(), problem.caps.copy()
+    """`problem` with config c's capacity tables replaced by ``a cap_w(x / r)``.
+
+    Every workload's table is; the mix's (`Problem.cap`) follows from them.
+    """
+    caps = problem.caps.copy()
     logx = np.log(problem.levels_s)
     for c, (a, r) in derate.items():
         for w in range(len(problem.workloads)):
             caps[w, c] = a * np.interp(logx - np.log(r), logx, problem.caps[w, c], left=0.0)
-        cap[c] = a * np.interp(logx - np.log(r), logx, problem.cap[c], left=0.0)
-    return replace(problem, cap=cap, caps=caps)
+    return replace(problem, caps=caps)
 
 
 def hold(problem: Problem, goal: Goal, run: Callable[[Problem], SearchResult],

@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -106,9 +107,6 @@ class Problem:
 
     Attributes:
         scenario: the scenario (rate, budget, targets, ...).
-        db: the perf DB it was built from (the first workload's).
-        pair_quality: quality as a function of the strong share (two models, one
-            workload; `quality`).
         models: model names, smallest first (``(weak, strong)`` for a pair).
         gpu_types: GPU types on offer, in scenario order; ``t`` indexes them.
         stock: ``(T,)`` GPUs of each type on offer.
@@ -116,10 +114,7 @@ class Problem:
         gpus_per_node: ``(T,)``.
         cfg_model, cfg_type, cfg_tp, cfg_pp, cfg_gpus: ``(C,)`` per candidate config.
         cfg_price: ``(C,)`` $/hour of one replica.
-        cfg_db: ``(C,)`` row of the config in the DB's lookup arrays.
         levels_s: ``(K,)`` latency levels.
-        cap: ``(C, K)`` capacity table, req/s per replica (of the scenario's workload mix at
-            its rates, `mix_cap`).
         workloads: workload names (``("default",)`` for one `workload`).
         workload_rates: ``(W,)`` req/s of each.
         cascades: ``(W,)`` quality of each workload as a function of its shares.
@@ -131,12 +126,15 @@ class Problem:
         threshold_tokens: the classes' threshold (prompt + max_tokens), or None.
         class_share: ``(W, 2)`` share of each workload's requests in each class.
         cfg_class: ``(C,)`` class of each config.
+        pair_fast_path: plan two models and one workload with the pair's fast paths (the
+            default); off: as the general ladder.
+
+    The data model is workload-indexed (a pair is the ladder with K = 2 and one workload);
+    ``db``, ``cfg_db``, ``cap`` and ``pair_quality`` are views of it.
 
     """
 
     scenario: Scenario
-    db: PerfDB
-    pair_quality: QualityCurve | None
     models: tuple[str, ...]
     gpu_types: tuple[str, ...]
     stock: IntArray
@@ -148,9 +146,7 @@ class Problem:
     cfg_pp: IntArray
     cfg_gpus: IntArray
     cfg_price: FloatArray
-    cfg_db: IntArray
     levels_s: FloatArray
-    cap: FloatArray
     workloads: tuple[str, ...]
     workload_rates: FloatArray
     cascades: tuple[CascadeQuality, ...]
@@ -163,6 +159,42 @@ class Problem:
     threshold_tokens: int | None = None
     class_share: FloatArray | None = None
     cfg_class: IntArray | None = None
+    pair_fast_path: bool = True
+
+    # -- views of the workload-indexed data -----------------------------------------------
+    @property
+    def db(self) -> PerfDB:
+        """The first workload's perf DB (``dbs[0]``)."""
+        return self.dbs[0]
+
+    @property
+    def cfg_db(self) -> IntArray:
+        """``(C,)`` rows of the configs in the first workload's DB (``cfg_dbs[0]``)."""
+        return np.asarray(self.cfg_dbs[0])
+
+    @cached_property
+    def cap(self) -> FloatArray:
+        """``(C, K)`` capacity of the scenario's workload mix at its rates (`mix_cap`).
+
+        One workload: ``caps[0]``; several: ``1 / sum_w (f_w / cap_w)`` with ``f_w`` the
+        workloads' shares of the total rate.
+        """
+        if len(self.workloads) == 1:
+            return np.asarray(self.caps[0])
+        return self.mix_cap(self.workload_rates / self.workload_rates.sum())
+
+    @property
+    def pair_quality(self) -> QualityCurve | None:
+        """The pair's quality curve (two models, one workload, no length classes), else None.
+
+        The pair is the ladder with K = 2 and one workload; this view (``cascades[0].pair``)
+        selects its fast paths (the structured encoding, the pair DP). None as well when
+        ``pair_fast_path`` is off (the general ladder path on a pair, for comparisons).
+        """
+        if (not self.pair_fast_path or len(self.workloads) != 1 or self.num_models != 2
+                or self.classes):
+            return None
+        return self.cascades[0].pair
 
     # -- derived quantities ----------------------------------------------------------------
     @property
@@ -396,7 +428,6 @@ def load_problem(
                               f"`boute profile --scenario {scenario.name}`")
     cascades = tuple(_cascade(scenario, w, quality if w == 0 else None)
                      for w in range(len(names)))
-    pair = (cascades[0].pair if len(names) == 1 and len(models) == 2 and n_cls == 1 else None)
     gpu_price = np.array([offered[g].price_per_hour for g in gpu_types])
     rows: list[list[int]] = [[] for _ in names]
     cm, ct, ctp, cpp, ccl = [], [], [], [], []
@@ -431,20 +462,18 @@ def load_problem(
             caps[w, mine] = _capacity_table(dbs[w * n_cls + k], row_arr[w, mine], levels)
     rates = np.array([w.rate_rps for w in scenario.named_workloads], dtype=np.float64)
     problem = Problem(
-        scenario=scenario, db=dbs[0], pair_quality=pair, models=models, gpu_types=gpu_types,
+        scenario=scenario, models=models, gpu_types=gpu_types,
         stock=stock, gpu_price=gpu_price,
         gpus_per_node=np.array([offered[g].gpus_per_node for g in gpu_types], dtype=np.int64),
         cfg_model=np.asarray(cm, dtype=np.int64), cfg_type=cfg_type,
         cfg_tp=np.asarray(ctp, dtype=np.int64), cfg_pp=np.asarray(cpp, dtype=np.int64),
-        cfg_gpus=cfg_gpus, cfg_price=cfg_gpus * gpu_price[cfg_type], cfg_db=row_arr[0],
-        levels_s=levels, cap=caps[0], workloads=names, workload_rates=rates,
+        cfg_gpus=cfg_gpus, cfg_price=cfg_gpus * gpu_price[cfg_type],
+        levels_s=levels, workloads=names, workload_rates=rates,
         cascades=cascades, caps=caps, dbs=dbs, cfg_dbs=row_arr, _by_key=by_key)
     if threshold_tokens is not None:
         problem = replace(problem, classes=LENGTH_CLASSES, threshold_tokens=int(threshold_tokens),
                           class_share=_class_shares(scenario, threshold_tokens),
                           cfg_class=cfg_class)
-    if len(names) > 1:
-        object.__setattr__(problem, "cap", problem.mix_cap(rates / rates.sum()))
     return problem
 
 

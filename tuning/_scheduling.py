@@ -96,15 +96,15 @@ class SimulatedEvaluator:
                          plans.replicas[b:b + 1])
         used = sorted({int(c) for c, r in zip(one.config[0], one.replicas[0], strict=True)
                        if c >= 0 and r > 0})
-        cap = np.zeros_like(p.cap)
+        caps = np.zeros_like(p.caps)            # the pair's one workload (Table 2's presets)
         if used:
             rows = [row for c in used for row in self._rows(c)]
             mini = PerfDB(pa.Table.from_pylist(rows, schema=p.db.table.schema))
             keys = [(p.models[p.cfg_model[c]], p.scenario.catalog_gpu(p.gpu_types[p.cfg_type[c]]),
                      int(p.cfg_tp[c]), int(p.cfg_pp[c])) for c in used]
             at = np.array([mini.index[k] for k in keys], dtype=np.int64)
-            cap[used] = _capacity_table(mini, at, p.levels_s)
-        return evaluate_arrays(replace(p, cap=cap), one), len(used)
+            caps[0, used] = _capacity_table(mini, at, p.levels_s)
+        return evaluate_arrays(replace(p, caps=caps), one), len(used)
 
 
 @dataclass(frozen=True)

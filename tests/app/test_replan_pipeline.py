@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import pytest
 import yaml
 
@@ -51,7 +52,11 @@ def test_replan_and_boute_plan_choose_the_same_plan_on_the_same_window(
                  "--quality", "87", "--p95", "8", "--resim-seeds", "1", "--out", str(out),
                  "--plot", ""]) == 0
     planned = json.loads(capsys.readouterr().out)["plan"]
-    assert json.loads(json.dumps(proposed.to_dict())) == planned
+    mine = json.loads(json.dumps(proposed.to_dict()))
+    # the same solver, goal, groups, routing, predictions and headroom check; only auto's
+    # reason (the DP time it measured) differs from run to run
+    del mine["search"]["reason"], planned["search"]["reason"]
+    assert mine == planned
     # the proposal went through the headroom check, as `boute plan`'s does
     assert proposed.extra["headroom"]["seeds"] == [101]
     assert proposed.extra["search"]["goal"] == goal.to_dict(("default",))

@@ -23,8 +23,8 @@ def make_toy_problem(base: Problem, cap: list[list[float]] | None = None,
         base, gpu_types=("A", "B"), stock=np.array([2, 4]), gpu_price=price,
         gpus_per_node=np.array([8, 8]), cfg_model=np.array([0, 0, 1, 1]), cfg_type=ctype,
         cfg_tp=np.array([1, 1, 1, 2]), cfg_pp=np.ones(4, dtype=np.int64), cfg_gpus=gpus,
-        cfg_price=gpus * price[ctype], cfg_db=np.zeros(4, dtype=np.int64),
-        levels_s=np.array(levels_s), cap=np.array(caps), _by_key={})
+        cfg_price=gpus * price[ctype], cfg_dbs=np.zeros((1, 4), dtype=np.int64),
+        levels_s=np.array(levels_s), caps=np.array(caps)[None], _by_key={})
 
 
 def z_of_share(s: float) -> float:

@@ -155,7 +155,7 @@ def test_ladder_evaluator_equals_pair_evaluator(small_problem: Problem) -> None:
     found = exact_min_cost(pr, 87.0, 8.0)
     assert found is not None
     pair = evaluate_arrays(pr, found, 8.0)
-    lad = replace(pr, pair_quality=None)
+    lad = replace(pr, pair_fast_path=False)
     s = found.strong_share
     arrays = ladder_arrays(lad, np.stack([1 - s, s], axis=1)[:, None, :], found.config,
                            found.replicas)
@@ -200,7 +200,7 @@ def test_ladder_search_finds_the_pair_optimum(small_problem: Problem) -> None:
     found = exact_min_cost(pr, 87.0, 8.0)
     assert found is not None
     best = float(evaluate_arrays(pr, found).cost_per_hour[0])
-    lad = replace(pr, pair_quality=None)
+    lad = replace(pr, pair_fast_path=False)
     res = search(lad, Goal("min-cost", 87.0, 8.0), solver="random", max_evals=400, seed=0,
                  encoding="structured")
     b = res.best(lad)
