@@ -318,48 +318,47 @@ def explain(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b: int =
         if used > have:
             out.append(f"GPU stock: {used} x {name} used but {have} on offer (short by "
                        f"{used - have})")
-    loads = _model_loads(problem, plans, b)
+    view = _with_shares(plans, b)
+    assert view.shares is not None
+    loads = problem.lane_loads(view.shares)[0].sum(axis=0)
     for m in range(problem.num_lanes):
         if not np.isfinite(metrics.model_p95_s[b, m]):
             cfg, reps = plans.config[b], plans.replicas[b]
             ok = (cfg >= 0) & (problem.cfg_lane[np.maximum(cfg, 0)] == m)
-            top = float((reps[ok] * _slot_caps(problem, plans, b)[ok, -1]).sum())
+            top = float((reps[ok] * _slot_caps(problem, view)[ok, -1]).sum())
             out.append(f"saturation: {problem.lane_name(m)} gets {loads[m]:.2f} req/s but its "
                        f"groups serve at most {top:.2f} req/s with P95 <= "
                        f"{problem.ceiling_s:g} s (short by {loads[m] - top:.2f} req/s)")
     return out
 
 
-def _model_loads(problem: Problem, plans: PlanArrays, b: int) -> FloatArray:
-    """``(L,)`` load of each lane (model) in plan `b`."""
-    if plans.shares is None:
-        return problem.loads(plans.strong_share[b])
-    return np.asarray(problem.lane_loads(plans.shares[b:b + 1])[0].sum(axis=0))
-
-
-def _slot_caps(problem: Problem, plans: PlanArrays, b: int) -> FloatArray:
-    """``(G, L)`` capacity table of each slot of plan `b` for its model's workload mix."""
-    cfg = np.maximum(plans.config[b], 0)
-    if plans.shares is None:
-        return np.asarray(problem.cap[cfg])
-    one = PlanArrays(plans.strong_share[b:b + 1], plans.config[b:b + 1],
-                     plans.replicas[b:b + 1], plans.shares[b:b + 1])
+def _slot_caps(problem: Problem, one: PlanArrays) -> FloatArray:
+    """``(G, L)`` capacity table of each slot of plan `one` (`_with_shares`), for its lane's mix."""
+    cfg = np.maximum(one.config[0], 0)
     _, slot_cap, _ = _ladder_loads(problem, one, problem.cfg_lane[cfg][None], cfg[None])
     return np.asarray(slot_cap[0])
 
 
-def _detail_ladder(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b: int
-                   ) -> tuple[list[float], float, float]:
-    """`_detail` of a ladder: each group's latency is the mixture of its workloads'.
+def _detail(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b: int
+            ) -> tuple[list[float], float, float]:
+    """Group shares within their lane, system P95 and mean latency of plan `b`.
 
-    A group at utilization ``u`` of its mix capacity at ``x_m*`` serves workload w's requests
-    as its DB does at ``u cap_w(x_m*)`` req/s (the harmonic model of `tuning._problem`).
+    One code path for every shape: a pair's plan is the ladder's with shares
+    ``(1 - s, s)`` of its one workload. Within a lane, groups take load in proportion to
+    their capacity at the lane's P95 ``x_m*`` (``lambda_i ∝ r_i cap_i(x_m*)``), so each
+    replica serves ``min(cap_i(x_m*), lambda_i / r_i)`` req/s; of that, workload w's requests
+    run as its DB's do at the same utilization of the group's mix capacity
+    (``u cap_w(x_m*)``, the harmonic model of `tuning._problem`). The system P95 is the
+    mixture quantile of every (group, workload) latency distribution weighted by its
+    request share; the mean is the weighted mean.
     """
-    assert plans.shares is not None
-    cfg, reps = plans.config[b], plans.replicas[b]
-    wl = problem.lane_loads(plans.shares[b:b + 1])[0]                    # (W, L)
+    view = _with_shares(plans, b)
+    cfg, reps = view.config[0], view.replicas[0]
+    assert view.shares is not None
+    wl = problem.lane_loads(view.shares)[0]                              # (W, L)
     loads = wl.sum(axis=0)
-    slot = _slot_caps(problem, plans, b)
+    slot = _slot_caps(problem, view)
+    one = len(problem.workloads) == 1
     shares = [0.0] * len(cfg)
     quants, means, weights = [], [], []
     for m in range(problem.num_lanes):
@@ -368,17 +367,22 @@ def _detail_ladder(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b
             continue
         x = float(metrics.model_p95_s[b, m])
         per = np.array([_at_level(problem, slot[i], x) for i in idx])
+        # Per-replica rates are the capacities at x_m* (their sum is lambda_m up to rounding;
+        # renormalizing could push a group a hair past its last unsaturated DB row).
         lam = per * reps[idx]
         lam = lam / lam.sum() if lam.sum() > 0 else np.full(len(idx), 1.0 / len(idx))
         for j, i in enumerate(idx):
             shares[i] = float(lam[j])
-            if lam[j] <= 0 or per[j] <= 0:
+            if lam[j] <= 0:
                 continue
-            util = min(1.0, lam[j] * loads[m] / reps[i] / per[j])
+            # (a group with no capacity even at x_m* runs idle: its unloaded latency counts)
+            served = min(float(per[j]), float(lam[j] * loads[m] / reps[i]))
             for w in range(len(problem.workloads)):
                 if wl[w, m] <= 0:
                     continue
-                rate = util * float(_at_level(problem, problem.caps[w][cfg[i]], x))
+                # one workload: its capacity is the group's (served as it is)
+                rate = served if one or served <= 0 else served / float(per[j]) * float(
+                    _at_level(problem, problem.caps[w][cfg[i]], x))
                 q, mean, _ = problem.stream_db(w, cfg[i]).lookup(
                     np.array([problem.cfg_dbs[w, cfg[i]]]), np.array([rate]))
                 quants.append(q[0])
@@ -392,36 +396,12 @@ def _detail_ladder(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b
     return shares, p95, float((wts * np.asarray(means)).sum() / wts.sum())
 
 
-def _detail(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b: int
-            ) -> tuple[list[float], float, float]:
-    """Group shares within their model, system P95 and mean latency of plan `b`."""
-    if plans.shares is not None:
-        return _detail_ladder(problem, plans, metrics, b)
-    cfg, reps = plans.config[b], plans.replicas[b]
-    loads = problem.loads(plans.strong_share[b])
-    shares = [0.0] * len(cfg)
-    rates, weights, rows = [], [], []
-    for m in range(problem.num_models):
-        idx = [i for i, c in enumerate(cfg) if c >= 0 and problem.cfg_model[c] == m]
-        if not idx or loads[m] <= 0:
-            continue
-        per = problem.cap_at(metrics.model_p95_s[b, m])[cfg[idx]]
-        # Per-replica rates are the capacities at x_m* (their sum is lambda_m up to rounding;
-        # renormalizing could push a group a hair past its last unsaturated DB row).
-        lam = per * reps[idx]
-        lam = lam / lam.sum() if lam.sum() > 0 else np.full(len(idx), 1.0 / len(idx))
-        for j, i in enumerate(idx):
-            shares[i] = float(lam[j])
-            if lam[j] > 0:
-                rates.append(min(per[j], lam[j] * loads[m] / reps[i]))
-                weights.append(lam[j] * loads[m] / problem.rate_rps)
-                rows.append(problem.cfg_db[cfg[i]])
-    if not rows:
-        return shares, 0.0, 0.0
-    quant, mean, _ = problem.db.lookup(np.asarray(rows), np.asarray(rates))
-    w = np.asarray(weights)
-    p95 = float(mixture_quantile(quant[None], w[None], list(problem.db.quantile_levels), 0.95)[0])
-    return shares, p95, float((w * mean).sum() / w.sum())
+def _with_shares(plans: PlanArrays, b: int) -> PlanArrays:
+    """Plan `b` alone, with its shares ``(1, W, K)`` (a pair's: ``(1 - s, s)``)."""
+    s = plans.strong_share[b:b + 1]
+    shares = (np.stack([1.0 - s, s], axis=-1)[:, None, :] if plans.shares is None
+              else plans.shares[b:b + 1])
+    return PlanArrays(s, plans.config[b:b + 1], plans.replicas[b:b + 1], shares)
 
 
 def plan_from_arrays(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b: int,
