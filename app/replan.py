@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from common.errors import BouteError
-from placement import TOKEN_FIX, RayAuthError, auth_headers, cluster_auth_token
 from tuning import Decision, Goal, Group, Hysteresis, Plan, Problem, decide
 
 from .main import APP_NAME, Stack, stack_config
@@ -54,8 +53,7 @@ from .serve_api import ServeApi, ServeApiError, dashboard_url, local_url
 if TYPE_CHECKING:
     from profiling import Trace
 
-__all__ = ["ReplanError", "ReplanOptions", "apply_plan", "format_report", "peak_plan", "replan",
-           "running_state", "submit_replan_job"]
+__all__ = ["ReplanError", "ReplanOptions", "apply_plan", "peak_plan", "replan", "running_state"]
 
 
 MIN_WORKLOAD_REQUESTS = 10
@@ -673,99 +671,6 @@ def _await_router(state: RunningState, config: dict[str, Any], timeout_s: float)
         time.sleep(0.2)
     raise ServeApiError(f"the router at {url} did not take the new routing (config_id "
                         f"{seen!r}, expected {want!r})")
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """The replanning report as a readable table (stderr / human output)."""
-    w, d = report["window"], report["decision"]
-    run, new = report["running"], report["proposed"]
-    lines = [f"window: {int(w['requests'])} requests over {w['duration_s']:.0f} s, "
-             f"{w['rate_rps']:.2f} req/s, inter-arrival CV {w.get('interarrival_cv', 1.0):.2f}, "
-             f"tokens in/out mean {w['input_tokens_mean']:.0f}/{w['output_tokens_mean']:.0f}",
-             f"goal: {report['goal']['mode']}, quality >= {report['goal']['quality']}, "
-             f"P95 <= {report['goal']['p95_s']}"]
-    head = f"{'':<10}{'strong':>8}{'P95 s':>8}{'sys P95':>9}{'$/h':>8}{'quality':>9}"
-    lines.append(head)
-    for label, p in (("running", run), ("proposed", new)):
-        pr = p.get("predicted") or {}
-        lines.append(f"{label:<10}{p['routing']['strong_share']:>8.3f}"
-                     f"{pr.get('p95_s', math.nan):>8.2f}{pr.get('system_p95_s', math.nan):>9.2f}"
-                     f"{pr.get('cost_per_hour', math.nan):>8.2f}"
-                     f"{pr.get('quality', math.nan):>9.3f}")
-    if run.get("violation"):
-        lines.append(f"running plan {run['violation']}")
-    lines.append(f"{'group':<34}{'change':>11}{'replicas':>10}{'share':>14}")
-    for c in report["changes"]:
-        lines.append(f"{c['group']:<34}{c['kind']:>11}{c['replicas'][0]:>5}->{c['replicas'][1]:<3}"
-                     f"{c['share'][0]:>7.2f}->{c['share'][1]:<5.2f}")
-    verb = ("applied" if report["applied"] else
-            "dry run, not applied" if report["dry_run"] and d["action"] != "none" else
-            "no change")
-    lines.append(f"decision: {d['action']} ({d['reason']}) - {verb}")
-    if report["steps"]:
-        lines.append("steps: " + ", ".join(f"{k[:-2]} {v:.1f} s"
-                                           for k, v in report["steps"].items()))
-    return "\n".join(lines)
-
-
-def submit_replan_job(dashboard: str, args: list[str] | tuple[str, ...] = (), *,
-                      timeout_s: float = 900.0, env: dict[str, str] | None = None
-                      ) -> dict[str, Any]:
-    """Run ``boute --json replan ARGS`` as a Ray job through the job API; returns its report.
-
-    The equivalent of ``ray job submit --address DASHBOARD -- boute replan ARGS``, waiting
-    for the job and parsing the JSON it prints. The job API calls carry the cluster's Ray
-    token (`placement.cluster_auth_token`); the job itself runs on the cluster, whose nodes
-    hand their authentication mode and token to it, so `env` (extra environment variables
-    of the job) is only for the job's own settings. A job API with no agent yet (a cluster
-    that just started) is asked again for up to 60 s.
-
-    Raises:
-        ReplanError: the job failed or timed out (its log's last lines are in the message),
-            or the job API refused this process's Ray token (missing or not the cluster's).
-
-    """
-    import shlex
-    import sys
-
-    from ray.exceptions import AuthenticationError
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    boute = Path(sys.executable).parent / "boute"      # job entrypoints need absolute paths
-    entrypoint = shlex.join([str(boute), "--json", "replan", *args])
-    runtime_env = {"env_vars": dict(env)} if env else None
-    agent_deadline = time.monotonic() + min(timeout_s, 60.0)
-    try:
-        client = JobSubmissionClient(dashboard, headers=auth_headers(cluster_auth_token()))
-        while True:
-            try:
-                job = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
-                break
-            except RuntimeError as exc:     # a cluster that just started: its job agents
-                if ("No available agent" not in str(exc)         # register a few seconds
-                        or time.monotonic() > agent_deadline):   # after the dashboard
-                    raise
-            time.sleep(1.0)
-    except RayAuthError as exc:
-        raise ReplanError(str(exc)) from None
-    except AuthenticationError as exc:
-        reason = str(exc).strip().splitlines()[0]
-        raise ReplanError(f"the Ray job API at {dashboard} refused the replan job ({reason}); "
-                          f"{TOKEN_FIX}") from None
-    deadline = time.monotonic() + timeout_s
-    done = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED)
-    while (status := client.get_job_status(job)) not in done:
-        if time.monotonic() > deadline:
-            client.stop_job(job)
-            status = JobStatus.STOPPED
-            break
-        time.sleep(1.0)
-    logs = client.get_job_logs(job)
-    reports = [line for line in logs.splitlines() if line.startswith("{")]
-    if status != JobStatus.SUCCEEDED or not reports:
-        tail = "\n".join(logs.strip().splitlines()[-5:])
-        raise ReplanError(f"replan job {job} ended {status}:\n{tail}")
-    return json.loads(reports[-1])  # type: ignore[no-any-return]
 
 
 def _stderr_note(text: str) -> None:

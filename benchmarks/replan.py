@@ -60,10 +60,10 @@ def run(work: Path, *, first_s: float, second_s: float) -> dict[str, Any]:
     from ray import serve
 
     from app.deploy import deploy_plan
-    from app.replan import format_report, submit_replan_job
     from app.request_log import read_log
     from app.serve_api import dashboard_url
     from boute.bench import run_bench
+    from boute.replan_cli import format_report, submit_replan_job
     from placement import free_port, local_cluster
     from profiling import generate_trace
 

@@ -45,9 +45,9 @@ def test_token_cluster_serves_with_the_token_and_refuses_without(
     from ray.job_submission import JobSubmissionClient
 
     from app.deploy import deploy_plan
-    from app.replan import submit_replan_job
     from app.serve_api import ServeApi, dashboard_url
     from boute.bench import run_bench
+    from boute.replan_cli import submit_replan_job
     from placement import cluster_auth_token, local_cluster
     from profiling import generate_trace
     from tuning import Plan

@@ -63,10 +63,11 @@ def test_three_models_two_workloads_served_and_replanned(tmp_path: Path,
     from ray import serve
 
     from app.deploy import deploy_plan
-    from app.replan import running_state, submit_replan_job
+    from app.replan import running_state
     from app.request_log import read_log
     from app.serve_api import ServeApi, dashboard_url
     from boute.bench import run_bench, workload_requests
+    from boute.replan_cli import submit_replan_job
     from placement import local_cluster
     from tuning import Plan
 

@@ -31,10 +31,11 @@ def test_replan_job_follows_a_rate_shift(tmp_path: Path, monkeypatch: pytest.Mon
     from ray import serve
 
     from app.deploy import deploy_plan
-    from app.replan import running_state, submit_replan_job
+    from app.replan import running_state
     from app.request_log import read_log
     from app.serve_api import ServeApi, dashboard_url
     from boute.bench import run_bench
+    from boute.replan_cli import submit_replan_job
     from placement import local_cluster
     from profiling import generate_trace
     from tuning import Plan
