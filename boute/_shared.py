@@ -13,8 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.errors import BouteError
+
 __all__ = [
-    "add_catalog_args", "add_hardware_profiles_arg", "emit", "json_safe", "stderr_note",
+    "MAX_GENERATED_REQUESTS", "add_catalog_args", "add_hardware_profiles_arg", "check_requests",
+    "emit", "fmt", "json_safe", "stderr_note",
 ]
 
 
@@ -70,3 +73,23 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> str:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return str(path)
+
+
+MAX_GENERATED_REQUESTS = 10_000_000
+"""Most requests `boute simulate` and `boute trace` generate: their columns alone are
+~240 MB (three 8-byte numbers per request), the simulator's state several times that."""
+
+
+def check_requests(n: int, flag: str) -> None:
+    """Check a generated request count: in [1, `MAX_GENERATED_REQUESTS`].
+
+    Raises:
+        BouteError: naming `flag`, the value and the bound.
+
+    """
+    if not 1 <= n <= MAX_GENERATED_REQUESTS:
+        raise BouteError(f"{flag}={n} must be >= 1 and <= {MAX_GENERATED_REQUESTS:,}")
+
+
+def fmt(x: float, spec: str = ".2f") -> str:
+    return "inf" if not math.isfinite(x) else format(x, spec)

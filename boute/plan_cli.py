@@ -1,4 +1,4 @@
-"""`boute plan`, `boute evaluate` and `boute compare`: the optimizer's commands."""
+"""`boute plan`: search routing + deployment plans for a goal (`tuning.choose_plan`)."""
 
 from __future__ import annotations
 
@@ -6,51 +6,28 @@ import argparse
 import math
 from typing import TYPE_CHECKING, Any
 
-from boute._shared import add_hardware_profiles_arg, save_figure, stderr_note
+from boute._planning import (
+    add_planning_args,
+    add_solver_args,
+    format_plan,
+    load_planning_problem,
+    search_block,
+    stop_rule_from,
+)
+from boute._shared import save_figure, stderr_note
 from common.errors import BouteError
 
 if TYPE_CHECKING:
-    from tuning import Plan, Problem, SearchResult, StopRule, WindowSLO
+    from tuning import Plan, Problem, SearchResult, WindowSLO
 
-__all__ = ["add_compare", "add_evaluate", "add_plan"]
-
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scenario", default=None, help="preset name or YAML file "
-                   "(default: paper-gsm8k)")
-    p.add_argument("--db", default=None, help="perf DB (default: build/perfdb-<scenario>."
-                   "parquet; built when missing or stale)")
-    p.add_argument("--budget", type=float, default=None, help="override the scenario's $/hour")
-    p.add_argument("--rate", type=float, default=None, help="override the scenario's total "
-                   "rate, req/s (several workloads: in the same proportions)")
-    add_hardware_profiles_arg(p)
-    p.add_argument("--gpu-catalog", action="append", default=[], metavar="FILE")
-    p.add_argument("--model-catalog", action="append", default=[], metavar="FILE")
-    p.add_argument("--quality-records", default=None, metavar="FILE",
-                   help="per-query eval records (Parquet or CSV with router_score, "
-                   "quality_weak, quality_strong): the quality curve is computed exactly from "
-                   "them instead of the task's published one")
-
-
-def load_planning_problem(args: argparse.Namespace, threshold_tokens: int | None = None
-                          ) -> Problem:
-    """The CLI's scenario, catalog, budget and DB flags -> `planning_problem`."""
-    from tuning import planning_problem
-
-    return planning_problem(args.scenario, db=args.db, budget=args.budget, rate_rps=args.rate,
-                            gpu_catalog=args.gpu_catalog, model_catalog=args.model_catalog,
-                            hardware_profiles=args.hardware_profiles,
-                            quality_records=args.quality_records, note=stderr_note,
-                            threshold_tokens=threshold_tokens)
-
+__all__ = ["add_plan", "parse_quality", "window_slo"]
 
 
 # -- boute plan ----------------------------------------------------------------------------------
 def add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `boute plan`."""
     p = sub.add_parser("plan", help="search routing + deployment plans")
-    _common(p)
+    add_planning_args(p)
     p.add_argument("--quality", default=None, help="minimum quality; with several workloads "
                    "one per workload, NAME=Q,NAME=Q (e.g. math=89,chat=8.3)")
     p.add_argument("--p95", type=float, default=None, help="maximum P95 latency, seconds")
@@ -62,7 +39,7 @@ def add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "own arrivals), instead of over all requests")
     p.add_argument("--slo-window-s", type=float, default=300.0, metavar="SEC",
                    help="window of --slo-attainment, seconds (default 300)")
-    _add_solver_args(p)
+    add_solver_args(p)
     p.add_argument("--resim-seeds", type=int, default=3, help="re-simulate the chosen plan "
                    "on this many fresh traces per group and re-plan with derated capacities "
                    "until it holds its P95 target (default 3; 0: no check)")
@@ -71,60 +48,6 @@ def add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", default="build/plan.json", help="plan JSON to write")
     p.add_argument("--plot", default="build/pareto.png", help="Pareto-front PNG ('' = none)")
     p.set_defaults(run=_run_plan)
-
-
-def _add_solver_args(p: argparse.ArgumentParser, default: str = "auto",
-                     choices: tuple[str, ...] = ("auto", "mobo", "exact", "random")) -> None:
-    p.add_argument("--solver", default=default, choices=list(choices),
-                   help="auto: the exact DP when it is estimated to finish within 2 s, else "
-                   f"mobo (default: {default})")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--evals", type=int, default=None, help="mobo/random: evaluate exactly "
-                   "this many plans (default: stop when the front is stable or at the time "
-                   "limit)")
-    p.add_argument("--patience", type=int, default=20, help="mobo: stop after this many BO "
-                   "steps without improving the front (default 20)")
-    p.add_argument("--time-limit-s", type=float, default=60.0, help="mobo/random: stop after "
-                   "this many seconds of search (default 60)")
-
-
-def stop_rule_from(args: argparse.Namespace) -> StopRule:
-    """The `StopRule` of ``--evals`` / ``--patience`` / ``--time-limit-s``.
-
-    Raises:
-        BouteError: a value out of range (named, with the fix).
-
-    """
-    from tuning import StopRule
-
-    if args.evals is not None:
-        if args.evals < 1:
-            raise BouteError(f"--evals={args.evals} must be >= 1")
-        return StopRule.fixed(args.evals)
-    if args.patience < 1:
-        raise BouteError(f"--patience={args.patience} must be >= 1 BO step")
-    if not (args.time_limit_s > 0 and math.isfinite(args.time_limit_s)):
-        raise BouteError(f"--time-limit-s={args.time_limit_s} must be a positive number of "
-                         "seconds")
-    return StopRule(patience=args.patience, time_limit_s=args.time_limit_s)
-
-
-def search_block(result: SearchResult, hypervolume: float | None = None) -> dict[str, Any]:
-    """The ``search`` object of the JSON outputs.
-
-    Which solver ran and why, its effort, why it stopped, and the mean BO step times.
-    """
-    out: dict[str, Any] = {"solver": result.solver, "reason": result.reason,
-                           "objective": result.goal.mode, "evaluations": result.evaluations,
-                           "seconds": result.seconds, "stopped": result.stopped}
-    if hypervolume is not None:
-        out["hypervolume"] = hypervolume
-    if result.step_seconds:
-        keys = result.step_seconds[0].keys()
-        out["bo_steps"] = len(result.step_seconds)
-        out["bo_step_mean_s"] = {k: sum(t[k] for t in result.step_seconds)
-                                 / len(result.step_seconds) for k in keys}
-    return out
 
 
 def parse_quality(text: str | None, workloads: tuple[str, ...]
@@ -311,38 +234,6 @@ def _front_rows(problem: Problem, result: SearchResult) -> list[dict[str, float]
              "strong_share": float(result.plans.strong_share[i])} for i in idx]
 
 
-def format_plan(plan: Plan) -> str:
-    """A readable table of one plan."""
-    pr = plan.predicted
-    rt = plan.routing
-    if rt.is_ladder:
-        lines = ["plan: routing shares per workload (" + " / ".join(rt.models) + ")"]
-        for w in rt.workloads:
-            lines.append(f"  {w.name:<10} {w.rate_rps:>8.2f} req/s  "
-                         + " / ".join(f"{v:.4f}" for v in w.shares)
-                         + f"  quality {w.quality:.3f}")
-    else:
-        lines = [f"plan: strong share {rt.strong_share:.4f}"]
-    if pr is not None:
-        norm = " (lowest normalized)" if len(rt.workloads) > 1 else ""
-        lines.append(f"  quality {pr.quality:.3f}{norm}, P95 (every group) {pr.p95_s:.2f} s, "
-                     f"system P95 {pr.system_p95_s:.2f} s, mean {pr.mean_s:.2f} s, "
-                     f"${pr.cost_per_hour:.2f}/h, capacity {pr.capacity_rps:.1f} req/s")
-    lc = rt.length_classes
-    if lc is not None:
-        lines.append(f"  length classes: short = prompt + max_tokens <= {lc.threshold_tokens} "
-                     "tokens (" + ", ".join(f"{w} {v[0]:.0%}" for w, v in lc.shares.items())
-                     + " short)")
-    cls = f"{'class':>7}" if lc is not None else ""
-    lines.append(f"  {'model':<15}{'gpu':<14}{'tp':>3}{'pp':>3}{'replicas':>9}{'GPUs':>6}"
-                 f"{'share':>8}{cls}")
-    for g in plan.groups:
-        lines.append(f"  {g.model:<15}{g.gpu:<14}{g.tp:>3}{g.pp:>3}{g.replicas:>9}"
-                     f"{g.num_gpus:>6}{g.share:>8.3f}"
-                     + ("" if g.length_class is None else f"{g.length_class:>7}"))
-    return "\n".join(lines)
-
-
 def _plot(problem: Problem, front: list[dict[str, float]], plan: Plan | None, path: str
           ) -> str:
     import matplotlib
@@ -366,143 +257,3 @@ def _plot(problem: Problem, front: list[dict[str, float]], plan: Plan | None, pa
     return save_figure(fig, path, dpi=120)
 
 
-# -- boute evaluate ------------------------------------------------------------------------------
-def add_evaluate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `boute evaluate`."""
-    p = sub.add_parser("evaluate", help="predicted metrics of a plan file")
-    p.add_argument("plan", help="plan JSON")
-    _common(p)
-    p.set_defaults(run=_run_evaluate)
-
-
-def _run_evaluate(args: argparse.Namespace) -> int:
-    from tuning import Plan, evaluate_plan
-
-    plan = Plan.load(args.plan)
-    if args.scenario is None and plan.scenario.get("name"):
-        from profiling import list_presets
-
-        if plan.scenario["name"] in list_presets():
-            args.scenario = plan.scenario["name"]
-    lc = plan.routing.length_classes
-    problem = load_planning_problem(args, None if lc is None else lc.threshold_tokens)
-    evaluated = evaluate_plan(problem, plan)
-
-    from boute._shared import emit
-
-    emit(args, evaluated.to_dict(), lambda: format_plan(evaluated))
-    return 0
-
-
-# -- boute compare -------------------------------------------------------------------------------
-def add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `boute compare`."""
-    p = sub.add_parser("compare", help="cheapest $/hour per baseline and BOute (Table 3)")
-    _common(p)
-    p.add_argument("--targets", default=None, help="Q:SEC,... (default: the scenario's)")
-    _add_solver_args(p, choices=("auto", "mobo", "exact"))
-    p.set_defaults(run=_run_compare)
-
-
-def _parse_targets(text: str) -> list[tuple[float, float]]:
-    out = []
-    for item in text.split(","):
-        parts = item.strip().split(":")
-        try:
-            q, sec = float(parts[0]), float(parts[1])
-        except (ValueError, IndexError):
-            raise BouteError(f"--targets item {item!r} must be QUALITY:SECONDS, e.g. 87:8"
-                             ) from None
-        if not sec > 0:
-            raise BouteError(f"--targets item {item!r}: seconds must be > 0")
-        out.append((q, sec))
-    return out
-
-
-def _gpu_text(per: dict[str, int]) -> str:
-    return "+".join(f"{n}x{gpu}" for gpu, n in sorted(per.items(), key=lambda kv: -kv[1])) or "-"
-
-
-def _target_text(quality: Any, sec: float) -> str:
-    q = ("/".join(f"{v:g}" for v in quality) if isinstance(quality, tuple | list)
-         else f"{quality:g}")
-    return f"({q}, {sec:g} s)"
-
-
-def _allocation_lines(problem: Problem, columns: list[dict[str, Any]]) -> list[str]:
-    """Table 1: the top model's share of the queries and the GPUs of each model."""
-    models = problem.models
-    if problem.is_pair:
-        weak, strong = models
-        lines = ["", f"BOute's allocation per target (Table 1): share of queries to {strong}, "
-                 "GPUs per model", f"{'target':<16}{'strong share':>13}  {weak:<34}{strong}"]
-    else:
-        lines = ["", "BOute's allocation per target (Table 1): share of all queries to "
-                 f"{models[-1]}, GPUs per model",
-                 f"{'target':<18}{'top share':>10}  " + "".join(f"{m:<30}" for m in models)]
-    for col in columns:
-        a = col["allocation"]
-        tgt = _target_text(col["quality"], col["p95_s"])
-        if problem.is_pair and a is None:
-            lines.append(f"{tgt:<16}{'-':>13}")
-        elif problem.is_pair:
-            lines.append(f"{tgt:<16}{a['strong_share']:>13.1%}  "
-                         f"{_gpu_text(a['gpus'].get(models[0], {})):<34}"
-                         f"{_gpu_text(a['gpus'].get(models[1], {}))}")
-        elif a is None:
-            lines.append(f"{tgt:<18}{'-':>10}")
-        else:
-            lines.append(f"{tgt:<18}{a['strong_share']:>10.1%}  " + "".join(
-                f"{_gpu_text(a['gpus'].get(m, {})):<30}" for m in models))
-    return lines
-
-
-def _run_compare(args: argparse.Namespace) -> int:
-    from tuning import BASELINES
-    from tuning._reproduce import compare_targets
-
-    problem = load_planning_problem(args)
-    targets: list[tuple[Any, float]]
-    if args.targets:
-        targets = list(_parse_targets(args.targets))
-    elif len(problem.workloads) > 1:
-        targets = [(t.qualities(problem.workloads), t.p95_s) for t in problem.scenario.targets]
-    else:
-        targets = [(t.single_quality, t.p95_s) for t in problem.scenario.targets]
-    if not targets:
-        raise BouteError("no targets: pass --targets Q:SEC,... or add targets to the scenario")
-    rule = stop_rule_from(args)
-    columns: list[dict[str, Any]] = [
-        {"quality": c.quality, "p95_s": c.p95_s, "cost_per_hour": c.cost_per_hour,
-         "reduction": c.reduction, "allocation": c.allocation, "search": search_block(c.result)}
-        for c in compare_targets(problem, targets, solver=args.solver, seed=args.seed,
-                                 stop=rule)]
-    payload = {"scenario": problem.scenario.name, "solver": args.solver, "targets": columns}
-    if not problem.is_pair:
-        payload["not_applicable"] = ["RouteLLM-uniform"]
-
-    def human() -> str:
-        width = 16 if problem.is_pair else 18
-        head = f"{'system':<20}" + "".join(f"{_target_text(*c):>{width}}" for c in targets)
-        lines = [f"cheapest $/hour meeting (quality, P95) on {problem.scenario.name} "
-                 "(- = no plan meets it" + ("" if problem.is_pair else
-                                            "; RouteLLM-uniform: n/a for a ladder") + ")",
-                 head]
-        for name in (*BASELINES, "BOute"):
-            cells = []
-            for col in columns:
-                v = col["cost_per_hour"][name]
-                red = col["reduction"].get(name)
-                txt = "-" if v is None else f"{v:.2f}"
-                if red is not None:
-                    txt += f" ({red:+.0%})"
-                cells.append(f"{txt:>{width}}")
-            lines.append(f"{name:<20}" + "".join(cells))
-        lines.append("(x%) = BOute's cost reduction versus that baseline")
-        return "\n".join(lines + _allocation_lines(problem, columns))
-
-
-    from boute._shared import emit
-
-    emit(args, payload, human)
-    return 0

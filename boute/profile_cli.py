@@ -1,21 +1,23 @@
-"""`boute profile hardware` and `boute profile engine`: measurements on the device at hand.
+"""`boute profile`: the performance DB of a scenario, and measurements on the device at hand.
 
-`boute profile` without a mode still builds the performance DB (`boute.cli`); these modes are
-sub-commands of it.
+`boute profile` without a mode builds the performance DB (`add_profile`); its modes
+`boute profile hardware` and `boute profile engine` measure the GPU and the engine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from boute._shared import add_catalog_args, add_hardware_profiles_arg, emit, fmt
 from common.errors import BouteError
 
-__all__ = ["add_profile_modes", "parse_levels"]
+__all__ = ["add_profile", "add_profile_modes", "parse_levels"]
 
 
 def parse_levels(flag: str, text: str, kind: type[float] | type[int]) -> tuple[Any, ...]:
@@ -182,3 +184,156 @@ def _run_engine(args: argparse.Namespace) -> int:
 
     emit(args, payload, human)
     return 0
+
+
+# -- boute profile: the performance DB ---------------------------------------------------------
+def add_profile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `boute profile` (the DB build) and its modes."""
+    p = sub.add_parser("profile", help="build the performance DB of a scenario")
+    p.add_argument("--scenario", default=None, help="preset name or YAML file "
+                   "(default: paper-gsm8k)")
+    p.add_argument("--out", default=None, help="Parquet file to write (default: "
+                   "build/perfdb-<scenario>.parquet, where `boute plan` looks)")
+    p.add_argument("--engine", default="vllm", help="engine profile (vllm, vllm-0.6-multistep, "
+                   "vllm-0.6, vllm-0.5)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None, help="local processes (default: "
+                       "all cores)")
+    where.add_argument("--address", default=None, help="build as Ray tasks on this cluster "
+                       "instead (its head's host:port, or auto); its nodes run their own "
+                       "BOute install, and its Ray token is found here as for `boute deploy`")
+    p.add_argument("--p95", type=float, default=10.0, help="latency target of the summary's "
+                   "capacity column, seconds")
+    add_hardware_profiles_arg(p)
+    add_catalog_args(p)
+    p.set_defaults(run=_run_profile)
+    add_profile_modes(p)
+
+
+def _run_profile(args: argparse.Namespace) -> int:
+    from profiling import load_catalog, load_scenario
+    from profiling._replica import engine_profile
+
+    if args.p95 <= 0:
+        raise BouteError(f"--p95={args.p95} must be > 0 seconds")
+    if args.workers is not None and args.workers < 1:
+        raise BouteError(f"--workers={args.workers} must be >= 1")
+    catalog = load_catalog(args.gpu_catalog, args.model_catalog)
+    scenario = load_scenario(args.scenario)
+    scenario.check_catalog(catalog, args.scenario)
+    try:
+        engine = engine_profile(args.engine)
+    except KeyError as exc:
+        raise BouteError(f"--engine: {exc.args[0]}") from None
+    from tuning import db_paths
+
+    paths = db_paths(scenario, args.out)
+    if scenario.workloads is None:
+        payload, human = _profile_one(args, scenario, paths[0], catalog, engine)
+        emit(args, payload, human)
+        return 0
+    # One perf DB per workload (its own lengths), beside each other.
+    parts = [_profile_one(args, scenario.for_workload(name), path, catalog, engine)
+             for name, path in zip(scenario.workload_names, paths, strict=True)]
+    emit(args, {"scenario": scenario.name, "workloads": {
+        name: part[0] for name, part in zip(scenario.workload_names, parts, strict=True)}},
+        lambda: "\n\n".join(f"workload {name}:\n{part[1]()}"
+                            for name, part in zip(scenario.workload_names, parts,
+                                                  strict=True)))
+    return 0
+
+
+def _profile_one(args: argparse.Namespace, scenario: Any, out: Any, catalog: Any,
+                 engine: Any) -> tuple[dict[str, Any], Any]:
+    """Build and save one perf DB; its JSON payload and its table's printer."""
+    from profiling._perfdb import spec_calibration
+
+    spec = scenario.profile_spec()
+    calibration = spec_calibration(spec, catalog, hardware_profiles=args.hardware_profiles)
+    start = time.perf_counter()
+    db, built_with = _build_db(args, spec, catalog, engine, calibration)
+    path = db.save(out)
+    seconds = time.perf_counter() - start
+    summary: list[dict[str, Any]] = []
+    for key in db.keys:
+        ci = db.index[key]
+        at_slo = db.max_rate_under(ci, args.p95)
+        price = float(db.price_per_hour[ci])
+        summary.append({"model": key[0], "gpu": key[1], "tp": key[2], "pp": key[3],
+                        "price_per_hour": price, "capacity_rps": float(db.capacity[ci]),
+                        "rps_at_p95": at_slo, "rps_per_dollar": at_slo / price if price else 0.0,
+                        "p95_idle_s": float(db.quantiles[ci, 0][list(db.quantile_levels)
+                                                                 .index(0.95)])})
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in summary:
+        k = (row["model"], row["gpu"])
+        if k not in best or row["rps_per_dollar"] > best[k]["rps_per_dollar"]:
+            best[k] = row
+    payload = {"db": str(path), "scenario": scenario.name, "rows": db.table.num_rows,
+               "configs": len(db.keys), "infeasible": db.meta["infeasible"],
+               "efficiency_source": calibration.source, "built_with": built_with,
+               "seconds": seconds, "p95_target_s": args.p95, "best": list(best.values()),
+               "configs_summary": summary}
+
+    def human() -> str:
+        lines = [f"perf DB {path}: {db.table.num_rows} rows, {len(db.keys)} feasible configs, "
+                 f"{len(db.meta['infeasible'])} infeasible, built in {seconds:.1f} s with "
+                 f"{built_with}",
+                 "efficiency: " + ", ".join(f"{g} {src}" for g, src
+                                            in calibration.source.items()),
+                 f"best config per model and GPU (most req/s per $ with P95 <= {args.p95:g} s):",
+                 f"{'model':<15}{'gpu':<14}{'tp':>3}{'pp':>3}{'$/h':>7}{'cap rps':>9}"
+                 f"{'rps@P95':>9}{'rps/$':>8}{'P95 idle':>10}"]
+        for r in sorted(best.values(), key=lambda r: (r["model"], -r["rps_per_dollar"])):
+            lines.append(f"{r['model']:<15}{r['gpu']:<14}{r['tp']:>3}{r['pp']:>3}"
+                         f"{r['price_per_hour']:>7.2f}{r['capacity_rps']:>9.1f}"
+                         f"{r['rps_at_p95']:>9.1f}{r['rps_per_dollar']:>8.2f}"
+                         f"{fmt(r['p95_idle_s']):>9}s")
+        return "\n".join(lines)
+
+    return payload, human
+
+
+def _build_db(args: argparse.Namespace, spec: Any, catalog: Any, engine: Any,
+              calibration: Any) -> tuple[Any, str]:
+    """The perf DB built in local processes (``--workers``) or as Ray tasks (``--address``).
+
+    Returns the DB and what built it, in words. The rows are the same either way.
+
+    Raises:
+        RayAuthError: ``--address`` names a cluster that cannot be reached or refuses this
+            machine's token (one line, with the fix).
+
+    """
+    from profiling import build_perfdb
+
+    if args.address is None:
+        workers = args.workers or os.cpu_count() or 1
+        db = build_perfdb(spec, catalog, engine=engine, calibration=calibration,
+                          workers=workers, progress=True)
+        return db, f"{workers} local process{'es' if workers > 1 else ''}"
+    import contextlib
+
+    import ray
+    from ray.exceptions import RayError
+
+    from placement import connect, ray_config_mapper
+
+    # Ray prints notices on stdout; keep stdout for --json's one object.
+    with contextlib.redirect_stdout(sys.stderr):
+        connect(args.address, "start one (`ray up cluster.yaml`, `ray start --head`) or drop "
+                "--address to build in local processes")
+        try:
+            cpus = int(ray.cluster_resources().get("CPU", 0))  # type: ignore[no-untyped-call]
+            db = build_perfdb(spec, catalog, engine=engine, calibration=calibration,
+                              map_configs=ray_config_mapper(), progress=True)
+        except RayError as exc:     # a task failed on a node (no BOute there?), a node died
+            cause = getattr(exc, "cause", None) or exc
+            first = (str(cause).splitlines() or [""])[0]
+            raise BouteError(f"building the perf DB as Ray tasks on --address={args.address} "
+                             f"failed ({type(cause).__name__}: {first}); every node must run "
+                             "this BOute (`make setup`), or drop --address to build in local "
+                             "processes") from None
+        finally:
+            ray.shutdown()
+    return db, f"Ray tasks on {args.address} ({cpus} CPUs)"

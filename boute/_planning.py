@@ -1,0 +1,135 @@
+"""What the planning commands share: their flags, problem, stop rule, and printed plans.
+
+`boute plan`, `boute evaluate` and `boute compare` import it (the command modules import no
+command module of each other; `boute.cli` assembles them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import TYPE_CHECKING, Any
+
+from boute._shared import add_hardware_profiles_arg, stderr_note
+from common.errors import BouteError
+
+if TYPE_CHECKING:
+    from tuning import Plan, Problem, SearchResult, StopRule
+
+__all__ = ["add_planning_args", "add_solver_args", "format_plan", "load_planning_problem",
+           "search_block", "stop_rule_from"]
+
+
+def add_planning_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenario", default=None, help="preset name or YAML file "
+                   "(default: paper-gsm8k)")
+    p.add_argument("--db", default=None, help="perf DB (default: build/perfdb-<scenario>."
+                   "parquet; built when missing or stale)")
+    p.add_argument("--budget", type=float, default=None, help="override the scenario's $/hour")
+    p.add_argument("--rate", type=float, default=None, help="override the scenario's total "
+                   "rate, req/s (several workloads: in the same proportions)")
+    add_hardware_profiles_arg(p)
+    p.add_argument("--gpu-catalog", action="append", default=[], metavar="FILE")
+    p.add_argument("--model-catalog", action="append", default=[], metavar="FILE")
+    p.add_argument("--quality-records", default=None, metavar="FILE",
+                   help="per-query eval records (Parquet or CSV with router_score, "
+                   "quality_weak, quality_strong): the quality curve is computed exactly from "
+                   "them instead of the task's published one")
+
+
+def load_planning_problem(args: argparse.Namespace, threshold_tokens: int | None = None
+                          ) -> Problem:
+    """The CLI's scenario, catalog, budget and DB flags -> `planning_problem`."""
+    from tuning import planning_problem
+
+    return planning_problem(args.scenario, db=args.db, budget=args.budget, rate_rps=args.rate,
+                            gpu_catalog=args.gpu_catalog, model_catalog=args.model_catalog,
+                            hardware_profiles=args.hardware_profiles,
+                            quality_records=args.quality_records, note=stderr_note,
+                            threshold_tokens=threshold_tokens)
+
+
+def add_solver_args(p: argparse.ArgumentParser, default: str = "auto",
+                     choices: tuple[str, ...] = ("auto", "mobo", "exact", "random")) -> None:
+    p.add_argument("--solver", default=default, choices=list(choices),
+                   help="auto: the exact DP when it is estimated to finish within 2 s, else "
+                   f"mobo (default: {default})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--evals", type=int, default=None, help="mobo/random: evaluate exactly "
+                   "this many plans (default: stop when the front is stable or at the time "
+                   "limit)")
+    p.add_argument("--patience", type=int, default=20, help="mobo: stop after this many BO "
+                   "steps without improving the front (default 20)")
+    p.add_argument("--time-limit-s", type=float, default=60.0, help="mobo/random: stop after "
+                   "this many seconds of search (default 60)")
+
+
+def stop_rule_from(args: argparse.Namespace) -> StopRule:
+    """The `StopRule` of ``--evals`` / ``--patience`` / ``--time-limit-s``.
+
+    Raises:
+        BouteError: a value out of range (named, with the fix).
+
+    """
+    from tuning import StopRule
+
+    if args.evals is not None:
+        if args.evals < 1:
+            raise BouteError(f"--evals={args.evals} must be >= 1")
+        return StopRule.fixed(args.evals)
+    if args.patience < 1:
+        raise BouteError(f"--patience={args.patience} must be >= 1 BO step")
+    if not (args.time_limit_s > 0 and math.isfinite(args.time_limit_s)):
+        raise BouteError(f"--time-limit-s={args.time_limit_s} must be a positive number of "
+                         "seconds")
+    return StopRule(patience=args.patience, time_limit_s=args.time_limit_s)
+
+
+def search_block(result: SearchResult, hypervolume: float | None = None) -> dict[str, Any]:
+    """The ``search`` object of the JSON outputs.
+
+    Which solver ran and why, its effort, why it stopped, and the mean BO step times.
+    """
+    out: dict[str, Any] = {"solver": result.solver, "reason": result.reason,
+                           "objective": result.goal.mode, "evaluations": result.evaluations,
+                           "seconds": result.seconds, "stopped": result.stopped}
+    if hypervolume is not None:
+        out["hypervolume"] = hypervolume
+    if result.step_seconds:
+        keys = result.step_seconds[0].keys()
+        out["bo_steps"] = len(result.step_seconds)
+        out["bo_step_mean_s"] = {k: sum(t[k] for t in result.step_seconds)
+                                 / len(result.step_seconds) for k in keys}
+    return out
+
+
+def format_plan(plan: Plan) -> str:
+    """A readable table of one plan."""
+    pr = plan.predicted
+    rt = plan.routing
+    if rt.is_ladder:
+        lines = ["plan: routing shares per workload (" + " / ".join(rt.models) + ")"]
+        for w in rt.workloads:
+            lines.append(f"  {w.name:<10} {w.rate_rps:>8.2f} req/s  "
+                         + " / ".join(f"{v:.4f}" for v in w.shares)
+                         + f"  quality {w.quality:.3f}")
+    else:
+        lines = [f"plan: strong share {rt.strong_share:.4f}"]
+    if pr is not None:
+        norm = " (lowest normalized)" if len(rt.workloads) > 1 else ""
+        lines.append(f"  quality {pr.quality:.3f}{norm}, P95 (every group) {pr.p95_s:.2f} s, "
+                     f"system P95 {pr.system_p95_s:.2f} s, mean {pr.mean_s:.2f} s, "
+                     f"${pr.cost_per_hour:.2f}/h, capacity {pr.capacity_rps:.1f} req/s")
+    lc = rt.length_classes
+    if lc is not None:
+        lines.append(f"  length classes: short = prompt + max_tokens <= {lc.threshold_tokens} "
+                     "tokens (" + ", ".join(f"{w} {v[0]:.0%}" for w, v in lc.shares.items())
+                     + " short)")
+    cls = f"{'class':>7}" if lc is not None else ""
+    lines.append(f"  {'model':<15}{'gpu':<14}{'tp':>3}{'pp':>3}{'replicas':>9}{'GPUs':>6}"
+                 f"{'share':>8}{cls}")
+    for g in plan.groups:
+        lines.append(f"  {g.model:<15}{g.gpu:<14}{g.tp:>3}{g.pp:>3}{g.replicas:>9}"
+                     f"{g.num_gpus:>6}{g.share:>8.3f}"
+                     + ("" if g.length_class is None else f"{g.length_class:>7}"))
+    return "\n".join(lines)
