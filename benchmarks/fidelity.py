@@ -42,13 +42,18 @@ from _targets import Target, add_target_argument, check, passed, print_checks, r
 from calibration import ROWS, predict, ttft_medians
 
 from profiling import load_catalog
-from profiling._engine_profile import EngineProfile, load_engine_profile
-from profiling._fidelity import calibrate_replicas, compare_points, error_summary
 from profiling._hardware import (
     HardwareProfile,
     device_gpu_type,
     fit_efficiency,
     load_hardware_profile,
+)
+from profiling.measure import (
+    EngineProfile,
+    calibrate_replicas,
+    compare_points,
+    error_summary,
+    load_engine_profile,
 )
 
 DATA = Path(__file__).resolve().parent / "data"

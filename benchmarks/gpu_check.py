@@ -46,7 +46,7 @@ LLAMA_8B_MLP = 14336
 
 def _model_dir(device: str, root: Path) -> Path:
     """The dummy-weight model directory for `device`: 8B-class on CUDA, tiny on CPU."""
-    from profiling._tiny import make_tiny_llama
+    from profiling.measure import make_tiny_llama
 
     if device == "cpu":
         return make_tiny_llama(root / "tiny-llama")
@@ -62,7 +62,7 @@ def _hardware(device_name: str, model_dir: Path, out: Path, quick: bool) -> tupl
     """Step 1: the hardware profile and the efficiencies fitted on it."""
     from profiling import load_catalog
     from profiling._hardware import device_gpu_type, fit_efficiency, fit_report
-    from profiling._hwbench import default_sweep, measure_hardware, resolve_device
+    from profiling.measure import default_sweep, measure_hardware, resolve_device
 
     catalog = load_catalog()
     device = resolve_device(device_name)
@@ -96,8 +96,12 @@ def _engine_runs(device: str, model_dir: Path) -> tuple[Any, Any]:
 
 def _fidelity(calib_path: Path, measure_path: Path, gpu: Any, hw: Any) -> dict[str, Any]:
     """Step 3: the replica model against the measured run, spec sheet and calibrated."""
-    from profiling._engine_profile import load_engine_profile
-    from profiling._fidelity import calibrate_replicas, compare_points, error_summary
+    from profiling.measure import (
+        calibrate_replicas,
+        compare_points,
+        error_summary,
+        load_engine_profile,
+    )
 
     calib, measured = load_engine_profile(calib_path), load_engine_profile(measure_path)
     reps = calibrate_replicas(measured, gpu, hw, [calib])
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from app.engine_profiler import profile_engine
-    from profiling._hwbench import resolve_device
+    from profiling.measure import resolve_device
 
     device = resolve_device("cuda:0" if args.device == "cuda" else "cpu")
     out = Path(args.out or REPO / "benchmarks" / "data" / "gpu-check" / device.key)

@@ -91,7 +91,7 @@ def _run_hardware(args: argparse.Namespace) -> int:
     from boute._shared import emit
     from profiling import load_catalog
     from profiling._hardware import device_gpu_type, fit_efficiency, fit_report
-    from profiling._hwbench import default_sweep, measure_hardware, resolve_device
+    from profiling.measure import default_sweep, measure_hardware, resolve_device
 
     if not args.timeout_s > 0:
         raise BouteError(f"--timeout-s={args.timeout_s} must be > 0 seconds")

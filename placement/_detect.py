@@ -13,7 +13,7 @@ import subprocess
 from collections import Counter
 from collections.abc import Sequence
 
-from profiling import gpu_type_from_name
+from profiling.measure import gpu_type_from_name
 
 from ._resources import gpu_resource
 from ._specs import PlacementError

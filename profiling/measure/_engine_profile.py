@@ -33,9 +33,9 @@ import numpy as np
 
 from common.errors import ProfilerError
 
-from ._replica import EngineConfig, ReplicaModel
-from ._simulator import SimResult, simulate, simulate_closed_loop
-from ._workload import Trace
+from .._replica import EngineConfig, ReplicaModel
+from .._simulator import SimResult, simulate, simulate_closed_loop
+from .._workload import Trace
 
 __all__ = [
     "EngineOverheads",

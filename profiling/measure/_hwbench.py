@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 from common.errors import MeasurementTimeoutError, ProfilerError
 
-from ._catalog import ModelArch
-from ._hardware import (
+from .._catalog import ModelArch
+from .._hardware import (
     ATTENTION_COLUMNS,
     BANDWIDTH_COLUMNS,
     DEFAULT_CALIBRATION_ROOT,

@@ -18,7 +18,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ._catalog import GpuType, ModelArch
+from .._catalog import GpuType, ModelArch
+from .._hardware import HardwareProfile, fit_efficiency
+from .._replica import Efficiency, EngineConfig, ReplicaModel
 from ._engine_profile import (
     EngineOverheads,
     EnginePoint,
@@ -26,8 +28,6 @@ from ._engine_profile import (
     fit_engine_overhead,
     predict_point,
 )
-from ._hardware import HardwareProfile, fit_efficiency
-from ._replica import Efficiency, EngineConfig, ReplicaModel
 
 __all__ = [
     "METRICS",
