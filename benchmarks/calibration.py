@@ -29,8 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
-from profiling import Efficiency, ReplicaModel, generate_trace, load_catalog, simulate
-from profiling._replica import engine_profile
+from profiling import (
+    Efficiency,
+    ReplicaModel,
+    engine_profile,
+    generate_trace,
+    load_catalog,
+    simulate,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

@@ -122,9 +122,16 @@ def prepare(work: Path, *, quick_hardware: bool = False) -> Prepared:
 
     from app.engine_profiler import cpu_loop_runs, profile_engine
     from boute.cli import main as boute
-    from profiling import build_perfdb, load_catalog, load_hf_config, load_scenario
-    from profiling._hardware import device_gpu_type, fit_efficiency, load_hardware_profile
-    from profiling._perfdb import spec_calibration
+    from profiling import (
+        build_perfdb,
+        device_gpu_type,
+        fit_efficiency,
+        load_catalog,
+        load_hardware_profile,
+        load_hf_config,
+        load_scenario,
+        spec_calibration,
+    )
     from profiling.measure import (
         default_sweep,
         fit_engine_overhead,

@@ -60,7 +60,7 @@ def measure(hw_dir: Path | None, calib: Path, valid: Path, model_dir: Path) -> d
 
 def report(hw_dir: Path, calib: Path, valid: Path) -> dict[str, Any]:
     """Before/after rows of the validation run and the pass/fail of each target."""
-    from profiling._hardware import device_gpu_type, load_hardware_profile
+    from profiling import device_gpu_type, load_hardware_profile
     from profiling.measure import (
         calibrate_replicas,
         compare_points,

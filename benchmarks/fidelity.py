@@ -41,11 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _targets import Target, add_target_argument, check, passed, print_checks, resolve
 from calibration import ROWS, predict, ttft_medians
 
-from profiling import load_catalog
-from profiling._hardware import (
+from profiling import (
     HardwareProfile,
     device_gpu_type,
     fit_efficiency,
+    load_catalog,
     load_hardware_profile,
 )
 from profiling.measure import (

@@ -60,8 +60,7 @@ def _model_dir(device: str, root: Path) -> Path:
 def _hardware(device_name: str, model_dir: Path, out: Path, quick: bool) -> tuple[Any, Any,
                                                                                   dict[str, Any]]:
     """Step 1: the hardware profile and the efficiencies fitted on it."""
-    from profiling import load_catalog
-    from profiling._hardware import device_gpu_type, fit_efficiency, fit_report
+    from profiling import device_gpu_type, fit_efficiency, fit_report, load_catalog
     from profiling.measure import default_sweep, measure_hardware, resolve_device
 
     catalog = load_catalog()

@@ -75,7 +75,7 @@ def _held(problem: Any, goal: Any, catalog: Any, seed: int) -> dict[str, Any]:
 
 
 def _pair_of(scenario: Any, models: tuple[str, str]) -> Any:
-    from profiling._scenario import ModelPair
+    from profiling import ModelPair
 
     gpus = {k: v for k, v in scenario.gpus.items()}
     return scenario.model_copy(update={"name": f"{scenario.name}-pair",

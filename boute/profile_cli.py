@@ -89,8 +89,7 @@ def add_profile_modes(p: argparse.ArgumentParser) -> None:
 
 def _run_hardware(args: argparse.Namespace) -> int:
     from boute._shared import emit
-    from profiling import load_catalog
-    from profiling._hardware import device_gpu_type, fit_efficiency, fit_report
+    from profiling import device_gpu_type, fit_efficiency, fit_report, load_catalog
     from profiling.measure import default_sweep, measure_hardware, resolve_device
 
     if not args.timeout_s > 0:
@@ -211,8 +210,7 @@ def add_profile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _run_profile(args: argparse.Namespace) -> int:
-    from profiling import load_catalog, load_scenario
-    from profiling._replica import engine_profile
+    from profiling import engine_profile, load_catalog, load_scenario
 
     if args.p95 <= 0:
         raise BouteError(f"--p95={args.p95} must be > 0 seconds")
@@ -246,7 +244,7 @@ def _run_profile(args: argparse.Namespace) -> int:
 def _profile_one(args: argparse.Namespace, scenario: Any, out: Any, catalog: Any,
                  engine: Any) -> tuple[dict[str, Any], Any]:
     """Build and save one perf DB; its JSON payload and its table's printer."""
-    from profiling._perfdb import spec_calibration
+    from profiling import spec_calibration
 
     spec = scenario.profile_spec()
     calibration = spec_calibration(spec, catalog, hardware_profiles=args.hardware_profiles)

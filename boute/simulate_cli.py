@@ -46,8 +46,13 @@ def add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
-    from profiling import ReplicaModel, load_catalog, simulate, simulate_closed_loop
-    from profiling._hardware import resolve_calibration
+    from profiling import (
+        ReplicaModel,
+        load_catalog,
+        resolve_calibration,
+        simulate,
+        simulate_closed_loop,
+    )
 
     catalog = load_catalog(args.gpu_catalog, args.model_catalog)
     model, gpu = catalog.model(args.model), catalog.gpu(args.gpu)
@@ -72,7 +77,7 @@ def _simulate_engine(args: argparse.Namespace) -> Any:
         BouteError: an unknown profile or a bad override.
 
     """
-    from profiling._replica import engine_profile
+    from profiling import engine_profile
 
     overrides = {} if args.max_num_seqs is None else {"max_num_seqs": args.max_num_seqs}
     try:

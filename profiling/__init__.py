@@ -15,12 +15,41 @@ from ._arrivals import (
     Traffic,
 )
 from ._catalog import Catalog, GpuType, ModelArch, cold_start_s, load_catalog, load_hf_config
-from ._perfdb import PerfDB, build_perfdb, mixture_quantile
-from ._quality import PUBLISHED_SCORES, CascadeQuality, QualityCurve, default_quality_curve
-from ._replica import ENGINE_PROFILES, Efficiency, EngineConfig, ReplicaModel, parallel_configs
+from ._hardware import (
+    ATTENTION_COLUMNS,
+    BANDWIDTH_COLUMNS,
+    GEMM_COLUMNS,
+    SPEC_SHEET,
+    Calibration,
+    CsvAppender,
+    HardwareProfile,
+    device_gpu_type,
+    fit_efficiency,
+    fit_report,
+    load_hardware_profile,
+    resolve_calibration,
+    scan_hardware_profiles,
+)
+from ._perfdb import PERFDB_SCHEMA, PerfDB, build_perfdb, mixture_quantile, spec_calibration
+from ._quality import (
+    PUBLISHED_SCORES,
+    CascadeQuality,
+    QualityCurve,
+    QualityError,
+    default_quality_curve,
+)
+from ._replica import (
+    ENGINE_PROFILES,
+    Efficiency,
+    EngineConfig,
+    ReplicaModel,
+    engine_profile,
+    parallel_configs,
+)
 from ._scenario import (
     DEFAULT_SCENARIO,
     LengthClasses,
+    ModelPair,
     NamedWorkload,
     ProfileSpec,
     Scenario,
@@ -43,26 +72,36 @@ from ._workload import (
 )
 
 __all__ = [
+    "ATTENTION_COLUMNS",
+    "BANDWIDTH_COLUMNS",
     "DEFAULT_SCENARIO",
     "ENGINE_PROFILES",
+    "GEMM_COLUMNS",
     "MAX_CHECK_REQUESTS",
     "MAX_STREAM_REQUESTS",
+    "PERFDB_SCHEMA",
     "PUBLISHED_SCORES",
     "QUANTILES",
+    "SPEC_SHEET",
     "TRACE_SHAPES",
     "BatchScheduler",
+    "Calibration",
     "CascadeQuality",
     "Catalog",
     "ConfigMapper",
+    "CsvAppender",
     "Efficiency",
     "EngineConfig",
     "GpuType",
+    "HardwareProfile",
     "LengthClasses",
     "ModelArch",
+    "ModelPair",
     "NamedWorkload",
     "PerfDB",
     "ProfileSpec",
     "QualityCurve",
+    "QualityError",
     "ReplicaModel",
     "ScaledTraffic",
     "Scenario",
@@ -79,10 +118,15 @@ __all__ = [
     "cold_start_s",
     "daily_curve",
     "default_quality_curve",
+    "device_gpu_type",
+    "engine_profile",
+    "fit_efficiency",
+    "fit_report",
     "generate_trace",
     "length_thresholds",
     "list_presets",
     "load_catalog",
+    "load_hardware_profile",
     "load_hf_config",
     "load_scenario",
     "load_trace",
@@ -92,7 +136,10 @@ __all__ = [
     "process_mapper",
     "read_trace",
     "request_tokens",
+    "resolve_calibration",
+    "scan_hardware_profiles",
     "simulate",
     "simulate_closed_loop",
+    "spec_calibration",
     "sweep_config",
 ]

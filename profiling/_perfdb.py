@@ -52,7 +52,8 @@ from ._simulator import QUANTILES
 from ._sweep import ConfigMapper, SweepJob, process_mapper
 from ._workload import Trace
 
-__all__ = ["ConfigKey", "PerfDB", "build_perfdb", "mixture_quantile", "spec_calibration"]
+__all__ = ["PERFDB_SCHEMA", "ConfigKey", "PerfDB", "build_perfdb", "mixture_quantile",
+           "spec_calibration"]
 
 SCHEMA_VERSION = 1
 ConfigKey = tuple[str, str, int, int]  # (model, gpu, tp, pp)
@@ -60,7 +61,7 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
-_SCHEMA = pa.schema([
+PERFDB_SCHEMA = pa.schema([
     ("model", pa.string()), ("gpu", pa.string()), ("tp", pa.int16()), ("pp", pa.int16()),
     ("num_gpus", pa.int16()), ("price_per_hour", pa.float64()), ("rate_rps", pa.float64()),
     ("capacity_rps", pa.float64()), ("saturated", pa.bool_()), ("latency_mean_s", pa.float64()),
@@ -155,7 +156,7 @@ def build_perfdb(
         map_configs = process_mapper(workers or os.cpu_count() or 1)
     start = time.perf_counter()
     rows = _sweep_rows(jobs, traffic, map_configs, progress)
-    table = pa.Table.from_pylist(rows, schema=_SCHEMA)
+    table = pa.Table.from_pylist(rows, schema=PERFDB_SCHEMA)
     meta = _build_meta(spec, catalog, base, engine, calibration, infeasible, start_s=start)
     meta["arrival"] = traffic.describe()
     return PerfDB(table.replace_schema_metadata({"boute": json.dumps(meta)}))
@@ -241,7 +242,7 @@ def _checked_table(table: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
             lists of another length (the message names which).
 
     """
-    missing = [f.name for f in _SCHEMA if f.name not in table.column_names]
+    missing = [f.name for f in PERFDB_SCHEMA if f.name not in table.column_names]
     raw = (table.schema.metadata or {}).get(b"boute")
     if missing or raw is None:
         raise PerfDBError(f"lacks {missing or 'its boute metadata'} (not a perf DB?)")
@@ -258,7 +259,7 @@ def _checked_table(table: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
             for q in levels)):
         raise PerfDBError(f"metadata quantiles={levels!r} must be a list of levels in (0, 1)")
     columns = []
-    for f in _SCHEMA:
+    for f in PERFDB_SCHEMA:
         col = table.column(f.name)
         try:
             col = col.cast(f.type)
@@ -268,12 +269,12 @@ def _checked_table(table: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
         if col.null_count:
             raise PerfDBError(f"column {f.name!r} has {col.null_count} null value(s)")
         columns.append(col)
-    lengths = pc.list_value_length(columns[_SCHEMA.get_field_index("latency_quantiles_s")])
+    lengths = pc.list_value_length(columns[PERFDB_SCHEMA.get_field_index("latency_quantiles_s")])
     if len(lengths) and (pc.min(lengths).as_py() != len(levels)
                          or pc.max(lengths).as_py() != len(levels)):
         raise PerfDBError(f"column 'latency_quantiles_s' holds lists of another length than "
                           f"the {len(levels)} quantile levels of its metadata")
-    checked = pa.Table.from_arrays(columns, schema=_SCHEMA)
+    checked = pa.Table.from_arrays(columns, schema=PERFDB_SCHEMA)
     return checked.replace_schema_metadata(table.schema.metadata), meta
 
 

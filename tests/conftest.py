@@ -43,7 +43,7 @@ def write_roofline_profile(out: Path, gpu_type: str, peak_tflops: float, peak_gb
     Row time t = ||F / (C e_c), Q / (B e_m)||_3 + tau, with C, B the given peaks, so
     `fit_efficiency` recovers (e_c, e_m, tau). meta.json files it under `gpu_type`.
     """
-    from profiling._hardware import GEMM_COLUMNS, CsvAppender
+    from profiling import GEMM_COLUMNS, CsvAppender
 
     out.mkdir(parents=True)
     app = CsvAppender(out / "gemm.csv", GEMM_COLUMNS)

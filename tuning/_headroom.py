@@ -247,7 +247,7 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
         slo: judge each group by its window attainment (`GroupCheck`).
 
     """
-    from profiling._perfdb import spec_calibration
+    from profiling import spec_calibration
 
     sc = problem.scenario
     calibration = spec_calibration(sc.for_workload(sc.workload_names[0]).profile_spec(),

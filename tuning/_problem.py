@@ -576,8 +576,7 @@ def _load_or_build(scenario: Scenario, path: Path, catalog: Catalog,
                    hardware_profiles: str | None, note: Callable[[str], None] | None,
                    progress: bool, length_tokens: tuple[int, int] | None = None) -> PerfDB:
     """The perf DB of a one-workload scenario (one length class's) at `path`, built if need be."""
-    from profiling import build_perfdb
-    from profiling._perfdb import spec_calibration
+    from profiling import build_perfdb, spec_calibration
 
     spec = scenario.profile_spec(length_tokens)
     calibration = spec_calibration(spec, catalog, hardware_profiles=hardware_profiles)

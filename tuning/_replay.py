@@ -109,7 +109,7 @@ def replay(problem: Problem, plan: Plan, catalog: Catalog, traces: Sequence[Trac
         ValueError: not one trace per workload (an internal caller's error).
 
     """
-    from profiling._perfdb import spec_calibration
+    from profiling import spec_calibration
 
     if len(traces) != len(problem.workloads):
         raise ValueError(f"{len(traces)} traces for {len(problem.workloads)} workloads")

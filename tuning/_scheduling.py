@@ -42,8 +42,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from profiling import Catalog, EngineConfig, PerfDB, SweepJob, sweep_config
-from profiling._perfdb import spec_calibration
+from profiling import Catalog, EngineConfig, PerfDB, SweepJob, spec_calibration, sweep_config
 
 from ._auto import ExactBudgetExceeded
 from ._evaluator import BatchMetrics, PlanArrays, evaluate_arrays

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from boute.cli import main
-from profiling import Catalog, Efficiency
-from profiling._hardware import fit_efficiency, load_hardware_profile
+from profiling import Catalog, Efficiency, fit_efficiency, load_hardware_profile
 from tests.conftest import TINY_SCENARIO, write_roofline_profile, write_scenario
 
 REPO = Path(__file__).resolve().parents[2]

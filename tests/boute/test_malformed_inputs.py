@@ -269,13 +269,13 @@ def _plan_cases() -> list[Case]:
 
 
 def _perfdb_cases() -> list[Case]:
-    from profiling._perfdb import _SCHEMA
+    from profiling import PERFDB_SCHEMA
 
     def table(meta: object, **change: pa.Array) -> bytes:
-        row: dict[str, object] = {f.name: 1 for f in _SCHEMA}
+        row: dict[str, object] = {f.name: 1 for f in PERFDB_SCHEMA}
         row.update(model="llama-3.1-8b", gpu="H100", saturated=False,
                    latency_quantiles_s=[1.0, 2.0])
-        t = pa.Table.from_pylist([row], schema=_SCHEMA)
+        t = pa.Table.from_pylist([row], schema=PERFDB_SCHEMA)
         for name, arr in change.items():
             t = t.set_column(t.column_names.index(name), name, arr)
         raw = meta if isinstance(meta, bytes) else json.dumps(meta).encode()
@@ -288,7 +288,7 @@ def _perfdb_cases() -> list[Case]:
         "garbage": GARBAGE,
         "truncated": valid[: len(valid) - 40],
         "not-a-db": _parquet(pa.table({"x": [1]})),
-        "no-metadata": _parquet(pa.Table.from_pylist([], schema=_SCHEMA)),
+        "no-metadata": _parquet(pa.Table.from_pylist([], schema=PERFDB_SCHEMA)),
         "meta-not-json": table(b"\xff{not json"),
         "meta-list": table([1, 2]),
         "meta-no-quantiles": table({"schema_version": 1}),
@@ -296,7 +296,7 @@ def _perfdb_cases() -> list[Case]:
         "tp-string": table(meta, tp=pa.array(["four"])),
         "rate-null": table(meta, rate_rps=pa.array([None], pa.float64())),
         "quantiles-short": table(meta, latency_quantiles_s=pa.array([[1.0]])),
-        "header-only": _parquet(pa.Table.from_pylist([], schema=_SCHEMA)
+        "header-only": _parquet(pa.Table.from_pylist([], schema=PERFDB_SCHEMA)
                                 .replace_schema_metadata({"boute": json.dumps(meta)})),
     }
     return [(f"perfdb-{k}", {"db.parquet": v},
