@@ -52,7 +52,7 @@ CASES = ("single-70b-gsm8k", "paper-gsm8k", "paper-mtbench", "mixed-gsm8k-mtbenc
 
 def _problem(scenario: Any, catalog: Any, tau: int | None) -> Any:
     """The scenario's planning problem (DBs under build/, built if need be)."""
-    from tuning._problem import scenario_problem
+    from tuning import scenario_problem
 
     return scenario_problem(scenario, catalog, progress=False, threshold_tokens=tau)
 

@@ -111,9 +111,8 @@ def _whole_trace(scenario: Any) -> Any:
 
 def _plan(scenario: Any, catalog: Any, quality: float, p95_s: float,
           slo: bool = False) -> dict[str, Any]:
-    from tuning import Goal, WindowSLO, search
+    from tuning import Goal, WindowSLO, scenario_problem, search
     from tuning._headroom import hold
-    from tuning._problem import scenario_problem
 
     t0 = time.perf_counter()
     problem = scenario_problem(scenario, catalog, progress=False)

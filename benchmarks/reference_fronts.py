@@ -45,11 +45,11 @@ from tuning import (
     Problem,
     SearchResult,
     default_db_path,
+    hypervolume,
     pareto_mask,
     planning_problem,
     search,
 )
-from tuning._front import hypervolume
 
 PRESETS = ("scale-8types-256", "scale-12types-1k")
 COMMITTED = Path(__file__).resolve().parent / "data" / "reference_fronts"

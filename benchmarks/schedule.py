@@ -79,8 +79,7 @@ def _simulate(planner: Any, plans: list[Any], day: Any, window_s: float, every: 
 
 def main() -> int:
     from profiling import generate_trace, load_catalog, load_scenario
-    from tuning import SchedulePlanner
-    from tuning._schedule import compare, plan_schedule
+    from tuning import SchedulePlanner, compare_policies, plan_schedule
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", default="build/schedule_bench.json")
@@ -103,7 +102,7 @@ def main() -> int:
                           progress=lambda s: print(f"  {s}", flush=True))
     plan_s = time.perf_counter() - t0
     mean_cand = planner.candidate(float(np.mean(rates)))
-    policies = {r.name: r for r in compare(sched, mean_cand, planner.meets,
+    policies = {r.name: r for r in compare_policies(sched, mean_cand, planner.meets,
                                            planner.cold_start, planner.price)}
     wl = scenario.named_workloads[0]
     assert wl.daily_profile is not None and wl.shape is not None

@@ -69,8 +69,7 @@ def main() -> int:
     from boute.slo_cli import log_attainment
     from placement import free_port, local_cluster
     from profiling import Trace, generate_trace, load_catalog, load_scenario
-    from tuning import SchedulePlanner
-    from tuning._schedule import compare, plan_schedule
+    from tuning import SchedulePlanner, compare_policies, plan_schedule
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--day-s", type=float, default=600.0, help="wall seconds of the day")
@@ -96,7 +95,7 @@ def main() -> int:
     sched = plan_schedule(rates, planner.plan_at, window_s=WINDOW_S, stock=planner.stock,
                           max_changes=4, cold_start_s=planner.cold_start,
                           price_per_hour=planner.price, step=0.1)
-    policies = {r.name: r.to_dict() for r in compare(
+    policies = {r.name: r.to_dict() for r in compare_policies(
         sched, planner.candidate(float(np.mean(rates))), planner.meets, planner.cold_start,
         planner.price)}
     sched_path = work / "schedule.json"

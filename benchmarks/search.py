@@ -52,11 +52,20 @@ from typing import Any
 
 import numpy as np
 
-from tuning import Goal, Problem, SearchResult, StopRule, evaluate_arrays, planning_problem, search
-from tuning._auto import ExactBudgetExceeded
-from tuning._encoding import RawEncoding
-from tuning._exact import exact_min_cost
-from tuning._mobo import MoboSettings, run_mobo
+from tuning import (
+    ExactBudgetExceeded,
+    Goal,
+    MoboSettings,
+    Problem,
+    RawEncoding,
+    SearchResult,
+    StopRule,
+    evaluate_arrays,
+    exact_min_cost,
+    planning_problem,
+    run_mobo,
+    search,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -124,11 +133,11 @@ def _arm_run(problem: Problem, arm: str, n: int, seed: int) -> SearchResult:
 
 def _reference(name: str, problem: Problem, limit_s: float) -> dict[str, Any]:
     """Exact HV when the DP finishes within `limit_s`, else the stored reference front."""
-    from tuning._search import _exact
+    from tuning import exact_search
 
     t0 = time.perf_counter()
     try:
-        exact = _exact(problem, Goal(), deadline=t0 + limit_s)
+        exact = exact_search(problem, Goal(), deadline=t0 + limit_s)
         return {"hv": exact.hypervolume(problem), "how": "exact DP",
                 "exact_s": time.perf_counter() - t0, "dp_runs": exact.exact_runs}
     except ExactBudgetExceeded:

@@ -85,7 +85,7 @@ def _allocation_lines(problem: Problem, columns: list[dict[str, Any]]) -> list[s
 
 def _run_compare(args: argparse.Namespace) -> int:
     from tuning import BASELINES
-    from tuning._reproduce import compare_targets
+    from tuning.paper import compare_targets
 
     problem = load_planning_problem(args)
     targets: list[tuple[Any, float]]

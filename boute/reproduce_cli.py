@@ -22,7 +22,7 @@ from common.errors import BouteError
 
 if TYPE_CHECKING:
     from tuning import Problem
-    from tuning._reproduce import MainRow, TargetComparison
+    from tuning.paper import MainRow, TargetComparison
 
 __all__ = ["add_reproduce"]
 
@@ -90,15 +90,16 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     from common.errors import ScenarioError
     from profiling import load_catalog, load_scenario
     from tuning import planning_problem
-    from tuning._reproduce import (
+    from tuning.paper import (
         characterization,
         compare_targets,
         headline,
         main_results,
         quality_grid,
+        scheduling_time,
+        table2_steps,
         violations,
     )
-    from tuning._scheduling import scheduling_time, table2_steps
 
     start = time.perf_counter()
     load_start = _load_average()
@@ -180,7 +181,7 @@ def _scenario_block(problem: Problem, rows: list[MainRow], columns: list[TargetC
                     ) -> dict[str, Any]:
     """One scenario's part of the JSON."""
     from tuning import BASELINES
-    from tuning._reproduce import budget_share
+    from tuning.paper import budget_share
 
     sc = problem.scenario
     main = []
@@ -243,7 +244,7 @@ DIFFERENCES = [
 
 def _paper_block() -> dict[str, Any]:
     """`tuning._reproduce.PAPER` as JSON (tuple keys become objects)."""
-    from tuning._reproduce import PAPER, SYSTEMS
+    from tuning.paper import PAPER, SYSTEMS
 
     out = {k: v for k, v in PAPER.items() if k not in ("table3", "table1", "table2_s")}
     out["table3"] = {task: [{"quality": q, "p95_s": sec, "cost_per_hour": dict(zip(
@@ -281,7 +282,7 @@ def _gpus(per: dict[str, int] | None) -> str:
 
 
 def _main_section(sc: dict[str, Any], figure: str) -> list[str]:
-    from tuning._reproduce import SYSTEMS
+    from tuning.paper import SYSTEMS
 
     rows = []
     for r in sc["main_results"]:
@@ -350,7 +351,7 @@ def _headline_section(payload: dict[str, Any]) -> list[str]:
 
 
 def _tables13_section(sc: dict[str, Any], paper: dict[str, Any]) -> list[str]:
-    from tuning._reproduce import SYSTEMS
+    from tuning.paper import SYSTEMS
 
     p3 = {round(t["quality"], 3): t for t in paper["table3"].get(sc["task"], [])}
     p1 = {round(t["quality"], 3): t for t in paper["table1"].get(sc["task"], [])}
@@ -411,7 +412,7 @@ def _table2_section(payload: dict[str, Any], figure: str) -> list[str]:
                      f"{'>= ' if not nd['converged'] else ''}{nd['projected_s'] / 60:.1f} min "
                      f"(cache: {nd['cached_bound_s']:.0f} s)",
                      _f(paper["table2_s"].get(str(r["gpu_types"])), ".1f", " s")])
-    from tuning._mobo import MoboSettings
+    from tuning import MoboSettings
 
     first = MoboSettings().n_init
     at_first = sum(r["mobo"]["evaluations_to_target"] == first
@@ -454,7 +455,7 @@ def _table2_section(payload: dict[str, Any], figure: str) -> list[str]:
 
 def _characterization_section(sc: dict[str, Any], figure: str, paper: dict[str, Any]
                               ) -> list[str]:
-    from tuning._reproduce import CHARACTERIZATION
+    from tuning.paper import CHARACTERIZATION
 
     rows = [[f"{r['quality']:g}", *(_f(s["p95_s"], ".2f", " s") for s in r["steps"])]
             for r in sc["characterization"]]
@@ -526,7 +527,7 @@ def _write_figures(out: Path, payload: dict[str, Any]) -> dict[str, Any]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tuning._reproduce import CHARACTERIZATION, SYSTEMS
+    from tuning.paper import CHARACTERIZATION, SYSTEMS
 
     figs: dict[str, Any] = {}
     paper = payload["paper"]

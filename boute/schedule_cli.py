@@ -49,7 +49,7 @@ def add_schedule(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def _run_schedule(args: argparse.Namespace) -> int:
     from boute._shared import emit
-    from tuning._schedule import ScheduleError, compare, plan_schedule
+    from tuning import ScheduleError, compare_policies, plan_schedule
 
     if not (args.p95 > 0 and math.isfinite(args.p95)):
         raise BouteError(f"--p95={args.p95} must be a positive number of seconds")
@@ -78,7 +78,7 @@ def _run_schedule(args: argparse.Namespace) -> int:
                               progress=None if args.json else stderr_note)
     except ScheduleError as exc:
         raise BouteError(str(exc)) from None
-    policies = compare(sched, pl.candidate(float(np.mean(rates))), pl.meets, pl.cold_start,
+    policies = compare_policies(sched, pl.candidate(float(np.mean(rates))), pl.meets, pl.cold_start,
                        pl.price)
     sched.extra["goal"] = {"quality": args.quality, "p95_s": args.p95}
     sched.extra["policies"] = [p.to_dict() for p in policies]

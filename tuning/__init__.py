@@ -1,9 +1,13 @@
-"""Online optimization: plans, evaluator, searchers (BoTorch MOBO, exact, random), baselines.
+"""Planning: problems, plans, the evaluator, searchers (BoTorch MOBO, exact, random), baselines.
 
+`choose_plan` is the one planning pipeline (search, headroom check, length classes) every
+caller uses; `tuning.paper` holds the paper's experiments, `tuning.tune` the Ray Tune adapter.
 Pure planning code: Ray is imported only by the Ray Tune adapter.
 """
 
+from ._auto import ExactBudgetExceeded
 from ._baselines import BASELINES, baseline_min_cost
+from ._encoding import RawEncoding, StructuredEncoding
 from ._evaluator import (
     BatchMetrics,
     InfeasiblePlanError,
@@ -15,6 +19,7 @@ from ._evaluator import (
 )
 from ._exact import ExactFront, exact_front, exact_max_throughput, exact_min_cost
 from ._front import hypervolume, pareto_mask
+from ._mobo import MoboSettings, run_mobo
 from ._pipeline import Chosen, PlanOptions, choose_plan, fresh_seeds
 from ._plan import (
     LENGTH_CLASSES,
@@ -26,13 +31,20 @@ from ._plan import (
     Routing,
     WorkloadRouting,
 )
-from ._problem import Problem, db_paths, default_db_path, load_problem, planning_problem
+from ._problem import (
+    Problem,
+    db_paths,
+    default_db_path,
+    load_problem,
+    planning_problem,
+    scenario_problem,
+)
 from ._replan import Decision, GroupChange, Hysteresis, decide, diff_groups
 from ._replay import GroupReplay, Replay, replay
-from ._schedule import Schedule, daily_rates, plan_schedule
+from ._schedule import Schedule, ScheduleError, compare_policies, daily_rates, plan_schedule
 from ._schedule_planner import SchedulePlanner
-from ._search import Goal, SearchResult, StopRule, search
-from ._slo import WindowSLO, attainment, window_p95s
+from ._search import Goal, SearchError, SearchResult, StopRule, exact_search, search
+from ._slo import WindowSLO, attainment, window_p95s, window_quantile
 
 __all__ = [
     "BASELINES",
@@ -40,6 +52,7 @@ __all__ = [
     "BatchMetrics",
     "Chosen",
     "Decision",
+    "ExactBudgetExceeded",
     "ExactFront",
     "Goal",
     "Group",
@@ -48,23 +61,29 @@ __all__ = [
     "Hysteresis",
     "InfeasiblePlanError",
     "LengthRouting",
+    "MoboSettings",
     "Plan",
     "PlanArrays",
     "PlanError",
     "PlanOptions",
     "Predicted",
     "Problem",
+    "RawEncoding",
     "Replay",
     "Routing",
     "Schedule",
+    "ScheduleError",
     "SchedulePlanner",
+    "SearchError",
     "SearchResult",
     "StopRule",
+    "StructuredEncoding",
     "WindowSLO",
     "WorkloadRouting",
     "attainment",
     "baseline_min_cost",
     "choose_plan",
+    "compare_policies",
     "daily_rates",
     "db_paths",
     "decide",
@@ -75,6 +94,7 @@ __all__ = [
     "exact_front",
     "exact_max_throughput",
     "exact_min_cost",
+    "exact_search",
     "fresh_seeds",
     "hypervolume",
     "load_problem",
@@ -84,6 +104,9 @@ __all__ = [
     "plan_to_arrays",
     "planning_problem",
     "replay",
+    "run_mobo",
+    "scenario_problem",
     "search",
     "window_p95s",
+    "window_quantile",
 ]

@@ -33,8 +33,8 @@ plan (the cycle closes on it), ``O(J^2 T)`` each: exact for the candidate set. T
 for the peak serves every window, so staying on it is always feasible (a day with no
 transition at all satisfies C2 and C3).
 
-`compare` evaluates the schedule against a static plan sized for the peak, one sized for the
-mean rate, and reactive replanning (each window re-planned on the rate the previous window
+`compare_policies` evaluates the schedule against a static plan sized for the peak, one sized
+for the mean rate, and reactive replanning (each window re-planned on the rate the previous window
 showed, applied at once with the replanner's hysteresis, new replicas ready a cold start
 later): $/day, SLO attainment (windows whose plan(s) in effect meet L at the window's rate,
 by the evaluator), replicas started per day.
@@ -54,8 +54,8 @@ from profiling import daily_curve
 
 from ._plan import Plan
 
-__all__ = ["Candidate", "PolicyResult", "Schedule", "ScheduleError", "compare", "daily_rates",
-           "level_grid", "plan_schedule", "replicas_of", "transition"]
+__all__ = ["Candidate", "PolicyResult", "Schedule", "ScheduleError", "compare_policies",
+           "daily_rates", "level_grid", "plan_schedule", "replicas_of", "transition"]
 
 FloatArray = npt.NDArray[np.float64]
 Key = tuple[str, str, int, int, str | None]
@@ -319,7 +319,7 @@ def _run_policy(name: str, rates: FloatArray, chosen: list[Candidate], window_s:
                         len({frozenset(c.replicas.items()) for c in chosen}))
 
 
-def compare(schedule: Schedule, mean_plan: Candidate | None,
+def compare_policies(schedule: Schedule, mean_plan: Candidate | None,
             meets: Callable[[Plan, float], bool], cold_start_s: Callable[[Key], float],
             price_per_hour: Callable[[str], float], *, min_gain: float = 0.10,
             cooldown_s: float = 600.0) -> list[PolicyResult]:

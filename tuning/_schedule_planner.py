@@ -25,7 +25,7 @@ __all__ = ["SchedulePlanner"]
 
 
 class SchedulePlanner:
-    """The house pipeline at any rate of one workload, for `plan_schedule` and `compare`.
+    """The house pipeline at any rate of one workload, for `plan_schedule` and `compare_policies`.
 
     `plan_at` plans the scenario at a rate as `boute plan` does (min-cost at the goal, then
     the headroom check with `resim_seeds` fresh traces per group); `meets` evaluates a plan

@@ -49,7 +49,7 @@ from ._evaluator import BatchMetrics, PlanArrays, evaluate_arrays
 from ._mobo import MoboSettings, run_mobo
 from ._problem import Problem, _capacity_table
 from ._run import Goal, SearchResult, StopRule
-from ._search import _exact, search
+from ._search import exact_search, search
 
 __all__ = ["TARGET_HV_RATIO", "ArmResult", "NoDbResult", "SchedulingRow",
            "SimulatedEvaluator", "scheduling_time"]
@@ -274,7 +274,7 @@ def scheduling_time(problem: Problem, catalog: Catalog, *, cap_s: float = 20.0,
     t0 = time.perf_counter()
     exact_s: float | None
     try:
-        ex = _exact(problem, Goal(), deadline=t0 + exact_limit_s)
+        ex = exact_search(problem, Goal(), deadline=t0 + exact_limit_s)
         exact_s, ref_hv = time.perf_counter() - t0, ex.hypervolume(problem)
         reference = "exact DP front"
     except ExactBudgetExceeded:

@@ -45,7 +45,8 @@ from ._run import (
     make_encoding,
 )
 
-__all__ = ["Goal", "SearchError", "SearchResult", "StopRule", "concat_plans", "search"]
+__all__ = ["Goal", "SearchError", "SearchResult", "StopRule", "concat_plans", "exact_search",
+           "search"]
 
 
 def _random(problem: Problem, goal: Goal, *, rule: StopRule, seed: int, batch: int,
@@ -82,8 +83,8 @@ def _one_model_min_cost(problem: Problem, goal: Goal) -> SearchResult | None:
     return res
 
 
-def _exact(problem: Problem, goal: Goal, deadline: float | None = None) -> SearchResult:
-    """The exact solver; past `deadline` (perf_counter) it raises `ExactBudgetExceeded`."""
+def exact_search(problem: Problem, goal: Goal, deadline: float | None = None) -> SearchResult:
+    """The exact solver alone; past `deadline` (perf_counter) it raises `ExactBudgetExceeded`."""
     if problem.num_models == 1 and goal.mode == "min-cost" and goal.p95_s is not None:
         res = _one_model_min_cost(problem, goal)
         if res is None:
@@ -178,14 +179,14 @@ def search(
         reason = choice.reason
         if choice.solver == "exact":
             try:
-                res = _exact(problem, goal, deadline=exact_deadline())
+                res = exact_search(problem, goal, deadline=exact_deadline())
                 res.reason = reason
                 return res
             except ExactBudgetExceeded as exc:
                 reason = f"{reason}, but {exc}; mobo instead"
         solver = "mobo"
     if solver == "exact":
-        res = _exact(problem, goal)
+        res = exact_search(problem, goal)
         res.reason = "asked for (--solver exact)"
         return res
     if solver == "random":

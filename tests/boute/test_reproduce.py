@@ -137,7 +137,7 @@ def test_min_p95_plan_is_optimal() -> None:
     """No BOute plan meets Q = 89 under the budget 0.1% faster than the bisection's answer."""
     from tuning import evaluate_arrays, planning_problem
     from tuning._exact import _share_range, solve_level
-    from tuning._reproduce import min_p95_plan
+    from tuning.paper import min_p95_plan
 
     problem = planning_problem("paper-gsm8k")
     plan = min_p95_plan(problem, 89.0)

@@ -15,7 +15,7 @@ from tuning import Plan
 from tuning._schedule import (
     Candidate,
     ScheduleError,
-    compare,
+    compare_policies,
     daily_rates,
     level_grid,
     plan_schedule,
@@ -146,7 +146,7 @@ def test_alternating_day_and_the_change_bound() -> None:
     assert tight.cost_per_day == pytest.approx(8.8)
     # Reactive: re-planned on the previous window's rate, so it meets the target only
     # where the previous window's plan was big enough.
-    policies = {p.name: p for p in compare(
+    policies = {p.name: p for p in compare_policies(
         sched, low, lambda plan, rate: rate <= (33 if plan is high.plan else 10),
         lambda k: COLD_S, PRICE.__getitem__)}
     assert policies["schedule"].attainment == 1.0
