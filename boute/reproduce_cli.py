@@ -1,7 +1,7 @@
 """`boute reproduce`: the paper's experiments in one command, as a Markdown report with figures.
 
 Computation lives in `tuning._reproduce` (main results, Tables 1 and 3, characterization) and
-`tuning._scheduling` (Table 2); this module runs them, writes ``reproduction.json`` (every
+`tuning._planning_time` (Table 2); this module runs them, writes ``reproduction.json`` (every
 number), ``report.md`` and the PNG figures under ``--out``, and prints the tables.
 """
 

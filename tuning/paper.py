@@ -7,7 +7,7 @@
 * Table 2 (`scheduling_time`: the wall seconds each searcher needs to converge);
 * the paper's own figures to set beside them (`PAPER`, `CHARACTERIZATION`).
 
-A facade over `tuning._reproduce` and `tuning._scheduling`; pure (no printing, no plots).
+A facade over `tuning._reproduce` and `tuning._planning_time`; pure (no printing, no plots).
 """
 
 from ._reproduce import (
@@ -28,7 +28,7 @@ from ._reproduce import (
     quality_grid,
     violations,
 )
-from ._scheduling import (
+from ._planning_time import (
     TARGET_HV_RATIO,
     ArmResult,
     NoDbResult,
