@@ -41,15 +41,22 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from common.errors import BouteError
 from common.textfile import read_utf8
+from profiling import Scenario
+
+from ._goal import Goal, SearchError
 
 __all__ = ["LENGTH_CLASSES", "MAX_GROUP_GPUS", "Group", "LengthRouting", "Plan", "PlanError",
            "Predicted", "Routing", "WorkloadRouting"]
 
-LENGTH_CLASSES = ("short", "long")
+LengthClass = Literal["short", "long"]
+LENGTH_CLASSES: tuple[str, ...] = get_args(LengthClass)
 """Request classes by length: prompt + max_tokens at most the threshold, and above it."""
 
 
@@ -198,13 +205,18 @@ class Predicted:
 
 @dataclass(frozen=True)
 class Plan:
-    """Routing + replica groups (+ predicted metrics and the scenario it was made for)."""
+    """Routing + replica groups (+ predicted metrics, the scenario and goal it was made for).
+
+    `goal` is kept in the file as ``search.goal`` (`Goal.to_dict`), `extra` holds the file's
+    other top-level keys.
+    """
 
     routing: Routing
     groups: tuple[Group, ...]
     predicted: Predicted | None = None
     scenario: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    goal: Goal | None = None
 
     def with_predicted(self, predicted: Predicted, groups: tuple[Group, ...] | None = None
                        ) -> Plan:
@@ -225,6 +237,13 @@ class Plan:
         entry = gpus.get(offer) if isinstance(gpus, dict) else None
         base = entry.get("gpu") if isinstance(entry, dict) else None
         return base if isinstance(base, str) and base else offer
+
+    def _goal_workloads(self) -> tuple[str, ...]:
+        """The names `goal`'s ``qualities`` go by (`Problem.workloads`: ``default`` for one)."""
+        if self.routing.is_ladder:
+            return tuple(w.name for w in self.routing.workloads)
+        named = (self.scenario.get("spec") or {}).get("workloads") or [{}]  # a pair: one
+        return (str(named[0].get("name", "default")),)
 
     def gpus_by_type(self) -> dict[str, int]:
         """GPUs used per GPU type."""
@@ -264,8 +283,12 @@ class Plan:
             "groups": [g.to_dict() for g in self.groups],
             "predicted": asdict(self.predicted) if self.predicted else None,
             "scenario": self.scenario,
+            **self.extra,
         }
-        out.update(self.extra)
+        if self.goal is not None:
+            search = out.get("search")
+            out["search"] = {**(search if isinstance(search, dict) else {}),
+                             "goal": self.goal.to_dict(self._goal_workloads())}
         return _json_safe(out)  # type: ignore[no-any-return]
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -281,80 +304,42 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "plan") -> Plan:
-        """Parse and validate a plan object.
+        """Parse and validate a plan object (`_PlanFile`, the file's schema).
+
+        Unknown top-level keys are kept in `extra` (``search.goal`` becomes `goal`), unknown
+        keys of ``scenario`` as they are; ``predicted`` is None when malformed.
 
         Raises:
-            PlanError: a missing or ill-typed field (named in the message).
+            PlanError: a missing or ill-typed field, in one line naming `source`, the field,
+                its value and the rule.
 
         """
         if not isinstance(data, dict):
             raise PlanError(f"{source}: expected a JSON object with 'routing' and 'groups'")
-        routing = data.get("routing")
-        if not isinstance(routing, dict) or "strong_share" not in routing:
-            raise PlanError(f"{source}: routing.strong_share is required (share of queries "
-                            "sent to the strong model, 0..1)")
-        share = _number(routing["strong_share"], f"{source}: routing.strong_share")
-        if not 0.0 <= share <= 1.0:
-            raise PlanError(f"{source}: routing.strong_share={share} must lie in [0, 1]")
-        threshold = routing.get("threshold")
-        router = routing.get("router", "builtin")
-        if not isinstance(router, str) or not router:
-            raise PlanError(f"{source}: routing.router={router!r} must be a router name "
-                            "(builtin, random, or a RouteLLM router such as mf)")
-        rt = Routing(share, math.nan if threshold is None else
-                     _number(threshold, f"{source}: routing.threshold"), router,
-                     *_ladder_routing(routing, source), _length_routing(routing, source))
-        raw_groups = data.get("groups")
-        if not isinstance(raw_groups, list) or not raw_groups:
-            raise PlanError(f"{source}: groups must be a non-empty list of "
-                            "{model, gpu, tp, pp, replicas, share}")
-        groups = []
-        for i, g in enumerate(raw_groups):
-            where = f"{source}: groups[{i}]"
-            if not isinstance(g, dict):
-                raise PlanError(f"{where}: expected an object")
-            for key in ("model", "gpu"):
-                if not isinstance(g.get(key), str) or not g[key]:
-                    raise PlanError(f"{where}.{key}={g.get(key)!r} must be a catalog name")
-            ints = {}
-            for key, default in (("tp", 1), ("pp", 1), ("replicas", None)):
-                value = g.get(key, default)
-                if (not isinstance(value, int) or isinstance(value, bool) or value < 1
-                        or value > MAX_GROUP_GPUS):
-                    raise PlanError(f"{where}.{key}={value!r} must be an integer in "
-                                    f"[1, {MAX_GROUP_GPUS}]")
-                ints[key] = value
-            gpus = ints["tp"] * ints["pp"] * ints["replicas"]
-            if gpus > MAX_GROUP_GPUS:
-                raise PlanError(f"{where}: tp x pp x replicas = {gpus} GPUs, more than the "
-                                f"{MAX_GROUP_GPUS} of one GPU type a scenario can offer")
-            gshare = _number(g.get("share", 0.0), f"{where}.share")
-            if not 0.0 <= gshare <= 1.0:
-                raise PlanError(f"{where}.share={gshare} must lie in [0, 1]")
-            cls_name = g.get("length_class")
-            if cls_name is not None and cls_name not in LENGTH_CLASSES:
-                raise PlanError(f"{where}.length_class={cls_name!r} must be one of "
-                                f"{list(LENGTH_CLASSES)} (or absent)")
-            if (cls_name is None) != (rt.length_classes is None):
-                raise PlanError(f"{where}.length_class={cls_name!r}: "
-                                + ("every group of a plan with routing.length_classes names "
-                                   "its class (short or long)" if cls_name is None else
-                                   "the plan has no routing.length_classes; drop the field "
-                                   "or add routing.length_classes.threshold_tokens"))
-            groups.append(Group(g["model"], g["gpu"], ints["tp"], ints["pp"],
-                                ints["replicas"], gshare, cls_name))
-        pred = data.get("predicted")
-        predicted = None
-        if isinstance(pred, dict):
-            try:
-                predicted = Predicted(**{k: math.inf if pred.get(k) is None else float(pred[k])
-                                         for k in Predicted.__dataclass_fields__})
-            except (TypeError, ValueError):
-                predicted = None
-        known = {"routing", "groups", "predicted", "scenario"}
-        scenario = _scenario_block(data.get("scenario"), source)
-        return cls(rt, tuple(groups), predicted, scenario or {},
-                   {k: v for k, v in data.items() if k not in known})
+        try:
+            f = _PlanFile.model_validate(data)
+        except ValidationError as exc:
+            raise PlanError(_message(source, exc)) from None
+        r, lc = f.routing, f.routing.length_classes
+        models = tuple(r.models or ())
+        routing = Routing(r.strong_share, _nan(r.threshold), r.router, models, tuple(
+            WorkloadRouting(w.name, tuple(w.shares[m] for m in models),
+                            tuple(map(_nan, w.thresholds or [None] * (len(models) - 1))),
+                            _nan(w.rate_rps), _nan(w.quality)) for w in r.workloads or ()),
+            None if lc is None else LengthRouting(lc.threshold_tokens, {
+                w: (v["short"], v["long"]) for w, v in lc.shares.items()}))
+        extra = {k: v for k, v in data.items() if k not in _PlanFile.model_fields}
+        plan = cls(routing, tuple(Group(**g.model_dump()) for g in f.groups),
+                   _predicted(f.predicted), data.get("scenario") or {}, extra)
+        search = extra.get("search")
+        if not isinstance(search, dict) or search.get("goal") is None:
+            return plan
+        try:
+            goal = Goal.from_dict(search["goal"], plan._goal_workloads(), "search.goal")
+        except SearchError as exc:
+            raise PlanError(f"{source}: {exc}; fix it, or drop search.goal") from None
+        extra["search"] = {k: v for k, v in search.items() if k != "goal"}
+        return replace(plan, goal=goal)
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
@@ -380,140 +365,207 @@ class Plan:
         return cls.from_dict(data, f"plan {str(path)!r}")
 
 
-def _ladder_routing(routing: dict[str, Any], source: str
-                    ) -> tuple[tuple[str, ...], tuple[WorkloadRouting, ...]]:
-    """``routing.models`` and ``routing.workloads`` of a ladder plan (empty for a pair).
+# -- the file's schema: pydantic models, checked once in `Plan.from_dict` -----------------------
+# A field's description is what its value must be: a broken rule's message says so.
+_COUNT = f"an integer in [1, {MAX_GROUP_GPUS}]"
 
-    Raises:
-        PlanError: naming the field, the value and the rule.
 
+class _Invalid(ValueError):
+    """A rule across fields, broken: the message goes on from the object's path."""
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(frozen=True, strict=True, allow_inf_nan=False, extra="ignore")
+
+
+class _Workload(_Schema):
+    name: str = Field(min_length=1, description="the workload's name (non-empty, unique)")
+    shares: dict[str, float] = Field(description="an object with one share per model of "
+                                     "routing.models")
+    thresholds: list[float | None] | None = Field(None, description="a list of K - 1 router "
+                                                  "thresholds (null: calibrated live)")
+    rate_rps: float | None = Field(None, description="a finite number of req/s, or null")
+    quality: float | None = Field(None, description="a finite number (its quality), or null")
+
+
+class _LengthClasses(_Schema):
+    threshold_tokens: int = Field(ge=1, description="a positive whole number of tokens "
+                                  "(prompt + max_tokens)")
+    shares: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="an object mapping each workload to its class shares")
+
+    @model_validator(mode="after")
+    def _both_classes(self) -> _LengthClasses:
+        for name, v in self.shares.items():
+            if set(v) != set(LENGTH_CLASSES):
+                raise _Invalid(f".shares.{name}={v!r} must give the share of each class "
+                               f"{list(LENGTH_CLASSES)}")
+        return self
+
+
+class _Routing(_Schema):
+    strong_share: float = Field(ge=0, le=1, description="a number in [0, 1] (the share of "
+                                "queries sent to the strong model)")
+    threshold: float | None = Field(None, description="a finite number or null (the pair's "
+                                    "router threshold; null: calibrated live)")
+    router: str = Field("builtin", min_length=1, description="a router name (builtin, random, "
+                        "or a RouteLLM router such as mf)")
+    models: list[str] | None = Field(None, min_length=1, description="a list of 1 or more "
+                                     "distinct model names, smallest first")
+    workloads: list[_Workload] | None = Field(None, min_length=1, description="a non-empty "
+                                              "list of {name, shares, thresholds}")
+    length_classes: _LengthClasses | None = Field(None, description="an object with "
+                                                  "threshold_tokens (or absent)")
+
+    @model_validator(mode="after")
+    def _ladder(self) -> _Routing:
+        if not {"models", "workloads"} & self.model_fields_set:
+            return self                                       # a pair
+        models, workloads = self.models, self.workloads
+        if models is None or not all(models) or len(set(models)) != len(models):
+            raise _Invalid(f".models={models!r} must list 1 or more distinct model names, "
+                           "smallest first")
+        if workloads is None:
+            raise _Invalid(".workloads=None must be a non-empty list of {name, shares, "
+                           "thresholds}")
+        for i, w in enumerate(workloads):
+            at = f".workloads[{i}]"
+            if set(w.shares) != set(models):
+                raise _Invalid(f"{at}.shares={w.shares!r} must give one share per model of "
+                               f"routing.models {models}")
+            total = sum(w.shares.values())
+            if min(w.shares.values()) < 0 or abs(total - 1.0) > 1e-6:
+                raise _Invalid(f"{at}.shares={w.shares} must be >= 0 and sum to 1 (they sum "
+                               f"to {total:.6g})")
+            if w.thresholds is not None and len(w.thresholds) != len(models) - 1:
+                raise _Invalid(f"{at}.thresholds={w.thresholds!r} must list "
+                               f"{len(models) - 1} router thresholds (null: calibrated live)")
+        names = [w.name for w in workloads]
+        if len(set(names)) != len(names):
+            raise _Invalid(f".workloads names {names} repeat")
+        return self
+
+
+class _Group(_Schema):
+    model: str = Field(min_length=1, description="a catalog name (the group's model)")
+    gpu: str = Field(min_length=1, description="a catalog name (the group's GPU type)")
+    tp: int = Field(1, ge=1, le=MAX_GROUP_GPUS, description=f"{_COUNT} (tensor parallelism)")
+    pp: int = Field(1, ge=1, le=MAX_GROUP_GPUS, description=f"{_COUNT} (pipeline stages)")
+    replicas: int = Field(ge=1, le=MAX_GROUP_GPUS, description=f"{_COUNT} (replicas)")
+    share: float = Field(0.0, ge=0, le=1, description="a number in [0, 1] (the share of its "
+                         "model's load)")
+    length_class: LengthClass | None = Field(None, description=f"one of {list(LENGTH_CLASSES)} "
+                                             "(or absent)")
+
+    @model_validator(mode="after")
+    def _fits(self) -> _Group:
+        gpus = self.tp * self.pp * self.replicas
+        if gpus > MAX_GROUP_GPUS:
+            raise _Invalid(f": tp x pp x replicas = {gpus} GPUs, more than the "
+                           f"{MAX_GROUP_GPUS} of one GPU type a scenario can offer")
+        return self
+
+
+class _ScenarioBlock(_Schema):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field("", description="a string (the scenario's name)")
+    task: str = Field("", description="a string (the quality task)")
+    rate_rps: float | None = Field(None, gt=0, description="a positive number of requests/s "
+                                   "(or null); fix the plan file")
+    budget_per_hour: float | None = Field(None, gt=0, description="a positive number of "
+                                          "$/hour (or null); fix the plan file")
+    models: Any = Field(None, description="{weak, strong} model names, or a ladder's list")
+    gpus: dict[str, Any] | None = Field(None, description="an object (the GPU offers)")
+    spec: Scenario | None = Field(None, description="an object (the whole scenario)")
+
+    @field_validator("models")
+    @classmethod
+    def _pair_or_ladder(cls, v: Any) -> Any:
+        ladder = isinstance(v, list) and len(v) >= 1 and all(isinstance(m, str) for m in v)
+        pair = isinstance(v, dict) and all(isinstance(v.get(k), str) for k in ("weak", "strong"))
+        if v is not None and not (ladder or pair):
+            raise _Invalid(f"={v!r} must be an object with the weak and strong model names, "
+                           'e.g. {"weak": "llama-3.1-8b", "strong": "llama-3.1-70b"}, or a '
+                           "list of a ladder's models")
+        return v
+
+
+class _PlanFile(_Schema):
+    model_config = ConfigDict(extra="allow")
+    routing: _Routing = Field(description="an object with routing.strong_share (the share of "
+                              "queries sent to the strong model, 0..1)")
+    groups: list[_Group] = Field(min_length=1, description="a non-empty list of {model, gpu, "
+                                 "tp, pp, replicas, share}")
+    predicted: Any = Field(None, description="predicted metrics (read leniently)")
+    scenario: _ScenarioBlock | None = Field(None, description="an object (name, rate_rps, "
+                                            "budget_per_hour, task, models, gpus)")
+
+    @model_validator(mode="after")
+    def _classes(self) -> _PlanFile:
+        classes = self.routing.length_classes is not None
+        for i, g in enumerate(self.groups):
+            if (g.length_class is None) == classes:
+                raise _Invalid(f"groups[{i}].length_class={g.length_class!r}: " + (
+                    "every group of a plan with routing.length_classes names its class "
+                    "(short or long)" if classes else "the plan has no "
+                    "routing.length_classes; drop the field or add "
+                    "routing.length_classes.threshold_tokens"))
+        return self
+
+
+_GENERIC = {"float_type": "a finite number", "finite_number": "a finite number",
+            "model_type": "an object", "dict_type": "an object", "string_type": "a string"}
+
+
+def _message(source: str, exc: ValidationError) -> str:
+    """The first error in one line, ``{source}: {path}={value} must be {rule}``.
+
+    The rule is the field's description (`_Schema`), or the type's (a list item, a map value);
+    `_Invalid` messages go on from the path; errors inside ``scenario.spec`` are
+    `profiling.Scenario`'s.
     """
-    if "models" not in routing and "workloads" not in routing:
-        return (), ()
-    where = f"{source}: routing"
-    models = routing.get("models")
-    if (not isinstance(models, list) or len(models) < 1
-            or not all(isinstance(m, str) and m for m in models)
-            or len(set(models)) != len(models)):
-        raise PlanError(f"{where}.models={models!r} must list 1 or more distinct model names, "
-                        "smallest first")
-    raw = routing.get("workloads")
-    if not isinstance(raw, list) or not raw:
-        raise PlanError(f"{where}.workloads={raw!r} must be a non-empty list of "
-                        "{name, shares, thresholds}")
-    out = []
-    for i, w in enumerate(raw):
-        at = f"{where}.workloads[{i}]"
-        if not isinstance(w, dict) or not isinstance(w.get("name"), str) or not w["name"]:
-            raise PlanError(f"{at}: expected an object with a name")
-        shares = w.get("shares")
-        if not isinstance(shares, dict) or set(shares) != set(models):
-            raise PlanError(f"{at}.shares={shares!r} must give one share per model of "
-                            f"routing.models {models}")
-        vals = tuple(_number(shares[m], f"{at}.shares.{m}") for m in models)
-        if any(v < 0 for v in vals) or abs(sum(vals) - 1.0) > 1e-6:
-            raise PlanError(f"{at}.shares={shares} must be >= 0 and sum to 1 (they sum to "
-                            f"{sum(vals):.6g})")
-        th = w.get("thresholds", [None] * (len(models) - 1))
-        if not isinstance(th, list) or len(th) != len(models) - 1:
-            raise PlanError(f"{at}.thresholds={th!r} must list {len(models) - 1} router "
-                            "thresholds (null: calibrated live)")
-        thresholds = tuple(math.nan if t is None else _number(t, f"{at}.thresholds")
-                           for t in th)
-        rate = w.get("rate_rps")
-        quality = w.get("quality")
-        out.append(WorkloadRouting(
-            w["name"], vals, thresholds,
-            math.nan if rate is None else _number(rate, f"{at}.rate_rps"),
-            math.nan if quality is None else _number(quality, f"{at}.quality")))
-    names = [w.name for w in out]
-    if len(set(names)) != len(names):
-        raise PlanError(f"{where}.workloads names {names} repeat")
-    return tuple(models), tuple(out)
+    err = exc.errors(include_url=False)[0]
+    path = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in err["loc"]).lstrip(".")
+    cause = err.get("ctx", {}).get("error")
+    if isinstance(cause, _Invalid):
+        return f"{source}: {path}{cause}"
+    kind, value = err["type"], err["input"]
+    shown = "" if kind == "missing" or isinstance(value, dict) else f"={value!r}"
+    if path.startswith("scenario.spec") and (path, kind) != ("scenario.spec", "model_type"):
+        return (f"{source}: {path}{shown}: {cause or err['msg']}; re-plan with `boute plan` or "
+                "drop scenario.spec")
+    model: Any = _PlanFile
+    info: FieldInfo | None = None
+    for x in err["loc"]:        # the field at the path: its description is the rule
+        info = None if isinstance(x, int) else getattr(model, "model_fields", {}).get(x)
+        model = model if info is None else _model_in(info.annotation)
+    rule = info.description if info is not None else _GENERIC.get(kind)
+    if rule is None:
+        return f"{source}: {path}{shown}: {err['msg']}"
+    return (f"{source}: {path} is missing; it must be {rule}" if kind == "missing" else
+            f"{source}: {path}{shown} must be {rule}")
 
 
-def _length_routing(routing: dict[str, Any], source: str) -> LengthRouting | None:
-    """``routing.length_classes`` (None when absent).
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model in a field's type (``list[_Group] | None`` -> `_Group`), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, map(_model_in, get_args(annotation))), None)
 
-    Raises:
-        PlanError: naming the field, the value and the rule.
 
-    """
-    block = routing.get("length_classes")
-    if block is None:
-        return None
-    where = f"{source}: routing.length_classes"
-    if not isinstance(block, dict):
-        raise PlanError(f"{where}={block!r} must be an object with threshold_tokens")
-    n = block.get("threshold_tokens")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise PlanError(f"{where}.threshold_tokens={n!r} must be a positive whole number of "
-                        "tokens (prompt + max_tokens)")
-    raw = block.get("shares", {})
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _predicted(raw: Any) -> Predicted | None:
+    """``predicted``, leniently (null: inf): None when malformed (`boute evaluate` redoes it)."""
     if not isinstance(raw, dict):
-        raise PlanError(f"{where}.shares={raw!r} must map each workload to its class shares")
-    shares = {}
-    for name, v in raw.items():
-        if not isinstance(v, dict) or set(v) != set(LENGTH_CLASSES):
-            raise PlanError(f"{where}.shares.{name}={v!r} must give the share of each class "
-                            f"{list(LENGTH_CLASSES)}")
-        pair = tuple(_number(v[c], f"{where}.shares.{name}.{c}") for c in LENGTH_CLASSES)
-        shares[str(name)] = (pair[0], pair[1])
-    return LengthRouting(n, shares)
-
-
-def _scenario_block(block: Any, source: str) -> dict[str, Any]:
-    """Check the ``scenario`` block's known keys (others are kept as they are).
-
-    Raises:
-        PlanError: naming the key, the value and the rule.
-
-    """
-    if block is None:
-        return {}
-    where = f"{source}: scenario"
-    if not isinstance(block, dict):
-        raise PlanError(f"{where}={block!r} must be an object (name, rate_rps, budget_per_hour, "
-                        "task, models, gpus)")
-    for key in ("name", "task"):
-        if key in block and not isinstance(block[key], str):
-            raise PlanError(f"{where}.{key}={block[key]!r} must be a string")
-    for key, unit in (("rate_rps", "requests/s"), ("budget_per_hour", "$/hour")):
-        value = block.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                  or not (math.isfinite(value) and value > 0)):
-            raise PlanError(f"{where}.{key}={value!r} must be a positive number of {unit} "
-                            "(or null); fix the plan file")
-    models = block.get("models")
-    ladder = isinstance(models, list) and len(models) >= 1 and all(
-        isinstance(m, str) for m in models)
-    if models is not None and not ladder and (not isinstance(models, dict) or not all(
-            isinstance(models.get(k), str) for k in ("weak", "strong"))):
-        raise PlanError(f"{where}.models={models!r} must be an object with the weak and "
-                        'strong model names, e.g. {"weak": "llama-3.1-8b", "strong": '
-                        '"llama-3.1-70b"}, or a list of a ladder\'s models')
-    for key in ("gpus", "spec"):
-        if block.get(key) is not None and not isinstance(block[key], dict):
-            raise PlanError(f"{where}.{key}={block[key]!r} must be an object")
-    if isinstance(block.get("spec"), dict):
-        from pydantic import ValidationError
-
-        from profiling import Scenario
-
-        try:
-            Scenario.model_validate(block["spec"])
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = "".join(f".{x}" for x in err["loc"])
-            raise PlanError(f"{where}.spec{loc}: {err['msg']}; re-plan with `boute plan` or "
-                            "drop scenario.spec") from None
-    return block
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise PlanError(f"{where}={value!r} must be a finite number")
-    return float(value)
+        return None
+    try:
+        return Predicted(**{k: math.inf if raw.get(k) is None else float(raw[k])
+                            for k in Predicted.__dataclass_fields__})
+    except (TypeError, ValueError):
+        return None
 
 
 def _json_safe(obj: Any) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 import pytest
 import yaml
 
@@ -35,7 +36,7 @@ def test_replan_and_boute_plan_choose_the_same_plan_on_the_same_window(
     running = Plan(Routing(0.3), (Group("llama-3.1-8b", "RTX-4090", 1, 1, 2, 1.0),
                                   Group("llama-3.1-70b", "H100", 4, 1, 1, 1.0)),
                    scenario={"name": "small", "spec": scenario.model_dump(mode="json")},
-                   extra={"search": {"goal": goal.to_dict(("default",))}})
+                   goal=goal)
     state = RunningState(running, Stack(log_dir=str(tmp_path / "log")), None, "127.0.0.1",
                          8000, "HeadOnly")
     # the window: 240 requests of the scenario's shape at 12 req/s (the log's traffic)
@@ -54,7 +55,7 @@ def test_replan_and_boute_plan_choose_the_same_plan_on_the_same_window(
     assert json.loads(json.dumps(proposed.to_dict())) == planned
     # the proposal went through the headroom check, as `boute plan`'s does
     assert proposed.extra["headroom"]["seeds"] == [101]
-    assert proposed.extra["search"]["goal"] == goal.to_dict(("default",))
+    assert proposed.goal == goal and planned["search"]["goal"] == goal.to_dict(("default",))
 
 
 def _write(path: Path, text: str) -> Path:
