@@ -72,9 +72,9 @@ class Goal:
         if mode not in MODES:
             raise SearchError(f"{where}.mode={mode!r} is unknown; use one of {', '.join(MODES)}")
 
-        def number(v: Any, at: str) -> float:
+        def number(v: Any, at: str, null: str = "") -> float:
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise SearchError(f"{where}.{at}={v!r} must be a number or null")
+                raise SearchError(f"{where}.{at}={v!r} must be a number{null}")
             return float(v)
 
         qualities = None
@@ -96,5 +96,5 @@ class Goal:
             except ValueError as exc:
                 raise SearchError(f"{where}.slo: {exc}") from None
         quality, p95_s = data.get("quality"), data.get("p95_s")
-        return cls(mode, None if quality is None else number(quality, "quality"),
-                   None if p95_s is None else number(p95_s, "p95_s"), qualities, slo)
+        return cls(mode, None if quality is None else number(quality, "quality", " or null"),
+                   None if p95_s is None else number(p95_s, "p95_s", " or null"), qualities, slo)

@@ -5,7 +5,8 @@
  "groups": [{"model", "gpu", "tp", "pp", "replicas", "share"}, ...],
  "predicted": {"p95_s", "system_p95_s", "mean_s", "quality", "cost_per_hour",
                "throughput_rps", "capacity_rps"},
- "scenario": {"name", "rate_rps", "budget_per_hour", "task", "models", "gpus"}}
+ "scenario": {"name", "rate_rps", "budget_per_hour", "task", "models", "gpus", "spec"},
+ "search": {..., "goal": {"mode", "quality", "p95_s", "qualities", "slo"}}, ...}
 ```
 
 ``share`` is the share of *its model's* load that a group receives (shares of one model's groups
@@ -41,10 +42,9 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.fields import FieldInfo
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator, model_validator
 
 from common.errors import BouteError
 from common.textfile import read_utf8
@@ -55,8 +55,7 @@ from ._goal import Goal, SearchError
 __all__ = ["LENGTH_CLASSES", "MAX_GROUP_GPUS", "Group", "LengthRouting", "Plan", "PlanError",
            "Predicted", "Routing", "WorkloadRouting"]
 
-LengthClass = Literal["short", "long"]
-LENGTH_CLASSES: tuple[str, ...] = get_args(LengthClass)
+LENGTH_CLASSES = ("short", "long")
 """Request classes by length: prompt + max_tokens at most the threshold, and above it."""
 
 
@@ -207,8 +206,7 @@ class Predicted:
 class Plan:
     """Routing + replica groups (+ predicted metrics, the scenario and goal it was made for).
 
-    `goal` is kept in the file as ``search.goal`` (`Goal.to_dict`), `extra` holds the file's
-    other top-level keys.
+    `goal` is written as ``search.goal``; `extra` holds the file's other top-level keys.
     """
 
     routing: Routing
@@ -240,10 +238,9 @@ class Plan:
 
     def _goal_workloads(self) -> tuple[str, ...]:
         """The names `goal`'s ``qualities`` go by (`Problem.workloads`: ``default`` for one)."""
-        if self.routing.is_ladder:
-            return tuple(w.name for w in self.routing.workloads)
-        named = (self.scenario.get("spec") or {}).get("workloads") or [{}]  # a pair: one
-        return (str(named[0].get("name", "default")),)
+        named = (self.scenario.get("spec") or {}).get("workloads") or [{"name": "default"}]
+        return (tuple(w.name for w in self.routing.workloads) if self.routing.is_ladder
+                else (str(named[0]["name"]),))                     # a pair: one workload
 
     def gpus_by_type(self) -> dict[str, int]:
         """GPUs used per GPU type."""
@@ -285,10 +282,9 @@ class Plan:
             "scenario": self.scenario,
             **self.extra,
         }
-        if self.goal is not None:
-            search = out.get("search")
-            out["search"] = {**(search if isinstance(search, dict) else {}),
-                             "goal": self.goal.to_dict(self._goal_workloads())}
+        if self.goal is not None:              # as search.goal, where `from_dict` finds it
+            out["search"] = {**(out.get("search") or {}), "goal": self.goal.to_dict(
+                self._goal_workloads())}
         return _json_safe(out)  # type: ignore[no-any-return]
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -304,14 +300,10 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "plan") -> Plan:
-        """Parse and validate a plan object (`_PlanFile`, the file's schema).
-
-        Unknown top-level keys are kept in `extra` (``search.goal`` becomes `goal`), unknown
-        keys of ``scenario`` as they are; ``predicted`` is None when malformed.
+        """Parse and check a plan object (`_PlanFile`); other keys go to `extra` (and `goal`).
 
         Raises:
-            PlanError: a missing or ill-typed field, in one line naming `source`, the field,
-                its value and the rule.
+            PlanError: in one line, the first missing or ill-typed field, its value and rule.
 
         """
         if not isinstance(data, dict):
@@ -320,17 +312,21 @@ class Plan:
             f = _PlanFile.model_validate(data)
         except ValidationError as exc:
             raise PlanError(_message(source, exc)) from None
-        r, lc = f.routing, f.routing.length_classes
-        models = tuple(r.models or ())
-        routing = Routing(r.strong_share, _nan(r.threshold), r.router, models, tuple(
+        r, lc, models = f.routing, f.routing.length_classes, tuple(f.routing.models or ())
+        routing = Routing(r.strong_share, r.threshold, r.router, models, tuple(
             WorkloadRouting(w.name, tuple(w.shares[m] for m in models),
-                            tuple(map(_nan, w.thresholds or [None] * (len(models) - 1))),
-                            _nan(w.rate_rps), _nan(w.quality)) for w in r.workloads or ()),
+                            tuple(w.thresholds or [math.nan] * (len(models) - 1)),
+                            w.rate_rps, w.quality) for w in r.workloads or ()),
             None if lc is None else LengthRouting(lc.threshold_tokens, {
-                w: (v["short"], v["long"]) for w, v in lc.shares.items()}))
+                w: (v.short, v.long) for w, v in lc.shares.items()}))
         extra = {k: v for k, v in data.items() if k not in _PlanFile.model_fields}
-        plan = cls(routing, tuple(Group(**g.model_dump()) for g in f.groups),
-                   _predicted(f.predicted), data.get("scenario") or {}, extra)
+        try:                  # leniently (null: inf), as `boute evaluate` recomputes it
+            predicted = Predicted(**{k: math.inf if (v := f.predicted.get(k)) is None else
+                                     float(v) for k in Predicted.__dataclass_fields__})
+        except (AttributeError, TypeError, ValueError):   # not an object, a bad number
+            predicted = None
+        plan = cls(routing, tuple(Group(**g.model_dump()) for g in f.groups), predicted,
+                   data.get("scenario") or {}, extra)
         search = extra.get("search")
         if not isinstance(search, dict) or search.get("goal") is None:
             return plan
@@ -365,183 +361,147 @@ class Plan:
         return cls.from_dict(data, f"plan {str(path)!r}")
 
 
-# -- the file's schema: pydantic models, checked once in `Plan.from_dict` -----------------------
-# A field's description is what its value must be: a broken rule's message says so.
-_COUNT = f"an integer in [1, {MAX_GROUP_GPUS}]"
-
-
+# -- the file's schema, checked once in `Plan.from_dict` ---------------------------------------
 class _Invalid(ValueError):
     """A rule across fields, broken: the message goes on from the object's path."""
 
 
-class _Schema(BaseModel):
+def _rule(rule: str, default: Any = ..., **constraints: Any) -> Any:
+    """A field whose description is its `rule`: what its value must be (its error says so)."""
+    return Field(default, description=rule, **constraints)
+
+
+class _Schema(BaseModel):   # _OrNaN: a finite number, or null (read as NaN: unknown)
     model_config = ConfigDict(frozen=True, strict=True, allow_inf_nan=False, extra="ignore")
 
 
+_OrNaN = Annotated[float, WrapValidator(lambda v, finite: math.nan if v is None else finite(v))]
+_COUNT = f"an integer in [1, {MAX_GROUP_GPUS}]"
+
+
 class _Workload(_Schema):
-    name: str = Field(min_length=1, description="the workload's name (non-empty, unique)")
-    shares: dict[str, float] = Field(description="an object with one share per model of "
-                                     "routing.models")
-    thresholds: list[float | None] | None = Field(None, description="a list of K - 1 router "
-                                                  "thresholds (null: calibrated live)")
-    rate_rps: float | None = Field(None, description="a finite number of req/s, or null")
-    quality: float | None = Field(None, description="a finite number (its quality), or null")
+    name: str = _rule("the workload's name (non-empty, unique)", min_length=1)
+    shares: dict[str, float] = _rule("an object: a share per model of the ladder")
+    thresholds: list[_OrNaN] | None = _rule("a list of router thresholds or nulls", None)
+    rate_rps: _OrNaN = _rule("a finite number of requests/s, or null", math.nan)
+    quality: _OrNaN = _rule("a finite number (its quality), or null", math.nan)
+
+
+class _ClassShares(_Schema):
+    model_config = ConfigDict(extra="forbid")
+    short: float = _rule("a finite number (the short requests' share)")
+    long: float = _rule("a finite number (the long requests' share)")
 
 
 class _LengthClasses(_Schema):
-    threshold_tokens: int = Field(ge=1, description="a positive whole number of tokens "
-                                  "(prompt + max_tokens)")
-    shares: dict[str, dict[str, float]] = Field(
-        default_factory=dict, description="an object mapping each workload to its class shares")
-
-    @model_validator(mode="after")
-    def _both_classes(self) -> _LengthClasses:
-        for name, v in self.shares.items():
-            if set(v) != set(LENGTH_CLASSES):
-                raise _Invalid(f".shares.{name}={v!r} must give the share of each class "
-                               f"{list(LENGTH_CLASSES)}")
-        return self
+    threshold_tokens: int = _rule("a positive whole number of tokens (prompt + max_tokens)", ge=1)
+    shares: dict[str, _ClassShares] = _rule("an object: each workload's {short, long} shares", {})
 
 
 class _Routing(_Schema):
-    strong_share: float = Field(ge=0, le=1, description="a number in [0, 1] (the share of "
-                                "queries sent to the strong model)")
-    threshold: float | None = Field(None, description="a finite number or null (the pair's "
-                                    "router threshold; null: calibrated live)")
-    router: str = Field("builtin", min_length=1, description="a router name (builtin, random, "
-                        "or a RouteLLM router such as mf)")
-    models: list[str] | None = Field(None, min_length=1, description="a list of 1 or more "
-                                     "distinct model names, smallest first")
-    workloads: list[_Workload] | None = Field(None, min_length=1, description="a non-empty "
-                                              "list of {name, shares, thresholds}")
-    length_classes: _LengthClasses | None = Field(None, description="an object with "
-                                                  "threshold_tokens (or absent)")
-
-    @model_validator(mode="after")
-    def _ladder(self) -> _Routing:
-        if not {"models", "workloads"} & self.model_fields_set:
-            return self                                       # a pair
-        models, workloads = self.models, self.workloads
-        if models is None or not all(models) or len(set(models)) != len(models):
-            raise _Invalid(f".models={models!r} must list 1 or more distinct model names, "
-                           "smallest first")
-        if workloads is None:
-            raise _Invalid(".workloads=None must be a non-empty list of {name, shares, "
-                           "thresholds}")
-        for i, w in enumerate(workloads):
-            at = f".workloads[{i}]"
-            if set(w.shares) != set(models):
-                raise _Invalid(f"{at}.shares={w.shares!r} must give one share per model of "
-                               f"routing.models {models}")
-            total = sum(w.shares.values())
-            if min(w.shares.values()) < 0 or abs(total - 1.0) > 1e-6:
-                raise _Invalid(f"{at}.shares={w.shares} must be >= 0 and sum to 1 (they sum "
-                               f"to {total:.6g})")
-            if w.thresholds is not None and len(w.thresholds) != len(models) - 1:
-                raise _Invalid(f"{at}.thresholds={w.thresholds!r} must list "
-                               f"{len(models) - 1} router thresholds (null: calibrated live)")
-        names = [w.name for w in workloads]
-        if len(set(names)) != len(names):
-            raise _Invalid(f".workloads names {names} repeat")
-        return self
+    strong_share: float = _rule("a number in [0, 1] (the strong model's share)", ge=0, le=1)
+    threshold: _OrNaN = _rule("a finite number, or null: calibrated live", math.nan)
+    router: str = _rule("a router name (builtin, random, or a RouteLLM router such as mf)",
+                        "builtin", min_length=1)
+    models: list[str] | None = _rule("a list of 1 or more distinct model names, smallest first",
+                                     None, min_length=1)
+    workloads: list[_Workload] | None = _rule("a non-empty list of {name, shares, thresholds}",
+                                              None, min_length=1)
+    length_classes: _LengthClasses | None = _rule("an object with threshold_tokens", None)
 
 
 class _Group(_Schema):
-    model: str = Field(min_length=1, description="a catalog name (the group's model)")
-    gpu: str = Field(min_length=1, description="a catalog name (the group's GPU type)")
-    tp: int = Field(1, ge=1, le=MAX_GROUP_GPUS, description=f"{_COUNT} (tensor parallelism)")
-    pp: int = Field(1, ge=1, le=MAX_GROUP_GPUS, description=f"{_COUNT} (pipeline stages)")
-    replicas: int = Field(ge=1, le=MAX_GROUP_GPUS, description=f"{_COUNT} (replicas)")
-    share: float = Field(0.0, ge=0, le=1, description="a number in [0, 1] (the share of its "
-                         "model's load)")
-    length_class: LengthClass | None = Field(None, description=f"one of {list(LENGTH_CLASSES)} "
-                                             "(or absent)")
-
-    @model_validator(mode="after")
-    def _fits(self) -> _Group:
-        gpus = self.tp * self.pp * self.replicas
-        if gpus > MAX_GROUP_GPUS:
-            raise _Invalid(f": tp x pp x replicas = {gpus} GPUs, more than the "
-                           f"{MAX_GROUP_GPUS} of one GPU type a scenario can offer")
-        return self
+    model: str = _rule("a catalog name (the group's model)", min_length=1)
+    gpu: str = _rule("a catalog name (the group's GPU type)", min_length=1)
+    tp: int = _rule(f"{_COUNT} (tensor parallelism)", 1, ge=1, le=MAX_GROUP_GPUS)
+    pp: int = _rule(f"{_COUNT} (pipeline stages)", 1, ge=1, le=MAX_GROUP_GPUS)
+    replicas: int = _rule(f"{_COUNT} (replicas)", ge=1, le=MAX_GROUP_GPUS)
+    share: float = _rule("a number in [0, 1] (of its model's load)", 0.0, ge=0, le=1)
+    length_class: Literal["short", "long"] | None = _rule("short or long (or absent)", None)
 
 
 class _ScenarioBlock(_Schema):
     model_config = ConfigDict(extra="allow")
-    name: str = Field("", description="a string (the scenario's name)")
-    task: str = Field("", description="a string (the quality task)")
-    rate_rps: float | None = Field(None, gt=0, description="a positive number of requests/s "
-                                   "(or null); fix the plan file")
-    budget_per_hour: float | None = Field(None, gt=0, description="a positive number of "
-                                          "$/hour (or null); fix the plan file")
-    models: Any = Field(None, description="{weak, strong} model names, or a ladder's list")
-    gpus: dict[str, Any] | None = Field(None, description="an object (the GPU offers)")
-    spec: Scenario | None = Field(None, description="an object (the whole scenario)")
-
-    @field_validator("models")
-    @classmethod
-    def _pair_or_ladder(cls, v: Any) -> Any:
-        ladder = isinstance(v, list) and len(v) >= 1 and all(isinstance(m, str) for m in v)
-        pair = isinstance(v, dict) and all(isinstance(v.get(k), str) for k in ("weak", "strong"))
-        if v is not None and not (ladder or pair):
-            raise _Invalid(f"={v!r} must be an object with the weak and strong model names, "
-                           'e.g. {"weak": "llama-3.1-8b", "strong": "llama-3.1-70b"}, or a '
-                           "list of a ladder's models")
-        return v
+    name: str = _rule("a string (the scenario's name)", "")
+    task: str = _rule("a string (the quality task)", "")
+    rate_rps: float | None = _rule("a positive number of requests/s (or null)", None, gt=0)
+    budget_per_hour: float | None = _rule("a positive number of $/hour (or null)", None, gt=0)
+    models: Any = _rule("{weak, strong} model names, or a ladder's list", None)
+    gpus: dict[str, Any] | None = _rule("an object (the GPU offers)", None)
+    spec: Scenario | None = _rule("an object (the whole scenario)", None)
 
 
 class _PlanFile(_Schema):
     model_config = ConfigDict(extra="allow")
-    routing: _Routing = Field(description="an object with routing.strong_share (the share of "
-                              "queries sent to the strong model, 0..1)")
-    groups: list[_Group] = Field(min_length=1, description="a non-empty list of {model, gpu, "
-                                 "tp, pp, replicas, share}")
-    predicted: Any = Field(None, description="predicted metrics (read leniently)")
-    scenario: _ScenarioBlock | None = Field(None, description="an object (name, rate_rps, "
-                                            "budget_per_hour, task, models, gpus)")
+    routing: _Routing = _rule("an object with routing.strong_share (the strong model's share)")
+    groups: list[_Group] = _rule("a non-empty list of {model, gpu, tp, pp, replicas}", min_length=1)
+    predicted: Any = _rule("predicted metrics (read leniently)", None)
+    scenario: _ScenarioBlock | None = _rule("an object (the scenario the plan was made for)", None)
 
     @model_validator(mode="after")
-    def _classes(self) -> _PlanFile:
+    def _across_fields(self) -> _PlanFile:
+        models, workloads = self.routing.models, self.routing.workloads
+        if {"models", "workloads"} & self.routing.model_fields_set:   # a ladder
+            if models is None or not all(models) or len(set(models)) != len(models):
+                raise _Invalid(f"routing.models={models!r} must list 1 or more distinct model "
+                               "names, smallest first")
+            if workloads is None:
+                raise _Invalid("routing.workloads=None must be a non-empty list of {name, "
+                               "shares, thresholds}")
+            for i, w in enumerate(workloads):
+                at, total = f"routing.workloads[{i}]", sum(w.shares.values())
+                if set(w.shares) != set(models):
+                    raise _Invalid(f"{at}.shares={w.shares!r} must give one share per model "
+                                   f"of routing.models {models}")
+                if min(w.shares.values()) < 0 or abs(total - 1.0) > 1e-6:
+                    raise _Invalid(f"{at}.shares={w.shares} must be >= 0 and sum to 1 (they "
+                                   f"sum to {total:.6g})")
+                if w.thresholds is not None and len(w.thresholds) != len(models) - 1:
+                    raise _Invalid(f"{at}.thresholds={w.thresholds!r} must list {len(models) - 1}"
+                                   " router thresholds (null: calibrated live)")
+            if len({w.name for w in workloads}) != len(workloads):
+                raise _Invalid(f"routing.workloads names {[w.name for w in workloads]} repeat")
+        m = self.scenario.models if self.scenario else None
+        names = [m.get("weak"), m.get("strong")] if isinstance(m, dict) else m   # or a ladder's
+        if m is not None and not (isinstance(names, list) and names and all(
+                isinstance(x, str) for x in names)):
+            raise _Invalid(f"scenario.models={m!r} must be an object with the weak and strong "
+                           'model names, e.g. {"weak": "llama-3.1-8b", "strong": "llama-3.1-70b"}'
+                           ", or a list of a ladder's models")
         classes = self.routing.length_classes is not None
         for i, g in enumerate(self.groups):
+            if g.tp * g.pp * g.replicas > MAX_GROUP_GPUS:
+                raise _Invalid(f"groups[{i}]: tp x pp x replicas = {g.tp * g.pp * g.replicas} "
+                               f"GPUs, more than the {MAX_GROUP_GPUS} of one GPU type a "
+                               "scenario can offer")
             if (g.length_class is None) == classes:
                 raise _Invalid(f"groups[{i}].length_class={g.length_class!r}: " + (
                     "every group of a plan with routing.length_classes names its class "
-                    "(short or long)" if classes else "the plan has no "
-                    "routing.length_classes; drop the field or add "
-                    "routing.length_classes.threshold_tokens"))
+                    "(short or long)" if classes else "the plan has no routing.length_classes;"
+                    " drop the field or add routing.length_classes.threshold_tokens"))
         return self
 
 
-_GENERIC = {"float_type": "a finite number", "finite_number": "a finite number",
-            "model_type": "an object", "dict_type": "an object", "string_type": "a string"}
+_TYPES = {"float_type": "a finite number", "finite_number": "a finite number",
+          "model_type": "an object", "dict_type": "an object", "string_type": "a string"}
 
 
 def _message(source: str, exc: ValidationError) -> str:
-    """The first error in one line, ``{source}: {path}={value} must be {rule}``.
-
-    The rule is the field's description (`_Schema`), or the type's (a list item, a map value);
-    `_Invalid` messages go on from the path; errors inside ``scenario.spec`` are
-    `profiling.Scenario`'s.
-    """
+    """The first error in one line: ``{source}: {path}={value} must be {rule}``."""
     err = exc.errors(include_url=False)[0]
     path = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in err["loc"]).lstrip(".")
-    cause = err.get("ctx", {}).get("error")
+    kind, cause = err["type"], err.get("ctx", {}).get("error")
     if isinstance(cause, _Invalid):
         return f"{source}: {path}{cause}"
-    kind, value = err["type"], err["input"]
-    shown = "" if kind == "missing" or isinstance(value, dict) else f"={value!r}"
+    shown = "" if kind == "missing" or isinstance(err["input"], dict) else f"={err['input']!r}"
     if path.startswith("scenario.spec") and (path, kind) != ("scenario.spec", "model_type"):
         return (f"{source}: {path}{shown}: {cause or err['msg']}; re-plan with `boute plan` or "
-                "drop scenario.spec")
-    model: Any = _PlanFile
-    info: FieldInfo | None = None
-    for x in err["loc"]:        # the field at the path: its description is the rule
+                "drop scenario.spec")                     # `profiling.Scenario`'s own rule
+    model, info = _PlanFile, None
+    for x in err["loc"]:             # the field at the path (None: a list item, a map value)
         info = None if isinstance(x, int) else getattr(model, "model_fields", {}).get(x)
         model = model if info is None else _model_in(info.annotation)
-    rule = info.description if info is not None else _GENERIC.get(kind)
-    if rule is None:
-        return f"{source}: {path}{shown}: {err['msg']}"
+    rule = info.description if info is not None else _TYPES.get(kind, f"valid ({err['msg']})")
     return (f"{source}: {path} is missing; it must be {rule}" if kind == "missing" else
             f"{source}: {path}{shown} must be {rule}")
 
@@ -551,21 +511,6 @@ def _model_in(annotation: Any) -> Any:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     return next(filter(None, map(_model_in, get_args(annotation))), None)
-
-
-def _nan(value: float | None) -> float:
-    return math.nan if value is None else value
-
-
-def _predicted(raw: Any) -> Predicted | None:
-    """``predicted``, leniently (null: inf): None when malformed (`boute evaluate` redoes it)."""
-    if not isinstance(raw, dict):
-        return None
-    try:
-        return Predicted(**{k: math.inf if raw.get(k) is None else float(raw[k])
-                            for k in Predicted.__dataclass_fields__})
-    except (TypeError, ValueError):
-        return None
 
 
 def _json_safe(obj: Any) -> Any:
