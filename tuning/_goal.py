@@ -43,7 +43,7 @@ class Goal:
     slo: WindowSLO | None = None
 
     def to_dict(self, workloads: tuple[str, ...]) -> dict[str, Any]:
-        """The JSON form a plan keeps (``extra.search.goal``): `from_dict` reads it back.
+        """The JSON form a plan file keeps (``search.goal``, `Plan.goal`): `from_dict` reads it.
 
         ``qualities`` is written by workload name (`workloads`, `Problem.workloads` order),
         ``slo`` as ``{attainment, window_s}``; absent fields are left out.

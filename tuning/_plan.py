@@ -371,10 +371,11 @@ def _rule(rule: str, default: Any = ..., **constraints: Any) -> Any:
     return Field(default, description=rule, **constraints)
 
 
-class _Schema(BaseModel):   # _OrNaN: a finite number, or null (read as NaN: unknown)
+class _Schema(BaseModel):   # strict: no bool for a number, no "4" for an integer
     model_config = ConfigDict(frozen=True, strict=True, allow_inf_nan=False, extra="ignore")
 
 
+# a finite number, or null read as NaN (unknown; a router threshold calibrated live)
 _OrNaN = Annotated[float, WrapValidator(lambda v, finite: math.nan if v is None else finite(v))]
 _COUNT = f"an integer in [1, {MAX_GROUP_GPUS}]"
 

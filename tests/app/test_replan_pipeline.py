@@ -52,7 +52,10 @@ def test_replan_and_boute_plan_choose_the_same_plan_on_the_same_window(
                  "--quality", "87", "--p95", "8", "--resim-seeds", "1", "--out", str(out),
                  "--plot", ""]) == 0
     planned = json.loads(capsys.readouterr().out)["plan"]
-    assert json.loads(json.dumps(proposed.to_dict())) == planned
+    mine = json.loads(json.dumps(proposed.to_dict()))
+    for p in (mine, planned):       # auto's reason quotes the measured CPU ms of the DP probe
+        assert p["search"].pop("reason").startswith("the certified answer is estimated")
+    assert mine == planned
     # the proposal went through the headroom check, as `boute plan`'s does
     assert proposed.extra["headroom"]["seeds"] == [101]
     assert proposed.goal == goal and planned["search"]["goal"] == goal.to_dict(("default",))
