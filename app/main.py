@@ -200,9 +200,8 @@ def _latency_level_s(plan: Plan) -> float | None:
     Its P95 target when it was planned for one (capacity is computed at that level), else its
     predicted P95.
     """
-    goal = (plan.extra.get("search") or {}).get("goal") or {}
-    target = goal.get("p95_s") if isinstance(goal, dict) else None
-    if isinstance(target, int | float) and math.isfinite(target) and target > 0:
+    target = plan.goal.p95_s if plan.goal is not None else None
+    if target is not None and math.isfinite(target) and target > 0:
         return float(target)
     return plan.predicted.p95_s if plan.predicted is not None else None
 

@@ -212,22 +212,11 @@ def window_trace(log_dir: str, *, window_s: float, now_s: float, min_requests: i
 
 
 def _goal_of(plan: Plan, options: ReplanOptions) -> Goal:
-    """The options' goal, else the one the plan was made for, else its quality as a floor.
-
-    Raises:
-        ReplanError: the plan's saved goal is malformed (named, with the fix).
-
-    """
+    """The options' goal, else the one the plan was made for, else its quality as a floor."""
     if options.goal is not None:
         return options.goal
-    saved = (plan.extra.get("search") or {}).get("goal")
-    if isinstance(saved, dict):
-        try:
-            return Goal.from_dict(saved, tuple(w.name for w in plan.routing.workloads)
-                                  if plan.routing.is_ladder else ("default",),
-                                  "plan.extra.search.goal")
-        except BouteError as exc:
-            raise ReplanError(f"{exc}; pass the goal (--quality/--p95/--objective)") from None
+    if plan.goal is not None:
+        return plan.goal
     quality = plan.predicted.quality if plan.predicted is not None else None
     return Goal("pareto", quality, None)
 

@@ -36,6 +36,7 @@ import shutil
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ def main() -> int:
     from boute.slo_cli import log_attainment
     from placement import free_port, local_cluster
     from profiling import Trace, generate_trace, load_catalog, load_scenario
-    from tuning import SchedulePlanner, compare_policies, plan_schedule
+    from tuning import Goal, SchedulePlanner, compare_policies, plan_schedule
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--day-s", type=float, default=600.0, help="wall seconds of the day")
@@ -105,8 +106,8 @@ def main() -> int:
           flush=True)
 
     # 2. Deploy window 0's plan.
-    first = sched.candidates[sched.choice[0]].plan.with_extra(
-        {"search": {"goal": {"mode": "min-cost", "quality": QUALITY, "p95_s": P95_S}}})
+    first = replace(sched.candidates[sched.choice[0]].plan,
+                    goal=Goal("min-cost", QUALITY, P95_S))
     cluster = local_cluster({"EDU-GPU": 8}, {"EDU-GPU": 4}, temp_dir=REPO / "build" / "tmp",
                             dashboard_port=free_port())
     try:

@@ -438,9 +438,8 @@ def _run_bench(args: argparse.Namespace) -> int:
                        max_concurrency=args.max_concurrency, timeout_s=args.timeout,
                        seed=args.seed, api_key=_bench_key(args))
     slo_p95 = args.slo_p95
-    if slo_p95 is None and plan is not None:
-        goal = (plan.extra.get("search") or {}).get("goal") or {}
-        slo_p95 = goal.get("p95_s") if isinstance(goal.get("p95_s"), int | float) else None
+    if slo_p95 is None and plan is not None and plan.goal is not None:
+        slo_p95 = plan.goal.p95_s
     summary = result.summary(slo_p95, args.slo_window_s)
     predicted = None
     if plan is not None:

@@ -11,14 +11,14 @@ all choose a plan here, so the same window and goal give the same plan whichever
 3. **length classes** (`tuning._lengths.choose`): when the scenario names
    ``length_classes``, steps 1-2 run without classes and with each candidate threshold
    (``with_threshold(tau)`` builds that problem) and the best plan that holds wins;
-4. **extras**: the plan carries its search (solver, objective, the goal as
-   `Goal.to_dict`), the headroom summary and the length-class tries.
+4. **extras**: the plan carries its goal (`Plan.goal`, written as ``search.goal``), its
+   search (solver, objective), the headroom summary and the length-class tries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from common.errors import BouteError
@@ -148,11 +148,10 @@ def choose_plan(problem: Problem, goal: Goal, options: PlanOptions | None = None
     plan = None
     if held.plan is not None:
         extra: dict[str, Any] = {"search": {
-            "solver": held.result.solver, "reason": held.result.reason,
-            "objective": goal.mode, "goal": goal.to_dict(problem.workloads)}}
+            "solver": held.result.solver, "reason": held.result.reason, "objective": goal.mode}}
         if held.checks:
             extra["headroom"] = held.summary()
         if lengths is not None:
             extra["length_classes"] = lengths.summary()
-        plan = held.plan.with_extra(extra)
+        plan = replace(held.plan.with_extra(extra), goal=goal)
     return Chosen(problem, held.result, plan, held, lengths)

@@ -5,7 +5,8 @@
  "groups": [{"model", "gpu", "tp", "pp", "replicas", "share"}, ...],
  "predicted": {"p95_s", "system_p95_s", "mean_s", "quality", "cost_per_hour",
                "throughput_rps", "capacity_rps"},
- "scenario": {"name", "rate_rps", "budget_per_hour", "task", "models", "gpus"}}
+ "scenario": {"name", "rate_rps", "budget_per_hour", "task", "models", "gpus", "spec"},
+ "search": {..., "goal": {"mode", "quality", "p95_s", "qualities", "slo"}}, ...}
 ```
 
 ``share`` is the share of *its model's* load that a group receives (shares of one model's groups
@@ -41,10 +42,15 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator, model_validator
 
 from common.errors import BouteError
 from common.textfile import read_utf8
+from profiling import Scenario
+
+from ._goal import Goal, SearchError
 
 __all__ = ["LENGTH_CLASSES", "MAX_GROUP_GPUS", "Group", "LengthRouting", "Plan", "PlanError",
            "Predicted", "Routing", "WorkloadRouting"]
@@ -198,13 +204,17 @@ class Predicted:
 
 @dataclass(frozen=True)
 class Plan:
-    """Routing + replica groups (+ predicted metrics and the scenario it was made for)."""
+    """Routing + replica groups (+ predicted metrics, the scenario and goal it was made for).
+
+    `goal` is written as ``search.goal``; `extra` holds the file's other top-level keys.
+    """
 
     routing: Routing
     groups: tuple[Group, ...]
     predicted: Predicted | None = None
     scenario: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    goal: Goal | None = None
 
     def with_predicted(self, predicted: Predicted, groups: tuple[Group, ...] | None = None
                        ) -> Plan:
@@ -225,6 +235,12 @@ class Plan:
         entry = gpus.get(offer) if isinstance(gpus, dict) else None
         base = entry.get("gpu") if isinstance(entry, dict) else None
         return base if isinstance(base, str) and base else offer
+
+    def _goal_workloads(self) -> tuple[str, ...]:
+        """The names `goal`'s ``qualities`` go by (`Problem.workloads`: ``default`` for one)."""
+        named = (self.scenario.get("spec") or {}).get("workloads") or [{"name": "default"}]
+        return (tuple(w.name for w in self.routing.workloads) if self.routing.is_ladder
+                else (str(named[0]["name"]),))                     # a pair: one workload
 
     def gpus_by_type(self) -> dict[str, int]:
         """GPUs used per GPU type."""
@@ -264,8 +280,11 @@ class Plan:
             "groups": [g.to_dict() for g in self.groups],
             "predicted": asdict(self.predicted) if self.predicted else None,
             "scenario": self.scenario,
+            **self.extra,
         }
-        out.update(self.extra)
+        if self.goal is not None:              # as search.goal, where `from_dict` finds it
+            out["search"] = {**(out.get("search") or {}), "goal": self.goal.to_dict(
+                self._goal_workloads())}
         return _json_safe(out)  # type: ignore[no-any-return]
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -281,80 +300,42 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "plan") -> Plan:
-        """Parse and validate a plan object.
+        """Parse and check a plan object (`_PlanFile`); other keys go to `extra` (and `goal`).
 
         Raises:
-            PlanError: a missing or ill-typed field (named in the message).
+            PlanError: in one line, the first missing or ill-typed field, its value and rule.
 
         """
         if not isinstance(data, dict):
             raise PlanError(f"{source}: expected a JSON object with 'routing' and 'groups'")
-        routing = data.get("routing")
-        if not isinstance(routing, dict) or "strong_share" not in routing:
-            raise PlanError(f"{source}: routing.strong_share is required (share of queries "
-                            "sent to the strong model, 0..1)")
-        share = _number(routing["strong_share"], f"{source}: routing.strong_share")
-        if not 0.0 <= share <= 1.0:
-            raise PlanError(f"{source}: routing.strong_share={share} must lie in [0, 1]")
-        threshold = routing.get("threshold")
-        router = routing.get("router", "builtin")
-        if not isinstance(router, str) or not router:
-            raise PlanError(f"{source}: routing.router={router!r} must be a router name "
-                            "(builtin, random, or a RouteLLM router such as mf)")
-        rt = Routing(share, math.nan if threshold is None else
-                     _number(threshold, f"{source}: routing.threshold"), router,
-                     *_ladder_routing(routing, source), _length_routing(routing, source))
-        raw_groups = data.get("groups")
-        if not isinstance(raw_groups, list) or not raw_groups:
-            raise PlanError(f"{source}: groups must be a non-empty list of "
-                            "{model, gpu, tp, pp, replicas, share}")
-        groups = []
-        for i, g in enumerate(raw_groups):
-            where = f"{source}: groups[{i}]"
-            if not isinstance(g, dict):
-                raise PlanError(f"{where}: expected an object")
-            for key in ("model", "gpu"):
-                if not isinstance(g.get(key), str) or not g[key]:
-                    raise PlanError(f"{where}.{key}={g.get(key)!r} must be a catalog name")
-            ints = {}
-            for key, default in (("tp", 1), ("pp", 1), ("replicas", None)):
-                value = g.get(key, default)
-                if (not isinstance(value, int) or isinstance(value, bool) or value < 1
-                        or value > MAX_GROUP_GPUS):
-                    raise PlanError(f"{where}.{key}={value!r} must be an integer in "
-                                    f"[1, {MAX_GROUP_GPUS}]")
-                ints[key] = value
-            gpus = ints["tp"] * ints["pp"] * ints["replicas"]
-            if gpus > MAX_GROUP_GPUS:
-                raise PlanError(f"{where}: tp x pp x replicas = {gpus} GPUs, more than the "
-                                f"{MAX_GROUP_GPUS} of one GPU type a scenario can offer")
-            gshare = _number(g.get("share", 0.0), f"{where}.share")
-            if not 0.0 <= gshare <= 1.0:
-                raise PlanError(f"{where}.share={gshare} must lie in [0, 1]")
-            cls_name = g.get("length_class")
-            if cls_name is not None and cls_name not in LENGTH_CLASSES:
-                raise PlanError(f"{where}.length_class={cls_name!r} must be one of "
-                                f"{list(LENGTH_CLASSES)} (or absent)")
-            if (cls_name is None) != (rt.length_classes is None):
-                raise PlanError(f"{where}.length_class={cls_name!r}: "
-                                + ("every group of a plan with routing.length_classes names "
-                                   "its class (short or long)" if cls_name is None else
-                                   "the plan has no routing.length_classes; drop the field "
-                                   "or add routing.length_classes.threshold_tokens"))
-            groups.append(Group(g["model"], g["gpu"], ints["tp"], ints["pp"],
-                                ints["replicas"], gshare, cls_name))
-        pred = data.get("predicted")
-        predicted = None
-        if isinstance(pred, dict):
-            try:
-                predicted = Predicted(**{k: math.inf if pred.get(k) is None else float(pred[k])
-                                         for k in Predicted.__dataclass_fields__})
-            except (TypeError, ValueError):
-                predicted = None
-        known = {"routing", "groups", "predicted", "scenario"}
-        scenario = _scenario_block(data.get("scenario"), source)
-        return cls(rt, tuple(groups), predicted, scenario or {},
-                   {k: v for k, v in data.items() if k not in known})
+        try:
+            f = _PlanFile.model_validate(data)
+        except ValidationError as exc:
+            raise PlanError(_message(source, exc)) from None
+        r, lc, models = f.routing, f.routing.length_classes, tuple(f.routing.models or ())
+        routing = Routing(r.strong_share, r.threshold, r.router, models, tuple(
+            WorkloadRouting(w.name, tuple(w.shares[m] for m in models),
+                            tuple(w.thresholds or [math.nan] * (len(models) - 1)),
+                            w.rate_rps, w.quality) for w in r.workloads or ()),
+            None if lc is None else LengthRouting(lc.threshold_tokens, {
+                w: (v.short, v.long) for w, v in lc.shares.items()}))
+        extra = {k: v for k, v in data.items() if k not in _PlanFile.model_fields}
+        try:                  # leniently (null: inf), as `boute evaluate` recomputes it
+            predicted = Predicted(**{k: math.inf if (v := f.predicted.get(k)) is None else
+                                     float(v) for k in Predicted.__dataclass_fields__})
+        except (AttributeError, TypeError, ValueError):   # not an object, a bad number
+            predicted = None
+        plan = cls(routing, tuple(Group(**g.model_dump()) for g in f.groups), predicted,
+                   data.get("scenario") or {}, extra)
+        search = extra.get("search")
+        if not isinstance(search, dict) or search.get("goal") is None:
+            return plan
+        try:
+            goal = Goal.from_dict(search["goal"], plan._goal_workloads(), "search.goal")
+        except SearchError as exc:
+            raise PlanError(f"{source}: {exc}; fix it, or drop search.goal") from None
+        extra["search"] = {k: v for k, v in search.items() if k != "goal"}
+        return replace(plan, goal=goal)
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
@@ -380,140 +361,157 @@ class Plan:
         return cls.from_dict(data, f"plan {str(path)!r}")
 
 
-def _ladder_routing(routing: dict[str, Any], source: str
-                    ) -> tuple[tuple[str, ...], tuple[WorkloadRouting, ...]]:
-    """``routing.models`` and ``routing.workloads`` of a ladder plan (empty for a pair).
-
-    Raises:
-        PlanError: naming the field, the value and the rule.
-
-    """
-    if "models" not in routing and "workloads" not in routing:
-        return (), ()
-    where = f"{source}: routing"
-    models = routing.get("models")
-    if (not isinstance(models, list) or len(models) < 1
-            or not all(isinstance(m, str) and m for m in models)
-            or len(set(models)) != len(models)):
-        raise PlanError(f"{where}.models={models!r} must list 1 or more distinct model names, "
-                        "smallest first")
-    raw = routing.get("workloads")
-    if not isinstance(raw, list) or not raw:
-        raise PlanError(f"{where}.workloads={raw!r} must be a non-empty list of "
-                        "{name, shares, thresholds}")
-    out = []
-    for i, w in enumerate(raw):
-        at = f"{where}.workloads[{i}]"
-        if not isinstance(w, dict) or not isinstance(w.get("name"), str) or not w["name"]:
-            raise PlanError(f"{at}: expected an object with a name")
-        shares = w.get("shares")
-        if not isinstance(shares, dict) or set(shares) != set(models):
-            raise PlanError(f"{at}.shares={shares!r} must give one share per model of "
-                            f"routing.models {models}")
-        vals = tuple(_number(shares[m], f"{at}.shares.{m}") for m in models)
-        if any(v < 0 for v in vals) or abs(sum(vals) - 1.0) > 1e-6:
-            raise PlanError(f"{at}.shares={shares} must be >= 0 and sum to 1 (they sum to "
-                            f"{sum(vals):.6g})")
-        th = w.get("thresholds", [None] * (len(models) - 1))
-        if not isinstance(th, list) or len(th) != len(models) - 1:
-            raise PlanError(f"{at}.thresholds={th!r} must list {len(models) - 1} router "
-                            "thresholds (null: calibrated live)")
-        thresholds = tuple(math.nan if t is None else _number(t, f"{at}.thresholds")
-                           for t in th)
-        rate = w.get("rate_rps")
-        quality = w.get("quality")
-        out.append(WorkloadRouting(
-            w["name"], vals, thresholds,
-            math.nan if rate is None else _number(rate, f"{at}.rate_rps"),
-            math.nan if quality is None else _number(quality, f"{at}.quality")))
-    names = [w.name for w in out]
-    if len(set(names)) != len(names):
-        raise PlanError(f"{where}.workloads names {names} repeat")
-    return tuple(models), tuple(out)
+# -- the file's schema, checked once in `Plan.from_dict` ---------------------------------------
+class _Invalid(ValueError):
+    """A rule across fields, broken: the message goes on from the object's path."""
 
 
-def _length_routing(routing: dict[str, Any], source: str) -> LengthRouting | None:
-    """``routing.length_classes`` (None when absent).
-
-    Raises:
-        PlanError: naming the field, the value and the rule.
-
-    """
-    block = routing.get("length_classes")
-    if block is None:
-        return None
-    where = f"{source}: routing.length_classes"
-    if not isinstance(block, dict):
-        raise PlanError(f"{where}={block!r} must be an object with threshold_tokens")
-    n = block.get("threshold_tokens")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise PlanError(f"{where}.threshold_tokens={n!r} must be a positive whole number of "
-                        "tokens (prompt + max_tokens)")
-    raw = block.get("shares", {})
-    if not isinstance(raw, dict):
-        raise PlanError(f"{where}.shares={raw!r} must map each workload to its class shares")
-    shares = {}
-    for name, v in raw.items():
-        if not isinstance(v, dict) or set(v) != set(LENGTH_CLASSES):
-            raise PlanError(f"{where}.shares.{name}={v!r} must give the share of each class "
-                            f"{list(LENGTH_CLASSES)}")
-        pair = tuple(_number(v[c], f"{where}.shares.{name}.{c}") for c in LENGTH_CLASSES)
-        shares[str(name)] = (pair[0], pair[1])
-    return LengthRouting(n, shares)
+def _rule(rule: str, default: Any = ..., **constraints: Any) -> Any:
+    """A field whose description is its `rule`: what its value must be (its error says so)."""
+    return Field(default, description=rule, **constraints)
 
 
-def _scenario_block(block: Any, source: str) -> dict[str, Any]:
-    """Check the ``scenario`` block's known keys (others are kept as they are).
-
-    Raises:
-        PlanError: naming the key, the value and the rule.
-
-    """
-    if block is None:
-        return {}
-    where = f"{source}: scenario"
-    if not isinstance(block, dict):
-        raise PlanError(f"{where}={block!r} must be an object (name, rate_rps, budget_per_hour, "
-                        "task, models, gpus)")
-    for key in ("name", "task"):
-        if key in block and not isinstance(block[key], str):
-            raise PlanError(f"{where}.{key}={block[key]!r} must be a string")
-    for key, unit in (("rate_rps", "requests/s"), ("budget_per_hour", "$/hour")):
-        value = block.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                  or not (math.isfinite(value) and value > 0)):
-            raise PlanError(f"{where}.{key}={value!r} must be a positive number of {unit} "
-                            "(or null); fix the plan file")
-    models = block.get("models")
-    ladder = isinstance(models, list) and len(models) >= 1 and all(
-        isinstance(m, str) for m in models)
-    if models is not None and not ladder and (not isinstance(models, dict) or not all(
-            isinstance(models.get(k), str) for k in ("weak", "strong"))):
-        raise PlanError(f"{where}.models={models!r} must be an object with the weak and "
-                        'strong model names, e.g. {"weak": "llama-3.1-8b", "strong": '
-                        '"llama-3.1-70b"}, or a list of a ladder\'s models')
-    for key in ("gpus", "spec"):
-        if block.get(key) is not None and not isinstance(block[key], dict):
-            raise PlanError(f"{where}.{key}={block[key]!r} must be an object")
-    if isinstance(block.get("spec"), dict):
-        from pydantic import ValidationError
-
-        from profiling import Scenario
-
-        try:
-            Scenario.model_validate(block["spec"])
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = "".join(f".{x}" for x in err["loc"])
-            raise PlanError(f"{where}.spec{loc}: {err['msg']}; re-plan with `boute plan` or "
-                            "drop scenario.spec") from None
-    return block
+class _Schema(BaseModel):   # strict: no bool for a number, no "4" for an integer
+    model_config = ConfigDict(frozen=True, strict=True, allow_inf_nan=False, extra="ignore")
 
 
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise PlanError(f"{where}={value!r} must be a finite number")
-    return float(value)
+# a finite number, or null read as NaN (unknown; a router threshold calibrated live)
+_OrNaN = Annotated[float, WrapValidator(lambda v, finite: math.nan if v is None else finite(v))]
+_COUNT = f"an integer in [1, {MAX_GROUP_GPUS}]"
+
+
+class _Workload(_Schema):
+    name: str = _rule("the workload's name (non-empty, unique)", min_length=1)
+    shares: dict[str, float] = _rule("an object: a share per model of the ladder")
+    thresholds: list[_OrNaN] | None = _rule("a list of router thresholds or nulls", None)
+    rate_rps: _OrNaN = _rule("a finite number of requests/s, or null", math.nan)
+    quality: _OrNaN = _rule("a finite number (its quality), or null", math.nan)
+
+
+class _ClassShares(_Schema):
+    model_config = ConfigDict(extra="forbid")
+    short: float = _rule("a finite number (the short requests' share)")
+    long: float = _rule("a finite number (the long requests' share)")
+
+
+class _LengthClasses(_Schema):
+    threshold_tokens: int = _rule("a positive whole number of tokens (prompt + max_tokens)", ge=1)
+    shares: dict[str, _ClassShares] = _rule("an object: each workload's {short, long} shares", {})
+
+
+class _Routing(_Schema):
+    strong_share: float = _rule("a number in [0, 1] (the strong model's share)", ge=0, le=1)
+    threshold: _OrNaN = _rule("a finite number, or null: calibrated live", math.nan)
+    router: str = _rule("a router name (builtin, random, or a RouteLLM router such as mf)",
+                        "builtin", min_length=1)
+    models: list[str] | None = _rule("a list of 1 or more distinct model names, smallest first",
+                                     None, min_length=1)
+    workloads: list[_Workload] | None = _rule("a non-empty list of {name, shares, thresholds}",
+                                              None, min_length=1)
+    length_classes: _LengthClasses | None = _rule("an object with threshold_tokens", None)
+
+
+class _Group(_Schema):
+    model: str = _rule("a catalog name (the group's model)", min_length=1)
+    gpu: str = _rule("a catalog name (the group's GPU type)", min_length=1)
+    tp: int = _rule(f"{_COUNT} (tensor parallelism)", 1, ge=1, le=MAX_GROUP_GPUS)
+    pp: int = _rule(f"{_COUNT} (pipeline stages)", 1, ge=1, le=MAX_GROUP_GPUS)
+    replicas: int = _rule(f"{_COUNT} (replicas)", ge=1, le=MAX_GROUP_GPUS)
+    share: float = _rule("a number in [0, 1] (of its model's load)", 0.0, ge=0, le=1)
+    length_class: Literal["short", "long"] | None = _rule("short or long (or absent)", None)
+
+
+class _ScenarioBlock(_Schema):
+    model_config = ConfigDict(extra="allow")
+    name: str = _rule("a string (the scenario's name)", "")
+    task: str = _rule("a string (the quality task)", "")
+    rate_rps: float | None = _rule("a positive number of requests/s (or null)", None, gt=0)
+    budget_per_hour: float | None = _rule("a positive number of $/hour (or null)", None, gt=0)
+    models: Any = _rule("{weak, strong} model names, or a ladder's list", None)
+    gpus: dict[str, Any] | None = _rule("an object (the GPU offers)", None)
+    spec: Scenario | None = _rule("an object (the whole scenario)", None)
+
+
+class _PlanFile(_Schema):
+    model_config = ConfigDict(extra="allow")
+    routing: _Routing = _rule("an object with routing.strong_share (the strong model's share)")
+    groups: list[_Group] = _rule("a non-empty list of {model, gpu, tp, pp, replicas}", min_length=1)
+    predicted: Any = _rule("predicted metrics (read leniently)", None)
+    scenario: _ScenarioBlock | None = _rule("an object (the scenario the plan was made for)", None)
+
+    @model_validator(mode="after")
+    def _across_fields(self) -> _PlanFile:
+        models, workloads = self.routing.models, self.routing.workloads
+        if {"models", "workloads"} & self.routing.model_fields_set:   # a ladder
+            if models is None or not all(models) or len(set(models)) != len(models):
+                raise _Invalid(f"routing.models={models!r} must list 1 or more distinct model "
+                               "names, smallest first")
+            if workloads is None:
+                raise _Invalid("routing.workloads=None must be a non-empty list of {name, "
+                               "shares, thresholds}")
+            for i, w in enumerate(workloads):
+                at, total = f"routing.workloads[{i}]", sum(w.shares.values())
+                if set(w.shares) != set(models):
+                    raise _Invalid(f"{at}.shares={w.shares!r} must give one share per model "
+                                   f"of routing.models {models}")
+                if min(w.shares.values()) < 0 or abs(total - 1.0) > 1e-6:
+                    raise _Invalid(f"{at}.shares={w.shares} must be >= 0 and sum to 1 (they "
+                                   f"sum to {total:.6g})")
+                if w.thresholds is not None and len(w.thresholds) != len(models) - 1:
+                    raise _Invalid(f"{at}.thresholds={w.thresholds!r} must list {len(models) - 1}"
+                                   " router thresholds (null: calibrated live)")
+            if len({w.name for w in workloads}) != len(workloads):
+                raise _Invalid(f"routing.workloads names {[w.name for w in workloads]} repeat")
+        m = self.scenario.models if self.scenario else None
+        names = [m.get("weak"), m.get("strong")] if isinstance(m, dict) else m   # or a ladder's
+        if m is not None and not (isinstance(names, list) and names and all(
+                isinstance(x, str) for x in names)):
+            raise _Invalid(f"scenario.models={m!r} must be an object with the weak and strong "
+                           'model names, e.g. {"weak": "llama-3.1-8b", "strong": "llama-3.1-70b"}'
+                           ", or a list of a ladder's models")
+        classes = self.routing.length_classes is not None
+        for i, g in enumerate(self.groups):
+            if g.tp * g.pp * g.replicas > MAX_GROUP_GPUS:
+                raise _Invalid(f"groups[{i}]: tp x pp x replicas = {g.tp * g.pp * g.replicas} "
+                               f"GPUs, more than the {MAX_GROUP_GPUS} of one GPU type a "
+                               "scenario can offer")
+            if (g.length_class is None) == classes:
+                raise _Invalid(f"groups[{i}].length_class={g.length_class!r}: " + (
+                    "every group of a plan with routing.length_classes names its class "
+                    "(short or long)" if classes else "the plan has no routing.length_classes;"
+                    " drop the field or add routing.length_classes.threshold_tokens"))
+        return self
+
+
+_TYPES = {"float_type": "a finite number", "finite_number": "a finite number",
+          "model_type": "an object", "dict_type": "an object", "string_type": "a string"}
+
+
+def _message(source: str, exc: ValidationError) -> str:
+    """The first error in one line: ``{source}: {path}={value} must be {rule}``."""
+    err = exc.errors(include_url=False)[0]
+    path = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in err["loc"]).lstrip(".")
+    kind, cause = err["type"], err.get("ctx", {}).get("error")
+    if isinstance(cause, _Invalid):
+        return f"{source}: {path}{cause}"
+    shown = "" if kind == "missing" or isinstance(err["input"], dict) else f"={err['input']!r}"
+    if path.startswith("scenario.spec") and (path, kind) != ("scenario.spec", "model_type"):
+        return (f"{source}: {path}{shown}: {cause or err['msg']}; re-plan with `boute plan` or "
+                "drop scenario.spec")                     # `profiling.Scenario`'s own rule
+    model, info = _PlanFile, None
+    for x in err["loc"]:             # the field at the path (None: a list item, a map value)
+        info = None if isinstance(x, int) else getattr(model, "model_fields", {}).get(x)
+        model = model if info is None else _model_in(info.annotation)
+    rule = info.description if info is not None else _TYPES.get(kind, f"valid ({err['msg']})")
+    return (f"{source}: {path} is missing; it must be {rule}" if kind == "missing" else
+            f"{source}: {path}{shown} must be {rule}")
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model in a field's type (``list[_Group] | None`` -> `_Group`), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, map(_model_in, get_args(annotation))), None)
 
 
 def _json_safe(obj: Any) -> Any:

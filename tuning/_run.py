@@ -1,29 +1,27 @@
 """What every searcher shares: goals, the stopping rule, results and the evaluation loop.
 
-`Goal` says what to optimize, `StopRule` when an iterative searcher stops, `SearchResult`
-what it found; `_Run` evaluates batches of plans, keeps the best so far and applies the rule;
-`make_encoding` is the search space of a goal (`tuning._encoding`). `tuning._search` dispatches
-to the searchers (`tuning._mobo`, random, `tuning._exact`), which build on this module.
+`Goal` (`tuning._goal`) says what to optimize, `StopRule` when an iterative searcher stops,
+`SearchResult` what it found; `_Run` evaluates batches of plans, keeps the best so far and
+applies the rule; `make_encoding` is the search space of a goal (`tuning._encoding`).
+`tuning._search` dispatches to the searchers (`tuning._mobo`, random, `tuning._exact`), which
+build on this module.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from common.errors import BouteError
-
 from ._encoding import RawEncoding, StructuredEncoding
 from ._evaluator import BatchMetrics, PlanArrays, evaluate_arrays, ladder_arrays
 from ._front import hypervolume, normalized, pareto_mask
+from ._goal import MODES, Goal, SearchError
 from ._ladder import LadderEncoding
 from ._problem import Problem
-from ._slo import WindowSLO
 
 __all__ = [
     "MODES", "SOLVERS", "Callback", "Goal", "SearchError", "SearchResult", "StopRule",
@@ -31,84 +29,7 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float64]
-Mode = Literal["pareto", "min-cost", "max-throughput"]
 SOLVERS = ("auto", "mobo", "exact", "random")
-MODES = ("pareto", "min-cost", "max-throughput")
-
-
-class SearchError(BouteError, ValueError):
-    """A search request cannot be satisfied as asked."""
-
-
-@dataclass(frozen=True)
-class Goal:
-    """What to optimize: a mode with optional quality and P95 targets.
-
-    ``qualities``: with several workloads, the minimum quality of each (`Problem.workloads`
-    order); ``quality`` then bounds the summary quality (the lowest normalized one).
-    ``slo``: the P95 target holds in at least a share of time windows (`tuning._slo`) rather
-    than over all requests; the search plans on the overall P95 and the headroom check
-    judges (and derates) every group by its window attainment on fresh traffic.
-    """
-
-    mode: Mode = "pareto"
-    quality: float | None = None
-    p95_s: float | None = None
-    qualities: tuple[float, ...] | None = None
-    slo: WindowSLO | None = None
-
-    def to_dict(self, workloads: tuple[str, ...]) -> dict[str, Any]:
-        """The JSON form a plan keeps (``extra.search.goal``): `from_dict` reads it back.
-
-        ``qualities`` is written by workload name (`workloads`, `Problem.workloads` order),
-        ``slo`` as ``{attainment, window_s}``; absent fields are left out.
-        """
-        out: dict[str, Any] = {"mode": self.mode, "quality": self.quality, "p95_s": self.p95_s}
-        if self.qualities is not None:
-            out["qualities"] = dict(zip(workloads, self.qualities, strict=True))
-        if self.slo is not None:
-            out["slo"] = {"attainment": self.slo.attainment, "window_s": self.slo.window_s}
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], workloads: tuple[str, ...],
-                  where: str = "goal") -> Goal:
-        """`to_dict`'s inverse; `workloads` orders ``qualities``.
-
-        Raises:
-            SearchError: a field of the wrong type, an unknown mode, or ``qualities`` that do
-                not name exactly `workloads` (named by `where`, with the fix).
-
-        """
-        mode = data.get("mode", "pareto")
-        if mode not in MODES:
-            raise SearchError(f"{where}.mode={mode!r} is unknown; use one of {', '.join(MODES)}")
-
-        def number(key: str) -> float | None:
-            v = data.get(key)
-            if v is None:
-                return None
-            if isinstance(v, bool) or not isinstance(v, int | float):
-                raise SearchError(f"{where}.{key}={v!r} must be a number or null")
-            return float(v)
-
-        qualities = None
-        per = data.get("qualities")
-        if per is not None:
-            if not isinstance(per, Mapping) or sorted(per) != sorted(workloads):
-                raise SearchError(f"{where}.qualities={per!r} must map each workload "
-                                  f"{list(workloads)} to its quality floor")
-            qualities = tuple(float(per[w]) for w in workloads)
-        slo = None
-        raw = data.get("slo")
-        if raw is not None:
-            if not isinstance(raw, Mapping) or "attainment" not in raw:
-                raise SearchError(f"{where}.slo={raw!r} must be {{attainment, window_s}}")
-            try:
-                slo = WindowSLO(float(raw["attainment"]), float(raw.get("window_s", 300.0)))
-            except (TypeError, ValueError) as exc:
-                raise SearchError(f"{where}.slo: {exc}") from None
-        return cls(mode, number("quality"), number("p95_s"), qualities, slo)
 
 
 @dataclass(frozen=True)

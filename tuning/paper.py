@@ -10,6 +10,15 @@
 A facade over `tuning._reproduce` and `tuning._planning_time`; pure (no printing, no plots).
 """
 
+from ._planning_time import (
+    TARGET_HV_RATIO,
+    ArmResult,
+    NoDbResult,
+    SchedulingRow,
+    SimulatedEvaluator,
+    scheduling_time,
+    table2_steps,
+)
 from ._reproduce import (
     BISECT_STEPS,
     CHARACTERIZATION,
@@ -27,15 +36,6 @@ from ._reproduce import (
     min_p95_plan,
     quality_grid,
     violations,
-)
-from ._planning_time import (
-    TARGET_HV_RATIO,
-    ArmResult,
-    NoDbResult,
-    SchedulingRow,
-    SimulatedEvaluator,
-    scheduling_time,
-    table2_steps,
 )
 
 __all__ = [
