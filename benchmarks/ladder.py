@@ -60,11 +60,10 @@ def _allocation(plan: Any) -> dict[str, Any]:
 
 
 def _held(problem: Any, goal: Any, catalog: Any, seed: int) -> dict[str, Any]:
-    from tuning import search
-    from tuning._headroom import hold
+    from tuning import PlanOptions, choose_plan
 
     t0 = time.perf_counter()
-    held = hold(problem, goal, lambda pr: search(pr, goal, solver="auto", seed=seed), catalog)
+    held = choose_plan(problem, goal, PlanOptions(seed=seed), catalog=catalog).held
     seconds = time.perf_counter() - t0
     if held.plan is None or held.plan.predicted is None:
         return {"cost_per_hour": None, "seconds": seconds, "solver": held.result.solver}
@@ -86,15 +85,13 @@ def _pair_of(scenario: Any, models: tuple[str, str]) -> Any:
 def ladder_vs_pair(seed: int) -> list[dict[str, Any]]:
     """The three-model preset's targets: ladder against the pair."""
     from profiling import load_catalog
-    from tuning import Goal, planning_problem
-    from tuning._problem import _load_or_build, load_problem
+    from tuning import Goal, planning_problem, scenario_problem
 
     catalog = load_catalog()
     ladder = planning_problem("ladder-gsm8k", progress=False)
     sc = _pair_of(ladder.scenario, (ladder.models[0], ladder.models[1]))
-    db = _load_or_build(sc, Path("build") / "perfdb-ladder-gsm8k-pair.parquet", catalog, None,
-                        None, False)
-    pair = load_problem(sc, db, catalog)
+    pair = scenario_problem(sc, catalog, db=Path("build") / "perfdb-ladder-gsm8k-pair.parquet",
+                            progress=False)
     rows = []
     for t in ladder.scenario.targets:
         q = t.single_quality
@@ -111,16 +108,13 @@ def ladder_vs_pair(seed: int) -> list[dict[str, Any]]:
 def joint_vs_separate(seed: int) -> list[dict[str, Any]]:
     """The two-workload preset's targets: one pool against one pool per workload."""
     from profiling import load_catalog
-    from tuning import Goal, planning_problem
-    from tuning._problem import _load_or_build, db_paths, load_problem
+    from tuning import Goal, db_paths, planning_problem, scenario_problem
 
     catalog = load_catalog()
     joint = planning_problem("mixed-gsm8k-mtbench", progress=False)
-    alone = {}
-    for name, path in zip(joint.workloads, db_paths(joint.scenario), strict=True):
-        sc = joint.scenario.for_workload(name)
-        alone[name] = load_problem(sc, [_load_or_build(sc, path, catalog, None, None, False)],
-                                   catalog)
+    alone = {name: scenario_problem(joint.scenario.for_workload(name), catalog, db=path,
+                                    progress=False)
+             for name, path in zip(joint.workloads, db_paths(joint.scenario), strict=True)}
     rows = []
     for t in joint.scenario.targets:
         qs = t.qualities(joint.workloads)

@@ -72,9 +72,7 @@ def _plan_row(choice: Any) -> dict[str, Any]:
 def run_case(name: str, seed: int) -> list[dict[str, Any]]:
     """Every target of preset `name`: without classes and with each candidate threshold."""
     from profiling import LengthClasses, length_thresholds, load_catalog, load_scenario
-    from tuning import Goal, search
-    from tuning._headroom import hold
-    from tuning._lengths import choose
+    from tuning import Goal, PlanOptions, choose_plan
 
     catalog = load_catalog()
     sc = load_scenario(name)
@@ -90,10 +88,10 @@ def run_case(name: str, seed: int) -> list[dict[str, Any]]:
         goal = (Goal("min-cost", None, t.p95_s, t.qualities(names)) if len(names) > 1 else
                 Goal("min-cost", t.single_quality, t.p95_s))
         t0 = time.perf_counter()
-        choice = choose(thresholds, lambda tau: _problem(sc, catalog, tau),
-                        lambda pr, goal=goal: hold(pr, goal, lambda p, goal=goal: search(
-                            p, goal, solver="auto", seed=seed, progress=False), catalog),
-                        goal)
+        choice = choose_plan(_problem(sc, catalog, None), goal, PlanOptions(seed=seed),
+                             with_threshold=lambda tau: _problem(sc, catalog, tau),
+                             thresholds=thresholds, catalog=catalog).lengths
+        assert choice is not None
         rows.append({"target": {"quality": t.quality, "p95_s": t.p95_s},
                      "tries": choice.tries, "chosen": _plan_row(choice),
                      "seconds": time.perf_counter() - t0})

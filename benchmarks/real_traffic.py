@@ -6,7 +6,7 @@ Issue 25's measurement.
         [--cases azure-conv,azure-code,bursty-gsm8k] [--target KEY=VALUE]
 
 For every case the same workload (the same requests' lengths) is planned twice with `boute
-plan`'s pipeline (min-cost at the case's quality and P95, `tuning._headroom.hold`: 3 fresh
+plan`'s pipeline (min-cost at the case's quality and P95, `tuning.choose_plan`: 3 fresh
 traces per group, re-planned with derated configs until it holds):
 
 * **Poisson-planned**: ``arrival: poisson``, the perf DB and the headroom check on Poisson
@@ -111,16 +111,14 @@ def _whole_trace(scenario: Any) -> Any:
 
 def _plan(scenario: Any, catalog: Any, quality: float, p95_s: float,
           slo: bool = False) -> dict[str, Any]:
-    from tuning import Goal, WindowSLO, scenario_problem, search
-    from tuning._headroom import hold
+    from tuning import Goal, PlanOptions, WindowSLO, choose_plan, scenario_problem
 
     t0 = time.perf_counter()
     problem = scenario_problem(scenario, catalog, progress=False)
     db_s = time.perf_counter() - t0
     goal = Goal("min-cost", quality, p95_s, slo=WindowSLO(SLO_ATTAINMENT, WINDOW_S)
                 if slo else None)
-    held = hold(problem, goal, lambda p: search(p, goal, solver="auto", progress=False),
-                catalog)
+    held = choose_plan(problem, goal, PlanOptions(), catalog=catalog).held
     return {"problem": problem, "held": held, "db_seconds": db_s,
             "plan_seconds": time.perf_counter() - t0 - db_s}
 

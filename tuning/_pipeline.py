@@ -17,7 +17,7 @@ all choose a plan here, so the same window and goal give the same plan whichever
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -107,6 +107,7 @@ def _search(problem: Problem, goal: Goal, options: PlanOptions) -> SearchResult:
 
 def choose_plan(problem: Problem, goal: Goal, options: PlanOptions | None = None, *,
                 with_threshold: Callable[[int], Problem] | None = None,
+                thresholds: Sequence[int] | None = None,
                 catalog: Catalog | None = None) -> Chosen:
     """Search, check on fresh traffic, choose the length classes, attach the extras.
 
@@ -117,6 +118,9 @@ def choose_plan(problem: Problem, goal: Goal, options: PlanOptions | None = None
         with_threshold: ``tokens -> Problem`` split at that length threshold; needed when the
             scenario names ``length_classes`` (`tuning.planning_problem` with
             ``threshold_tokens``).
+        thresholds: the candidate thresholds, tokens (default: the scenario's,
+            `profiling.length_thresholds`); given, they are tried even when the scenario
+            names no ``length_classes``.
         catalog: the merged catalog the fresh runs use (default: the embedded one).
 
     Raises:
@@ -132,7 +136,7 @@ def choose_plan(problem: Problem, goal: Goal, options: PlanOptions | None = None
                     seeds=options.check_seeds, hardware_profiles=options.hardware_profiles)
 
     lengths = None
-    if problem.scenario.length_classes is not None:
+    if problem.scenario.length_classes is not None or thresholds is not None:
         if with_threshold is None:
             raise BouteError(f"scenario {problem.scenario.name!r} names length_classes: pass "
                              "with_threshold=(tokens -> Problem) to plan them, or drop "
@@ -140,7 +144,8 @@ def choose_plan(problem: Problem, goal: Goal, options: PlanOptions | None = None
         from profiling import length_thresholds
 
         build = with_threshold
-        lengths = choose(length_thresholds(problem.scenario),
+        lengths = choose(length_thresholds(problem.scenario) if thresholds is None
+                         else tuple(thresholds),
                          lambda tau: problem if tau is None else build(tau), held_plan, goal)
         problem, held = lengths.problem, lengths.held
     else:
