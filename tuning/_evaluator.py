@@ -291,7 +291,7 @@ def _plan_shares(problem: Problem, plan: Plan) -> FloatArray:
                 f"routing: the plan routes a pair (strong_share) but the scenario has "
                 f"{problem.num_models} models and {len(problem.workloads)} workload(s); "
                 "plan it again with `boute plan`"])
-        return np.array([[1.0 - rt.strong_share, rt.strong_share]])
+        return np.array([rt.per_workload(problem.workloads)[0].shares])
     errors = []
     if tuple(rt.models) != problem.models:
         errors.append(f"routing.models={list(rt.models)} is not the scenario's ladder "

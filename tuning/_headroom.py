@@ -301,11 +301,8 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
 def model_shares(problem: Problem, plan: Plan) -> np.ndarray:
     """``(W, M)``: the share of workload w's requests that `plan` routes to model m."""
     rt = plan.routing
-    if not rt.is_ladder:
-        s = rt.strong_share
-        return np.tile(np.array([1.0 - s, s]), (len(problem.workloads), 1))
-    by_name = {w.name: w for w in rt.workloads}
-    order = [rt.models.index(m) for m in problem.models]
+    by_name = {w.name: w for w in rt.per_workload(problem.workloads)}
+    order = [(rt.models or problem.models).index(m) for m in problem.models]
     return np.array([[by_name[w].shares[i] for i in order] for w in problem.workloads])
 
 

@@ -130,6 +130,17 @@ class Routing:
         """Per-workload shares over a ladder (else the pair's strong share)."""
         return bool(self.workloads)
 
+    def per_workload(self, names: tuple[str, ...]) -> tuple[WorkloadRouting, ...]:
+        """Each workload's routing: a ladder's own; a pair's as the ladder's with K = 2.
+
+        A pair routes every workload of `names` alike: shares ``(1 - s, s)`` and its one
+        threshold, so callers read one shape whatever the plan's.
+        """
+        if self.is_ladder:
+            return self.workloads
+        s = self.strong_share
+        return tuple(WorkloadRouting(n, (1.0 - s, s), (self.threshold,)) for n in names)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON object (the pair's three keys, and a ladder's two more)."""
         out: dict[str, Any] = {"strong_share": self.strong_share, "threshold": self.threshold,

@@ -109,3 +109,12 @@ def test_unknown_keys_are_kept_and_predicted_is_read_leniently() -> None:
     assert plan.predicted.quality == math.inf                 # null (or absent): inf
     assert Plan.from_dict(_plan(predicted=[1])).predicted is None
     assert Plan.from_dict(_plan(predicted={"p95_s": "fast"})).predicted is None
+
+
+def test_a_pair_routing_reads_as_the_ladder_with_two_models() -> None:
+    """`Routing.per_workload`: the pair is the ladder with K = 2, routing each workload alike."""
+    (w,) = Routing(0.3, 0.62).per_workload(("default",))
+    assert (w.name, w.shares, w.thresholds, w.tails) == ("default", (0.7, 0.3), (0.62,), (0.3,))
+    ladder = Routing(0.2, models=("s", "m", "l"), workloads=(
+        WorkloadRouting("math", (0.5, 0.3, 0.2), (0.1, 0.4)),))
+    assert ladder.per_workload(("chat",)) == ladder.workloads
