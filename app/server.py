@@ -1,7 +1,7 @@
 """The engine side of the stack: the backend contract and the emulated LLM server.
 
-The router (`app.router.RouterIngress`, re-exported here) forwards each request to a replica
-group's deployment.
+The router (`app.ingress.RouterIngress`, through `app.dispatch.Dispatcher`) forwards each
+request to a replica group's deployment.
 
 The backend contract: every engine deployment (emulated here, vLLM in `app.vllm_server`)
 has ``openai(kind, body)`` with ``kind`` ``"chat"`` or ``"completions"`` and an OpenAI request
@@ -22,9 +22,8 @@ from ray import serve
 
 from .emulated import EmulatedEngine, SequenceTooLongError, estimate_tokens
 from .openai_api import ApiError, chunk, completion, prompt_of, sse, stream_ident
-from .router import RouterIngress
 
-__all__ = ["EmulatedLLMServer", "RouterIngress"]
+__all__ = ["EmulatedLLMServer"]
 
 DEFAULT_MAX_TOKENS = 128
 

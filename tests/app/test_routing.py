@@ -195,7 +195,7 @@ def test_live_cascade_decisions_are_the_recorded_ones() -> None:
     """Bit for bit what `LiveCascade` decided before the router was split (commit c4de11e)."""
     from app.routing import LiveCascade
 
-    cascade, decisions, thresholds = LiveCascade([0.6, 0.2], seed=3), [], []
+    cascade, decisions, thresholds = LiveCascade([0.6, 0.2]), [], []
     for i, s in enumerate(_scores(2400, 13)):
         if i == 57:
             cascade.set_tails([0.5, 0.1])
@@ -213,7 +213,7 @@ def _pair_vs_k2(initial: float, change_at: int | None) -> int | None:
     from app.routing import LiveCascade
 
     pair = LiveThreshold(0.3, initial, seed=7)
-    k2 = LiveCascade([0.3], [initial], min_samples=200, every=50, seed=7)
+    k2 = LiveCascade([0.3], [initial], min_samples=200, every=50)
     for i, s in enumerate(_scores(3000, 5)):
         if i == change_at:
             pair.set_share(0.5, 0.45)
