@@ -142,7 +142,7 @@ class RouterIngress:
 
         """
         cfg = RouterConfig.parse(config)
-        keys = None if cfg.api_keys is None else ApiKeys.from_config(cfg.api_keys)
+        keys = None if cfg.api_keys is None else ApiKeys(list(cfg.api_keys))
         for group, app_name in cfg.apps.items():   # the stack layout
             if group not in self.handles:
                 # Not checked for existence: the group applications deploy beside the router

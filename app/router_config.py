@@ -23,7 +23,15 @@ from collections.abc import Mapping
 from types import UnionType
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from placement import Lane
 
@@ -192,9 +200,9 @@ class RouterConfig(_Strict):
         None, ge=0, description="The plan's predicted P95, seconds (sizes the default "
         "call_timeout_s).")
     # -- access and failing safe -------------------------------------------------------------
-    api_keys: list[dict[str, Any]] | None = Field(
-        None, description="API keys, digests only (app.guard.KeyEntry dicts); null: no "
-        "authentication.")
+    api_keys: list[KeyEntry] | None = Field(
+        None, description="API keys, digests only (app.guard.KeyEntry as dicts: id, sha256, "
+        "rate_rps?, burst?); null: no authentication.")
     settings: RouterSettings = Field(default_factory=RouterSettings,
                                      description="How the router fails safe.")
     # -- carried for /health and replanning (the router does not route by them) -------------
@@ -207,13 +215,20 @@ class RouterConfig(_Strict):
     stack_live: dict[str, Any] | None = Field(
         None, description="The live app.main.Stack fields, read back by replanning.")
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", mode="before")
     @classmethod
-    def _keys(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if v is not None:
-            for i, e in enumerate(v):
-                KeyEntry.from_dict(e, f"api_keys[{i}]")
-        return v
+    def _keys(cls, v: Any) -> list[KeyEntry] | None:
+        if v is None:
+            return None
+        if not isinstance(v, list):
+            raise ValueError("must be a list of {id, sha256, rate_rps?, burst?} (or null: no "
+                             "authentication)")
+        return [e if isinstance(e, KeyEntry) else KeyEntry.from_dict(e, f"api_keys[{i}]")
+                for i, e in enumerate(v)]
+
+    @field_serializer("api_keys")
+    def _keys_out(self, v: list[KeyEntry] | None) -> list[dict[str, Any]] | None:
+        return None if v is None else [e.to_dict() for e in v]
 
     @field_validator("shares")
     @classmethod

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from app.guard import KeyEntry
 from app.router_config import RouterConfig, RouterSettings, WorkloadRouting
 from app.routing import RouterError
 from placement import Lane, PlacementError
@@ -28,6 +29,10 @@ def test_a_hand_written_config_needs_four_fields_and_goes_back_to_the_wire_as_gi
     full = {**BASE, "threshold": None, "limits": {"a": 3, "b": 2}, "replicas": {"a": 1, "b": 1},
             "context": {"w": 8192}, "settings": {"on_model_down": "fail"}, "apps": {"a": "a"}}
     assert RouterConfig.parse(full).wire() == full
+    keys = [{"id": "team-a", "sha256": "0" * 64, "rate_rps": 2.0}]
+    cfg = RouterConfig.parse({**BASE, "api_keys": keys})
+    # Parsed once into typed entries; on the wire as the dicts they came as.
+    assert cfg.api_keys == [KeyEntry("team-a", "0" * 64, 2.0)] and cfg.wire()["api_keys"] == keys
 
 
 @pytest.mark.parametrize(("change", "match"), [
