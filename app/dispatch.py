@@ -56,7 +56,7 @@ from .routing import (
 )
 
 __all__ = ["DEFAULT_WORKLOAD", "ROUTED_MODELS", "STATUS_ABANDONED", "WORKLOAD_HEADER", "Call",
-           "Dispatcher", "EngineClient", "Recorder", "Reply", "StreamReply"]
+           "Dispatcher", "EngineClient", "Recorder", "Reply", "StreamReply", "Tally"]
 
 ROUTED_MODELS = ("auto", "boute")
 WORKLOAD_HEADER = "x-boute-workload"
@@ -161,6 +161,18 @@ class StreamReply:
     headers: dict[str, str]
 
 
+@dataclass
+class Tally:
+    """What one router replica counted since it started (``/health``)."""
+
+    counts: Counter[str] = field(default_factory=Counter)       # scored requests per model
+    workload_counts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (w, model)
+    outcomes: Counter[str] = field(default_factory=Counter)     # every request's outcome
+    routed: int = 0             # requests that reached the routing decision
+    pinned: int = 0             # of which named their model
+    errors: int = 0             # engine failures answered 502 (and router bugs, 500)
+
+
 def _reason(exc: BaseException) -> str:
     """One line for a failed engine call (no internal stack, bounded)."""
     text = str(exc).strip().splitlines()
@@ -180,10 +192,7 @@ class Dispatcher:
         self.cascades: dict[str, LiveCascade] = {}
         self.pool: GroupPool | None = None
         self._served: frozenset[str] = frozenset()     # models with a lane in the plan
-        self.counts: Counter[str] = Counter()                  # routed requests per model
-        self.workload_counts: Counter[tuple[str, str]] = Counter()
-        self.outcomes: Counter[str] = Counter()
-        self.pinned = self.routed = self.errors = 0
+        self.tally = Tally()
         self._calls: dict[str, set[asyncio.Task[Any]]] = {}
         self._aborted: set[asyncio.Task[Any]] = set()
 
@@ -254,8 +263,8 @@ class Dispatcher:
         cfg, pair = self.config, self.pair
         assert cfg is not None and pair is not None and self.scorer is not None, \
             "reconfigure() runs first"
-        self.routed += 1
-        if self.routed % EXPORT_EVERY == 0:
+        self.tally.routed += 1
+        if self.tally.routed % EXPORT_EVERY == 0:
             self.export_routing()
         asked = body.get("model")
         known = ", ".join(repr(m) for m in cfg.ladder_models)
@@ -275,14 +284,14 @@ class Dispatcher:
                 policy, models = self.cascades[call.workload], cfg.ladder_models
             call.model = models[policy.route(s)]
             if cfg.ladder:
-                self.workload_counts[(call.workload, call.model)] += 1
+                self.tally.workload_counts[(call.workload, call.model)] += 1
             call.score = s
-            self.counts[call.model] += 1
+            self.tally.counts[call.model] += 1
         elif asked in cfg.ladder_models:
             if not self._serves(asked):             # a plan may serve one model only
                 raise ApiError(f"The model {asked!r} has no replicas in the running plan; use "
                                "'auto'", 404, "model", "model_not_found")
-            self.pinned += 1
+            self.tally.pinned += 1
             call.model = str(asked)
         else:
             raise ApiError(f"The model {asked!r} does not exist; use 'auto' to route, or one "
@@ -407,7 +416,7 @@ class Dispatcher:
                     self.rec.group_state(group, "ejected")
                 tried.add(group)
                 if call.tries >= self.settings.max_tries:
-                    self.errors += 1
+                    self.tally.errors += 1
                     self.done(call, 502, "engine_error")
                     return Reply(502, error_body(
                         502, f"replica group {group} failed after {call.tries} tries: "
@@ -486,7 +495,7 @@ class Dispatcher:
                 code, outcome = STATUS_ABANDONED, "abandoned"
                 raise
             except Exception as exc:        # mid-stream failure: an error event, then done
-                self.errors += 1
+                self.tally.errors += 1
                 code, outcome = 502, "engine_error"
                 finished = True
                 yield sse(error_body(502, f"{group}: {_reason(exc)}", "engine_error"))
@@ -539,7 +548,7 @@ class Dispatcher:
 
     def failed(self, call: Call, exc: BaseException) -> Reply:
         """The reply to a request the router itself failed (a bug: still an OpenAI body)."""
-        self.errors += 1
+        self.tally.errors += 1
         self.done(call, 500, "internal_error")
         return Reply(500, error_body(500, f"internal error: {_reason(exc)}", "internal_error"),
                      call.headers)
@@ -552,7 +561,7 @@ class Dispatcher:
         latency = time.perf_counter() - call.t0
         if ttft_s is None:
             ttft_s = latency if status < 400 else math.nan
-        self.outcomes[outcome] += 1
+        self.tally.outcomes[outcome] += 1
         self.rec.observe(
             arrival_s=call.arrival_s, model=call.model, group=call.group, score=call.score,
             status=status, ttft_s=ttft_s, latency_s=latency,
@@ -565,8 +574,9 @@ class Dispatcher:
         """Set the routing gauges (every 50 routed requests and on each liveness poll)."""
         if self.pair is None or self.config is None:
             return
-        total = sum(self.counts.values())
-        self.rec.routing_state(self.counts[self.config.strong] / total if total else None,
+        counts = self.tally.counts
+        total = sum(counts.values())
+        self.rec.routing_state(counts[self.config.strong] / total if total else None,
                                self.pair.strong_share, self.pair.threshold)
 
     def health(self, now: float) -> tuple[int, dict[str, Any]]:
@@ -575,28 +585,27 @@ class Dispatcher:
         The report's ``status`` and ``config_id`` are what anyone may see; the rest is for
         key holders (the ingress decides).
         """
-        cfg, pair, pool = self.config, self.pair, self.pool
+        cfg, pair, pool, t = self.config, self.pair, self.pool, self.tally
         assert cfg is not None and pair is not None and pool is not None
         groups = pool.health(now)
-        total = sum(self.counts.values())
+        total = sum(t.counts.values())
         ladder = {}
         for name, cascade in self.cascades.items():
-            n = sum(v for (w, _), v in self.workload_counts.items() if w == name)
+            n = sum(v for (w, _), v in t.workload_counts.items() if w == name)
             tails = (1.0, *cascade.tails, 0.0)
             ladder[name] = {
                 "requests": n,
                 "target": {m: tails[k] - tails[k + 1] for k, m in enumerate(cfg.ladder_models)},
-                "routed": {m: self.workload_counts[(name, m)] / n if n else None
+                "routed": {m: t.workload_counts[(name, m)] / n if n else None
                            for m in cfg.ladder_models},
-                "thresholds": [t if math.isfinite(t) else None for t in cascade.thresholds]}
+                "thresholds": [v if math.isfinite(v) else None for v in cascade.thresholds]}
         return (503 if groups["status"] == "unavailable" else 200), {
             "status": groups["status"], "config_id": cfg.config_id,
             "models": groups["models"], "groups": groups["groups"],
-            "requests": total, "pinned": self.pinned, "errors": self.errors,
-            "outcomes": dict(self.outcomes),
+            "requests": total, "pinned": t.pinned, "errors": t.errors,
+            "outcomes": dict(t.outcomes),
             "strong_share_target": pair.strong_share,
-            "strong_share_routed": (self.counts[cfg.strong] / total) if total else None,
+            "strong_share_routed": (t.counts[cfg.strong] / total) if total else None,
             "threshold": pair.threshold if math.isfinite(pair.threshold) else None,
             "router": cfg.router, "call_timeout_s": self.call_timeout_s,
-            "routed_models": dict(self.counts), **({"workloads": ladder} if ladder else {})}
-
+            "routed_models": dict(t.counts), **({"workloads": ladder} if ladder else {})}

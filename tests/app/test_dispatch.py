@@ -182,8 +182,8 @@ def test_the_pair_routes_by_its_live_threshold_and_counts_every_request() -> Non
     call, reply = run(d, WEAK)                       # pinned: no score
     assert call.model == WEAK and call.score is None
     assert isinstance(reply, Reply) and reply.headers["x-boute-score"] == "pinned"
-    assert sum(d.counts.values()) == 40 and d.pinned == 1 and d.routed == 41
-    assert d.outcomes == {"ok": 41} and len(rec.rows) == 41
+    assert sum(d.tally.counts.values()) == 40 and d.tally.pinned == 1 and d.tally.routed == 41
+    assert d.tally.outcomes == {"ok": 41} and len(rec.rows) == 41
     assert {r["workload"] for r in rec.rows if r["score"] is not None} == {"default"}
     # Every 50 routed requests the gauges are set: not yet at 41.
     assert rec.gauges == []
@@ -206,7 +206,7 @@ def test_unknown_models_and_workloads_are_refused_and_counted(model: str | None,
     reply = d.refuse(call, info.value)
     assert reply.status == status and set(reply.body["error"]) == {"message", "type", "param",
                                                                    "code"}
-    assert d.outcomes == {"client_error": 1} and rec.rows[0]["status"] == status
+    assert d.tally.outcomes == {"client_error": 1} and rec.rows[0]["status"] == status
     assert not engines.calls
 
 
@@ -278,7 +278,7 @@ def test_a_full_model_is_shed_with_429_and_retry_after() -> None:
     replies = [r for r in asyncio.run(burst()) if isinstance(r, Reply)]
     assert Counter((r.status, r.headers.get("retry-after")) for r in replies) == {
         (200, None): 2, (429, "1"): 3}
-    assert d.outcomes == {"ok": 2, "shed": 3}
+    assert d.tally.outcomes == {"ok": 2, "shed": 3}
     assert d.pool is not None and d.pool.groups["w"].inflight == 0
     assert sorted(r["status"] for r in rec.rows) == [200, 200, 429, 429, 429]
 
@@ -313,7 +313,7 @@ def test_a_model_that_is_down_falls_back_or_fails_fast() -> None:
     # One failed call on the strong group, then the weak model serves it, flagged.
     assert (call.model, call.degraded, call.tries) == (WEAK, STRONG, 2)
     assert reply.headers["x-boute-degraded"] == STRONG and rec.degraded_models == {STRONG: 1}
-    assert d.outcomes == {"degraded": 1}
+    assert d.tally.outcomes == {"degraded": 1}
     d, _, _ = make(groups, settings={"on_model_down": "fail"})
     statuses = [run(d, STRONG)[1] for _ in range(4)]
     assert [r.status for r in statuses if isinstance(r, Reply)] == [503] * 4
@@ -327,7 +327,7 @@ def test_the_last_try_answers_502_with_the_engines_reason() -> None:
     call, reply = run(d, WEAK)
     assert isinstance(reply, Reply) and reply.status == 502 and call.tries == 2
     assert "failed after 2 tries: RuntimeError: CUDA error" in reply.body["error"]["message"]
-    assert d.errors == 1 and d.outcomes == {"engine_error": 1}
+    assert d.tally.errors == 1 and d.tally.outcomes == {"engine_error": 1}
     assert engines.calls["a"] + engines.calls["b"] == 2
 
 
@@ -349,7 +349,7 @@ def test_an_engine_4xx_is_the_clients_and_never_retried() -> None:
     d, engines, _ = make({"w": ("reject", WEAK), "w2": ("ok", WEAK), "s": ("ok", STRONG)})
     call, reply = run(d, WEAK)
     assert isinstance(reply, Reply) and reply.status == 400 and call.tries == 1
-    assert sum(engines.calls.values()) == 1 and d.outcomes == {"client_error": 1}
+    assert sum(engines.calls.values()) == 1 and d.tally.outcomes == {"client_error": 1}
 
 
 def test_a_group_that_loses_replicas_has_its_waiting_calls_retried_elsewhere() -> None:
@@ -384,7 +384,7 @@ def test_a_stream_is_passed_on_then_released_and_recorded_once() -> None:
     text = drain(reply)
     # A byte already left: no retry, an error event and the end of the stream instead.
     assert '"code": 502' in text and text.endswith("data: [DONE]\n\n")
-    assert rec.rows[-1]["outcome"] == "engine_error" and d.errors == 1
+    assert rec.rows[-1]["outcome"] == "engine_error" and d.tally.errors == 1
 
 
 def test_health_reports_the_pair_and_hides_nothing_it_counts() -> None:
@@ -393,7 +393,7 @@ def test_health_reports_the_pair_and_hides_nothing_it_counts() -> None:
     for _ in range(10):
         run(d)
     code, h = d.health(time.monotonic())
-    strong = d.counts[STRONG]
+    strong = d.tally.counts[STRONG]
     assert code == 200 and (h["status"], h["config_id"], h["requests"]) == ("ok", "abc", 10)
     assert h["strong_share_target"] == 0.5 and h["threshold"] == 0.5
     assert h["strong_share_routed"] == pytest.approx(strong / 10)
