@@ -233,13 +233,13 @@ class LiveThreshold:
                  min_samples: int = 200, every: int = 50, seed: int = 0) -> None:
         self.strong_share = strong_share
         self.threshold = initial
-        self.scores = ScoreWindow(window, min_samples, every)
+        self.window = ScoreWindow(window, min_samples, every)
         self.n = self.n_strong = 0
         self._rng = random.Random(seed)
 
     def route_strong(self, score: float) -> bool:
         """Record `score` and decide: True sends the query to the strong model."""
-        w = self.scores
+        w = self.window
         w.add(score)
         if w.due(math.isnan(self.threshold)):
             s_eff = corrected_share(self.strong_share, self.n, self.n_strong, w.every)
@@ -262,8 +262,8 @@ class LiveThreshold:
         self.strong_share = strong_share
         self.threshold = threshold
         self.n = self.n_strong = 0
-        if self.scores.ready:
-            self.threshold = calibrate_threshold(self.scores.scores, strong_share)
+        if self.window.ready:
+            self.threshold = calibrate_threshold(self.window.scores, strong_share)
 
 
 class LiveCascade:
@@ -286,7 +286,7 @@ class LiveCascade:
 
     def __init__(self, tails: Sequence[float], initial: Sequence[float] | None = None, *,
                  window: int = 2000, min_samples: int = 100, every: int = 5) -> None:
-        self.scores = ScoreWindow(window, min_samples, every)
+        self.window = ScoreWindow(window, min_samples, every)
         self.tails: tuple[float, ...] = ()
         self.thresholds: list[float] = []
         self.counts: list[int] = []
@@ -309,13 +309,13 @@ class LiveCascade:
                            for k in range(len(t))]
         self.n = 0
         self.counts = [0] * len(t)
-        self.scores.restart()
-        if self.scores.ready:
-            self.thresholds = [calibrate_threshold(self.scores.scores, v) for v in t]
+        self.window.restart()
+        if self.window.ready:
+            self.thresholds = [calibrate_threshold(self.window.scores, v) for v in t]
 
     def route(self, score: float) -> int:
         """Record `score` and decide: the index of the model (0 = the smallest)."""
-        w = self.scores
+        w = self.window
         w.add(score)
         if w.due(any(math.isnan(t) for t in self.thresholds)):
             eff, prev = [], 1.0
