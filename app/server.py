@@ -40,7 +40,8 @@ STREAM_INTERVAL_S = 0.25
 
 # Serve checks every engine replica this often and gives up on one that does not answer
 # within the timeout (defaults 10 s / 30 s): a replica on a lost node is replaced, and the
-# router stops waiting on it (`app.router`), within about period + timeout.
+# router stops waiting on it (`app.ingress` polls, `app.dispatch` aborts), within about
+# period + timeout.
 HEALTH_CHECK_PERIOD_S, HEALTH_CHECK_TIMEOUT_S = 2.0, 5.0
 
 
