@@ -36,7 +36,7 @@ from tuning import LENGTH_CLASSES, Group, Plan, Routing
 from .groups import inflight_limits
 from .guard import RequestLimits
 from .ingress import RouterIngress
-from .router_config import RouterConfig, RouterSettings, WorkloadRouting
+from .router_config import RouterConfig, RouterSettings
 from .server import EmulatedLLMServer
 
 __all__ = ["APP_NAME", "BACKENDS", "Stack", "app", "build_app", "group_app", "plan_specs",
@@ -152,9 +152,14 @@ def routing_config(plan: Plan, specs: list[GroupSpec], weak: str, strong: str,
                    seed: int = 0, stack: Stack | None = None) -> dict[str, Any]:
     """The router's ``user_config`` for a plan (threshold null until calibrated).
 
+    A `RouterConfig` as its wire dict (validated here: a bad one never reaches a cluster).
     Besides the routing: each group's in-flight bound (`app.groups.inflight_limits`) and
     replica count, each model's context length, the plan's P95, the API keys and the
     router's settings (from `stack`; default `Stack()`).
+
+    Raises:
+        RouterError: the config breaks a rule (one line: field, value, fix).
+
     """
     stack = stack or Stack()
     shares: dict[str, dict[str, float]] = {}
@@ -185,18 +190,20 @@ def routing_config(plan: Plan, specs: list[GroupSpec], weak: str, strong: str,
     ladder: dict[str, Any] = {}
     if rt.is_ladder:
         ladder = {"models": list(rt.models), "workloads": {
-            w.name: WorkloadRouting(shares=list(w.shares), thresholds=[
-                v if math.isfinite(v) else None for v in w.thresholds])
+            w.name: {"shares": list(w.shares),
+                     "thresholds": [v if math.isfinite(v) else None for v in w.thresholds]}
             for w in rt.workloads}}
     if lc is not None:
         ladder["length_threshold_tokens"] = lc.threshold_tokens
-    return RouterConfig(
-        **ladder, weak=weak, strong=strong, strong_share=s,
-        threshold=t if math.isfinite(t) else None, router=plan.routing.router, seed=seed,
-        shares=shares, limits=limits, replicas={spec.name: spec.replicas for spec in specs},
-        context=_context(specs, stack),
-        plan_p95_s=pred.p95_s if pred and math.isfinite(pred.p95_s) else None,
-        api_keys=stack.api_keys, settings=stack.settings(), stack_live=stack.live()).wire()
+    return RouterConfig.parse({
+        **ladder, "weak": weak, "strong": strong, "strong_share": s,
+        "threshold": t if math.isfinite(t) else None, "router": plan.routing.router,
+        "seed": seed, "shares": shares, "limits": limits,
+        "replicas": {spec.name: spec.replicas for spec in specs},
+        "context": _context(specs, stack),
+        "plan_p95_s": pred.p95_s if pred and math.isfinite(pred.p95_s) else None,
+        "api_keys": stack.api_keys, "settings": stack.settings().wire(),
+        "stack_live": stack.live()}).wire()
 
 
 def _latency_level_s(plan: Plan) -> float | None:
