@@ -90,3 +90,28 @@ def test_a_lane_is_built_and_read_in_one_place() -> None:
         Lane.parse("m#medium")
     with pytest.raises(PlacementError, match="must be a non-empty model name without '#'"):
         Lane("a#b")
+
+
+def test_what_the_stack_deploys_parses_and_goes_back_unchanged() -> None:
+    """The user_config of `stack_config` (a ladder with length classes, keys, settings): the
+    router parses it and its wire form is the very dict Serve carries."""
+    import math
+
+    from app.main import Stack, stack_config
+    from tuning import Group, LengthRouting, Plan, Routing, WorkloadRouting
+
+    models = ("llama-3.1-8b", "llama-3.1-70b", "llama-3.1-405b")
+    plan = Plan(Routing(0.3, models=models, workloads=(
+        WorkloadRouting("math", (0.2, 0.5, 0.3), (0.3, math.nan), 5.0),
+        WorkloadRouting("chat", (0.6, 0.4, 0.0), (math.nan, math.nan), 1.0)),
+        length_classes=LengthRouting(160, {"math": (0.7, 0.3), "chat": (0.4, 0.6)})),
+        tuple(Group(m, "H100", 8, 1, 1, 1.0, c) for m in models for c in ("short", "long")))
+    stack = Stack(api_keys=[{"id": "a", "sha256": "0" * 64, "rate_rps": 2.0}],
+                  on_model_down="fail", call_timeout_s=3.0)
+    uc = stack_config(plan, stack)["applications"][0]["deployments"][0]["user_config"]
+    cfg = RouterConfig.parse(uc)
+    assert cfg.wire() == uc
+    assert cfg.ladder_models == models and set(cfg.workloads) == {"math", "chat"}
+    assert {Lane.parse(k) for k in cfg.shares} == {Lane(m, c) for m in models
+                                                   for c in ("short", "long")}
+    assert cfg.settings.on_model_down == "fail" and cfg.config_id == uc["config_id"]
