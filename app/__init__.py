@@ -3,11 +3,13 @@
 A plan (`tuning.Plan`) becomes one Serve application per replica group plus the router
 (`app.main`). The planning packages below it decide what to run; this one runs it.
 
-* **Router** (`router`, `routing`, `groups`, `openai_api`): the stack's OpenAI-compatible
-  HTTP ingress. It scores each query (RouteLLM-compatible scorers, a threshold calibrated to
-  the plan's strong share), sends it to the weak or the strong model, and spreads each
-  model's queries over its available replica groups in the plan's shares (health, in-flight
-  bounds).
+* **Router** (`ingress`, `dispatch`, `router_config`, `routing`, `groups`, `openai_api`): the
+  stack's OpenAI-compatible HTTP ingress (`ingress`), configured live by one validated
+  `user_config` (`router_config`). Its dispatcher (`dispatch`, plain Python) scores each
+  query (RouteLLM-compatible scorers, thresholds calibrated live to the plan's shares,
+  `routing`), sends it to a model of the pair or the ladder, spreads each model's queries
+  over its available replica groups in the plan's shares (health, in-flight bounds,
+  `groups`), and retries a failed call elsewhere.
 * **Engines** (`server`, `vllm_server`, `emulated`, `engine_profiler`): the backend contract;
   the real vLLM backend (Ray Serve LLM's ``LLMServer``), the emulated engine (the stage-1
   replica model and the shared `profiling.BatchScheduler`, a declared dry run) and the engine

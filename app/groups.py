@@ -1,7 +1,8 @@
 """The router's view of its replica groups: health, in-flight work and the choice of a group.
 
-Pure (no Ray): `app.router` feeds it the outcome of every engine call and what Serve reports
-about each group's replicas, and asks it where the next request of a model goes.
+Pure (no Ray): the router (`app.dispatch.Dispatcher`) feeds it the outcome of every engine
+call and what Serve reports about each group's replicas, and asks it where the next request
+of a model goes.
 
 **Choice.** A model's groups receive its requests in the plan's shares by smooth weighted
 round robin (`app.routing.SmoothWeightedRoundRobin`) restricted to the groups that are

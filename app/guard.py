@@ -1,6 +1,6 @@
 """What the router checks before a request costs anything: API keys, rate limits, body limits.
 
-Pure (no Ray, no HTTP framework): `app.router` calls it on every request.
+Pure (no Ray, no HTTP framework): the router (`app.ingress`) calls it on every request.
 
 **API keys.** A key is ``bk-`` + 32 random bytes (URL-safe base64, 256 bits). Only its
 SHA-256 digest is stored (`KeyEntry.sha256`): in the key file (`read_key_file`, written by

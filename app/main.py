@@ -30,11 +30,13 @@ from typing import Any
 from ray.serve import Application
 
 from common.pairs import parse_pairs
-from placement import GroupSpec, group_specs
+from placement import GroupSpec, Lane, group_specs
 from tuning import LENGTH_CLASSES, Group, Plan, Routing
 
 from .groups import inflight_limits
-from .router import RouterIngress, RouterSettings
+from .guard import RequestLimits
+from .ingress import RouterIngress
+from .router_config import RouterConfig, RouterSettings
 from .server import EmulatedLLMServer
 
 __all__ = ["APP_NAME", "BACKENDS", "Stack", "app", "build_app", "group_app", "plan_specs",
@@ -95,7 +97,7 @@ class Stack:
     on_model_down: str = "fallback"
     call_timeout_s: float | None = None
     inflight_scale: float = 1.0
-    max_body_bytes: int = RouterSettings.max_body_bytes
+    max_body_bytes: int = RequestLimits.max_body_bytes
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -112,12 +114,16 @@ class Stack:
 
             ApiKeys.from_config(self.api_keys)
 
-    def settings(self) -> dict[str, Any]:
-        """The router's `RouterSettings` (as its ``user_config`` carries them)."""
-        out = {"on_model_down": self.on_model_down, "call_timeout_s": self.call_timeout_s,
-               "max_body_bytes": self.max_body_bytes}
-        RouterSettings.from_config(out)
-        return out
+    def settings(self) -> RouterSettings:
+        """The router's `RouterSettings` (the live fields it carries).
+
+        Raises:
+            RouterError: a setting breaks its rule (named with its value).
+
+        """
+        return RouterSettings.parse({"on_model_down": self.on_model_down,
+                                     "call_timeout_s": self.call_timeout_s,
+                                     "max_body_bytes": self.max_body_bytes}, "router settings")
 
     def live(self) -> dict[str, Any]:
         """The live fields (`LIVE_FIELDS`) as JSON."""
@@ -146,14 +152,19 @@ def routing_config(plan: Plan, specs: list[GroupSpec], weak: str, strong: str,
                    seed: int = 0, stack: Stack | None = None) -> dict[str, Any]:
     """The router's ``user_config`` for a plan (threshold null until calibrated).
 
+    A `RouterConfig` as its wire dict (validated here: a bad one never reaches a cluster).
     Besides the routing: each group's in-flight bound (`app.groups.inflight_limits`) and
     replica count, each model's context length, the plan's P95, the API keys and the
     router's settings (from `stack`; default `Stack()`).
+
+    Raises:
+        RouterError: the config breaks a rule (one line: field, value, fix).
+
     """
     stack = stack or Stack()
     shares: dict[str, dict[str, float]] = {}
     for spec in specs:
-        shares.setdefault(spec.pool_key, {})[spec.name] = spec.share
+        shares.setdefault(spec.lane.key, {})[spec.name] = spec.share
     t = plan.routing.threshold
     s = plan.routing.strong_share
     pred = plan.predicted
@@ -169,11 +180,11 @@ def routing_config(plan: Plan, specs: list[GroupSpec], weak: str, strong: str,
         rates_by = {w.name: (w.rate_rps if math.isfinite(w.rate_rps) else 1.0, w.shares)
                     for w in rt.workloads} if rt.is_ladder else {}
         total = sum(r for r, _ in rates_by.values()) or 1.0
-        load = {f"{m}#{cls}": sum(r * sh[k] * lc.shares.get(w, (0.5, 0.5))[c]
+        load = {Lane(m, cls).key: sum(r * sh[k] * lc.shares.get(w, (0.5, 0.5))[c]
                                   for w, (r, sh) in rates_by.items()) / total
                 for k, m in enumerate(rt.models) for c, cls in enumerate(LENGTH_CLASSES)}
     limits = inflight_limits(
-        [(spec.name, spec.pool_key, spec.replicas, spec.share) for spec in specs], load,
+        [(spec.name, spec.lane.key, spec.replicas, spec.share) for spec in specs], load,
         pred.capacity_rps if pred else None, _latency_level_s(plan),
         scale=stack.inflight_scale)
     ladder: dict[str, Any] = {}
@@ -184,14 +195,15 @@ def routing_config(plan: Plan, specs: list[GroupSpec], weak: str, strong: str,
             for w in rt.workloads}}
     if lc is not None:
         ladder["length_threshold_tokens"] = lc.threshold_tokens
-    return {**ladder, "weak": weak, "strong": strong, "strong_share": s,
-            "threshold": t if math.isfinite(t) else None, "router": plan.routing.router,
-            "seed": seed, "shares": shares, "limits": limits,
-            "replicas": {spec.name: spec.replicas for spec in specs},
-            "context": _context(specs, stack),
-            "plan_p95_s": pred.p95_s if pred and math.isfinite(pred.p95_s) else None,
-            "api_keys": stack.api_keys, "settings": stack.settings(),
-            "stack_live": stack.live()}
+    return RouterConfig.parse({
+        **ladder, "weak": weak, "strong": strong, "strong_share": s,
+        "threshold": t if math.isfinite(t) else None, "router": plan.routing.router,
+        "seed": seed, "shares": shares, "limits": limits,
+        "replicas": {spec.name: spec.replicas for spec in specs},
+        "context": _context(specs, stack),
+        "plan_p95_s": pred.p95_s if pred and math.isfinite(pred.p95_s) else None,
+        "api_keys": stack.api_keys, "settings": stack.settings().wire(),
+        "stack_live": stack.live()}).wire()
 
 
 def _latency_level_s(plan: Plan) -> float | None:

@@ -6,8 +6,10 @@ that sends a share ``s`` of queries to the strong model is RouteLLM's calibratio
 
     threshold = quantile(scores, 1 - s)
 
-over a sample of scores. `LiveThreshold` keeps it calibrated on the scores of recent traffic
-(a sliding window), so the planned share holds on the user's own prompts. Within a model,
+over a sample of scores. The live policies keep it calibrated on the scores of recent traffic
+(a sliding window, `ScoreWindow`), so the planned share holds on the user's own prompts:
+`LiveThreshold` for the pair, `LiveCascade` (K - 1 thresholds) for a ladder of K models, both
+`LivePolicy` (a score in, a model's index out). Within a model,
 `SmoothWeightedRoundRobin` spreads queries over its replica groups exactly in the plan's
 shares (nginx's smooth weighted round robin: deterministic, no bursts to one group).
 
@@ -39,12 +41,15 @@ from common.errors import BouteError
 __all__ = [
     "BuiltinRouter",
     "LiveCascade",
+    "LivePolicy",
     "LiveThreshold",
     "RandomRouter",
     "RouterError",
+    "ScoreWindow",
     "SmoothWeightedRoundRobin",
     "StrongWinRateRouter",
     "calibrate_threshold",
+    "corrected_share",
     "make_router",
 ]
 
@@ -146,40 +151,100 @@ def calibrate_threshold(scores: Sequence[float] | np.ndarray[Any, Any],
     return float(np.quantile(np.asarray(scores, dtype=np.float64), 1.0 - strong_share))
 
 
+class LivePolicy(Protocol):
+    """A live routing policy: which model of the ladder a scored query goes to.
+
+    The router asks it once per routed query, in arrival order; the policy records the score
+    (its calibration window) and answers the model's index, 0 = the smallest (a pair: 0 weak,
+    1 strong). `LiveThreshold` (the pair) and `LiveCascade` (a ladder of K models) implement it.
+    """
+
+    def route(self, score: float) -> int:
+        """Record `score` and decide: the index of the model (0 = the smallest)."""
+        ...
+
+
+class ScoreWindow:
+    """The last `size` scores (a ring buffer) and the queries since the last calibration.
+
+    A policy recalibrates when `due`: the window holds at least `min_samples` scores, and
+    `every` queries went by since the last calibration (`restart`) or a threshold is unknown.
+    """
+
+    def __init__(self, size: int, min_samples: int, every: int) -> None:
+        self._ring = np.empty(size, dtype=np.float64)
+        self._filled = self._next = 0
+        self.min_samples, self.every = min_samples, every
+        self.since = 0
+
+    def add(self, score: float) -> None:
+        """Record one query's score (the oldest leaves a full window)."""
+        self._ring[self._next] = score
+        self._next = (self._next + 1) % len(self._ring)
+        self._filled = min(self._filled + 1, len(self._ring))
+        self.since += 1
+
+    @property
+    def ready(self) -> bool:
+        """The window holds enough scores (`min_samples`) to calibrate on."""
+        return self._filled >= self.min_samples
+
+    def due(self, unknown: bool) -> bool:
+        """Time to recalibrate (`unknown`: some threshold is NaN)."""
+        return self.ready and (self.since >= self.every or unknown)
+
+    def restart(self) -> None:
+        """Count the next `every` queries from now."""
+        self.since = 0
+
+    @property
+    def scores(self) -> np.ndarray[Any, Any]:
+        """The scores in the window (order irrelevant to a quantile; no copy)."""
+        return self._ring[:self._filled]
+
+
+def corrected_share(share: float, n: int, n_routed: int, every: int) -> float:
+    """The share to calibrate on so that the cumulative share converges to `share`.
+
+    ``s_eff = clip(s + (s n - n_routed) / every, 0, 1)``: the deficit of the `n` queries
+    routed so far (`n_routed` of them to the model or above) is made up over the next
+    `every` queries.
+    """
+    return min(1.0, max(0.0, share + (share * n - n_routed) / every))
+
+
 class LiveThreshold:
-    """A threshold recalibrated on a sliding window of recent scores, holding the share.
+    """The pair's policy: a threshold recalibrated on a window of recent scores.
 
     Every `every` queries (once `min_samples` scores are in the window) the threshold becomes
-    the window's ``1 - s_eff`` quantile, where ``s_eff = s + (s * n - n_strong) / every``
-    corrects the deficit of the queries routed so far (n in total, n_strong to the strong
-    model): the cumulative share converges to s on the live traffic, not only in expectation.
-    Before that, the `initial` threshold is used (from the plan or a score sample); when it is
-    unknown (NaN), queries go to the strong model with probability s (seeded).
+    the window's ``1 - s_eff`` quantile (`corrected_share`: n queries routed so far, n_strong
+    to the strong model), so the cumulative share converges to s on the live traffic, not
+    only in expectation. Before that, the `initial` threshold is used (from the plan or a
+    score sample); when it is unknown (NaN), queries go to the strong model with probability
+    s (seeded). A share change (`set_share`) recalibrates at once when the window allows and
+    keeps the every-`every` count running.
+
+    Not `LiveCascade` with K = 2 (that routes an unknown threshold by deficit, and restarts
+    its count on a change): the pair's decisions stay what they were
+    (tests/app/test_routing.py records them and where the two part).
     """
 
     def __init__(self, strong_share: float, initial: float = math.nan, *, window: int = 2000,
                  min_samples: int = 200, every: int = 50, seed: int = 0) -> None:
         self.strong_share = strong_share
         self.threshold = initial
-        self._ring = np.empty(window, dtype=np.float64)    # the last `window` scores
-        self._filled = self._next = 0
-        self.min_samples, self.every = min_samples, every
+        self.window = ScoreWindow(window, min_samples, every)
         self.n = self.n_strong = 0
-        self._since = 0
         self._rng = random.Random(seed)
 
     def route_strong(self, score: float) -> bool:
         """Record `score` and decide: True sends the query to the strong model."""
-        self._ring[self._next] = score
-        self._next = (self._next + 1) % len(self._ring)
-        self._filled = min(self._filled + 1, len(self._ring))
-        self._since += 1
-        if self._filled >= self.min_samples and (self._since >= self.every
-                                                 or math.isnan(self.threshold)):
-            s = self.strong_share
-            s_eff = min(1.0, max(0.0, s + (s * self.n - self.n_strong) / self.every))
-            self.threshold = calibrate_threshold(self.window, s_eff)
-            self._since = 0
+        w = self.window
+        w.add(score)
+        if w.due(math.isnan(self.threshold)):
+            s_eff = corrected_share(self.strong_share, self.n, self.n_strong, w.every)
+            self.threshold = calibrate_threshold(w.scores, s_eff)
+            w.restart()
         if math.isnan(self.threshold):
             strong = self._rng.random() < self.strong_share
         else:
@@ -188,22 +253,21 @@ class LiveThreshold:
         self.n_strong += strong
         return strong
 
+    def route(self, score: float) -> int:
+        """`LivePolicy`: 1 (strong) or 0 (weak)."""
+        return int(self.route_strong(score))
+
     def set_share(self, strong_share: float, threshold: float = math.nan) -> None:
         """Change the target share live (recalibrates at once when the window allows)."""
         self.strong_share = strong_share
         self.threshold = threshold
         self.n = self.n_strong = 0
-        if self._filled >= self.min_samples:
-            self.threshold = calibrate_threshold(self.window, strong_share)
-
-    @property
-    def window(self) -> np.ndarray[Any, Any]:
-        """The scores in the window (order irrelevant to a quantile; no copy)."""
-        return self._ring[:self._filled]
+        if self.window.ready:
+            self.threshold = calibrate_threshold(self.window.scores, strong_share)
 
 
 class LiveCascade:
-    """`LiveThreshold` for a ladder of K models: K - 1 thresholds on one score.
+    """A ladder's policy: K - 1 thresholds on one score, each live like `LiveThreshold`'s.
 
     Routing is given as tail shares ``S_k`` (k = 2..K, decreasing: the share sent to model k or
     a larger one); a query with score >= ``t_k`` goes to model k or above, so it goes to the
@@ -221,13 +285,12 @@ class LiveCascade:
     """
 
     def __init__(self, tails: Sequence[float], initial: Sequence[float] | None = None, *,
-                 window: int = 2000, min_samples: int = 100, every: int = 5,
-                 seed: int = 0) -> None:
-        self.live = LiveThreshold(0.0, window=window, min_samples=min_samples, every=every,
-                                  seed=seed)
+                 window: int = 2000, min_samples: int = 100, every: int = 5) -> None:
+        self.window = ScoreWindow(window, min_samples, every)
         self.tails: tuple[float, ...] = ()
         self.thresholds: list[float] = []
         self.counts: list[int] = []
+        self.n = 0
         self.set_tails(tails, initial)
 
     def set_tails(self, tails: Sequence[float], thresholds: Sequence[float] | None = None
@@ -246,26 +309,22 @@ class LiveCascade:
                            for k in range(len(t))]
         self.n = 0
         self.counts = [0] * len(t)
-        self.live._since = 0
-        if self.live._filled >= self.live.min_samples:
-            self.thresholds = [calibrate_threshold(self.live.window, v) for v in t]
+        self.window.restart()
+        if self.window.ready:
+            self.thresholds = [calibrate_threshold(self.window.scores, v) for v in t]
 
     def route(self, score: float) -> int:
         """Record `score` and decide: the index of the model (0 = the smallest)."""
-        lv = self.live
-        lv._ring[lv._next] = score
-        lv._next = (lv._next + 1) % len(lv._ring)
-        lv._filled = min(lv._filled + 1, len(lv._ring))
-        lv._since += 1
-        if lv._filled >= lv.min_samples and (lv._since >= lv.every
-                                             or any(math.isnan(t) for t in self.thresholds)):
+        w = self.window
+        w.add(score)
+        if w.due(any(math.isnan(t) for t in self.thresholds)):
             eff, prev = [], 1.0
             for k, s in enumerate(self.tails):
-                v = min(prev, 1.0, max(0.0, s + (s * self.n - self.counts[k]) / lv.every))
+                v = min(prev, corrected_share(s, self.n, self.counts[k], w.every))
                 eff.append(v)
                 prev = v
-            self.thresholds = [calibrate_threshold(lv.window, v) for v in eff]
-            lv._since = 0
+            self.thresholds = [calibrate_threshold(w.scores, v) for v in eff]
+            w.restart()
         if any(math.isnan(t) for t in self.thresholds):
             ext = (1.0, *self.tails, 0.0)
             routed = [self.n - (self.counts[0] if self.counts else 0)] + [

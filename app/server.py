@@ -1,7 +1,7 @@
 """The engine side of the stack: the backend contract and the emulated LLM server.
 
-The router (`app.router.RouterIngress`, re-exported here) forwards each request to a replica
-group's deployment.
+The router (`app.ingress.RouterIngress`, through `app.dispatch.Dispatcher`) forwards each
+request to a replica group's deployment.
 
 The backend contract: every engine deployment (emulated here, vLLM in `app.vllm_server`)
 has ``openai(kind, body)`` with ``kind`` ``"chat"`` or ``"completions"`` and an OpenAI request
@@ -22,9 +22,8 @@ from ray import serve
 
 from .emulated import EmulatedEngine, SequenceTooLongError, estimate_tokens
 from .openai_api import ApiError, chunk, completion, prompt_of, sse, stream_ident
-from .router import RouterIngress
 
-__all__ = ["EmulatedLLMServer", "RouterIngress"]
+__all__ = ["EmulatedLLMServer"]
 
 DEFAULT_MAX_TOKENS = 128
 
@@ -41,7 +40,8 @@ STREAM_INTERVAL_S = 0.25
 
 # Serve checks every engine replica this often and gives up on one that does not answer
 # within the timeout (defaults 10 s / 30 s): a replica on a lost node is replaced, and the
-# router stops waiting on it (`app.router`), within about period + timeout.
+# router stops waiting on it (`app.ingress` polls, `app.dispatch` aborts), within about
+# period + timeout.
 HEALTH_CHECK_PERIOD_S, HEALTH_CHECK_TIMEOUT_S = 2.0, 5.0
 
 

@@ -19,13 +19,15 @@ from ._local import free_port, local_cluster, ray_temp_dir
 from ._perfdb_ray import ray_config_mapper
 from ._resources import RESOURCE_PREFIX, gpu_resource, gpu_type_of
 from ._serve_mode import HIGH_THROUGHPUT_ENV
-from ._specs import GroupSpec, PlacementError, group_specs
+from ._specs import LANE_SEPARATOR, GroupSpec, Lane, PlacementError, group_specs
 
 __all__ = [
     "HIGH_THROUGHPUT_ENV",
+    "LANE_SEPARATOR",
     "RESOURCE_PREFIX",
     "TOKEN_FIX",
     "GroupSpec",
+    "Lane",
     "PlacementError",
     "RayAuthError",
     "Shortfall",

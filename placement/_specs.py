@@ -6,6 +6,12 @@ A plan group ``(model, gpu, tp, pp, replicas, share)`` becomes one Serve deploym
 must share a node's NVLink/PCIe switch), PACK when pipeline stages span nodes (TP stays inside
 a node: the planner only makes ``tp <= gpus_per_node`` groups). `GroupSpec.llm_config` gives
 the keyword arguments of ``ray.serve.llm.LLMConfig`` for the group.
+
+Groups are pooled by `Lane`: what the router picks a group by, a model or one length class
+of it (a plan with `tuning.LengthRouting` has a ``short`` and a ``long`` lane per model,
+served by groups of their own). On the wire (the router's ``user_config``, ``/health``) a
+lane is its `Lane.key`, ``model`` or ``model#class``; `Lane` is the only code that builds or
+reads that string.
 """
 
 from __future__ import annotations
@@ -15,15 +21,73 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import BouteError
-from tuning import Plan
+from tuning import LENGTH_CLASSES, Plan
 
 from ._resources import gpu_resource
 
-__all__ = ["GroupSpec", "PlacementError", "group_specs"]
+__all__ = ["LANE_SEPARATOR", "GroupSpec", "Lane", "PlacementError", "group_specs"]
+
+LANE_SEPARATOR = "#"
+"""Between a lane's model and its length class in `Lane.key`."""
 
 
 class PlacementError(BouteError, ValueError):
     """A plan cannot be turned into deployments as asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """What the router picks replica groups by: a model, or one length class of it.
+
+    Attributes:
+        model: the served model (catalog name; must not contain ``#``).
+        length_class: one of `tuning.LENGTH_CLASSES` (``short``, ``long``), or None when
+            the plan has no length classes.
+
+    Raises:
+        PlacementError: an empty model, a model containing ``#``, or an unknown class.
+
+    """
+
+    model: str
+    length_class: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model or LANE_SEPARATOR in self.model:
+            raise PlacementError(f"lane model={self.model!r} must be a non-empty model name "
+                                 f"without {LANE_SEPARATOR!r}")
+        if self.length_class is not None and self.length_class not in LENGTH_CLASSES:
+            raise PlacementError(f"lane {self.model!r}: length_class={self.length_class!r} is "
+                                 f"unknown; use one of {list(LENGTH_CLASSES)} (or none)")
+
+    @property
+    def key(self) -> str:
+        """The wire form: ``model`` or ``model#class``."""
+        if self.length_class is None:
+            return self.model
+        return f"{self.model}{LANE_SEPARATOR}{self.length_class}"
+
+    @classmethod
+    def parse(cls, key: str) -> Lane:
+        """Inverse of `key`.
+
+        Raises:
+            PlacementError: an empty model or an unknown length class (``model#medium``).
+
+        """
+        model, sep, length_class = key.partition(LANE_SEPARATOR)
+        return cls(model, length_class if sep else None)
+
+    def fallbacks(self) -> tuple[Lane, ...]:
+        """The lanes a request of this lane tries, in order.
+
+        Its own, then the model's other length class (only when every group of its own is
+        down); a model-wide lane: itself alone.
+        """
+        if self.length_class is None:
+            return (self,)
+        other = LENGTH_CLASSES[1 - LENGTH_CLASSES.index(self.length_class)]
+        return (self, Lane(self.model, other))
 
 
 @dataclass(frozen=True)
@@ -53,9 +117,9 @@ class GroupSpec:
         return self.device_gpu or self.gpu
 
     @property
-    def pool_key(self) -> str:
-        """What the router picks groups by: the model, or ``model#class``."""
-        return self.model if self.length_class is None else f"{self.model}#{self.length_class}"
+    def lane(self) -> Lane:
+        """The lane the router picks this group in (its model, or its length class of it)."""
+        return Lane(self.model, self.length_class)
 
     @property
     def gpus_per_replica(self) -> int:

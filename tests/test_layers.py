@@ -129,7 +129,7 @@ def test_the_checks_see_a_cycle_and_an_upward_import() -> None:
     """The checker itself: a hand-made cycle is found, a DAG passes."""
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
-    assert "boute.cli" in MODULES and "common.errors" in MODULES and "app.router" in MODULES
+    assert "boute.cli" in MODULES and "common.errors" in MODULES and "app.ingress" in MODULES
 
 
 @pytest.mark.parametrize("package", LAYERS)

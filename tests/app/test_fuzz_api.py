@@ -62,7 +62,7 @@ def _bodies(shaped: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
 def router_port():
     from ray import serve
 
-    from app.router import RouterIngress
+    from app.ingress import RouterIngress
     from app.server import EmulatedLLMServer
 
     handles = {"w": EmulatedLLMServer.options(name="w").bind(WEAK, "RTX-4090", 1, 1, None, None,

@@ -57,7 +57,7 @@ def _engines() -> dict[str, Any]:
 
 def _app(groups: dict[str, tuple[str, str]], shares: dict[str, dict[str, float]], **extra):
     """A router over fake groups: name -> (mode, model)."""
-    from app.router import RouterIngress
+    from app.ingress import RouterIngress
 
     fake = _engines()["Fake"]
     handles = {name: fake.options(name=name).bind(mode, model)

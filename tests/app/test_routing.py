@@ -146,3 +146,95 @@ def test_workload_requests_tag_and_merge_each_workload() -> None:
     counts = {m: sum(r.model == m for r in reqs) for m in ("auto:math", "auto:chat")}
     assert counts == {"auto:math": 500, "auto:chat": 100}
     assert all(a.arrival_s <= b.arrival_s for a, b in itertools.pairwise(reqs))
+
+
+# -- the live policies: recorded decisions, and where the pair and a K = 2 ladder part ------
+def _scores(n: int, seed: int) -> list[float]:
+    """A score stream: every third uniform, the others Beta(2, 5) (skewed low, as real ones)."""
+    rng = random.Random(seed)
+    return [rng.betavariate(2, 5) if i % 3 else rng.random() for i in range(n)]
+
+
+def _digest(decisions: list[int], thresholds: list[float]) -> str:
+    """First 16 hex digits of sha256(decision bytes + each threshold as a little-endian double)."""
+    import hashlib
+    import struct
+
+    h = hashlib.sha256(bytes(decisions))
+    for t in thresholds:
+        h.update(struct.pack("<d", t))
+    return h.hexdigest()[:16]
+
+
+def test_live_threshold_decisions_are_the_recorded_ones() -> None:
+    """Bit for bit what `LiveThreshold` decided before the router was split (commit c4de11e).
+
+    Unknown threshold (seeded coin flips until 200 scores), then two live share changes.
+    """
+    live, decisions, thresholds = LiveThreshold(0.3, seed=7), [], []
+    for i, s in enumerate(_scores(2400, 11)):
+        if i == 900:
+            live.set_share(0.6, 0.5)
+        if i == 1603:
+            live.set_share(0.2)
+        decisions.append(int(live.route_strong(s)))
+        thresholds.append(live.threshold)
+    assert sum(decisions) == 859 and repr(thresholds[-1]) == "0.6163258340689116"
+    assert _digest(decisions, thresholds) == "c28843a23ec5e63b"
+    live, decisions, thresholds = LiveThreshold(0.3, 0.4, seed=7), [], []
+    for i, s in enumerate(_scores(2400, 12)):
+        if i == 1000:
+            live.set_share(0.5, 0.45)
+        decisions.append(int(live.route_strong(s)))
+        thresholds.append(live.threshold)
+    assert sum(decisions) == 999 and repr(thresholds[-1]) == "0.30203516476157277"
+    assert _digest(decisions, thresholds) == "2e807f67e636d27c"
+
+
+def test_live_cascade_decisions_are_the_recorded_ones() -> None:
+    """Bit for bit what `LiveCascade` decided before the router was split (commit c4de11e)."""
+    from app.routing import LiveCascade
+
+    cascade, decisions, thresholds = LiveCascade([0.6, 0.2]), [], []
+    for i, s in enumerate(_scores(2400, 13)):
+        if i == 57:
+            cascade.set_tails([0.5, 0.1])
+        if i == 1301:
+            cascade.set_tails([0.7, 0.3], [0.3, 0.6])
+        decisions.append(cascade.route(s))
+        thresholds.extend(cascade.thresholds)
+    assert [decisions.count(k) for k in range(3)] == [973, 963, 464]
+    assert repr(cascade.thresholds) == "[0.22466423667624405, 0.6478166147590402]"
+    assert _digest(decisions, thresholds) == "799a55f64fc1590c"
+
+
+def _pair_vs_k2(initial: float, change_at: int | None) -> int | None:
+    """The first query where the pair's policy and a K = 2 cascade (same cadence) differ."""
+    from app.routing import LiveCascade
+
+    pair = LiveThreshold(0.3, initial, seed=7)
+    k2 = LiveCascade([0.3], [initial], min_samples=200, every=50)
+    for i, s in enumerate(_scores(3000, 5)):
+        if i == change_at:
+            pair.set_share(0.5, 0.45)
+            k2.set_tails([0.5], [0.45])
+        same_threshold = (pair.threshold == k2.thresholds[0]
+                          or (math.isnan(pair.threshold) and math.isnan(k2.thresholds[0])))
+        if int(pair.route_strong(s)) != k2.route(s) or not same_threshold:
+            return i
+    return None
+
+
+def test_the_pair_is_a_k2_cascade_only_once_calibrated_and_never_reconfigured() -> None:
+    """Why the pair keeps its own policy (`LiveThreshold`): a K = 2 `LiveCascade` with the
+    pair's cadence (200 scores, every 50) decides the same only while nothing differs.
+
+    With a known threshold and no live change the two agree on every query and threshold;
+    with an unknown one they part at once (the pair flips a seeded coin with probability s,
+    the cascade routes by deficit), and after a live share change they part at the next
+    recalibration (the cascade restarts its every-50 count, the pair keeps counting). Once
+    apart, the deficit corrections differ, so they never meet again.
+    """
+    assert _pair_vs_k2(0.4, None) is None
+    assert _pair_vs_k2(math.nan, None) == 3
+    assert _pair_vs_k2(0.4, 777) == 799

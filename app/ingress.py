@@ -1,0 +1,259 @@
+"""The router's HTTP side: the stack's OpenAI-compatible ingress, closed by default.
+
+`RouterIngress` is the Serve deployment (named ``RouterIngress``: replanning and the follower
+find it by that name) in front of every replica group. A request goes through, in order
+(each refusal is an OpenAI error body, logged and counted):
+
+1. **API key** (`app.guard.ApiKeys`, when the config carries ``api_keys``): 401 without a
+   valid ``Authorization: Bearer`` key; 429 + ``Retry-After`` when its key is over its rate.
+2. **Body limits** (`app.guard`): 413 above ``max_body_bytes`` (checked on
+   ``Content-Length`` and while reading, before anything is parsed or forwarded); 400 for
+   JSON nested too deep, wrong field types, non-text content parts.
+3. **Routing, admission, failover** (`app.dispatch.Dispatcher`): which model (scored, or
+   pinned by name), which group (by the plan's shares, within its in-flight bound: 429
+   when all are full), and where a failed call goes next.
+4. **Answer**: JSON, or a server-sent-event stream passed on as the engine writes it. A
+   client that disconnects cancels its engine request (the engine frees its sequence) and
+   is logged as ``abandoned`` (status 499).
+
+Serve's replica counts are polled every second (`LIVENESS_POLL_S`): a group that loses
+replicas has the calls still waiting on it aborted and retried elsewhere. ``/health``
+reports each group (healthy / ejected / down, replicas running and wanted, in-flight and
+bound) and answers 503 when a model is unreachable. Routing changes and key rotations arrive
+as ``user_config`` (`RouterIngress.reconfigure`, an `app.router_config.RouterConfig`): live,
+nothing restarts.
+
+(No ``from __future__ import annotations`` here: FastAPI reads the route signatures' types at
+runtime.)
+"""
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from .dispatch import (
+    ROUTED_MODELS,
+    STATUS_ABANDONED,
+    WORKLOAD_HEADER,
+    Call,
+    Dispatcher,
+    Pending,
+    PendingStream,
+    Reply,
+    StreamReply,
+)
+from .guard import ApiKeys, KeyEntry, check_body, parse_body
+from .observability import Observer
+from .openai_api import ApiError
+from .router_config import RouterConfig
+
+__all__ = ["RouterIngress", "ServeEngines"]
+
+# Requests a replica takes at once: Serve's own bound would queue or reject before the
+# router's admission control, which is sized from the plan.
+MAX_ONGOING_REQUESTS = 4096
+# A router replica's graceful stop runs `__del__`, which flushes the request log; Serve
+# force-kills it after `graceful_shutdown_timeout_s` (default 20 s). In Serve's
+# high-throughput mode the ingress replica first stays open for the direct-ingress draining
+# period (RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S, 30 s by default), so the router gets
+# that plus time to drain and flush; an idle stop is not slower for it.
+ROUTER_SHUTDOWN_TIMEOUT_S = 60.0
+LIVENESS_POLL_S = 1.0
+
+
+class ServeEngines:
+    """`app.dispatch.EngineClient` over Serve deployment handles (group name -> handle)."""
+
+    def __init__(self, handles: dict[str, DeploymentHandle[Any]]) -> None:
+        self.handles = handles
+
+    def call(self, group: str, kind: str, body: dict[str, Any]) -> Pending:
+        """``openai(kind, body)`` on the group's deployment."""
+        return self.handles[group].openai.remote(kind, body)
+
+    def stream(self, group: str, kind: str, body: dict[str, Any]) -> PendingStream:
+        """``openai(kind, body)`` streamed (``options(stream=True)``)."""
+        return self.handles[group].options(  # type: ignore[return-value]
+            stream=True).openai.remote(kind, body)
+
+
+# (Defined before the ingress class: `serve.ingress` snapshots the module's globals.)
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 past `limit` bytes (on Content-Length, then as it comes)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(f"Request body of {declared} bytes exceeds the limit of {limit} bytes",
+                       413)
+    raw = bytearray()
+    async for part in request.stream():
+        raw += part
+        if len(raw) > limit:
+            raise ApiError(f"Request body exceeds the limit of {limit} bytes", 413)
+    return bytes(raw)
+
+
+def _response(reply: Reply | StreamReply) -> Response:
+    """A dispatcher's `Reply` or `StreamReply` as an HTTP response."""
+    if isinstance(reply, Reply):
+        return JSONResponse(reply.body, reply.status, reply.headers)
+    return StreamingResponse(reply.events, media_type="text/event-stream",
+                             headers=reply.headers)
+
+
+api = FastAPI(title="BOute router", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=MAX_ONGOING_REQUESTS,
+                  graceful_shutdown_timeout_s=ROUTER_SHUTDOWN_TIMEOUT_S)
+@serve.ingress(api)
+class RouterIngress:
+    """OpenAI-compatible entry; see the module docstring.
+
+    ``groups``: deployment name -> handle (the one-application layout; the stack layout
+    passes none and names each group's application in the config's ``apps``);
+    ``user_config``: an `app.router_config.RouterConfig` as JSON.
+    """
+
+    def __init__(self, groups: dict[str, DeploymentHandle[Any]],
+                 log_dir: str | None = None, log_rotate_s: float = 60.0) -> None:
+        # Handles bound by `serve run`'s process carry that process's transport defaults;
+        # taken again here, they use the cluster's (gRPC in Serve's high-throughput mode).
+        self.handles = {name: serve.get_deployment_handle(h.deployment_name, h.app_name)
+                        for name, h in groups.items()}
+        self.obs = Observer(log_dir, log_rotate_s)
+        self.dispatcher = Dispatcher(ServeEngines(self.handles), self.obs)
+        self.keys: ApiKeys | None = None
+        self.limits = self.dispatcher.settings.limits
+        self._watcher: asyncio.Task[None] | None = None
+
+    # -- configuration ---------------------------------------------------------------------
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Apply a config live (Serve calls this on every ``user_config`` change).
+
+        Raises:
+            RouterError: the config breaks a rule (named with its value and fix), names a
+                group without a deployment, or its scorer cannot be built; the router keeps
+                the config it had.
+
+        """
+        cfg = RouterConfig.parse(config)
+        keys = None if cfg.api_keys is None else ApiKeys(list(cfg.api_keys))
+        for group, app_name in cfg.apps.items():   # the stack layout
+            if group not in self.handles:
+                # Not checked for existence: the group applications deploy beside the router
+                # and a vLLM one can take minutes to build (importing vLLM on a busy node);
+                # the handle resolves once it exists (the deploy waits for every app).
+                self.handles[group] = serve.get_deployment_handle(group, app_name,
+                                                                  _check_exists=False)
+        self.dispatcher.reconfigure(cfg, self.handles)
+        if keys is not None and self.keys is not None:
+            keys.carry_buckets(self.keys)
+        self.keys, self.limits = keys, cfg.settings.limits
+
+    # -- liveness ------------------------------------------------------------------------
+    def _start(self) -> None:
+        self.obs.start()
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """Poll Serve's replica states; the dispatcher aborts calls on a group that lost some."""
+        while True:
+            try:
+                self.dispatcher.export_routing()
+                self._liveness(await asyncio.to_thread(serve.status))
+            except asyncio.CancelledError:
+                raise
+            except Exception:       # the controller is restarting: keep the last view
+                pass
+            await asyncio.sleep(LIVENESS_POLL_S)
+
+    def _liveness(self, status: Any) -> None:
+        """Hand Serve's count of running replicas of every group to the dispatcher."""
+        apps = status.applications
+        for group, handle in self.handles.items():
+            app = apps.get(handle.app_name)
+            dep = app.deployments.get(handle.deployment_name) if app is not None else None
+            running = int((dep.replica_states or {}).get("RUNNING", 0)) if dep else 0
+            self.dispatcher.set_replicas(group, running)
+
+    # -- the request path ------------------------------------------------------------------
+    async def _forward(self, kind: str, request: Request) -> Response:
+        self._start()
+        call = Call(kind, time.time(), time.perf_counter())
+        try:
+            body = await self._admit(call, request)
+            return _response(await self.dispatcher.dispatch(call, body))
+        except ApiError as exc:
+            return _response(self.dispatcher.refuse(call, exc))
+        except asyncio.CancelledError:
+            self.dispatcher.done(call, STATUS_ABANDONED, "abandoned")
+            raise
+        except Exception as exc:            # a bug: still an OpenAI body, logged
+            return _response(self.dispatcher.failed(call, exc))
+
+    async def _admit(self, call: Call, request: Request) -> dict[str, Any]:
+        """The request's body once its key, rate and limits pass (steps 1 and 2).
+
+        Raises:
+            ApiError: 401, 429, 413 or 400 (the reason named).
+
+        """
+        if self.keys is not None:
+            entry: KeyEntry = self.keys.authenticate(request.headers.get("authorization"))
+            call.key_id = entry.id
+            self.keys.admit(entry)
+        body = parse_body(await _read_body(request, self.limits.max_body_bytes), self.limits)
+        check_body(call.kind, body, self.limits)
+        call.workload_asked = request.headers.get(WORKLOAD_HEADER)
+        call.stream = bool(body.get("stream"))
+        return body
+
+    def __del__(self) -> None:
+        """Serve calls this on a graceful shutdown: flush the request log."""
+        self.obs.close()
+
+    # -- routes --------------------------------------------------------------------------
+    @api.post("/v1/chat/completions")
+    async def chat(self, request: Request) -> Any:
+        """OpenAI chat completions (streaming and not)."""
+        return await self._forward("chat", request)
+
+    @api.post("/v1/completions")
+    async def completions(self, request: Request) -> Any:
+        """OpenAI completions (streaming and not)."""
+        return await self._forward("completions", request)
+
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> Any:
+        """``auto`` (routed), ``auto:NAME`` per ladder workload, and the served models."""
+        if self.keys is not None:
+            try:
+                self.keys.authenticate(request.headers.get("authorization"))
+            except ApiError as exc:
+                return JSONResponse(exc.body(), exc.status, {"www-authenticate": "Bearer"})
+        aliases = [f"auto:{w}" for w in self.dispatcher.cascades]
+        return {"object": "list", "data": [
+            {"id": m, "object": "model", "owned_by": "boute"}
+            for m in (ROUTED_MODELS[0], *aliases, *self.dispatcher.models)]}
+
+    @api.get("/health")
+    async def health(self, request: Request) -> Any:
+        """Per-group state and the live routing state; 503 when a model is unreachable.
+
+        Without a valid key (when keys are on) only ``status`` and ``config_id`` are shown.
+        """
+        self._start()
+        code, report = self.dispatcher.health(time.monotonic())
+        if self.keys is not None:
+            try:
+                self.keys.authenticate(request.headers.get("authorization"))
+            except ApiError:
+                return JSONResponse({"status": report["status"],
+                                     "config_id": report["config_id"]}, code)
+        return JSONResponse({**report, "auth": self.keys is not None}, code)
