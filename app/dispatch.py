@@ -84,7 +84,7 @@ class PendingStream(Protocol):
 
 
 class EngineClient(Protocol):
-    """How the dispatcher reaches a replica group's engine (the contract of `app.server`)."""
+    """How the dispatcher reaches a replica group's engine (`app.emulated_server`'s contract)."""
 
     def call(self, group: str, kind: str, body: dict[str, Any]) -> Pending:
         """Start ``openai(kind, body)`` on `group`: the response dict (or an error body)."""

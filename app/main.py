@@ -33,11 +33,11 @@ from common.pairs import parse_pairs
 from placement import GroupSpec, Lane, group_specs
 from tuning import LENGTH_CLASSES, Group, Plan, Routing
 
+from .emulated_server import EmulatedLLMServer
 from .groups import inflight_limits
 from .guard import RequestLimits
 from .ingress import RouterIngress
 from .router_config import RouterConfig, RouterSettings
-from .server import EmulatedLLMServer
 
 __all__ = ["APP_NAME", "BACKENDS", "Stack", "app", "build_app", "group_app", "plan_specs",
            "router_app", "routing_config", "stack_config", "stack_specs"]

@@ -3,7 +3,7 @@
 Each replica group is one ``build_llm_deployment`` of ``ray.serve.llm`` (name prefix = the
 group's name), with `VllmGroupServer` as its deployment class: the stock `LLMServer` — vLLM's
 engine, OpenAI serving layer, streaming batcher, health checks and metrics — plus one method,
-``openai(kind, body)``, the backend contract of `app.server`: it validates the body into
+``openai(kind, body)``, the backend contract of `app.emulated_server`: it validates the body into
 vLLM's request model (an invalid body is a 400 error body naming the field), runs it through
 ``LLMServer.chat`` / ``completions`` and returns the response dict, vLLM's error body (e.g.
 a prompt longer than the context: 400), or the server-sent-event text of the stream.
@@ -53,7 +53,7 @@ class VllmGroupServer(LLMServer):
                            param=field) from None
 
     async def openai(self, kind: str, body: dict[str, Any]) -> Any:
-        """The backend contract of `app.server` on the vLLM engine."""
+        """The backend contract of `app.emulated_server` on the vLLM engine."""
         try:
             request = self._request(kind, body)
         except ApiError as exc:

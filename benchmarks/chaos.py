@@ -2,8 +2,8 @@
 
 A throw-away local Ray cluster with one fake node per GPU type (head: CPUs only; RTX-4090 x2;
 RTX-5090 x1; H100 x4; `placement.local_cluster`, Serve's high-throughput mode, Ray token
-authentication) serves this plan with emulated engines (`app.server.EmulatedLLMServer`: a GPU
-replica's timing on CPU):
+authentication) serves this plan with emulated engines
+(`app.emulated_server.EmulatedLLMServer`: a GPU replica's timing on CPU):
 
 ==========================  =======  ========  ==========================================
 group                       replicas  share     node

@@ -97,8 +97,7 @@ class LocalRayNodes:
     """
 
     def __init__(self, cpus: int, temp_dir: Path) -> None:
-        from placement import free_port
-        from placement._auth import AUTH_MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV, new_token_file
+        from placement import AUTH_MODE_ENV, TOKEN_ENV, TOKEN_PATH_ENV, free_port, new_token_file
 
         self.temp_dir = temp_dir
         self.token_path = new_token_file(temp_dir)

@@ -4,28 +4,36 @@ Also the perf DB build as Ray tasks (`ray_config_mapper`).
 """
 
 from ._auth import (
+    AUTH_MODE_ENV,
+    TOKEN_ENV,
     TOKEN_FIX,
+    TOKEN_PATH_ENV,
     RayAuthError,
     auth_headers,
     cluster_auth_token,
     connect,
     connect_hint,
     find_auth_token,
+    new_token_file,
     use_token_if_available,
 )
 from ._cluster import Shortfall, check_fit, gpu_counts_in, gpu_types_in, live_nodes
 from ._detect import gpu_type_from_name, local_gpu_names, node_resources
-from ._local import free_port, local_cluster, ray_temp_dir
+from ._local import MAX_RAY_TEMP_CHARS, free_port, local_cluster, ray_temp_dir
 from ._perfdb_ray import ray_config_mapper
 from ._resources import RESOURCE_PREFIX, gpu_resource, gpu_type_of
 from ._serve_mode import HIGH_THROUGHPUT_ENV
 from ._specs import LANE_SEPARATOR, GroupSpec, Lane, PlacementError, group_specs
 
 __all__ = [
+    "AUTH_MODE_ENV",
     "HIGH_THROUGHPUT_ENV",
     "LANE_SEPARATOR",
+    "MAX_RAY_TEMP_CHARS",
     "RESOURCE_PREFIX",
+    "TOKEN_ENV",
     "TOKEN_FIX",
+    "TOKEN_PATH_ENV",
     "GroupSpec",
     "Lane",
     "PlacementError",
@@ -47,6 +55,7 @@ __all__ = [
     "live_nodes",
     "local_cluster",
     "local_gpu_names",
+    "new_token_file",
     "node_resources",
     "ray_config_mapper",
     "ray_temp_dir",

@@ -86,6 +86,65 @@ def test_nothing_imports_the_command_line() -> None:
     assert not wrong, "\n".join(wrong)
 
 
+PRIVATE_ALLOWED = {
+    # The DP's scaling benchmark counts the DP runs of a front by wrapping the level solver
+    # in its own module (exact_front looks it up there at each call): instrumentation of an
+    # internal, not a use of it.
+    ("benchmarks/exact_scaling.py", "tuning._exact"),
+}
+
+
+def _private_imports(path: Path) -> Iterator[tuple[str, int]]:
+    """(``pkg._module``, line) of every absolute import of a package's private module."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                 [node.module] if isinstance(node, ast.ImportFrom) and node.module
+                 and not node.level else [])
+        for name in names:
+            parts = name.split(".")
+            if (parts[0] in RANK and len(parts) > 1 and parts[1].startswith("_")
+                    and not parts[1].startswith("__")):
+                yield ".".join(parts[:2]), node.lineno
+
+
+def _private_violations(files: list[tuple[Path, Path]]) -> list[str]:
+    """Imports of ``pkg._x`` from outside ``pkg`` (its own tests, ``tests/pkg/``, may).
+
+    `files`: (path relative to the repository, file to read).
+    """
+    wrong = []
+    for rel, path in files:
+        owner = rel.parts[1] if rel.parts[0] == "tests" and len(rel.parts) > 2 else rel.parts[0]
+        for target, line in _private_imports(path):
+            package = target.split(".")[0]
+            if package != owner and (rel.as_posix(), target) not in PRIVATE_ALLOWED:
+                wrong.append(f"{rel}:{line} imports {target}")
+    return wrong
+
+
+def test_private_modules_stay_inside_their_package() -> None:
+    """Callers use a package's facade: no ``from <pkg>._x`` outside ``<pkg>``.
+
+    The packages, the benchmarks and the tests are checked; a package's own tests
+    (``tests/<pkg>/``) may import its private modules, as they test its internals.
+    """
+    files = [(p.relative_to(ROOT), p) for d in (*LAYERS, "benchmarks", "tests")
+             for p in sorted((ROOT / d).rglob("*.py"))]
+    wrong = _private_violations(files)
+    assert not wrong, "private modules imported from outside their package:\n" + "\n".join(wrong)
+
+
+def test_the_private_import_check_sees_one(tmp_path: Path) -> None:
+    """The checker itself: private imports from elsewhere are caught, a package's own tests pass."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("from tuning._headroom import hold\nfrom tuning import search\n")
+    assert _private_violations([(Path("benchmarks/probe.py"), probe),
+                                (Path("tests/app/test_probe.py"), probe),
+                                (Path("tests/tuning/test_probe.py"), probe)]) == [
+        "benchmarks/probe.py:1 imports tuning._headroom",
+        "tests/app/test_probe.py:1 imports tuning._headroom"]
+
+
 def test_predicting_never_imports_measuring() -> None:
     """`profiling.measure` reads `profiling`; no other module of `profiling` reads it."""
     wrong = [f"{path.relative_to(ROOT)}:{line} imports {target}"

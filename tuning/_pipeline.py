@@ -112,7 +112,8 @@ def choose_plan(problem: Problem, goal: Goal, options: PlanOptions | None = None
     """Search, check on fresh traffic, choose the length classes, attach the extras.
 
     Args:
-        problem: the planning problem without length classes.
+        problem: the planning problem; one already split at a length threshold is planned
+            as it is (no threshold is chosen).
         goal: what to optimize.
         options: how (default `PlanOptions()`: auto solver, three fresh seeds).
         with_threshold: ``tokens -> Problem`` split at that length threshold; needed when the
@@ -136,7 +137,8 @@ def choose_plan(problem: Problem, goal: Goal, options: PlanOptions | None = None
                     seeds=options.check_seeds, hardware_profiles=options.hardware_profiles)
 
     lengths = None
-    if problem.scenario.length_classes is not None or thresholds is not None:
+    if not problem.classes and (problem.scenario.length_classes is not None
+                                or thresholds is not None):
         if with_threshold is None:
             raise BouteError(f"scenario {problem.scenario.name!r} names length_classes: pass "
                              "with_threshold=(tokens -> Problem) to plan them, or drop "

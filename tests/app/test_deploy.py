@@ -113,7 +113,7 @@ def test_error_bodies_and_status() -> None:
 
 
 def test_emulated_server_checks_context_and_max_tokens(catalog) -> None:
-    from app.server import EmulatedLLMServer
+    from app.emulated_server import EmulatedLLMServer
 
     cls = EmulatedLLMServer.func_or_class                  # the plain class, no Serve
     server = cls("llama-3.1-8b", "H100", 1, 1)

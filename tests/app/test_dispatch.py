@@ -1,6 +1,7 @@
 """The dispatcher without HTTP or Serve: routing, admission, failover and accounting.
 
-Engines are fakes with the backend contract (`app.server`) behind `app.dispatch.EngineClient`:
+Engines are fakes with the backend contract (`app.emulated_server`) behind
+`app.dispatch.EngineClient`:
 ``ok`` answers at once, ``fail`` raises, ``hang`` never answers, ``slow`` takes 0.2 s,
 ``reject`` answers a 400 error body, ``midfail`` streams one item then fails. The recorder
 keeps every observation.

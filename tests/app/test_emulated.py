@@ -124,8 +124,8 @@ def test_a_failing_engine_loop_ends_every_stream_with_an_error(small_kv: Replica
 
 def test_the_emulated_server_refuses_what_its_kv_cache_can_never_hold() -> None:
     """The reported case: max_tokens 131000 on the emulated 8B / RTX-4090 (context 131072)."""
+    from app.emulated_server import EmulatedLLMServer
     from app.openai_api import ApiError
-    from app.server import EmulatedLLMServer
 
     server = EmulatedLLMServer.func_or_class("llama-3.1-8b", "RTX-4090", 1, 1)
     limit = int(0.99 * server.engine.replica.memory.kv_capacity_tokens)

@@ -62,8 +62,8 @@ def _bodies(shaped: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
 def router_port():
     from ray import serve
 
+    from app.emulated_server import EmulatedLLMServer
     from app.ingress import RouterIngress
-    from app.server import EmulatedLLMServer
 
     handles = {"w": EmulatedLLMServer.options(name="w").bind(WEAK, "RTX-4090", 1, 1, None, None,
                                                              0.0),

@@ -38,17 +38,15 @@ TAU = 160
 def _split_plan(tmp: Path):
     """The cheapest plan with the split forced (the planner alone would keep one group)."""
     from profiling import load_catalog
-    from tuning import Goal, planning_problem, search
-    from tuning._headroom import hold
+    from tuning import Goal, PlanOptions, choose_plan, planning_problem
 
     (tmp / "s.yaml").write_text(SCENARIO)
     pr = planning_problem(str(tmp / "s.yaml"), db=str(tmp / "db.parquet"), threshold_tokens=TAU,
                           gpu_catalog=[str(CATALOG)], progress=False)
     goal = Goal("min-cost", None, P95_S)
-    held = hold(pr, goal, lambda p: search(p, goal, progress=False),
-                load_catalog([str(CATALOG)]))
-    assert held.plan is not None and held.holds
-    return held.plan.with_extra({"search": {"goal": {"mode": "min-cost", "p95_s": P95_S}}})
+    chosen = choose_plan(pr, goal, PlanOptions(), catalog=load_catalog([str(CATALOG)]))
+    assert chosen.plan is not None and chosen.held.holds
+    return chosen.plan
 
 
 @pytest.mark.heavy

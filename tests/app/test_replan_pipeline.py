@@ -76,7 +76,7 @@ def test_goal_round_trips_through_the_plan_and_names_bad_fields() -> None:
     assert Goal.from_dict(saved, ("math", "chat")) == goal
     assert Goal.from_dict(json.loads(json.dumps(saved)), ("chat", "math")).qualities == (
         8.2, 88.0)
-    from tuning._run import SearchError
+    from tuning import SearchError
 
     with pytest.raises(SearchError, match=r"goal.mode='cheap' is unknown; use one of pareto"):
         Goal.from_dict({"mode": "cheap"}, ("default",))

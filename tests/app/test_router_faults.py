@@ -1,6 +1,6 @@
 """The router under faults, overload and strangers, on a real (throw-away) Ray Serve instance.
 
-Engines are small fakes with the backend contract (`app.server`): one that answers at once,
+Engines are small fakes with the backend contract (`app.emulated_server`): one that answers at once,
 one that always fails, one that never answers, one that takes a while. Each case is an app
 of its own under a route prefix on one Serve instance.
 """

@@ -105,8 +105,8 @@ def _faulty_app():
     """The router over a healthy weak group and a strong group whose engine always fails."""
     from ray import serve
 
+    from app.emulated_server import EmulatedLLMServer
     from app.ingress import RouterIngress
-    from app.server import EmulatedLLMServer
 
     @serve.deployment(ray_actor_options={"num_cpus": 0})
     class Broken:
