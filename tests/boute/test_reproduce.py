@@ -15,6 +15,8 @@ BASELINES = ("Stand-Alone-Homo", "Stand-Alone-Hetero", "RouteLLM-uniform", "BOut
 H100_PRICE = 2.69      # paper-gsm8k's $/GPU-hour of an H100 (the paper's example price)
 REL = 1e-6             # the P95 bisection's precision is ~4e-8 (tuning._reproduce)
 
+pytestmark = pytest.mark.slow     # the module's report: a quick reproduction, 10-40 s
+
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:

@@ -74,6 +74,7 @@ def test_mobo_stops_when_the_front_is_stable_or_at_the_time_limit(small_problem:
     assert search(pr, Goal(), solver="random", max_evals=70).evaluations == 70
 
 
+@pytest.mark.slow
 def test_bo_steps_raise_the_hypervolume_over_sobol_at_equal_evaluations(
         small_problem: Problem) -> None:
     """Where the start does not reach the front (the raw encoding: 9 dimensions here), eight

@@ -80,6 +80,7 @@ profile: {{num_rates: 12, num_requests: 400}}
 """
 
 
+@pytest.mark.slow
 def test_a_plan_that_holds_on_poisson_but_not_on_the_bursts_is_rejected(
         catalog: Catalog, tmp_path: Path) -> None:
     """A 40-minute log whose per-minute rate swings with CV 1 (0.1x to 4x the mean).
