@@ -61,28 +61,18 @@ def write_roofline_profile(out: Path, gpu_type: str, peak_tflops: float, peak_gb
 
 
 # The heavy tests start Ray clusters, Serve apps and vLLM engines, bench them and compare what
-# they measure with bounds: under pytest-xdist (`make test`: -n 2 --dist loadgroup) they form
-# one group, run by one worker one after the other (no two clusters compete for the 2 cores or
-# for Serve's fixed HAProxy ports), while the other worker runs the rest. A heavy test that
-# starts none of these names a group of its own (``xdist_group``) and runs beside them.
-HEAVY_GROUP = "heavy"
-
-
+# they measure with bounds: `make test` runs them one after the other in a pytest process of
+# their own (no two Serve apps compete for Serve's fixed proxy ports), beside the rest.
 def _run_order(item: pytest.Item) -> int:
-    """Heavy tests first (their group is the longest), those that check latency or refusal
-    counts (``latency``) last, when the other worker and mypy are done with the CPUs."""
-    if not item.get_closest_marker("heavy"):
-        return 2
+    """Heavy tests that check latency or refusal counts (``latency``) last, when mypy and the
+    other pytest process are done with the CPUs."""
     return 1 if item.get_closest_marker("latency") else 0
 
 
-@pytest.hookimpl(tryfirst=True)     # before xdist reads the groups (its hook is plain)
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group and order the heavy tests (above); skip the ``gpu`` tests, saying why, where
-    torch sees no CUDA device."""
-    for item in items:
-        if item.get_closest_marker("heavy") and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(HEAVY_GROUP))
+    """Order the tests (above); skip the ``gpu`` tests, saying why, where torch sees no CUDA
+    device."""
     items.sort(key=_run_order)          # stable: file order within each rank
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:

@@ -36,7 +36,7 @@ def _resolve(report: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.heavy
-@pytest.mark.xdist_group("pip")   # network-bound, no Ray: beside the heavy group
+@pytest.mark.network
 def test_gpu_extra_resolves_to_the_pinned_vllm_and_its_torch(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     done = _resolve(report)
