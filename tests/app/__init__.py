@@ -5,7 +5,7 @@ from pathlib import Path
 
 from placement import free_port, ray_temp_dir
 
-__all__ = ["free_port", "plan_replan_scenario", "throwaway_serve"]
+__all__ = ["SharedServe", "free_port", "plan_replan_scenario", "throwaway_serve"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,6 +35,35 @@ def throwaway_serve(name: str) -> Iterator[int]:
             os.environ.pop("RAY_AUTH_MODE", None)
         else:
             os.environ["RAY_AUTH_MODE"] = old
+
+
+class SharedServe:
+    """One `throwaway_serve` instance for consecutive test modules (the ``shared_serve``
+    fixture, tests/app/conftest.py): started by the first, kept up while the next test asks
+    for it too, shut down before one that does not (it may start a Ray cluster of its own).
+
+    A module gets it empty (`fresh`): the apps an earlier module deployed are deleted first.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.port: int | None = None
+        self._stack = contextlib.ExitStack()
+
+    def fresh(self) -> int:
+        """The HTTP port of the instance, with no app: started when it is down, else emptied."""
+        from ray import serve
+
+        if self.port is None:
+            self.port = self._stack.enter_context(throwaway_serve(self.name))
+        for app in serve.status().applications:
+            serve.delete(app)
+        return self.port
+
+    def stop(self) -> None:
+        """Shut the instance down (no-op when it is down)."""
+        self.port = None
+        self._stack.close()
 
 
 def plan_replan_scenario(folder: Path) -> Path:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.app import throwaway_serve
+from tests.app import SharedServe
 
 pytestmark = pytest.mark.heavy
 
@@ -59,7 +59,7 @@ def _bodies(shaped: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
 
 
 @pytest.fixture(scope="module")
-def router_port():
+def router_port(shared_serve: SharedServe):
     from ray import serve
 
     from app.emulated_server import EmulatedLLMServer
@@ -72,10 +72,10 @@ def router_port():
     config = {"weak": WEAK, "strong": STRONG, "strong_share": 0.5, "threshold": None,
               "router": "builtin", "seed": 0, "shares": {WEAK: {"w": 1.0}, STRONG: {"s": 1.0}},
               "context": {WEAK: 256, STRONG: 256}}
-    with throwaway_serve("fuzz") as port:
-        serve.run(RouterIngress.options(user_config=config).bind(handles), name="fuzz",
-                  route_prefix="/")
-        yield port
+    port = shared_serve.fresh()
+    serve.run(RouterIngress.options(user_config=config).bind(handles), name="fuzz",
+              route_prefix="/")
+    return port
 
 
 class _Client:

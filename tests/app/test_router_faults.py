@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.app import throwaway_serve
+from tests.app import SharedServe
 
 pytestmark = pytest.mark.heavy
 
@@ -112,11 +112,10 @@ def _chat(model: str = "auto", **kw: Any) -> dict:
 
 
 @pytest.fixture(scope="module")
-def serve_url():
+def serve_url(shared_serve: SharedServe):
     from ray import serve
 
-    with throwaway_serve("router") as port:
-        yield f"http://127.0.0.1:{port}", serve
+    return f"http://127.0.0.1:{shared_serve.fresh()}", serve
 
 
 def test_failed_calls_are_retried_on_another_group_and_the_group_is_ejected(serve_url) -> None:
