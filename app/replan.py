@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from common.errors import BouteError
-from tuning import Decision, Goal, Group, Hysteresis, Plan, Problem, decide
+from tuning import Decision, Goal, Group, Hysteresis, Plan, Problem, StopRule, decide
 
 from .main import APP_NAME, Stack, stack_config
 from .serve_api import ServeApi, ServeApiError, dashboard_url, local_url
@@ -80,8 +80,8 @@ class ReplanOptions:
     solver: str = "auto"
     """``auto`` (the exact DP when it certifies within seconds: deterministic, unchanged
     traffic proposes the same plan; else ``mobo``), ``exact``, ``mobo`` or ``random``."""
-    evals: int | None = None
-    """mobo/random: exactly this many plans (default: `tuning.StopRule`'s stopping rule)."""
+    stop: StopRule | None = None
+    """When mobo / random stop (default `tuning.StopRule()`; `StopRule.fixed(n)`: n plans)."""
     seed: int = 0
     resim_seeds: int = 3
     """Fresh traces per replica group of the headroom check (``boute plan --resim-seeds``)."""
@@ -107,9 +107,6 @@ class ReplanOptions:
             raise ReplanError(f"solver={self.solver!r} must be auto, exact, mobo or random")
         if self.resim_seeds < 0:
             raise ReplanError(f"resim_seeds={self.resim_seeds!r} must be >= 0 (0: no check)")
-        if self.evals is not None and self.evals < 1:
-            raise ReplanError(f"evals={self.evals!r} must be >= 1 (or None: stop when the "
-                              "front is stable)")
 
 
 @dataclass(frozen=True)
@@ -467,7 +464,7 @@ def _propose(window: WindowProblems, goal: Goal, options: ReplanOptions,
 
     chosen = choose_plan(
         window.at(None), goal,
-        PlanOptions(solver=options.solver, seed=options.seed, max_evals=options.evals,
+        PlanOptions(solver=options.solver, seed=options.seed, stop=options.stop,
                     check_seeds=fresh_seeds(options.resim_seeds)),
         with_threshold=window.at,
         catalog=load_catalog(window.state.stack.gpu_catalog, window.state.stack.model_catalog))

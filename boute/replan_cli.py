@@ -16,6 +16,8 @@ from typing import Any
 
 from common.errors import BouteError
 
+from ._planning import add_solver_args, stop_rule_from
+
 __all__ = ["add_replan", "format_report", "submit_replan_job"]
 
 
@@ -39,12 +41,7 @@ def add_replan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    "the running plan's goal)")
     p.add_argument("--p95", type=float, default=None, help="P95 target, seconds (default: "
                    "the running plan's goal)")
-    p.add_argument("--solver", default="auto", choices=["auto", "exact", "mobo", "random"],
-                   help="auto: the exact DP when it is estimated to finish within 2 s, else "
-                   "mobo (default)")
-    p.add_argument("--evals", type=int, default=None, help="mobo/random: evaluate exactly "
-                   "this many plans (default: stop when the front is stable)")
-    p.add_argument("--seed", type=int, default=0)
+    add_solver_args(p)
     p.add_argument("--resim-seeds", type=int, default=3, help="re-simulate the proposed plan "
                    "on this many fresh traces per group, as `boute plan` does (default 3; "
                    "0: no check)")
@@ -90,9 +87,6 @@ def _options(args: argparse.Namespace) -> Any:
     from app.replan import ReplanOptions
     from tuning import Goal, Hysteresis
 
-    if args.evals is not None and args.evals < 1:
-        raise BouteError(f"--evals={args.evals} must be >= 1 (or leave it out: stop when the "
-                         "front is stable)")
     if args.resim_seeds < 0:
         raise BouteError(f"--resim-seeds={args.resim_seeds} must be >= 0 (0: no check)")
     goal = None
@@ -107,7 +101,7 @@ def _options(args: argparse.Namespace) -> Any:
                          .replace("cooldown_s", "--cooldown-s")) from None
     return ReplanOptions(app=args.app, dashboard=args.dashboard or None,
                          window_s=args.window_s, min_requests=args.min_requests, goal=goal,
-                         solver=args.solver, evals=args.evals, seed=args.seed,
+                         solver=args.solver, stop=stop_rule_from(args), seed=args.seed,
                          resim_seeds=args.resim_seeds,
                          hysteresis=hysteresis, force=args.force, dry_run=args.dry_run,
                          scenario=args.scenario, work_dir=args.work_dir,
