@@ -106,7 +106,12 @@ def local_cluster(gpus: Mapping[str, int], gpus_per_node: Mapping[str, int], *,
     # connected with. No load balancer stands in front of a local cluster but Serve's own
     # HAProxy, which retries a refused connection: a stopping ingress replica need not stay
     # open Serve's default 30 s.
-    env = {**HIGH_THROUGHPUT_ENV, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+    # HAProxy's stats and metrics listeners on ports of this cluster's own (Serve's defaults,
+    # 8404 and 9101, are fixed: a second local cluster on this machine, a parallel test run,
+    # would fail to bind them).
+    env = {**HIGH_THROUGHPUT_ENV, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+           "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
     token_path, auth = _auth_env(temp_dir)
     with scoped_env({**(env if high_throughput else {}), **auth}):
         refresh_ray_auth_config()   # this process (the nodes' GCS client, the driver) too

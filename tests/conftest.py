@@ -61,8 +61,9 @@ def write_roofline_profile(out: Path, gpu_type: str, peak_tflops: float, peak_gb
 
 
 # The heavy tests start Ray clusters, Serve apps and vLLM engines, bench them and compare what
-# they measure with bounds: `make test` runs them one after the other in a pytest process of
-# their own (no two Serve apps compete for Serve's fixed proxy ports), beside the rest.
+# they measure with bounds: `make test` runs them one after the other in two pytest processes
+# of their own (the `emulated` ones, which mostly wait on real-time traffic, in the second),
+# beside the rest; each local cluster takes ports of its own, so two Serve apps coexist.
 def _run_order(item: pytest.Item) -> int:
     """Heavy tests that check latency or refusal counts (``latency``) last, when mypy and the
     other pytest process are done with the CPUs."""

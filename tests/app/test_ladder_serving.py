@@ -6,12 +6,15 @@ both workloads' traffic (``auto:math`` / ``auto:chat``), and checked against its
 then the chat traffic triples (chat's 8B group is the plan's bottleneck: the math groups have
 room to spare, so doubling math keeps the plan within its target) and a replanning Ray job
 refits each workload's rate from the request log and applies a new plan while the load runs.
+The load stops `AFTER_APPLY_S` after the job returns (the new plan serves some of it): it is
+not run for a fixed time, as the job takes 60-110 s on the 2-core box.
 """
 
 import json
 import threading
 import time
 from collections import Counter
+from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,9 @@ targets:
 profile: {num_rates: 8, num_requests: 300}
 """
 EVALS = 256         # plans the planner and the replanning job evaluate (see _plan)
+FIRST_S = 90.0      # the plan's traffic (~540 requests)
+WINDOW_S = 95.0     # the replanning job's window, the tripled chat traffic before it starts
+AFTER_APPLY_S = 15.0
 
 
 def _plan(tmp: Path) -> Path:
@@ -59,6 +65,7 @@ def _shares(summary: dict[str, Any], workload: str) -> dict[str, float]:
 
 
 @pytest.mark.heavy
+@pytest.mark.emulated
 @pytest.mark.latency
 def test_three_models_two_workloads_served_and_replanned(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch
@@ -89,14 +96,14 @@ def test_three_models_two_workloads_served_and_replanned(tmp_path: Path,
         url = deploy_plan(plan, backend="emulated", gpu_catalog=[str(CATALOG)],
                           port=free_port(), proxy_location="HeadOnly", log_dir=str(log_dir),
                           log_rotate_s=3.0)
-        # 1. The plan's traffic, 110 s of it (~660 requests): shares and P95 as planned.
+        # 1. The plan's traffic, 90 s of it (~540 requests): shares and P95 as planned.
         result = run_bench(url, workload_requests([("math", "gsm8k", 5.0),
                                                    ("chat", "mtbench", 1.0)],
-                                                  duration_s=110, seed=1))
+                                                  duration_s=FIRST_S, seed=1))
         first = result.summary()
         refused = Counter((r.model, r.status, r.arrival_s // 10) for r in result.records
                           if r.status != 200)
-        assert first["requests"] >= 600 and first["ok"] == first["requests"], (first, refused)
+        assert first["requests"] >= 480 and first["ok"] == first["requests"], (first, refused)
         for w, want in target.items():
             got = _shares(first, w)
             for model, share in want.items():
@@ -108,13 +115,17 @@ def test_three_models_two_workloads_served_and_replanned(tmp_path: Path,
         # 2. Chat traffic triples: a replanning job refits each workload and applies a plan.
         dashboard = dashboard_url()
         second: list[Any] = []
-        load = threading.Thread(target=lambda: second.append(run_bench(url, workload_requests(
-            [("math", "gsm8k", 5.0), ("chat", "mtbench", 3.0)], duration_s=240,
-            seed=2)).summary()))
+        stop_at = [float("inf")]        # the load's last arrival (s from its start), once known
+        requests = workload_requests([("math", "gsm8k", 5.0), ("chat", "mtbench", 3.0)],
+                                     duration_s=600, seed=2)
+        load = threading.Thread(target=lambda: second.append(run_bench(url, takewhile(
+            lambda r: r.arrival_s < stop_at[0], requests)).summary()))
+        started = time.monotonic()
         load.start()
-        time.sleep(100.0)
-        moved = submit_replan_job(dashboard, ["--window-s", "95", "--min-requests", "80",
-                                              "--cooldown-s", "0", "--evals", str(EVALS)])
+        time.sleep(WINDOW_S + 5.0)
+        moved = submit_replan_job(dashboard, ["--window-s", str(WINDOW_S), "--min-requests",
+                                              "80", "--cooldown-s", "0", "--evals", str(EVALS)])
+        stop_at[0] = time.monotonic() - started + AFTER_APPLY_S
         load.join()
         (tmp_path / "moved.json").write_text(json.dumps(moved))
         print("replan:", json.dumps({k: moved[k] for k in ("decision", "window")}),
