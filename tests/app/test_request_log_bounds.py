@@ -214,3 +214,13 @@ def test_retention_by_size_drops_the_oldest_first(tmp_path: Path) -> None:
 def test_log_limits_name_the_bad_field(kwargs: dict[str, float], match: str) -> None:
     with pytest.raises(RequestLogError, match=match):
         LogLimits(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_stack_carries_the_log_limits_to_the_router() -> None:
+    from app.main import Stack
+
+    assert Stack().log_limits() == LogLimits()                  # 100 per s, 7 days, 1 GiB
+    stack = Stack(log_refused_sample=5, log_retain_s=None, log_max_bytes=1 << 20)
+    assert Stack.from_args(stack.to_args()).log_limits() == LogLimits(5, 1.0, None, 1 << 20)
+    with pytest.raises(RequestLogError, match=r"max_bytes=0 must be an integer > 0"):
+        Stack(log_max_bytes=0)
