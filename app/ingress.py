@@ -50,6 +50,7 @@ from .dispatch import (
 from .guard import ApiKeys, KeyEntry, check_body, parse_body
 from .observability import Observer
 from .openai_api import ApiError
+from .request_log import LogLimits
 from .router_config import RouterConfig
 
 __all__ = ["RouterIngress", "ServeEngines"]
@@ -120,12 +121,13 @@ class RouterIngress:
     """
 
     def __init__(self, groups: dict[str, DeploymentHandle[Any]],
-                 log_dir: str | None = None, log_rotate_s: float = 60.0) -> None:
+                 log_dir: str | None = None, log_rotate_s: float = 60.0,
+                 log_limits: LogLimits | None = None) -> None:
         # Handles bound by `serve run`'s process carry that process's transport defaults;
         # taken again here, they use the cluster's (gRPC in Serve's high-throughput mode).
         self.handles = {name: serve.get_deployment_handle(h.deployment_name, h.app_name)
                         for name, h in groups.items()}
-        self.obs = Observer(log_dir, log_rotate_s)
+        self.obs = Observer(log_dir, log_rotate_s, log_limits)
         self.dispatcher = Dispatcher(ServeEngines(self.handles), self.obs)
         self.keys: ApiKeys | None = None
         self.limits = self.dispatcher.settings.limits

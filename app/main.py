@@ -37,6 +37,7 @@ from .emulated_server import EmulatedLLMServer
 from .groups import inflight_limits
 from .guard import RequestLimits
 from .ingress import RouterIngress
+from .request_log import LogLimits
 from .router_config import RouterConfig, RouterSettings
 
 __all__ = ["APP_NAME", "BACKENDS", "Stack", "app", "build_app", "group_app", "plan_specs",
@@ -67,6 +68,12 @@ class Stack:
             no log); see `app.request_log`.
         log_rotate_s: a log file is closed (and readable, e.g. by replanning) after this
             many seconds.
+        log_refused_sample: refusals before routing (401, a key's 429, 413, 400) written as
+            full log rows per (status, outcome, key id) per second; the rest are counted
+            only (None: every one a row); see `app.request_log`.
+        log_retain_s: log files older than this are dropped (None: kept); default 7 days.
+        log_max_bytes: the log's closed files are kept under this size, oldest dropped first
+            (None: no bound); default 1 GiB.
         api_keys: the router's API keys, digests only (`app.guard.KeyEntry` dicts, from
             ``--api-keys FILE``); None: no authentication (the CLI never chooses this by
             default).
@@ -93,6 +100,9 @@ class Stack:
     time_scale: float = 1.0
     log_dir: str | None = None
     log_rotate_s: float = 60.0
+    log_refused_sample: int | None = LogLimits.refused_sample
+    log_retain_s: float | None = LogLimits.retain_s
+    log_max_bytes: int | None = LogLimits.max_bytes
     api_keys: list[dict[str, Any]] | None = None
     on_model_down: str = "fallback"
     call_timeout_s: float | None = None
@@ -109,6 +119,7 @@ class Stack:
             raise ValueError(f"inflight_scale={self.inflight_scale!r} must be a positive "
                              "number")
         self.settings()                     # validates the router's settings
+        self.log_limits()                   # validates the log's limits
         if self.api_keys is not None:
             from .guard import ApiKeys
 
@@ -124,6 +135,16 @@ class Stack:
         return RouterSettings.parse({"on_model_down": self.on_model_down,
                                      "call_timeout_s": self.call_timeout_s,
                                      "max_body_bytes": self.max_body_bytes}, "router settings")
+
+    def log_limits(self) -> LogLimits:
+        """The request log's `LogLimits` (refusal sampling, retention).
+
+        Raises:
+            RequestLogError: a limit is out of range (named with its value).
+
+        """
+        return LogLimits(refused_sample=self.log_refused_sample, retain_s=self.log_retain_s,
+                         max_bytes=self.log_max_bytes)
 
     def live(self) -> dict[str, Any]:
         """The live fields (`LIVE_FIELDS`) as JSON."""
@@ -284,12 +305,14 @@ def build_app(plan: Plan, *, backend: str = "emulated",
               gpu_catalog: list[str] | None = None, model_catalog: list[str] | None = None,
               seed: int = 0, time_scale: float = 1.0, log_dir: str | None = None,
               api_keys: list[dict[str, Any]] | None = None, on_model_down: str = "fallback",
-              call_timeout_s: float | None = None, inflight_scale: float = 1.0
-              ) -> Application:
+              call_timeout_s: float | None = None, inflight_scale: float = 1.0,
+              log_limits: LogLimits | None = None) -> Application:
     """The one-application layout of `plan`: a deployment per replica group + the router.
 
     The arguments are `Stack`'s (``api_keys=None``: no authentication; the ``serve run``
-    builder `app` requires keys unless told ``api_keys=none``).
+    builder `app` requires keys unless told ``api_keys=none``); `log_limits` gives the
+    ``log_refused_sample``, ``log_retain_s`` and ``log_max_bytes`` fields (default
+    `LogLimits()`).
 
     Raises:
         ValueError: an unknown backend, or a plan without its scenario's models.
@@ -301,13 +324,33 @@ def build_app(plan: Plan, *, backend: str = "emulated",
                   gpu_catalog=list(gpu_catalog or []), model_catalog=list(model_catalog or []),
                   seed=seed, time_scale=time_scale, log_dir=log_dir, api_keys=api_keys,
                   on_model_down=on_model_down, call_timeout_s=call_timeout_s,
-                  inflight_scale=inflight_scale)
+                  inflight_scale=inflight_scale, **_log_fields(log_limits or LogLimits()))
     specs = stack_specs(plan, stack)
     weak, strong = _pair(plan)
     handles = {spec.name: _engine(spec, stack) for spec in specs}
     return RouterIngress.options(  # type: ignore[attr-defined,no-any-return]
         user_config=routing_config(plan, specs, weak, strong, seed, stack)
-    ).bind(handles, log_dir)
+    ).bind(handles, log_dir, stack.log_rotate_s, stack.log_limits())
+
+
+def _log_fields(limits: LogLimits) -> dict[str, Any]:
+    """`Stack`'s log fields from `limits` (its sampling interval is always 1 s)."""
+    return {"log_refused_sample": limits.refused_sample, "log_retain_s": limits.retain_s,
+            "log_max_bytes": limits.max_bytes}
+
+
+def _optional(args: Mapping[str, str], key: str, kind: type[float] | type[int],
+              default: float | int | None) -> Any:
+    """``args[key]`` as `kind` (``none``: None; missing: `default`)."""
+    if key not in args:
+        return default
+    if args[key].lower() == "none":
+        return None
+    try:
+        return kind(args[key])
+    except ValueError:
+        raise ValueError(f"{key}={args[key]!r} is not a{'n integer' if kind is int else ' number'}"
+                         " (or none)") from None
 
 
 def _pair(plan: Plan) -> tuple[str, str]:
@@ -329,7 +372,8 @@ def app(args: dict[str, str]) -> Application:
     or ``none`` to serve without authentication), ``backend`` (emulated|vllm), ``device``
     (gpu|cpu), ``models`` (``name=DIR_OR_HF_ID,...``), ``engine_kwargs`` (a JSON object),
     ``gpus_per_node`` (``type=N,...``), ``seed``, ``log_dir``, ``on_model_down``
-    (fallback|fail).
+    (fallback|fail), ``log_refused_sample``, ``log_retain_s``, ``log_max_bytes`` (a number,
+    or ``none``: no bound; `Stack`).
     """
     from .guard import read_key_file
 
@@ -348,7 +392,12 @@ def app(args: dict[str, str]) -> Application:
                          args.get("gpus_per_node", "").split(","), "gpus_per_node").items()},
                      engine_kwargs=json.loads(args.get("engine_kwargs") or "{}"),
                      seed=int(args.get("seed", 0)), log_dir=args.get("log_dir"),
-                     api_keys=keys, on_model_down=args.get("on_model_down", "fallback"))
+                     api_keys=keys, on_model_down=args.get("on_model_down", "fallback"),
+                     log_limits=LogLimits(
+                         refused_sample=_optional(args, "log_refused_sample", int,
+                                                  LogLimits.refused_sample),
+                         retain_s=_optional(args, "log_retain_s", float, LogLimits.retain_s),
+                         max_bytes=_optional(args, "log_max_bytes", int, LogLimits.max_bytes)))
 
 
 # -- the stack layout: one application per replica group + the router application ------------
@@ -360,7 +409,7 @@ def router_app(args: dict[str, Any]) -> Application:
     """
     stack = Stack.from_args(args)
     return RouterIngress.bind(  # type: ignore[attr-defined,no-any-return]
-        {}, stack.log_dir, stack.log_rotate_s)
+        {}, stack.log_dir, stack.log_rotate_s, stack.log_limits())
 
 
 def group_app(args: dict[str, Any]) -> Application:

@@ -20,7 +20,8 @@ Metric names as Prometheus shows them (Ray prefixes ``ray_``), tags in braces:
 Requests are tagged with their API key's id (``key``), never the key.
 
 `Observer.observe` is called once per request when its response is complete; it updates the
-metrics and appends the request to the Parquet log (`app.request_log`) when one is kept.
+metrics and appends the request to the Parquet log (`app.request_log`) when one is kept
+(refusals before routing: counted, and sampled, by the log's `LogLimits`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .request_log import RequestLog
+from .request_log import LogLimits, RequestLog
 
 __all__ = ["LATENCY_BOUNDARIES_S", "METRICS", "Observer"]
 
@@ -46,7 +47,8 @@ LATENCY_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 1
 class Observer:
     """Metrics + request log of one router replica."""
 
-    def __init__(self, log_dir: str | None = None, log_rotate_s: float = 60.0) -> None:
+    def __init__(self, log_dir: str | None = None, log_rotate_s: float = 60.0,
+                 log_limits: LogLimits | None = None) -> None:
         from ray.serve import metrics as serve_metrics
 
         # (Ray annotates tag_keys as a 1-tuple; any number of tags is accepted.)
@@ -77,7 +79,8 @@ class Observer:
                                               "served by the other one", tag_keys=("model",))
         self.group_up = metrics.Gauge("boute_group_up", "1: the group takes traffic; 0: "
                                       "ejected or down", tag_keys=("group",))
-        self.log = RequestLog(log_dir, rotate_s=log_rotate_s) if log_dir else None
+        self.log = (RequestLog(log_dir, rotate_s=log_rotate_s, limits=log_limits)
+                    if log_dir else None)
         self._task: Any = None
 
     def start(self) -> None:

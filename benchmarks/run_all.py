@@ -102,6 +102,8 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("cpu_loop", "benchmarks/cpu_loop.py", full_json=f"{DATA}/cpu_loop.json"),
     Bench("request_log", "benchmarks/request_log.py", quick=("--records", "50000", "--kills", "5"),
           full_json=f"{DATA}/request_log.json"),
+    Bench("log_flood", "benchmarks/log_flood.py", quick=("--seconds", "20"),
+          full_json=f"{DATA}/log_flood.json"),
     Bench("perfdb", "benchmarks/perfdb.py",
           full=("--repeat", "2", "--scaling-json", f"{DATA}/perfdb_scaling.json"),
           quick=("--no-ray",), full_json=f"{DATA}/perfdb_bench.json"),
