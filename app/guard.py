@@ -146,7 +146,7 @@ def parse_expiry(value: Any, key_id: Any = "key") -> datetime | None:
         KeyFileError: not a time, or a time without a zone (ambiguous).
 
     """
-    if value is None or isinstance(value, datetime) and value.tzinfo is not None:
+    if value is None or (isinstance(value, datetime) and value.tzinfo is not None):
         return None if value is None else value.astimezone(UTC)
     when = None
     if isinstance(value, str):

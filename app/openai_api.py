@@ -86,7 +86,7 @@ def token_prompts(body: Mapping[str, Any]) -> list[list[int]] | None:
     vLLM's server takes a prompt as a list of token ids (one prompt) or a list of such lists
     (a batch); every id an integer in [0, `MAX_TOKEN_ID`], every list non-empty.
     """
-    prompt = body.get("prompt")
+    prompt: Any = body.get("prompt")
     if _is_ids(prompt):
         return [prompt]
     if isinstance(prompt, list) and prompt and all(_is_ids(p) for p in prompt):
