@@ -10,11 +10,16 @@ log, `app.observability.Observer`; a fake in tests).
    sent by the workload's live policy (`app.routing.LivePolicy`): the pair's threshold
    (`app.routing.LiveThreshold`), or a ladder workload's cascade (`app.routing.LiveCascade`;
    a request names its workload with ``auto:NAME`` or the ``x-boute-workload`` header, else
-   the plan's first). A model name pins it. A plan with length classes sends a request to
-   its class's lane (``short`` when prompt + max_tokens <= the plan's threshold).
+   the plan's first). A model name pins it. A completions prompt of token ids has no text to
+   score: with ``auto`` it goes to the workload's models by the plan's target shares (smooth
+   weighted round robin, so the split holds exactly; it neither reads nor moves the live
+   threshold; ``x-boute-score: unscored``), its prompt tokens counted from the list (a
+   batch: its longest prompt). A plan with length classes sends a request to its class's
+   lane (``short`` when prompt + max_tokens <= the plan's threshold).
 2. **Admission**: a group of the lane is chosen by the plan's shares among the available
-   ones (`app.groups.GroupPool`); when every healthy group of the model is at its in-flight
-   bound the request is refused at once (429, ``Retry-After``: ``shed``).
+   ones (`app.groups.GroupPool`) that have room for the request's units (``prompts x n``
+   sequences, `app.sampling.request_units`); when every healthy group of the model is at
+   its in-flight bound the request is refused at once (429, ``Retry-After``: ``shed``).
 3. **Failover**: each engine call has a deadline (`RouterSettings.call_timeout_s`). A call
    that fails or times out before a byte reached the client (any non-streamed call; a
    stream before its first item) is retried after a short backoff on another group of the
