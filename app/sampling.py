@@ -44,6 +44,7 @@ and a replica group's in-flight bound counts units (`app.groups.GroupPool`).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,7 +67,9 @@ def _number(body: Mapping[str, Any], name: str, lo: float, hi: float, *,
     v = body.get(name)
     if v is None:
         return
-    ok = (not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
+    # (No float() of an int: a JSON integer may be 10**400, past float's range: refused.)
+    ok = (((isinstance(v, int) and not isinstance(v, bool) and abs(v) <= sys.float_info.max)
+           or (isinstance(v, float) and math.isfinite(v)))
           and (v > lo if lo_open else v >= lo) and v <= hi)
     if not ok:
         raise ApiError(f"{name}={v!r} must be {rule}", param=name)

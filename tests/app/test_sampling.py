@@ -64,6 +64,15 @@ def test_each_numeric_field_at_and_beyond_its_bound(field: str, ok: list[Any],
             _refused(make(**{field: v}), field, says, kind)
 
 
+def test_integers_past_floats_range_are_refused_not_a_500() -> None:
+    """JSON integers have no bound: 10**400 must be a 400, never an OverflowError."""
+    huge = json.loads("1" + "0" * 400)
+    for field in ("n", "temperature", "top_p", "top_k", "min_p", "presence_penalty",
+                  "repetition_penalty", "seed"):
+        _refused(_chat(**{field: huge}), field, "must be")
+    _refused(_chat(logit_bias={"1": huge}), "logit_bias", "in [-100, 100]")
+
+
 def test_n_and_best_of_follow_the_configured_limit() -> None:
     lim = RequestLimits(max_n=4)
     check_body("chat", _chat(n=4), lim)
