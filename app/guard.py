@@ -16,10 +16,10 @@ that time on it gets 401 "API key 'ID' expired at ..." (counted per key, reporte
 
 **Per-key rate limits.** A token bucket per key: ``rate_rps`` tokens per second, at most
 ``burst`` banked (default ``max(1, 2 * rate_rps)``). A request costs one token per sequence
-it asks for (``prompts x n``, `app.sampling.request_units`): a key with less than one token
-is refused before its body is read (`ApiKeys.ready`), then the request takes its units or
-is refused with 429 and ``Retry-After = ceil((units - tokens) / rate_rps)`` seconds
-(`ApiKeys.admit`); a request of more units than the burst could never pass: 400.
+it asks for (``prompts x n``, `app.sampling.request_units`): one before its body is read
+(so a malformed body costs one, as any request), the rest once the body is checked; short of
+them it is refused with 429 and ``Retry-After = ceil((units - tokens) / rate_rps)`` seconds
+(`ApiKeys.admit`). A request of more units than the burst could never pass: 400.
 
 **Body limits** (`RequestLimits`): the body's size is checked before it is read whole (413),
 its JSON nesting depth after parsing without recursion (400), then the OpenAI fields the
@@ -288,21 +288,11 @@ class ApiKeys:
                            "; ask its issuer for a new key", 401)
         return entry
 
-    def ready(self, entry: KeyEntry) -> None:
-        """Refuse early (before the body is read) a key with less than one token banked.
+    def admit(self, entry: KeyEntry, units: int = 1, taken: int = 0) -> None:
+        """Take a request's `units` tokens (the sequences it asks for) from the key's bucket.
 
-        Takes nothing: `admit` takes the request's units once its body is known.
-
-        Raises:
-            ApiError: 429 with ``retry_after_s``.
-
-        """
-        bucket = self._buckets.get(entry.id)
-        if bucket is not None:
-            self._over(entry, bucket, bucket.wait_s(time.monotonic()))
-
-    def admit(self, entry: KeyEntry, units: int = 1) -> None:
-        """Take `units` tokens (the sequences a request asks for) from the key's bucket.
+        The router takes one token before it reads a body (a refused body still costs one),
+        then the rest once the body says how many: ``admit(entry, units, taken=1)``.
 
         Raises:
             ApiError: 429 with ``retry_after_s`` when the key is over its rate; 400 (``n``)
@@ -310,13 +300,13 @@ class ApiKeys:
 
         """
         bucket = self._buckets.get(entry.id)
-        if bucket is None:
+        if bucket is None or units <= taken:
             return
         if units > bucket.burst:
             raise ApiError(f"This request asks for {units} sequences (prompts x n) but key "
                            f"{entry.id!r} allows at most {bucket.burst:g} at once (its burst); "
                            "ask for fewer", param="n")
-        self._over(entry, bucket, bucket.take(time.monotonic(), units))
+        self._over(entry, bucket, bucket.take(time.monotonic(), units - taken))
 
     @staticmethod
     def _over(entry: KeyEntry, bucket: _Bucket, wait_s: float) -> None:

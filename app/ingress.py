@@ -6,12 +6,12 @@ find it by that name) in front of every replica group. A request goes through, i
 
 1. **API key** (`app.guard.ApiKeys`, when the config carries ``api_keys``): 401 without a
    valid ``Authorization: Bearer`` key or with an expired one; 429 + ``Retry-After`` when
-   its key has no token left (before the body is read).
+   its key has no token left (one is taken before the body is read).
 2. **Body limits** (`app.guard`): 413 above ``max_body_bytes`` (checked on
    ``Content-Length`` and while reading, before anything is parsed or forwarded); 400 for
    JSON nested too deep, wrong field types, non-text content parts, sampling fields out of
-   vLLM's ranges (`app.sampling`). Then the request takes one token of its key's bucket per
-   sequence it asks for (``prompts x n``): 429 when they are not there.
+   vLLM's ranges (`app.sampling`). Then the request takes the rest of its units from its
+   key's bucket, one per sequence it asks for (``prompts x n``): 429 when they are not there.
 3. **Routing, admission, failover** (`app.dispatch.Dispatcher`): which model (scored, or
    pinned by name), which group (by the plan's shares, within its in-flight bound: 429
    when all are full), and where a failed call goes next.
@@ -212,11 +212,11 @@ class RouterIngress:
         if self.keys is not None:
             entry = self.keys.authenticate(request.headers.get("authorization"))
             call.key_id = entry.id
-            self.keys.ready(entry)          # an empty bucket: 429 before the body is read
+            self.keys.admit(entry)          # one token before the body is read
         body = parse_body(await _read_body(request, self.limits.max_body_bytes), self.limits)
         check_body(call.kind, body, self.limits)
-        if self.keys is not None and entry is not None:
-            self.keys.admit(entry, request_units(call.kind, body))
+        if self.keys is not None and entry is not None:     # the rest: prompts x n in all
+            self.keys.admit(entry, request_units(call.kind, body), taken=1)
         call.workload_asked = request.headers.get(WORKLOAD_HEADER)
         call.stream = bool(body.get("stream"))
         return body

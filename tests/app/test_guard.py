@@ -147,25 +147,29 @@ def test_completion_prompts(prompt, ok: bool) -> None:
 
 
 def test_a_request_takes_one_token_per_sequence(monkeypatch: pytest.MonkeyPatch) -> None:
-    """n = 4 takes 4 of the bucket's tokens; more than the burst can never pass (400)."""
+    """n = 4 takes 4 of the bucket's tokens (1 before the body, 3 after); more than the burst
+    can never pass (400)."""
     import app.guard as guard
 
     now = [100.0]
     monkeypatch.setattr(guard.time, "monotonic", lambda: now[0])
     entry = KeyEntry("k", hash_key("x"), rate_rps=2.0)          # burst 2 * 2 = 4
     keys = ApiKeys([entry])
-    keys.ready(entry)                                            # 4 banked: takes nothing
-    keys.admit(entry, 4)                                         # n = 4: the whole burst
-    for check in (keys.ready, keys.admit):
-        with pytest.raises(ApiError) as exc:
-            check(entry)
-        assert exc.value.status == 429 and exc.value.retry_after_s == pytest.approx(0.5)
-    now[0] += 1.0                                                # 2 tokens back at 2/s
+    keys.admit(entry)                                            # before the body: 1
+    keys.admit(entry, 4, taken=1)                                # n = 4: 3 more, none left
     with pytest.raises(ApiError) as exc:
-        keys.admit(entry, 3)                                     # 1 missing: 0.5 s
+        keys.admit(entry)
     assert exc.value.status == 429 and exc.value.retry_after_s == pytest.approx(0.5)
-    keys.admit(entry, 2)                                         # the refusal took none
-    now[0] += 10.0
+    keys.admit(entry, 1, taken=1)                                # n = 1: nothing more
+    now[0] += 1.0                                                # 2 tokens back at 2/s
+    keys.admit(entry)                                            # 1 left
+    with pytest.raises(ApiError) as exc:
+        keys.admit(entry, 3, taken=1)                            # 2 more: 1 missing, 0.5 s
+    assert exc.value.status == 429 and exc.value.retry_after_s == pytest.approx(0.5)
+    keys.admit(entry, 2, taken=1)                                # the refusal took none
+    with pytest.raises(ApiError):
+        keys.admit(entry)
+    now[0] += 10.0                                               # full again: 4
     with pytest.raises(ApiError) as exc:
         keys.admit(entry, 5)
     assert exc.value.status == 400 and exc.value.param == "n"
