@@ -10,11 +10,16 @@ log, `app.observability.Observer`; a fake in tests).
    sent by the workload's live policy (`app.routing.LivePolicy`): the pair's threshold
    (`app.routing.LiveThreshold`), or a ladder workload's cascade (`app.routing.LiveCascade`;
    a request names its workload with ``auto:NAME`` or the ``x-boute-workload`` header, else
-   the plan's first). A model name pins it. A plan with length classes sends a request to
-   its class's lane (``short`` when prompt + max_tokens <= the plan's threshold).
+   the plan's first). A model name pins it. A completions prompt of token ids has no text to
+   score: with ``auto`` it goes to the workload's models by the plan's target shares (smooth
+   weighted round robin, so the split holds exactly; it neither reads nor moves the live
+   threshold; ``x-boute-score: unscored``), its prompt tokens counted from the list (a
+   batch: its longest prompt). A plan with length classes sends a request to its class's
+   lane (``short`` when prompt + max_tokens <= the plan's threshold).
 2. **Admission**: a group of the lane is chosen by the plan's shares among the available
-   ones (`app.groups.GroupPool`); when every healthy group of the model is at its in-flight
-   bound the request is refused at once (429, ``Retry-After``: ``shed``).
+   ones (`app.groups.GroupPool`) that have room for the request's units (``prompts x n``
+   sequences, `app.sampling.request_units`); when every healthy group of the model is at
+   its in-flight bound the request is refused at once (429, ``Retry-After``: ``shed``).
 3. **Failover**: each engine call has a deadline (`RouterSettings.call_timeout_s`). A call
    that fails or times out before a byte reached the client (any non-streamed call; a
    stream before its first item) is retried after a short backoff on another group of the
@@ -44,16 +49,18 @@ from tuning import LENGTH_CLASSES
 from .emulated import estimate_tokens
 from .groups import GroupPool
 from .guard import check_max_tokens
-from .openai_api import ApiError, error_body, error_status, prompt_of, sse
+from .openai_api import ApiError, error_body, error_status, prompt_of, sse, token_prompts
 from .router_config import RouterConfig, RouterSettings
 from .routing import (
     LiveCascade,
     LivePolicy,
     LiveThreshold,
     RouterError,
+    SmoothWeightedRoundRobin,
     StrongWinRateRouter,
     make_router,
 )
+from .sampling import request_units
 
 __all__ = ["DEFAULT_WORKLOAD", "ROUTED_MODELS", "STATUS_ABANDONED", "WORKLOAD_HEADER", "Call",
            "Dispatcher", "EngineClient", "Recorder", "Reply", "StreamReply", "Tally"]
@@ -141,6 +148,8 @@ class Call:
     degraded: str | None = None     # the model it was for, when served by another
     tries: int = 0
     prompt_tokens: int = 0
+    units: int = 1                  # sequences asked for: prompts x n (app.sampling)
+    unscored: bool = False          # routed without a score (a token-id prompt)
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -170,7 +179,24 @@ class Tally:
     outcomes: Counter[str] = field(default_factory=Counter)     # every request's outcome
     routed: int = 0             # requests that reached the routing decision
     pinned: int = 0             # of which named their model
+    unscored: int = 0           # of which were routed by the plan's shares, unscored
     errors: int = 0             # engine failures answered 502 (and router bugs, 500)
+
+
+def _unscored_pickers(cfg: RouterConfig) -> dict[str, SmoothWeightedRoundRobin]:
+    """Per workload: its models by the plan's target shares (how unscored requests go).
+
+    The pair: weak ``1 - strong_share``, strong ``strong_share``; a ladder workload: its
+    ``shares``. (All zero: the smallest model.)
+    """
+    targets = {w: dict(zip(cfg.ladder_models, r.shares, strict=True))
+               for w, r in cfg.workloads.items()}
+    if not targets:
+        targets = {DEFAULT_WORKLOAD: {cfg.weak: 1.0 - cfg.strong_share,
+                                      cfg.strong: cfg.strong_share}}
+    return {w: SmoothWeightedRoundRobin(t if sum(t.values()) > 0
+                                        else {cfg.ladder_models[0]: 1.0})
+            for w, t in targets.items()}
 
 
 def _reason(exc: BaseException) -> str:
@@ -192,6 +218,7 @@ class Dispatcher:
         self.cascades: dict[str, LiveCascade] = {}
         self.pool: GroupPool | None = None
         self._served: frozenset[str] = frozenset()     # models with a lane in the plan
+        self._unscored: dict[str, SmoothWeightedRoundRobin] = {}    # workload -> models
         self.tally = Tally()
         self._calls: dict[str, set[asyncio.Task[Any]]] = {}
         self._aborted: set[asyncio.Task[Any]] = set()
@@ -236,6 +263,7 @@ class Dispatcher:
             self.pool.fail_threshold, self.pool.cooldown_s = s.fail_threshold, s.cooldown_s
             self.pool.update(cfg.shares, cfg.limits, cfg.replicas)
         self._served = frozenset(Lane.parse(key).model for key in cfg.shares)
+        self._unscored = _unscored_pickers(cfg)
         self.config, self.settings = cfg, s
 
     @property
@@ -271,11 +299,20 @@ class Dispatcher:
         if asked is None:
             raise ApiError(f"model is required: 'auto' to route, or one of {known}",
                            param="model")
-        prompt = prompt_of(call.kind, body)
-        call.prompt_tokens = estimate_tokens(prompt)
+        ids = token_prompts(body) if call.kind == "completions" else None
+        prompt = None if ids is not None else prompt_of(call.kind, body)
+        call.units = request_units(call.kind, body)
+        call.prompt_tokens = (max(len(p) for p in ids) if ids is not None
+                              else estimate_tokens(prompt or ""))
         if isinstance(asked, str) and asked.startswith("auto:"):
             call.workload_asked, asked = asked.removeprefix("auto:"), "auto"
-        if asked in ROUTED_MODELS:
+        if asked in ROUTED_MODELS and prompt is None:       # token ids: no text to score
+            call.workload = self._workload(call.workload_asked)
+            call.model = self._unscored[call.workload].pick()
+            call.unscored = True
+            self.tally.unscored += 1
+        elif asked in ROUTED_MODELS:
+            assert prompt is not None
             s = float(self.scorer.calculate_strong_win_rate(prompt))
             call.workload = self._workload(call.workload_asked)
             policy: LivePolicy = pair
@@ -359,7 +396,7 @@ class Dispatcher:
         # Its own length class first; the other class only when every group of its own is
         # down (a full class answers 429: spilling would break the other class's P95).
         for lane in Lane(call.model, call.length_class).fallbacks():
-            group = self.pool.pick(lane.key, now, tried)
+            group = self.pool.pick(lane.key, now, tried, call.units)
             if group is not None:
                 return group
             if self.pool.reachable(lane.key, now, tried):
@@ -394,7 +431,7 @@ class Dispatcher:
             call.tries += 1
             call.headers = self._headers(call)
             fwd = {**body, "model": call.model}
-            self.pool.acquire(group)
+            self.pool.acquire(group, call.units)
             released = False
             try:
                 if call.stream:
@@ -425,7 +462,7 @@ class Dispatcher:
                 await asyncio.sleep(0.05 * call.tries * (1 + random.random()))
             finally:
                 if not released:
-                    self.pool.release(group)
+                    self.pool.release(group, call.units)
 
     async def _deadline(self, group: str, result: Awaitable[Any],
                         cancel: Callable[[], None]) -> Any:
@@ -470,7 +507,7 @@ class Dispatcher:
         if rejected is not None and rejected >= 500:    # the engine's failure: retryable
             raise RuntimeError(f"{group}: {first['error'].get('message')}")
         if rejected is not None:
-            pool.release(group)
+            pool.release(group, call.units)
             self.done(call, rejected, "client_error")
             return Reply(rejected, first, call.headers)
         pool.success(group)
@@ -503,7 +540,7 @@ class Dispatcher:
             finally:
                 if not finished:
                     gen.cancel()
-                pool.release(group)
+                pool.release(group, call.units)
                 self.done(call, code, outcome, output_tokens=tokens, ttft_s=ttft)
         return StreamReply(events(), call.headers)
 
@@ -524,7 +561,8 @@ class Dispatcher:
     # -- 4. accounting -----------------------------------------------------------------------
     def _headers(self, call: Call) -> dict[str, str]:
         h = {"x-boute-model": call.model, "x-boute-group": call.group,
-             "x-boute-score": "pinned" if call.score is None else f"{call.score:.6f}"}
+             "x-boute-score": ("unscored" if call.unscored else "pinned" if call.score is None
+                               else f"{call.score:.6f}")}
         if call.degraded:
             h["x-boute-degraded"] = call.degraded
         if call.length_class is not None:
@@ -602,7 +640,7 @@ class Dispatcher:
         return (503 if groups["status"] == "unavailable" else 200), {
             "status": groups["status"], "config_id": cfg.config_id,
             "models": groups["models"], "groups": groups["groups"],
-            "requests": total, "pinned": t.pinned, "errors": t.errors,
+            "requests": total, "pinned": t.pinned, "unscored": t.unscored, "errors": t.errors,
             "outcomes": dict(t.outcomes),
             "strong_share_target": pair.strong_share,
             "strong_share_routed": (t.counts[cfg.strong] / total) if total else None,

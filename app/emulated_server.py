@@ -21,7 +21,7 @@ from typing import Any
 from ray import serve
 
 from .emulated import EmulatedEngine, SequenceTooLongError, estimate_tokens
-from .openai_api import ApiError, chunk, completion, prompt_of, sse, stream_ident
+from .openai_api import ApiError, chunk, completion, prompt_of, sse, stream_ident, token_prompts
 
 __all__ = ["EmulatedLLMServer"]
 
@@ -64,7 +64,9 @@ class EmulatedLLMServer:
 
     def _check(self, kind: str, body: dict[str, Any]) -> tuple[int, int]:
         """(prompt tokens, max tokens) of a valid body; raises ApiError as vLLM would."""
-        prompt_tokens = estimate_tokens(prompt_of(kind, body))
+        ids = token_prompts(body) if kind == "completions" else None
+        prompt_tokens = (max(len(p) for p in ids) if ids is not None
+                         else estimate_tokens(prompt_of(kind, body)))
         max_tokens = body.get("max_tokens")
         max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
         if not isinstance(max_tokens, int) or max_tokens < 1:

@@ -20,7 +20,10 @@ the bound is ``N_g = ceil(m_g + 3 sqrt(m_g))``: three standard deviations above 
 plan's own rate about 0.1% of the time; without the margin a group with ``m_g`` ~ 24, a slow
 replica at a fraction of a request per second, refused 3% of its planned traffic). An admitted
 request waits about what the plan allows, and the excess is refused at once (429) instead of
-queueing without bound.
+queueing without bound. In-flight work is counted in sequences: a request asking for ``n``
+completions of each of its prompts holds ``prompts x n`` units (`app.sampling.request_units`;
+each is a sequence the engine decodes), and fits a group with ``inflight + units <= N_g``, or
+an idle group.
 
 **Circuit breaker.** ``fail_threshold`` consecutive failed calls (errors or deadlines) eject a
 group for ``cooldown_s``, doubled on each ejection in a row up to ``max_cooldown_s``. After
@@ -102,9 +105,13 @@ class GroupState:
             return "ejected"
         return "healthy"
 
-    def has_room(self) -> bool:
-        """Below its in-flight bound."""
-        return self.limit is None or self.inflight < self.limit
+    def has_room(self, units: int = 1) -> bool:
+        """Room for `units` more in flight: within the bound, or the group is idle.
+
+        (An idle group takes a request larger than its bound alone: it could never pass
+        otherwise.)
+        """
+        return self.limit is None or self.inflight == 0 or self.inflight + units <= self.limit
 
     def to_dict(self, now: float) -> dict[str, Any]:
         """The state as ``/health`` reports it."""
@@ -152,14 +159,15 @@ class GroupPool:
         """Models with at least one group."""
         return list(self.pickers)
 
-    def pick(self, model: str, now: float, exclude: Iterable[str] = ()) -> str | None:
-        """The group for the next request of `model` (None: no group is available)."""
+    def pick(self, model: str, now: float, exclude: Iterable[str] = (),
+             units: int = 1) -> str | None:
+        """The group for the next request of `model`, of `units` sequences (None: none fits)."""
         if model not in self.pickers:       # the running plan has no group of it
             return None
         skip = set(exclude)
         allowed = [g for g in self.pickers[model].weights
                    if g not in skip and self.groups[g].state(now) == "healthy"
-                   and self.groups[g].has_room()]
+                   and self.groups[g].has_room(units)]
         return self.pickers[model].pick(allowed) if allowed else None
 
     def reachable(self, model: str, now: float, exclude: Iterable[str] = ()) -> bool:
@@ -169,15 +177,15 @@ class GroupPool:
         return picker is not None and any(
             self.groups[g].state(now) == "healthy" for g in picker.weights if g not in skip)
 
-    def acquire(self, group: str) -> None:
-        """A request to `group` starts."""
-        self.groups[group].inflight += 1
+    def acquire(self, group: str, units: int = 1) -> None:
+        """A request of `units` sequences to `group` starts."""
+        self.groups[group].inflight += units
 
-    def release(self, group: str) -> None:
-        """A request to `group` ended (whatever its outcome)."""
+    def release(self, group: str, units: int = 1) -> None:
+        """A request of `units` sequences to `group` ended (whatever its outcome)."""
         st = self.groups.get(group)
         if st is not None:
-            st.inflight = max(0, st.inflight - 1)
+            st.inflight = max(0, st.inflight - units)
 
     def success(self, group: str) -> None:
         """A call to `group` succeeded: the breaker closes."""

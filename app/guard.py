@@ -10,15 +10,23 @@ digest of a 256-bit secret: a slow password hash would add nothing, and a lookup
 leaks nothing about other keys). The request log and the metrics carry the key's id, never the
 key or its digest.
 
+**Key expiry.** A key may carry ``expires_at`` (ISO-8601 with its zone, kept in UTC); from
+that time on it gets 401 "API key 'ID' expired at ..." (counted per key, reported by
+`ApiKeys.report` in ``/health`` and by ``boute keys list``).
+
 **Per-key rate limits.** A token bucket per key: ``rate_rps`` tokens per second, at most
-``burst`` banked (default ``max(1, 2 * rate_rps)``); a request takes one token or is refused
-with 429 and ``Retry-After = ceil((1 - tokens) / rate_rps)`` seconds.
+``burst`` banked (default ``max(1, 2 * rate_rps)``). A request costs one token per sequence
+it asks for (``prompts x n``, `app.sampling.request_units`): one before its body is read
+(so a malformed body costs one, as any request), the rest once the body is checked; short of
+them it is refused with 429 and ``Retry-After = ceil((units - tokens) / rate_rps)`` seconds
+(`ApiKeys.admit`). A request of more units than the burst could never pass: 400.
 
 **Body limits** (`RequestLimits`): the body's size is checked before it is read whole (413),
 its JSON nesting depth after parsing without recursion (400), then the OpenAI fields the
 router and the engines rely on (`check_body`): messages and their content parts (text only:
-the served models are text models), prompt, ``max_tokens`` against the model's context,
-``stream``. Each failure is an `ApiError` naming the field and the fix.
+the served models are text models), prompt (text or token ids), ``max_tokens`` against the
+model's context, ``stream``, and the sampling fields in vLLM's ranges (`app.sampling`).
+Each failure is an `ApiError` naming the field and the fix.
 """
 
 from __future__ import annotations
@@ -29,20 +37,24 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from common.errors import BouteError
 
-from .openai_api import ApiError
+from .openai_api import MAX_TOKEN_ID, ApiError, token_prompts
+from .sampling import check_sampling
 
 __all__ = ["ApiKeys", "KeyEntry", "KeyFileError", "RequestLimits", "check_body",
-           "check_max_tokens", "hash_key", "json_depth", "new_key", "read_key_file",
-           "write_key_file"]
+           "check_max_tokens", "format_expiry", "hash_key", "json_depth", "new_key",
+           "parse_expiry", "read_key_file", "write_key_file"]
 
 KEY_PREFIX = "bk-"
+KEY_FIELDS = ("id", "sha256", "rate_rps", "burst", "expires_at")
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
@@ -69,6 +81,8 @@ class KeyEntry:
         sha256: hex digest of the key.
         rate_rps: requests per second allowed (None: no limit).
         burst: requests that may arrive at once (default ``max(1, 2 * rate_rps)``).
+        expires_at: when the key stops working (UTC; None: never). In the file an ISO-8601
+            time with its zone, written ``2027-01-31T00:00:00Z``.
 
     """
 
@@ -76,6 +90,7 @@ class KeyEntry:
     sha256: str
     rate_rps: float | None = None
     burst: float | None = None
+    expires_at: datetime | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id or len(self.id) > 64:
@@ -92,27 +107,66 @@ class KeyEntry:
                                   or not (v > 0 and math.isfinite(v))):
                 raise KeyFileError(f"key {self.id!r}: {name}={v!r} must be a positive number "
                                    "(or left out: no limit)")
+        object.__setattr__(self, "expires_at", parse_expiry(self.expires_at, self.id))
 
     @classmethod
     def from_dict(cls, obj: Any, where: str = "key") -> KeyEntry:
         """Parse one entry (unknown fields are an error naming them)."""
         if not isinstance(obj, dict):
-            raise KeyFileError(f"{where}: must be a mapping with id, sha256[, rate_rps, burst]")
-        extra = sorted(set(obj) - {"id", "sha256", "rate_rps", "burst"})
+            raise KeyFileError(f"{where}: must be a mapping with id, sha256[, rate_rps, burst, "
+                               "expires_at]")
+        extra = sorted(set(obj) - set(KEY_FIELDS))
         if extra:
-            raise KeyFileError(f"{where}: unknown field(s) {extra}; known: id, sha256, "
-                               "rate_rps, burst")
+            raise KeyFileError(f"{where}: unknown field(s) {extra}; known: "
+                               f"{', '.join(KEY_FIELDS)}")
         if "id" not in obj or "sha256" not in obj:
             raise KeyFileError(f"{where}: id and sha256 are required")
-        return cls(obj["id"], obj["sha256"], obj.get("rate_rps"), obj.get("burst"))
+        return cls(obj["id"], obj["sha256"], obj.get("rate_rps"), obj.get("burst"),
+                   obj.get("expires_at"))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (the file's and the router config's)."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        if self.expires_at is not None:
+            out["expires_at"] = format_expiry(self.expires_at)
+        return out
+
+    def expired(self, now_unix_s: float) -> bool:
+        """Whether the key has expired at `now_unix_s` (expired from `expires_at` on)."""
+        return self.expires_at is not None and now_unix_s >= self.expires_at.timestamp()
+
+
+def parse_expiry(value: Any, key_id: Any = "key") -> datetime | None:
+    """An expiry time as an aware UTC datetime (None: never).
+
+    Takes an ISO-8601 string with a zone (``Z`` or ``+HH:MM``), or a datetime with a zone
+    (YAML reads an unquoted timestamp as one).
+
+    Raises:
+        KeyFileError: not a time, or a time without a zone (ambiguous).
+
+    """
+    if value is None or (isinstance(value, datetime) and value.tzinfo is not None):
+        return None if value is None else value.astimezone(UTC)
+    when = None
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value.strip())
+        except ValueError:
+            when = None
+    if when is None or when.tzinfo is None:
+        raise KeyFileError(f"key {key_id!r}: expires_at={value!r} must be an ISO-8601 time "
+                           "with its zone, e.g. 2027-01-31T00:00:00Z (UTC)")
+    return when.astimezone(UTC)
+
+
+def format_expiry(when: datetime) -> str:
+    """``YYYY-MM-DDTHH:MM:SSZ`` (UTC; fractions of a second kept when there are any)."""
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def read_key_file(path: str | Path) -> list[KeyEntry]:
-    """The entries of a key file (YAML ``keys: [{id, sha256, rate_rps?, burst?}, ...]``).
+    """The entries of a key file (YAML ``keys: [{id, sha256, rate_rps?, burst?, expires_at?}]``).
 
     Raises:
         KeyFileError: the file is missing, not YAML, or an entry is malformed or repeated.
@@ -163,21 +217,32 @@ class _Bucket:
         self.rate, self.burst = rate, burst
         self.tokens, self.at = burst, time.monotonic()
 
-    def take(self, now: float) -> float:
-        """0 when a token was taken, else the seconds until one is available."""
+    def wait_s(self, now: float, units: float = 1.0) -> float:
+        """Seconds until `units` tokens are banked (0: now); refills to `now` first."""
         self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
+        return 0.0 if self.tokens >= units else (units - self.tokens) / self.rate
+
+    def take(self, now: float, units: float = 1.0) -> float:
+        """0 when `units` tokens were taken, else the seconds until they are available."""
+        wait = self.wait_s(now, units)
+        if wait == 0.0:
+            self.tokens -= units
+        return wait
 
 
 class ApiKeys:
-    """The live key set: authentication and per-key rate limits (module docstring)."""
+    """The live key set: authentication, expiry and per-key rate limits (module docstring).
 
-    def __init__(self, entries: list[KeyEntry]) -> None:
+    ``clock``: the wall clock expiry is judged by (unix seconds; injected in tests). Every
+    request refused for an expired key is counted per key id (`report`).
+    """
+
+    def __init__(self, entries: list[KeyEntry],
+                 clock: Callable[[], float] = time.time) -> None:
         self.by_digest = {e.sha256: e for e in entries}
+        self.clock = clock
+        self.refused_expired: Counter[str] = Counter()
         self._buckets: dict[str, _Bucket] = {}
         for e in entries:
             if e.rate_rps is not None:
@@ -190,17 +255,22 @@ class ApiKeys:
                     for i, e in enumerate(entries)])
 
     def carry_buckets(self, old: ApiKeys) -> None:
-        """Keep the bucket levels of keys that stay (a rotation does not refill them)."""
+        """Keep the bucket levels of keys that stay (a rotation does not refill them).
+
+        The counts of refusals of expired keys carry over too.
+        """
         for key_id, bucket in self._buckets.items():
             prev = old._buckets.get(key_id)
             if prev is not None:
                 bucket.tokens, bucket.at = min(bucket.burst, prev.tokens), prev.at
+        self.refused_expired.update(old.refused_expired)
 
     def authenticate(self, authorization: str | None) -> KeyEntry:
         """The key entry of an ``Authorization`` header value.
 
         Raises:
-            ApiError: 401 (no header, not ``Bearer``, or an unknown key).
+            ApiError: 401 (no header, not ``Bearer``, an unknown key, or an expired one: the
+                message says when it expired; counted in `refused_expired`).
 
         """
         if not authorization:
@@ -211,23 +281,50 @@ class ApiKeys:
         entry = self.by_digest.get(hash_key(key.strip()))
         if entry is None:
             raise ApiError("Incorrect API key provided", 401)
+        if entry.expired(self.clock()):
+            assert entry.expires_at is not None
+            self.refused_expired[entry.id] += 1
+            raise ApiError(f"API key {entry.id!r} expired at {format_expiry(entry.expires_at)}"
+                           "; ask its issuer for a new key", 401)
         return entry
 
-    def admit(self, entry: KeyEntry) -> None:
-        """Take one request from the key's bucket.
+    def admit(self, entry: KeyEntry, units: int = 1, taken: int = 0) -> None:
+        """Take a request's `units` tokens (the sequences it asks for) from the key's bucket.
+
+        The router takes one token before it reads a body (a refused body still costs one),
+        then the rest once the body says how many: ``admit(entry, units, taken=1)``.
 
         Raises:
-            ApiError: 429 with ``retry_after_s`` when the key is over its rate.
+            ApiError: 429 with ``retry_after_s`` when the key is over its rate; 400 (``n``)
+                when `units` exceed the key's burst (it could never pass).
 
         """
         bucket = self._buckets.get(entry.id)
-        if bucket is None:
+        if bucket is None or units <= taken:
             return
-        wait_s = bucket.take(time.monotonic())
+        if units > bucket.burst:
+            raise ApiError(f"This request asks for {units} sequences (prompts x n) but key "
+                           f"{entry.id!r} allows at most {bucket.burst:g} at once (its burst); "
+                           "ask for fewer", param="n")
+        self._over(entry, bucket, bucket.take(time.monotonic(), units - taken))
+
+    @staticmethod
+    def _over(entry: KeyEntry, bucket: _Bucket, wait_s: float) -> None:
         if wait_s > 0:
             raise ApiError(f"Rate limit reached for key {entry.id!r}: {bucket.rate:g} "
                            "requests/s; retry later", 429, kind="rate_limit_error",
                            retry_after_s=wait_s)
+
+    def report(self) -> dict[str, Any]:
+        """The key set for ``/health``'s key holders: counts only, no key ids.
+
+        ``keys``: keys configured; ``expired``: of which expired now; ``refused_expired``:
+        requests refused for an expired key since this router started.
+        """
+        now = self.clock()
+        entries = self.by_digest.values()
+        return {"keys": len(entries), "expired": sum(e.expired(now) for e in entries),
+                "refused_expired": sum(self.refused_expired.values())}
 
 
 @dataclass(frozen=True)
@@ -241,12 +338,17 @@ class RequestLimits:
         max_json_depth: deepest nesting of arrays/objects (400 above); an OpenAI request
             nests 5 deep (messages -> message -> content -> part -> field).
         max_items: most messages, content parts or prompts in one request.
+        max_n: largest ``n`` (completions per prompt) and ``best_of`` accepted (400 above);
+            a request costs ``prompts x n`` units of admission (`app.sampling`).
+        max_logit_bias: most ``logit_bias`` entries (OpenAI documents 300).
 
     """
 
     max_body_bytes: int = 2 << 20
     max_json_depth: int = 32
     max_items: int = 4096
+    max_n: int = 16
+    max_logit_bias: int = 300
 
 
 def json_depth(obj: Any, limit: int) -> int:
@@ -309,8 +411,11 @@ def check_body(kind: str, body: Mapping[str, Any], limits: RequestLimits,
                context_tokens: int | None = None) -> None:
     """Check the fields of a chat (``kind="chat"``) or completions body the stack relies on.
 
-    ``max_tokens`` (or ``max_completion_tokens``) must be an integer in [1, context]; other
-    sampling fields are the engine's to check (an invalid one is its 400).
+    A completions ``prompt`` is a string, a list of strings, a list of token ids or a list of
+    such lists (`app.openai_api.token_prompts`); ``max_tokens`` (or
+    ``max_completion_tokens``) an integer in [1, context]; the sampling fields are in the
+    ranges vLLM accepts (`app.sampling.check_sampling`, with ``n`` at most
+    ``limits.max_n``).
 
     Raises:
         ApiError: 400 naming the field.
@@ -337,12 +442,13 @@ def check_body(kind: str, body: Mapping[str, Any], limits: RequestLimits,
         prompt = body.get("prompt")
         ok = isinstance(prompt, str) or (
             isinstance(prompt, list) and 0 < len(prompt) <= limits.max_items
-            and (all(isinstance(p, str) for p in prompt)
-                 or all(isinstance(p, int) and not isinstance(p, bool) for p in prompt)))
+            and (all(isinstance(p, str) for p in prompt) or token_prompts(body) is not None))
         if not ok:
-            raise ApiError("prompt must be a string, a list of strings or a list of token ids",
-                           param="prompt")
+            raise ApiError("prompt must be a string, a list of strings, a list of token ids "
+                           f"(integers in [0, {MAX_TOKEN_ID}]) or a list of non-empty lists of "
+                           f"token ids (at most {limits.max_items} prompts)", param="prompt")
     check_max_tokens(body, context_tokens)
+    check_sampling(kind, body, limits.max_n, limits.max_logit_bias)
 
 
 def check_max_tokens(body: Mapping[str, Any], context_tokens: int | None = None) -> None:

@@ -5,10 +5,13 @@ find it by that name) in front of every replica group. A request goes through, i
 (each refusal is an OpenAI error body, logged and counted):
 
 1. **API key** (`app.guard.ApiKeys`, when the config carries ``api_keys``): 401 without a
-   valid ``Authorization: Bearer`` key; 429 + ``Retry-After`` when its key is over its rate.
+   valid ``Authorization: Bearer`` key or with an expired one; 429 + ``Retry-After`` when
+   its key has no token left (one is taken before the body is read).
 2. **Body limits** (`app.guard`): 413 above ``max_body_bytes`` (checked on
    ``Content-Length`` and while reading, before anything is parsed or forwarded); 400 for
-   JSON nested too deep, wrong field types, non-text content parts.
+   JSON nested too deep, wrong field types, non-text content parts, sampling fields out of
+   vLLM's ranges (`app.sampling`). Then the request takes the rest of its units from its
+   key's bucket, one per sequence it asks for (``prompts x n``): 429 when they are not there.
 3. **Routing, admission, failover** (`app.dispatch.Dispatcher`): which model (scored, or
    pinned by name), which group (by the plan's shares, within its in-flight bound: 429
    when all are full), and where a failed call goes next.
@@ -52,6 +55,7 @@ from .observability import Observer
 from .openai_api import ApiError
 from .request_log import LogLimits
 from .router_config import RouterConfig
+from .sampling import request_units
 
 __all__ = ["RouterIngress", "ServeEngines"]
 
@@ -206,12 +210,15 @@ class RouterIngress:
             ApiError: 401, 429, 413 or 400 (the reason named).
 
         """
+        entry: KeyEntry | None = None
         if self.keys is not None:
-            entry: KeyEntry = self.keys.authenticate(request.headers.get("authorization"))
+            entry = self.keys.authenticate(request.headers.get("authorization"))
             call.key_id = entry.id
-            self.keys.admit(entry)
+            self.keys.admit(entry)          # one token before the body is read
         body = parse_body(await _read_body(request, self.limits.max_body_bytes), self.limits)
         check_body(call.kind, body, self.limits)
+        if self.keys is not None and entry is not None:     # the rest: prompts x n in all
+            self.keys.admit(entry, request_units(call.kind, body), taken=1)
         call.workload_asked = request.headers.get(WORKLOAD_HEADER)
         call.stream = bool(body.get("stream"))
         return body
@@ -258,4 +265,5 @@ class RouterIngress:
             except ApiError:
                 return JSONResponse({"status": report["status"],
                                      "config_id": report["config_id"]}, code)
-        return JSONResponse({**report, "auth": self.keys is not None}, code)
+        keys = {} if self.keys is None else {"api_keys": self.keys.report()}
+        return JSONResponse({**report, "auth": self.keys is not None, **keys}, code)

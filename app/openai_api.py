@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ApiError", "chunk", "completion", "error_body", "error_status", "prompt_of", "sse",
-           "stream_ident"]
+__all__ = ["MAX_TOKEN_ID", "ApiError", "chunk", "completion", "error_body", "error_status",
+           "prompt_of", "sse", "stream_ident", "token_prompts"]
+
+MAX_TOKEN_ID = 2**31 - 1    # no vocabulary is larger; the engine checks its own
 
 
 class ApiError(ValueError):
@@ -64,8 +67,31 @@ def prompt_of(kind: str, body: dict[str, Any]) -> str:
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
         prompt = prompt[0]
     if not isinstance(prompt, str):
-        raise ApiError("prompt must be a string", param="prompt")
+        if token_prompts(body) is not None:
+            raise ApiError("a token-id prompt has no text to score", param="prompt")
+        raise ApiError("prompt must be a string, a list of strings, a list of token ids or "
+                       "a list of lists of token ids", param="prompt")
     return prompt
+
+
+def _is_ids(obj: Any) -> bool:
+    return (isinstance(obj, list) and len(obj) > 0 and all(
+        isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= MAX_TOKEN_ID
+        for t in obj))
+
+
+def token_prompts(body: Mapping[str, Any]) -> list[list[int]] | None:
+    """A completions body's prompt as token-id lists, one per prompt (None: not token ids).
+
+    vLLM's server takes a prompt as a list of token ids (one prompt) or a list of such lists
+    (a batch); every id an integer in [0, `MAX_TOKEN_ID`], every list non-empty.
+    """
+    prompt: Any = body.get("prompt")
+    if _is_ids(prompt):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(_is_ids(p) for p in prompt):
+        return list(prompt)
+    return None
 
 
 def _ids(kind: str) -> dict[str, Any]:

@@ -124,10 +124,15 @@ class RouterSettings(_Strict):
     max_json_depth: int = Field(RequestLimits.max_json_depth, ge=1, le=10_000,
                                 description="Deepest JSON nesting of a body (400 above).")
 
+    max_n: int = Field(RequestLimits.max_n, ge=1, le=16_384, description="Largest n "
+                       "(completions per prompt) and best_of a request may ask for (400 "
+                       "above; vLLM's own cap is 16384). A request costs prompts x n units "
+                       "of its key's rate and of a group's in-flight bound.")
+
     @property
     def limits(self) -> RequestLimits:
         """The body limits."""
-        return RequestLimits(self.max_body_bytes, self.max_json_depth)
+        return RequestLimits(self.max_body_bytes, self.max_json_depth, max_n=self.max_n)
 
 
 class WorkloadRouting(_Strict):
@@ -202,7 +207,7 @@ class RouterConfig(_Strict):
     # -- access and failing safe -------------------------------------------------------------
     api_keys: list[KeyEntry] | None = Field(
         None, description="API keys, digests only (app.guard.KeyEntry as dicts: id, sha256, "
-        "rate_rps?, burst?); null: no authentication.")
+        "rate_rps?, burst?, expires_at?); null: no authentication.")
     settings: RouterSettings = Field(default_factory=RouterSettings,
                                      description="How the router fails safe.")
     # -- carried for /health and replanning (the router does not route by them) -------------
@@ -221,8 +226,8 @@ class RouterConfig(_Strict):
         if v is None:
             return None
         if not isinstance(v, list):
-            raise ValueError("must be a list of {id, sha256, rate_rps?, burst?} (or null: no "
-                             "authentication)")
+            raise ValueError("must be a list of {id, sha256, rate_rps?, burst?, expires_at?} "
+                             "(or null: no authentication)")
         return [e if isinstance(e, KeyEntry) else KeyEntry.from_dict(e, f"api_keys[{i}]")
                 for i, e in enumerate(v)]
 

@@ -26,10 +26,20 @@ def add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     new.add_argument("--rate-rps", type=float, default=None, help="requests/s allowed")
     new.add_argument("--burst", type=float, default=None, help="requests at once "
                      "(default 2 x rate)")
+    new.add_argument("--expires-at", default=None, metavar="TIME",
+                     help="when the key stops working: ISO-8601 with its zone, e.g. "
+                     "2027-01-31T00:00:00Z (default: never)")
     new.set_defaults(run=_run_new)
-    ls = modes.add_parser("list", help="the key ids and limits of FILE")
+    ls = modes.add_parser("list", help="the key ids, limits and expiry of FILE")
     ls.add_argument("--file", required=True)
     ls.set_defaults(run=_run_list)
+    ex = modes.add_parser("expire", help="set or clear a key's expiry in FILE (then `boute "
+                          "keys apply`)")
+    ex.add_argument("--file", required=True)
+    ex.add_argument("--id", required=True)
+    ex.add_argument("--at", required=True, metavar="TIME", help="ISO-8601 with its zone "
+                    "(2027-01-31T00:00:00Z), 'now', or 'never' (clears it)")
+    ex.set_defaults(run=_run_expire)
     rm = modes.add_parser("revoke", help="remove a key from FILE (then `boute keys apply`)")
     rm.add_argument("--file", required=True)
     rm.add_argument("--id", required=True)
@@ -61,7 +71,8 @@ def _run_new(args: argparse.Namespace) -> int:
         raise BouteError(f"--id={args.id!r} already has a key in {args.file}; revoke it first "
                          "or pick another id")
     key = new_key()
-    entry = KeyEntry(args.id, hash_key(key), args.rate_rps, args.burst)   # validates
+    entry = KeyEntry(args.id, hash_key(key), args.rate_rps, args.burst,   # validates
+                     args.expires_at)
     write_key_file(args.file, [*entries, entry])
     print(f"boute keys: key {args.id!r} added to {args.file} (digest only); it is shown "
           "once, here:", file=sys.stderr)
@@ -70,13 +81,46 @@ def _run_new(args: argparse.Namespace) -> int:
 
 
 def _run_list(args: argparse.Namespace) -> int:
+    import time
+
     from boute._shared import emit
 
-    entries = [e.to_dict() for e in _entries(args.file)]
-    for e in entries:
+    now = time.time()
+    entries = []
+    for entry in _entries(args.file):
+        e = entry.to_dict()
         e.pop("sha256")
-    emit(args, {"keys": entries}, lambda: "\n".join(
-        f"{e['id']}\trate_rps={e.get('rate_rps', 'unlimited')}" for e in entries) or "(none)")
+        if entry.expires_at is not None:
+            e["expired"] = entry.expired(now)
+        entries.append(e)
+    emit(args, {"keys": entries},
+         lambda: "\n".join(
+             f"{e['id']}\trate_rps={e.get('rate_rps', 'unlimited')}"
+             f"\texpires_at={e.get('expires_at', 'never')}"
+             + ("\tEXPIRED" if e.get("expired") else "") for e in entries) or "(none)")
+    return 0
+
+
+def _run_expire(args: argparse.Namespace) -> int:
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from app.guard import format_expiry, write_key_file
+    from boute._shared import emit
+
+    entries = _entries(args.file)
+    if not any(e.id == args.id for e in entries):
+        raise BouteError(f"--id={args.id!r} is not in {args.file}; `boute keys list --file "
+                         f"{args.file}` shows the ids")
+    at = {"never": None, "now": datetime.now(UTC)}.get(args.at, args.at)
+    entries = [dataclasses.replace(e, expires_at=at) if e.id == args.id else e
+               for e in entries]                                     # validates `at`
+    write_key_file(args.file, entries)
+    when = next(e.expires_at for e in entries if e.id == args.id)
+    shown = "never" if when is None else format_expiry(when)
+    emit(args, {"id": args.id, "expires_at": None if when is None else shown},
+         lambda: f"key {args.id!r} expires: {shown}; run `boute keys apply --file "
+                 f"{args.file}` to tell the running router")
     return 0
 
 

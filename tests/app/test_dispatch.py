@@ -419,3 +419,89 @@ def test_reconfigure_is_all_or_nothing_and_keeps_live_state() -> None:
     d.reconfigure(ok, {"w", "w2", "s"})
     assert d.pair.strong_share == 0.2 and d.pool is not None
     assert d.pool.groups["w"].failed == failed > 0
+
+
+# -- request fields: token-id prompts and n ---------------------------------------------------
+def _completions(model: str, prompt: Any, **extra: Any) -> tuple[Call, dict[str, Any]]:
+    """A completions request checked as the ingress checks it on arrival."""
+    from app.guard import RequestLimits, check_body
+
+    body = {"model": model, "prompt": prompt, "max_tokens": 4, **extra}
+    check_body("completions", body, RequestLimits())
+    return Call("completions", time.time(), time.perf_counter()), body
+
+
+def test_a_token_id_prompt_is_served_end_to_end_by_the_plans_shares() -> None:
+    """No text to score: `auto` sends token ids by the plan's shares, unscored, unchanged."""
+    d, engines, rec = make({"w": ("ok", WEAK), "s": ("ok", STRONG)}, strong_share=0.25,
+                           threshold=0.5)
+    sent: list[dict[str, Any]] = []
+    call_engine = engines.call
+
+    def spy(group: str, kind: str, body: dict[str, Any]) -> FakePending:
+        sent.append(body)
+        return call_engine(group, kind, body)
+    engines.call = spy  # type: ignore[method-assign]
+    models = Counter[str]()
+    for _ in range(8):
+        call, body = _completions("auto", [1, 2, 3])
+        reply = asyncio.run(d.dispatch(call, body))
+        assert isinstance(reply, Reply) and reply.status == 200
+        assert reply.headers["x-boute-score"] == "unscored" and call.score is None
+        assert call.prompt_tokens == 3 and call.units == 1
+        models[call.model] += 1
+    # Smooth weighted round robin over (0.75, 0.25): 8 requests are 6 weak, 2 strong.
+    assert models == {WEAK: 6, STRONG: 2}
+    assert all(b["prompt"] == [1, 2, 3] and b["max_tokens"] == 4 for b in sent)
+    # The scored accounting (what calibrates and reports the live threshold) saw none.
+    assert not d.tally.counts and d.tally.unscored == 8 and d.pair is not None
+    assert d.pair.threshold == 0.5
+    assert d.health(time.monotonic())[1]["unscored"] == 8
+    assert [r["status"] for r in rec.rows] == [200] * 8
+    # Pinned, a batch of two prompts: its model; its length is its longest prompt.
+    call, body = _completions(WEAK, [[1, 2], [3, 4, 5]])
+    reply = asyncio.run(d.dispatch(call, body))
+    assert isinstance(reply, Reply) and reply.status == 200
+    assert (call.model, call.prompt_tokens, call.units) == (WEAK, 3, 2)
+    assert reply.headers["x-boute-score"] == "pinned"
+
+
+def test_a_ladder_sends_token_id_prompts_by_its_workloads_shares() -> None:
+    d, _, _ = make({"w": ("ok", WEAK), "s": ("ok", STRONG), "b": ("ok", BIG)},
+                   models=[WEAK, STRONG, BIG],
+                   workloads={"math": {"shares": [0.2, 0.5, 0.3]}})
+    models = Counter[str]()
+    for _ in range(10):
+        call, body = _completions("auto:math", [7, 8])
+        asyncio.run(d.dispatch(call, body))
+        models[call.model] += 1
+    assert models == {WEAK: 2, STRONG: 5, BIG: 3}            # 10 x (0.2, 0.5, 0.3)
+
+
+def test_in_flight_admission_counts_n() -> None:
+    """A bound of 4: two requests of n = 2 fill it, a third is shed; an idle group takes n = 8."""
+    d, _, _ = make({"w": ("slow", WEAK), "s": ("ok", STRONG)}, limits={"w": 4})
+
+    async def burst(n: int, k: int) -> list[Reply | StreamReply]:
+        async def one() -> Reply | StreamReply:
+            call, body = request(WEAK, n=n)
+            try:
+                return await d.dispatch(call, body)
+            except ApiError as exc:
+                return d.refuse(call, exc)
+        return list(await asyncio.gather(*(one() for _ in range(k))))
+
+    replies = asyncio.run(burst(2, 3))
+    assert sorted(r.status for r in replies if isinstance(r, Reply)) == [200, 200, 429]
+    assert d.pool is not None and d.pool.groups["w"].inflight == 0
+    # Four requests of n = 1 are admitted by the same bound (n = 1: as before).
+    assert [r.status for r in asyncio.run(burst(1, 4)) if isinstance(r, Reply)] == [200] * 4
+    # n = 8 exceeds the bound of 4 but finds the group idle: it runs alone; a second is shed.
+    replies = asyncio.run(burst(8, 2))
+    assert sorted(r.status for r in replies if isinstance(r, Reply)) == [200, 429]
+    # A stream holds its units until it ends.
+    d2, _, _ = make({"w": ("ok", WEAK), "s": ("ok", STRONG)}, limits={"w": 4})
+    call, reply = run(d2, WEAK, stream=True, n=3)
+    assert d2.pool is not None and d2.pool.groups["w"].inflight == 3 and call.units == 3
+    drain(reply)
+    assert d2.pool.groups["w"].inflight == 0

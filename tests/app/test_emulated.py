@@ -136,3 +136,15 @@ def test_the_emulated_server_refuses_what_its_kv_cache_can_never_hold() -> None:
     assert exc.value.status == 400 and exc.value.param == "max_tokens"
     assert f"at most {limit} tokens per sequence" in str(exc.value)
     assert server._check("chat", {**body, "max_tokens": limit - 1}) == (1, limit - 1)
+
+
+def test_the_emulated_server_serves_token_id_prompts() -> None:
+    """A token-id prompt is as many prompt tokens as ids (a batch: its longest prompt)."""
+    from app.emulated_server import EmulatedLLMServer
+
+    server = EmulatedLLMServer.func_or_class("llama-3.1-8b", "RTX-4090", 1, 1, time_scale=0.0)
+    assert server._check("completions", {"prompt": [1, 2, 3], "max_tokens": 4}) == (3, 4)
+    assert server._check("completions", {"prompt": [[1], [2, 3, 4, 5]], "max_tokens": 2}) == (
+        4, 2)
+    reply = asyncio.run(server.openai("completions", {"prompt": [9] * 7, "max_tokens": 2}))
+    assert reply["usage"] == {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}

@@ -144,3 +144,83 @@ def test_completion_prompts(prompt, ok: bool) -> None:
         with pytest.raises(ApiError):
             check_body("completions", body, RequestLimits())
     json.dumps(body)
+
+
+def test_a_request_takes_one_token_per_sequence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """n = 4 takes 4 of the bucket's tokens (1 before the body, 3 after); more than the burst
+    can never pass (400)."""
+    import app.guard as guard
+
+    now = [100.0]
+    monkeypatch.setattr(guard.time, "monotonic", lambda: now[0])
+    entry = KeyEntry("k", hash_key("x"), rate_rps=2.0)          # burst 2 * 2 = 4
+    keys = ApiKeys([entry])
+    keys.admit(entry)                                            # before the body: 1
+    keys.admit(entry, 4, taken=1)                                # n = 4: 3 more, none left
+    with pytest.raises(ApiError) as exc:
+        keys.admit(entry)
+    assert exc.value.status == 429 and exc.value.retry_after_s == pytest.approx(0.5)
+    keys.admit(entry, 1, taken=1)                                # n = 1: nothing more
+    now[0] += 1.0                                                # 2 tokens back at 2/s
+    keys.admit(entry)                                            # 1 left
+    with pytest.raises(ApiError) as exc:
+        keys.admit(entry, 3, taken=1)                            # 2 more: 1 missing, 0.5 s
+    assert exc.value.status == 429 and exc.value.retry_after_s == pytest.approx(0.5)
+    keys.admit(entry, 2, taken=1)                                # the refusal took none
+    with pytest.raises(ApiError):
+        keys.admit(entry)
+    now[0] += 10.0                                               # full again: 4
+    with pytest.raises(ApiError) as exc:
+        keys.admit(entry, 5)
+    assert exc.value.status == 400 and exc.value.param == "n"
+    assert "asks for 5 sequences" in str(exc.value) and "at most 4 at once" in str(exc.value)
+    keys.admit(entry, 4)                                         # and it took nothing
+
+
+def _utc(text: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(text).timestamp()
+
+
+def test_keys_expire_at_their_time_and_are_counted(tmp_path) -> None:
+    clock = [_utc("2027-01-30T23:59:59+00:00")]
+    # The same instant, written with another zone: kept in UTC.
+    expiring = KeyEntry("temp", hash_key("k1"), expires_at="2027-01-31T01:00:00+01:00")
+    assert expiring.to_dict()["expires_at"] == "2027-01-31T00:00:00Z"
+    keys = ApiKeys([expiring, KeyEntry("forever", hash_key("k2"))], clock=lambda: clock[0])
+    assert keys.authenticate("Bearer k1").id == "temp"           # one second before
+    assert keys.report() == {"keys": 2, "expired": 0, "refused_expired": 0}
+    clock[0] += 1.0                                              # at expires_at: expired
+    for _ in range(2):
+        with pytest.raises(ApiError) as exc:
+            keys.authenticate("Bearer k1")
+        assert exc.value.status == 401
+        assert str(exc.value) == ("API key 'temp' expired at 2027-01-31T00:00:00Z; ask its "
+                                  "issuer for a new key")
+    assert keys.authenticate("Bearer k2").id == "forever"
+    assert keys.report() == {"keys": 2, "expired": 1, "refused_expired": 2}
+    rotated = ApiKeys([expiring], clock=lambda: clock[0])       # a rotation keeps the count
+    rotated.carry_buckets(keys)
+    assert rotated.report() == {"keys": 1, "expired": 1, "refused_expired": 2}
+    # Through the key file (written quoted; an unquoted YAML timestamp reads the same) and
+    # the router config's wire format.
+    path = tmp_path / "keys.yaml"
+    write_key_file(path, [expiring])
+    assert read_key_file(path) == [expiring]
+    path.write_text(f"keys: [{{id: temp, sha256: {hash_key('k1')}, "
+                    "expires_at: 2027-01-31T00:00:00Z}]")
+    assert read_key_file(path) == [expiring]
+    from app.router_config import RouterConfig
+
+    cfg = RouterConfig.parse({"weak": "a", "strong": "b", "strong_share": 0.5,
+                              "shares": {"a": {"g": 1.0}}, "api_keys": [expiring.to_dict()]})
+    assert cfg.api_keys == [expiring]
+    assert cfg.wire()["api_keys"][0]["expires_at"] == "2027-01-31T00:00:00Z"
+
+
+@pytest.mark.parametrize("value", ["2027-01-31T00:00:00", "2027-01-31", "tomorrow", 5])
+def test_an_expiry_needs_a_time_with_its_zone(value) -> None:
+    with pytest.raises(KeyFileError, match=r"expires_at=.* must be an ISO-8601 time with its "
+                       "zone"):
+        KeyEntry("k", hash_key("x"), expires_at=value)

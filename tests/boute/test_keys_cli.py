@@ -49,3 +49,30 @@ def test_serve_run_builder_requires_keys_or_an_explicit_none(tmp_path: Path) -> 
 
     with pytest.raises(ValueError, match=r"api_keys=FILE is required .* api_keys=none"):
         app({"plan": str(tmp_path / "plan.json")})
+
+
+def test_expiry_is_set_listed_and_cleared(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    f = str(tmp_path / "keys.yaml")
+    code, _, _ = _run(capsys, "keys", "new", "--file", f, "--id", "old", "--expires-at",
+                      "2020-01-01T00:00:00Z")                        # already past
+    assert code == 0
+    code, _, _ = _run(capsys, "keys", "new", "--file", f, "--id", "new", "--expires-at",
+                      "2999-01-01T02:00:00+02:00")
+    assert code == 0 and read_key_file(f)[1].to_dict()["expires_at"] == "2999-01-01T00:00:00Z"
+    code, out, _ = _run(capsys, "--json", "keys", "list", "--file", f)
+    assert json.loads(out) == {"keys": [
+        {"id": "old", "expires_at": "2020-01-01T00:00:00Z", "expired": True},
+        {"id": "new", "expires_at": "2999-01-01T00:00:00Z", "expired": False}]}
+    code, out, _ = _run(capsys, "keys", "list", "--file", f)
+    assert out.splitlines()[0].endswith("expires_at=2020-01-01T00:00:00Z\tEXPIRED")
+    code, out, _ = _run(capsys, "--json", "keys", "expire", "--file", f, "--id", "old",
+                        "--at", "never")
+    assert code == 0 and json.loads(out) == {"id": "old", "expires_at": None}
+    assert read_key_file(f)[0].expires_at is None
+    code, _, err = _run(capsys, "keys", "expire", "--file", f, "--id", "new", "--at",
+                        "2030-01-01")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "must be an ISO-8601 time with its zone" in err
+    code, _, err = _run(capsys, "keys", "expire", "--file", f, "--id", "ghost", "--at", "now")
+    assert code == 2 and "is not in" in err
