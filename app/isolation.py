@@ -75,11 +75,13 @@ class Isolation:
 
     def quota(self, size: int) -> int:
         """``q = max(1, floor(a W))``: one tenant's slots while others are in the window."""
-        return max(1, int(math.floor(self.max_fraction * size))) if self.enabled else size
+        return max(1, math.floor(self.max_fraction * size)) if self.enabled else size
 
     def bound(self, share: float) -> float:
-        """``y(a, s, kappa) = (a max(s, 1 - s) + 2 kappa) / (1 - a)``: the most one tenant
-        moves the other tenants' strong share (module docstring; 1.0 when a >= 1)."""
+        """The most one tenant moves the others' strong share (module docstring).
+
+        ``y(a, s, kappa) = (a max(s, 1 - s) + 2 kappa) / (1 - a)``, at most 1.
+        """
         a = self.max_fraction
         if a >= 1.0:
             return 1.0

@@ -168,11 +168,17 @@ class LivePolicy(Protocol):
     The router asks it once per routed query, in arrival order; the policy records the score
     (its calibration window) and answers the model's index, 0 = the smallest (a pair: 0 weak,
     1 strong). `LiveThreshold` (the pair) and `LiveCascade` (a ladder of K models) implement it.
+    `guard` counts its recalibrations and the fast or clamped moves (`app.isolation`).
     """
 
+    guard: GuardState
+
     def route(self, score: float, tenant: str | None = None, now: float | None = None) -> int:
-        """Record `score` of `tenant`'s query (None: anonymous) at `now` (seconds, any
-        monotonic clock; None: no per-second bound) and decide: the model's index."""
+        """Record `score` of `tenant`'s query and decide: the model's index.
+
+        `tenant`: an API key id (None: anonymous); `now`: seconds on any monotonic clock
+        (None: no per-second bound on threshold moves).
+        """
         ...
 
 
