@@ -17,10 +17,10 @@ more tenants (a tenant: an API key id; requests without a key are one ``anonymou
    cumulative share exact is counted per tenant, and each tenant moves the calibrated share by
    at most ``kappa`` (`Isolation.deficit_cap`): ``s_eff = clip(s + sum_k clip((s n_k - r_k)
    / every, -kappa, kappa), 0, 1)``.
-3. **Move bound** (`clamp_move`). A recalibration may move the threshold by at most
-   ``m = min(max_move, max_move_per_s * dt)`` in share terms: the share of the window's scores
-   at or above the threshold changes by at most ``m`` (``dt``: seconds since the previous
-   recalibration, when the caller gives a clock). A move that wanted more is clamped and
+3. **Move bound** (`clamp_move`). A recalibration may move the threshold's base (the
+   deficit-free ``quantile(window, 1 - s)``) by at most ``m = min(max_move, max_move_per_s
+   * dt)`` in share terms: the share of the window's scores at or above it changes by at most
+   ``m`` (``dt``: seconds since the previous recalibration, when the caller gives a clock). A move that wanted more is clamped and
    counted (`GuardState`: the ``boute_threshold_clamped`` metric and ``/health``). With one
    tenant nothing is clamped (decisions are exactly those of the policy without isolation),
    but a move beyond ``m`` is still counted as fast.
@@ -71,7 +71,7 @@ class Isolation:
     max_fraction: float = 0.1       # a: a tenant's slots while others are in the window
     deficit_cap: float = 0.01       # kappa: one tenant's term in the deficit correction
     max_move: float = 0.05          # share of the window per recalibration
-    max_move_per_s: float = 0.01    # share of the window per second (when a clock is given)
+    max_move_per_s: float = 0.02    # share of the window per second (when a clock is given)
 
     def quota(self, size: int) -> int:
         """``q = max(1, floor(a W))``: one tenant's slots while others are in the window."""
@@ -223,37 +223,53 @@ class GuardState:
                 "last_wanted": self.last_wanted}
 
 
-def clamp_move(scores: np.ndarray[Any, Any], old: float, new: float, iso: Isolation,
-               guard: GuardState, now: float | None, clamp: bool) -> float:
-    """Rule 3: `new`, or the threshold that moves the window's share by the bound at most.
+def _quantile_share(scores: np.ndarray[Any, Any], p: float) -> float:
+    """The threshold sending a share `p` of `scores` up (RouteLLM's ``quantile(1 - p)``)."""
+    if p <= 0.0:
+        return math.inf
+    if p >= 1.0:
+        return -math.inf
+    return float(np.quantile(scores, 1.0 - p))
 
-    The share of a threshold t is ``mean(scores >= t)``; the move is its change from `old`
-    to `new`. Allowed: ``max_move``, and ``max_move_per_s * dt`` when `now` and the previous
-    recalibration's clock are known. A wider move is counted fast; with `clamp` the share is
-    moved by the allowed amount toward the wanted one (the window's ``1 - p`` quantile).
-    An unknown `old` (NaN: the first calibration) moves freely.
+
+def clamp_move(scores: np.ndarray[Any, Any], share: float, eff: float, base: float,
+               iso: Isolation, guard: GuardState, now: float | None, clamp: bool
+               ) -> tuple[float, float]:
+    """Rule 3: the threshold for share `eff` of `scores`, its base moved by the bound at most.
+
+    The *base* is the deficit-free threshold, ``quantile(scores, 1 - share)``: what moves it
+    is the window's scores, not the deficit correction (whose jitter of a few queries per
+    `every` is no alarm). Its move is the change of ``mean(scores >= base)`` from the previous
+    base (`base`; NaN: none, moves freely) to the new one. Allowed: ``max_move``, and
+    ``max_move_per_s * dt`` when `now` and the previous recalibration's clock are known. A
+    wider move is counted fast; with `clamp` the base share moves by the allowed amount
+    toward the new one, ``p``, and the threshold sends ``clip(p + eff - share, 0, 1)`` up.
+    Without `clamp` the threshold is exactly ``quantile(scores, 1 - eff)``.
+
+    Returns:
+        (threshold, new base).
+
     """
     allowed = iso.max_move
     if now is not None and guard.last_s is not None:
         allowed = min(allowed, iso.max_move_per_s * max(0.0, now - guard.last_s))
     guard.recalibrations += 1
     guard.last_s = now if now is not None else guard.last_s
-    if math.isnan(old) or len(scores) == 0:
+    new_base = _quantile_share(scores, share)
+    exact = _quantile_share(scores, eff)
+    if math.isnan(base) or not 0.0 < share < 1.0:
         guard.last_move = guard.last_wanted = 0.0
-        return new
-    p_old, p_new = float(np.mean(scores >= old)), float(np.mean(scores >= new))
+        return exact, new_base
+    p_old, p_new = float(np.mean(scores >= base)), float(np.mean(scores >= new_base))
     wanted = p_new - p_old
     guard.last_wanted = guard.last_move = wanted
     if abs(wanted) <= allowed + 1e-12:
-        return new
+        return exact, new_base
     guard.fast += 1
     if not clamp:
-        return new
+        return exact, new_base
     guard.clamped += 1
     p = min(1.0, max(0.0, p_old + math.copysign(allowed, wanted)))
     guard.last_move = p - p_old
-    if p <= 0.0:
-        return math.inf
-    if p >= 1.0:
-        return -math.inf
-    return float(np.quantile(scores, 1.0 - p))
+    return _quantile_share(scores, min(1.0, max(0.0, p + eff - share))), \
+        _quantile_share(scores, p)

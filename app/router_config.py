@@ -134,11 +134,11 @@ class RouterSettings(_Strict):
         0.01, ge=0, le=1, description="kappa: the most one key moves the calibrated share "
         "through the deficit correction (share, 0.01 = 1 point).")
     max_threshold_move: float = Field(
-        0.05, gt=0, le=1, description="Largest move of a threshold per recalibration, as the "
-        "share of the window's scores it crosses; wider moves are clamped (two or more keys) "
-        "and counted.")
+        0.05, gt=0, le=1, description="Largest move of a threshold's base (its deficit-free "
+        "quantile) per recalibration, as the share of the window's scores it crosses; wider "
+        "moves are clamped (two or more keys) and counted.")
     max_threshold_move_per_s: float = Field(
-        0.01, gt=0, le=1, description="Largest move of a threshold per second, same units.")
+        0.02, gt=0, le=1, description="Largest move of a threshold per second, same units.")
 
     @property
     def limits(self) -> RequestLimits:

@@ -223,6 +223,7 @@ class LiveThreshold:
         self.n = self.n_strong = 0
         self.tenants: dict[str, list[int]] = {}     # tenant -> [queries, to strong]
         self.guard = GuardState()
+        self._base = math.nan                       # the move bound's reference
         self._rng = random.Random(seed)
 
     def set_isolation(self, isolation: Isolation) -> None:
@@ -240,14 +241,14 @@ class LiveThreshold:
         w = self.window
         w.add(score, tenant)
         if w.due(math.isnan(self.threshold)):
-            old = self.threshold
             if w.multi:
                 s_eff = tenant_corrected_share(self.strong_share, self.tenants, w.every,
                                                self.isolation.deficit_cap)
             else:
                 s_eff = corrected_share(self.strong_share, self.n, self.n_strong, w.every)
-            self.threshold = clamp_move(w.scores, old, calibrate_threshold(w.scores, s_eff),
-                                        self.isolation, self.guard, now, w.multi)
+            self.threshold, self._base = clamp_move(w.scores, self.strong_share, s_eff,
+                                                    self._base, self.isolation, self.guard,
+                                                    now, w.multi)
             w.restart()
         if math.isnan(self.threshold):
             strong = self._rng.random() < self.strong_share
@@ -270,6 +271,7 @@ class LiveThreshold:
         self.threshold = threshold
         self.n = self.n_strong = 0
         self.tenants = {}
+        self._base = math.nan
         if self.window.ready:
             self.threshold = calibrate_threshold(self.window.scores, strong_share)
 
@@ -327,6 +329,7 @@ class LiveCascade:
         self.n = 0
         self.counts = [0] * len(t)
         self.tenants = {}
+        self._bases = [math.nan] * len(t)
         self.window.restart()
         if self.window.ready:
             self.thresholds = [calibrate_threshold(self.window.scores, v) for v in t]
@@ -352,10 +355,11 @@ class LiveCascade:
                 prev = v
             scores, last = w.scores, self.guard.last_s
             new = []
-            for old, v in zip(self.thresholds, eff, strict=True):
+            for k, (s, v) in enumerate(zip(self.tails, eff, strict=True)):
                 self.guard.last_s = last            # each threshold against the same clock
-                new.append(clamp_move(scores, old, calibrate_threshold(scores, v),
-                                      self.isolation, self.guard, now, w.multi))
+                t, self._bases[k] = clamp_move(scores, s, v, self._bases[k], self.isolation,
+                                               self.guard, now, w.multi)
+                new.append(t)
             if w.multi:                             # clamped one by one: keep them ordered
                 new = [float(v) for v in np.maximum.accumulate(new)] if new else []
             self.thresholds = new
