@@ -20,32 +20,35 @@ more tenants (a tenant: an API key id; requests without a key are one ``anonymou
 3. **Move bound** (`clamp_move`). A recalibration may move the threshold's base (the
    deficit-free ``quantile(window, 1 - s)``) by at most ``m = min(max_move, max_move_per_s
    * dt)`` in share terms: the share of the window's scores at or above it changes by at most
-   ``m`` (``dt``: seconds since the previous recalibration, when the caller gives a clock). A move that wanted more is clamped and
-   counted (`GuardState`: the ``boute_threshold_clamped`` metric and ``/health``). With one
-   tenant nothing is clamped (decisions are exactly those of the policy without isolation),
-   but a move beyond ``m`` is still counted as fast.
+   ``m`` (``dt``: seconds since the previous recalibration, when the caller gives a clock). A
+   move that wanted more is clamped and counted (`GuardState`: the ``boute_threshold_fast``
+   metric and ``/health``'s ``threshold_guard``). With one tenant nothing is clamped (the
+   decisions are exactly those of the policy without isolation), but such a move is counted.
 
 **Guarantee** (one recalibration; the pair, share ``s``). Let tenant A hold a fraction
-``alpha`` of the window and G be the other tenants' scores. The threshold t solves
-``(1 - alpha)(1 - G(t)) + alpha (1 - H_A(t)) = s_eff``, and ``0 <= 1 - H_A(t) <= 1`` whatever
-A sends, so the others' strong share ``1 - G(t)`` lies in ``[(s_eff - alpha)/(1 - alpha),
-s_eff/(1 - alpha)]``; without A it would be ``s_eff``. A moves ``s_eff`` by at most
-``kappa``, and the other tenants' own deficit terms by at most ``kappa`` between the two
-cases as well, so A moves the others' strong share, taken together, by at most
+``alpha`` of the window (``alpha <= a`` in a full window) and G be the other tenants' scores.
+The threshold t solves ``(1 - alpha)(1 - G(t)) + alpha (1 - H_A(t)) = s_eff`` with ``s_eff
+= s' + d_A``: ``s'`` is s plus the other tenants' deficit terms (what they are calibrated to
+without A) and ``|d_A| <= kappa`` is A's. Whatever A sends, ``0 <= 1 - H_A(t) <= 1``, so the
+others' strong share ``1 - G(t)`` lies in ``[(s_eff - alpha)/(1 - alpha), s_eff/(1 - alpha)]``
+while without A it is ``s'``: A moves it by at most ``(alpha max(s', 1 - s') + kappa) / (1 -
+alpha)``. With ``|s' - s| <= kappa`` (B the only other tenant) that is at most
 
     y(a, s, kappa) = (a * max(s, 1 - s) + 2 kappa) / (1 - a)        (`Isolation.bound`)
 
-(defaults a = 0.1, kappa = 0.01, s = 0.51: 7.9 points, against 41 measured without
-isolation), plus the quantile's discreteness (1 / |window|). A key B that is the only other
-tenant (or whose scores are distributed as the others') moves by at most y; a key holding a
-fraction beta of the others' window moves by at most y / beta. On top of this, the move bound
-caps any change at ``m`` per recalibration and ``max_move_per_s`` per second, in share terms
-of the window. Limits: the quota is a slot count, not a traffic share, so a tenant that joins
-after the window filled stays at ``q`` slots while the incumbents keep theirs (until they are
-the oldest scores when an under-quota tenant arrives); the total strong share then follows the
-window's composition, not the traffic's, and the deficit cap lets it deviate from ``s`` by up
-to ``kappa`` per tenant. That is the price of isolation; a lasting change of the traffic mix
-is for replanning.
+(defaults a = 0.1, kappa = 0.01; s = 0.51: 7.9 points, where 41 were measured without
+isolation), plus the quantile's discreteness (1 / |window|). This bounds the others' share
+taken together; a key B that is the only other tenant (or whose scores are distributed as the
+others') moves by at most y, one that holds a fraction beta of the others' window by at most
+y / beta. B's share measured against s (not s') moves by up to kappa more: its own deficit
+term, which it has without A as well. On top of that, the move bound caps any change of the
+base at ``m`` per recalibration and ``max_move_per_s`` per second (tests/app/test_isolation.py
+replays the attack). Limits: the quota is a slot count, not a traffic share, so a tenant that
+joins after the window filled stays at ``q`` slots while the incumbents keep theirs (until
+they are the oldest scores when an under-quota tenant arrives); the total strong share then
+follows the window's composition, not the traffic's, and the deficit cap lets it deviate from
+``s`` by up to ``kappa`` per tenant. That is the price of isolation; a lasting change of the
+traffic mix is for replanning. The isolation state is per router replica, as the window is.
 """
 
 from __future__ import annotations
@@ -187,6 +190,13 @@ class TenantWindow(ScoreWindow):
             return super().scores
         return np.fromiter((v for q in self._by.values() for _, v in q), dtype=np.float64,
                            count=self._count)
+
+    def tenant_scores(self, tenant: str | None) -> np.ndarray[Any, Any]:
+        """The scores of `tenant` (None: anonymous) in the window."""
+        key = ANONYMOUS if tenant is None else tenant
+        if not self.multi:
+            return self.scores if key == self.tenant else np.empty(0)
+        return np.array([v for _, v in self._by.get(key, ())], dtype=np.float64)
 
     def fractions(self) -> dict[str, float]:
         """Each tenant's fraction of the window (single mode: its one tenant, 1.0)."""
