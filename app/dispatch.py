@@ -203,8 +203,10 @@ def _guard_report(policy: LiveThreshold | LiveCascade) -> dict[str, Any]:
 class Dispatcher:
     """Routing, failover and accounting of one router replica (module docstring)."""
 
-    def __init__(self, engines: EngineClient, recorder: Recorder) -> None:
+    def __init__(self, engines: EngineClient, recorder: Recorder,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.engines, self.rec = engines, recorder
+        self.clock = clock              # the routing policies' seconds (their move bound)
         self.config: RouterConfig | None = None
         self.settings = RouterSettings()
         self.scorer: StrongWinRateRouter | None = None
@@ -307,7 +309,7 @@ class Dispatcher:
             if cfg.ladder:
                 policy, models = self.cascades[call.workload], cfg.ladder_models
             guard = policy.guard.clamped + policy.guard.fast
-            call.model = models[policy.route(s, call.key_id, time.monotonic())]
+            call.model = models[policy.route(s, call.key_id, self.clock())]
             if policy.guard.clamped + policy.guard.fast != guard:
                 self.rec.threshold_guard(call.workload if cfg.ladder else None,
                                          policy.guard.last_wanted, policy.guard.last_move)
