@@ -236,3 +236,33 @@ def test_two_keys_through_the_dispatcher(isolation: bool) -> None:
     else:
         # Unprotected: A's 2,000 scores fill the window, the threshold is above B's scores.
         assert during < 0.1 and guard["bound"] is None and guard["clamped"] == 0
+
+
+def test_a_ladder_cascade_is_isolated_per_threshold() -> None:
+    """The same burst against a 3-model cascade (tails 0.6 / 0.2, its default cadence): each
+    tail of B moves within the bound of its own share, and the thresholds stay ordered."""
+    from app.routing import LiveCascade
+
+    rng = random.Random(3)
+    b_set = [rng.betavariate(2, 2) for _ in range(2000)]
+    cascade = LiveCascade([0.6, 0.2], isolation=Isolation())
+    t = 0.0
+    for k in range(4000):
+        cascade.route(b_set[k % 2000], "B", t)
+        t += 0.25
+    arng, worst = random.Random(4), [0.0, 0.0]
+    for j in range(2000):
+        cascade.route(1.0 - 0.02 * arng.random(), "A", t)
+        t += 0.004
+        if j < 5:       # the thresholds in force were calibrated on B alone (every 5 queries)
+            continue
+        mine = cascade.window.tenant_scores("B")
+        for k, tail in enumerate(cascade.tails):
+            # B's deficit term for this tail: within kappa of the tail, as for the pair.
+            gap = abs(float(np.mean(mine >= cascade.thresholds[k])) - tail)
+            worst[k] = max(worst[k], gap - Isolation().deficit_cap)
+        assert cascade.thresholds[0] <= cascade.thresholds[1]
+    # y(0.1, 0.6) = (0.06 + 0.02) / 0.9 = 0.0889; y(0.1, 0.2) = (0.08 + 0.02) / 0.9 = 0.1111.
+    # Measured: 0.057 and 0.101 (A all above both thresholds: (0.1 (1 - s') + kappa) / 0.9).
+    assert worst[0] <= Isolation().bound(0.6) and worst[1] <= Isolation().bound(0.2)
+    assert cascade.window.fractions()["A"] == pytest.approx(0.1)
