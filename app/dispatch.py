@@ -125,6 +125,12 @@ class Recorder(Protocol):
                       threshold: float) -> None:
         """The pair's strong share routed so far, its target and its live threshold."""
 
+    def threshold_guard(self, workload: str | None, wanted: float, moved: float) -> None:
+        """A threshold moved faster than its bound wanted (`app.isolation`).
+
+        `wanted`: the move asked, share of the window; `moved`: the move made (less: clamped).
+        """
+
 
 class _Aborted(Exception):
     """A call aborted by the router (its group lost replicas): retry elsewhere."""
@@ -206,11 +212,27 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {line[:200]}"
 
 
+def _guard_report(policy: LiveThreshold | LiveCascade) -> dict[str, Any]:
+    """``/health``'s ``threshold_guard``: moves seen, tenants, the bound in force.
+
+    Tenants as a count and the largest one's fraction of the window, never their key ids.
+    """
+    fractions = policy.window.fractions()
+    share = policy.strong_share if isinstance(policy, LiveThreshold) else (
+        policy.tails[-1] if policy.tails else 0.0)
+    iso = policy.isolation
+    return {**policy.guard.report(), "tenants": len(fractions),
+            "largest_fraction": max(fractions.values(), default=None),
+            "bound": iso.bound(share) if iso.enabled else None}
+
+
 class Dispatcher:
     """Routing, failover and accounting of one router replica (module docstring)."""
 
-    def __init__(self, engines: EngineClient, recorder: Recorder) -> None:
+    def __init__(self, engines: EngineClient, recorder: Recorder,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.engines, self.rec = engines, recorder
+        self.clock = clock              # the routing policies' seconds (their move bound)
         self.config: RouterConfig | None = None
         self.settings = RouterSettings()
         self.scorer: StrongWinRateRouter | None = None
@@ -242,18 +264,22 @@ class Dispatcher:
                               f"{sorted(groups)}")
         if self.config is None or self.config.router != cfg.router:
             self.scorer = make_router(cfg.router, cfg.seed)
+        iso = cfg.settings.isolation
         if self.pair is not None:
             self.pair.set_share(cfg.strong_share, cfg.threshold_or_nan)
+            self.pair.set_isolation(iso)
         else:
-            self.pair = LiveThreshold(cfg.strong_share, cfg.threshold_or_nan, seed=cfg.seed)
+            self.pair = LiveThreshold(cfg.strong_share, cfg.threshold_or_nan, seed=cfg.seed,
+                                      isolation=iso)
         cascades = {}
         for name, w in cfg.workloads.items():
             old = self.cascades.get(name)
             if old is not None:
                 old.set_tails(w.tails, w.initial)
+                old.set_isolation(iso)
                 cascades[name] = old
             else:
-                cascades[name] = LiveCascade(w.tails, w.initial)
+                cascades[name] = LiveCascade(w.tails, w.initial, isolation=iso)
         self.cascades = cascades
         s = cfg.settings
         if self.pool is None:
@@ -319,7 +345,11 @@ class Dispatcher:
             models: tuple[str, ...] = (cfg.weak, cfg.strong)
             if cfg.ladder:
                 policy, models = self.cascades[call.workload], cfg.ladder_models
-            call.model = models[policy.route(s)]
+            guard = policy.guard.clamped + policy.guard.fast
+            call.model = models[policy.route(s, call.key_id, self.clock())]
+            if policy.guard.clamped + policy.guard.fast != guard:
+                self.rec.threshold_guard(call.workload if cfg.ladder else None,
+                                         policy.guard.last_wanted, policy.guard.last_move)
             if cfg.ladder:
                 self.tally.workload_counts[(call.workload, call.model)] += 1
             call.score = s
@@ -636,7 +666,8 @@ class Dispatcher:
                 "target": {m: tails[k] - tails[k + 1] for k, m in enumerate(cfg.ladder_models)},
                 "routed": {m: t.workload_counts[(name, m)] / n if n else None
                            for m in cfg.ladder_models},
-                "thresholds": [v if math.isfinite(v) else None for v in cascade.thresholds]}
+                "thresholds": [v if math.isfinite(v) else None for v in cascade.thresholds],
+                "threshold_guard": _guard_report(cascade)}
         return (503 if groups["status"] == "unavailable" else 200), {
             "status": groups["status"], "config_id": cfg.config_id,
             "models": groups["models"], "groups": groups["groups"],
@@ -645,5 +676,6 @@ class Dispatcher:
             "strong_share_target": pair.strong_share,
             "strong_share_routed": (t.counts[cfg.strong] / total) if total else None,
             "threshold": pair.threshold if math.isfinite(pair.threshold) else None,
+            "threshold_guard": _guard_report(pair),
             "router": cfg.router, "call_timeout_s": self.call_timeout_s,
             "routed_models": dict(t.counts), **({"workloads": ladder} if ladder else {})}

@@ -15,7 +15,13 @@ Metric names as Prometheus shows them (Ray prefixes ``ray_``), tags in braces:
 * ``boute_retries_total{group}``: engine calls retried elsewhere after ``group`` failed;
 * ``boute_degraded_total{model}``: requests for ``model`` served by the other one (``model``
   had no healthy group);
-* ``boute_group_up{group}``: 1 when the group takes traffic, 0 when ejected or down.
+* ``boute_group_up{group}``: 1 when the group takes traffic, 0 when ejected or down;
+* ``boute_threshold_fast_total{workload, clamped}``: recalibrations that wanted to move a
+  threshold faster than its bound (`app.isolation`), ``clamped`` 1 when the move was cut
+  (two or more API keys in the window), 0 when it was only reported (one tenant); alert on
+  its rate;
+* ``boute_threshold_move{workload}``: the last such move, as the share of the window's
+  scores the threshold crossed (signed: + sends more to the strong model).
 
 Requests are tagged with their API key's id (``key``), never the key.
 
@@ -38,7 +44,7 @@ __all__ = ["LATENCY_BOUNDARIES_S", "METRICS", "Observer"]
 METRICS = ("boute_requests", "boute_tokens", "boute_errors", "boute_ttft_seconds",
            "boute_latency_seconds", "boute_strong_share_routed", "boute_strong_share_target",
            "boute_threshold", "boute_refused", "boute_retries", "boute_degraded",
-           "boute_group_up")
+           "boute_group_up", "boute_threshold_fast", "boute_threshold_move")
 
 LATENCY_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0,
                         60.0, 120.0]
@@ -79,6 +85,12 @@ class Observer:
                                               "served by the other one", tag_keys=("model",))
         self.group_up = metrics.Gauge("boute_group_up", "1: the group takes traffic; 0: "
                                       "ejected or down", tag_keys=("group",))
+        self.threshold_fast = metrics.Counter(
+            "boute_threshold_fast", "Recalibrations that wanted to move a threshold faster "
+            "than its bound (clamped=1: cut)", tag_keys=("workload", "clamped"))
+        self.threshold_move = metrics.Gauge(
+            "boute_threshold_move", "The last fast threshold move, share of the window "
+            "crossed", tag_keys=("workload",))
         self.log = (RequestLog(log_dir, rotate_s=log_rotate_s, limits=log_limits)
                     if log_dir else None)
         self._task: Any = None
@@ -135,6 +147,13 @@ class Observer:
         self.share_target.set(target)
         if math.isfinite(threshold):
             self.threshold.set(threshold)
+
+    def threshold_guard(self, workload: str | None, wanted: float, moved: float) -> None:
+        """A fast threshold move (clamped when `moved` is less than `wanted`)."""
+        tags = {"workload": workload or ""}
+        self.threshold_fast.inc(1, {**tags, "clamped": "1" if abs(moved) < abs(wanted)
+                                    else "0"})
+        self.threshold_move.set(moved, tags)
 
     def close(self) -> None:
         """Flush and close the log (a clean shutdown loses no record)."""

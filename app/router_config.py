@@ -36,6 +36,7 @@ from pydantic import (
 from placement import Lane
 
 from .guard import KeyEntry, RequestLimits
+from .isolation import Isolation
 from .routing import RouterError
 
 __all__ = ["RouterConfig", "RouterSettings", "WorkloadRouting"]
@@ -123,6 +124,21 @@ class RouterSettings(_Strict):
                                 description="Largest request body, bytes (413 above).")
     max_json_depth: int = Field(RequestLimits.max_json_depth, ge=1, le=10_000,
                                 description="Deepest JSON nesting of a body (400 above).")
+    tenant_isolation: bool = Field(True, description="Isolate API keys in the live threshold "
+                                   "calibration (app.isolation): slot quota, deficit cap, "
+                                   "move bound, once two keys are in the window.")
+    tenant_max_fraction: float = Field(
+        0.1, gt=0, le=1, description="a: the most of the calibration window one key (or the "
+        "anonymous tenant) holds while another key is in it (floor(a x 2000) scores).")
+    tenant_deficit_cap: float = Field(
+        0.01, ge=0, le=1, description="kappa: the most one key moves the calibrated share "
+        "through the deficit correction (share, 0.01 = 1 point).")
+    max_threshold_move: float = Field(
+        0.05, gt=0, le=1, description="Largest move of a threshold's base (its deficit-free "
+        "quantile) per recalibration, as the share of the window's scores it crosses; wider "
+        "moves are clamped (two or more keys) and counted.")
+    max_threshold_move_per_s: float = Field(
+        0.02, gt=0, le=1, description="Largest move of a threshold per second, same units.")
 
     max_n: int = Field(RequestLimits.max_n, ge=1, le=16_384, description="Largest n "
                        "(completions per prompt) and best_of a request may ask for (400 "
@@ -133,6 +149,13 @@ class RouterSettings(_Strict):
     def limits(self) -> RequestLimits:
         """The body limits."""
         return RequestLimits(self.max_body_bytes, self.max_json_depth, max_n=self.max_n)
+
+    @property
+    def isolation(self) -> Isolation:
+        """The tenant isolation rules (`app.isolation.Isolation`)."""
+        return Isolation(self.tenant_isolation, self.tenant_max_fraction,
+                         self.tenant_deficit_cap, self.max_threshold_move,
+                         self.max_threshold_move_per_s)
 
 
 class WorkloadRouting(_Strict):

@@ -38,8 +38,19 @@ import numpy as np
 
 from common.errors import BouteError
 
+from .isolation import (
+    ANONYMOUS,
+    GuardState,
+    Isolation,
+    ScoreWindow,
+    TenantWindow,
+    clamp_move,
+    tenant_corrected_share,
+)
+
 __all__ = [
     "BuiltinRouter",
+    "Isolation",
     "LiveCascade",
     "LivePolicy",
     "LiveThreshold",
@@ -157,50 +168,18 @@ class LivePolicy(Protocol):
     The router asks it once per routed query, in arrival order; the policy records the score
     (its calibration window) and answers the model's index, 0 = the smallest (a pair: 0 weak,
     1 strong). `LiveThreshold` (the pair) and `LiveCascade` (a ladder of K models) implement it.
+    `guard` counts its recalibrations and the fast or clamped moves (`app.isolation`).
     """
 
-    def route(self, score: float) -> int:
-        """Record `score` and decide: the index of the model (0 = the smallest)."""
+    guard: GuardState
+
+    def route(self, score: float, tenant: str | None = None, now: float | None = None) -> int:
+        """Record `score` of `tenant`'s query and decide: the model's index.
+
+        `tenant`: an API key id (None: anonymous); `now`: seconds on any monotonic clock
+        (None: no per-second bound on threshold moves).
+        """
         ...
-
-
-class ScoreWindow:
-    """The last `size` scores (a ring buffer) and the queries since the last calibration.
-
-    A policy recalibrates when `due`: the window holds at least `min_samples` scores, and
-    `every` queries went by since the last calibration (`restart`) or a threshold is unknown.
-    """
-
-    def __init__(self, size: int, min_samples: int, every: int) -> None:
-        self._ring = np.empty(size, dtype=np.float64)
-        self._filled = self._next = 0
-        self.min_samples, self.every = min_samples, every
-        self.since = 0
-
-    def add(self, score: float) -> None:
-        """Record one query's score (the oldest leaves a full window)."""
-        self._ring[self._next] = score
-        self._next = (self._next + 1) % len(self._ring)
-        self._filled = min(self._filled + 1, len(self._ring))
-        self.since += 1
-
-    @property
-    def ready(self) -> bool:
-        """The window holds enough scores (`min_samples`) to calibrate on."""
-        return self._filled >= self.min_samples
-
-    def due(self, unknown: bool) -> bool:
-        """Time to recalibrate (`unknown`: some threshold is NaN)."""
-        return self.ready and (self.since >= self.every or unknown)
-
-    def restart(self) -> None:
-        """Count the next `every` queries from now."""
-        self.since = 0
-
-    @property
-    def scores(self) -> np.ndarray[Any, Any]:
-        """The scores in the window (order irrelevant to a quantile; no copy)."""
-        return self._ring[:self._filled]
 
 
 def corrected_share(share: float, n: int, n_routed: int, every: int) -> float:
@@ -224,26 +203,52 @@ class LiveThreshold:
     s (seeded). A share change (`set_share`) recalibrates at once when the window allows and
     keeps the every-`every` count running.
 
+    Tenants (API key ids; None: anonymous): while the window holds one tenant's scores the
+    decisions are exactly the above; with two or more, `app.isolation`'s rules apply (slot
+    quota, per-tenant deficit cap, move bound), and one tenant moves the others' strong share
+    by at most `Isolation.bound` per recalibration (the guarantee is stated there).
+
     Not `LiveCascade` with K = 2 (that routes an unknown threshold by deficit, and restarts
     its count on a change): the pair's decisions stay what they were
     (tests/app/test_routing.py records them and where the two part).
     """
 
     def __init__(self, strong_share: float, initial: float = math.nan, *, window: int = 2000,
-                 min_samples: int = 200, every: int = 50, seed: int = 0) -> None:
+                 min_samples: int = 200, every: int = 50, seed: int = 0,
+                 isolation: Isolation | None = None) -> None:
         self.strong_share = strong_share
         self.threshold = initial
-        self.window = ScoreWindow(window, min_samples, every)
+        self.isolation = isolation or Isolation()
+        self.window = TenantWindow(window, min_samples, every, self.isolation.quota(window))
         self.n = self.n_strong = 0
+        self.tenants: dict[str, list[int]] = {}     # tenant -> [queries, to strong]
+        self.guard = GuardState()
+        self._base = math.nan                       # the move bound's reference
         self._rng = random.Random(seed)
 
-    def route_strong(self, score: float) -> bool:
-        """Record `score` and decide: True sends the query to the strong model."""
+    def set_isolation(self, isolation: Isolation) -> None:
+        """Take new isolation settings live (the window keeps its scores)."""
+        self.isolation = isolation
+        self.window.quota = isolation.quota(self.window.size)
+
+    def route_strong(self, score: float, tenant: str | None = None,
+                     now: float | None = None) -> bool:
+        """Record `score` of `tenant` (None: anonymous) and decide: True sends it strong.
+
+        With one tenant in the window, exactly the decisions of the policy without isolation;
+        with two or more, the rules of `app.isolation` (quota, deficit cap, move bound).
+        """
         w = self.window
-        w.add(score)
+        w.add(score, tenant)
         if w.due(math.isnan(self.threshold)):
-            s_eff = corrected_share(self.strong_share, self.n, self.n_strong, w.every)
-            self.threshold = calibrate_threshold(w.scores, s_eff)
+            if w.multi:
+                s_eff = tenant_corrected_share(self.strong_share, self.tenants, w.every,
+                                               self.isolation.deficit_cap)
+            else:
+                s_eff = corrected_share(self.strong_share, self.n, self.n_strong, w.every)
+            self.threshold, self._base = clamp_move(w.scores, self.strong_share, s_eff,
+                                                    self._base, self.isolation, self.guard,
+                                                    now, w.multi)
             w.restart()
         if math.isnan(self.threshold):
             strong = self._rng.random() < self.strong_share
@@ -251,17 +256,22 @@ class LiveThreshold:
             strong = score >= self.threshold
         self.n += 1
         self.n_strong += strong
+        counts = self.tenants.setdefault(ANONYMOUS if tenant is None else tenant, [0, 0])
+        counts[0] += 1
+        counts[1] += strong
         return strong
 
-    def route(self, score: float) -> int:
+    def route(self, score: float, tenant: str | None = None, now: float | None = None) -> int:
         """`LivePolicy`: 1 (strong) or 0 (weak)."""
-        return int(self.route_strong(score))
+        return int(self.route_strong(score, tenant, now))
 
     def set_share(self, strong_share: float, threshold: float = math.nan) -> None:
         """Change the target share live (recalibrates at once when the window allows)."""
         self.strong_share = strong_share
         self.threshold = threshold
         self.n = self.n_strong = 0
+        self.tenants = {}
+        self._base = math.nan
         if self.window.ready:
             self.threshold = calibrate_threshold(self.window.scores, strong_share)
 
@@ -285,13 +295,22 @@ class LiveCascade:
     """
 
     def __init__(self, tails: Sequence[float], initial: Sequence[float] | None = None, *,
-                 window: int = 2000, min_samples: int = 100, every: int = 5) -> None:
-        self.window = ScoreWindow(window, min_samples, every)
+                 window: int = 2000, min_samples: int = 100, every: int = 5,
+                 isolation: Isolation | None = None) -> None:
+        self.isolation = isolation or Isolation()
+        self.window = TenantWindow(window, min_samples, every, self.isolation.quota(window))
         self.tails: tuple[float, ...] = ()
         self.thresholds: list[float] = []
         self.counts: list[int] = []
+        self.tenants: dict[str, list[int]] = {}     # tenant -> [queries, counts...]
+        self.guard = GuardState()
         self.n = 0
         self.set_tails(tails, initial)
+
+    def set_isolation(self, isolation: Isolation) -> None:
+        """Take new isolation settings live (the window keeps its scores)."""
+        self.isolation = isolation
+        self.window.quota = isolation.quota(self.window.size)
 
     def set_tails(self, tails: Sequence[float], thresholds: Sequence[float] | None = None
                   ) -> None:
@@ -309,21 +328,41 @@ class LiveCascade:
                            for k in range(len(t))]
         self.n = 0
         self.counts = [0] * len(t)
+        self.tenants = {}
+        self._bases = [math.nan] * len(t)
         self.window.restart()
         if self.window.ready:
             self.thresholds = [calibrate_threshold(self.window.scores, v) for v in t]
 
-    def route(self, score: float) -> int:
-        """Record `score` and decide: the index of the model (0 = the smallest)."""
+    def route(self, score: float, tenant: str | None = None, now: float | None = None) -> int:
+        """Record `score` of `tenant` (None: anonymous) and decide: the model's index.
+
+        One tenant in the window: exactly the decisions without isolation; two or more:
+        `app.isolation`'s rules per threshold (quota, deficit cap per tail, move bound).
+        """
         w = self.window
-        w.add(score)
+        w.add(score, tenant)
         if w.due(any(math.isnan(t) for t in self.thresholds)):
             eff, prev = [], 1.0
             for k, s in enumerate(self.tails):
-                v = min(prev, corrected_share(s, self.n, self.counts[k], w.every))
+                if w.multi:
+                    tail = {u: [c[0], c[k + 1]] for u, c in self.tenants.items()}
+                    v = min(prev, tenant_corrected_share(s, tail, w.every,
+                                                         self.isolation.deficit_cap))
+                else:
+                    v = min(prev, corrected_share(s, self.n, self.counts[k], w.every))
                 eff.append(v)
                 prev = v
-            self.thresholds = [calibrate_threshold(w.scores, v) for v in eff]
+            scores, last = w.scores, self.guard.last_s
+            new = []
+            for k, (s, v) in enumerate(zip(self.tails, eff, strict=True)):
+                self.guard.last_s = last            # each threshold against the same clock
+                t, self._bases[k] = clamp_move(scores, s, v, self._bases[k], self.isolation,
+                                               self.guard, now, w.multi)
+                new.append(t)
+            if w.multi:                             # clamped one by one: keep them ordered
+                new = [float(v) for v in np.maximum.accumulate(new)] if new else []
+            self.thresholds = new
             w.restart()
         if any(math.isnan(t) for t in self.thresholds):
             ext = (1.0, *self.tails, 0.0)
@@ -337,6 +376,11 @@ class LiveCascade:
         self.n += 1
         for k in range(model):
             self.counts[k] += 1
+        mine = self.tenants.setdefault(ANONYMOUS if tenant is None else tenant,
+                                       [0] * (len(self.tails) + 1))
+        mine[0] += 1
+        for k in range(model):
+            mine[k + 1] += 1
         return model
 
 

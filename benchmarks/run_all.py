@@ -129,6 +129,8 @@ BENCHMARKS: tuple[Bench, ...] = (
           full=("--overload",),
           quick=("--overload", "--overload-s", "30", "--plot", f"{_Q}/overload.png"),
           full_json=f"{DATA}/chaos/overload.json"),
+    Bench("poisoning", "benchmarks/poisoning.py", full=("--no-copy",), quick=("--no-copy",),
+          full_json=f"{DATA}/poisoning.json"),
     Bench("replan", "benchmarks/replan.py", quick=("--plot", f"{_Q}/dashboard.png"),
           full_json=f"{DATA}/replan/measured-2core.json"),
     Bench("ladder", "benchmarks/ladder.py", full=("--no-copy",), quick=("--no-copy",),

@@ -111,6 +111,7 @@ class FakeRecorder:
         self.degraded_models: Counter[str] = Counter()
         self.states: dict[str, str] = {}
         self.gauges: list[tuple[float | None, float, float]] = []
+        self.moves: list[tuple[str | None, float, float]] = []
 
     def observe(self, **row: Any) -> None:
         self.rows.append(row)
@@ -126,6 +127,9 @@ class FakeRecorder:
 
     def routing_state(self, routed_share: float | None, target: float, threshold: float) -> None:
         self.gauges.append((routed_share, target, threshold))
+
+    def threshold_guard(self, workload: str | None, wanted: float, moved: float) -> None:
+        self.moves.append((workload, wanted, moved))
 
 
 def make(groups: dict[str, tuple[str, str]], shares: dict[str, dict[str, float]] | None = None,
