@@ -303,7 +303,12 @@ def test_a_failed_call_is_retried_on_another_group_and_the_failing_one_ejected()
     assert rec.states == {"bad": "ejected"}
     code, health = d.health(time.monotonic())
     assert code == 200 and health["status"] == "degraded"
-    assert health["groups"]["bad"]["state"] == "ejected"
+    assert health["groups"]["bad"]["state"] == "down"       # takes no traffic
+    assert health["groups"]["bad"]["routing"] == "ejected"
+    assert health["groups"]["bad"]["reason"].startswith("circuit breaker open for")
+    # The model still has a serving group: degraded, served by itself.
+    assert health["models"][WEAK] == {"state": "degraded", "groups": ["bad", "good"],
+                                      "served_by": None}
 
 
 def test_a_model_that_is_down_falls_back_or_fails_fast() -> None:
