@@ -10,7 +10,7 @@ until it runs. `serve_config` writes the same config as a file for ``serve deplo
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from common.errors import BouteError
@@ -100,8 +100,19 @@ def calibrated(plan: Plan, prompts: list[str], seed: int = 0) -> Plan:
 
 
 def check_plan_fits(plan: Plan, stack: Stack, *, gpu_catalog: list[str] | None = None,
-                    model_catalog: list[str] | None = None) -> Stack:
-    """Check `plan` against the live cluster; returns `stack` with the cluster's node sizes.
+                    model_catalog: list[str] | None = None,
+                    nodes: Sequence[Mapping[str, float]] | None = None,
+                    where: str = "the cluster") -> Stack:
+    """Check `plan` against the cluster; returns `stack` with the cluster's node sizes.
+
+    Args:
+        plan: the plan to place.
+        stack: how it is served (catalogs, node sizes given by the user).
+        gpu_catalog: extra GPU catalogs (default: the stack's).
+        model_catalog: extra model catalogs (default: the stack's).
+        nodes: the cluster's nodes as resource dicts (default: the live cluster's,
+            `placement.live_nodes`).
+        where: the cluster's name in the error message.
 
     Raises:
         DeployError: a GPU type is missing or short on the cluster (per type: needed,
@@ -118,17 +129,22 @@ def check_plan_fits(plan: Plan, stack: Stack, *, gpu_catalog: list[str] | None =
         gpu = plan.catalog_gpu(g.gpu)
         if g.model in catalog.models and gpu in catalog.gpus:
             ReplicaModel(catalog.model(g.model), catalog.gpu(gpu), g.tp, g.pp)
-    nodes = live_nodes()
+    nodes = live_nodes() if nodes is None else nodes
     sizes = gpu_types_in(nodes)
     missing = sorted({g.gpu for g in plan.groups} - set(sizes))
     if missing:
-        raise DeployError(f"the cluster has no node with GPU type(s) {', '.join(missing)}; "
-                          "nodes must declare the resource gpu_type_<TYPE> per GPU (see "
-                          "cluster.yaml or `ray start --resources`)")
+        needed = {t: sum(g.tp * g.pp * g.replicas for g in plan.groups if g.gpu == t)
+                  for t in missing}
+        raise DeployError(
+            f"{where} has no node with GPU type(s) {', '.join(missing)} (" +
+            "; ".join(f"{t}: the plan needs {n} GPU(s), {where} has 0" for t, n in needed.items())
+            + "); add nodes of these types, each declaring the resource gpu_type_<TYPE> per "
+            "GPU (cluster.yaml, or `ray start --resources \"$(boute node-resources)\"`), or "
+            "plan for the GPUs the cluster has")
     stack = replace(stack, gpus_per_node={**sizes, **stack.gpus_per_node})
     short = check_fit(stack_specs(plan, stack), nodes)
     if short:
-        raise DeployError("the plan does not fit the cluster:\n  " +
+        raise DeployError(f"the plan does not fit {where}:\n  " +
                           "\n  ".join(str(s) for s in short))
     return stack
 

@@ -25,6 +25,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
@@ -329,7 +330,25 @@ def app(args: dict[str, str]) -> Application:
     or ``none`` to serve without authentication), ``backend`` (emulated|vllm), ``device``
     (gpu|cpu), ``models`` (``name=DIR_OR_HF_ID,...``), ``engine_kwargs`` (a JSON object),
     ``gpus_per_node`` (``type=N,...``), ``seed``, ``log_dir``, ``on_model_down``
-    (fallback|fail).
+    (fallback|fail), ``fit_check`` (``on``, the default, or ``skip``).
+
+    Before anything is deployed (``serve run`` calls the builder before it starts or joins
+    Ray), as ``boute deploy`` does:
+
+    1. the Ray token file is made private (`placement.secure_token_file`; when no cluster
+       runs here and Ray would generate ``~/.ray/auth_token``, it is created 0600 first);
+    2. the plan is checked against the cluster ``serve run`` deploys on
+       (`placement.target_nodes`: the connected one, ``--address`` / ``RAY_ADDRESS``, the
+       local cluster ``ray start`` left, else the new local Ray it would start) by
+       `app.deploy.check_plan_fits`: a missing or short GPU type fails at once, naming the
+       type, the GPUs needed and available, and the fix, instead of Serve waiting for
+       resources that never come. ``fit_check=skip`` waives this (an autoscaling cluster
+       whose GPU nodes start on demand).
+
+    Raises:
+        ValueError: a missing or malformed argument.
+        DeployError: the plan does not fit the cluster.
+
     """
     from .guard import read_key_file
 
@@ -338,17 +357,69 @@ def app(args: dict[str, str]) -> Application:
     if "api_keys" not in args:
         raise ValueError("api_keys=FILE is required (make one with `boute keys new --file "
                          "FILE --id NAME`), or api_keys=none to serve without authentication")
+    fit_check = args.get("fit_check", "on")
+    if fit_check not in ("on", "skip"):
+        raise ValueError(f"fit_check={fit_check!r} is unknown; use 'on' (the default) or "
+                         "'skip'")
     keys = None if args["api_keys"] == "none" else [
         e.to_dict() for e in read_key_file(args["api_keys"])]
     plan = Plan.load(args["plan"])
-    return build_app(plan, backend=args.get("backend", "emulated"),
-                     device=args.get("device", "gpu"),
-                     sources=parse_pairs(args.get("models", "").split(","), "models"),
-                     gpus_per_node={k: int(v) for k, v in parse_pairs(
-                         args.get("gpus_per_node", "").split(","), "gpus_per_node").items()},
-                     engine_kwargs=json.loads(args.get("engine_kwargs") or "{}"),
+    gpus_per_node = {k: int(v) for k, v in parse_pairs(
+        args.get("gpus_per_node", "").split(","), "gpus_per_node").items()}
+    sources = parse_pairs(args.get("models", "").split(","), "models")
+    engine_kwargs = json.loads(args.get("engine_kwargs") or "{}")
+    backend, device = args.get("backend", "emulated"), args.get("device", "gpu")
+    if fit_check == "on":
+        gpus_per_node = _check_serve_run_fit(plan, Stack(
+            backend=backend, device=device, sources=sources, engine_kwargs=engine_kwargs,
+            gpus_per_node=gpus_per_node))
+    return build_app(plan, backend=backend, device=device, sources=sources,
+                     gpus_per_node=gpus_per_node, engine_kwargs=engine_kwargs,
                      seed=int(args.get("seed", 0)), log_dir=args.get("log_dir"),
                      api_keys=keys, on_model_down=args.get("on_model_down", "fallback"))
+
+
+def _check_serve_run_fit(plan: Plan, stack: Stack) -> dict[str, int]:
+    """Steps 1 and 2 of `app`; returns the node sizes to build with (the cluster's).
+
+    Raises:
+        DeployError: the plan does not fit the cluster ``serve run`` deploys on.
+
+    """
+    import sys
+
+    import placement
+
+    from .deploy import DeployError, check_plan_fits
+
+    target = placement.target_nodes(_serve_run_address(sys.argv))
+    try:
+        fitted = check_plan_fits(plan, stack, nodes=target.nodes, where=target.name)
+    except DeployError as exc:
+        hint = (" (start the cluster first: `ray start --head --resources ...`, or `boute "
+                "deploy --local` for a local fake cluster)" if target.new_local else "")
+        raise DeployError(f"serve run: {exc}{hint}; or pass fit_check=skip when the cluster "
+                          "starts GPU nodes on demand") from None
+    # A new local Ray (`serve run` starts it next) writes its generated token 0644 unless a
+    # token exists: create it 0600 first. Otherwise tighten the file this client reads.
+    placement.secure_token_file(create=target.new_local)
+    return fitted.gpus_per_node
+
+
+def _serve_run_address(argv: list[str]) -> str | None:
+    """The ``--address`` / ``-a`` of a ``serve run`` command line (None: not one, or none).
+
+    ``serve run`` calls the builder before it joins Ray, so the address it will join is
+    only on its command line (``RAY_ADDRESS`` is read by `placement.target_nodes`).
+    """
+    if len(argv) < 2 or Path(argv[0]).name != "serve" or argv[1] != "run":
+        return None
+    for i, arg in enumerate(argv):
+        if arg in ("--address", "-a") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--address="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 # -- the stack layout: one application per replica group + the router application ------------

@@ -15,9 +15,18 @@ from ._auth import (
     connect_hint,
     find_auth_token,
     new_token_file,
+    secure_token_file,
     use_token_if_available,
 )
-from ._cluster import Shortfall, check_fit, gpu_counts_in, gpu_types_in, live_nodes
+from ._cluster import (
+    ClusterTarget,
+    Shortfall,
+    check_fit,
+    gpu_counts_in,
+    gpu_types_in,
+    live_nodes,
+    target_nodes,
+)
 from ._detect import gpu_type_from_name, local_gpu_names, node_resources
 from ._local import MAX_RAY_TEMP_CHARS, free_port, local_cluster, ray_temp_dir
 from ._perfdb_ray import ray_config_mapper
@@ -34,6 +43,7 @@ __all__ = [
     "TOKEN_ENV",
     "TOKEN_FIX",
     "TOKEN_PATH_ENV",
+    "ClusterTarget",
     "GroupSpec",
     "Lane",
     "PlacementError",
@@ -59,5 +69,7 @@ __all__ = [
     "node_resources",
     "ray_config_mapper",
     "ray_temp_dir",
+    "secure_token_file",
+    "target_nodes",
     "use_token_if_available",
 ]

@@ -1,18 +1,26 @@
 """Does a plan fit a cluster? Shortfalls per GPU type, with node packing.
 
 `check_fit` is pure (nodes given as resource dicts, as ``ray.nodes()`` reports them);
-`live_nodes` reads them from the running Ray cluster.
+`live_nodes` reads them from the running Ray cluster; `target_nodes` from the cluster a
+``ray.init`` here would reach (what ``serve run`` is about to deploy on).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ._resources import gpu_resource, gpu_type_of
 from ._specs import GroupSpec
 
-__all__ = ["Shortfall", "check_fit", "gpu_counts_in", "gpu_types_in", "live_nodes"]
+__all__ = ["OVERRIDE_RESOURCES_ENV", "ClusterTarget", "Shortfall", "check_fit",
+           "gpu_counts_in", "gpu_types_in", "live_nodes", "target_nodes"]
+
+OVERRIDE_RESOURCES_ENV = "RAY_OVERRIDE_RESOURCES"
+"""Ray reads a new local node's resources from this (JSON) on top of what it detects."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,60 @@ def live_nodes() -> list[dict[str, float]]:
 
     return [dict(n["Resources"]) for n in ray.nodes()  # type: ignore[no-untyped-call]
             if n.get("Alive")]
+
+
+class ClusterTarget(NamedTuple):
+    """The cluster a ``ray.init`` here would use: its nodes, its name, whether it is new."""
+
+    nodes: list[dict[str, float]]
+    name: str
+    new_local: bool = False
+
+
+def target_nodes(address: str | None = None, environ: Mapping[str, str] | None = None
+                 ) -> ClusterTarget:
+    """The nodes of the cluster ``ray.init(address)`` from this process would use, and its name.
+
+    - Connected already: that cluster's alive nodes.
+    - `address`, else ``RAY_ADDRESS``, else the local cluster ``ray start`` recorded (Ray's
+      own lookup): connect (`connect`, token file made 0600), read the nodes, disconnect.
+    - None of them: ``ray.init`` would start a new local Ray, whose one node declares no
+      custom resource but those of ``RAY_OVERRIDE_RESOURCES`` (JSON); that node is returned.
+
+    Returns:
+        The nodes (resource dicts as `live_nodes` gives them), a name for error messages,
+        and whether it is the new local Ray (`ClusterTarget`).
+
+    Raises:
+        RayAuthError: the address is unreachable or refuses this client's token.
+
+    """
+    import ray
+
+    if ray.is_initialized():
+        return ClusterTarget(live_nodes(), "the connected Ray cluster")
+    env = os.environ if environ is None else environ
+    found = address or env.get("RAY_ADDRESS") or None
+    if found is None:
+        from ray._private.services import find_bootstrap_address
+
+        found = find_bootstrap_address(None)
+    if found is None or found == "local":
+        raw = env.get(OVERRIDE_RESOURCES_ENV) or "{}"
+        try:
+            override = {str(k): float(v) for k, v in dict(json.loads(raw)).items()}
+        except (ValueError, TypeError):
+            override = {}
+        return ClusterTarget([override], "a new local Ray (no Ray cluster runs here and "
+                             "RAY_ADDRESS is unset: one would be started, without GPU-type "
+                             "resources)", new_local=True)
+    from ._auth import connect
+
+    connect(str(found), "start it, or point RAY_ADDRESS (or --address) at a running cluster")
+    try:
+        return ClusterTarget(live_nodes(), f"the Ray cluster at {found}")
+    finally:
+        ray.shutdown()
 
 
 def _node_gpus(nodes: Sequence[Mapping[str, float]]) -> Iterator[tuple[str, int]]:
