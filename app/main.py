@@ -383,7 +383,8 @@ def _check_serve_run_fit(plan: Plan, stack: Stack) -> dict[str, int]:
     """Steps 1 and 2 of `app`; returns the node sizes to build with (the cluster's).
 
     Raises:
-        DeployError: the plan does not fit the cluster ``serve run`` deploys on.
+        DeployError: the plan does not fit the cluster ``serve run`` deploys on (a GPU type
+            missing or short, or its nodes smaller than a replica).
 
     """
     import sys
@@ -395,7 +396,7 @@ def _check_serve_run_fit(plan: Plan, stack: Stack) -> dict[str, int]:
     target = placement.target_nodes(_serve_run_address(sys.argv))
     try:
         fitted = check_plan_fits(plan, stack, nodes=target.nodes, where=target.name)
-    except DeployError as exc:
+    except (DeployError, placement.PlacementError) as exc:   # short, or nodes too small
         hint = (" (start the cluster first: `ray start --head --resources ...`, or `boute "
                 "deploy --local` for a local fake cluster)" if target.new_local else "")
         raise DeployError(f"serve run: {exc}{hint}; or pass fit_check=skip when the cluster "
