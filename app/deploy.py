@@ -10,23 +10,19 @@ until it runs. `serve_config` writes the same config as a file for ``serve deplo
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from common.errors import BouteError
 from common.textfile import read_utf8
-from placement import check_fit, gpu_types_in, live_nodes
+from placement import live_nodes
 from tuning import Plan
 
-from .main import APP_NAME, Stack, stack_config, stack_specs
+from .fit import DeployError, fit_plan
+from .main import APP_NAME, Stack, stack_config
 from .serve_api import ServeApi, dashboard_url, local_url
 
 __all__ = ["APP_NAME", "DeployError", "apply_api_keys", "calibrated", "check_plan_fits",
            "deploy_plan", "read_prompts", "serve_config"]
-
-
-class DeployError(BouteError, RuntimeError):
-    """A plan cannot be deployed on this cluster (nothing was deployed)."""
 
 
 def read_prompts(path: str) -> list[str]:
@@ -100,19 +96,10 @@ def calibrated(plan: Plan, prompts: list[str], seed: int = 0) -> Plan:
 
 
 def check_plan_fits(plan: Plan, stack: Stack, *, gpu_catalog: list[str] | None = None,
-                    model_catalog: list[str] | None = None,
-                    nodes: Sequence[Mapping[str, float]] | None = None,
-                    where: str = "the cluster") -> Stack:
-    """Check `plan` against the cluster; returns `stack` with the cluster's node sizes.
+                    model_catalog: list[str] | None = None) -> Stack:
+    """`app.fit.fit_plan` on the live cluster's nodes (`placement.live_nodes`).
 
-    Args:
-        plan: the plan to place.
-        stack: how it is served (catalogs, node sizes given by the user).
-        gpu_catalog: extra GPU catalogs (default: the stack's).
-        model_catalog: extra model catalogs (default: the stack's).
-        nodes: the cluster's nodes as resource dicts (default: the live cluster's,
-            `placement.live_nodes`).
-        where: the cluster's name in the error message.
+    Returns `stack` with the cluster's node sizes.
 
     Raises:
         DeployError: a GPU type is missing or short on the cluster (per type: needed,
@@ -120,33 +107,8 @@ def check_plan_fits(plan: Plan, stack: Stack, *, gpu_catalog: list[str] | None =
         InfeasibleConfigError: a group's (model, GPU, TP, PP) does not fit in GPU memory.
 
     """
-    from dataclasses import replace
-
-    from profiling import ReplicaModel, load_catalog
-
-    catalog = load_catalog(gpu_catalog or stack.gpu_catalog, model_catalog or stack.model_catalog)
-    for g in plan.groups:           # memory fit per replica (raises with the numbers)
-        gpu = plan.catalog_gpu(g.gpu)
-        if g.model in catalog.models and gpu in catalog.gpus:
-            ReplicaModel(catalog.model(g.model), catalog.gpu(gpu), g.tp, g.pp)
-    nodes = live_nodes() if nodes is None else nodes
-    sizes = gpu_types_in(nodes)
-    missing = sorted({g.gpu for g in plan.groups} - set(sizes))
-    if missing:
-        needed = {t: sum(g.tp * g.pp * g.replicas for g in plan.groups if g.gpu == t)
-                  for t in missing}
-        raise DeployError(
-            f"{where} has no node with GPU type(s) {', '.join(missing)} (" +
-            "; ".join(f"{t}: the plan needs {n} GPU(s), {where} has 0" for t, n in needed.items())
-            + "); add nodes of these types, each declaring the resource gpu_type_<TYPE> per "
-            "GPU (cluster.yaml, or `ray start --resources \"$(boute node-resources)\"`), or "
-            "plan for the GPUs the cluster has")
-    stack = replace(stack, gpus_per_node={**sizes, **stack.gpus_per_node})
-    short = check_fit(stack_specs(plan, stack), nodes)
-    if short:
-        raise DeployError(f"the plan does not fit {where}:\n  " +
-                          "\n  ".join(str(s) for s in short))
-    return stack
+    return fit_plan(plan, stack, live_nodes, gpu_catalog=gpu_catalog,
+                    model_catalog=model_catalog)
 
 
 def deploy_plan(plan: Plan, *, backend: str, device: str = "gpu",

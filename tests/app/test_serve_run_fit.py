@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 import placement
-from app.deploy import DeployError, check_plan_fits
+from app.deploy import DeployError
+from app.fit import fit_plan
 from app.main import Stack, _serve_run_address, app
 from placement import ClusterTarget, target_nodes
 from tuning import Group, Plan, Routing
@@ -140,8 +141,8 @@ def test_the_address_serve_run_was_given(argv: list[str], address: str | None) -
 def test_deploys_check_takes_a_fake_cluster() -> None:
     # The same check `boute deploy` runs on the live cluster, on resource dicts: the node
     # sizes it returns are the cluster's (what the builder builds with).
-    stack = check_plan_fits(PLAN, Stack(), nodes=FITS)
+    stack = fit_plan(PLAN, Stack(), FITS)
     assert stack.gpus_per_node == {"RTX-4090": 2, "RTX-5090": 1, "H100": 4}
     with pytest.raises(DeployError, match=r"^the cluster has no node with GPU type\(s\) H100 "
                        r"\(H100: the plan needs 4 GPU\(s\), the cluster has 0\)"):
-        check_plan_fits(PLAN, Stack(), nodes=FITS[:3])
+        fit_plan(PLAN, Stack(), FITS[:3])
