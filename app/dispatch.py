@@ -75,9 +75,10 @@ DEFAULT_WORKLOAD = "default"
 STATUS_ABANDONED = 499          # nginx's "client closed request"
 EXPORT_EVERY = 50               # routed requests between two updates of the routing gauges
 # Liveness probes (module docstring, 5.): a ping is a no-op on the replica's event loop, so
-# 1.5 s without an answer is not load (engines take up to MAX_ONGOING_REQUESTS = 4096 calls,
-# above any group's in-flight bound, so a ping never queues behind requests); two misses in
-# a row, not one, so that a single slow answer on a busy machine takes nothing down.
+# 1.5 s without an answer is not load (an engine replica takes far more calls at once than any
+# group's in-flight bound: the emulated one 4096, Ray Serve LLM's 1e9, so a ping never queues
+# behind requests); two misses in a row, not one, so that one slow answer on a busy machine
+# takes nothing down, and any answered call resets the count.
 PROBE_PERIOD_S = 1.0
 PROBE_TIMEOUT_S = 1.5
 PROBE_THRESHOLD = 2
