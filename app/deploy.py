@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from common.textfile import read_utf8
-from placement import live_nodes
+from placement import capacity_nodes
 from tuning import Plan
 
 from .fit import DeployError, fit_plan
@@ -97,7 +97,9 @@ def calibrated(plan: Plan, prompts: list[str], seed: int = 0) -> Plan:
 
 def check_plan_fits(plan: Plan, stack: Stack, *, gpu_catalog: list[str] | None = None,
                     model_catalog: list[str] | None = None) -> Stack:
-    """`app.fit.fit_plan` on the live cluster's nodes (`placement.live_nodes`).
+    """`app.fit.fit_plan` on the cluster's alive and autoscaler-launchable nodes.
+
+    The nodes are `placement.capacity_nodes`: a ``ray up`` cluster starts without GPU workers.
 
     Returns `stack` with the cluster's node sizes.
 
@@ -107,7 +109,7 @@ def check_plan_fits(plan: Plan, stack: Stack, *, gpu_catalog: list[str] | None =
         InfeasibleConfigError: a group's (model, GPU, TP, PP) does not fit in GPU memory.
 
     """
-    return fit_plan(plan, stack, live_nodes, gpu_catalog=gpu_catalog,
+    return fit_plan(plan, stack, capacity_nodes, gpu_catalog=gpu_catalog,
                     model_catalog=model_catalog)
 
 

@@ -19,12 +19,16 @@ from ._auth import (
     use_token_if_available,
 )
 from ._cluster import (
+    BOOTSTRAP_CONFIG,
     ClusterTarget,
     Shortfall,
+    capacity_nodes,
     check_fit,
     gpu_counts_in,
     gpu_types_in,
+    launchable_nodes,
     live_nodes,
+    nodes_of_node_types,
     target_nodes,
 )
 from ._detect import gpu_type_from_name, local_gpu_names, node_resources
@@ -36,6 +40,7 @@ from ._specs import LANE_SEPARATOR, GroupSpec, Lane, PlacementError, group_specs
 
 __all__ = [
     "AUTH_MODE_ENV",
+    "BOOTSTRAP_CONFIG",
     "HIGH_THROUGHPUT_ENV",
     "LANE_SEPARATOR",
     "MAX_RAY_TEMP_CHARS",
@@ -50,6 +55,7 @@ __all__ = [
     "RayAuthError",
     "Shortfall",
     "auth_headers",
+    "capacity_nodes",
     "check_fit",
     "cluster_auth_token",
     "connect",
@@ -62,11 +68,13 @@ __all__ = [
     "gpu_type_of",
     "gpu_types_in",
     "group_specs",
+    "launchable_nodes",
     "live_nodes",
     "local_cluster",
     "local_gpu_names",
     "new_token_file",
     "node_resources",
+    "nodes_of_node_types",
     "ray_config_mapper",
     "ray_temp_dir",
     "secure_token_file",
