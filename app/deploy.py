@@ -13,20 +13,16 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from common.errors import BouteError
 from common.textfile import read_utf8
-from placement import check_fit, gpu_types_in, live_nodes
+from placement import capacity_nodes
 from tuning import Plan
 
-from .main import APP_NAME, Stack, stack_config, stack_specs
+from .fit import DeployError, fit_plan
+from .main import APP_NAME, Stack, stack_config
 from .serve_api import ServeApi, dashboard_url, local_url
 
 __all__ = ["APP_NAME", "DeployError", "apply_api_keys", "calibrated", "check_plan_fits",
            "deploy_plan", "read_prompts", "serve_config"]
-
-
-class DeployError(BouteError, RuntimeError):
-    """A plan cannot be deployed on this cluster (nothing was deployed)."""
 
 
 def read_prompts(path: str) -> list[str]:
@@ -101,7 +97,11 @@ def calibrated(plan: Plan, prompts: list[str], seed: int = 0) -> Plan:
 
 def check_plan_fits(plan: Plan, stack: Stack, *, gpu_catalog: list[str] | None = None,
                     model_catalog: list[str] | None = None) -> Stack:
-    """Check `plan` against the live cluster; returns `stack` with the cluster's node sizes.
+    """`app.fit.fit_plan` on the cluster's alive and autoscaler-launchable nodes.
+
+    The nodes are `placement.capacity_nodes`: a ``ray up`` cluster starts without GPU workers.
+
+    Returns `stack` with the cluster's node sizes.
 
     Raises:
         DeployError: a GPU type is missing or short on the cluster (per type: needed,
@@ -109,28 +109,8 @@ def check_plan_fits(plan: Plan, stack: Stack, *, gpu_catalog: list[str] | None =
         InfeasibleConfigError: a group's (model, GPU, TP, PP) does not fit in GPU memory.
 
     """
-    from dataclasses import replace
-
-    from profiling import ReplicaModel, load_catalog
-
-    catalog = load_catalog(gpu_catalog or stack.gpu_catalog, model_catalog or stack.model_catalog)
-    for g in plan.groups:           # memory fit per replica (raises with the numbers)
-        gpu = plan.catalog_gpu(g.gpu)
-        if g.model in catalog.models and gpu in catalog.gpus:
-            ReplicaModel(catalog.model(g.model), catalog.gpu(gpu), g.tp, g.pp)
-    nodes = live_nodes()
-    sizes = gpu_types_in(nodes)
-    missing = sorted({g.gpu for g in plan.groups} - set(sizes))
-    if missing:
-        raise DeployError(f"the cluster has no node with GPU type(s) {', '.join(missing)}; "
-                          "nodes must declare the resource gpu_type_<TYPE> per GPU (see "
-                          "cluster.yaml or `ray start --resources`)")
-    stack = replace(stack, gpus_per_node={**sizes, **stack.gpus_per_node})
-    short = check_fit(stack_specs(plan, stack), nodes)
-    if short:
-        raise DeployError("the plan does not fit the cluster:\n  " +
-                          "\n  ".join(str(s) for s in short))
-    return stack
+    return fit_plan(plan, stack, capacity_nodes, gpu_catalog=gpu_catalog,
+                    model_catalog=model_catalog)
 
 
 def deploy_plan(plan: Plan, *, backend: str, device: str = "gpu",

@@ -30,6 +30,15 @@ log, `app.observability.Observer`; a fake in tests).
    (`Dispatcher.set_replicas`) has its waiting calls aborted and retried elsewhere.
 4. **Accounting**: every request, answered, refused or abandoned, is counted (``/health``)
    and recorded once (`Recorder.observe`).
+5. **Liveness probes** (`Dispatcher.probe`, every ``PROBE_PERIOD_S`` by `Dispatcher.watch`):
+   every group is pinged (``ping()``, the backend contract) under a ``PROBE_TIMEOUT_S``
+   deadline; ``PROBE_THRESHOLD`` misses in a row make it unresponsive (down: no traffic, its
+   waiting calls aborted and retried elsewhere) until a probe or a call is answered again.
+   A group whose node is lost is down within ``PROBE_PERIOD_S + PROBE_THRESHOLD *
+   PROBE_TIMEOUT_S`` = 4 s (the first missed probe starts at most one period after the loss,
+   each miss takes at most its deadline, and a round that overruns the period is followed at
+   once by the next), instead of the ~15 s Serve and Ray take to notice a dead node.
+   ``/health`` and ``/health/ready`` are `app.health`'s.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from tuning import LENGTH_CLASSES
 from .emulated import estimate_tokens
 from .groups import GroupPool
 from .guard import check_max_tokens
+from .health import health_code, model_health, overall_status, readiness
 from .openai_api import ApiError, error_body, error_status, prompt_of, sse, token_prompts
 from .router_config import RouterConfig, RouterSettings
 from .routing import (
@@ -62,14 +72,23 @@ from .routing import (
 )
 from .sampling import request_units
 
-__all__ = ["DEFAULT_WORKLOAD", "ROUTED_MODELS", "STATUS_ABANDONED", "WORKLOAD_HEADER", "Call",
-           "Dispatcher", "EngineClient", "Recorder", "Reply", "StreamReply", "Tally"]
+__all__ = ["DEFAULT_WORKLOAD", "PROBE_PERIOD_S", "PROBE_THRESHOLD", "PROBE_TIMEOUT_S",
+           "ROUTED_MODELS", "STATUS_ABANDONED", "WORKLOAD_HEADER", "Call", "Dispatcher",
+           "EngineClient", "Recorder", "Reply", "StreamReply", "Tally"]
 
 ROUTED_MODELS = ("auto", "boute")
 WORKLOAD_HEADER = "x-boute-workload"
 DEFAULT_WORKLOAD = "default"
 STATUS_ABANDONED = 499          # nginx's "client closed request"
 EXPORT_EVERY = 50               # routed requests between two updates of the routing gauges
+# Liveness probes (module docstring, 5.): a ping is a no-op on the replica's event loop, so
+# 1.5 s without an answer is not load (an engine replica takes far more calls at once than any
+# group's in-flight bound: the emulated one 4096, Ray Serve LLM's 1e9, so a ping never queues
+# behind requests); two misses in a row, not one, so that one slow answer on a busy machine
+# takes nothing down, and any answered call resets the count.
+PROBE_PERIOD_S = 1.0
+PROBE_TIMEOUT_S = 1.5
+PROBE_THRESHOLD = 2
 
 
 class Pending(Protocol):
@@ -99,6 +118,10 @@ class EngineClient(Protocol):
 
     def stream(self, group: str, kind: str, body: dict[str, Any]) -> PendingStream:
         """Start ``openai(kind, body)`` streamed on `group`: server-sent-event text items."""
+        ...
+
+    def ping(self, group: str) -> Pending:
+        """Start ``ping()`` on one replica of `group` (answers at once when it is alive)."""
         ...
 
 
@@ -284,7 +307,8 @@ class Dispatcher:
         s = cfg.settings
         if self.pool is None:
             self.pool = GroupPool(cfg.shares, cfg.limits, cfg.replicas,
-                                  fail_threshold=s.fail_threshold, cooldown_s=s.cooldown_s)
+                                  fail_threshold=s.fail_threshold, cooldown_s=s.cooldown_s,
+                                  probe_threshold=PROBE_THRESHOLD)
         else:
             self.pool.fail_threshold, self.pool.cooldown_s = s.fail_threshold, s.cooldown_s
             self.pool.update(cfg.shares, cfg.limits, cfg.replicas)
@@ -584,9 +608,57 @@ class Dispatcher:
         lost = self.pool.set_replicas(group, running)
         self.rec.group_state(group, self.pool.groups[group].state(time.monotonic()))
         if lost:
-            for task in list(self._calls.get(group, ())):
-                self._aborted.add(task)
-                task.cancel()
+            self._abort(group)
+
+    def _abort(self, group: str) -> None:
+        """Abort the calls waiting on `group`; `dispatch` retries them elsewhere."""
+        for task in list(self._calls.get(group, ())):
+            self._aborted.add(task)
+            task.cancel()
+
+    # -- 5. liveness probes ------------------------------------------------------------------
+    async def probe(self) -> None:
+        """One round: ping every group at once, each under ``PROBE_TIMEOUT_S``.
+
+        A group that misses its ``PROBE_THRESHOLD``-th probe in a row goes down (its waiting
+        calls are aborted and retried elsewhere); one that answers again comes back.
+        """
+        if self.pool is None:
+            return
+        await asyncio.gather(*(self._probe_one(g) for g in list(self.pool.groups)))
+
+    async def _probe_one(self, group: str) -> None:
+        assert self.pool is not None
+        try:
+            pending = self.engines.ping(group)
+        except Exception:           # no handle (a group removed meanwhile): not a probe
+            return
+
+        async def wait() -> Any:
+            return await pending
+
+        try:
+            await asyncio.wait_for(wait(), PROBE_TIMEOUT_S)
+            answered = True
+        except asyncio.CancelledError:
+            pending.cancel()
+            raise
+        except Exception:           # TimeoutError, a dead actor, an unreachable replica
+            pending.cancel()
+            answered = False
+        changed = self.pool.probe_result(group, answered)
+        if changed is None or group not in self.pool.groups:
+            return
+        self.rec.group_state(group, self.pool.groups[group].state(self.clock()))
+        if changed:
+            self._abort(group)
+
+    async def watch(self) -> None:
+        """Probe every group every ``PROBE_PERIOD_S`` (start to start), forever."""
+        while True:
+            start = self.clock()
+            await self.probe()
+            await asyncio.sleep(max(0.0, PROBE_PERIOD_S - (self.clock() - start)))
 
     # -- 4. accounting -----------------------------------------------------------------------
     def _headers(self, call: Call) -> dict[str, str]:
@@ -648,14 +720,18 @@ class Dispatcher:
                                self.pair.strong_share, self.pair.threshold)
 
     def health(self, now: float) -> tuple[int, dict[str, Any]]:
-        """``/health``'s code (503: a model is unreachable) and full report.
+        """``/health``'s code and full report (`app.health`).
 
-        The report's ``status`` and ``config_id`` are what anyone may see; the rest is for
-        key holders (the ingress decides).
+        200 while any request can be served (``ok`` or ``degraded``), 503 when none can
+        (``unavailable``). The report's ``status`` and ``config_id`` are what anyone may see;
+        the rest is for key holders (the ingress decides).
         """
         cfg, pair, pool, t = self.config, self.pair, self.pool, self.tally
         assert cfg is not None and pair is not None and pool is not None
-        groups = pool.health(now)
+        groups = pool.health(now)["groups"]
+        models = model_health(pool, [m for m in self.models if self._serves(m)], now,
+                              self._fallback)
+        status = overall_status(groups, models)
         total = sum(t.counts.values())
         ladder = {}
         for name, cascade in self.cascades.items():
@@ -668,9 +744,9 @@ class Dispatcher:
                            for m in cfg.ladder_models},
                 "thresholds": [v if math.isfinite(v) else None for v in cascade.thresholds],
                 "threshold_guard": _guard_report(cascade)}
-        return (503 if groups["status"] == "unavailable" else 200), {
-            "status": groups["status"], "config_id": cfg.config_id,
-            "models": groups["models"], "groups": groups["groups"],
+        return health_code(status), {
+            "status": status, "config_id": cfg.config_id,
+            "models": models, "groups": groups,
             "requests": total, "pinned": t.pinned, "unscored": t.unscored, "errors": t.errors,
             "outcomes": dict(t.outcomes),
             "strong_share_target": pair.strong_share,
@@ -679,3 +755,23 @@ class Dispatcher:
             "threshold_guard": _guard_report(pair),
             "router": cfg.router, "call_timeout_s": self.call_timeout_s,
             "routed_models": dict(t.counts), **({"workloads": ladder} if ladder else {})}
+
+    def readiness(self, now: float) -> tuple[int, dict[str, Any]]:
+        """``/health/ready``: 200 when every group of the plan serves, else 503 + what is missing.
+
+        (`app.health.readiness`.) The whole report is for key holders (the ingress decides).
+        """
+        if self.pool is None or self.config is None:
+            return 503, {"ready": False, "config_id": None,
+                         "missing": {"router": {"reason": "no routing config received yet"}}}
+        ready, missing = readiness(self.pool, now)
+        return (200 if ready else 503), {
+            "ready": ready, "config_id": self.config.config_id,
+            "groups_serving": len(self.pool.groups) - len(missing),
+            "groups": len(self.pool.groups), "missing": missing}
+
+    def _fallback(self, model: str) -> str | None:
+        """Where `model`'s requests go when it has no group taking traffic (None: they fail)."""
+        if self.settings.on_model_down != "fallback":
+            return None
+        return self._other_model(model)

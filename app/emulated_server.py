@@ -10,7 +10,9 @@ body. Without ``stream`` it returns the response dict, or an OpenAI error body
 ``options(stream=True)``) it returns an async generator of server-sent-event text ending
 with ``data: [DONE]``, whose only item is an error body when the request is rejected. Bad
 requests therefore come back as 4xx with an OpenAI error body; an engine failure is a 502
-for that request alone (the router retries it elsewhere when no byte was sent).
+for that request alone (the router retries it elsewhere when no byte was sent). Every engine
+deployment also has ``ping()``, the router's liveness probe: it answers ``True`` at once
+while the replica's event loop runs (vLLM: while its engine passes its health check).
 """
 
 
@@ -105,6 +107,10 @@ class EmulatedLLMServer:
 
     async def _error_stream(self, exc: ApiError) -> AsyncIterator[dict[str, Any]]:
         yield exc.body()
+
+    async def ping(self) -> bool:
+        """The router's liveness probe (the backend contract): True at once."""
+        return True
 
     async def openai(self, kind: str, body: dict[str, Any]) -> Any:
         """The backend contract (see the module docstring)."""

@@ -30,8 +30,23 @@ group for ``cooldown_s``, doubled on each ejection in a row up to ``max_cooldown
 the cool-down the group takes traffic again (half-open): a success closes the breaker, the
 next failure ejects it again for twice as long.
 
-**Liveness.** Serve's count of running replicas per group (`GroupPool.set_replicas`): a group
-with none is *down* until one runs again, whatever its breaker says.
+**Liveness.** Two sources, whichever sees a loss first:
+
+- Serve's count of running replicas per group (`GroupPool.set_replicas`, polled by the
+  ingress every second): a group with none is *down* until one runs again, whatever its
+  breaker says. Serve learns of a lost node late: its replica health checks (emulated engines:
+  every 2 s, 5 s timeout) and Ray's node failure detection (the GCS marks a node dead after
+  5 missed 3 s health checks, about 15 s) bound it.
+- The router's own liveness probes (`GroupPool.probe_result`, fed by
+  `app.dispatch.Dispatcher.probe` every ``PROBE_PERIOD_S``): ``probe_threshold`` probes in a
+  row without an answer within the probe deadline make the group *unresponsive*, which
+  counts as down; an answered probe or a successful call makes it responsive again.
+
+**Health** (what ``/health`` reports; `GroupState.health`): a group is
+
+- ``serving``: takes traffic with every replica it should have (or a count not yet seen);
+- ``degraded``: takes traffic, but Serve runs fewer replicas than the plan wants;
+- ``down``: takes none: no running replica, unresponsive to probes, or its breaker is open.
 """
 
 from __future__ import annotations
@@ -43,9 +58,12 @@ from typing import Any, Literal
 
 from .routing import SmoothWeightedRoundRobin
 
-__all__ = ["GroupPool", "GroupState", "inflight_limits"]
+__all__ = ["HEALTH_STATES", "GroupPool", "GroupState", "inflight_limits"]
 
 State = Literal["healthy", "ejected", "down"]
+Health = Literal["serving", "degraded", "down"]
+HEALTH_STATES: tuple[Health, ...] = ("serving", "degraded", "down")
+"""A group's (and a model's) health on ``/health``, best first."""
 
 
 def inflight_limits(groups: Iterable[tuple[str, str, int, float]],
@@ -96,14 +114,33 @@ class GroupState:
     wanted: int | None = None
     served: int = 0
     failed: int = 0
+    probe_failures: int = 0
+    unresponsive: bool = False
 
     def state(self, now: float) -> State:
-        """``down`` (no running replica), ``ejected`` (breaker open) or ``healthy``."""
-        if self.running == 0:
+        """How routing sees it: ``down``, ``ejected`` (breaker open) or ``healthy``.
+
+        ``down``: no running replica, or unresponsive to the liveness probes.
+        """
+        if self.running == 0 or self.unresponsive:
             return "down"
         if now < self.ejected_until:
             return "ejected"
         return "healthy"
+
+    def health(self, now: float) -> tuple[Health, str | None]:
+        """``serving`` / ``degraded`` / ``down`` (module docstring) and why, when not serving."""
+        if self.running == 0:
+            return "down", f"no running replica (Serve runs 0 of {self.wanted})"
+        if self.unresponsive:
+            return "down", (f"no answer to the last {self.probe_failures} liveness probes "
+                            "(a lost node or a hung replica)")
+        if now < self.ejected_until:
+            return "down", (f"circuit breaker open for {self.ejected_until - now:.1f} s more "
+                            "after consecutive failed calls")
+        if self.running is not None and self.wanted is not None and self.running < self.wanted:
+            return "degraded", f"{self.running} of {self.wanted} replicas running"
+        return "serving", None
 
     def has_room(self, units: int = 1) -> bool:
         """Room for `units` more in flight: within the bound, or the group is idle.
@@ -115,11 +152,14 @@ class GroupState:
 
     def to_dict(self, now: float) -> dict[str, Any]:
         """The state as ``/health`` reports it."""
-        return {"model": self.model, "state": self.state(now),
+        health, reason = self.health(now)
+        return {"model": self.model, "state": health, "reason": reason,
+                "routing": self.state(now),
                 "replicas_running": self.running, "replicas_wanted": self.wanted,
                 "inflight": self.inflight, "inflight_limit": self.limit,
                 "consecutive_failures": self.failures,
                 "ejected_for_s": round(max(0.0, self.ejected_until - now), 3),
+                "probe_failures": self.probe_failures,
                 "served": self.served, "failed": self.failed}
 
 
@@ -129,11 +169,14 @@ class GroupPool:
     def __init__(self, shares: Mapping[str, Mapping[str, float]],
                  limits: Mapping[str, int | None] | None = None,
                  wanted: Mapping[str, int] | None = None, *, fail_threshold: int = 3,
-                 cooldown_s: float = 5.0, max_cooldown_s: float = 60.0) -> None:
+                 cooldown_s: float = 5.0, max_cooldown_s: float = 60.0,
+                 probe_threshold: int = 2) -> None:
         if fail_threshold < 1 or not cooldown_s > 0 or max_cooldown_s < cooldown_s:
             raise ValueError(f"fail_threshold={fail_threshold} must be >= 1 and 0 < "
                              f"cooldown_s={cooldown_s} <= max_cooldown_s={max_cooldown_s}")
-        self.fail_threshold = fail_threshold
+        if probe_threshold < 1:
+            raise ValueError(f"probe_threshold={probe_threshold} must be >= 1")
+        self.fail_threshold, self.probe_threshold = fail_threshold, probe_threshold
         self.cooldown_s, self.max_cooldown_s = cooldown_s, max_cooldown_s
         self.groups: dict[str, GroupState] = {}
         self.pickers: dict[str, SmoothWeightedRoundRobin] = {}
@@ -192,6 +235,7 @@ class GroupPool:
         st = self.groups.get(group)
         if st is not None:
             st.failures, st.ejections = 0, 0
+            st.probe_failures, st.unresponsive = 0, False     # an answer: it is alive
             st.served += 1
 
     def failure(self, group: str, now: float) -> bool:
@@ -218,18 +262,36 @@ class GroupPool:
         st.running = running
         return lost
 
-    def health(self, now: float) -> dict[str, Any]:
-        """Per group state, per model reachability, and the overall status.
+    def probe_result(self, group: str, answered: bool) -> bool | None:
+        """A liveness probe of `group` was answered (or not, within its deadline).
 
-        ``ok``: every group healthy; ``degraded``: some group is not, but every model has a
-        healthy one; ``unavailable``: some model has none.
+        Returns:
+            True when this probe made the group unresponsive (``probe_threshold`` misses in
+            a row), False when it made an unresponsive group responsive again, else None.
+
         """
-        groups = {name: st.to_dict(now) for name, st in self.groups.items()}
-        models = {m: self.reachable(m, now) for m in self.pickers}
-        if not all(models.values()):
-            status = "unavailable"
-        elif all(g["state"] == "healthy" for g in groups.values()):
-            status = "ok"
-        else:
-            status = "degraded"
-        return {"status": status, "models": models, "groups": groups}
+        st = self.groups.get(group)
+        if st is None:
+            return None
+        if answered:
+            st.probe_failures = 0
+            if st.unresponsive:
+                st.unresponsive = False
+                return False
+            return None
+        st.probe_failures += 1
+        if not st.unresponsive and st.probe_failures >= self.probe_threshold:
+            st.unresponsive = True
+            return True
+        return None
+
+    def health(self, now: float) -> dict[str, Any]:
+        """Every group's ``/health`` entry and whether each lane has a group taking traffic.
+
+        Returns:
+            ``{"groups": {name: GroupState.to_dict}, "lanes": {lane: reachable}}`` (a lane is
+            reachable when one of its groups is healthy, possibly full).
+
+        """
+        return {"groups": {name: st.to_dict(now) for name, st in self.groups.items()},
+                "lanes": {lane: self.reachable(lane, now) for lane in self.pickers}}

@@ -19,10 +19,14 @@ find it by that name) in front of every replica group. A request goes through, i
    client that disconnects cancels its engine request (the engine frees its sequence) and
    is logged as ``abandoned`` (status 499).
 
-Serve's replica counts are polled every second (`LIVENESS_POLL_S`): a group that loses
-replicas has the calls still waiting on it aborted and retried elsewhere. ``/health``
-reports each group (healthy / ejected / down, replicas running and wanted, in-flight and
-bound) and answers 503 when a model is unreachable. Routing changes and key rotations arrive
+Serve's replica counts are polled every second (`LIVENESS_POLL_S`) and every group is pinged
+every second (`app.dispatch.Dispatcher.watch`): a group that loses replicas, or stops
+answering its probes, has the calls still waiting on it aborted and retried elsewhere.
+``/health`` (the load balancer's check) answers 200 while any request can be served, with
+each model and group ``serving`` / ``degraded`` / ``down`` and the overall status ``ok`` /
+``degraded`` / ``unavailable``; 503 only when nothing can be served (`app.health`).
+``/health/ready`` (operators) answers 200 only when every group of the plan serves, else 503
+naming what is missing; it needs a key when keys are on. Routing changes and key rotations arrive
 as ``user_config`` (`RouterIngress.reconfigure`, an `app.router_config.RouterConfig`): live,
 nothing restarts.
 
@@ -86,6 +90,10 @@ class ServeEngines:
         return self.handles[group].options(  # type: ignore[return-value]
             stream=True).openai.remote(kind, body)
 
+    def ping(self, group: str) -> Pending:
+        """``ping()`` on one replica of the group (the liveness probe)."""
+        return self.handles[group].ping.remote()
+
 
 # (Defined before the ingress class: `serve.ingress` snapshots the module's globals.)
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -136,6 +144,7 @@ class RouterIngress:
         self.keys: ApiKeys | None = None
         self.limits = self.dispatcher.settings.limits
         self._watcher: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
 
     # -- configuration ---------------------------------------------------------------------
     def reconfigure(self, config: dict[str, Any]) -> None:
@@ -164,8 +173,11 @@ class RouterIngress:
     # -- liveness ------------------------------------------------------------------------
     def _start(self) -> None:
         self.obs.start()
+        loop = asyncio.get_running_loop()
         if self._watcher is None or self._watcher.done():
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+            self._watcher = loop.create_task(self._watch())
+        if self._prober is None or self._prober.done():
+            self._prober = loop.create_task(self.dispatcher.watch())
 
     async def _watch(self) -> None:
         """Poll Serve's replica states; the dispatcher aborts calls on a group that lost some."""
@@ -253,7 +265,9 @@ class RouterIngress:
 
     @api.get("/health")
     async def health(self, request: Request) -> Any:
-        """Per-group state and the live routing state; 503 when a model is unreachable.
+        """Model and group states, the routing state; 503 only when nothing can be served.
+
+        (`app.health`.)
 
         Without a valid key (when keys are on) only ``status`` and ``config_id`` are shown.
         """
@@ -267,3 +281,19 @@ class RouterIngress:
                                      "config_id": report["config_id"]}, code)
         keys = {} if self.keys is None else {"api_keys": self.keys.report()}
         return JSONResponse({**report, "auth": self.keys is not None, **keys}, code)
+
+    @api.get("/health/ready")
+    async def ready(self, request: Request) -> Any:
+        """200 when every group of the plan serves, else 503 naming what is missing.
+
+        For operators: with keys on, a request without a valid key gets 401 (as
+        ``/v1/models``), since the report names every group.
+        """
+        self._start()
+        if self.keys is not None:
+            try:
+                self.keys.authenticate(request.headers.get("authorization"))
+            except ApiError as exc:
+                return JSONResponse(exc.body(), exc.status, {"www-authenticate": "Bearer"})
+        code, report = self.dispatcher.readiness(time.monotonic())
+        return JSONResponse(report, code)

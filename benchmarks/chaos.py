@@ -26,19 +26,21 @@ attributed to its phase exactly by ``key_id``.
 
 **Chaos mode** (default). Steady open-loop load (Poisson, ``--rate`` 4 req/s, GSM8K prompt
 lengths, ``max_tokens`` = the trace's output length capped at 64 so the 2-core box keeps up,
-20% streamed, ``model: auto``) through four phases of ``--duration-s`` each (default 50 s;
+20% streamed, ``model: auto``) through five phases of ``--duration-s`` each (default 50 s;
 the fault at ``min(15 s, duration / 3)`` into the phase, the rest is the recovery period):
 
 a. one engine replica killed: ``ray.kill`` of one replica actor of the RTX-4090 group;
 b. every replica of one group killed: both RTX-4090 replica actors;
 c. the router killed: ``ray.kill(router replica actor, no_restart=False)``;
 d. a GPU-type node killed: the RTX-5090 node, ``cluster.remove_node(node,
-   allow_graceful=False)`` (its raylet and workers are SIGKILLed; no replacement node).
+   allow_graceful=False)`` (its raylet and workers are SIGKILLed; no replacement node);
+e. the 8B's last GPU node killed: the RTX-4090 node, likewise. The 8B has no replica left;
+   its requests are served by the 70B, flagged ``x-boute-degraded``.
 
 Per phase (requests attributed by send time; latency = end-to-end, successful requests):
 
 * ``sent``; ``failed``: requests without a complete answer, streams that failed before their
-  first token included (target 0 for a, b, d); ``cut``: streams answered 200 that ended in an
+  first token included (target 0 for a, b, d, e); ``cut``: streams answered 200 that ended in an
   error event or were cut before ``[DONE]`` (counted apart); ``retried``: answers with
   ``x-boute-tries`` > 1; ``degraded``: answers with ``x-boute-degraded``;
 * P95 *before* (sent in [phase start, fault)), *during* (sent in [fault, fault +
@@ -46,11 +48,15 @@ Per phase (requests attributed by send time; latency = end-to-end, successful re
 * ``recover``: seconds from the fault until ``/health`` (polled every 0.5 s) is back to
   status ``ok`` with every group's ``replicas_running == replicas_wanted``, after the fault
   was seen there (a failed poll, a status other than ok, or a group short of replicas); for
-  (d), whose node is not replaced, until ``/health`` shows the RTX-5090 group ``down`` (the
-  router routes around it); ``detect``: seconds until the fault was first seen on ``/health``;
+  (d) and (e), whose nodes are not replaced, until ``/health`` shows the lost group ``down``
+  (the router routes around it); ``detect``: seconds until the fault was first seen on
+  ``/health``; ``degraded``: seconds until ``/health`` first answered 200 with status
+  ``degraded`` (d, e: and the lost group ``down``; e: and the 8B ``served_by`` the 70B;
+  target <= 5 s); ``503s``: ``/health`` samples answered 503 from the fault to the phase's
+  end (the load balancer would take the router out while it serves; target 0 for a, b, d, e);
 * log: ``answered`` (requests the router answered: an ``x-boute-model`` header, or an OpenAI
   error body) vs ``logged`` (rows of `app.request_log.read_log` with the phase's key id);
-  ``lost`` = answered - logged. Target 0 for a, b, d; for (c), at most the streams the kill
+  ``lost`` = answered - logged. Target 0 for a, b, d, e; for (c), at most the streams the kill
   cut mid-way (the router dies before their row is written) + 1 (a record torn by the kill).
 
 **Overload mode** (``--overload``): no fault; 5x the plan's capacity (43 req/s) for
@@ -119,12 +125,14 @@ FAULTS = {
     "b": "every RTX-4090 replica killed",
     "c": "router replica killed",
     "d": "RTX-5090 node killed",
+    "e": "RTX-4090 node killed (8B: no GPU)",
 }
 STREAM_SHARE = 0.2
 CHAOS_MAX_TOKENS = 64
 CLIENT_TIMEOUT_S = 120.0
 HEALTH_POLL_S = 0.5
 MIN_DURING_S = 5.0
+DEGRADED_WITHIN_S = 5.0         # a lost node: /health 200 "degraded" within this (issue 31)
 OVERLOAD_FACTOR = 5.0
 RSS_GROWTH_BOUND = 0.10
 
@@ -363,6 +371,9 @@ async def _health_poll(session: Any, url: str, key: str, t0: float, out: list[di
                 sample["groups"] = {g: {k: v.get(k) for k in ("state", "replicas_running",
                                                               "replicas_wanted", "inflight")}
                                     for g, v in (body.get("groups") or {}).items()}
+                sample["models"] = {m: {k: v.get(k) for k in ("state", "served_by")}
+                                    for m, v in (body.get("models") or {}).items()
+                                    if isinstance(v, dict)}
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             sample["http"], sample["error"] = 0, type(exc).__name__
         out.append(sample)
@@ -444,13 +455,40 @@ def _healthy(s: dict[str, Any]) -> bool:
                     for g in s.get("groups", {}).values()))
 
 
+LOST_GROUP = {"d": G5090, "e": G4090}
+"""The group each node-loss phase takes away for good."""
+
+
+def _loss_seen(s: dict[str, Any], name: str) -> bool:
+    """Whether a /health sample shows the fault: 200, status ``degraded``.
+
+    A node-loss phase: with its lost group ``down``; (e): with the 8B served by the 70B.
+    """
+    if s.get("http") != 200 or s.get("status") != "degraded":
+        return False
+    if name in LOST_GROUP and (s.get("groups", {}).get(LOST_GROUP[name]) or {}
+                               ).get("state") != "down":
+        return False
+    return name != "e" or (s.get("models", {}).get(WEAK) or {}).get("served_by") == STRONG
+
+
+def degraded_after(health: list[dict[str, Any]], fault_s: float, end_s: float, name: str
+                   ) -> tuple[float | None, int]:
+    """(seconds until /health first showed the fault as degraded (`_loss_seen`), its 503s)."""
+    after = [s for s in health if fault_s <= s["t"] < end_s]
+    first = next((s["t"] for s in after if _loss_seen(s, name)), None)
+    return (None if first is None else first - fault_s,
+            sum(s.get("http") == 503 for s in after))
+
+
 def recovery(health: list[dict[str, Any]], fault_s: float, end_s: float, name: str
              ) -> tuple[float | None, float | None]:
     """(detect, recover) seconds after the fault on /health (see the module docstring)."""
     after = [s for s in health if s["t"] >= fault_s]
-    if name == "d":
+    if name in LOST_GROUP:
         down = next((s["t"] for s in after if s.get("http") == 200 and
-                     (s.get("groups", {}).get(G5090) or {}).get("state") == "down"), None)
+                     (s.get("groups", {}).get(LOST_GROUP[name]) or {}).get("state") == "down"),
+                    None)
         seen = next((s["t"] for s in after if not _healthy(s)), None)
         return (None if seen is None else seen - fault_s,
                 None if down is None else down - fault_s)
@@ -470,6 +508,7 @@ def analyse_chaos(data: RunData, phases: list[Phase], log: Any) -> list[dict[str
         recs = [r for r in data.records if r.phase == ph.name]
         fault = ph.fault_s if ph.fault_s is not None else ph.fault_at_s or ph.start_s
         detect, recover = recovery(data.health, fault, ph.end_s, ph.name)
+        degraded_s, health_503 = degraded_after(data.health, fault, ph.end_s, ph.name)
         during_end = fault + max(recover if recover is not None else ph.end_s - fault,
                                  MIN_DURING_S)
         ok = [r for r in recs if r.ok]
@@ -494,6 +533,7 @@ def analyse_chaos(data: RunData, phases: list[Phase], log: Any) -> list[dict[str
             "p95_after_s": _p95([r.e2e_s for r in ok if r.sent_s >= during_end]),
             "during_window_s": [fault, min(during_end, ph.end_s)],
             "detect_s": detect, "recover_s": recover,
+            "health_degraded_s": degraded_s, "health_503": health_503,
             "answered": answered, "logged": n_logged, "lost": answered - n_logged,
             "lost_bound": (len(cut) + 1) if ph.name == "c" else 0,
             "errors": dict(errors),
@@ -509,16 +549,17 @@ def _fmt(v: float | None, spec: str = "5.2f") -> str:
 def chaos_table(rows: list[dict[str, Any]]) -> str:
     head = (f"{'fault':<38} {'sent':>5} {'failed':>6} {'(429)':>5} {'cut':>4} {'retried':>7} "
             f"{'P95 before/during/after s':>26} {'detect':>6} {'recover':>7} "
-            f"{'answered/logged/lost':>21}")
+            f"{'degraded':>8} {'503s':>4} {'answered/logged/lost':>21}")
     lines = [head, "-" * len(head)]
     for r in rows:
         p95 = "/".join(_fmt(r[k]) for k in ("p95_before_s", "p95_during_s", "p95_after_s"))
         rec = "never" if r["recover_s"] is None else f"{r['recover_s']:.1f}"
         det = "-" if r["detect_s"] is None else f"{r['detect_s']:.1f}"
         log = f"{r['answered']}/{r['logged']}/{r['lost']}"
+        deg = "-" if r["health_degraded_s"] is None else f"{r['health_degraded_s']:.1f}"
         lines.append(f"({r['phase']}) {r['fault']:<34} {r['sent']:>5} {r['failed']:>6} "
                      f"{r['shed_429']:>5} {r['cut_streams']:>4} {r['retried']:>7} {p95:>26} "
-                     f"{det:>6} {rec:>7} {log:>21}")
+                     f"{det:>6} {rec:>7} {deg:>8} {r['health_503']:>4} {log:>21}")
     return "\n".join(lines)
 
 
@@ -526,16 +567,26 @@ def chaos_checks(rows: list[dict[str, Any]]) -> dict[str, bool]:
     checks = {}
     for r in rows:
         p = r["phase"]
-        if p in ("a", "b", "d"):
+        if p in ("a", "b", "d", "e"):
             # The fault takes capacity away: a few 429s (the router's fail-safe refusal at a
             # group's in-flight bound) are allowed, nothing else.
             refused = r["errors"].get("HTTP 429", 0)
             checks[f"({p}) 0 failed requests but <= 5% refused (429)"] = (
                 r["failed"] == refused and refused <= 0.05 * r["sent"])
             checks[f"({p}) 0 lost log records"] = r["lost"] == 0
+            # The router serves every request: the load balancer's check must keep it.
+            checks[f"({p}) /health never 503 while it serves"] = r["health_503"] == 0
         else:
             checks[f"({p}) lost log records <= cut streams + 1 = {r['lost_bound']}"] = (
                 r["lost"] <= r["lost_bound"])
+        if p in LOST_GROUP:
+            deg = r["health_degraded_s"]
+            checks[f"({p}) /health 200 'degraded' within {DEGRADED_WITHIN_S:g} s of the node "
+                   "loss"] = deg is not None and deg <= DEGRADED_WITHIN_S
+            checks[f"({p}) the lost group 'down' on /health within {DEGRADED_WITHIN_S:g} s"] = (
+                r["recover_s"] is not None and r["recover_s"] <= DEGRADED_WITHIN_S)
+        if p == "e":
+            checks["(e) the 8B's requests answered by the 70B (degraded > 0)"] = r["degraded"] > 0
         checks[f"({p}) fault injected"] = not r["fault_note"].startswith("FAULT INJECTION")
     return checks
 
@@ -577,6 +628,7 @@ def run_chaos(args: argparse.Namespace) -> int:
         phases[2].fault = lambda: "killed " + ", ".join(
             kill_replicas("boute", None, no_restart=False))
         phases[3].fault = lambda: "removed node " + kill_gpu_node(cluster, "RTX-5090")
+        phases[4].fault = lambda: "removed node " + kill_gpu_node(cluster, "RTX-4090")
         data = asyncio.run(_run_load(url, keys, phases, rate_rps=args.rate,
                                      max_tokens=CHAOS_MAX_TOKENS, seed=args.seed))
     finally:
@@ -598,7 +650,8 @@ def run_chaos(args: argparse.Namespace) -> int:
           f"; predicted P95 {plan.predicted.p95_s:.2f} s, capacity "
           f"{plan.predicted.capacity_rps:.1f} req/s at P95 <= {TARGET_P95_S} s")
     print(f"load: {args.rate:g} req/s open loop, {STREAM_SHARE:.0%} streamed, max_tokens <= "
-          f"{CHAOS_MAX_TOKENS}; 4 phases x {dur:g} s, fault at +{fault_at:g} s; cluster up "
+          f"{CHAOS_MAX_TOKENS}; {len(phases)} phases x {dur:g} s, fault at +{fault_at:g} s; "
+          f"cluster up "
           f"{out['cluster_up_s']:.0f} s, deploy {out['deploy_s']:.0f} s, wall "
           f"{out['wall_s']:.0f} s")
     print(chaos_table(rows))

@@ -15,9 +15,22 @@ from ._auth import (
     connect_hint,
     find_auth_token,
     new_token_file,
+    secure_token_file,
     use_token_if_available,
 )
-from ._cluster import Shortfall, check_fit, gpu_counts_in, gpu_types_in, live_nodes
+from ._cluster import (
+    BOOTSTRAP_CONFIG,
+    ClusterTarget,
+    Shortfall,
+    capacity_nodes,
+    check_fit,
+    gpu_counts_in,
+    gpu_types_in,
+    launchable_nodes,
+    live_nodes,
+    nodes_of_node_types,
+    target_nodes,
+)
 from ._detect import gpu_type_from_name, local_gpu_names, node_resources
 from ._local import MAX_RAY_TEMP_CHARS, free_port, local_cluster, ray_temp_dir
 from ._perfdb_ray import ray_config_mapper
@@ -27,6 +40,7 @@ from ._specs import LANE_SEPARATOR, GroupSpec, Lane, PlacementError, group_specs
 
 __all__ = [
     "AUTH_MODE_ENV",
+    "BOOTSTRAP_CONFIG",
     "HIGH_THROUGHPUT_ENV",
     "LANE_SEPARATOR",
     "MAX_RAY_TEMP_CHARS",
@@ -34,12 +48,14 @@ __all__ = [
     "TOKEN_ENV",
     "TOKEN_FIX",
     "TOKEN_PATH_ENV",
+    "ClusterTarget",
     "GroupSpec",
     "Lane",
     "PlacementError",
     "RayAuthError",
     "Shortfall",
     "auth_headers",
+    "capacity_nodes",
     "check_fit",
     "cluster_auth_token",
     "connect",
@@ -52,12 +68,16 @@ __all__ = [
     "gpu_type_of",
     "gpu_types_in",
     "group_specs",
+    "launchable_nodes",
     "live_nodes",
     "local_cluster",
     "local_gpu_names",
     "new_token_file",
     "node_resources",
+    "nodes_of_node_types",
     "ray_config_mapper",
     "ray_temp_dir",
+    "secure_token_file",
+    "target_nodes",
     "use_token_if_available",
 ]

@@ -15,12 +15,22 @@ it loaded) while connected. Workers and job drivers inherit both from their rayl
 running on the cluster needs nothing more. BOute's cluster files set the mode on every node
 and ship one token to ``~/.ray/auth_token`` on each; `local_cluster` gives each throw-away
 cluster a fresh token. Nothing in BOute turns authentication off.
+
+**Token files are 0600.** Ray writes the token it generates (``ray.init()`` starting a local
+cluster in token mode, the default, with no token found) with a plain ``open(path, "w")``:
+mode 0644 under the usual umask, readable by every user of the machine.
+`secure_token_file` makes the file Ray reads 0600, and can create it first (a fresh 256-bit
+token, created 0600 in a 0700 folder) so that Ray finds a token and never writes its own. Our
+entry points call it: `connect` (``boute deploy``, ``profile``, ``replan``) and the ``serve
+run`` builder (`app.main.app`), before Ray starts.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,14 +50,19 @@ __all__ = [
     "find_auth_token",
     "new_token_file",
     "refresh_ray_auth_config",
+    "secure_token_file",
     "use_token_if_available",
 ]
+
+_log = logging.getLogger(__name__)
 
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 DEFAULT_TOKEN_FILE = Path(".ray") / "auth_token"
 """Ray's default token file, relative to the home folder."""
+TOKEN_FILE_MODE = 0o600
+"""Owner read and write, nobody else: every token file BOute writes or tightens."""
 
 TOKEN_FIX = ("give this machine the cluster's token: copy the head's ~/.ray/auth_token to "
              "~/.ray/auth_token here (or point RAY_AUTH_TOKEN_PATH at a copy, or set "
@@ -132,6 +147,55 @@ def new_token_file(folder: str | Path) -> Path:
     return Path(name)
 
 
+def secure_token_file(environ: Mapping[str, str] | None = None, home: Path | None = None, *,
+                      create: bool = False) -> Path | None:
+    """Make the token file Ray reads here private (mode 0600); with `create`, write it first.
+
+    The file is ``RAY_AUTH_TOKEN_PATH`` when set, else ``~/.ray/auth_token`` (see the module
+    docstring for why Ray's own is not private).
+
+    Args:
+        environ: the environment to read (default ``os.environ``).
+        home: the home folder (default ``Path.home()``).
+        create: when no source has a token and ``RAY_AUTH_MODE`` is not ``disabled``, create
+            ``~/.ray/auth_token`` (``O_EXCL``, mode 0600; ``~/.ray`` made 0700 if new) with a
+            fresh 256-bit token, before ``ray.init`` would generate one.
+
+    Returns:
+        The token file (now 0600), or None when no file is involved (``RAY_AUTH_TOKEN`` holds
+        the token, or there is no file and `create` is off or authentication is disabled).
+        A file whose mode cannot be changed (another user's, a read-only mount) is left as
+        it is, with a warning naming it and the fix.
+
+    """
+    env = os.environ if environ is None else environ
+    if env.get(TOKEN_ENV, "").strip():
+        return None
+    path_value = env.get(TOKEN_PATH_ENV)
+    path = (Path(path_value).expanduser() if path_value
+            else (Path.home() if home is None else home) / DEFAULT_TOKEN_FILE)
+    if not path.exists():
+        if not create or path_value or env.get(AUTH_MODE_ENV, "").lower() == "disabled":
+            return None
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, TOKEN_FILE_MODE)
+        except FileExistsError:         # created meanwhile (another process): tighten it
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        try:
+            os.chmod(path, TOKEN_FILE_MODE)
+        except OSError as exc:
+            _log.warning("the Ray token file %s is mode %o (readable by others) and cannot be "
+                         "made 0600 (%s); run `chmod 600 %s` as its owner", path, mode,
+                         exc.strerror, path)
+    return path
+
+
 def use_token_if_available() -> bool:
     """Put this (not yet connected) process's Ray client in token mode when a token is found.
 
@@ -161,6 +225,8 @@ def connect(address: str, unreachable_fix: str) -> None:
         address: the Ray cluster address (``auto``: the local node's cluster).
         unreachable_fix: what to tell a user whose cluster cannot be reached.
 
+    The token file this client reads is made 0600 first (`secure_token_file`).
+
     Raises:
         RayAuthError: no or a wrong token (with `TOKEN_FIX`), or the cluster is unreachable
             (with `unreachable_fix`, and `connect_hint` unless nothing listens at the address:
@@ -171,6 +237,7 @@ def connect(address: str, unreachable_fix: str) -> None:
     from ray.exceptions import AuthenticationError
 
     try:
+        secure_token_file()
         use_token_if_available()
         _check_reachable(address, unreachable_fix)
         ray.init(address=address, log_to_driver=False)

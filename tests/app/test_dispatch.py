@@ -3,8 +3,9 @@
 Engines are fakes with the backend contract (`app.emulated_server`) behind
 `app.dispatch.EngineClient`:
 ``ok`` answers at once, ``fail`` raises, ``hang`` never answers, ``slow`` takes 0.2 s,
-``reject`` answers a 400 error body, ``midfail`` streams one item then fails. The recorder
-keeps every observation.
+``reject`` answers a 400 error body, ``midfail`` streams one item then fails; a group in
+``lost`` (its node gone) answers neither calls nor liveness pings. The recorder keeps every
+observation.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class FakeEngines:
     def __init__(self, groups: dict[str, tuple[str, str]]) -> None:
         self.groups = groups
         self.calls: Counter[str] = Counter()
+        self.pings: Counter[str] = Counter()
+        self.lost: set[str] = set()
         self.pending: list[FakePending | FakeStream] = []
 
     def call(self, group: str, kind: str, body: dict[str, Any]) -> FakePending:
@@ -73,6 +76,8 @@ class FakeEngines:
         self.calls[group] += 1
 
         async def answer() -> Any:
+            if group in self.lost:
+                await asyncio.sleep(3600)
             if mode == "fail":
                 raise RuntimeError("CUDA error: an illegal memory access was encountered")
             if mode == "hang":
@@ -97,9 +102,18 @@ class FakeEngines:
             "fail": [RuntimeError("engine died")],
             "midfail": [event, RuntimeError("connection reset")],
         }.get(mode, [])
-        s = FakeStream(items, hang=mode == "hang")
+        s = FakeStream(items, hang=mode == "hang" or group in self.lost)
         self.pending.append(s)
         return s
+
+    def ping(self, group: str) -> FakePending:
+        self.pings[group] += 1
+
+        async def answer() -> bool:
+            if group in self.lost:
+                await asyncio.sleep(3600)
+            return True
+        return FakePending(answer())
 
 
 class FakeRecorder:
@@ -307,7 +321,12 @@ def test_a_failed_call_is_retried_on_another_group_and_the_failing_one_ejected()
     assert rec.states == {"bad": "ejected"}
     code, health = d.health(time.monotonic())
     assert code == 200 and health["status"] == "degraded"
-    assert health["groups"]["bad"]["state"] == "ejected"
+    assert health["groups"]["bad"]["state"] == "down"       # takes no traffic
+    assert health["groups"]["bad"]["routing"] == "ejected"
+    assert health["groups"]["bad"]["reason"].startswith("circuit breaker open for")
+    # The model still has a serving group: degraded, served by itself.
+    assert health["models"][WEAK] == {"state": "degraded", "groups": ["bad", "good"],
+                                      "served_by": None}
 
 
 def test_a_model_that_is_down_falls_back_or_fails_fast() -> None:

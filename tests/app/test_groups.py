@@ -70,17 +70,45 @@ def test_breaker_ejects_after_consecutive_failures_and_doubles() -> None:
 def test_liveness_and_health() -> None:
     pool = GroupPool(SHARES, wanted={"a": 2, "b": 1, "c": 1})
     assert pool.set_replicas("a", 2) == 0
-    assert pool.health(0.0)["status"] == "ok"
+    h = pool.health(0.0)
+    assert {g: v["state"] for g, v in h["groups"].items()} == {
+        "a": "serving", "b": "serving", "c": "serving"}     # b, c: counts not seen yet
+    assert h["lanes"] == {"weak": True, "strong": True}
     assert pool.set_replicas("a", 1) == 1                   # one replica lost
     assert pool.set_replicas("c", 0) == 0                   # first view: nothing "lost"
     h = pool.health(0.0)
-    assert h["status"] == "unavailable" and h["models"] == {"weak": True, "strong": False}
-    assert h["groups"]["c"]["state"] == "down"
+    assert h["lanes"] == {"weak": True, "strong": False}
+    assert (h["groups"]["c"]["state"], h["groups"]["c"]["reason"]) == (
+        "down", "no running replica (Serve runs 0 of 1)")
+    assert (h["groups"]["a"]["state"], h["groups"]["a"]["reason"]) == (
+        "degraded", "1 of 2 replicas running")              # takes traffic, short of one
     assert h["groups"]["a"]["replicas_running"] == 1 and h["groups"]["a"]["replicas_wanted"] == 2
     pool.set_replicas("c", 1)
     for _ in range(3):
         pool.failure("b", 0.0)
-    assert pool.health(1.0)["status"] == "degraded"
+    b = pool.health(1.0)["groups"]["b"]
+    assert (b["state"], b["routing"], b["ejected_for_s"]) == ("down", "ejected", 4.0)
+
+
+def test_probes_take_an_unresponsive_group_down_and_bring_it_back() -> None:
+    pool = GroupPool(SHARES, probe_threshold=2)
+    assert pool.probe_result("c", False) is None            # one miss: still up
+    assert pool.groups["c"].state(0.0) == "healthy"
+    assert pool.probe_result("c", True) is None             # misses must be in a row
+    assert pool.probe_result("c", False) is None
+    assert pool.probe_result("c", False) is True            # 2nd miss in a row: down
+    assert pool.groups["c"].state(0.0) == "down" and not pool.reachable("strong", 0.0)
+    assert pool.groups["c"].health(0.0) == (
+        "down", "no answer to the last 2 liveness probes (a lost node or a hung replica)")
+    assert pool.probe_result("c", False) is None            # already down: no new event
+    assert pool.probe_result("c", True) is False            # answered: back
+    assert pool.groups["c"].state(0.0) == "healthy"
+    pool.probe_result("a", False)
+    pool.success("a")                                       # a served call is an answer too
+    assert pool.probe_result("a", False) is None and pool.groups["a"].probe_failures == 1
+    assert pool.probe_result("ghost", False) is None        # a group no longer in the plan
+    with pytest.raises(ValueError, match=r"probe_threshold=0 must be >= 1"):
+        GroupPool(SHARES, probe_threshold=0)
 
 
 def test_update_keeps_live_state_of_groups_that_stay() -> None:

@@ -124,7 +124,7 @@ def test_options_and_a_plan_that_no_longer_fits(monkeypatch: pytest.MonkeyPatch)
     # one 8-GPU H100 node and 4 RTX-4090s: the running plan (2x4090 + 4xH100) fits, and so
     # does a proposal of 4x4090 + 4xH100 alone, but not both at once (6 RTX-4090 needed)
     nodes = [{"GPU": 8.0, "gpu_type_H100": 8.0}, {"GPU": 4.0, "gpu_type_RTX-4090": 4.0}]
-    monkeypatch.setattr(deploy, "live_nodes", lambda: nodes)
+    monkeypatch.setattr(deploy, "capacity_nodes", lambda: nodes)
     bigger = Plan(PLAN.routing, (Group("llama-3.1-8b", "RTX-4090", 1, 1, 4, 1.0),
                                  PLAN.groups[1]), scenario=PLAN.scenario)
     check_plan_fits(bigger, Stack())

@@ -38,6 +38,10 @@ def _engines() -> dict[str, Any]:
         def __init__(self, mode: str, model: str) -> None:
             self.mode, self.model = mode, model
 
+        async def ping(self) -> bool:
+            """The router's liveness probe: the replica is alive, whatever its mode."""
+            return True
+
         async def openai(self, kind: str, body: dict) -> Any:
             if self.mode == "fail":
                 raise RuntimeError("CUDA error: an illegal memory access was encountered")
@@ -136,8 +140,10 @@ def test_failed_calls_are_retried_on_another_group_and_the_group_is_ejected(serv
     assert seen[("good", "2")] == 3
     code, health = _get(f"{url}/health")
     assert code == 200 and health["status"] == "degraded"
-    assert health["groups"]["bad"]["state"] == "ejected"
-    assert health["groups"]["good"]["state"] == "healthy"
+    assert (health["groups"]["bad"]["state"], health["groups"]["bad"]["routing"]) == (
+        "down", "ejected")
+    assert health["groups"]["good"]["state"] == "serving"
+    assert health["models"][WEAK]["state"] == "degraded"
 
 
 def test_a_model_without_a_healthy_group_falls_back_or_fails_fast(serve_url) -> None:
@@ -149,8 +155,12 @@ def test_a_model_without_a_healthy_group_falls_back_or_fails_fast(serve_url) -> 
         status, headers, body = _post(f"{base}/fallback/v1/chat/completions", _chat(STRONG))
         assert status == 200, body
         assert headers["x-boute-degraded"] == STRONG and headers["x-boute-model"] == WEAK
+    # Every request is answered (the 70B's by the 8B): the load balancer keeps the router.
     code, health = _get(f"{base}/fallback/health")
-    assert code == 503 and health["models"] == {WEAK: True, STRONG: False}
+    assert (code, health["status"]) == (200, "degraded")
+    assert health["models"][STRONG] == {"state": "degraded", "groups": ["s"],
+                                        "served_by": WEAK}
+    assert health["models"][WEAK]["state"] == "serving"
 
     serve.run(_app(groups, shares, settings={"on_model_down": "fail"}), name="fail",
               route_prefix="/fail")
@@ -161,7 +171,10 @@ def test_a_model_without_a_healthy_group_falls_back_or_fails_fast(serve_url) -> 
     assert statuses[-1][1]["retry-after"] == "5"
     assert statuses[-1][2]["error"]["type"] == "service_unavailable"
     code, health = _get(f"{base}/fail/health")
-    assert health["groups"]["s"]["failed"] == 3 and health["groups"]["s"]["state"] == "ejected"
+    assert health["groups"]["s"]["failed"] == 3 and health["groups"]["s"]["routing"] == "ejected"
+    # The 8B still serves: 200, degraded; the 70B is down (its requests get 503).
+    assert (code, health["status"], health["models"][STRONG]["state"]) == (
+        200, "degraded", "down")
 
 
 def test_a_call_past_its_deadline_is_cancelled_and_retried(serve_url) -> None:
@@ -218,6 +231,7 @@ def test_api_keys_rate_limits_and_live_rotation(serve_url) -> None:
     assert [_post(url, _chat(), ok)[0] for _ in range(3)] == [200, 200, 429]
     assert _get(f"{base}/auth/v1/models")[0] == 401
     assert _get(f"{base}/auth/health") == (200, {"status": "ok", "config_id": None})
+    assert _get(f"{base}/auth/health/ready")[0] == 401      # operators only
     # Rotation through user_config: the old key stops working, the new one works at once.
     new = "bk-rotated-key-abcdef"
     serve.run(_app(groups, shares, api_keys=[{"id": "team-b", "sha256": hash_key(new)}]),

@@ -110,6 +110,10 @@ def _faulty_app():
 
     @serve.deployment(ray_actor_options={"num_cpus": 0})
     class Broken:
+        async def ping(self) -> bool:
+            """Alive (the liveness probe answers); only its calls fail."""
+            return True
+
         async def openai(self, kind: str, body: dict) -> dict:
             """Fail as a crashed engine would."""
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
@@ -178,13 +182,14 @@ def test_router_serves_the_plan_on_a_fake_cluster(monkeypatch: pytest.MonkeyPatc
         serve.run(faulty, name="faulty", route_prefix="/faulty")
         # The strong model's only group fails: its requests fall back to the weak model
         # (flagged x-boute-degraded), none fails; after 3 failures the group is ejected and
-        # /health says the strong model is unreachable.
+        # /health says the strong model is degraded, served by the weak one.
         statuses = asyncio.run(_statuses(f"{url}/faulty", 40))
         assert set(statuses) == {("llama-3.1-8b", 200)}, statuses
         health = asyncio.run(_get(f"{url}/faulty/health"))
-        assert health["status"] == "unavailable"
-        assert health["models"] == {"llama-3.1-8b": True, "llama-3.1-70b": False}
-        assert health["groups"]["strong"]["state"] == "ejected"
+        assert health["status"] == "degraded"
+        assert health["models"]["llama-3.1-70b"] == {
+            "state": "degraded", "groups": ["strong"], "served_by": "llama-3.1-8b"}
+        assert health["groups"]["strong"]["routing"] == "ejected"
         # A plan that does not fit is refused before anything is deployed.
         from app.deploy import DeployError, deploy_plan
         from placement import PlacementError

@@ -12,7 +12,13 @@ from typing import ClassVar
 
 import pytest
 
-from placement import RayAuthError, auth_headers, connect_hint, find_auth_token
+from placement import (
+    RayAuthError,
+    auth_headers,
+    connect_hint,
+    find_auth_token,
+    secure_token_file,
+)
 from placement._auth import new_token_file
 
 TOKEN = "a" * 64
@@ -73,6 +79,88 @@ def test_a_client_with_a_token_at_hand_talks_in_token_mode(
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")                 # the user's word is kept
     assert not auth.use_token_if_available() and refreshed == [True]
     assert "also needs its token here" in connect_hint()
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_rays_generated_token_is_0644_and_ours_is_0600(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What `ray.init()` runs when it starts a local cluster in token mode and finds no token
+    # (ray/_private/authentication/authentication_token_setup.py): open(path, "w"), so the
+    # umask decides: 0644, readable by every user (issue 31's probe).
+    import os
+
+    from ray._private.authentication.authentication_token_setup import generate_and_save_token
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    old = os.umask(0o022)
+    try:
+        generate_and_save_token()
+        token_file = tmp_path / ".ray" / "auth_token"
+        assert _mode(token_file) == 0o644
+        token = token_file.read_text()
+        # An entry point that finds it (connect, the serve run builder) makes it private.
+        assert secure_token_file({}, home=tmp_path) == token_file
+        assert _mode(token_file) == 0o600 and token_file.read_text() == token
+    finally:
+        os.umask(old)
+
+
+def test_the_token_file_is_created_0600_before_ray_would_write_one(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o000)           # even a permissive umask cannot widen it
+    try:
+        assert secure_token_file({}, home=tmp_path) is None           # create off: no file
+        assert not (tmp_path / ".ray").exists()
+        path = secure_token_file({}, home=tmp_path, create=True)
+    finally:
+        os.umask(old)
+    assert path == tmp_path / ".ray" / "auth_token"
+    assert _mode(path) == 0o600 and _mode(path.parent) == 0o700
+    token = path.read_text()
+    assert len(token) == 64 and int(token, 16) >= 0                  # 256 bits, as Ray's
+    assert find_auth_token({}, home=tmp_path) == token               # Ray loads it, writes none
+    assert secure_token_file({}, home=tmp_path, create=True) == path  # kept, not replaced
+    assert path.read_text() == token
+
+
+@pytest.mark.parametrize("env", [{"RAY_AUTH_TOKEN": TOKEN},            # not in a file
+                                 {"RAY_AUTH_MODE": "disabled"},        # Ray writes nothing
+                                 {"RAY_AUTH_TOKEN_PATH": "/nonexistent/token"}])  # Ray's error
+def test_no_token_file_is_made_where_ray_would_not_read_or_write_one(
+        tmp_path: Path, env: dict[str, str]) -> None:
+    assert secure_token_file(env, home=tmp_path, create=True) is None
+    assert not (tmp_path / ".ray").exists()
+
+
+def test_a_token_path_file_is_tightened_too(tmp_path: Path) -> None:
+    f = tmp_path / "cluster-token"
+    f.write_text(TOKEN)
+    f.chmod(0o640)
+    assert secure_token_file({"RAY_AUTH_TOKEN_PATH": str(f)}, home=tmp_path) == f
+    assert _mode(f) == 0o600
+
+
+def test_connect_makes_the_token_file_private_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `boute deploy`, `profile` and `replan` join a cluster through `connect`: nothing
+    # listens at port 1, so it stops before Ray, but the token file is 0600 already.
+    import placement
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")        # kept as is: no Ray config refresh
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    (tmp_path / ".ray").mkdir()
+    token_file = tmp_path / ".ray" / "auth_token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o644)
+    with pytest.raises(RayAuthError, match=r"nothing answers at 127.0.0.1:1"):
+        placement.connect("127.0.0.1:1", "start one")
+    assert _mode(token_file) == 0o600
 
 
 class _Dashboard(http.server.BaseHTTPRequestHandler):
