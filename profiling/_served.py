@@ -51,7 +51,7 @@ from common.errors import ProfilerError
 from ._replica import Efficiency, EngineConfig
 
 __all__ = ["SERVED_FORMAT", "STALE_AFTER_S", "ServedCalibration", "ServedGroupFit",
-           "load_served_calibration", "scale_efficiency"]
+           "load_served_calibration", "model_source", "model_source_line", "scale_efficiency"]
 
 SERVED_FORMAT = "boute-served-calibration/1"
 STALE_AFTER_S = 7 * 24 * 3600.0
@@ -257,3 +257,36 @@ def load_served_calibration(path: str | Path) -> ServedCalibration:
         raise ProfilerError(f"{where}: field {exc.args[0]!r} is missing; {fix}") from None
     except (TypeError, ValueError) as exc:
         raise ProfilerError(f"{where}: {exc}; {fix}") from None
+
+
+def model_source(meta: dict[str, Any], now_s: float | None = None,
+                 max_age_s: float = STALE_AFTER_S) -> dict[str, Any]:
+    """Where a perf DB's model came from, from its metadata (`PerfDB.meta`).
+
+    Returns ``efficiency_source`` (GPU type -> ``spec-sheet`` / ``profile:<dir>`` /
+    ``served:<window>``) and ``served_calibration``: None, or its ``label``, ``sha256``,
+    ``path``, ``age_s`` (since its window ended) and ``stale`` (older than `max_age_s`).
+    """
+    served = meta.get("served_calibration")
+    out: dict[str, Any] = {"efficiency_source": dict(meta.get("efficiency_source") or {}),
+                           "served_calibration": None}
+    if served:
+        now = time.time() if now_s is None else now_s
+        age = now - float(served.get("window_end_unix_s", now))
+        out["served_calibration"] = {**served, "age_s": age, "stale": age > max_age_s,
+                                     "stale_after_s": max_age_s}
+    return out
+
+
+def model_source_line(source: dict[str, Any]) -> str:
+    """One line for people: the efficiency source per GPU type, and a stale calibration named."""
+    text = "model: " + ", ".join(f"{g} {s}" for g, s in
+                                 sorted(source["efficiency_source"].items()))
+    served = source.get("served_calibration")
+    if served:
+        text += f"; served calibration {served['sha256']} ({served['label']}"
+        text += f", {served['age_s'] / 3600:.1f} h old)"
+        if served["stale"]:
+            text += (f" is STALE (older than {served['stale_after_s'] / 86400:g} days): "
+                     "recalibrate with `boute calibrate --log DIR --out FILE`")
+    return text
