@@ -24,7 +24,7 @@ from ._engine_profile import (
 )
 from ._fidelity import calibrate_replicas, compare_points, error_summary, replica_for_profile
 from ._gpu_names import gpu_type_from_name
-from ._served_fit import ServedGroup, fidelity_table, fit_served, replay_group
+from ._served_fit import ServedGroup, fidelity_table, fit_served, replay_group, synthetic_group
 from ._hwbench import HardwareSweep, default_sweep, layer_shapes, measure_hardware, resolve_device
 from ._tiny import make_tiny_llama
 
@@ -52,4 +52,5 @@ __all__ = [
     "replay_group",
     "replica_for_profile",
     "resolve_device",
+    "synthetic_group",
 ]
