@@ -22,18 +22,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from typing import Any
 
 import numpy as np
 
 from boute._shared import add_catalog_args, add_hardware_profiles_arg, emit
-from common.errors import BouteError
+from common.errors import BouteError, ProfilerError
 
-__all__ = ["add_calibrate", "served_groups"]
-
-_NAME = re.compile(r"^(?P<mg>.+)-tp(?P<tp>\d+)pp(?P<pp>\d+)(?:-(?:short|long))?$")
-
+__all__ = ["add_calibrate"]
 
 def add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `boute calibrate`."""
@@ -60,63 +56,10 @@ def add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.set_defaults(run=_run_calibrate)
 
 
-def served_groups(table: Any, catalog: Any, replicas: dict[str, int], min_requests: int
-                  ) -> tuple[list[Any], list[str]]:
-    """The log table's successful requests as one `ServedGroup` per group; notes on skips.
-
-    Raises:
-        BouteError: a group name that names no catalog model and GPU type (with the fix).
-
-    """
-    from profiling.measure import ServedGroup
-
-    cols = {n: table.column(n).to_numpy(zero_copy_only=False)
-            for n in ("arrival_s", "prompt_tokens", "output_tokens", "ttft_s", "latency_s",
-                      "stream")}
-    outcome = np.asarray(table.column("outcome").to_pylist(), dtype=object)
-    group = np.asarray(table.column("group").to_pylist(), dtype=object)
-    lat = np.asarray(cols["latency_s"], dtype=float)
-    ok = (outcome == "ok") & (group != "") & np.isfinite(lat) & (lat > 0)
-    ok &= np.asarray(cols["output_tokens"]) >= 1
-    ok &= np.asarray(cols["prompt_tokens"]) >= 1
-    out, notes = [], []
-    for name in sorted(set(group[ok].tolist())):
-        sel = np.flatnonzero(ok & (group == name))
-        if len(sel) < min_requests:
-            notes.append(f"group {name}: {len(sel)} successful requests in the window, fewer "
-                         f"than --min-requests={min_requests}; skipped")
-            continue
-        model, gpu, tp, pp = _parse_group(name, catalog)
-        sel = sel[np.argsort(np.asarray(cols["arrival_s"], float)[sel], kind="stable")]
-        ttft = np.asarray(cols["ttft_s"], float)[sel]
-        stream = np.asarray(cols["stream"], bool)[sel] & np.isfinite(ttft) & (ttft > 0)
-        out.append(ServedGroup(
-            model, gpu, tp, pp, replicas.get(name, 1),
-            np.asarray(cols["arrival_s"], float)[sel],
-            np.asarray(cols["prompt_tokens"], np.int64)[sel],
-            np.asarray(cols["output_tokens"], np.int64)[sel],
-            np.where(stream, ttft, np.nan), lat[sel], stream))
-    return out, notes
-
-
-def _parse_group(name: str, catalog: Any) -> tuple[Any, Any, int, int]:
-    """``<model>-<gpu>-tp<T>pp<P>[-short|-long]`` -> (ModelArch, GpuType, tp, pp)."""
-    m = _NAME.match(name)
-    if m:
-        for gpu in sorted(catalog.gpus, key=len, reverse=True):
-            if m["mg"].endswith(f"-{gpu}"):
-                model = m["mg"][: -len(gpu) - 1]
-                if model in catalog.models:
-                    return catalog.model(model), catalog.gpu(gpu), int(m["tp"]), int(m["pp"])
-    raise BouteError(f"request log group {name!r} is not <model>-<gpu>-tp<T>pp<P> with a "
-                     "catalog model and GPU type; pass --gpu-catalog / --model-catalog with "
-                     "the deployment's catalogs")
-
-
 def _run_calibrate(args: argparse.Namespace) -> int:
     from app.request_log import read_log
     from profiling import engine_profile, load_catalog, resolve_calibration
-    from profiling.measure import fit_served
+    from profiling.measure import fit_served, served_groups
 
     for flag, value, low in (("--min-requests", args.min_requests, 1),
                              ("--bootstrap", args.bootstrap, 0), ("--blocks", args.blocks, 1)):
@@ -139,7 +82,13 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     window = (arrivals >= start) & (arrivals <= now)
     table = table.filter(window)
     replicas = _plan_replicas(args.plan)
-    groups, notes = served_groups(table, catalog, replicas, args.min_requests)
+    cols = {n: table.column(n).to_numpy(zero_copy_only=False) for n in
+            ("arrival_s", "prompt_tokens", "output_tokens", "ttft_s", "latency_s", "stream",
+             "outcome", "group")}
+    try:
+        groups, notes = served_groups(cols, catalog, replicas, args.min_requests)
+    except ProfilerError as exc:
+        raise BouteError(str(exc)) from None
     if not groups:
         raise BouteError(f"--log={args.log!r}: no replica group served --min-requests="
                          f"{args.min_requests} successful requests between {start:.0f} and "

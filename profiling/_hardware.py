@@ -315,8 +315,11 @@ class Calibration:
 
     def engine_for(self, model: str, gpu_type: str, tp: int, pp: int,
                    engine: EngineConfig) -> EngineConfig:
-        """The engine of config (model, gpu_type, tp, pp): `engine` with the served
-        calibration's overheads for it (`ServedCalibration.engine_for`), else `engine`."""
+        """The engine of config (model, gpu_type, tp, pp).
+
+        `engine` with the served calibration's overheads for it
+        (`ServedCalibration.engine_for`); `engine` itself without a served calibration.
+        """
         if self.served is None:
             return engine
         return self.served.engine_for(model, gpu_type, tp, pp, engine)

@@ -63,7 +63,7 @@ _SCALED = ("compute", "memory", "attention_compute")
 
 def max_scale(base: Efficiency) -> float:
     """The largest scale keeping every scaled factor <= 1 (`Efficiency`'s rule)."""
-    return 1.0 / max(getattr(base, name) for name in _SCALED)
+    return 1.0 / max(float(getattr(base, name)) for name in _SCALED)
 
 
 def scale_efficiency(base: Efficiency, scale: float) -> Efficiency:
@@ -163,8 +163,11 @@ class ServedCalibration:
 
     def engine_for(self, model: str, gpu: str, tp: int, pp: int,
                    engine: EngineConfig) -> EngineConfig:
-        """The engine of config (model, gpu, tp, pp): its group's fit, else the GPU type's
-        median fit, else `engine` unchanged (module docstring)."""
+        """The engine of config (model, gpu, tp, pp).
+
+        Its group's fit, else the median fit of the GPU type's groups, else `engine`
+        unchanged (module docstring).
+        """
         for g in self.groups:
             if g.key == (model, gpu, tp, pp):
                 return g.apply(engine)

@@ -24,8 +24,15 @@ from ._engine_profile import (
 )
 from ._fidelity import calibrate_replicas, compare_points, error_summary, replica_for_profile
 from ._gpu_names import gpu_type_from_name
-from ._served_fit import ServedGroup, fidelity_table, fit_served, replay_group, synthetic_group
 from ._hwbench import HardwareSweep, default_sweep, layer_shapes, measure_hardware, resolve_device
+from ._served_fit import (
+    ServedGroup,
+    fidelity_table,
+    fit_served,
+    replay_group,
+    served_groups,
+    synthetic_group,
+)
 from ._tiny import make_tiny_llama
 
 __all__ = [
@@ -40,8 +47,8 @@ __all__ = [
     "default_sweep",
     "error_summary",
     "fidelity_table",
-    "fit_served",
     "fit_engine_overhead",
+    "fit_served",
     "gpu_type_from_name",
     "layer_shapes",
     "load_engine_profile",
@@ -52,5 +59,6 @@ __all__ = [
     "replay_group",
     "replica_for_profile",
     "resolve_device",
+    "served_groups",
     "synthetic_group",
 ]

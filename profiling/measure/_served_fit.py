@@ -24,24 +24,29 @@ W_k (two models, or two TP degrees) fix both. A GPU type served by one config at
 therefore gets an s and an o whose sum is right and whose split is uncertain: the bootstrap
 spread and the fidelity table at other loads say how much. The per-sequence overhead
 ``step_overhead_per_seq_s`` stays at the engine's value (not separable from o at the loads a
-window holds). The fit minimizes
+window holds). The fit minimizes, per GPU type,
 
-    sum_k 1/n_k sum_{i in k} w_i [rho(log ttft_pred_(i) / ttft_obs_(i)) + rho(log lat_pred_i / lat_obs_i)]
+    sum_k 1/n_k sum_i w_i [rho(log ttftp_(i) / ttfto_(i)) + rho(log latp_i / lato_i)]
 
-(latency request by request; TTFT as distributions, the i-th smallest predicted against the
-i-th smallest observed, streamed requests only: `_Problem.group_cost` says why; rho = scipy's ``soft_l1`` with f_scale 0.05, i.e. a
-relative error up to ~5% counts squared, larger ones linearly: robust to a few outliers such
-as a request that hit a GC pause), by `scipy.optimize.least_squares` (trust region, finite
-differences), each group weighted equally. w_i = 1 for the fit; the uncertainty is the spread
-of the refits over `bootstrap` block-bootstrap windows: the window is cut into `blocks` equal
-time blocks, a replicate draws that many blocks with replacement and w_i = how often request
-i's block was drawn (the replay stays the whole window: a queue's state depends on what came
-before, so requests are reweighted, never removed). Reported: p05 and p95 of each parameter.
+over (s_g, o_g, d_k): latency request by request; TTFT as distributions, the i-th smallest
+predicted against the i-th smallest observed, streamed requests only (`_Problem.group_cost`
+says why); rho is scipy's ``soft_l1`` at f_scale 0.05 (a relative error up to ~5% counts
+squared, larger ones linearly: robust to a few outliers such as a request that hit a GC
+pause); each group weighs the same. d_k is profiled out (a 1-D minimization per group on the
+replay's arrays); (log s_g, o_g) is searched by a coarse grid, then Nelder-Mead (the replay
+is piecewise smooth: finite-difference gradients mislead). w_i = 1 for the fit; the
+uncertainty is the spread of the refits over `bootstrap` block-bootstrap windows: the window
+is cut into `blocks` equal time blocks, a replicate draws that many blocks with replacement
+and w_i = how often request i's block was drawn (the replay stays the whole window: a queue's
+state depends on what came before, so requests are reweighted, never removed). Reported: p05
+and p95 of each parameter. That spread is sampling noise only, a lower bound: it does not see
+the s-o ridge above nor what the model leaves out; the fidelity at other loads does.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -52,13 +57,14 @@ import numpy.typing as npt
 
 from common.errors import ProfilerError
 
-from .._catalog import GpuType, ModelArch
+from .._catalog import Catalog, GpuType, ModelArch
 from .._replica import Efficiency, EngineConfig, ReplicaModel
 from .._served import ServedCalibration, ServedGroupFit, max_scale, scale_efficiency
 from .._simulator import simulate
 from .._workload import Trace
 
-__all__ = ["ServedGroup", "fidelity_table", "fit_served", "replay_group", "synthetic_group"]
+__all__ = ["ServedGroup", "fidelity_table", "fit_served", "replay_group", "served_groups",
+           "synthetic_group"]
 
 FloatArray = npt.NDArray[np.float64]
 _MS = 1e-3
@@ -156,6 +162,67 @@ def synthetic_group(replica: ReplicaModel, trace: Trace, *, replicas: int = 1,
     return replace(clean, ttft_s=ttft, latency_s=lat)
 
 
+_NAME = re.compile(r"^(?P<mg>.+)-tp(?P<tp>\d+)pp(?P<pp>\d+)(?:-(?:short|long))?$")
+
+
+def served_groups(cols: Mapping[str, Any], catalog: Catalog, replicas: Mapping[str, int],
+                  min_requests: int) -> tuple[list[ServedGroup], list[str]]:
+    """A request log's successful requests as one `ServedGroup` per replica group.
+
+    Args:
+        cols: the log's columns (`app.request_log.SCHEMA` names) as arrays: arrival_s,
+            prompt_tokens, output_tokens, ttft_s, latency_s, stream, outcome, group.
+        catalog: resolves group names ``<model>-<gpu>-tp<T>pp<P>[-short|-long]``.
+        replicas: group name -> replicas (the plan's; default 1).
+        min_requests: groups with fewer successful requests are skipped (named in the notes).
+
+    Returns:
+        The groups and one note per skipped group.
+
+    Raises:
+        ProfilerError: a group name that names no catalog model and GPU type.
+
+    """
+    outcome = np.asarray(cols["outcome"], dtype=object)
+    group = np.asarray(cols["group"], dtype=object)
+    lat = np.asarray(cols["latency_s"], dtype=float)
+    ok = (outcome == "ok") & (group != "") & np.isfinite(lat) & (lat > 0)
+    ok &= np.asarray(cols["output_tokens"]) >= 1
+    ok &= np.asarray(cols["prompt_tokens"]) >= 1
+    out, notes = [], []
+    for name in sorted(set(group[ok].tolist())):
+        sel = np.flatnonzero(ok & (group == name))
+        if len(sel) < min_requests:
+            notes.append(f"group {name}: {len(sel)} successful requests in the window, fewer "
+                         f"than --min-requests={min_requests}; skipped")
+            continue
+        model, gpu, tp, pp = _parse_group(name, catalog)
+        sel = sel[np.argsort(np.asarray(cols["arrival_s"], float)[sel], kind="stable")]
+        ttft = np.asarray(cols["ttft_s"], float)[sel]
+        stream = np.asarray(cols["stream"], bool)[sel] & np.isfinite(ttft) & (ttft > 0)
+        out.append(ServedGroup(
+            model, gpu, tp, pp, replicas.get(name, 1),
+            np.asarray(cols["arrival_s"], float)[sel],
+            np.asarray(cols["prompt_tokens"], np.int64)[sel],
+            np.asarray(cols["output_tokens"], np.int64)[sel],
+            np.where(stream, ttft, np.nan), lat[sel], stream))
+    return out, notes
+
+
+def _parse_group(name: str, catalog: Catalog) -> tuple[ModelArch, GpuType, int, int]:
+    """``<model>-<gpu>-tp<T>pp<P>[-short|-long]`` -> (ModelArch, GpuType, tp, pp)."""
+    m = _NAME.match(name)
+    if m:
+        for gpu in sorted(catalog.gpus, key=len, reverse=True):
+            if m["mg"].endswith(f"-{gpu}"):
+                model = m["mg"][: -len(gpu) - 1]
+                if model in catalog.models:
+                    return catalog.model(model), catalog.gpu(gpu), int(m["tp"]), int(m["pp"])
+    raise ProfilerError(f"request log group {name!r} is not <model>-<gpu>-tp<T>pp<P> with a "
+                     "catalog model and GPU type; pass --gpu-catalog / --model-catalog with "
+                     "the deployment's catalogs")
+
+
 def _quantiles(values: FloatArray) -> dict[str, float]:
     if values.size == 0:
         return {"p50": math.nan, "p95": math.nan, "mean": math.nan}
@@ -186,7 +253,7 @@ def fidelity_table(group: ServedGroup, before: ReplicaModel, after: ReplicaModel
 
 
 def _rho(r: FloatArray) -> FloatArray:
-    """scipy's soft_l1 at scale `_F_SCALE`: ~r^2 / f^2 for |r| << f, ~2|r| / f beyond."""
+    """Scipy's soft_l1 at scale `_F_SCALE`: ~r^2 / f^2 for |r| << f, ~2|r| / f beyond."""
     return 2.0 * (np.sqrt(1.0 + (r / _F_SCALE) ** 2) - 1.0)
 
 
@@ -247,7 +314,7 @@ class _Problem:
 
 def _best_d(ttft: FloatArray, ttft_obs: FloatArray, w_ttft: FloatArray, lat: FloatArray,
             lat_obs: FloatArray, w_lat: FloatArray) -> tuple[float, float]:
-    """min over d >= 0 of the weighted robust loss of log((pred + d) / obs); (loss, d)."""
+    """Min over d >= 0 of the weighted robust loss of log((pred + d) / obs); (loss, d)."""
     from scipy.optimize import minimize_scalar
 
     def loss(d: float) -> float:
