@@ -145,3 +145,24 @@ def test_perfdb_built_with_a_served_calibration(served_log: Path, tmp_path: Path
            (("served", path), ("plain", plain))}
     assert p50["served"] > 1.25 * p50["plain"], p50
     assert np.isfinite(p50["served"])
+
+
+def test_plan_on_a_served_calibration_names_it_and_its_age(
+        served_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "served.json"
+    assert main(["calibrate", "--log", str(served_log), "--out", str(out),
+                 "--bootstrap", "0"]) == 0
+    cal = load_served_calibration(out)
+    capsys.readouterr()
+    scenario = write_scenario(tmp_path, TINY_SCENARIO)
+    code = main(["plan", "--json", "--scenario", str(scenario), "--db",
+                 str(tmp_path / "db.parquet"), "--calibration", str(out), "--resim-seeds", "0",
+                 "--out", str(tmp_path / "plan.json")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    model = json.loads(captured.out)["model"]
+    assert model["efficiency_source"] == {"H100": cal.label}
+    assert model["served_calibration"]["sha256"] == cal.sha256
+    # the window is from 2023 (T0): older than 7 days, so named stale on stderr
+    assert model["served_calibration"]["stale"] is True
+    assert "STALE" in captured.err and cal.sha256 in captured.err
