@@ -25,8 +25,8 @@ from profiling import (
     load_scenario,
     load_served_calibration,
     scale_efficiency,
+    spec_calibration,
 )
-from profiling._perfdb import spec_calibration
 from profiling.measure import synthetic_group
 from tests.conftest import TINY_SCENARIO, write_scenario
 
