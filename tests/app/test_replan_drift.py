@@ -62,3 +62,25 @@ def test_drift_is_flagged_only_for_a_slower_deployment(problem, tmp_path: Path, 
         # the DB's own model served it: the error is the DB's (rate grid, trace) only
         assert abs(g.error_p95) < 0.25 and g.drifted is False and not report.drifted
     assert report.to_dict()["groups"][0]["group"] == NAME
+
+
+def test_recalibration_on_the_window_closes_the_gap(problem, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    from app.replan import _recalibrate
+    from profiling import load_served_calibration
+
+    end = _log(tmp_path / "log", slow=True)
+    plan = Plan(Routing(0.0), (Group("llama-3.1-8b", "H100", 1, 1, 1, 1.0),))
+    options = ReplanOptions(window_s=end - T0 + 1, recalibrate_on_drift=True)
+    state = SimpleNamespace(plan=plan, stack=SimpleNamespace(gpu_catalog=(), model_catalog=()))
+    path = _recalibrate(str(tmp_path / "log"), options, end, state, tmp_path)  # type: ignore[arg-type]
+    cal = load_served_calibration(path)
+    assert cal.groups[0].frontend_latency_s == pytest.approx(0.04, rel=0.15)
+    # the window's DB rebuilt on the corrected model: the same window no longer drifts
+    scenario = write_scenario(tmp_path, TINY_SCENARIO)
+    fixed = planning_problem(str(scenario), db=str(tmp_path / "db.parquet"), progress=False,
+                             served_calibration=str(path))
+    report = window_drift(str(tmp_path / "log"), options, end, plan, fixed)
+    (g,) = report.groups
+    assert abs(g.error_p95) < 0.25 and g.drifted is False, g
