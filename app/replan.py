@@ -17,6 +17,13 @@ Steps (`replan`):
 3. **Re-optimize.** The plan's own scenario (saved in the plan) with that trace and rate, and
    the GPU stock capped by what the cluster has, gets a fresh performance DB and the same goal
    (the plan's, unless overridden); the running plan is re-evaluated on the same traffic.
+   **Drift** (`window_drift`, report key ``drift``): each running group's observed P95 and
+   TPOT in the window against that DB's prediction at the group's observed rate
+   (`tuning.detect_drift`); with ``recalibrate_on_drift`` (opt-in, off by default) a drifted
+   window is also fitted (`profiling.measure.fit_served`, ``replan/served-calibration.json``)
+   and the plans of this step are made on the corrected model (report key ``recalibrated``).
+   Report key ``model``: the DB's efficiency source per GPU type and its served calibration
+   (hash, age, stale or not).
 4. **Decide** with hysteresis (`tuning.decide`: must-change on a violated goal, else a minimum
    predicted gain, and a cool-down).
 5. **Apply** (unless ``dry_run``), after checking that the running and the proposed groups fit
@@ -45,7 +52,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from common.errors import BouteError
-from tuning import Decision, Goal, Group, Hysteresis, Plan, Problem, StopRule, decide
+from profiling import model_source
+from tuning import (
+    Decision,
+    DriftReport,
+    Goal,
+    Group,
+    Hysteresis,
+    Plan,
+    Problem,
+    StopRule,
+    decide,
+)
 
 from .main import APP_NAME, Stack, stack_config
 from .serve_api import ServeApi, ServeApiError, dashboard_url, local_url
@@ -96,6 +114,13 @@ class ReplanOptions:
     """Longest wait for each step of a change."""
     now_s: float | None = None
     """Wall-clock time the window ends at (default: now; for replaying a log)."""
+    drift_tolerance: float = 0.25
+    """A group has drifted when its prediction error stays past this share for the window
+    (`tuning.detect_drift`); reported in ``drift``."""
+    recalibrate_on_drift: bool = False
+    """Opt-in: when a group drifted, fit a served calibration on the window
+    (`profiling.measure.fit_served`, written to the work folder) and plan on it; the change
+    still goes through the usual decision (gain, cool-down, dry run)."""
 
     def __post_init__(self) -> None:
         if not (self.window_s > 0 and math.isfinite(self.window_s)):
@@ -107,6 +132,9 @@ class ReplanOptions:
             raise ReplanError(f"solver={self.solver!r} must be auto, exact, mobo or random")
         if self.resim_seeds < 0:
             raise ReplanError(f"resim_seeds={self.resim_seeds!r} must be >= 0 (0: no check)")
+        if not (self.drift_tolerance > 0 and math.isfinite(self.drift_tolerance)):
+            raise ReplanError(f"drift_tolerance={self.drift_tolerance!r} must be a positive "
+                              "fraction, e.g. 0.25")
 
 
 @dataclass(frozen=True)
@@ -286,6 +314,12 @@ def replan(options: ReplanOptions | None = None) -> dict[str, Any]:
     traces = _windows(log_dir, options, now, state.plan)                # 2. workload
     trace = traces["default"] if "default" in traces else _merged(traces)
     window = _window_problems(state, options, traces, log_dir)          # 3. re-optimize
+    drift = window_drift(log_dir, options, now, state.plan, window.running())
+    recalibrated = None
+    if options.recalibrate_on_drift and drift.drifted:
+        recalibrated = _recalibrate(log_dir, options, now, state, window.work)
+        window.served_calibration = str(recalibrated)
+        window.built.clear()
     goal = _goal_of(state.plan, options)
     running, violation = _evaluate_running(window.running(), state.plan, goal)
     proposed = _propose(window, goal, options, trace.rate_rps)
@@ -294,6 +328,9 @@ def replan(options: ReplanOptions | None = None) -> dict[str, Any]:
                       hysteresis=options.hysteresis, seconds_since_change=since,
                       force=options.force)
     report = _report(trace, options, goal, running, violation, proposed, decision)
+    report["drift"] = drift.to_dict()
+    report["model"] = model_source(window.running().db.meta)
+    report["recalibrated"] = None if recalibrated is None else str(recalibrated)
     if decision.applies and not options.dry_run:                        # 5. apply
         _apply_decision(api, state, proposed, decision, options, report)
     return report
@@ -378,6 +415,8 @@ class WindowProblems:
     work: Path
     state: RunningState
     built: dict[int | None, Problem] = field(default_factory=dict)
+    served_calibration: str | None = None
+    """A served calibration to plan on (`ReplanOptions.recalibrate_on_drift`)."""
 
     def at(self, threshold_tokens: int | None) -> Problem:
         """The window's problem split at `threshold_tokens` (None: no length classes)."""
@@ -388,7 +427,8 @@ class WindowProblems:
                 str(self.scenario_path), db=str(self.work / "perfdb.parquet"),
                 gpu_catalog=self.state.stack.gpu_catalog,
                 model_catalog=self.state.stack.model_catalog, note=_stderr_note,
-                threshold_tokens=threshold_tokens)
+                threshold_tokens=threshold_tokens,
+                served_calibration=self.served_calibration)
         return self.built[threshold_tokens]
 
     def running(self) -> Problem:
@@ -413,6 +453,66 @@ def _window_problems(state: RunningState, options: ReplanOptions, traces: dict[s
              for name, t in traces.items()}
     scenario_path = _scenario_file(state, options, saved, gpu_counts_in(live_nodes()), work)
     return WindowProblems(scenario_path, work, state)
+
+
+def _window_columns(log_dir: str, options: ReplanOptions, now_s: float) -> dict[str, Any]:
+    """The window's successful routed requests (outcome ok, a group), as column arrays."""
+    from .request_log import read_log
+
+    table = read_log(log_dir, since_s=now_s - options.window_s)
+    cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in
+            ("arrival_s", "prompt_tokens", "output_tokens", "ttft_s", "latency_s", "stream",
+             "outcome", "group")}
+    lat = np.asarray(cols["latency_s"], dtype=float)
+    ok = ((cols["outcome"] == "ok") & (cols["group"] != "") & (cols["arrival_s"] <= now_s)
+          & np.isfinite(lat) & (lat > 0))
+    return {c: v[ok] for c, v in cols.items()}
+
+
+def window_drift(log_dir: str, options: ReplanOptions, now_s: float, plan: Plan,
+                 problem: Problem) -> DriftReport:
+    """Each running group's observed P95 / TPOT in the window against `problem`'s DB.
+
+    `tuning.detect_drift`; the DB is the window's (its rate and length mix), built with the
+    scenario's served calibration when it names one.
+    """
+    from tuning import detect_drift, observe_groups, predict_groups
+
+    cols = _window_columns(log_dir, options, now_s)
+    observed = observe_groups(cols["group"], np.asarray(cols["arrival_s"], float),
+                              np.asarray(cols["latency_s"], float),
+                              np.asarray(cols["ttft_s"], float), cols["output_tokens"],
+                              np.asarray(cols["stream"], bool),
+                              window=(now_s - options.window_s, now_s))
+    predicted = predict_groups(problem.db, plan.groups, observed,
+                               gpu_of=problem.scenario.catalog_gpu)
+    return detect_drift(predicted, observed, tolerance=options.drift_tolerance)
+
+
+def _recalibrate(log_dir: str, options: ReplanOptions, now_s: float, state: RunningState,
+                 work: Path) -> Path:
+    """Fit a served calibration on the window (`fit_served`); its file in `work`.
+
+    Raises:
+        ReplanError: no group served enough requests to fit on.
+
+    """
+    from profiling import load_catalog, resolve_calibration
+    from profiling.measure import fit_served, served_groups
+
+    cols = _window_columns(log_dir, options, now_s)
+    catalog = load_catalog(state.stack.gpu_catalog, state.stack.model_catalog)
+    replicas = {g.name: g.replicas for g in state.plan.groups}
+    groups, notes = served_groups(cols, catalog, replicas, min_requests=30)
+    for note in notes:
+        _stderr_note(note)
+    if not groups:
+        raise ReplanError("recalibration: no replica group served 30 successful requests in "
+                          "the window; widen it (--window-s)")
+    base = resolve_calibration(list({g.gpu.name: g.gpu for g in groups}.values()), None)
+    cal = fit_served(groups, base_efficiency=base.efficiency, bootstrap=4,
+                     window=(now_s - options.window_s, now_s))
+    return cal.save(work / "served-calibration.json")
 
 
 def _evaluate_running(problem: Problem, plan: Plan, goal: Goal) -> tuple[Plan, str | None]:

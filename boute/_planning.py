@@ -29,6 +29,10 @@ def add_planning_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=None, help="override the scenario's total "
                    "rate, req/s (several workloads: in the same proportions)")
     add_hardware_profiles_arg(p)
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="served calibration (`boute calibrate --out FILE`): plan on the model "
+                   "corrected by what the deployment served (default: the scenario's "
+                   "profile.served_calibration, else none)")
     p.add_argument("--gpu-catalog", action="append", default=[], metavar="FILE")
     p.add_argument("--model-catalog", action="append", default=[], metavar="FILE")
     p.add_argument("--quality-records", default=None, metavar="FILE",
@@ -46,7 +50,8 @@ def load_planning_problem(args: argparse.Namespace, threshold_tokens: int | None
                             gpu_catalog=args.gpu_catalog, model_catalog=args.model_catalog,
                             hardware_profiles=args.hardware_profiles,
                             quality_records=args.quality_records, note=stderr_note,
-                            threshold_tokens=threshold_tokens)
+                            threshold_tokens=threshold_tokens,
+                            served_calibration=getattr(args, "calibration", None))
 
 
 def add_solver_args(p: argparse.ArgumentParser, default: str = "auto",

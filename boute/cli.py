@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "serving on heterogeneous models and GPUs")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     sub = parser.add_subparsers(dest="command", required=True)
+    from boute.calibrate_cli import add_calibrate
     from boute.compare_cli import add_compare
     from boute.evaluate_cli import add_evaluate
     from boute.keys_cli import add_keys
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for add in (add_profile, add_simulate, add_trace, add_plan, add_evaluate, add_compare,
                 add_deploy, add_bench, add_node_resources, add_replan, add_keys,
-                add_reproduce, add_slo, add_schedule):
+                add_reproduce, add_slo, add_schedule, add_calibrate):
         add(sub)
     for p in sub.choices.values():
         p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,

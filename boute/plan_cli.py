@@ -109,9 +109,15 @@ def _run_plan(args: argparse.Namespace) -> int:
         plan.save(args.out)
     front = _front_rows(problem, result)
     hv = result.hypervolume(problem)
+    from profiling import model_source, model_source_line
+
+    source = model_source(problem.db.meta)
+    if source["served_calibration"] and source["served_calibration"]["stale"]:
+        stderr_note(model_source_line(source))
     payload: dict[str, Any] = {
         "front": front, "plan": plan.to_dict() if plan else None,
-        "out": args.out if plan else None, "search": search_block(result, hv)}
+        "out": args.out if plan else None, "search": search_block(result, hv),
+        "model": source}
     if args.plot and front:
         payload["plot"] = _plot(problem, front, plan, args.plot)
     if plan is None:
@@ -129,6 +135,7 @@ def _run_plan(args: argparse.Namespace) -> int:
         for r in front:
             lines.append(f"{r['quality']:>9.3f}{r['strong_share']:>8.3f}{r['p95_s']:>8.2f}"
                          f"{r['cost_per_hour']:>8.2f}")
+        lines.append(model_source_line(source))
         lines.append("")
         lines.append(format_plan(plan) if plan else payload["error"])
         if plan and held.checks:

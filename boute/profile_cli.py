@@ -204,6 +204,10 @@ def add_profile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--p95", type=float, default=10.0, help="latency target of the summary's "
                    "capacity column, seconds")
     add_hardware_profiles_arg(p)
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="served calibration (`boute calibrate --out FILE`): its GPU types and "
+                   "configs use the fitted efficiency scale and engine overheads (default: "
+                   "the scenario's profile.served_calibration, else none)")
     add_catalog_args(p)
     p.set_defaults(run=_run_profile)
     add_profile_modes(p)
@@ -244,10 +248,11 @@ def _run_profile(args: argparse.Namespace) -> int:
 def _profile_one(args: argparse.Namespace, scenario: Any, out: Any, catalog: Any,
                  engine: Any) -> tuple[dict[str, Any], Any]:
     """Build and save one perf DB; its JSON payload and its table's printer."""
-    from profiling import spec_calibration
+    from profiling import model_source, model_source_line, spec_calibration
 
     spec = scenario.profile_spec()
-    calibration = spec_calibration(spec, catalog, hardware_profiles=args.hardware_profiles)
+    calibration = spec_calibration(spec, catalog, hardware_profiles=args.hardware_profiles,
+                                   served_calibration=args.calibration)
     start = time.perf_counter()
     db, built_with = _build_db(args, spec, catalog, engine, calibration)
     path = db.save(out)
@@ -270,6 +275,7 @@ def _profile_one(args: argparse.Namespace, scenario: Any, out: Any, catalog: Any
     payload = {"db": str(path), "scenario": scenario.name, "rows": db.table.num_rows,
                "configs": len(db.keys), "infeasible": db.meta["infeasible"],
                "efficiency_source": calibration.source, "built_with": built_with,
+               "model": model_source(db.meta),
                "seconds": seconds, "p95_target_s": args.p95, "best": list(best.values()),
                "configs_summary": summary}
 
@@ -277,8 +283,7 @@ def _profile_one(args: argparse.Namespace, scenario: Any, out: Any, catalog: Any
         lines = [f"perf DB {path}: {db.table.num_rows} rows, {len(db.keys)} feasible configs, "
                  f"{len(db.meta['infeasible'])} infeasible, built in {seconds:.1f} s with "
                  f"{built_with}",
-                 "efficiency: " + ", ".join(f"{g} {src}" for g, src
-                                            in calibration.source.items()),
+                 model_source_line(model_source(db.meta)),
                  f"best config per model and GPU (most req/s per $ with P95 <= {args.p95:g} s):",
                  f"{'model':<15}{'gpu':<14}{'tp':>3}{'pp':>3}{'$/h':>7}{'cap rps':>9}"
                  f"{'rps@P95':>9}{'rps/$':>8}{'P95 idle':>10}"]

@@ -50,6 +50,12 @@ def add_replan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--cooldown-s", type=float, default=600.0, help="no change within this "
                    "many seconds of the last one (default 600)")
     p.add_argument("--force", action="store_true", help="ignore the gain and the cool-down")
+    p.add_argument("--drift-tolerance", type=float, default=0.25, help="a group has drifted "
+                   "when its predicted P95 (or TPOT) stays off the observed by more than this "
+                   "share for the window (default 0.25)")
+    p.add_argument("--recalibrate-on-drift", action="store_true", help="opt-in: when a group "
+                   "drifted, fit a served calibration on the window and plan on it (the "
+                   "change still needs the gain and the cool-down)")
     p.add_argument("--dry-run", action="store_true", help="print the decision and the diff "
                    "between the running and the proposed plan; change nothing")
     p.add_argument("--scenario", default=None, help="scenario preset or YAML (default: the "
@@ -105,7 +111,8 @@ def _options(args: argparse.Namespace) -> Any:
                          resim_seeds=args.resim_seeds,
                          hysteresis=hysteresis, force=args.force, dry_run=args.dry_run,
                          scenario=args.scenario, work_dir=args.work_dir,
-                         timeout_s=args.timeout_s)
+                         timeout_s=args.timeout_s, drift_tolerance=args.drift_tolerance,
+                         recalibrate_on_drift=args.recalibrate_on_drift)
 
 
 def _run_replan(args: argparse.Namespace) -> int:
@@ -214,6 +221,25 @@ def format_report(report: dict[str, Any]) -> str:
     verb = ("applied" if report["applied"] else
             "dry run, not applied" if report["dry_run"] and d["action"] != "none" else
             "no change")
+    if report.get("model"):
+        from profiling import model_source_line
+
+        lines.append(model_source_line(report["model"]))
+    drift = report.get("drift")
+    if drift:
+        lines.append(f"{'group':<34}{'obs P95':>9}{'pred P95':>9}{'err':>7}{'TPOT err':>9}"
+                     f"  drifted (tolerance {drift['tolerance']:.0%})")
+        for g in drift["groups"]:
+            def pct(x: Any) -> str:
+                return "-" if x is None or x != x else f"{x:+.0%}"
+
+            def sec(x: Any) -> str:
+                return "-" if x is None else f"{x:.2f}"
+            lines.append(f"{g['group']:<34}{sec(g['observed_p95_s']):>9}"
+                         f"{sec(g['predicted_p95_s']):>9}{pct(g['error_p95']):>7}"
+                         f"{pct(g['error_tpot']):>9}  {g['drifted']}")
+    if report.get("recalibrated"):
+        lines.append(f"recalibrated on the window: {report['recalibrated']}")
     lines.append(f"decision: {d['action']} ({d['reason']}) - {verb}")
     if report["steps"]:
         lines.append("steps: " + ", ".join(f"{k[:-2]} {v:.1f} s"

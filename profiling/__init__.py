@@ -59,6 +59,16 @@ from ._scenario import (
     request_tokens,
 )
 from ._scheduler import BatchScheduler, SequenceTooLongError, StepPlan
+from ._served import (
+    SERVED_FORMAT,
+    STALE_AFTER_S,
+    ServedCalibration,
+    ServedGroupFit,
+    load_served_calibration,
+    model_source,
+    model_source_line,
+    scale_efficiency,
+)
 from ._simulator import QUANTILES, SimResult, capacity_rps, simulate, simulate_closed_loop
 from ._sweep import ConfigMapper, SweepJob, map_serial, process_mapper, sweep_config
 from ._workload import (
@@ -82,7 +92,9 @@ __all__ = [
     "PERFDB_SCHEMA",
     "PUBLISHED_SCORES",
     "QUANTILES",
+    "SERVED_FORMAT",
     "SPEC_SHEET",
+    "STALE_AFTER_S",
     "TRACE_SHAPES",
     "BatchScheduler",
     "Calibration",
@@ -106,6 +118,8 @@ __all__ = [
     "ScaledTraffic",
     "Scenario",
     "SequenceTooLongError",
+    "ServedCalibration",
+    "ServedGroupFit",
     "SimResult",
     "StepPlan",
     "SweepJob",
@@ -129,14 +143,18 @@ __all__ = [
     "load_hardware_profile",
     "load_hf_config",
     "load_scenario",
+    "load_served_calibration",
     "load_trace",
     "map_serial",
     "mixture_quantile",
+    "model_source",
+    "model_source_line",
     "parallel_configs",
     "process_mapper",
     "read_trace",
     "request_tokens",
     "resolve_calibration",
+    "scale_efficiency",
     "scan_hardware_profiles",
     "simulate",
     "simulate_closed_loop",

@@ -41,7 +41,8 @@ import numpy as np
 from common.errors import ProfilerError
 
 from ._catalog import GpuType
-from ._replica import Efficiency
+from ._replica import Efficiency, EngineConfig
+from ._served import ServedCalibration
 
 __all__ = [
     "ATTENTION_COLUMNS",
@@ -305,24 +306,41 @@ class Calibration:
     efficiency: dict[str, Efficiency]
     source: dict[str, str]
     profile_sha256: dict[str, str]
+    served: ServedCalibration | None = None
+    """The served calibration applied on top (`profiling._served`), if any."""
 
     def for_gpu(self, gpu_type: str) -> Efficiency:
         """The efficiency of `gpu_type` (the default factors when it was not resolved)."""
         return self.efficiency.get(gpu_type) or Efficiency()
 
+    def engine_for(self, model: str, gpu_type: str, tp: int, pp: int,
+                   engine: EngineConfig) -> EngineConfig:
+        """The engine of config (model, gpu_type, tp, pp).
+
+        `engine` with the served calibration's overheads for it
+        (`ServedCalibration.engine_for`); `engine` itself without a served calibration.
+        """
+        if self.served is None:
+            return engine
+        return self.served.engine_for(model, gpu_type, tp, pp, engine)
+
     def to_meta(self) -> dict[str, Any]:
         """JSON for the perf DB metadata, each keyed by GPU type.
 
         Keys: ``efficiency`` (the factors), ``efficiency_source`` and ``hardware_profiles``
-        (path and content hash of the profiles used).
+        (path and content hash of the profiles used), and with a served calibration
+        ``served_calibration`` (`ServedCalibration.to_meta`: label, sha256, path, window end).
         """
-        return {
+        out = {
             "efficiency": {g: asdict(e) for g, e in sorted(self.efficiency.items())},
             "efficiency_source": dict(sorted(self.source.items())),
             "hardware_profiles": {g: {"path": self.source[g].removeprefix("profile:"),
                                       "sha256": sha}
                                   for g, sha in sorted(self.profile_sha256.items())},
         }
+        if self.served is not None:
+            out["served_calibration"] = self.served.to_meta()
+        return out
 
 
 def _profile_sha256(path: Path) -> str:
@@ -401,7 +419,8 @@ def scan_hardware_profiles(root: str | Path) -> dict[str, HardwareProfile]:
 
 
 def resolve_calibration(gpus: Sequence[GpuType], root: str | Path | None,
-                        base: Efficiency | None = None) -> Calibration:
+                        base: Efficiency | None = None,
+                        served: ServedCalibration | None = None) -> Calibration:
     """The stage-1 model's efficiency per GPU type: fitted on a profile, else the spec sheet.
 
     Args:
@@ -410,6 +429,9 @@ def resolve_calibration(gpus: Sequence[GpuType], root: str | Path | None,
             None looks nowhere: every GPU type gets `base` (the spec-sheet roofline).
         base: the factors a profile does not determine, and those of GPU types without one;
             default `Efficiency()`.
+        served: a served calibration: its GPU types get its fitted efficiency (its scale
+            times the base it was fitted on) and source ``served:<window>``; its configs,
+            its engine overheads (`Calibration.engine_for`).
 
     Raises:
         ProfilerError: `root` is missing or holds a malformed profile.
@@ -428,4 +450,11 @@ def resolve_calibration(gpus: Sequence[GpuType], root: str | Path | None,
         efficiency[gpu.name] = fit_efficiency(profile, gpu, base)
         source[gpu.name] = f"profile:{profile.path}"
         sha[gpu.name] = _profile_sha256(profile.path)
-    return Calibration(efficiency, source, sha)
+    if served is not None:
+        for gpu in gpus:
+            if gpu.name in served.gpus:
+                # The served fit carries the base it scaled: a profile is not used on top.
+                efficiency[gpu.name] = served.efficiency(gpu.name, efficiency[gpu.name])
+                source[gpu.name] = served.label
+                sha.pop(gpu.name, None)
+    return Calibration(efficiency, source, sha, served)

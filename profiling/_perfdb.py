@@ -19,8 +19,10 @@ Parquet schema (one row per config x rate):
 Schema metadata key ``boute`` holds JSON: schema_version, quantiles, scenario, catalog and
 trace fingerprints (a DB built from other inputs is detected as stale), engine, the
 efficiency per GPU type with its source (``efficiency``, ``efficiency_source``:
-``spec-sheet`` or ``profile:<dir>``, ``hardware_profiles``: path and content hash; a DB built
-with other efficiencies is stale too), infeasible configs with their reasons, build time.
+``spec-sheet``, ``profile:<dir>`` or ``served:<window>``, ``hardware_profiles``: path and
+content hash; ``served_calibration``: label, sha256 and path of a served calibration, whose
+engine overheads the swept configs also use; a DB built with other efficiencies or another
+served calibration is stale too), infeasible configs with their reasons, build time.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from ._catalog import Catalog
 from ._hardware import Calibration, resolve_calibration
 from ._replica import Efficiency, EngineConfig, ReplicaModel, parallel_configs
 from ._scenario import ProfileSpec
+from ._served import load_served_calibration
 from ._simulator import QUANTILES
 from ._sweep import ConfigMapper, SweepJob, process_mapper
 from ._workload import Trace
@@ -85,6 +88,7 @@ def spec_calibration(
     *,
     hardware_profiles: str | Path | None = None,
     efficiency: Efficiency | None = None,
+    served_calibration: str | Path | None = None,
 ) -> Calibration:
     """The efficiency of each GPU type of `spec` (see `profiling._hardware.resolve_calibration`).
 
@@ -94,14 +98,20 @@ def spec_calibration(
         hardware_profiles: folder of hardware profiles, or one profile directory; overrides
             the scenario's field. None and no scenario field: the spec-sheet roofline for all.
         efficiency: base factors (default `Efficiency()`).
+        served_calibration: a served calibration file (`profiling._served`); overrides the
+            scenario's ``profile.served_calibration``. None and no scenario field: none.
 
     Raises:
         CatalogError: a GPU type of the spec is not in the catalog.
-        ProfilerError: the profiles folder is missing or holds a malformed profile.
+        ProfilerError: the profiles folder is missing or holds a malformed profile, or the
+            served calibration file is unreadable.
 
     """
     root = hardware_profiles if hardware_profiles is not None else spec.hardware_profiles
-    return resolve_calibration([catalog.gpu(g) for g in spec.gpus], root, efficiency)
+    served_path = (served_calibration if served_calibration is not None
+                   else getattr(spec, "served_calibration", None))
+    served = load_served_calibration(served_path) if served_path else None
+    return resolve_calibration([catalog.gpu(g) for g in spec.gpus], root, efficiency, served)
 
 
 def build_perfdb(
@@ -184,7 +194,9 @@ def _sweep_jobs(spec: ProfileSpec, catalog: Catalog, engine: EngineConfig,
                     infeasible.append({"model": model.name, "gpu": gpu.name, "tp": tp, "pp": pp,
                                        "reason": exc.reason})
                     continue
-                jobs.append(SweepJob(model, gpu, tp, pp, engine, efficiency, spec.num_rates))
+                jobs.append(SweepJob(model, gpu, tp, pp,
+                                     calibration.engine_for(model.name, gpu.name, tp, pp, engine),
+                                     efficiency, spec.num_rates))
     return jobs, infeasible
 
 
@@ -403,6 +415,14 @@ class PerfDB:
         """
         built = self.meta.get("efficiency") or {}
         sources = self.meta.get("efficiency_source") or {}
+        was_served = (self.meta.get("served_calibration") or {}).get("sha256")
+        now_served = None if calibration.served is None else calibration.served.sha256
+        if was_served != now_served:
+            raise StaleDBError(
+                f"perf DB {str(path)!r} is stale: it was built with served calibration "
+                f"{was_served or 'none'}, the current inputs give {now_served or 'none'}; "
+                f"rebuild it with `boute profile --out {path}` (same --scenario and "
+                "--calibration)")
         flat = not any(isinstance(v, dict) for v in built.values())
         for gpu, eff in sorted(calibration.efficiency.items()):
             used = (built if flat else built.get(gpu)) or {}

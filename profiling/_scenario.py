@@ -185,6 +185,11 @@ class ProfileSettings(_Strict):
         "build/calibration) or one profile directory, relative to the working directory: GPU "
         "types with a profile there get the efficiency fitted on it. None (default): the "
         "spec-sheet roofline with the default factors. `--hardware-profiles` overrides it.")
+    served_calibration: str | None = Field(
+        None, description="A served calibration (`boute calibrate --out FILE`), relative to "
+        "the working directory: its GPU types get the fitted efficiency scale (times their "
+        "hardware-profile or spec-sheet efficiency) and its configs the fitted engine "
+        "overheads. None (default): none. `--calibration` overrides it.")
 
 
 LENGTH_QUANTILES = (0.4, 0.5, 0.6)
@@ -463,6 +468,7 @@ class ProfileSpec:
         self.models = list(dict.fromkeys(scenario.model_names))
         self.num_rates = scenario.profile.num_rates
         self.hardware_profiles = scenario.profile.hardware_profiles
+        self.served_calibration = scenario.profile.served_calibration
 
     @cached_property
     def _file(self) -> Trace:

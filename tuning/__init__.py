@@ -7,6 +7,15 @@ Pure planning code: Ray is imported only by the Ray Tune adapter.
 
 from ._auto import ExactBudgetExceeded
 from ._baselines import BASELINES, baseline_min_cost
+from ._drift import (
+    DriftReport,
+    GroupDrift,
+    GroupObserved,
+    GroupPredicted,
+    detect_drift,
+    observe_groups,
+    predict_groups,
+)
 from ._encoding import RawEncoding, StructuredEncoding
 from ._evaluator import (
     BatchMetrics,
@@ -52,11 +61,15 @@ __all__ = [
     "BatchMetrics",
     "Chosen",
     "Decision",
+    "DriftReport",
     "ExactBudgetExceeded",
     "ExactFront",
     "Goal",
     "Group",
     "GroupChange",
+    "GroupDrift",
+    "GroupObserved",
+    "GroupPredicted",
     "GroupReplay",
     "Hysteresis",
     "InfeasiblePlanError",
@@ -88,6 +101,7 @@ __all__ = [
     "db_paths",
     "decide",
     "default_db_path",
+    "detect_drift",
     "diff_groups",
     "evaluate_arrays",
     "evaluate_plan",
@@ -98,11 +112,13 @@ __all__ = [
     "fresh_seeds",
     "hypervolume",
     "load_problem",
+    "observe_groups",
     "pareto_mask",
     "plan_from_arrays",
     "plan_schedule",
     "plan_to_arrays",
     "planning_problem",
+    "predict_groups",
     "replay",
     "run_mobo",
     "scenario_problem",

@@ -263,7 +263,9 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
         if load is None or load.sum() <= 0 or g.share <= 0:
             continue
         gpu = catalog.gpu(sc.catalog_gpu(g.gpu))
-        replica = ReplicaModel(catalog.model(g.model), gpu, g.tp, g.pp, EngineConfig(),
+        replica = ReplicaModel(catalog.model(g.model), gpu, g.tp, g.pp,
+                               calibration.engine_for(g.model, gpu.name, g.tp, g.pp,
+                                                      EngineConfig()),
                                calibration.for_gpu(gpu.name))
         per_replica = load * g.share / g.replicas                          # (W,) req/s
         modulated = any(per_replica[w] > 0 and _is_modulated(sc, wl, span)

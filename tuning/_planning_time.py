@@ -83,9 +83,10 @@ class SimulatedEvaluator:
     def _rows(self, c: int) -> list[dict[str, Any]]:
         p = self.problem
         gpu = self.catalog.gpu(p.scenario.catalog_gpu(p.gpu_types[p.cfg_type[c]]))
-        job = SweepJob(self.catalog.model(p.models[p.cfg_model[c]]), gpu, int(p.cfg_tp[c]),
-                       int(p.cfg_pp[c]), self.engine, self.calibration.for_gpu(gpu.name),
-                       self.num_rates)
+        model, tp, pp = p.models[p.cfg_model[c]], int(p.cfg_tp[c]), int(p.cfg_pp[c])
+        job = SweepJob(self.catalog.model(model), gpu, tp, pp,
+                       self.calibration.engine_for(model, gpu.name, tp, pp, self.engine),
+                       self.calibration.for_gpu(gpu.name), self.num_rates)
         return sweep_config(job, self.traffic)
 
     def evaluate(self, plans: PlanArrays, b: int) -> tuple[BatchMetrics, int]:

@@ -491,7 +491,8 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
                      hardware_profiles: str | None = None,
                      quality_records: str | None = None,
                      note: Callable[[str], None] | None = None,
-                     progress: bool = True, threshold_tokens: int | None = None) -> Problem:
+                     progress: bool = True, threshold_tokens: int | None = None,
+                     served_calibration: str | None = None) -> Problem:
     """Scenario (a preset name or a YAML path) + its perf DB -> `Problem`.
 
     The DB at `db` (default `default_db_path`) is built, or rebuilt, when it is missing or
@@ -503,6 +504,8 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
     `profiling.QualityCurve.from_parquet`) replaces the task's published quality curve.
     `threshold_tokens`: plan with length classes split there (`load_problem`); each
     (workload, class) has its own DB (`class_db_path`), built when missing or stale.
+    `served_calibration` (a `boute calibrate` file) replaces the scenario's
+    ``profile.served_calibration``: the DB must have been built with it (else rebuilt).
 
     Raises:
         BouteError: a non-positive or non-finite `budget` / `rate_rps` (named, with the fix),
@@ -520,6 +523,9 @@ def planning_problem(scenario_ref: str | None, *, db: str | None = None,
     if quality_records:
         quality = (QualityCurve.from_parquet(quality_records) if scenario.is_pair else
                    CascadeQuality.from_file(quality_records, scenario.model_names))
+    if served_calibration is not None:
+        profile = scenario.profile.model_copy(update={"served_calibration": served_calibration})
+        scenario = scenario.model_copy(update={"profile": profile})
     if budget is not None:
         if not (budget > 0 and math.isfinite(budget)):
             raise BouteError(f"--budget={budget} must be a positive number of $/hour")

@@ -152,7 +152,9 @@ def replay(problem: Problem, plan: Plan, catalog: Catalog, traces: Sequence[Trac
     duration = float(arrival.max()) if len(arrival) else 0.0
     for gi, g in enumerate(groups):
         gpu = catalog.gpu(sc.catalog_gpu(g.gpu))
-        replica = ReplicaModel(catalog.model(g.model), gpu, g.tp, g.pp, EngineConfig(),
+        replica = ReplicaModel(catalog.model(g.model), gpu, g.tp, g.pp,
+                               calibration.engine_for(g.model, gpu.name, g.tp, g.pp,
+                                                      EngineConfig()),
                                calibration.for_gpu(gpu.name))
         saturated = False
         served = np.flatnonzero(dest_group == gi)
