@@ -226,8 +226,9 @@ def _real_binary() -> str:
 
 
 def harden_file(path: str, settings: HaproxySettings) -> None:
-    """Harden the config at `path` in place, under Ray's lock (``<path>.lock``); make its
-    folder (which holds the admin socket, the config and HAProxy's logs) private (0700).
+    """Harden the config at `path` in place, under Ray's lock (``<path>.lock``).
+
+    Its folder (the admin socket, the config, HAProxy's logs) becomes this user's only (0700).
     """
     with open(path + ".lock", "a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
