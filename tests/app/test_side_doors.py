@@ -101,9 +101,11 @@ def _http(host: str, port: int, method: str = "GET", path: str = "/",
 
 def _grpc_methods() -> list[str]:
     """Read-only methods (Get*, List*, ...) of every gRPC service Ray ships Python stubs for,
-    and the object manager's (C++ only): whichever a server serves answers, the others are
-    UNIMPLEMENTED (Python servers check the token in the methods they serve, so an unknown
-    method says nothing)."""
+    and the object manager's and agents' (C++ only; an empty Pull names no object).
+
+    A server answers the ones it serves; the others are UNIMPLEMENTED (Python servers check
+    the token in the methods they serve, so an unknown method says nothing).
+    """
     import re
 
     import ray
@@ -112,8 +114,8 @@ def _grpc_methods() -> list[str]:
     text = "".join(p.read_text() for d in ("core/generated", "serve/generated")
                    for p in (root / d).glob("*_pb2_grpc.py"))
     found = re.findall(r"'(/[\w.]+/(?:Get|List|Check|Healthz|NumPending)\w*)'", text)
-    return [*dict.fromkeys(found), "/ray.rpc.ObjectManagerService/FreeObjects",
-            "/ray.serve.ASGIService/HandleRequest"]
+    return [*dict.fromkeys(found), "/ray.rpc.ObjectManagerService/Pull",
+            "/ray.rpc.ReporterService/HealthCheck", "/ray.serve.ASGIService/HandleRequest"]
 
 
 def _grpc_code(host: str, port: int, methods: list[str]) -> str:
@@ -262,6 +264,7 @@ def test_slow_clients_are_cut_and_no_side_door_answers_without_a_token(
             legit = [_chat(port, KEY)[0] for _ in range(10)]
             cut = {kind: [f.result() for f in fs] for kind, fs in futures.items()}
         assert legit == [200] * 10
+        print({kind: [round(sec, 2) for sec, _ in v] for kind, v in cut.items()})
         for kind in ("headers", "idle", "small body", "large body"):
             for seconds, answer in cut[kind]:
                 assert SLOW_S - 0.5 <= seconds <= SLOW_S + MARGIN_S, (kind, seconds, answer)
@@ -279,26 +282,29 @@ def test_slow_clients_are_cut_and_no_side_door_answers_without_a_token(
         # the per-source cap: CAP connections held, the next one refused at once
         held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(CAP)]
         time.sleep(0.3)
-        extra, t0 = _open(port)
-        extra.settimeout(SLOW_S + 5)
-        seconds, answer = _wait_answer(extra, t0)
+        t0 = time.perf_counter()
+        try:                                           # reset during connect, or right after
+            extra, t0 = _open(port)
+            with extra:
+                seconds, answer = _wait_answer(extra, t0)
+        except ConnectionResetError:
+            seconds, answer = time.perf_counter() - t0, b""
         assert answer == b"" and seconds < 1.0, (seconds, answer)
         held[0].settimeout(0.3)
         with pytest.raises(TimeoutError):              # the CAP held ones are still open
             held[0].recv(1)
-        for s in [*held, extra]:
+        for s in held:
             s.close()
 
         # -- 2. every listener ------------------------------------------------------------
         nodes = ray.nodes()
         metric_ports = {n["MetricsExportPort"] for n in nodes} | set(RAY_METRIC_PORTS)
-        report, unauthenticated, methods = [], 0, _grpc_methods()
+        report, methods = [], _grpc_methods()
         for li in _listeners():
             where = f"{li.ip}:{li.port} ({li.name})"
             if "haproxy" in li.name:
                 if li.port == port:
                     assert _chat(li.port, None)[0] == 401, where
-                    unauthenticated += 1
                 else:
                     assert li.port in (stats_port, hap_metrics_port), where
                     assert li.ip == "127.0.0.1", where
@@ -319,7 +325,6 @@ def test_slow_clients_are_cut_and_no_side_door_answers_without_a_token(
                 report.append(f"{where}: dashboard APIs 401")
             elif "RouterIngress" in li.name or "ProxyActor" in li.name:
                 assert _chat(li.port, None)[0] == 401, where         # the data plane
-                unauthenticated += 1
                 report.append(f"{where}: data plane 401")
             elif answer[0] in (401, 403):
                 report.append(f"{where}: {answer[0]}")
