@@ -19,9 +19,12 @@ path must stay under 97 characters, so it is left there).
 Slow clients and side doors (every variable below is set here and, the same, in
 cluster.yaml and cluster-onprem.yaml; tests/placement/test_cluster_yaml.py checks):
 
-* ``RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S=60``: HAProxy's client inactivity timeout (Ray's
-  default 3,600 s); nginx's ``client_body_timeout`` is 60 s. It does not run while an engine
-  computes a non-streamed answer.
+* ``RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S=75``: HAProxy's client inactivity timeout (Ray's
+  default 3,600 s; nginx's ``keepalive_timeout`` is 75 s). It does not run while an engine
+  computes a non-streamed answer. It stays above the router's 60 s body timeout
+  (``RouterSettings.body_timeout_s``): at equal values HAProxy cut 4 of 5 stalled large bodies
+  first, and the router logged them as departures (499) instead of 408 ``body_timeout``
+  (``benchmarks/slow_clients.py``).
 * ``RAY_SERVE_HAPROXY_BINARY_PATH`` = ``boute-haproxy`` (`placement._haproxy`, per machine:
   `haproxy_env`): the wrapper that binds HAProxy's stats page and metrics to loopback, makes
   its admin socket 0600 in a 0700 folder, and adds ``timeout http-request`` and a per-source
@@ -42,7 +45,7 @@ __all__ = ["HAPROXY_BINARY_ENV", "HAPROXY_MONITOR_PORT_ENVS", "HIGH_THROUGHPUT_E
 HIGH_THROUGHPUT_ENV: dict[str, str] = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
-    "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "60",
+    "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "75",
     "BOUTE_HAPROXY_HTTP_REQUEST_TIMEOUT_S": "60",
     "BOUTE_HAPROXY_MAX_CONN_PER_SOURCE": "1024",
 }
