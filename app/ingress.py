@@ -31,6 +31,7 @@ runtime.)
 """
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -68,6 +69,7 @@ MAX_ONGOING_REQUESTS = 4096
 # that plus time to drain and flush; an idle stop is not slower for it.
 ROUTER_SHUTDOWN_TIMEOUT_S = 60.0
 LIVENESS_POLL_S = 1.0
+_LOG = logging.getLogger("ray.serve")     # the replica's log file (a 500 is a bug: traced)
 
 
 class ServeEngines:
@@ -219,6 +221,7 @@ class RouterIngress:
             self.dispatcher.done(call, STATUS_ABANDONED, "abandoned")
             raise
         except Exception as exc:            # a bug: still an OpenAI body, logged
+            _LOG.exception("router failed a %s request (answered 500)", kind)
             return _response(self.dispatcher.failed(call, exc))
 
     async def _admit(self, call: Call, request: Request) -> dict[str, Any]:
