@@ -675,7 +675,7 @@ class Dispatcher:
 
     def refuse(self, call: Call, exc: ApiError) -> Reply:
         """The reply to a refused request (recorded; 401 asks for a key, 429/503 say when)."""
-        outcome = {401: "unauthorized", 413: "too_large",
+        outcome = {401: "unauthorized", 408: "body_timeout", 413: "too_large",
                    429: "rate_limited" if call.model == "" else "shed",
                    503: "unavailable"}.get(exc.status, "client_error")
         headers = dict(call.headers)

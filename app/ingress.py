@@ -8,16 +8,19 @@ find it by that name) in front of every replica group. A request goes through, i
    valid ``Authorization: Bearer`` key or with an expired one; 429 + ``Retry-After`` when
    its key has no token left (one is taken before the body is read).
 2. **Body limits** (`app.guard`): 413 above ``max_body_bytes`` (checked on
-   ``Content-Length`` and while reading, before anything is parsed or forwarded); 400 for
-   JSON nested too deep, wrong field types, non-text content parts, sampling fields out of
-   vLLM's ranges (`app.sampling`). Then the request takes the rest of its units from its
-   key's bucket, one per sequence it asks for (``prompts x n``): 429 when they are not there.
+   ``Content-Length`` and while reading, before anything is parsed or forwarded); 408 when
+   the body has not arrived within ``body_timeout_s`` (a slow client holds no slot past it;
+   HAProxy cuts slow headers itself, `placement._haproxy`); 400 for JSON nested too deep,
+   wrong field types, non-text content parts, sampling fields out of vLLM's ranges
+   (`app.sampling`). Then the request takes the rest of its units from its key's bucket, one
+   per sequence it asks for (``prompts x n``): 429 when they are not there.
 3. **Routing, admission, failover** (`app.dispatch.Dispatcher`): which model (scored, or
    pinned by name), which group (by the plan's shares, within its in-flight bound: 429
    when all are full), and where a failed call goes next.
 4. **Answer**: JSON, or a server-sent-event stream passed on as the engine writes it. A
-   client that disconnects cancels its engine request (the engine frees its sequence) and
-   is logged as ``abandoned`` (status 499).
+   client that disconnects (while sending its body, waiting, or reading the stream) cancels
+   its engine request, if one started (the engine frees its sequence), and is logged as
+   ``abandoned`` with status 499 (nginx's "client closed request"), never as a 500.
 
 Serve's replica counts are polled every second (`LIVENESS_POLL_S`) and every group is pinged
 every second (`app.dispatch.Dispatcher.watch`): a group that loses replicas, or stops
@@ -35,6 +38,7 @@ runtime.)
 """
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -42,6 +46,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.requests import ClientDisconnect
 
 from .dispatch import (
     ROUTED_MODELS,
@@ -73,6 +78,7 @@ MAX_ONGOING_REQUESTS = 4096
 # that plus time to drain and flush; an idle stop is not slower for it.
 ROUTER_SHUTDOWN_TIMEOUT_S = 60.0
 LIVENESS_POLL_S = 1.0
+_LOG = logging.getLogger("ray.serve")     # the replica's log file (a 500 is a bug: traced)
 
 
 class ServeEngines:
@@ -96,17 +102,31 @@ class ServeEngines:
 
 
 # (Defined before the ingress class: `serve.ingress` snapshots the module's globals.)
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 past `limit` bytes (on Content-Length, then as it comes)."""
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, within `limit` bytes and `timeout_s` seconds.
+
+    413 past `limit` (on Content-Length, then as it comes); 408 when it is not complete
+    `timeout_s` seconds after the router starts reading.
+
+    Raises:
+        ApiError: 413 or 408 (the limit named, and how to fix it).
+        ClientDisconnect: the client left before its body was complete.
+
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(f"Request body of {declared} bytes exceeds the limit of {limit} bytes",
                        413)
     raw = bytearray()
-    async for part in request.stream():
-        raw += part
-        if len(raw) > limit:
-            raise ApiError(f"Request body exceeds the limit of {limit} bytes", 413)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for part in request.stream():
+                raw += part
+                if len(raw) > limit:
+                    raise ApiError(f"Request body exceeds the limit of {limit} bytes", 413)
+    except TimeoutError:
+        raise ApiError(f"Request body not complete within {timeout_s:g} s ({len(raw)} bytes "
+                       "arrived); send the whole body at once", 408) from None
     return bytes(raw)
 
 
@@ -143,6 +163,7 @@ class RouterIngress:
         self.dispatcher = Dispatcher(ServeEngines(self.handles), self.obs)
         self.keys: ApiKeys | None = None
         self.limits = self.dispatcher.settings.limits
+        self.body_timeout_s = self.dispatcher.settings.body_timeout_s
         self._watcher: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
 
@@ -169,6 +190,8 @@ class RouterIngress:
         if keys is not None and self.keys is not None:
             keys.carry_buckets(self.keys)
         self.keys, self.limits = keys, cfg.settings.limits
+        self.body_timeout_s = cfg.settings.body_timeout_s
+        self.obs.key_label = cfg.settings.metrics_key_label
 
     # -- liveness ------------------------------------------------------------------------
     def _start(self) -> None:
@@ -209,17 +232,22 @@ class RouterIngress:
             return _response(await self.dispatcher.dispatch(call, body))
         except ApiError as exc:
             return _response(self.dispatcher.refuse(call, exc))
+        except ClientDisconnect:            # gone while sending its body: nobody reads this
+            self.dispatcher.done(call, STATUS_ABANDONED, "abandoned")
+            return Response(status_code=STATUS_ABANDONED)
         except asyncio.CancelledError:
             self.dispatcher.done(call, STATUS_ABANDONED, "abandoned")
             raise
         except Exception as exc:            # a bug: still an OpenAI body, logged
+            _LOG.exception("router failed a %s request (answered 500)", kind)
             return _response(self.dispatcher.failed(call, exc))
 
     async def _admit(self, call: Call, request: Request) -> dict[str, Any]:
         """The request's body once its key, rate and limits pass (steps 1 and 2).
 
         Raises:
-            ApiError: 401, 429, 413 or 400 (the reason named).
+            ApiError: 401, 429, 413, 408 or 400 (the reason named).
+            ClientDisconnect: the client left while sending its body.
 
         """
         entry: KeyEntry | None = None
@@ -227,7 +255,8 @@ class RouterIngress:
             entry = self.keys.authenticate(request.headers.get("authorization"))
             call.key_id = entry.id
             self.keys.admit(entry)          # one token before the body is read
-        body = parse_body(await _read_body(request, self.limits.max_body_bytes), self.limits)
+        raw = await _read_body(request, self.limits.max_body_bytes, self.body_timeout_s)
+        body = parse_body(raw, self.limits)
         check_body(call.kind, body, self.limits)
         if self.keys is not None and entry is not None:     # the rest: prompts x n in all
             self.keys.admit(entry, request_units(call.kind, body), taken=1)

@@ -10,8 +10,8 @@ Metric names as Prometheus shows them (Ray prefixes ``ray_``), tags in braces:
 * ``boute_strong_share_routed``, ``boute_strong_share_target``, ``boute_threshold``: the live
   routing state (gauges);
 * ``boute_refused_total{model, outcome, key}``: requests refused before an engine saw them
-  (``unauthorized``, ``rate_limited``, ``too_large``, ``shed``, ``unavailable``,
-  ``client_error``) and requests ``abandoned`` by their client;
+  (``unauthorized``, ``rate_limited``, ``too_large``, ``body_timeout``, ``shed``,
+  ``unavailable``, ``client_error``) and requests ``abandoned`` by their client (499);
 * ``boute_retries_total{group}``: engine calls retried elsewhere after ``group`` failed;
 * ``boute_degraded_total{model}``: requests for ``model`` served by the other one (``model``
   had no healthy group);
@@ -23,7 +23,9 @@ Metric names as Prometheus shows them (Ray prefixes ``ray_``), tags in braces:
 * ``boute_threshold_move{workload}``: the last such move, as the share of the window's
   scores the threshold crossed (signed: + sends more to the strong model).
 
-Requests are tagged with their API key's id (``key``), never the key.
+``key`` is ``*`` (every key, aggregated) unless the operator opted in to per-key series
+(``RouterSettings.metrics_key_label``, then the API key's id; never the key): Ray's metrics
+endpoint listens on every node's port, and key ids name tenants.
 
 `Observer.observe` is called once per request when its response is complete; it updates the
 metrics and appends the request to the Parquet log (`app.request_log`) when one is kept
@@ -37,7 +39,10 @@ from typing import Any
 
 from .request_log import LogLimits, RequestLog
 
-__all__ = ["LATENCY_BOUNDARIES_S", "METRICS", "Observer"]
+__all__ = ["AGGREGATE_KEY", "LATENCY_BOUNDARIES_S", "METRICS", "Observer"]
+
+AGGREGATE_KEY = "*"
+"""The ``key`` tag of every refused request unless per-key series are opted in."""
 
 # Every metric the router exports (as Prometheus shows them, without Ray's ``ray_`` prefix
 # and the ``_total`` / ``_bucket`` suffixes); docs/grafana-boute.json plots them.
@@ -93,6 +98,7 @@ class Observer:
             "crossed", tag_keys=("workload",))
         self.log = (RequestLog(log_dir, rotate_s=log_rotate_s, limits=log_limits)
                     if log_dir else None)
+        self.key_label = False          # RouterSettings.metrics_key_label (set on reconfigure)
         self._task: Any = None
 
     def start(self) -> None:
@@ -111,7 +117,8 @@ class Observer:
         tags = {"model": model, "group": group}
         self.requests.inc(1, {**tags, "status": str(status)})
         if not group or outcome == "abandoned":
-            self.refused.inc(1, {"model": model, "outcome": outcome, "key": key_id or ""})
+            key = (key_id or "") if self.key_label else AGGREGATE_KEY
+            self.refused.inc(1, {"model": model, "outcome": outcome, "key": key})
         if status >= 400 and group:
             self.errors.inc(1, {"group": group, "kind": "engine" if status >= 500
                                 else "client"})

@@ -144,6 +144,14 @@ class RouterSettings(_Strict):
                        "(completions per prompt) and best_of a request may ask for (400 "
                        "above; vLLM's own cap is 16384). A request costs prompts x n units "
                        "of its key's rate and of a group's in-flight bound.")
+    body_timeout_s: float = Field(
+        60.0, gt=0, le=3600.0, description="Longest time a request body may take to arrive "
+        "at the router, seconds (408 past it; nginx's client_body_timeout is 60 s). HAProxy "
+        "bounds headers and the first 16 KiB of body itself (placement._haproxy).")
+    metrics_key_label: bool = Field(
+        False, description="Tag boute_refused_total by API key id (key=<id>); off: one "
+        "aggregate series (key=\"*\"), so Ray's metrics endpoint names no key ids. The "
+        "request log keeps each request's key id either way.")
 
     @property
     def limits(self) -> RequestLimits:

@@ -35,12 +35,19 @@ from ._detect import gpu_type_from_name, local_gpu_names, node_resources
 from ._local import MAX_RAY_TEMP_CHARS, free_port, local_cluster, ray_temp_dir
 from ._perfdb_ray import ray_config_mapper
 from ._resources import RESOURCE_PREFIX, gpu_resource, gpu_type_of
-from ._serve_mode import HIGH_THROUGHPUT_ENV
+from ._serve_mode import (
+    HAPROXY_BINARY_ENV,
+    HAPROXY_MONITOR_PORT_ENVS,
+    HIGH_THROUGHPUT_ENV,
+    haproxy_env,
+)
 from ._specs import LANE_SEPARATOR, GroupSpec, Lane, PlacementError, group_specs
 
 __all__ = [
     "AUTH_MODE_ENV",
     "BOOTSTRAP_CONFIG",
+    "HAPROXY_BINARY_ENV",
+    "HAPROXY_MONITOR_PORT_ENVS",
     "HIGH_THROUGHPUT_ENV",
     "LANE_SEPARATOR",
     "MAX_RAY_TEMP_CHARS",
@@ -68,6 +75,7 @@ __all__ = [
     "gpu_type_of",
     "gpu_types_in",
     "group_specs",
+    "haproxy_env",
     "launchable_nodes",
     "live_nodes",
     "local_cluster",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +27,7 @@ from ._auth import (
     refresh_ray_auth_config,
 )
 from ._resources import gpu_resource
-from ._serve_mode import HIGH_THROUGHPUT_ENV
+from ._serve_mode import HAPROXY_MONITOR_PORT_ENVS, haproxy_env, haproxy_wrapper_script
 
 __all__ = ["free_port", "local_cluster", "ray_temp_dir"]
 
@@ -64,7 +65,8 @@ def ray_temp_dir(preferred: str | Path) -> Path:
 def local_cluster(gpus: Mapping[str, int], gpus_per_node: Mapping[str, int], *,
                   head_cpus: int = 2, cpus_per_gpu: int = 1,
                   temp_dir: str | Path | None = None, dashboard_port: int | None = None,
-                  high_throughput: bool = False) -> Any:
+                  high_throughput: bool = False,
+                  serve_env: Mapping[str, str] | None = None) -> Any:
     """Start a head node plus fake GPU nodes (``gpus``: type -> GPUs needed) and connect.
 
     Nodes of a type hold ``gpus_per_node[type]`` GPUs each (the last one what is left) and
@@ -73,7 +75,10 @@ def local_cluster(gpus: Mapping[str, int], gpus_per_node: Mapping[str, int], *,
     With `dashboard_port`, the head runs the dashboard there (Serve's declarative API and
     Ray jobs need it; it costs a few seconds and ~200 MB).
     With `high_throughput`, the cluster runs Serve's high-throughput mode (HAProxy ingress,
-    gRPC between replicas; `placement._serve_mode`).
+    gRPC between replicas; `placement._serve_mode`), closed as a cluster's nodes are: HAProxy
+    through the hardening wrapper (`placement._haproxy`; its stats page and metrics on
+    loopback, on free ports, so clusters on one machine do not collide), with `serve_env`
+    (e.g. ``{"BOUTE_HAPROXY_HTTP_REQUEST_TIMEOUT_S": "3"}``) over the defaults.
 
     Ray token authentication is on: the cluster gets a fresh random token (``auth_token-*``,
     mode 0600, under `temp_dir` (or its short stand-in, `ray_temp_dir`), else a new temporary
@@ -106,14 +111,15 @@ def local_cluster(gpus: Mapping[str, int], gpus_per_node: Mapping[str, int], *,
     # connected with. No load balancer stands in front of a local cluster but Serve's own
     # HAProxy, which retries a refused connection: a stopping ingress replica need not stay
     # open Serve's default 30 s.
-    # HAProxy's stats and metrics listeners on ports of this cluster's own (Serve's defaults,
-    # 8404 and 9101, are fixed: a second local cluster on this machine, a parallel test run,
-    # would fail to bind them).
-    env = {**HIGH_THROUGHPUT_ENV, "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
-           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-           "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+    env: dict[str, str] = {}
+    if high_throughput:
+        wrapper = haproxy_wrapper_script(Path(tempfile.mkdtemp(prefix="boute-haproxy-")),
+                                         sys.executable)
+        env = {**haproxy_env(wrapper), "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+               **{name: str(free_port()) for name in HAPROXY_MONITOR_PORT_ENVS},
+               **(serve_env or {})}
     token_path, auth = _auth_env(temp_dir)
-    with scoped_env({**(env if high_throughput else {}), **auth}):
+    with scoped_env({**env, **auth}):
         refresh_ray_auth_config()   # this process (the nodes' GCS client, the driver) too
         cluster: Any = Cluster(initialize_head=True, head_node_args=head)
         for gpu, n in sorted(gpus.items()):

@@ -41,7 +41,7 @@ def test_a_hand_written_config_needs_four_fields_and_goes_back_to_the_wire_as_gi
     ({"settings": {"max_tries": 0}}, r"settings\.max_tries=0: .*greater than or equal to 1"),
     ({"settings": {"call_timeout_s": -1}}, r"settings\.call_timeout_s=-1: .*greater than 0"),
     ({"settings": {"retries": 2}},
-     r"settings\.retries=2: unknown field; known: \['call_timeout_s', 'cooldown_s'"),
+     r"settings\.retries=2: unknown field; known: \['body_timeout_s', 'call_timeout_s'"),
     ({"strong_shar": 0.3}, r"strong_shar=0\.3: unknown field; known: \['api_keys'"),
     ({"strong_share": 1.5}, r"strong_share=1\.5: .*less than or equal to 1"),
     ({"shares": {"w#medium": {"a": 1.0}}}, r"length_class='medium' is unknown"),

@@ -1,3 +1,4 @@
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,7 @@ def test_node_resources_count_per_type() -> None:
 
 @pytest.mark.parametrize("name", ["cluster.yaml", "cluster-onprem.yaml"])
 def test_every_ray_start_runs_serve_in_high_throughput_mode(name: str) -> None:
-    from placement import HIGH_THROUGHPUT_ENV
+    from placement import HAPROXY_BINARY_ENV, HIGH_THROUGHPUT_ENV
 
     config = yaml.safe_load((REPO / name).read_text())
     starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands")
@@ -93,6 +94,12 @@ def test_every_ray_start_runs_serve_in_high_throughput_mode(name: str) -> None:
         exports = command.split("ray start")[0]  # set before Ray starts, read by every process
         for var, value in HIGH_THROUGHPUT_ENV.items():
             assert f"{var}={value}" in exports, (name, command)
+        # HAProxy runs through the hardening wrapper, which `make setup` installs in the venv
+        assert f"{HAPROXY_BINARY_ENV}=$HOME/boute/.venv/bin/boute-haproxy" in exports
+        # Ray's metrics on a port chosen deliberately (opened between the nodes only)
+        assert "--metrics-export-port=8080" in command.split("ray start")[1]
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["boute-haproxy"] == "placement._haproxy:main"
 
 
 @pytest.mark.parametrize("name", ["cluster.yaml", "cluster-onprem.yaml"])
