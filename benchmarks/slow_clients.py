@@ -7,11 +7,15 @@ groups. Against it, at once: ``--slow-headers`` clients sending one header line 
 ``--idle`` connections sending nothing, ``--slow-bodies`` small bodies stalled after 10 of
 100 bytes (HAProxy buffers and times them), ``--large-bodies`` stalled after 20 of 40 KB
 (past HAProxy's 16 KiB buffer: the router times them), ``--leavers`` that close mid-body, and
-legit requests (1 every 0.5 s) meanwhile. Prints one JSON object: per kind the seconds from
-connect until the server answered or closed (min, max) and how many were still open at
+legit requests (1 every 0.5 s) meanwhile. Prints a table: per kind the seconds from connect
+until the server answered or closed (min, max) and how many were still open at
 ``--give-up-s``; the legit requests' statuses; the router's outcome counts (``/health``).
+Writes JSON (benchmarks/data/slow_clients.json unless ``--no-copy``), exits 1 when a target
+(`TARGETS`) is missed: every slow client cut by its limit plus 5 s, none left open, every
+legit request answered 200, and the router logging the stalled large bodies as 408
+(``body_timeout``) and the leavers as 499 (``abandoned``), never as a 500.
 
-    .venv/bin/python benchmarks/slow_clients.py [--slow-headers 30 --idle 10 ...]
+    .venv/bin/python benchmarks/slow_clients.py [--slow-headers 30 --idle 10 ...] [--no-copy]
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from _results import write_results
+from _targets import Target, add_target_argument, check, passed, print_checks, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -109,8 +116,17 @@ def _legit(port: int) -> int:
         return int(exc.code)
 
 
-def main() -> None:
-    """Run the measurement; print its JSON."""
+LIMIT_S = 75.0      # the longest default limit: HAProxy's client silence (headers: 60 s)
+TARGETS = {
+    "cut_s_max": Target("<=", LIMIT_S + 5.0, "s", "slowest cut of a slow or idle client"),
+    "still_open": Target("<=", 0, "", "slow clients still open at --give-up-s"),
+    "legit_not_200": Target("<=", 0, "", "legit requests not answered 200 meanwhile"),
+    "internal_errors": Target("<=", 0, "", "requests the router logged as 500"),
+}
+
+
+def main() -> int:
+    """Run the measurement; print the table, write the JSON; 1 when a target is missed."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--slow-headers", type=int, default=30)
     p.add_argument("--idle", type=int, default=10)
@@ -118,7 +134,12 @@ def main() -> None:
     p.add_argument("--large-bodies", type=int, default=5)
     p.add_argument("--leavers", type=int, default=5)
     p.add_argument("--give-up-s", type=float, default=90.0)
+    p.add_argument("--json", default="build/slow_clients.json")
+    p.add_argument("--no-copy", action="store_true", help="do not copy the JSON to "
+                   "benchmarks/data/slow_clients.json")
+    add_target_argument(p, TARGETS)
     args = p.parse_args()
+    t0 = time.perf_counter()
 
     for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         os.environ.pop(var, None)                   # the product's default: auth on
@@ -174,12 +195,35 @@ def main() -> None:
                                      headers={"Authorization": f"Bearer {KEY}"})
         with urllib.request.urlopen(req, timeout=10) as r:
             out["router_outcomes"] = json.loads(r.read())["outcomes"]
-        print(json.dumps(out, indent=1))
     finally:
         serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
+    print(f"{'kind':<20}{'clients':>8}{'open':>6}{'cut s min':>11}{'cut s max':>11}")
+    for kind, row in out["kinds"].items():
+        print(f"{kind:<20}{row['clients']:>8}{row['still_open']:>6}"
+              f"{row['cut_s_min'] if row['cut_s_min'] is not None else '-':>11}"
+              f"{row['cut_s_max'] if row['cut_s_max'] is not None else '-':>11}")
+    print(f"legit requests by status: {out['legit_statuses']}; router outcomes: "
+          f"{out['router_outcomes']}")
+    rows = out["kinds"].values()
+    outcomes = out["router_outcomes"]
+    measured = {"cut_s_max": max((r["cut_s_max"] for r in rows if r["cut_s_max"] is not None),
+                                 default=None),
+                "still_open": sum(r["still_open"] for r in rows),
+                "legit_not_200": sum(n for code, n in out["legit_statuses"].items()
+                                     if int(code) != 200),
+                "internal_errors": outcomes.get("internal_error", 0)}
+    checks = check(resolve(TARGETS, args.target), measured,
+                   {"stalled large bodies logged 408 body_timeout":
+                    outcomes.get("body_timeout", 0) == args.large_bodies,
+                    "leavers logged 499 abandoned": outcomes.get("abandoned", 0) == args.leavers})
+    print_checks(checks)
+    payload = {"command": "python benchmarks/slow_clients.py " + " ".join(sys.argv[1:]),
+               "measured": out, "seconds": time.perf_counter() - t0, "targets": checks}
+    write_results(payload, args.json, None if args.no_copy else "slow_clients.json")
+    return 0 if passed(checks) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -30,7 +30,7 @@ class FakeRequest:
 
 def _ingress(keys: ApiKeys) -> Any:
     """What `RouterIngress._admit` reads of its instance (no Serve, no handles)."""
-    return SimpleNamespace(keys=keys, limits=RequestLimits())
+    return SimpleNamespace(keys=keys, limits=RequestLimits(), body_timeout_s=60.0)
 
 
 def _admit(ing: Any, body: dict[str, Any], key: str = "k1") -> int:
