@@ -109,9 +109,9 @@ def torch_threads(n: int) -> Iterator[None]:
 class MoboState:
     """Observed points (unit cube) and outcomes; proposes the next batch.
 
-    ``ehvi`` holds, per BO step, the expected hypervolume improvement of the proposed batch:
-    the sum over its q greedy picks of exp(qLogNEHVI value), each pick's value given the
-    earlier picks as pending (`tuning._run.StopRule`'s EHVI_t).
+    ``ehvi`` holds, per BO step, the best acquisition value as an expected hypervolume
+    improvement: exp(qLogNEHVI) of the step's first greedy pick, the best single candidate
+    (`tuning._run.StopRule`'s EHVI_t).
 
     ``plan_keys`` (optional) maps points to the keys of the plans they decode to
     (`tuning._run.plan_keys`). Given, candidates that decode to a plan already observed are
@@ -212,8 +212,9 @@ class MoboState:
                                                       choices=choices,
                                                       max_batch_size=self.settings.batch_limit,
                                                       X_avoid=train_x)
-        # qLogNEHVI is log(EHVI): back to the hypervolume's own units before summing.
-        self.ehvi.append(float(log_values.detach().reshape(-1).exp().sum()))
+        # qLogNEHVI is log(EHVI): back to the hypervolume's units. The first greedy pick is
+        # the best single candidate (no pending points yet).
+        self.ehvi.append(float(log_values.detach().reshape(-1)[0].exp()))
         self.step_seconds.append({"fit_s": t1 - t0, "acq_s": time.perf_counter() - t1})
         self._steps += 1
         return np.asarray(cand.detach().numpy())

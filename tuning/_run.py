@@ -45,19 +45,20 @@ class StopRule:
     The acquisition rule (the default; `patience` None, `ehvi_fraction` set, goal ``pareto``):
     after BO step t, with
 
-        EHVI_t = sum_{j=1..q} exp(a_j)
+        EHVI_t = max_{x in C_t} exp(a(x))
 
-    where a_1..a_q are the qLogNEHVI values (natural log of the expected hypervolume
-    improvement) of the step's q greedy picks, each given the earlier picks as pending, so
-    EHVI_t is the expected hypervolume improvement of the whole batch, in the normalized
-    (quality, log-latency) space of `SearchResult.hypervolume` (reference point the origin;
-    the budget constraint weighs it by the probability of feasibility), and HV_t the
-    hypervolume of the front observed when the batch was proposed, the search stops once
+    the best acquisition value of the step, where a(x) is qLogNEHVI of the single candidate x
+    (the natural log of its expected hypervolume improvement, so exp(a) is back in the
+    normalized (quality, log-latency) space of `SearchResult.hypervolume`, reference point
+    the origin; the budget constraint weighs it by the probability of feasibility) and C_t
+    the step's candidates that decode to a plan not evaluated yet (a known plan improves
+    nothing: the evaluator is deterministic), and HV_t the hypervolume of the front observed
+    when the step was proposed (EHVI_t = 0 when C_t is empty), the search stops once
 
         EHVI_t < ehvi_fraction * HV_t     for `ehvi_steps` consecutive BO steps.
 
-    The maximum is over the step's discrete candidate set (fresh Sobol points plus
-    perturbations of the front, `tuning._mobo.MoboState._candidates`), not the whole cube,
+    The maximum is over a discrete candidate set (fresh Sobol points plus perturbations of
+    the front, `tuning._mobo.MoboState._candidates`), not the whole cube,
     and the expectation is the GP's: the rule says the model sees nothing worth a
     `ehvi_fraction` share of the front, not that the front is optimal. Goals other than
     ``pareto`` fall back to ``patience = FALLBACK_PATIENCE`` under this rule. Random search
@@ -315,8 +316,8 @@ class _Run:
 
         Args:
             plans: the batch.
-            ehvi: the batch's expected hypervolume improvement (EHVI_t of `StopRule`, not
-                its log), or None for a batch no acquisition chose (Sobol, random).
+            ehvi: the step's best expected hypervolume improvement (EHVI_t of `StopRule`,
+                not its log), or None for a batch no acquisition chose (Sobol, random).
 
         """
         hv_before = self.result.trace[-1][2] if self.result is not None else 0.0

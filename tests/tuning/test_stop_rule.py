@@ -1,0 +1,128 @@
+"""The acquisition stop rule (`tuning.StopRule`), known-plan filtering, and the CLI's flags.
+
+The rule: stop after `ehvi_steps` consecutive BO steps whose expected hypervolume improvement
+EHVI_t is below `ehvi_fraction` of the hypervolume HV_t observed when the step was proposed.
+"""
+
+import argparse
+
+import numpy as np
+import pytest
+
+from boute._planning import add_solver_args, stop_rule_from
+from common.errors import BouteError
+from tuning import Goal, Problem, SearchError, StopRule, exact_front, search
+from tuning._mobo import MoboSettings, MoboState
+from tuning._run import FALLBACK_PATIENCE, _Run, make_encoding, plan_keys
+
+
+def _sobol_plans(problem: Problem, n: int = 64):
+    enc = make_encoding(problem, Goal())
+    return enc, MoboState(enc.dim, 0).sobol(n)
+
+
+def test_acquisition_rule_needs_consecutive_low_steps(small_problem: Problem) -> None:
+    pr = small_problem
+    enc, z = _sobol_plans(pr)
+    plans = enc.decode(z)
+    rule = StopRule(max_evals=10_000, time_limit_s=None, ehvi_fraction=1e-3, ehvi_steps=3)
+    run = _Run(pr, Goal(), "mobo", None, rule, warmup_evals=64)
+    run.add(plans)                                  # the start: no acquisition value
+    hv = run.result.trace[-1][2]
+    assert hv > 0
+    # Re-adding the same plans leaves HV_t = hv. Ratios 0.5e-3 (low), 2e-3 (not), then three
+    # lows: only the third consecutive low one stops the run.
+    for ehvi, stops in [(0.5e-3, False), (2e-3, False), (0.9e-3, False), (1e-4, False),
+                        (0.0, True)]:
+        run.add(plans, ehvi * hv)
+        assert run.stop is stops, (ehvi, run.stopped)
+    assert run.result.ehvi_ratio == pytest.approx([0.5e-3, 2e-3, 0.9e-3, 1e-4, 0.0])
+    assert run.stopped == ("expected hypervolume improvement below 0.001 of the hypervolume "
+                           "for 3 BO steps (last 0.0e+00)")
+
+
+def test_patience_replaces_the_acquisition_rule_and_other_goals_fall_back() -> None:
+    default = StopRule()
+    assert default.patience is None and default.time_limit_s == 60.0
+    assert default.uses_acquisition("pareto") and default.effective_patience("pareto") is None
+    # min-cost / max-throughput progress is a cost or a capacity, not a hypervolume.
+    for mode in ("min-cost", "max-throughput"):
+        assert not default.uses_acquisition(mode)
+        assert default.effective_patience(mode) == FALLBACK_PATIENCE == 20
+    explicit = StopRule(patience=5)
+    assert not explicit.uses_acquisition("pareto") and explicit.effective_patience("pareto") == 5
+    fixed = StopRule.fixed(40)
+    assert not fixed.uses_acquisition("pareto") and fixed.effective_patience("min-cost") is None
+    with pytest.raises(SearchError, match=r"self.ehvi_fraction=0.0 must be > 0"):
+        StopRule(ehvi_fraction=0.0)
+    with pytest.raises(SearchError, match=r"self.ehvi_steps=0 must be >= 1"):
+        StopRule(ehvi_steps=0)
+
+
+def test_patience_rule_ignores_the_acquisition_values(small_problem: Problem) -> None:
+    pr = small_problem
+    enc, z = _sobol_plans(pr)
+    plans = enc.decode(z)
+    run = _Run(pr, Goal(), "mobo", None, StopRule(patience=2, time_limit_s=None), 64)
+    run.add(plans)
+    run.add(plans, 0.0)          # EHVI 0, but patience governs: 1 stalled step of 2
+    assert not run.stop
+    run.add(plans, 0.0)
+    assert run.stopped == "front stable for 2 steps (patience 2)"
+
+
+def test_plan_keys_identify_equal_plans(small_problem: Problem) -> None:
+    enc, z = _sobol_plans(small_problem, 32)
+    plans = enc.decode(np.concatenate([z, z[:5]]))
+    keys = plan_keys(plans)
+    assert keys[32:] == keys[:5]
+    # Distinct keys <=> distinct (share, config, replicas) rows.
+    rows = {(round(float(s), 12), c.tobytes(), r.tobytes()) for s, c, r in
+            zip(plans.strong_share, plans.config, plans.replicas, strict=True)}
+    assert len(set(keys)) == len(rows)
+
+
+def test_mobo_never_proposes_a_known_plan_and_stops_by_the_acquisition(
+        small_problem: Problem) -> None:
+    pr = small_problem
+    res = search(pr, Goal(), solver="mobo", stop=StopRule(max_evals=600, time_limit_s=None))
+    assert res.stopped.startswith("expected hypervolume improvement below 0.001"), res.stopped
+    n_steps = len(res.step_seconds)
+    assert len(res.ehvi_ratio) == n_steps >= 3
+    assert all(r < 1e-3 for r in res.ehvi_ratio[-3:])
+    keys = plan_keys(res.plans)
+    sobol = len(keys) - sum(1 for _ in keys[256:])
+    seen = set(keys[:sobol])
+    for k, ratio in zip(keys[256:], np.repeat(res.ehvi_ratio, 4)[:len(keys) - 256],
+                        strict=True):
+        if ratio > 0:                # a step with no new candidate draws Sobol points
+            assert k not in seen
+        seen.add(k)
+    lo, _hi = exact_front(pr).hv_bounds(pr)
+    assert res.hypervolume(pr) >= 0.99 * lo
+
+
+def test_new_plans_filter_drops_known_and_repeated_points() -> None:
+    # Keys: the first coordinate rounded to one decimal, so 0.11 and 0.12 are one plan.
+    st = MoboState(2, 0, MoboSettings(), plan_keys=lambda z: [
+        f"{v:.1f}".encode() for v in np.asarray(z)[:, 0]])
+    st.observe(np.array([[0.11, 0.5]]), np.array([[0.0, 0.0, 1.0]]))
+    z = np.array([[0.12, 0.9], [0.31, 0.1], [0.34, 0.2], [0.5, 0.5]])
+    assert st._new_plans(z).tolist() == [[0.31, 0.1], [0.5, 0.5]]
+
+
+def _solver_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_solver_args(p)
+    return p.parse_args(argv)
+
+
+def test_cli_flags_map_to_the_rule() -> None:
+    rule = stop_rule_from(_solver_args([]))
+    assert rule == StopRule()
+    rule = stop_rule_from(_solver_args(["--patience", "7", "--time-limit-s", "9"]))
+    assert (rule.patience, rule.time_limit_s) == (7, 9.0)
+    assert not rule.uses_acquisition("pareto")
+    assert stop_rule_from(_solver_args(["--time-limit-s", "5"])).time_limit_s == 5.0
+    with pytest.raises(BouteError, match="--patience=0 must be >= 1"):
+        stop_rule_from(_solver_args(["--patience", "0"]))
