@@ -94,7 +94,8 @@ def test_plan_tune_reuses_a_running_cluster_and_reports_its_startup(
     db = small_problem.db.save(tmp_path / "db.parquet")
     # A throw-away local Ray held by a process of this test (tests may turn its token auth
     # off); it ends when that process does.
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # PYTHONPATH: the command runs this checkout's code, whatever is installed.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
     temp = ray_temp_dir(REPO / "build" / "ray-tmp-address")
     holder = subprocess.Popen(
         [sys.executable, "-c", "import ray, sys; ray.init(num_cpus=2, include_dashboard=False,"
