@@ -306,9 +306,9 @@ def main() -> int:
     if args.quick:
         presets = (args.presets if args.presets != ",".join(PRESETS)
                    else "paper-gsm8k,ladder-gsm8k,mixed-gsm8k-mtbench").split(",")
-        payload = {"machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()},
-                   "args": vars(args), "quick": quick(presets, list(range(args.seeds)),
-                                                      args.long_s)}
+        payload: dict[str, Any] = {
+            "machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()},
+            "args": vars(args), "quick": quick(presets, list(range(args.seeds)), args.long_s)}
         payload["machine"]["loadavg_at_end"] = os.getloadavg()
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
