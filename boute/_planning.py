@@ -57,11 +57,12 @@ def add_solver_args(p: argparse.ArgumentParser, default: str = "auto",
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--evals", type=int, default=None, help="mobo/random: evaluate exactly "
                    "this many plans (default: mobo stops when its acquisition's expected "
-                   "hypervolume improvement stays below 1e-3 of the hypervolume for 3 BO "
-                   "steps, or when the front is stable for 20 steps, or at the time limit)")
+                   "hypervolume improvement, discounted by the share of its recent "
+                   "expectations that came true, stays below 1e-3 of the hypervolume for 3 "
+                   "BO steps, or at the time limit)")
     p.add_argument("--patience", type=int, default=None, help="mobo: stop after this many BO "
                    "steps without improving the front, instead of the acquisition rule (the "
-                   "paper's rule; default: the acquisition rule, backed by 20 steps)")
+                   "paper's rule; default: the acquisition rule)")
     p.add_argument("--time-limit-s", type=float, default=60.0, help="mobo/random: stop after "
                    "this many seconds of search, whatever the other rules (default 60)")
 

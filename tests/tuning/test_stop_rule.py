@@ -1,7 +1,8 @@
 """The acquisition stop rule (`tuning.StopRule`), known-plan filtering, and the CLI's flags.
 
 The rule: stop after `ehvi_steps` consecutive BO steps whose expected hypervolume improvement
-EHVI_t is below `ehvi_fraction` of the hypervolume HV_t observed when the step was proposed.
+EHVI_t, discounted by c_t (the share of the last `ehvi_window` steps' expectations that came
+true), is below `ehvi_fraction` of the hypervolume HV_t observed when the step was proposed.
 """
 
 import argparse
@@ -21,43 +22,52 @@ def _sobol_plans(problem: Problem, n: int = 64):
     return enc, MoboState(enc.dim, 0).sobol(n)
 
 
-def test_acquisition_rule_needs_consecutive_low_steps(small_problem: Problem) -> None:
+def test_acquisition_rule_discounts_the_gp_by_what_came_true(small_problem: Problem) -> None:
     pr = small_problem
     enc, z = _sobol_plans(pr)
-    plans = enc.decode(z)
-    rule = StopRule(max_evals=10_000, time_limit_s=None, ehvi_fraction=1e-3, ehvi_steps=3)
+    rule = StopRule(max_evals=10_000, time_limit_s=None, ehvi_fraction=1e-3, ehvi_steps=2,
+                    ehvi_window=2)
     run = _Run(pr, Goal(), "mobo", None, rule, warmup_evals=64)
-    run.add(plans)                                  # the start: no acquisition value
-    hv = run.result.trace[-1][2]
-    assert hv > 0
-    # Re-adding the same plans leaves HV_t = hv. Ratios 0.5e-3 (low), 2e-3 (not), then three
-    # lows: only the third consecutive low one stops the run.
-    for ehvi, stops in [(0.5e-3, False), (2e-3, False), (0.9e-3, False), (1e-4, False),
-                        (0.0, True)]:
-        run.add(plans, ehvi * hv)
-        assert run.stop is stops, (ehvi, run.stopped)
-    assert run.result.ehvi_ratio == pytest.approx([0.5e-3, 2e-3, 0.9e-3, 1e-4, 0.0])
-    assert run.stopped == ("expected hypervolume improvement below 0.001 of the hypervolume "
-                           "for 3 BO steps (last 0.0e+00)")
+    run.add(enc.decode(z))                          # the start: no acquisition value
+    # (EHVI_t, HV_t, HV_t+1) -> c_t over the last 2 steps, ratio c_t * EHVI_t / HV_t:
+    # 1: R = .01, c = min(1, .01/.01) = 1, ratio .01 (and fewer than 2 steps: never low)
+    # 2: R = 0,   c = .01/.02 = .5,        ratio .5 * .01 / 1.01 = 4.95e-3 (not low)
+    # 3: R = 0,   c = 0/.02 = 0,           ratio 0 (low 1)
+    # 4: R = 0,   c = 0,                   ratio 0 (low 2: stop)
+    steps = [(0.01, 1.0, 1.01), (0.01, 1.01, 1.01), (0.01, 1.01, 1.01), (0.01, 1.01, 1.01)]
+    for ehvi, hv, after in steps:
+        run._acquisition(ehvi, hv, after)
+    assert run.result.ehvi_ratio == pytest.approx([0.01, 0.5 * 0.01 / 1.01, 0.0, 0.0])
+    assert run.low_ehvi == 2
+    run._check(100, 1.0, 1.01)
+    assert run.stop and run.stopped == (
+        "expected hypervolume improvement (discounted by the share that came true) below "
+        "0.001 of the hypervolume for 2 BO steps (last 0.0e+00)")
+    # A GP whose expectations come true (R = EHVI) is not discounted: EHVI 5e-4 of HV is
+    # low from the window's end on; 2e-3 is not.
+    calibrated = _Run(pr, Goal(), "mobo", None, rule, warmup_evals=64)
+    calibrated.add(enc.decode(z))
+    for ehvi in (5e-4, 5e-4, 2e-3, 5e-4):
+        calibrated._acquisition(ehvi, 1.0, 1.0 + ehvi)
+    assert calibrated.result.ehvi_ratio == pytest.approx([5e-4, 5e-4, 2e-3, 5e-4])
+    assert calibrated.low_ehvi == 1            # the 2e-3 step broke the run of low steps
 
 
 def test_patience_replaces_the_acquisition_rule_and_other_goals_fall_back() -> None:
     default = StopRule()
     assert default.patience is None and default.time_limit_s == 60.0
-    # The acquisition rule for pareto goals, backed by the paper's 20 steps; min-cost /
-    # max-throughput progress is a cost or a capacity, not a hypervolume: patience alone.
-    assert default.uses_acquisition("pareto")
-    for mode in ("pareto", "min-cost", "max-throughput"):
-        assert default.effective_patience(mode) == FALLBACK_PATIENCE == 20
+    assert default.uses_acquisition("pareto") and default.effective_patience("pareto") is None
+    # min-cost / max-throughput progress is a cost or a capacity, not a hypervolume.
     for mode in ("min-cost", "max-throughput"):
         assert not default.uses_acquisition(mode)
+        assert default.effective_patience(mode) == FALLBACK_PATIENCE == 20
     explicit = StopRule(patience=5)
     assert not explicit.uses_acquisition("pareto") and explicit.effective_patience("pareto") == 5
     fixed = StopRule.fixed(40)
     assert not fixed.uses_acquisition("pareto") and fixed.effective_patience("min-cost") is None
     with pytest.raises(SearchError, match=r"self.ehvi_fraction=0.0 must be > 0"):
         StopRule(ehvi_fraction=0.0)
-    with pytest.raises(SearchError, match=r"self.ehvi_steps=0 must be >= 1"):
+    with pytest.raises(SearchError, match=r"self.ehvi_steps=0 and self.ehvi_window=5 must be"):
         StopRule(ehvi_steps=0)
 
 
@@ -88,7 +98,7 @@ def test_mobo_never_proposes_a_known_plan_and_stops_by_the_acquisition(
         small_problem: Problem) -> None:
     pr = small_problem
     res = search(pr, Goal(), solver="mobo", stop=StopRule(max_evals=600, time_limit_s=None))
-    assert res.stopped.startswith("expected hypervolume improvement below 0.001"), res.stopped
+    assert res.stopped.startswith("expected hypervolume improvement (discounted"), res.stopped
     n_steps = len(res.step_seconds)
     assert len(res.ehvi_ratio) == n_steps >= 3
     assert all(r < 1e-3 for r in res.ehvi_ratio[-3:])
