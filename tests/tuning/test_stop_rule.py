@@ -1,17 +1,13 @@
-"""The acquisition stop rule (`tuning.StopRule`), known-plan filtering, and the CLI's flags.
+"""The acquisition stop rule (`tuning.StopRule`) and known-plan filtering.
 
 The rule: stop after `ehvi_steps` consecutive BO steps whose expected hypervolume improvement
 EHVI_t, discounted by c_t (the share of the last `ehvi_window` steps' expectations that came
 true), is below `ehvi_fraction` of the hypervolume HV_t observed when the step was proposed.
 """
 
-import argparse
-
 import numpy as np
 import pytest
 
-from boute._planning import add_solver_args, stop_rule_from
-from common.errors import BouteError
 from tuning import Goal, Problem, SearchError, StopRule, exact_front, search
 from tuning._mobo import MoboSettings, MoboState
 from tuning._run import FALLBACK_PATIENCE, _Run, make_encoding, plan_keys
@@ -120,20 +116,3 @@ def test_new_plans_filter_drops_known_and_repeated_points() -> None:
     st.observe(np.array([[0.11, 0.5]]), np.array([[0.0, 0.0, 1.0]]))
     z = np.array([[0.12, 0.9], [0.31, 0.1], [0.34, 0.2], [0.5, 0.5]])
     assert st._new_plans(z).tolist() == [[0.31, 0.1], [0.5, 0.5]]
-
-
-def _solver_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    add_solver_args(p)
-    return p.parse_args(argv)
-
-
-def test_cli_flags_map_to_the_rule() -> None:
-    rule = stop_rule_from(_solver_args([]))
-    assert rule == StopRule()
-    rule = stop_rule_from(_solver_args(["--patience", "7", "--time-limit-s", "9"]))
-    assert (rule.patience, rule.time_limit_s) == (7, 9.0)
-    assert not rule.uses_acquisition("pareto")
-    assert stop_rule_from(_solver_args(["--time-limit-s", "5"])).time_limit_s == 5.0
-    with pytest.raises(BouteError, match="--patience=0 must be >= 1"):
-        stop_rule_from(_solver_args(["--patience", "0"]))
