@@ -3,6 +3,13 @@
     python benchmarks/search.py [--presets paper-gsm8k,...] [--seeds 5] [--evals 64,288]
                                 [--tune] [--json build/search_bench.json]
                                 [--target KEY=VALUE]
+    python benchmarks/search.py --quick [--presets ladder-gsm8k,...] [--seeds 2]
+
+``--quick``: the stop rules alone (`quick`): per preset and seed, MOBO under the default
+acquisition rule and under the rule before it (front stable for 20 steps), each with the
+60 s time limit: seconds to stop, evaluations, HV at stop over the reference (the exact
+front where the pair's DP finishes, else the best known: the stored reference front, a
+`--long-s` MOBO run with no convergence rule, and every run here, whichever is best).
 
 For each preset (perf DB built when missing):
 
@@ -226,6 +233,55 @@ def _tune_to99(problem: Problem, ref: float) -> dict[str, Any]:
             "wall_s": time.perf_counter() - t0}
 
 
+RULES = {"acquisition (default)": StopRule(),
+         "patience 20 (before)": StopRule(patience=20)}
+
+
+def quick(presets: list[str], seeds: list[int], long_s: float) -> dict[str, Any]:
+    """`--quick`: time to stop, evaluations and HV at stop of each stop rule (`RULES`)."""
+    from tuning import SearchError
+
+    out: dict[str, Any] = {}
+    for name in presets:
+        problem = planning_problem(name)
+        ref: dict[str, Any]
+        try:
+            ref = _reference(name, problem, 60.0)
+        except (SearchError, SystemExit):     # no exact solver / no stored front
+            ref = {"hv": 0.0, "how": "best known (no stored front)", "exact_s": None}
+        rows: dict[str, list[dict[str, Any]]] = {}
+        best = ref["hv"]
+        for label, rule in RULES.items():
+            rows[label] = []
+            for seed in seeds:
+                res = search(problem, Goal(), solver="mobo", seed=seed, stop=rule)
+                hv = res.hypervolume(problem)
+                best = max(best, hv)
+                rows[label].append({"seed": seed, "seconds": res.seconds, "evals": res.evaluations,
+                                    "hv": hv, "stopped": res.stopped,
+                                    "bo_steps": len(res.step_seconds)})
+        if ref["exact_s"] is None:
+            long = search(problem, Goal(), solver="mobo", seed=100,
+                          stop=StopRule(max_evals=1_000_000, time_limit_s=long_s,
+                                        ehvi_fraction=None))
+            best = max(best, long.hypervolume(problem))
+            ref = {**ref, "hv": best, "how": ref["how"] + f" / best of the runs here and a "
+                   f"{long_s:g} s MOBO run ({long.evaluations} plans)"}
+        for rs in rows.values():
+            for r in rs:
+                r["hv_ratio"] = r["hv"] / ref["hv"]
+        out[name] = {"reference": ref, "rules": rows}
+        print(f"\n== {name}: reference HV {ref['hv']:.5f} ({ref['how']})")
+        print(f"{'rule':<24}{'seed':>5}{'s to stop':>11}{'evals':>7}{'steps':>7}{'HV %':>9}  "
+              "stopped")
+        for label, rs in rows.items():
+            for r in rs:
+                print(f"{label:<24}{r['seed']:>5}{r['seconds']:>11.2f}{r['evals']:>7}"
+                      f"{r['bo_steps']:>7}{100 * r['hv_ratio']:>9.3f}  {r['stopped']}")
+        sys.stdout.flush()
+    return out
+
+
 def _fmt_s(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
@@ -240,8 +296,25 @@ def main() -> int:
     parser.add_argument("--no-plan-wall", action="store_true",
                         help="skip timing the `boute plan` CLI")
     parser.add_argument("--json", default="build/search_bench.json")
+    parser.add_argument("--quick", action="store_true", help="the stop rules alone (see the "
+                        "module docstring); --presets default: paper-gsm8k,ladder-gsm8k,"
+                        "mixed-gsm8k-mtbench")
+    parser.add_argument("--long-s", type=float, default=60.0, help="--quick: seconds of the "
+                        "reference MOBO run where no exact front or stored front exists")
     add_target_argument(parser, TARGETS)
     args = parser.parse_args()
+    if args.quick:
+        presets = (args.presets if args.presets != ",".join(PRESETS)
+                   else "paper-gsm8k,ladder-gsm8k,mixed-gsm8k-mtbench").split(",")
+        payload: dict[str, Any] = {
+            "machine": {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()},
+            "args": vars(args), "quick": quick(presets, list(range(args.seeds)), args.long_s)}
+        payload["machine"]["loadavg_at_end"] = os.getloadavg()
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(payload, indent=1, default=float))
+        print(f"wrote {out}")
+        return 0
     targets = resolve(TARGETS, args.target)
     measured: dict[str, float | None] = {"mobo_to99_vs_limit": 0.0, "min_cost_ratio": 1.0,
                                          "evaluator_plans_per_s": float("inf")}

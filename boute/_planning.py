@@ -61,16 +61,22 @@ def add_solver_args(p: argparse.ArgumentParser, default: str = "auto",
                    f"mobo (default: {default})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--evals", type=int, default=None, help="mobo/random: evaluate exactly "
-                   "this many plans (default: stop when the front is stable or at the time "
-                   "limit)")
-    p.add_argument("--patience", type=int, default=20, help="mobo: stop after this many BO "
-                   "steps without improving the front (default 20)")
+                   "this many plans (default: mobo stops when its acquisition's expected "
+                   "hypervolume improvement, discounted by the share of its recent "
+                   "expectations that came true, stays below 1e-3 of the hypervolume for 3 "
+                   "BO steps, or at the time limit)")
+    p.add_argument("--patience", type=int, default=None, help="mobo: stop after this many BO "
+                   "steps without improving the front, instead of the acquisition rule (the "
+                   "paper's rule; default: the acquisition rule)")
     p.add_argument("--time-limit-s", type=float, default=60.0, help="mobo/random: stop after "
-                   "this many seconds of search (default 60)")
+                   "this many seconds of search, whatever the other rules (default 60)")
 
 
 def stop_rule_from(args: argparse.Namespace) -> StopRule:
     """The `StopRule` of ``--evals`` / ``--patience`` / ``--time-limit-s``.
+
+    Without ``--evals`` / ``--patience``: the acquisition rule (`tuning.StopRule`'s default);
+    ``--patience`` replaces it; ``--time-limit-s`` caps either.
 
     Raises:
         BouteError: a value out of range (named, with the fix).
@@ -82,7 +88,7 @@ def stop_rule_from(args: argparse.Namespace) -> StopRule:
         if args.evals < 1:
             raise BouteError(f"--evals={args.evals} must be >= 1")
         return StopRule.fixed(args.evals)
-    if args.patience < 1:
+    if args.patience is not None and args.patience < 1:
         raise BouteError(f"--patience={args.patience} must be >= 1 BO step")
     if not (args.time_limit_s > 0 and math.isfinite(args.time_limit_s)):
         raise BouteError(f"--time-limit-s={args.time_limit_s} must be a positive number of "
@@ -93,11 +99,18 @@ def stop_rule_from(args: argparse.Namespace) -> StopRule:
 def search_block(result: SearchResult, hypervolume: float | None = None) -> dict[str, Any]:
     """The ``search`` object of the JSON outputs.
 
-    Which solver ran and why, its effort, why it stopped, and the mean BO step times.
+    Which solver ran and why, its effort (``seconds``: the search's clock, without Ray's
+    start-up, which ``ray_startup_s`` gives for Ray Tune runs), why it stopped, the last BO
+    step's expected hypervolume improvement over the hypervolume (``last_ehvi_ratio``), and
+    the mean BO step times.
     """
     out: dict[str, Any] = {"solver": result.solver, "reason": result.reason,
                            "objective": result.goal.mode, "evaluations": result.evaluations,
                            "seconds": result.seconds, "stopped": result.stopped}
+    if result.startup_s is not None:
+        out["ray_startup_s"] = result.startup_s
+    if result.ehvi_ratio:
+        out["last_ehvi_ratio"] = result.ehvi_ratio[-1]
     if hypervolume is not None:
         out["hypervolume"] = hypervolume
     if result.step_seconds:

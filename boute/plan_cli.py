@@ -45,6 +45,10 @@ def add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "until it holds its P95 target (default 3; 0: no check)")
     p.add_argument("--tune", action="store_true", help="evaluate MOBO proposals as Ray Tune "
                    "trials in parallel")
+    p.add_argument("--address", default=None, metavar="ADDR", help="with --tune: use the "
+                   "running Ray cluster at ADDR (e.g. 127.0.0.1:6379 or auto), neither started "
+                   "nor stopped; its connection time is reported apart from the search's "
+                   "(default: start a local Ray for the search)")
     p.add_argument("--out", default="build/plan.json", help="plan JSON to write")
     p.add_argument("--plot", default="build/pareto.png", help="Pareto-front PNG ('' = none)")
     p.set_defaults(run=_run_plan)
@@ -94,6 +98,7 @@ def _run_plan(args: argparse.Namespace) -> int:
         raise BouteError(f"--resim-seeds={args.resim_seeds} must be >= 0 (0: no check)")
     options = PlanOptions(solver=args.solver, seed=args.seed, stop=stop_rule_from(args),
                           check_seeds=fresh_seeds(args.resim_seeds), tune=args.tune,
+                          tune_address=args.address,
                           progress=not args.json, hardware_profiles=args.hardware_profiles)
     slo = window_slo(args)
     problem = load_planning_problem(args)
@@ -126,8 +131,10 @@ def _run_plan(args: argparse.Namespace) -> int:
         payload["headroom"] = held.summary()
 
     def human() -> str:
-        lines = [f"{result.solver}: {result.evaluations} evaluations in {result.seconds:.2f} s, "
-                 f"hypervolume {hv:.4f}; stopped: {result.stopped}",
+        ray_s = ("" if result.startup_s is None else
+                 f" (after {result.startup_s:.2f} s of Ray start-up)")
+        lines = [f"{result.solver}: {result.evaluations} evaluations in {result.seconds:.2f} s"
+                 f"{ray_s}, hypervolume {hv:.4f}; stopped: {result.stopped}",
                  f"solver {result.solver}: {result.reason}",
                  "Pareto front (quality vs planning P95, under "
                  f"${problem.budget:g}/h):",

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +40,16 @@ from tqdm import tqdm
 
 from ._front import pareto_mask
 from ._problem import Problem
-from ._run import Callback, Goal, SearchResult, StopRule, _outcomes, _Run, make_encoding
+from ._run import (
+    Callback,
+    Goal,
+    SearchResult,
+    StopRule,
+    _outcomes,
+    _Run,
+    make_encoding,
+    plan_keys,
+)
 
 __all__ = ["MoboSettings", "MoboState", "run_mobo", "torch_threads"]
 
@@ -98,7 +107,20 @@ def torch_threads(n: int) -> Iterator[None]:
 
 @dataclass
 class MoboState:
-    """Observed points (unit cube) and outcomes; proposes the next batch."""
+    """Observed points (unit cube) and outcomes; proposes the next batch.
+
+    ``ehvi`` holds, per BO step, the best acquisition value as an expected hypervolume
+    improvement: exp(qLogNEHVI) of the step's first greedy pick, the best single candidate
+    (`tuning._run.StopRule`'s EHVI_t).
+
+    ``plan_keys`` (optional) maps points to the keys of the plans they decode to
+    (`tuning._run.plan_keys`). Given, candidates that decode to a plan already observed are
+    dropped before the acquisition: the evaluator is deterministic, so their true improvement
+    is exactly zero, while the GP (which models the decode's steps partly as noise) would
+    still expect some, which kept EHVI_t at 2-8% of the hypervolume on fronts that had
+    stopped moving. A step with no new plan among its candidates proposes Sobol points and
+    records EHVI_t = 0.
+    """
 
     dim: int
     seed: int
@@ -106,6 +128,9 @@ class MoboState:
     x: list[FloatArray] = field(default_factory=list)
     y: list[FloatArray] = field(default_factory=list)
     step_seconds: list[dict[str, float]] = field(default_factory=list)
+    ehvi: list[float] = field(default_factory=list)
+    plan_keys: Callable[[FloatArray], list[bytes]] | None = None
+    _seen: set[bytes] = field(default_factory=set)
     _sobol_drawn: int = 0
     _hyper: dict[str, Any] | None = None
     _steps: int = 0
@@ -114,6 +139,8 @@ class MoboState:
         """Add evaluated points ``(N, dim)`` with outcomes ``(N, 3)``."""
         self.x.append(np.atleast_2d(x))
         self.y.append(np.atleast_2d(y))
+        if self.plan_keys is not None:
+            self._seen.update(self.plan_keys(np.atleast_2d(x)))
 
     @property
     def num_observed(self) -> int:
@@ -133,7 +160,8 @@ class MoboState:
     def propose(self, q: int | None = None) -> FloatArray:
         """Maximize qLogNEHVI for a batch of q points (Sobol while too few observations).
 
-        Appends the step's ``{"fit_s", "acq_s"}`` to `step_seconds`.
+        Appends the step's ``{"fit_s", "acq_s"}`` to `step_seconds` and its expected
+        hypervolume improvement to `ehvi`.
         """
         q = q or self.settings.q
         if self.num_observed < self.settings.n_init:
@@ -173,13 +201,34 @@ class MoboState:
                 constraints=[lambda z: -z[..., 2]],
                 sampler=SobolQMCNormalSampler(torch.Size([self.settings.mc_samples])),
                 prune_baseline=lead.size == 0)
-            choices = torch.as_tensor(self._candidates(x_all, y_all), dtype=torch.float64)
-            cand, _ = optimize_acqf_discrete(acq, q=q, choices=choices,
-                                             max_batch_size=self.settings.batch_limit,
-                                             X_avoid=train_x)
+            pool = self._new_plans(self._candidates(x_all, y_all))
+            if len(pool) == 0:          # every candidate decodes to a known plan
+                self.ehvi.append(0.0)
+                self.step_seconds.append({"fit_s": t1 - t0, "acq_s": time.perf_counter() - t1})
+                self._steps += 1
+                return self.sobol(q)
+            choices = torch.as_tensor(pool, dtype=torch.float64)
+            cand, log_values = optimize_acqf_discrete(acq, q=min(q, len(pool)),
+                                                      choices=choices,
+                                                      max_batch_size=self.settings.batch_limit,
+                                                      X_avoid=train_x)
+        # qLogNEHVI is log(EHVI): back to the hypervolume's units. The first greedy pick is
+        # the best single candidate (no pending points yet).
+        self.ehvi.append(float(log_values.detach().reshape(-1)[0].exp()))
         self.step_seconds.append({"fit_s": t1 - t0, "acq_s": time.perf_counter() - t1})
         self._steps += 1
         return np.asarray(cand.detach().numpy())
+
+    def _new_plans(self, z: FloatArray) -> FloatArray:
+        """The points of `z` that decode to plans not observed yet, one per plan."""
+        if self.plan_keys is None:
+            return z
+        keep, fresh = [], set()
+        for i, k in enumerate(self.plan_keys(z)):
+            if k not in self._seen and k not in fresh:
+                fresh.add(k)
+                keep.append(i)
+        return z[keep]
 
     def _model(self, train_x: Any, train_y: Any) -> Any:
         """The GP on the training points, hyper-parameters fitted or reused (`refit_every`)."""
@@ -291,7 +340,8 @@ def run_mobo(
     """
     rule = stop or StopRule()
     enc = make_encoding(problem, goal, encoding)
-    st = MoboState(enc.dim, seed, settings or MoboSettings())
+    st = MoboState(enc.dim, seed, settings or MoboSettings(),
+                   plan_keys=lambda z: plan_keys(enc.decode(z)))
     run = _Run(problem, goal, "mobo" if encoding == "structured" else "mobo-raw", callback,
                rule, warmup_evals=st.settings.n_init)
     bar = tqdm(total=rule.max_evals, desc="mobo", unit="plan", disable=not progress,
@@ -303,7 +353,7 @@ def run_mobo(
         z = st.propose() if bo else st.sobol(min(st.settings.n_init, left))
         z = z[:left]
         t0 = time.perf_counter()
-        metrics = run.add(enc.decode(z))
+        metrics = run.add(enc.decode(z), st.ehvi[-1] if bo else None)
         st.observe(z, _outcomes(problem, goal, metrics))
         if bo:
             steps.append({**st.step_seconds[-1], "decode_s": time.perf_counter() - t0})

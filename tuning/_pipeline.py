@@ -57,6 +57,8 @@ class PlanOptions:
         max_evals: exactly this many plans (overrides `stop`).
         check_seeds: fresh traces per replica group of the headroom check; ``()``: none.
         tune: evaluate MOBO proposals as Ray Tune trials (`tuning.tune`).
+        tune_address: with `tune`, the address of a running Ray cluster to use (neither
+            started nor stopped); None: a local Ray, started for the search.
         progress: draw the search's progress bar on stderr.
         hardware_profiles: as for the perf DB (the fresh runs use the same replica model).
 
@@ -68,6 +70,7 @@ class PlanOptions:
     max_evals: int | None = None
     check_seeds: tuple[int, ...] = FRESH_SEEDS
     tune: bool = False
+    tune_address: str | None = None
     progress: bool = False
     hardware_profiles: str | None = None
 
@@ -93,13 +96,18 @@ class Chosen:
 
 
 def _search(problem: Problem, goal: Goal, options: PlanOptions) -> SearchResult:
+    if options.tune_address is not None and not options.tune:
+        raise BouteError(f"--address={options.tune_address} is the Ray cluster of --tune; add "
+                         "--tune, or drop --address")
     if options.tune:
         if options.solver not in ("auto", "mobo"):
             raise BouteError("--tune runs the mobo solver; drop --solver or use --solver mobo")
         from .tune import search_with_tune
 
-        res = search_with_tune(problem, goal, seed=options.seed, stop=options.stop)
-        res.reason = "mobo through Ray Tune trials (--tune)"
+        res = search_with_tune(problem, goal, seed=options.seed, stop=options.stop,
+                               address=options.tune_address)
+        res.reason = "mobo through Ray Tune trials (--tune" + (
+            f" on the cluster at {options.tune_address})" if options.tune_address else ")")
         return res
     return search(problem, goal, solver=options.solver, seed=options.seed,
                   max_evals=options.max_evals, stop=options.stop, progress=options.progress)
@@ -156,6 +164,9 @@ def choose_plan(problem: Problem, goal: Goal, options: PlanOptions | None = None
     if held.plan is not None:
         extra: dict[str, Any] = {"search": {
             "solver": held.result.solver, "reason": held.result.reason, "objective": goal.mode}}
+        if held.result.startup_s is not None:     # Ray Tune: its start-up apart from the search
+            extra["search"].update(ray_startup_s=held.result.startup_s,
+                                   search_s=held.result.seconds)
         if held.checks:
             extra["headroom"] = held.summary()
         if lengths is not None:

@@ -196,7 +196,8 @@ def _arm(res: SearchResult, ref_hv: float) -> ArmResult:
 def _mobo(problem: Problem, encoding: str, ref_hv: float | None, cap_s: float, seed: int,
           patience: int | None = None) -> SearchResult:
     """A MOBO run stopped at the target (when `ref_hv` is known), by `patience`, or at `cap_s`."""
-    rule = StopRule(max_evals=UNBOUNDED_EVALS, patience=patience, time_limit_s=cap_s)
+    rule = StopRule(max_evals=UNBOUNDED_EVALS, patience=patience, time_limit_s=cap_s,
+                    ehvi_fraction=None)
     if ref_hv is None or patience is not None:
         return search(problem, Goal(), solver="mobo", encoding=encoding, seed=seed, stop=rule)
     target = TARGET_HV_RATIO * ref_hv

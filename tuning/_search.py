@@ -54,7 +54,7 @@ def _random(problem: Problem, goal: Goal, *, rule: StopRule, seed: int, batch: i
     enc = make_encoding(problem, goal, encoding)
     rng = np.random.default_rng(seed)
     name = "random" if encoding == "raw" else f"random-{encoding}"
-    run = _Run(problem, goal, name, callback, replace(rule, patience=None))
+    run = _Run(problem, goal, name, callback, replace(rule, patience=None, ehvi_fraction=None))
     while not run.stop:
         n = rule.max_evals - (len(run.result.plans) if run.result else 0)
         run.add(enc.decode(rng.random((min(batch, n), enc.dim))))
@@ -139,7 +139,8 @@ def search(
         solver: ``auto``, ``mobo``, ``exact`` or ``random``.
         seed: of the Sobol start / random draws.
         max_evals: shorthand for ``StopRule.fixed(max_evals)``: exactly that many plans.
-        stop: when mobo / random stop (default `StopRule()`: stable for 20 steps, 60 s);
+        stop: when mobo / random stop (default `StopRule()`: the acquisition's expected
+            hypervolume improvement below 1e-3 of the hypervolume for 3 BO steps, or 60 s);
             ignored with `max_evals`.
         encoding: ``structured`` or ``raw``; default: structured for mobo, raw for random
             (uniform integer plans: every plan of the space reachable).

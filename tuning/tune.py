@@ -38,6 +38,7 @@ from ._run import (
     _outcomes,
     _Run,
     make_encoding,
+    plan_keys,
 )
 
 __all__ = ["BouteSearcher", "search_with_tune"]
@@ -48,19 +49,24 @@ class BouteSearcher(Searcher):
 
     def __init__(self, dim: int, seed: int = 0, settings: MoboSettings | None = None,
                  batch: int = 64,
-                 on_batch: Callable[[np.ndarray[Any, Any]], bool] | None = None) -> None:
+                 on_batch: Callable[[np.ndarray[Any, Any], float | None], bool] | None = None,
+                 plan_keys: Callable[[np.ndarray[Any, Any]], list[bytes]] | None = None
+                 ) -> None:
         super().__init__(metric="best_o0", mode="max")
-        self.state = MoboState(dim, seed, settings or MoboSettings())
+        self.state = MoboState(dim, seed, settings or MoboSettings(), plan_keys=plan_keys)
         self.batch = batch
         self.handed_out = 0
-        self.live: dict[str, np.ndarray[Any, Any]] = {}
-        self.on_batch = on_batch      # called with each finished batch; True -> stop
+        self.live: dict[str, tuple[np.ndarray[Any, Any], float | None]] = {}
+        # Called with each finished batch and its expected hypervolume improvement (None for
+        # Sobol chunks); True -> stop.
+        self.on_batch = on_batch
         self.finished = False
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         """The next batch, as ``{"z": [[z0, z1, ...], ...]}`` (FINISHED once told to stop)."""
         if self.finished:
             return Searcher.FINISHED  # type: ignore[return-value]  # Tune's end marker
+        ehvi: float | None = None
         if self.handed_out < self.state.settings.n_init:
             n = min(self.batch, self.state.settings.n_init - self.handed_out)
             z = self.state.sobol(n)
@@ -68,17 +74,19 @@ class BouteSearcher(Searcher):
             return None          # wait for the Sobol start before modelling
         else:
             z = self.state.propose()
+            ehvi = self.state.ehvi[-1] if self.state.ehvi else None
         self.handed_out += len(z)
-        self.live[trial_id] = z
+        self.live[trial_id] = (z, ehvi)
         return {"z": z.tolist()}
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
         """Record the trial's outcomes (failed trials are dropped)."""
-        z = self.live.pop(trial_id, None)
-        if z is not None and result is not None and not error:
+        live = self.live.pop(trial_id, None)
+        if live is not None and result is not None and not error:
+            z, ehvi = live
             self.state.observe(z, np.asarray(json.loads(result["outcomes_json"])))
-            if self.on_batch is not None and self.on_batch(z):
+            if self.on_batch is not None and self.on_batch(z, ehvi):
                 self.finished = True
 
 
@@ -114,37 +122,47 @@ def _stdout_to_stderr() -> Iterator[None]:
 def search_with_tune(problem: Problem, goal: Goal, *, seed: int = 0,
                      max_evals: int | None = None, stop: StopRule | None = None,
                      batch: int = 64, concurrency: int = 2, encoding: str = "structured",
-                     callback: Callback | None = None, temp_dir: str | None = None
-                     ) -> SearchResult:
-    """Run the MOBO searcher through Ray Tune (starting a local Ray if none is running).
+                     callback: Callback | None = None, temp_dir: str | None = None,
+                     address: str | None = None) -> SearchResult:
+    """Run the MOBO searcher through Ray Tune.
+
+    Ray: with `address`, connect to that running cluster (``ray.init(address=...)``; it is
+    neither started nor stopped here, only this driver's connection is closed at the end);
+    without it, use the Ray this process is already connected to, or start a local one and
+    shut it down at the end. The seconds spent starting or connecting are
+    `SearchResult.startup_s`; the search's clock (`SearchResult.seconds`, the trace, the
+    stop rule's time limit) starts after them.
 
     Plans in trials of ``batch`` (Sobol chunks) or ``settings.q`` points (BO steps),
     ``concurrency`` trials at a time, until `stop` (default `StopRule()`, or exactly
     `max_evals` plans); results under ``build/ray_results``. The driver keeps the evaluated
     plans as trials finish; ``callback(evaluations, seconds, value)`` returning True ends the
     search (no new trials). Tune's and Ray's output goes to stderr, never stdout.
+
+    Raises:
+        SearchError: no cluster answers at `address`, `address` given while this process is
+            connected to Ray already, or no trial finished.
+
     """
+    import time
+
     import ray
 
     rule = StopRule.fixed(max_evals) if max_evals is not None else (stop or StopRule())
     with _stdout_to_stderr():
-        # A local Ray started here runs with token authentication, Ray's default for
-        # `ray.init()` (it generates ~/.ray/auth_token if there is none); RAY_AUTH_MODE set by
-        # the caller wins.
-        started = False
-        if not ray.is_initialized():
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     _temp_dir=temp_dir)
-            started = True
+        t0 = time.perf_counter()
+        started = _connect(ray, address, temp_dir)
+        startup_s = time.perf_counter() - t0
         enc = make_encoding(problem, goal, encoding)
         settings = MoboSettings(n_init=min(MoboSettings().n_init, rule.max_evals))
         run = _Run(problem, goal, "mobo-tune", callback, rule, warmup_evals=settings.n_init)
 
-        def on_batch(z: np.ndarray[Any, Any]) -> bool:
-            run.add(enc.decode(z))
+        def on_batch(z: np.ndarray[Any, Any], ehvi: float | None) -> bool:
+            run.add(enc.decode(z), ehvi)
             return run.stop
 
-        searcher = BouteSearcher(enc.dim, seed, settings, batch, on_batch)
+        searcher = BouteSearcher(enc.dim, seed, settings, batch, on_batch,
+                                 plan_keys=lambda z: plan_keys(enc.decode(z)))
         n_sobol = math.ceil(settings.n_init / batch)
         n_bo = math.ceil(max(0, rule.max_evals - settings.n_init) / settings.q)
         try:
@@ -165,4 +183,33 @@ def search_with_tune(problem: Problem, goal: Goal, *, seed: int = 0,
                           "build/ray_results")
     result = run.done()
     result.step_seconds = [dict(t) for t in searcher.state.step_seconds]
+    result.startup_s = startup_s
     return result
+
+
+def _connect(ray: Any, address: str | None, temp_dir: str | None) -> bool:
+    """Connect to the cluster at `address`, or start a local Ray; True when we must disconnect.
+
+    Raises:
+        SearchError: `address` while already connected, or nothing answers there.
+
+    """
+    if address is not None:
+        if ray.is_initialized():
+            raise SearchError(f"address={address!r}: this process is connected to Ray "
+                              "already; drop --address to use that connection")
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise SearchError(f"address={address!r}: no Ray cluster answers there ({exc}); "
+                              "start one with `ray start --head` (or `ray up cluster.yaml`) "
+                              "and pass its address, or drop --address to start a local "
+                              "Ray") from exc
+        return True
+    if ray.is_initialized():
+        return False
+    # A local Ray started here runs with token authentication, Ray's default for `ray.init()`
+    # (it generates ~/.ray/auth_token if there is none); RAY_AUTH_MODE set by the caller wins.
+    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
+             _temp_dir=temp_dir)
+    return True
