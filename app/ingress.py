@@ -48,17 +48,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import ClientDisconnect
 
-from .dispatch import (
-    ROUTED_MODELS,
-    STATUS_ABANDONED,
-    WORKLOAD_HEADER,
-    Call,
-    Dispatcher,
-    Pending,
-    PendingStream,
-    Reply,
-    StreamReply,
-)
+from .calls import Call, Pending, PendingStream, Reply, StreamReply
+from .dispatch import ROUTED_MODELS, STATUS_ABANDONED, WORKLOAD_HEADER, Dispatcher
 from .guard import ApiKeys, KeyEntry, check_body, parse_body
 from .observability import Observer
 from .openai_api import ApiError
@@ -82,7 +73,7 @@ _LOG = logging.getLogger("ray.serve")     # the replica's log file (a 500 is a b
 
 
 class ServeEngines:
-    """`app.dispatch.EngineClient` over Serve deployment handles (group name -> handle)."""
+    """`app.calls.EngineClient` over Serve deployment handles (group name -> handle)."""
 
     def __init__(self, handles: dict[str, DeploymentHandle[Any]]) -> None:
         self.handles = handles

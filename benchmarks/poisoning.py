@@ -42,7 +42,8 @@ from _targets import Target, add_target_argument, check, passed, print_checks, r
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app.dispatch import Call, Dispatcher
+from app.calls import Call
+from app.dispatch import Dispatcher
 from app.isolation import Isolation
 from app.openai_api import completion
 from app.router_config import RouterConfig

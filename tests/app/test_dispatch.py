@@ -1,7 +1,7 @@
 """The dispatcher without HTTP or Serve: routing, admission, failover and accounting.
 
 Engines are fakes with the backend contract (`app.emulated_server`) behind
-`app.dispatch.EngineClient`:
+`app.calls.EngineClient`:
 ``ok`` answers at once, ``fail`` raises, ``hang`` never answers, ``slow`` takes 0.2 s,
 ``reject`` answers a 400 error body, ``midfail`` streams one item then fails; a group in
 ``lost`` (its node gone) answers neither calls nor liveness pings. The recorder keeps every
@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from app.dispatch import Call, Dispatcher, Reply, StreamReply
+from app.calls import Call, Reply, StreamReply
+from app.dispatch import Dispatcher
 from app.openai_api import ApiError, completion, error_body, sse
 from app.router_config import RouterConfig
 from app.routing import RouterError
@@ -117,7 +118,7 @@ class FakeEngines:
 
 
 class FakeRecorder:
-    """Every call of the `app.dispatch.Recorder` contract."""
+    """Every call of the `app.calls.Recorder` contract."""
 
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from app import dispatch
-from app.dispatch import PROBE_PERIOD_S, PROBE_THRESHOLD, PROBE_TIMEOUT_S, Reply
+from app.calls import Reply
+from app.dispatch import PROBE_PERIOD_S, PROBE_THRESHOLD, PROBE_TIMEOUT_S
 from tests.app.test_dispatch import STRONG, WEAK, make, run
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from app.dispatch import Call
+from app.calls import Call
 from app.guard import ApiKeys, KeyEntry, RequestLimits, hash_key
 from app.openai_api import ApiError
 

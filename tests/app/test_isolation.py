@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.dispatch import Call, Dispatcher
+from app.calls import Call
+from app.dispatch import Dispatcher
 from app.isolation import GuardState, Isolation, TenantWindow, clamp_move
 from app.router_config import RouterConfig
 from app.routing import LiveThreshold
