@@ -61,10 +61,8 @@ def write_roofline_profile(out: Path, gpu_type: str, peak_tflops: float, peak_gb
 
 
 # The heavy tests start Ray clusters, Serve apps and vLLM engines, bench them and compare what
-# they measure with bounds: `make test` runs them one after the other in three pytest processes
-# of their own (the CPU-bound ones; the `emulated` ones, which mostly wait on real-time
-# traffic; the `solo` emulated one of several minutes), beside the rest; each local cluster
-# takes ports of its own, so Serve apps coexist.
+# they measure with bounds: `make test` runs them one after the other in a pytest process of
+# their own, beside the rest (two at once would compete for the CPUs their bounds assume).
 def _run_order(item: pytest.Item) -> int:
     """Heavy tests that check latency or refusal counts (``latency``) last, when mypy and the
     other pytest process are done with the CPUs."""

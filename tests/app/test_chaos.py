@@ -21,7 +21,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.heavy
-@pytest.mark.emulated
 @pytest.mark.latency
 def test_chaos_quick(tmp_path: Path) -> None:
     out = tmp_path / "chaos.json"

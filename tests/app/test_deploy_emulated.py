@@ -25,7 +25,6 @@ profile: {num_rates: 8, num_requests: 300}
 
 
 @pytest.mark.heavy
-@pytest.mark.emulated
 @pytest.mark.latency
 def test_deploy_bench_matches_prediction(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                          monkeypatch: pytest.MonkeyPatch) -> None:

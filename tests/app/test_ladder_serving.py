@@ -65,8 +65,6 @@ def _shares(summary: dict[str, Any], workload: str) -> dict[str, float]:
 
 
 @pytest.mark.heavy
-@pytest.mark.emulated
-@pytest.mark.solo
 @pytest.mark.latency
 def test_three_models_two_workloads_served_and_replanned(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch

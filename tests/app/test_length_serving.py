@@ -50,7 +50,6 @@ def _split_plan(tmp: Path):
 
 
 @pytest.mark.heavy
-@pytest.mark.emulated
 @pytest.mark.latency
 def test_short_and_long_requests_are_served_by_their_own_groups(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

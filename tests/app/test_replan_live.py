@@ -25,7 +25,6 @@ def _replicas(plan: dict[str, Any]) -> dict[str, int]:
 
 
 @pytest.mark.heavy
-@pytest.mark.emulated
 @pytest.mark.latency
 def test_replan_job_follows_a_rate_shift(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                          ) -> None:

@@ -127,7 +127,6 @@ def _faulty_app():
 
 
 @pytest.mark.heavy
-@pytest.mark.emulated
 def test_router_serves_the_plan_on_a_fake_cluster(monkeypatch: pytest.MonkeyPatch,
                                                    tmp_path: Path) -> None:
     import ray
