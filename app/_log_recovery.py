@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,23 @@ def _write_atomic(folder: Path, path: Path, table: pa.Table, first: int, last: i
     fsync_path(folder)
 
 
+def _write_recovered(folder: Path, path: Path, rows: dict[int, tuple[Any, ...]],
+                     convert: Callable[[list[tuple[Any, ...]]], tuple[pa.Table | None, int]],
+                     acc: _Acc) -> int:
+    """Write the recovered `rows` (seq -> row) in seq order to `path`; the rows written.
+
+    Lines of the wrong types are dropped by `convert` and counted in ``acc.dropped``.
+    """
+    ordered = [rows[s] for s in sorted(rows)]
+    table, bad = convert(ordered)
+    acc.dropped += bad
+    if table is None:
+        return 0
+    _write_atomic(folder, path, table, ordered[0][0], ordered[-1][0])
+    acc.written.append(path)
+    return int(table.num_rows)
+
+
 def _recover_writer(folder: Path, wid: str, acc: _Acc) -> None:
     """Recover dead writer `wid` (its lock is held): WAL rows not in its Parquet files.
 
@@ -141,22 +159,10 @@ def _recover_writer(folder: Path, wid: str, acc: _Acc) -> None:
         rows.update((r[0], r) for r in got if not covers(covered, r[0]))
         counts.update((r[0], r) for r in got_counts if not covers(covered_counts, r[0]))
     n = 1 + max((int(p.stem.rsplit("-", 1)[1]) for p in (*parquet, *counted)), default=-1)
-    ordered = [counts[s] for s in sorted(counts)]
-    table, bad = to_refused_table(ordered)
-    acc.dropped += bad
-    if table is not None:
-        path = folder / f"refused-{wid}-{n:04d}.parquet"
-        _write_atomic(folder, path, table, ordered[0][0], ordered[-1][0])
-        acc.counts += table.num_rows
-        acc.written.append(path)
-    ordered = [rows[s] for s in sorted(rows)]
-    table, bad = to_table(ordered)                  # lines of the wrong types: dropped
-    acc.dropped += bad
-    if table is not None:
-        path = folder / f"requests-{wid}-{n:04d}.parquet"
-        _write_atomic(folder, path, table, ordered[0][0], ordered[-1][0])
-        acc.rows += table.num_rows
-        acc.written.append(path)
+    acc.counts += _write_recovered(folder, folder / f"refused-{wid}-{n:04d}.parquet", counts,
+                                   to_refused_table, acc)
+    acc.rows += _write_recovered(folder, folder / f"requests-{wid}-{n:04d}.parquet", rows,
+                                 to_table, acc)
     for w in wals:
         w.unlink(missing_ok=True)
     if wals:
