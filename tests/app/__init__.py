@@ -22,14 +22,15 @@ def throwaway_serve(name: str) -> Iterator[int]:
 
     old = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _temp_dir=str(ray_temp_dir(REPO / "build" / f"ray-tmp-{name}")))
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
+    try:            # a start that fails (Serve's proxy killed on a loaded machine) is undone
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 _temp_dir=str(ray_temp_dir(REPO / "build" / f"ray-tmp-{name}")))
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
         yield port
-    finally:
-        serve.shutdown()
+    finally:        # too: the next test finds no Ray left initialized, auth mode restored
+        if ray.is_initialized():
+            serve.shutdown()
         ray.shutdown()
         if old is None:
             os.environ.pop("RAY_AUTH_MODE", None)
