@@ -245,7 +245,10 @@ class GroupPool:
             return False
         st.failed += 1
         st.failures += 1
-        if st.failures < self.fail_threshold or now < st.ejected_until:
+        if now < st.ejected_until:
+            return False                # a call sent before the ejection, failing late
+        half_open = st.ejections > 0    # ejected before, no success since: one trial call
+        if st.failures < self.fail_threshold and not half_open:
             return False
         st.ejections += 1
         st.failures = 0

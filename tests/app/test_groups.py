@@ -50,12 +50,11 @@ def test_breaker_ejects_after_consecutive_failures_and_doubles() -> None:
     assert not pool.failure("c", 0.0) and not pool.failure("c", 0.0)
     assert pool.failure("c", 1.0)                           # 3rd in a row: out until 6.0
     assert pool.groups["c"].state(5.9) == "ejected" and not pool.reachable("strong", 5.9)
-    assert pool.groups["c"].state(6.0) == "healthy"         # half-open
-    for _ in range(3):
-        pool.failure("c", 6.0)
-    assert pool.groups["c"].ejected_until == 16.0           # 2 * 5 s
-    for _ in range(3):
-        pool.failure("c", 16.0)
+    assert pool.groups["c"].state(6.0) == "healthy"         # half-open: one trial call
+    assert not pool.failure("c", 5.9)                       # sent before, failing late: no change
+    assert pool.failure("c", 6.0)                           # the trial failed: out again at once
+    assert pool.groups["c"].ejected_until == 16.0           # for 2 * 5 s
+    assert pool.failure("c", 16.0)
     assert pool.groups["c"].ejected_until == 28.0           # 4 * 5 = 20, capped at 12
     pool.success("c")
     for _ in range(3):

@@ -125,7 +125,8 @@ def serve_url(shared_serve: SharedServe):
 def test_failed_calls_are_retried_on_another_group_and_the_group_is_ejected(serve_url) -> None:
     base, serve = serve_url
     serve.run(_app({"bad": ("fail", WEAK), "good": ("ok", WEAK), "big": ("ok", STRONG)},
-                   {WEAK: {"bad": 0.5, "good": 0.5}, STRONG: {"big": 1.0}}),
+                   {WEAK: {"bad": 0.5, "good": 0.5}, STRONG: {"big": 1.0}},
+                   settings={"cooldown_s": 60.0}),   # no half-open trial in 30 calls on a slow box
               name="retry", route_prefix="/retry")
     url = f"{base}/retry"
     seen = Counter()
