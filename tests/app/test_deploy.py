@@ -57,13 +57,14 @@ def test_serve_config_is_a_stack_whose_args_do_not_depend_on_replicas_or_shares(
                                          "llama-3.1-8b-RTX-5090-tp1pp1",
                                          "llama-3.1-70b-H100-tp4pp1")}
     assert Plan.from_dict(uc["plan"]).groups == PLAN.groups
+    drain = {"graceful_shutdown_timeout_s": 60.0}     # no goal, no prediction: the minimum
     assert {g["name"]: (g["route_prefix"], g["deployments"]) for g in groups} == {
         "llama-3.1-70b-H100-tp4pp1": (None, [{"name": "llama-3.1-70b-H100-tp4pp1",
-                                              "num_replicas": 2}]),
+                                              "num_replicas": 2, **drain}]),
         "llama-3.1-8b-RTX-4090-tp1pp1": (None, [{"name": "llama-3.1-8b-RTX-4090-tp1pp1",
-                                                 "num_replicas": 6}]),
+                                                 "num_replicas": 6, **drain}]),
         "llama-3.1-8b-RTX-5090-tp1pp1": (None, [{"name": "llama-3.1-8b-RTX-5090-tp1pp1",
-                                                 "num_replicas": 2}])}
+                                                 "num_replicas": 2, **drain}])}
     assert groups[0]["args"]["group"] == {"model": "llama-3.1-70b", "gpu": "H100", "tp": 4,
                                           "pp": 1}
     # Another plan with the same configs: every application's args are unchanged (Serve
@@ -91,7 +92,7 @@ def test_bench_summary_arithmetic() -> None:
     # e2e [1.1, 2.3, 0.2]: median 1.1; p90 by linear interpolation 1.1 + 0.8 * 1.2 = 2.06
     assert s["e2e_s"]["p50"] == pytest.approx(1.1) and s["e2e_s"]["p90"] == pytest.approx(2.06)
     assert s["model_share"] == {"s": pytest.approx(1 / 3), "w": pytest.approx(2 / 3)}
-    assert s["first_error"] == "busy"
+    assert s["first_error"] == "busy" and s["first_errors"] == {"503": "busy"}
     s["strong_share"] = s["model_share"]["s"]
     text = format_bench(s, {"system_p95_s": 2.0, "mean_s": 1.0, "strong_share": 0.3})
     assert "P95 latency (s)" in text and "+" in text

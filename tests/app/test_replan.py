@@ -258,3 +258,25 @@ def test_lost_gpu_types_are_those_the_live_cluster_no_longer_has(
     assert lost_gpu_types(state) == []
     monkeypatch.setattr(placement, "live_nodes", lambda: [h100])     # the 4090 node died
     assert lost_gpu_types(state) == ["RTX-4090"]
+
+
+def test_engine_replicas_drain_for_four_times_the_plan_latency_level() -> None:
+    from dataclasses import replace
+
+    from app.main import drain_timeout_s
+    from tuning import Goal
+
+    # No goal, no prediction: the minimum, 60 s (Serve's own default, 20 s, cut the streams
+    # of a loaded ladder plan's slow groups when a replan deleted them).
+    assert drain_timeout_s(PLAN) == 60.0
+    # A 40 s P95 target (the ladder test's plan): 4 x 40 = 160 s; 3.6 s: 14.4 -> 60 s; a
+    # 400 s target: 1,600 -> capped at 600 s.
+    assert drain_timeout_s(replace(PLAN, goal=Goal("min-cost", p95_s=40.0))) == 160.0
+    assert drain_timeout_s(replace(PLAN, goal=Goal("min-cost", p95_s=3.6))) == 60.0
+    assert drain_timeout_s(replace(PLAN, goal=Goal("min-cost", p95_s=400.0))) == 600.0
+    # Each engine application of the stack's Serve config carries it (a replan's "down" step
+    # deletes or shrinks groups through this config).
+    config = stack_config(replace(PLAN, goal=Goal("min-cost", p95_s=40.0)), Stack())
+    engines = [a for a in config["applications"] if a["name"] != "boute"]
+    assert len(engines) == 2
+    assert all(a["deployments"][0]["graceful_shutdown_timeout_s"] == 160.0 for a in engines)
