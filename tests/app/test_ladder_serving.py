@@ -42,7 +42,8 @@ profile: {num_rates: 8, num_requests: 300}
 """
 EVALS = 256         # plans the planner and the replanning job evaluate (see _plan)
 FIRST_S = 90.0      # the plan's traffic (~540 requests)
-WINDOW_S = 95.0     # the replanning job's window, the tripled chat traffic before it starts
+WINDOW_S = 60.0     # the replanning job's window, the tripled chat traffic before it starts
+                    # (~480 requests: 300 math, 180 chat; Poisson rate errors 6% and 7% at 1 sigma)
 AFTER_APPLY_S = 15.0
 
 
@@ -146,7 +147,7 @@ def test_three_models_two_workloads_served_and_replanned(tmp_path: Path,
         summary = second[0]
         # Nothing fails: until the new plan is in, the doubled rate is beyond the running
         # plan's capacity and admission control refuses some with 429 (bound 10%).
-        assert set(summary["errors"]) <= {"429"}, summary
+        assert set(summary["errors"]) <= {"429"}, (summary["errors"], summary["first_errors"])
         assert summary["errors"].get("429", 0) <= 0.1 * summary["requests"], summary
         print(json.dumps({"first": {"workload_share": first["workload_share"],
                                     "p95_s": measured, "predicted_p95_s": predicted,

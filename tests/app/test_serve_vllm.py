@@ -120,6 +120,7 @@ async def _through_engine_kill(url: str) -> tuple[Counter[int], int]:
 
 
 @pytest.mark.heavy
+@pytest.mark.vllm
 def test_vllm_engines_behind_the_router(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
     from ray import serve
