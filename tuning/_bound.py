@@ -21,6 +21,10 @@ on config c), and per workload and tail the segments of the quality curve.
     C4  sum_c price_c r_c <= budget                                    pareto (not min-cost)
     C5  r_c <= R_c y_c,  sum_{c in slot (l, t)} y_c <= 1                one config per slot
     C6  Q_w(S_w) = q_w0 + sum_k h_{w,k}(S_{w,k})                        quality (separable)
+    C7  several workloads: for each lane l and workload v >= 2 one cell j of
+        ``[rho_j, rho_{j+1}]`` (`MIX_CELLS` equal cells of [0, 1], binaries z_{l,v,j}) holds
+        v's share of the lane's load and of every group's flows (big-M = total rate when
+        z_{l,v,j} = 0)
 
 Objective: pareto, the summary quality (one workload: Q; several: the lowest normalized
 ``(Q_w - Q_w^low) / (Q_w^high - Q_w^low)``, as `tuning._evaluator`), maximized under C4;
@@ -36,8 +40,9 @@ with one variable per segment; a curve that is not concave gets the incremental 
 depend on the routing, and C1-C6 are exactly the plan space and the evaluator's P95 <= x
 (`tuning._evaluator`): the program's optimum is the best plan at level x, and its incumbent is
 that plan. With several workloads the evaluator serves a lane's mix in the same proportions on
-every group (``1 / sum_w (f_w / cap_w)``, harmonic); C2 lets each group take any mix, a
-superset (a same-mix plan gives f_{w,g} = its share of the lane, and C2 then holds), so the
+every group (``1 / sum_w (f_w / cap_w)``, harmonic); C2 and C7 let each group take any mix in
+the lane's cell, a superset (a same-mix plan gives f_{w,g} = its share of the lane, and C2
+and C7 then hold, with the cell that holds the lane's mix), so the
 optimum is an *upper bound* (pareto) / *lower bound* (min-cost), and the incumbent's routing
 is a candidate for an exact deployment (`tuning._polish`). Either way HiGHS's *dual bound* is
 what is certified (valid when it stops at a time limit too).
@@ -52,7 +57,11 @@ plans found differ most, as `tuning._exact.exact_front` does.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,7 +73,7 @@ from profiling import CascadeQuality
 from ._evaluator import BUDGET_TOL, PlanArrays, _at_level, ladder_arrays
 from ._problem import Problem
 
-__all__ = ["LevelSolution", "MAX_EXACT_SEGMENTS", "level_program", "tail_pieces"]
+__all__ = ["MAX_EXACT_SEGMENTS", "LevelSolution", "level_program", "tail_pieces"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -74,6 +83,26 @@ MAX_EXACT_SEGMENTS = 32
 MIP_REL_GAP = 1e-6
 """HiGHS's relative optimality gap: the dual bound is what certificates use, whatever it is."""
 LEVEL_TIME_LIMIT_S = 5.0
+MIX_CELLS = 8
+"""Several workloads: cells per workload of a lane's mix (C7); more is tighter and slower."""
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send file descriptor 1 to 2 while HiGHS runs.
+
+    HiGHS 1.x (scipy 1.17) prints some MIP diagnostics with C ``printf`` whatever its
+    ``disp`` option ("HighsMipSolverData::transformNewIntegerFeasibleSolution
+    tmpSolver.run();" seen on ladder-gsm8k), which would corrupt ``--json`` output on stdout.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 @dataclass(frozen=True)
@@ -179,7 +208,8 @@ class _Layout:
 def level_program(problem: Problem, level_s: float, *, mode: str,
                   budget_per_hour: float | None = None,
                   floors: tuple[float | None, ...] | None = None,
-                  time_limit_s: float = LEVEL_TIME_LIMIT_S) -> LevelSolution:
+                  time_limit_s: float = LEVEL_TIME_LIMIT_S,
+                  mix_cells: int = MIX_CELLS) -> LevelSolution:
     """Solve the level program at `level_s` (see the module docstring).
 
     Args:
@@ -189,6 +219,7 @@ def level_program(problem: Problem, level_s: float, *, mode: str,
         budget_per_hour: C4 (pareto); None: no budget.
         floors: each workload's quality floor (None entries: none); min-cost needs them.
         time_limit_s: HiGHS's limit; the dual bound stays valid when it is reached.
+        mix_cells: several workloads: cells of each workload's share of a lane's mix (C7).
 
     """
     pr = problem
@@ -217,6 +248,9 @@ def level_program(problem: Problem, level_s: float, *, mode: str,
             terms.append((seg, binaries, piece))
         q_terms.append(terms)
     t_obj = lay.take(1)[0] if mode == "pareto" and several else -1
+    n_cells = mix_cells if several else 0
+    z = (lay.take(pr.num_lanes * (n_w - 1) * n_cells).reshape(pr.num_lanes, n_w - 1, n_cells)
+         if several else None)
     nv = lay.n
     lb, ub = np.zeros(nv), np.full(nv, np.inf)
     integer = np.zeros(nv)
@@ -256,6 +290,31 @@ def level_program(problem: Problem, level_s: float, *, mode: str,
                 coef = {int(f[w, c]): 1.0 for c in mine if caps[w, c] > 0}
                 coef[int(s[w, m])] = -float(pr.workload_rates[w] * share[w, k])
                 add(coef, 0.0, 0.0)
+    if f is not None and z is not None:                            # C7
+        edges = np.linspace(0.0, 1.0, n_cells + 1)
+        big = float(pr.workload_rates.sum())
+        ub[z.ravel()], integer[z.ravel()] = 1.0, 1
+        for ln in range(pr.num_lanes):
+            m, k = ln // n_cls, ln % n_cls
+            load = {int(s[w, m]): float(pr.workload_rates[w] * share[w, k]) for w in range(n_w)}
+            mine = np.flatnonzero((lane == ln) & live)
+            for v in range(1, n_w):
+                add({int(i): 1.0 for i in z[ln, v - 1]}, 1.0, 1.0)
+                for j in range(n_cells):
+                    zz = int(z[ln, v - 1, j])
+                    for rho, sign in ((edges[j], 1.0), (edges[j + 1], -1.0)):
+                        # sign * (L_v - rho * Lambda) >= -M (1 - z): the lane's mix in cell j
+                        coef = {i: -sign * rho * a for i, a in load.items()}
+                        coef[int(s[v, m])] += sign * load[int(s[v, m])]
+                        coef[zz] = -big
+                        add(coef, -big, np.inf)
+                        for c in mine:     # and every group's (same mix, up to the cell)
+                            coef = {int(f[w, c]): -sign * rho for w in range(n_w)
+                                    if caps[w, c] > 0}
+                            if caps[v, c] > 0:
+                                coef[int(f[v, c])] = coef.get(int(f[v, c]), 0.0) + sign
+                            coef[zz] = -big
+                            add(coef, -big, np.inf)
     if f is not None:
         for c in range(n_c):
             ub[f[:, c]] = np.where(caps[:, c] > 0, np.inf, 0.0)
@@ -314,9 +373,10 @@ def level_program(problem: Problem, level_s: float, *, mode: str,
             if floor is not None:
                 add(quality[w], floor - q0[w] - 1e-9, np.inf)
     start = time.perf_counter()
-    res = milp(objective, constraints=LinearConstraint(np.asarray(rows), lo, hi),
-               integrality=integer, bounds=Bounds(lb, ub),
-               options={"time_limit": time_limit_s, "mip_rel_gap": MIP_REL_GAP})
+    with _stdout_to_stderr():
+        res = milp(objective, constraints=LinearConstraint(np.asarray(rows), lo, hi),
+                   integrality=integer, bounds=Bounds(lb, ub),
+                   options={"time_limit": time_limit_s, "mip_rel_gap": MIP_REL_GAP})
     seconds = time.perf_counter() - start
     sign = -1.0 if mode == "pareto" else 1.0
     pareto_q0 = q0[0] if t_obj < 0 else 0.0

@@ -9,6 +9,10 @@
 * ``random``: uniform random integer plans (config and replica count per (model, GPU type));
 * ``exact``: the knapsack DP (`tuning._exact`).
 
+Beyond the pair (K models, several workloads, length classes) a ``mobo`` answer (not a
+fixed-effort one, ``max_evals``) carries a certificate: how far from optimal it can be, from
+the level program's bounds, whose own plans join the answer (`tuning._certify`).
+
 Goals (`Goal.mode`):
 
 * ``pareto``: maximize quality, minimize planning P95, under the budget (outcomes:
@@ -200,7 +204,12 @@ def search(
     res = run_mobo(problem, goal, seed=seed, stop=rule, encoding=encoding or "structured",
                    callback=callback, progress=progress)
     res.reason = reason or "asked for (--solver mobo)"
-    return _polished(problem, goal, res)
+    res = _polished(problem, goal, res)
+    if problem.is_pair or max_evals is not None:
+        return res
+    from ._certify import CERTIFY_BUDGET_S, certify
+
+    return certify(problem, res, deadline=time.perf_counter() + CERTIFY_BUDGET_S)
 
 
 def _polished(problem: Problem, goal: Goal, res: SearchResult) -> SearchResult:
