@@ -349,22 +349,22 @@ def level_program(problem: Problem, level_s: float, *, mode: str,
                 qrow[int(i)] = float(slope)
             if binaries is not None:
                 ub[binaries], integer[binaries] = 1.0, 1
-                for j, z in enumerate(binaries):       # segment j full before j + 1 opens
-                    add({int(seg[j]): 1.0, int(z): -float(lengths[j])}, 0.0, np.inf)
-                    add({int(seg[j + 1]): 1.0, int(z): -float(lengths[j + 1])}, -np.inf, 0.0)
+                for j, zb in enumerate(binaries):      # segment j full before j + 1 opens
+                    add({int(seg[j]): 1.0, int(zb): -float(lengths[j])}, 0.0, np.inf)
+                    add({int(seg[j + 1]): 1.0, int(zb): -float(lengths[j + 1])}, -np.inf, 0.0)
         quality.append(qrow)
     objective = np.zeros(nv)
     if mode == "pareto":
         if t_obj < 0:
-            for i, v in quality[0].items():
-                objective[i] = -v
+            for i, slope in quality[0].items():
+                objective[i] = -slope
         else:
             lb[t_obj], ub[t_obj] = -np.inf, np.inf
             objective[t_obj] = -1.0
             for w in range(n_w):
                 c_w = pr.cascades[w]
                 span = (c_w.highest - c_w.lowest) or 1.0
-                coef = {i: -v / span for i, v in quality[w].items()}
+                coef = {i: -a / span for i, a in quality[w].items()}
                 coef[int(t_obj)] = 1.0
                 add(coef, -np.inf, (q0[w] - c_w.lowest) / span)
     else:
