@@ -134,6 +134,7 @@ def search(
     encoding: str | None = None,
     callback: Callback | None = None,
     progress: bool = False,
+    certificate: bool = True,
 ) -> SearchResult:
     """Run one searcher on a problem (see the module docstring).
 
@@ -150,6 +151,8 @@ def search(
             (uniform integer plans: every plan of the space reachable).
         callback: ``(evaluations, seconds, value) -> stop?`` after each batch.
         progress: draw a progress bar on stderr.
+        certificate: beyond the pair, certify a mobo answer (`tuning._certify`, at most
+            `tuning._certify.CERTIFY_BUDGET_S` more wall seconds); False: the search alone.
 
     Raises:
         SearchError: unknown solver or mode, or a goal missing the targets it needs.
@@ -205,7 +208,7 @@ def search(
                    callback=callback, progress=progress)
     res.reason = reason or "asked for (--solver mobo)"
     res = _polished(problem, goal, res)
-    if problem.is_pair or max_evals is not None:
+    if problem.is_pair or max_evals is not None or not certificate:
         return res
     from ._certify import CERTIFY_BUDGET_S, certify
 
