@@ -47,6 +47,8 @@ FloatArray = npt.NDArray[np.float64]
 EXACT_GAP = 2e-3
 """Relative gap up to which an answer counts as exact (the pair DP's `refine_tol`)."""
 MAX_LEVEL_RUNS = 200
+FLOOR_NUDGE = 1e-7
+"""Quality added to the floors when the min-cost incumbent misses one by HiGHS's tolerance."""
 CERTIFY_BUDGET_S = 5.0
 """Wall seconds a search spends on its certificate after the search itself."""
 
@@ -224,9 +226,25 @@ def front_bound(problem: Problem, found: tuple[FloatArray, FloatArray] | None = 
 
 def min_cost_bound(problem: Problem, floors: tuple[float | None, ...], p95_s: float
                    ) -> tuple[LevelSolution, PlanArrays | None]:
-    """The level program of min-cost at `p95_s`: a lower bound of $/h and its plan (or None)."""
+    """The level program of min-cost at `p95_s`: a lower bound of $/h and its plan (or None).
+
+    The plan must meet every floor exactly (`tuning._run.SearchResult.meets_quality` allows
+    1e-9 less, callers do not): an incumbent a hair below one, within HiGHS's tolerance, is
+    replaced by the incumbent of floors raised by `FLOOR_NUDGE`.
+    """
     sol = level_program(problem, p95_s, mode="min-cost", floors=floors)
-    return sol, _with_plan(problem, sol, None)
+    plan = _with_plan(problem, sol, None)
+    if plan is not None and not _meets(problem, plan, floors):
+        raised = tuple(None if f is None else f + FLOOR_NUDGE for f in floors)
+        plan = _with_plan(problem, level_program(problem, p95_s, mode="min-cost",
+                                                 floors=raised), None)
+        plan = plan if plan is not None and _meets(problem, plan, floors) else None
+    return sol, plan
+
+
+def _meets(problem: Problem, plan: PlanArrays, floors: tuple[float | None, ...]) -> bool:
+    wq = evaluate_arrays(problem, plan).workload_quality[0]
+    return all(f is None or q >= f for q, f in zip(wq, floors, strict=True))
 
 
 def certify(problem: Problem, result: SearchResult, *, deadline: float | None = None
