@@ -101,8 +101,9 @@ def search_block(result: SearchResult, hypervolume: float | None = None) -> dict
 
     Which solver ran and why, its effort (``seconds``: the search's clock, without Ray's
     start-up, which ``ray_startup_s`` gives for Ray Tune runs), why it stopped, the last BO
-    step's expected hypervolume improvement over the hypervolume (``last_ehvi_ratio``), and
-    the mean BO step times.
+    step's expected hypervolume improvement over the hypervolume (``last_ehvi_ratio``), the
+    mean BO step times, and beyond the pair how far from optimal the answer can be
+    (``certificate``, `tuning._certify.Certificate`).
     """
     out: dict[str, Any] = {"solver": result.solver, "reason": result.reason,
                            "objective": result.goal.mode, "evaluations": result.evaluations,
@@ -113,6 +114,8 @@ def search_block(result: SearchResult, hypervolume: float | None = None) -> dict
         out["last_ehvi_ratio"] = result.ehvi_ratio[-1]
     if hypervolume is not None:
         out["hypervolume"] = hypervolume
+    if result.certificate is not None:
+        out["certificate"] = result.certificate.to_dict()
     if result.step_seconds:
         keys = result.step_seconds[0].keys()
         out["bo_steps"] = len(result.step_seconds)

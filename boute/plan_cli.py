@@ -136,6 +136,7 @@ def _run_plan(args: argparse.Namespace) -> int:
         lines = [f"{result.solver}: {result.evaluations} evaluations in {result.seconds:.2f} s"
                  f"{ray_s}, hypervolume {hv:.4f}; stopped: {result.stopped}",
                  f"solver {result.solver}: {result.reason}",
+                 *([result.certificate.line()] if result.certificate is not None else []),
                  "Pareto front (quality vs planning P95, under "
                  f"${problem.budget:g}/h):",
                  f"{'quality':>9}{'strong':>8}{'P95 s':>8}{'$/h':>8}"]

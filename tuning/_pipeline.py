@@ -164,6 +164,8 @@ def choose_plan(problem: Problem, goal: Goal, options: PlanOptions | None = None
     if held.plan is not None:
         extra: dict[str, Any] = {"search": {
             "solver": held.result.solver, "reason": held.result.reason, "objective": goal.mode}}
+        if held.result.certificate is not None:
+            extra["search"]["certificate"] = held.result.certificate.to_dict()
         if held.result.startup_s is not None:     # Ray Tune: its start-up apart from the search
             extra["search"].update(ray_startup_s=held.result.startup_s,
                                    search_s=held.result.seconds)

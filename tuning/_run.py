@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +23,9 @@ from ._front import hypervolume, normalized, pareto_mask
 from ._goal import MODES, Goal, SearchError
 from ._ladder import LadderEncoding
 from ._problem import Problem
+
+if TYPE_CHECKING:
+    from ._certify import Certificate
 
 __all__ = [
     "FALLBACK_PATIENCE", "MODES", "SOLVERS", "Callback", "Goal", "SearchError", "SearchResult",
@@ -133,7 +137,8 @@ class SearchResult:
     ``ehvi_ratio`` one c_t * EHVI_t / HV_t per BO step (`StopRule`; inf while HV_t is 0),
     and
     ``startup_s`` the seconds spent starting or connecting to Ray before the search's clock
-    started (Ray Tune runs only).
+    started (Ray Tune runs only), and ``certificate`` how far from optimal the answer can be
+    (ladders, several workloads and length classes; `tuning._certify`).
     """
 
     solver: str
@@ -148,6 +153,7 @@ class SearchResult:
     step_seconds: list[dict[str, float]] = field(default_factory=list)
     ehvi_ratio: list[float] = field(default_factory=list)
     startup_s: float | None = None
+    certificate: Certificate | None = None
 
     @property
     def evaluations(self) -> int:

@@ -9,6 +9,10 @@
 * ``random``: uniform random integer plans (config and replica count per (model, GPU type));
 * ``exact``: the knapsack DP (`tuning._exact`).
 
+Beyond the pair (K models, several workloads, length classes) a ``mobo`` answer (not a
+fixed-effort one, ``max_evals``) carries a certificate: how far from optimal it can be, from
+the level program's bounds, whose own plans join the answer (`tuning._certify`).
+
 Goals (`Goal.mode`):
 
 * ``pareto``: maximize quality, minimize planning P95, under the budget (outcomes:
@@ -130,6 +134,7 @@ def search(
     encoding: str | None = None,
     callback: Callback | None = None,
     progress: bool = False,
+    certificate: bool = True,
 ) -> SearchResult:
     """Run one searcher on a problem (see the module docstring).
 
@@ -146,6 +151,8 @@ def search(
             (uniform integer plans: every plan of the space reachable).
         callback: ``(evaluations, seconds, value) -> stop?`` after each batch.
         progress: draw a progress bar on stderr.
+        certificate: beyond the pair, certify a mobo answer (`tuning._certify`, at most
+            `tuning._certify.CERTIFY_BUDGET_S` more wall seconds); False: the search alone.
 
     Raises:
         SearchError: unknown solver or mode, or a goal missing the targets it needs.
@@ -200,7 +207,12 @@ def search(
     res = run_mobo(problem, goal, seed=seed, stop=rule, encoding=encoding or "structured",
                    callback=callback, progress=progress)
     res.reason = reason or "asked for (--solver mobo)"
-    return _polished(problem, goal, res)
+    res = _polished(problem, goal, res)
+    if problem.is_pair or max_evals is not None or not certificate:
+        return res
+    from ._certify import CERTIFY_BUDGET_S, certify
+
+    return certify(problem, res, deadline=time.perf_counter() + CERTIFY_BUDGET_S)
 
 
 def _polished(problem: Problem, goal: Goal, res: SearchResult) -> SearchResult:

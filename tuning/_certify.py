@@ -1,0 +1,286 @@
+"""Certificates: how far from optimal a ladder's answer can be, from the level program's bounds.
+
+Every answer beyond the pair gets a `Certificate` (`certify`):
+
+* **pareto**: the hypervolume HV_found of the front found (normalized, `tuning._front`) and an
+  upper bound HV_bound of the true front's, from the level program's dual bounds B(x)
+  (`tuning._bound`: the staircase of the points (x_{i-1}, B(x_i))); the gap is
+  ``(HV_bound - HV_found) / HV_bound``;
+* **min-cost**: the cheapest admissible plan found, C_found, and a lower bound C_bound of the
+  cheapest plan's $/h (the level program at the target P95 with the quality floors); the gap
+  is ``(C_found - C_bound) / C_bound``.
+
+The answer is *exact* when the gap is at most `EXACT_GAP`. The bound's own plans (the level
+program's incumbents: exact plans with one workload; with several, routings whose exact
+same-mix deployment `tuning._polish` finds) join the answer, so that a front can close.
+
+`front_bound` picks levels as `tuning._exact.exact_front` does: it starts at the ceiling (a
+bound for every level at once) and bisects, in log x, the interval (a, b] whose share of the
+gap ``dy * (q_n(B(b)) - q_n(F(a)))`` is largest (dy its normalized log-latency width, F the
+best quality found at P95 <= a), until the gap is at most `EXACT_GAP`, `MAX_LEVEL_RUNS` levels
+are solved or the deadline passes. Any set of solved levels containing the ceiling gives a
+valid bound.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ._bound import LevelSolution, level_program
+from ._evaluator import PlanArrays, evaluate_arrays
+from ._front import hypervolume
+from ._problem import X_MIN_S, Problem
+
+if TYPE_CHECKING:
+    from ._run import SearchResult
+
+__all__ = ["CERTIFY_BUDGET_S", "EXACT_GAP", "Certificate", "FrontBound", "certify",
+           "front_bound", "min_cost_bound"]
+
+FloatArray = npt.NDArray[np.float64]
+
+EXACT_GAP = 2e-3
+"""Relative gap up to which an answer counts as exact (the pair DP's `refine_tol`)."""
+MAX_LEVEL_RUNS = 200
+FLOOR_NUDGE = 1e-7
+"""Quality added to the floors when the min-cost incumbent misses one by HiGHS's tolerance."""
+CERTIFY_BUDGET_S = 5.0
+"""Wall seconds a search spends on its certificate after the search itself."""
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """How far from optimal an answer can be (see the module docstring).
+
+    Attributes:
+        objective: ``pareto`` (hypervolume, higher is better) or ``min-cost`` ($/h).
+        found: the answer's hypervolume or $/h.
+        bound: the bound (hypervolume from above, $/h from below).
+        gap: relative gap, >= 0 (0 when the bound meets the answer).
+        exact_program: the level program is the plan space itself (one workload), not a
+            relaxation.
+        levels: level programs solved.
+        seconds: wall seconds of the certificate.
+        complete: False when the deadline stopped the refinement (the bound is still valid).
+
+    """
+
+    objective: str
+    found: float
+    bound: float
+    gap: float
+    exact_program: bool
+    levels: int
+    seconds: float
+    complete: bool
+
+    @property
+    def exact(self) -> bool:
+        """The answer is optimal up to `EXACT_GAP`."""
+        return self.gap <= EXACT_GAP
+
+    def line(self) -> str:
+        """One line for `boute plan`."""
+        if not np.isfinite(self.bound):
+            return "certified: no plan of the space meets the goal (the bound is infeasible)"
+        what = "hypervolume" if self.objective == "pareto" else "$/h"
+        how = ("" if self.exact_program else
+               "; several workloads: the bound lets each group serve any mix")
+        head = ("certified: exact" if self.exact else
+                f"certified: within {100 * self.gap:.2f}% of optimal")
+        return (f"{head} ({what} {self.found:.4f}, bound {self.bound:.4f}; {self.levels} "
+                f"level program(s) in {self.seconds:.2f} s{how})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``search.certificate``)."""
+        return {"exact": self.exact, "objective": self.objective, "found": self.found,
+                "bound": self.bound, "gap": self.gap, "exact_program": self.exact_program,
+                "levels": self.levels, "seconds": self.seconds, "complete": self.complete}
+
+
+@dataclass(frozen=True)
+class FrontBound:
+    """The staircase bound of a front and the level programs' plans.
+
+    Attributes:
+        levels_s, bounds: solved levels (increasing) and the quality bound B at each.
+        hv_bound: hypervolume of the staircase (an upper bound of the true front's).
+        plans: the incumbents (as plans), or None.
+        exact_program, complete, seconds: as `Certificate`.
+
+    """
+
+    levels_s: FloatArray
+    bounds: FloatArray
+    hv_bound: float
+    plans: PlanArrays | None
+    exact_program: bool
+    complete: bool
+    seconds: float
+
+
+def _first_level_s(problem: Problem) -> float:
+    """The first level at which any config has capacity (below it no plan serves)."""
+    ok = (problem.caps.max(axis=0) > 0).any(axis=0)
+    return float(problem.levels_s[int(np.argmax(ok))]) if ok.any() else problem.ceiling_s
+
+
+def _staircase_hv(problem: Problem, x0: float, xs: FloatArray, bs: FloatArray) -> float:
+    """HV of the points (x_{i-1}, B(x_i)) with x_{-1} = x0 (infeasible levels dropped)."""
+    prev = np.concatenate([[x0], xs[:-1]])
+    ok = np.isfinite(bs)
+    return hypervolume(problem, prev[ok], bs[ok])
+
+
+def _best_found(p95: FloatArray, quality: FloatArray, x: float) -> float:
+    ok = p95 <= x * (1 + 1e-12)
+    return float(quality[ok].max()) if ok.any() else -np.inf
+
+
+def _with_plan(problem: Problem, sol: LevelSolution, budget: float | None
+               ) -> PlanArrays | None:
+    """The incumbent, or (several workloads) the exact deployment of its routing."""
+    if sol.plan is None:
+        return None
+    m = evaluate_arrays(problem, sol.plan, sol.level_s)
+    if (m.p95_s[0] <= sol.level_s * (1 + 1e-9) and m.within_stock[0]
+            and (budget is None or m.within_budget[0])):
+        return sol.plan
+    from ._polish import exact_deployment
+
+    assert sol.plan.shares is not None
+    return exact_deployment(problem, sol.plan.shares[0], sol.level_s, budget)
+
+
+def front_bound(problem: Problem, found: tuple[FloatArray, FloatArray] | None = None, *,
+                deadline: float | None = None, max_runs: int = MAX_LEVEL_RUNS) -> FrontBound:
+    """The staircase bound of the (quality, P95) front under the budget (module docstring).
+
+    Args:
+        problem: the planning problem.
+        found: (P95, quality) of the admissible plans already known (a search's front).
+        deadline: a `time.perf_counter` value after which no more levels are solved.
+        max_runs: most level programs.
+
+    """
+    start = time.perf_counter()
+    q_lo, q_hi = problem.quality_range()
+    span = (q_hi - q_lo) or 1.0
+    y_span = float(np.log(problem.ceiling_s / X_MIN_S))
+    x0 = _first_level_s(problem)
+    p95 = np.empty(0) if found is None else np.asarray(found[0], dtype=np.float64)
+    qual = np.empty(0) if found is None else np.asarray(found[1], dtype=np.float64)
+    solved: dict[float, float] = {}
+    plans: list[PlanArrays] = []
+    exact_program = True
+
+    def solve(x: float) -> None:
+        nonlocal p95, qual, exact_program
+        sol = level_program(problem, x, mode="pareto", budget_per_hour=problem.budget)
+        solved[x] = sol.bound
+        exact_program &= sol.exact
+        plan = _with_plan(problem, sol, problem.budget)
+        if plan is not None:
+            plans.append(plan)
+            m = evaluate_arrays(problem, plan)
+            if m.feasible[0] and m.p95_s[0] <= problem.ceiling_s:
+                p95, qual = np.append(p95, m.p95_s[0]), np.append(qual, m.quality[0])
+
+    def hv_found() -> float:
+        return hypervolume(problem, p95, qual) if len(p95) else 0.0
+
+    solve(problem.ceiling_s)
+    complete = True
+    while len(solved) < max_runs:
+        xs = np.array(sorted(solved))
+        bs = np.array([solved[x] for x in xs])
+        hv_up = _staircase_hv(problem, x0, xs, bs)
+        if hv_up <= 0 or (hv_up - hv_found()) / hv_up <= EXACT_GAP:
+            break
+        if deadline is not None and time.perf_counter() > deadline:
+            complete = False
+            break
+        lefts = np.concatenate([[x0], xs[:-1]])
+        contrib = np.array([
+            np.log(b / a) / y_span * max(0.0, (bb - max(_best_found(p95, qual, a), q_lo))
+                                         / span) if np.isfinite(bb) and b > a else 0.0
+            for a, b, bb in zip(lefts, xs, bs, strict=True)])
+        k = int(np.argmax(contrib))
+        a, b = float(lefts[k]), float(xs[k])
+        if contrib[k] <= 0 or b / a <= 1 + 1e-4:      # no more to gain, or a point-wide gap
+            break
+        solve(float(np.sqrt(a * b)))
+    xs = np.array(sorted(solved))
+    bs = np.array([solved[x] for x in xs])
+    from ._run import concat_plans
+
+    return FrontBound(xs, bs, _staircase_hv(problem, x0, xs, bs),
+                      concat_plans(plans) if plans else None, exact_program, complete,
+                      time.perf_counter() - start)
+
+
+def min_cost_bound(problem: Problem, floors: tuple[float | None, ...], p95_s: float
+                   ) -> tuple[LevelSolution, PlanArrays | None]:
+    """The level program of min-cost at `p95_s`: a lower bound of $/h and its plan (or None).
+
+    The plan must meet every floor exactly (`tuning._run.SearchResult.meets_quality` allows
+    1e-9 less, callers do not): an incumbent a hair below one, within HiGHS's tolerance, is
+    replaced by the incumbent of floors raised by `FLOOR_NUDGE`.
+    """
+    sol = level_program(problem, p95_s, mode="min-cost", floors=floors)
+    plan = _with_plan(problem, sol, None)
+    if plan is not None and not _meets(problem, plan, floors):
+        raised = tuple(None if f is None else f + FLOOR_NUDGE for f in floors)
+        plan = _with_plan(problem, level_program(problem, p95_s, mode="min-cost",
+                                                 floors=raised), None)
+        plan = plan if plan is not None and _meets(problem, plan, floors) else None
+    return sol, plan
+
+
+def _meets(problem: Problem, plan: PlanArrays, floors: tuple[float | None, ...]) -> bool:
+    wq = evaluate_arrays(problem, plan).workload_quality[0]
+    return all(f is None or q >= f for q, f in zip(wq, floors, strict=True))
+
+
+def certify(problem: Problem, result: SearchResult, *, deadline: float | None = None
+            ) -> SearchResult:
+    """Attach a `Certificate` to a ladder's search result, adding the bound's plans to it.
+
+    Pareto and min-cost goals (max-throughput: the result as it is). The result is changed in
+    place (plans, metrics, ``certificate``) and returned.
+    """
+    from ._run import _concat_metrics, concat_plans, floors
+
+    goal = result.goal
+    start = time.perf_counter()
+    if goal.mode == "pareto":
+        f = result.front_mask(problem)
+        fb = front_bound(problem, (result.metrics.p95_s[f], result.metrics.quality[f]),
+                         deadline=deadline)
+        extra, bound = fb.plans, fb.hv_bound
+        exact_program, levels, complete = fb.exact_program, len(fb.levels_s), fb.complete
+    elif goal.mode == "min-cost" and goal.p95_s is not None:
+        sol, extra = min_cost_bound(problem, floors(problem, goal), goal.p95_s)
+        bound, exact_program, levels, complete = sol.bound, sol.exact, 1, True
+    else:
+        return result
+    if extra is not None:
+        result.plans = concat_plans([result.plans, extra])
+        result.metrics = _concat_metrics(result.metrics,
+                                         evaluate_arrays(problem, extra, goal.p95_s))
+    if goal.mode == "pareto":
+        found = result.hypervolume(problem)
+        gap = max(0.0, (bound - found) / bound) if bound > 0 else 0.0
+    else:
+        b = result.best(problem)
+        found = np.inf if b is None else float(result.metrics.cost_per_hour[b])
+        gap = (0.0 if not np.isfinite(bound) and b is None else
+               max(0.0, (found - bound) / bound) if bound > 0 else 0.0)
+    result.certificate = Certificate(goal.mode, found, bound, gap, exact_program, levels,
+                                     time.perf_counter() - start, complete)
+    return result
