@@ -122,6 +122,16 @@ def serve_url(shared_serve: SharedServe):
     return f"http://127.0.0.1:{shared_serve.fresh()}", serve
 
 
+@pytest.fixture(autouse=True)
+def _one_app_at_a_time(serve_url):
+    """Each test's apps are deleted after it: an idle router replica polls Serve and probes
+    its groups every second (~10% of a core each, seen with `ps`), and twelve of them left
+    running slowed the tests beside this module."""
+    yield
+    for app in serve_url[1].status().applications:
+        serve_url[1].delete(app)
+
+
 def test_failed_calls_are_retried_on_another_group_and_the_group_is_ejected(serve_url) -> None:
     base, serve = serve_url
     serve.run(_app({"bad": ("fail", WEAK), "good": ("ok", WEAK), "big": ("ok", STRONG)},
