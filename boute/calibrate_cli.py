@@ -16,20 +16,46 @@ arrival, so an old log calibrates as well as a live one). Group names are the pl
 (``<model>-<gpu>-tp<T>pp<P>``); ``--plan`` gives each group's replica count (without it, every
 group is taken as one replica: a group of several replicas then looks slower per replica
 than it is; pass the plan).
+
+**A fresh deployment** (item 2 of the served-stack calibration) starts from a model of what it
+will actually serve: deploy a first plan (planned on the hardware profile and the in-process
+engine calibration), then
+
+    boute calibrate --via http://127.0.0.1:8000 --rate 2,4 --level-s 60 --log build/request-log \
+                    --plan build/plan.json --out build/calibration/served.json
+
+sends the calibration levels (open-loop, `bench_levels`) through the deployed stack (HTTP ->
+router -> Serve -> engine) and fits exactly their window of the router's log; `boute profile
+--calibration build/calibration/served.json` then rebuilds the perf DB (and `boute plan` the
+plan) on it. Unlike the in-process engine calibration (`boute profile engine`), the fit sees
+everything between the client and the engine: Serve's proxy, the router, the OpenAI layer and
+whatever shares their CPUs. `benchmarks/cpu_e2e.py` measures what it buys.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from typing import Any
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from boute._shared import add_catalog_args, add_hardware_profiles_arg, emit
 from common.errors import BouteError, ProfilerError
 
-__all__ = ["add_calibrate"]
+if TYPE_CHECKING:
+    from profiling import Catalog, EngineConfig, ServedCalibration
+
+__all__ = ["LogCalibration", "add_calibrate", "bench_levels", "calibrate_log", "log_window"]
+
+LOG_LAG_S = 2.0
+"""Seconds waited after the last calibration level before the log is read: the router logs a
+request when its reply ends, a moment after the client saw the last byte."""
 
 def add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register `boute calibrate`."""
@@ -51,15 +77,107 @@ def add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    "spread (0: none)")
     p.add_argument("--blocks", type=int, default=8, help="time blocks of the bootstrap")
     p.add_argument("--seed", type=int, default=0)
+    via = p.add_argument_group("served engine calibration (a fresh deployment)")
+    via.add_argument("--via", default=None, metavar="URL", help="first send the calibration "
+                     "levels through the deployed stack at URL (HTTP -> router -> Serve -> "
+                     "engines; its router must log to --log), then fit on exactly their "
+                     "window (--since/--now are ignored)")
+    via.add_argument("--rate", default="2", help="with --via: open-loop levels, total req/s, "
+                     "e.g. 2,4 (Poisson arrivals)")
+    via.add_argument("--level-s", type=float, default=60.0, help="with --via: seconds of "
+                     "each level")
+    via.add_argument("--shape", default="gsm8k", help="with --via: trace shape of the "
+                     "levels' lengths (gsm8k, mtbench, sharegpt)")
+    via.add_argument("--api-key", default=None, help="with --via: the endpoint's API key "
+                     "(default as `boute bench`: $BOUTE_API_KEY, else build/api-key)")
     add_hardware_profiles_arg(p)
     add_catalog_args(p)
     p.set_defaults(run=_run_calibrate)
 
 
-def _run_calibrate(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class LogCalibration:
+    """What `calibrate_log` fitted, and what it says about its inputs."""
+
+    calibration: ServedCalibration
+    notes: list[str]
+    """One line per group skipped (too few requests in the window)."""
+    base_source: dict[str, str]
+    """GPU type -> where the efficiency the scale multiplies came from (``profile:<dir>``;
+    absent: the spec sheet)."""
+
+
+def log_window(arrivals_unix_s: npt.NDArray[np.float64], *, since_s: float | None = None,
+               now_unix_s: float | None = None) -> tuple[float, float]:
+    """The window (start, end) in unix seconds: the last `since_s` seconds before `now_unix_s`.
+
+    `now_unix_s` defaults to the newest arrival (an old log calibrates as well as a live one),
+    `since_s` to the whole log (start = the oldest arrival). NaN arrivals are ignored.
+    """
+    now = now_unix_s if now_unix_s is not None else float(np.nanmax(arrivals_unix_s))
+    start = now - since_s if since_s is not None else float(np.nanmin(arrivals_unix_s))
+    return start, now
+
+
+def calibrate_log(
+    log: str | Path,
+    catalog: Catalog,
+    *,
+    since_s: float | None = None,
+    now_unix_s: float | None = None,
+    replicas: Mapping[str, int] | None = None,
+    engine: EngineConfig | None = None,
+    hardware_profiles: str | Path | None = None,
+    min_requests: int = 50,
+    bootstrap: int = 8,
+    blocks: int = 8,
+    seed: int = 0,
+) -> LogCalibration:
+    """`boute calibrate`'s fit as a function: the served calibration of a request-log window.
+
+    Reads `log`'s successful requests with an arrival in `log_window` (`since_s`,
+    `now_unix_s`), one `ServedGroup` per replica group (`replicas`: group name -> replica
+    count, default 1), and fits them (`profiling.measure.fit_served`) on top of each GPU
+    type's base efficiency (its hardware profile under `hardware_profiles`, else the spec
+    sheet), starting from `engine` (default: current vLLM's profile).
+
+    Raises:
+        BouteError: no readable log under `log`, a group name outside `catalog`, or no group
+            with `min_requests` successful requests in the window (each message says what
+            to change).
+
+    """
     from app.request_log import read_log
-    from profiling import engine_profile, load_catalog, resolve_calibration
+    from profiling import resolve_calibration
     from profiling.measure import fit_served, served_groups
+
+    try:
+        table = read_log(log)
+    except FileNotFoundError as exc:
+        raise BouteError(f"--log={str(log)!r}: {exc}") from None
+    arrivals = np.asarray(table.column("arrival_s").to_numpy(zero_copy_only=False), float)
+    start, now = log_window(arrivals, since_s=since_s, now_unix_s=now_unix_s)
+    table = table.filter((arrivals >= start) & (arrivals <= now))
+    cols = {n: table.column(n).to_numpy(zero_copy_only=False) for n in
+            ("arrival_s", "prompt_tokens", "output_tokens", "ttft_s", "latency_s", "stream",
+             "outcome", "group")}
+    try:
+        groups, notes = served_groups(cols, catalog, dict(replicas or {}), min_requests)
+    except ProfilerError as exc:
+        raise BouteError(str(exc)) from None
+    if not groups:
+        raise BouteError(f"--log={str(log)!r}: no replica group served --min-requests="
+                         f"{min_requests} successful requests between {start:.0f} and "
+                         f"{now:.0f} (unix s); widen --since or lower --min-requests")
+    base = resolve_calibration(list({g.gpu.name: g.gpu for g in groups}.values()),
+                               hardware_profiles)
+    cal = fit_served(groups, engine=engine, base_efficiency=base.efficiency,
+                     bootstrap=bootstrap, blocks=blocks, seed=seed, window=(start, now))
+    return LogCalibration(cal, notes, dict(base.source))
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from profiling import engine_profile, load_catalog
 
     for flag, value, low in (("--min-requests", args.min_requests, 1),
                              ("--bootstrap", args.bootstrap, 0), ("--blocks", args.blocks, 1)):
@@ -72,37 +190,74 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     except KeyError as exc:
         raise BouteError(f"--engine: {exc.args[0]}") from None
     catalog = load_catalog(args.gpu_catalog, args.model_catalog)
-    try:
-        table = read_log(args.log)
-    except FileNotFoundError as exc:
-        raise BouteError(f"--log={args.log!r}: {exc}") from None
-    arrivals = np.asarray(table.column("arrival_s").to_numpy(zero_copy_only=False), float)
-    now = args.now if args.now is not None else float(np.nanmax(arrivals))
-    start = now - args.since if args.since is not None else float(np.nanmin(arrivals))
-    window = (arrivals >= start) & (arrivals <= now)
-    table = table.filter(window)
-    replicas = _plan_replicas(args.plan)
-    cols = {n: table.column(n).to_numpy(zero_copy_only=False) for n in
-            ("arrival_s", "prompt_tokens", "output_tokens", "ttft_s", "latency_s", "stream",
-             "outcome", "group")}
-    try:
-        groups, notes = served_groups(cols, catalog, replicas, args.min_requests)
-    except ProfilerError as exc:
-        raise BouteError(str(exc)) from None
-    if not groups:
-        raise BouteError(f"--log={args.log!r}: no replica group served --min-requests="
-                         f"{args.min_requests} successful requests between {start:.0f} and "
-                         f"{now:.0f} (unix s); widen --since or lower --min-requests")
-    base = resolve_calibration(list({g.gpu.name: g.gpu for g in groups}.values()),
-                               args.hardware_profiles)
-    cal = fit_served(groups, engine=engine, base_efficiency=base.efficiency,
-                     bootstrap=args.bootstrap, blocks=args.blocks, seed=args.seed,
-                     window=(start, now))
+    since, now, bench = args.since, args.now, None
+    if args.via is not None:
+        bench = _bench_via(args)
+        # The window is exactly the calibration levels': nothing served before them counts.
+        since, now = bench["end_unix_s"] - bench["start_unix_s"], bench["end_unix_s"]
+    fit = calibrate_log(args.log, catalog, since_s=since, now_unix_s=now,
+                        replicas=_plan_replicas(args.plan), engine=engine,
+                        hardware_profiles=args.hardware_profiles,
+                        min_requests=args.min_requests, bootstrap=args.bootstrap,
+                        blocks=args.blocks, seed=args.seed)
+    cal = fit.calibration
     path = cal.save(args.out)
-    payload = {"out": str(path), "sha256": cal.sha256, "label": cal.label, "notes": notes,
-               "base_efficiency_source": base.source, **cal.to_json()}
+    payload = {"out": str(path), "sha256": cal.sha256, "label": cal.label, "notes": fit.notes,
+               "base_efficiency_source": fit.base_source, **cal.to_json()}
+    if bench is not None:
+        payload["via"] = bench
     emit(args, payload, lambda: _human(payload))
     return 0
+
+
+def bench_levels(url: str, rates_rps: Sequence[float], *, level_s: float,
+                 shape: str = "gsm8k", seed: int = 0, api_key: str | None = None
+                 ) -> dict[str, Any]:
+    """Send the calibration levels through a deployed stack: one open-loop bench per rate.
+
+    Each level is `boute bench`'s load (`run_bench` on `generated_requests`: Poisson
+    arrivals of `shape`'s lengths, streamed) at one total rate for `level_s` seconds, seed
+    ``seed + i`` for level i. Returns the window (``start_unix_s``: before the first
+    request; ``end_unix_s``: `LOG_LAG_S` after the last reply, so the router has logged it)
+    and per level its rate, request count, successes, errors, measured P95 / mean end-to-end
+    latency, median TTFT, share per model and first error.
+
+    Raises:
+        BenchError: a rate or duration out of bounds, or an unknown shape (before anything
+            is sent).
+
+    """
+    from boute.bench import generated_requests, run_bench
+
+    loads = [generated_requests(shape, rate_rps=r, duration_s=level_s, seed=seed + i,
+                                rate_flag="--rate", duration_flag="--level-s")
+             for i, r in enumerate(rates_rps)]
+    start = time.time()
+    levels = []
+    for rate, load in zip(rates_rps, loads, strict=True):
+        s = run_bench(url, load, seed=seed, api_key=api_key).summary()
+        levels.append({"rate_rps": rate, "requests": s["requests"], "ok": s["ok"],
+                       "errors": s["errors"], "e2e_p95_s": s["e2e_s"].get("p95", math.nan),
+                       "e2e_mean_s": s["e2e_s"].get("mean", math.nan),
+                       "ttft_p50_s": s["ttft_s"].get("p50", math.nan),
+                       "model_share": s["model_share"], "first_error": s["first_error"]})
+    time.sleep(LOG_LAG_S)
+    return {"url": url, "shape": shape, "level_s": level_s, "start_unix_s": start,
+            "end_unix_s": time.time(), "levels": levels}
+
+
+def _bench_via(args: argparse.Namespace) -> dict[str, Any]:
+    """`bench_levels` of ``--via`` with the flags' levels (checked first)."""
+    from boute.profile_cli import parse_levels
+    from boute.serve_cli import _bench_key
+
+    rates = parse_levels("--rate", args.rate, float)
+    if not rates:
+        raise BouteError("--via needs at least one --rate level, e.g. --rate 2,4")
+    if not (args.level_s > 0 and math.isfinite(args.level_s)):
+        raise BouteError(f"--level-s={args.level_s:g} must be a positive number of seconds")
+    return bench_levels(args.via, rates, level_s=args.level_s, shape=args.shape,
+                        seed=args.seed, api_key=_bench_key(args))
 
 
 def _plan_replicas(path: str | None) -> dict[str, int]:
@@ -119,6 +274,10 @@ def _human(p: dict[str, Any]) -> str:
              f"{p['window']['requests']} requests, fit {p['fit']['fit_seconds']:.1f} s + "
              f"bootstrap {p['fit']['bootstrap_seconds']:.1f} s)"]
     lines += [f"note: {n}" for n in p["notes"]]
+    if "via" in p:
+        lines += [f"level {lv['rate_rps']:g} req/s via {p['via']['url']}: {lv['ok']}/"
+                  f"{lv['requests']} ok, P95 {lv['e2e_p95_s']:.3f} s, mean "
+                  f"{lv['e2e_mean_s']:.3f} s" for lv in p["via"]["levels"]]
     for gpu, row in p["gpus"].items():
         lines.append(f"{gpu}: efficiency scale {row['scale']:.3f} (p05-p95 "
                      f"{row['scale_p05']:.3f}-{row['scale_p95']:.3f}) x "

@@ -166,3 +166,74 @@ def test_plan_on_a_served_calibration_names_it_and_its_age(
     # the window is from 2023 (T0): older than 7 days, so named stale on stderr
     assert model["served_calibration"]["stale"] is True
     assert "STALE" in captured.err and cal.sha256 in captured.err
+
+
+# -- the fit as a function (`calibrate_log`), its window, and the levels of `--via` ----------
+def test_log_window_defaults_to_the_whole_log_and_ignores_nan() -> None:
+    from boute.calibrate_cli import log_window
+
+    arrivals = np.asarray([T0 + 5, np.nan, T0, T0 + 20])
+    assert log_window(arrivals) == (T0, T0 + 20)              # oldest to newest arrival
+    assert log_window(arrivals, since_s=10) == (T0 + 10, T0 + 20)
+    assert log_window(arrivals, since_s=10, now_unix_s=T0 + 8) == (T0 - 2, T0 + 8)
+
+
+def test_calibrate_log_is_the_cli_fit(served_log: Path, tmp_path: Path) -> None:
+    from boute.calibrate_cli import calibrate_log
+    from common.errors import BouteError
+
+    out = tmp_path / "cli.json"
+    assert main(["calibrate", "--log", str(served_log), "--out", str(out),
+                 "--bootstrap", "0"]) == 0
+    cli = load_served_calibration(out)
+    fit = calibrate_log(served_log, load_catalog(), bootstrap=0)
+    # Same inputs, same deterministic solver: the same parameters (only created_unix_s and
+    # the fit's timings differ between the two).
+    (a,), (b,) = cli.groups, fit.calibration.groups
+    assert (a.step_overhead_s, a.frontend_latency_s) == (b.step_overhead_s,
+                                                         b.frontend_latency_s)
+    assert cli.gpus["H100"]["scale"] == fit.calibration.gpus["H100"]["scale"]
+    assert fit.notes == [] and fit.base_source == {"H100": "spec-sheet"}
+    # A window before the log's first arrival holds nothing to fit: one line that says so.
+    with pytest.raises(BouteError, match="no replica group served --min-requests=50"):
+        calibrate_log(served_log, load_catalog(), since_s=10.0, now_unix_s=T0 - 1)
+
+
+def test_bench_levels_window_covers_every_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import boute.calibrate_cli as cc
+    from boute.bench import check_load
+    from tests.boute.test_bench_bounds import _FakeServer
+
+    monkeypatch.setattr(cc, "LOG_LAG_S", 0.0)
+    server = _FakeServer()
+    before = time.time()
+    try:
+        out = cc.bench_levels(f"http://127.0.0.1:{server.port}", [20.0, 40.0], level_s=0.5,
+                              seed=3)
+    finally:
+        server.stop()
+    # Each level sends check_load's count (rate x seconds, rounded): 10 and 20 requests.
+    assert [lv["requests"] for lv in out["levels"]] == [check_load(20.0, 0.5),
+                                                        check_load(40.0, 0.5)] == [10, 20]
+    assert [lv["ok"] for lv in out["levels"]] == [10, 20] and server.requests == 30
+    assert before <= out["start_unix_s"] < out["end_unix_s"] <= time.time()
+    # The levels ran one after the other: at least the second level's 0.5 s of arrivals.
+    assert out["end_unix_s"] - out["start_unix_s"] >= 0.5
+    assert all(lv["model_share"] == {"weak": 1.0} and lv["e2e_p95_s"] > 0
+               for lv in out["levels"])
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--rate", ""], "--via needs at least one --rate level"),
+    (["--rate", "2,x"], "--rate='2,x': 'x' is not a number"),
+    (["--level-s", "0"], "--level-s=0 must be a positive number of seconds"),
+    (["--rate", "0"], "--rate=0 must be a number of requests/s > 0"),
+])
+def test_via_flags_fail_before_anything_is_sent(flags: list[str], message: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # Port 9 (discard): nothing listens, so a request that were sent would not fail like this.
+    assert main(["calibrate", "--via", "http://127.0.0.1:9", "--out", "x.json",
+                 *flags]) == 2
+    assert message in capsys.readouterr().err
