@@ -49,9 +49,10 @@ from boute._shared import add_catalog_args, add_hardware_profiles_arg, emit
 from common.errors import BouteError, ProfilerError
 
 if TYPE_CHECKING:
-    from profiling import Catalog, EngineConfig, ServedCalibration
+    from profiling import Catalog, EngineConfig, ServedCalibration, Trace
 
-__all__ = ["LogCalibration", "add_calibrate", "bench_levels", "calibrate_log", "log_window"]
+__all__ = ["LogCalibration", "add_calibrate", "bench_levels", "calibrate_log", "log_window",
+           "trace_level"]
 
 LOG_LAG_S = 2.0
 """Seconds waited after the last calibration level before the log is read: the router logs a
@@ -77,6 +78,9 @@ def add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    "spread (0: none)")
     p.add_argument("--blocks", type=int, default=8, help="time blocks of the bootstrap")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--per-seq", action=argparse.BooleanOptionalAction, default=True,
+                   help="fit the engine's overhead per sequence and step as well (a served "
+                   "stack pays per streamed token); --no-per-seq keeps the engine profile's")
     via = p.add_argument_group("served engine calibration (a fresh deployment)")
     via.add_argument("--via", default=None, metavar="URL", help="first send the calibration "
                      "levels through the deployed stack at URL (HTTP -> router -> Serve -> "
@@ -88,6 +92,9 @@ def add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                      "each level")
     via.add_argument("--shape", default="gsm8k", help="with --via: trace shape of the "
                      "levels' lengths (gsm8k, mtbench, sharegpt)")
+    via.add_argument("--trace", default=None, help="with --via: a CSV/JSONL/Parquet trace "
+                     "whose arrivals and lengths each level replays (rescaled to its rate) "
+                     "instead of --shape")
     via.add_argument("--api-key", default=None, help="with --via: the endpoint's API key "
                      "(default as `boute bench`: $BOUTE_API_KEY, else build/api-key)")
     add_hardware_profiles_arg(p)
@@ -132,6 +139,7 @@ def calibrate_log(
     bootstrap: int = 8,
     blocks: int = 8,
     seed: int = 0,
+    per_seq: bool = True,
 ) -> LogCalibration:
     """`boute calibrate`'s fit as a function: the served calibration of a request-log window.
 
@@ -139,7 +147,8 @@ def calibrate_log(
     `now_unix_s`), one `ServedGroup` per replica group (`replicas`: group name -> replica
     count, default 1), and fits them (`profiling.measure.fit_served`) on top of each GPU
     type's base efficiency (its hardware profile under `hardware_profiles`, else the spec
-    sheet), starting from `engine` (default: current vLLM's profile).
+    sheet), starting from `engine` (default: current vLLM's profile). `per_seq`: fit the
+    per-sequence step overhead too (``--per-seq``; False keeps the engine's).
 
     Raises:
         BouteError: no readable log under `log`, a group name outside `catalog`, or no group
@@ -172,7 +181,8 @@ def calibrate_log(
     base = resolve_calibration(list({g.gpu.name: g.gpu for g in groups}.values()),
                                hardware_profiles)
     cal = fit_served(groups, engine=engine, base_efficiency=base.efficiency,
-                     bootstrap=bootstrap, blocks=blocks, seed=seed, window=(start, now))
+                     bootstrap=bootstrap, blocks=blocks, seed=seed, window=(start, now),
+                     per_seq=per_seq)
     return LogCalibration(cal, notes, dict(base.source))
 
 
@@ -199,7 +209,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
                         replicas=_plan_replicas(args.plan), engine=engine,
                         hardware_profiles=args.hardware_profiles,
                         min_requests=args.min_requests, bootstrap=args.bootstrap,
-                        blocks=args.blocks, seed=args.seed)
+                        blocks=args.blocks, seed=args.seed, per_seq=args.per_seq)
     cal = fit.calibration
     path = cal.save(args.out)
     payload = {"out": str(path), "sha256": cal.sha256, "label": cal.label, "notes": fit.notes,
@@ -210,14 +220,32 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def trace_level(trace: Trace, rate_rps: float, level_s: float) -> Trace:
+    """`trace` replayed at `rate_rps` for `level_s` seconds: one calibration level.
+
+    The trace's arrivals stretched to mean rate `rate_rps` (`Trace.scaled_to`), then its
+    first ``max(1, round(rate_rps * level_s))`` requests (`check_load`'s count, as a
+    generated level), fewer when the trace holds fewer.
+
+    Raises:
+        BenchError: the rate or duration out of bounds (`check_load`).
+
+    """
+    from boute.bench import check_load
+
+    n = check_load(rate_rps, level_s, rate_flag="--rate", duration_flag="--level-s")
+    return trace.scaled_to(rate_rps).head(n)
+
+
 def bench_levels(url: str, rates_rps: Sequence[float], *, level_s: float,
-                 shape: str = "gsm8k", seed: int = 0, api_key: str | None = None
-                 ) -> dict[str, Any]:
+                 shape: str = "gsm8k", trace: Trace | None = None, seed: int = 0,
+                 api_key: str | None = None) -> dict[str, Any]:
     """Send the calibration levels through a deployed stack: one open-loop bench per rate.
 
     Each level is `boute bench`'s load (`run_bench` on `generated_requests`: Poisson
     arrivals of `shape`'s lengths, streamed) at one total rate for `level_s` seconds, seed
-    ``seed + i`` for level i. Returns the window (``start_unix_s``: before the first
+    ``seed + i`` for level i; with `trace`, that trace's arrivals and lengths instead
+    (`trace_level`). Returns the window (``start_unix_s``: before the first
     request; ``end_unix_s``: `LOG_LAG_S` after the last reply, so the router has logged it)
     and per level its rate, request count, successes, errors, measured P95 / mean end-to-end
     latency, median TTFT, share per model and first error.
@@ -227,9 +255,10 @@ def bench_levels(url: str, rates_rps: Sequence[float], *, level_s: float,
             is sent).
 
     """
-    from boute.bench import generated_requests, run_bench
+    from boute.bench import generated_requests, run_bench, trace_requests
 
-    loads = [generated_requests(shape, rate_rps=r, duration_s=level_s, seed=seed + i,
+    loads = [trace_requests(trace_level(trace, r, level_s)) if trace is not None else
+             generated_requests(shape, rate_rps=r, duration_s=level_s, seed=seed + i,
                                 rate_flag="--rate", duration_flag="--level-s")
              for i, r in enumerate(rates_rps)]
     start = time.time()
@@ -242,7 +271,8 @@ def bench_levels(url: str, rates_rps: Sequence[float], *, level_s: float,
                        "ttft_p50_s": s["ttft_s"].get("p50", math.nan),
                        "model_share": s["model_share"], "first_error": s["first_error"]})
     time.sleep(LOG_LAG_S)
-    return {"url": url, "shape": shape, "level_s": level_s, "start_unix_s": start,
+    return {"url": url, "shape": shape if trace is None else f"trace:{trace.name}",
+            "level_s": level_s, "start_unix_s": start,
             "end_unix_s": time.time(), "levels": levels}
 
 
@@ -256,7 +286,12 @@ def _bench_via(args: argparse.Namespace) -> dict[str, Any]:
         raise BouteError("--via needs at least one --rate level, e.g. --rate 2,4")
     if not (args.level_s > 0 and math.isfinite(args.level_s)):
         raise BouteError(f"--level-s={args.level_s:g} must be a positive number of seconds")
-    return bench_levels(args.via, rates, level_s=args.level_s, shape=args.shape,
+    trace = None
+    if args.trace is not None:
+        from profiling import load_trace
+
+        trace = load_trace(args.trace)
+    return bench_levels(args.via, rates, level_s=args.level_s, shape=args.shape, trace=trace,
                         seed=args.seed, api_key=_bench_key(args))
 
 

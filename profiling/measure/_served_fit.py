@@ -22,9 +22,17 @@ alone determines only that sum: s and o trade along a ridge unless the window ho
 compute-bound steps (long prompts, large batches). Groups of one GPU type with different
 W_k (two models, or two TP degrees) fix both. A GPU type served by one config at low load
 therefore gets an s and an o whose sum is right and whose split is uncertain: the bootstrap
-spread and the fidelity table at other loads say how much. The per-sequence overhead
-``step_overhead_per_seq_s`` stays at the engine's value (not separable from o at the loads a
-window holds). The fit minimizes, per GPU type,
+spread and the fidelity table at other loads say how much.
+
+* ``q_g`` (``per_seq=True`` only; `boute calibrate` asks for it): the per-sequence overhead of
+  a step (``step_overhead_per_seq_s``) on GPU type g, shared like o_g. A step of B sequences
+  costs ``o + q B`` on top of its kernels; in-process q is the scheduler's and sampler's
+  (microseconds), served it also holds what the stack spends per streamed token (the OpenAI
+  layer, the router and the proxy, on the same host CPUs). q is told from o by how the step
+  time grows with the batch, so a window needs batches of several sizes (a Poisson window
+  has them); without ``per_seq`` q stays the engine's.
+
+The fit minimizes, per GPU type,
 
     sum_k 1/n_k sum_i w_i [rho(log ttftp_(i) / ttfto_(i)) + rho(log latp_i / lato_i)]
 
@@ -33,7 +41,7 @@ predicted against the i-th smallest observed, streamed requests only (`_Problem.
 says why); rho is scipy's ``soft_l1`` at f_scale 0.05 (a relative error up to ~5% counts
 squared, larger ones linearly: robust to a few outliers such as a request that hit a GC
 pause); each group weighs the same. d_k is profiled out (a 1-D minimization per group on the
-replay's arrays); (log s_g, o_g) is searched by a coarse grid, then Nelder-Mead (the replay
+replay's arrays); (log s_g, o_g[, q_g]) is searched by a coarse grid, then Nelder-Mead (the replay
 is piecewise smooth: finite-difference gradients mislead). w_i = 1 for the fit; the
 uncertainty is the spread of the refits over `bootstrap` block-bootstrap windows: the window
 is cut into `blocks` equal time blocks, a replicate draws that many blocks with replacement
@@ -272,28 +280,35 @@ class _Problem:
         self.engine = engine
         self.base = base
         self.s_max = max_scale(base)
-        self._cache: dict[tuple[int, float, float], tuple[FloatArray, FloatArray]] = {}
+        self._cache: dict[tuple[int, float, float, float | None],
+                          tuple[FloatArray, FloatArray]] = {}
         self.replays = 0
 
-    def replica(self, k: int, scale: float, o_s: float, d_s: float) -> ReplicaModel:
+    def replica(self, k: int, scale: float, o_s: float, d_s: float,
+                q_s: float | None = None) -> ReplicaModel:
+        """Group k's replica model at (s, o, d) and q (None: the engine's per-sequence one)."""
         g = self.groups[k]
         engine = replace(self.engine, step_overhead_s=o_s, frontend_latency_s=d_s)
+        if q_s is not None:
+            engine = replace(engine, step_overhead_per_seq_s=q_s)
         return ReplicaModel(g.model, g.gpu, g.tp, g.pp, engine,
                             scale_efficiency(self.base, scale))
 
-    def _replay(self, k: int, scale: float, o_ms: float) -> tuple[FloatArray, FloatArray]:
-        key = (k, round(scale, 9), round(o_ms, 9))
+    def _replay(self, k: int, scale: float, o_ms: float, q_ms: float | None
+                ) -> tuple[FloatArray, FloatArray]:
+        key = (k, round(scale, 9), round(o_ms, 9), None if q_ms is None else round(q_ms, 9))
         if key not in self._cache:
             self.replays += 1
-            self._cache[key] = replay_group(self.replica(k, scale, o_ms * _MS, 0.0),
+            q_s = None if q_ms is None else q_ms * _MS
+            self._cache[key] = replay_group(self.replica(k, scale, o_ms * _MS, 0.0, q_s),
                                             self.groups[k])
         return self._cache[key]
 
-    def group_cost(self, k: int, scale: float, o_ms: float, w: FloatArray
-                   ) -> tuple[float, float]:
-        """(loss, best d_k in seconds) of group k at (s, o_k), weights `w`."""
+    def group_cost(self, k: int, scale: float, o_ms: float, w: FloatArray,
+                   q_ms: float | None = None) -> tuple[float, float]:
+        """(loss, best d_k in seconds) of group k at (s, o, q), weights `w`."""
         g = self.groups[k]
-        ttft, lat = self._replay(k, scale, o_ms)
+        ttft, lat = self._replay(k, scale, o_ms, q_ms)
         st = g.stream
         # TTFT as distributions (sorted against sorted: every quantile level), not request by
         # request: which engine step an arrival lands in moves one request's TTFT by a whole
@@ -304,11 +319,18 @@ class _Problem:
                        lat, g.latency_s, w)
 
     def cost(self, x: FloatArray, weights: Sequence[FloatArray]) -> float:
-        """Sum over groups of their loss (each group's weights normalized to 1 in all)."""
+        """Sum over groups of their loss (each group's weights normalized to 1 in all).
+
+        `x` = (log s, o ms) or (log s, o ms, q ms): with a third coordinate the per-sequence
+        overhead q is a parameter too.
+        """
         scale, o_ms = float(np.exp(x[0])), float(x[1])
+        q_ms = float(x[2]) if len(x) > 2 else None
         if not (0.05 <= scale <= self.s_max and 0.0 <= o_ms <= 1000.0):
             return math.inf
-        return sum(self.group_cost(k, scale, o_ms, w)[0] / len(w)
+        if q_ms is not None and not 0.0 <= q_ms <= 100.0:
+            return math.inf
+        return sum(self.group_cost(k, scale, o_ms, w, q_ms)[0] / len(w)
                    for k, w in enumerate(weights))
 
 
@@ -331,24 +353,28 @@ def _best_d(ttft: FloatArray, ttft_obs: FloatArray, w_ttft: FloatArray, lat: Flo
 
 _S_GRID = (0.3, 0.45, 0.6, 0.75, 0.9, 1.05)
 _O_GRID_MS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+_Q_GRID_MS = (0.0, 0.1, 0.4, 1.6)
 
 
 def _solve(problem: _Problem, weights: Sequence[FloatArray], x0: FloatArray | None,
-           max_evals: int) -> FloatArray:
+           max_evals: int, per_seq: bool = False) -> FloatArray:
     """Minimize `problem.cost`: a coarse grid (when no `x0`), then Nelder-Mead from the best.
 
     The replay is piecewise smooth in the parameters (which step a request joins is
     discrete), so gradients by finite differences mislead; the grid finds the basin,
-    Nelder-Mead its bottom.
+    Nelder-Mead its bottom. `per_seq`: over (log s, o, q) instead of (log s, o).
     """
     from scipy.optimize import minimize
 
     if x0 is None:
-        grid = [(problem.cost(np.asarray([math.log(v), o]), weights), v, o)
-                for v in _S_GRID if v <= problem.s_max for o in _O_GRID_MS]
-        _, s0, o0 = min(grid)
-        x0 = np.asarray([math.log(s0), o0])
-    steps = np.asarray([0.1, max(0.5, 0.25 * float(x0[1]))])
+        qs: tuple[float, ...] = _Q_GRID_MS if per_seq else (math.nan,)
+        grid = [(problem.cost(np.asarray([math.log(v), o, q][: 3 if per_seq else 2]),
+                              weights), v, o, q)
+                for v in _S_GRID if v <= problem.s_max for o in _O_GRID_MS for q in qs]
+        _, s0, o0, q0 = min(grid)
+        x0 = np.asarray([math.log(s0), o0, q0][: 3 if per_seq else 2])
+    steps = np.asarray([0.1, max(0.5, 0.25 * float(x0[1])),
+                        max(0.05, 0.25 * float(x0[-1]))][: len(x0)])
     simplex = np.vstack([x0] + [x0 + np.eye(len(x0))[i] * steps[i] for i in range(len(x0))])
     res = minimize(problem.cost, x0, args=(weights,), method="Nelder-Mead",
                    options={"initial_simplex": simplex, "xatol": 2e-3, "fatol": 1e-4,
@@ -365,6 +391,7 @@ def fit_served(
     blocks: int = 8,
     seed: int = 0,
     window: tuple[float, float] | None = None,
+    per_seq: bool = False,
 ) -> ServedCalibration:
     """Fit s_g, o_g and d_k on `groups` (module docstring); the calibration with fidelity.
 
@@ -378,6 +405,8 @@ def fit_served(
         blocks: time blocks of the window for the bootstrap.
         seed: the bootstrap's random seed.
         window: (start, end) unix seconds of the log window (default: the arrivals' span).
+        per_seq: also fit q_g, the per-sequence overhead of a step on GPU type g (module
+            docstring); False: q stays the engine's.
 
     Raises:
         ProfilerError: no groups, or an argument out of range.
@@ -397,7 +426,7 @@ def fit_served(
     weights = _bootstrap_weights(groups, bootstrap, blocks, seed, t0, t1)
     start = time.perf_counter()
     gpus: dict[str, dict[str, Any]] = {}
-    fitted: dict[int, tuple[float, float, float, list[float], list[float]]] = {}
+    fitted: dict[int, tuple[float, float, float, float, dict[str, list[float]]]] = {}
     replays = 0
     boot_s = 0.0
     for gpu in sorted({g.gpu.name for g in groups}):
@@ -405,9 +434,10 @@ def fit_served(
         problem = _Problem([groups[k] for k in ks], engine,
                            base_efficiency.get(gpu) or Efficiency())
         ones = [np.ones(len(groups[k].arrival_s)) for k in ks]
-        x = _solve(problem, ones, None, max_evals=120)
+        x = _solve(problem, ones, None, max_evals=180 if per_seq else 120, per_seq=per_seq)
         t_boot = time.perf_counter()
-        reps = np.asarray([_solve(problem, [w[k] for k in ks], x, max_evals=40)
+        reps = np.asarray([_solve(problem, [w[k] for k in ks], x, max_evals=40,
+                                  per_seq=per_seq)
                            for w in weights]).reshape(-1, len(x))
         boot_s += time.perf_counter() - t_boot
         scale = float(np.exp(x[0]))
@@ -415,36 +445,47 @@ def fit_served(
         gpus[gpu] = {"scale": scale, "scale_p05": float(np.quantile(col, 0.05)),
                      "scale_p95": float(np.quantile(col, 0.95)),
                      "base_efficiency": asdict(problem.base)}
+        q_ms = float(x[2]) if per_seq else None
         for i, k in enumerate(ks):
             o_ms = float(x[1])
-            d_s = problem.group_cost(i, scale, o_ms, ones[i])[1]
-            o_col = reps[:, 1] if len(reps) else np.asarray([o_ms])
-            d_col = [problem.group_cost(i, float(np.exp(r[0])), float(r[1]),
-                                        ones[i])[1] for r in reps] or [d_s]
-            fitted[k] = (scale, o_ms * _MS, d_s,
-                         [float(np.quantile(o_col, 0.05)) * _MS,
-                          float(np.quantile(o_col, 0.95)) * _MS],
-                         [float(np.quantile(d_col, 0.05)), float(np.quantile(d_col, 0.95))])
+            d_s = problem.group_cost(i, scale, o_ms, ones[i], q_ms)[1]
+            d_col = [problem.group_cost(i, float(np.exp(r[0])), float(r[1]), ones[i],
+                                        float(r[2]) if per_seq else None)[1]
+                     for r in reps] or [d_s]
+            spread = {"step_overhead_s": _p05_p95(reps[:, 1] * _MS if len(reps) else
+                                                  np.asarray([o_ms * _MS])),
+                      "frontend_latency_s": _p05_p95(np.asarray(d_col))}
+            q_s = engine.step_overhead_per_seq_s
+            if q_ms is not None:
+                q_s = q_ms * _MS
+                spread["step_overhead_per_seq_s"] = _p05_p95(
+                    reps[:, 2] * _MS if len(reps) else np.asarray([q_s]))
+            fitted[k] = (scale, o_ms * _MS, d_s, q_s, spread)
         replays += problem.replays
     fit_s = time.perf_counter() - start - boot_s
     fits = []
     for k, g in enumerate(groups):
-        scale, o_s, d_s, o_spread, d_spread = fitted[k]
+        scale, o_s, d_s, q_s, spread = fitted[k]
         base = base_efficiency.get(g.gpu.name) or Efficiency()
         before = ReplicaModel(g.model, g.gpu, g.tp, g.pp, engine, base)
         after = ReplicaModel(g.model, g.gpu, g.tp, g.pp,
-                             replace(engine, step_overhead_s=o_s, frontend_latency_s=d_s),
+                             replace(engine, step_overhead_s=o_s, frontend_latency_s=d_s,
+                                     step_overhead_per_seq_s=q_s),
                              scale_efficiency(base, scale))
         fits.append(ServedGroupFit(
             g.model.name, g.gpu.name, g.tp, g.pp, g.replicas, len(g.arrival_s), g.rate_rps,
-            o_s, d_s, engine.step_overhead_per_seq_s,
-            {"step_overhead_s": o_spread, "frontend_latency_s": d_spread},
-            fidelity_table(g, before, after)))
-    info = {"solver": "grid + Nelder-Mead over (log s, o), d profiled; soft_l1, f_scale 0.05",
+            o_s, d_s, q_s, spread, fidelity_table(g, before, after)))
+    over = "(log s, o, q)" if per_seq else "(log s, o)"
+    info = {"solver": f"grid + Nelder-Mead over {over}, d profiled; soft_l1, f_scale 0.05",
             "replays": replays, "fit_seconds": fit_s, "bootstrap": bootstrap,
             "blocks": blocks, "bootstrap_seconds": boot_s, "engine": engine.name}
     return ServedCalibration(window[0], window[1], sum(len(g.arrival_s) for g in groups),
                              time.time(), gpus, tuple(fits), info)
+
+
+def _p05_p95(values: FloatArray) -> list[float]:
+    """[p05, p95] of `values`."""
+    return [float(np.quantile(values, 0.05)), float(np.quantile(values, 0.95))]
 
 
 def _bootstrap_weights(groups: Sequence[ServedGroup], reps: int, blocks: int, seed: int,

@@ -237,3 +237,16 @@ def test_via_flags_fail_before_anything_is_sent(flags: list[str], message: str,
     assert main(["calibrate", "--via", "http://127.0.0.1:9", "--out", "x.json",
                  *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_trace_level_replays_the_trace_at_the_level_rate() -> None:
+    from boute.calibrate_cli import trace_level
+    from profiling import Trace
+
+    trace = Trace(np.arange(10.0), np.full(10, 7), np.arange(1, 11), None, "t")  # 1 req/s
+    level = trace_level(trace, 2.0, 3.0)
+    # Stretched to 2 req/s (arrivals halved), then rate x seconds = 6 requests.
+    assert level.arrival_s.tolist() == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+    assert level.output_tokens.tolist() == [1, 2, 3, 4, 5, 6]
+    # A level longer than the trace sends the whole trace once.
+    assert len(trace_level(trace, 2.0, 60.0)) == 10
