@@ -78,9 +78,10 @@ def add_calibrate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                    "spread (0: none)")
     p.add_argument("--blocks", type=int, default=8, help="time blocks of the bootstrap")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--per-seq", action=argparse.BooleanOptionalAction, default=True,
-                   help="fit the engine's overhead per sequence and step as well (a served "
-                   "stack pays per streamed token); --no-per-seq keeps the engine profile's")
+    p.add_argument("--per-seq", action="store_true", help="fit the engine's overhead per "
+                   "sequence and step as well (a served stack pays per streamed token); needs "
+                   "a window whose load is the deployment's own: on a host shared with other "
+                   "work, contention that comes and goes looks like a batch cost")
     via = p.add_argument_group("served engine calibration (a fresh deployment)")
     via.add_argument("--via", default=None, metavar="URL", help="first send the calibration "
                      "levels through the deployed stack at URL (HTTP -> router -> Serve -> "
@@ -139,7 +140,7 @@ def calibrate_log(
     bootstrap: int = 8,
     blocks: int = 8,
     seed: int = 0,
-    per_seq: bool = True,
+    per_seq: bool = False,
 ) -> LogCalibration:
     """`boute calibrate`'s fit as a function: the served calibration of a request-log window.
 

