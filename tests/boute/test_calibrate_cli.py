@@ -250,3 +250,31 @@ def test_trace_level_replays_the_trace_at_the_level_rate() -> None:
     assert level.output_tokens.tolist() == [1, 2, 3, 4, 5, 6]
     # A level longer than the trace sends the whole trace once.
     assert len(trace_level(trace, 2.0, 60.0)) == 10
+
+
+def test_via_fits_exactly_the_levels_window(served_log: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import boute.calibrate_cli as cc
+
+    # The levels (stubbed: no server) covered the log's first 10 s; the fit must see only them.
+    seen: dict[str, object] = {}
+
+    def levels(url: str, rates: tuple[float, ...], **kw: object) -> dict[str, object]:
+        seen.update(url=url, rates=rates, **kw)
+        return {"url": url, "start_unix_s": T0, "end_unix_s": T0 + 10.0, "levels": [
+            {"rate_rps": 8.0, "requests": 80, "ok": 80, "e2e_p95_s": 1.0, "e2e_mean_s": 0.5}]}
+
+    monkeypatch.setattr(cc, "bench_levels", levels)
+    out = tmp_path / "via.json"
+    assert main(["calibrate", "--json", "--via", "http://x:1", "--rate", "8", "--level-s",
+                 "10", "--log", str(served_log), "--out", str(out), "--bootstrap", "0",
+                 "--min-requests", "10", "--since", "1", "--now", "1"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert seen["rates"] == (8.0,) and seen["level_s"] == 10.0 and seen["shape"] == "gsm8k"
+    assert payload["via"]["levels"][0]["rate_rps"] == 8.0
+    # --since/--now ignored: the window is the levels' (the synthetic log runs at 8 req/s, so
+    # its first 10 s hold ~80 of its 200 requests, all of one group).
+    cal = load_served_calibration(out)
+    assert (cal.window_start_unix_s, cal.window_end_unix_s) == (T0, T0 + 10.0)
+    assert 40 <= cal.window_requests <= 120
