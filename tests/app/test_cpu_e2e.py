@@ -25,7 +25,8 @@ The served-calibrated prediction at the second rate must be closer to the measur
 in-process one (on P95 and mean) and within a factor `MAX_SERVED_RATIO` of it either way. Not
 25%: the benchmark (60 s windows) measured P95 / mean -26% / -28% at twice the window's rate
 with the machine's load rising from 17 to 22 between the windows (other sessions' tests on the
-2 cores), +0.3% / -13% in a second run (load 21-24), and the served engines' time per token
+2 cores), +0.3% / -13% in a second run (load 21-24), -23% / -29% in a third (load 20 falling
+to 15), and the served engines' time per token
 follows that load (weak model: +44% for +29% load where the model predicts +2% for the doubled
 rate; 31 ms at load 21-24, 11 ms at 16-24, 8 ms at 17-22, same rate); a test's 40 s windows on
 a machine whose load doubles between them can be off by ~2x. Measured with it: 222 s for the
