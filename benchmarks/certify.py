@@ -44,8 +44,7 @@ def _goals(problem: Any) -> list[tuple[str, Any]]:
 
 def run_one(preset: str, deadline_s: float, seed: int) -> list[dict[str, Any]]:
     """Rows of one preset: one per goal."""
-    from tuning import planning_problem, search
-    from tuning._certify import certify
+    from tuning import certify, planning_problem, search
 
     problem = planning_problem(preset, progress=False)
     rows = []

@@ -16,8 +16,8 @@ from typing import Any
 from common.errors import BouteError
 
 __all__ = [
-    "MAX_GENERATED_REQUESTS", "add_catalog_args", "add_hardware_profiles_arg", "check_requests",
-    "emit", "fmt", "json_safe", "stderr_note",
+    "DEFAULT_KEY", "MAX_GENERATED_REQUESTS", "add_catalog_args", "add_hardware_profiles_arg",
+    "bench_api_key", "check_requests", "emit", "fmt", "json_safe", "parse_levels", "stderr_note",
 ]
 
 
@@ -93,3 +93,36 @@ def check_requests(n: int, flag: str) -> None:
 
 def fmt(x: float, spec: str = ".2f") -> str:
     return "inf" if not math.isfinite(x) else format(x, spec)
+
+
+def parse_levels(flag: str, text: str, kind: type[float] | type[int]) -> tuple[Any, ...]:
+    """``"1,2,4"`` -> ``(1, 2, 4)``; an empty string -> ``()``.
+
+    Raises:
+        BouteError: an item is not a number of `kind`.
+
+    """
+    out = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        try:
+            out.append(kind(item))
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise BouteError(f"{flag}={text!r}: {item!r} is not {what}; "
+                             f"give a comma-separated list like {flag} 1,2,4") from None
+    return tuple(out)
+
+
+DEFAULT_KEY = Path("build") / "api-key"
+"""The key `boute deploy` saves for its own bench (``--api-key`` and ``BOUTE_API_KEY`` first)."""
+
+
+def bench_api_key(args: argparse.Namespace) -> str | None:
+    """The API key a bench sends: ``--api-key``, else ``BOUTE_API_KEY``, else `DEFAULT_KEY`'s."""
+    import os
+
+    if args.api_key:
+        return str(args.api_key)
+    if os.environ.get("BOUTE_API_KEY"):
+        return os.environ["BOUTE_API_KEY"]
+    return DEFAULT_KEY.read_text().strip() if DEFAULT_KEY.is_file() else None

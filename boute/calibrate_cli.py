@@ -279,8 +279,7 @@ def bench_levels(url: str, rates_rps: Sequence[float], *, level_s: float,
 
 def _bench_via(args: argparse.Namespace) -> dict[str, Any]:
     """`bench_levels` of ``--via`` with the flags' levels (checked first)."""
-    from boute.profile_cli import parse_levels
-    from boute.serve_cli import _bench_key
+    from boute._shared import bench_api_key, parse_levels
 
     rates = parse_levels("--rate", args.rate, float)
     if not rates:
@@ -293,7 +292,7 @@ def _bench_via(args: argparse.Namespace) -> dict[str, Any]:
 
         trace = load_trace(args.trace)
     return bench_levels(args.via, rates, level_s=args.level_s, shape=args.shape, trace=trace,
-                        seed=args.seed, api_key=_bench_key(args))
+                        seed=args.seed, api_key=bench_api_key(args))
 
 
 def _plan_replicas(path: str | None) -> dict[str, int]:

@@ -14,28 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from boute._shared import add_catalog_args, add_hardware_profiles_arg, emit, fmt
+from boute._shared import add_catalog_args, add_hardware_profiles_arg, emit, fmt, parse_levels
 from common.errors import BouteError
 
-__all__ = ["add_profile", "add_profile_modes", "parse_levels"]
-
-
-def parse_levels(flag: str, text: str, kind: type[float] | type[int]) -> tuple[Any, ...]:
-    """``"1,2,4"`` -> ``(1, 2, 4)``; an empty string -> ``()``.
-
-    Raises:
-        BouteError: an item is not a number of `kind`.
-
-    """
-    out = []
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        try:
-            out.append(kind(item))
-        except ValueError:
-            what = "an integer" if kind is int else "a number"
-            raise BouteError(f"{flag}={text!r}: {item!r} is not {what}; "
-                             f"give a comma-separated list like {flag} 1,2,4") from None
-    return tuple(out)
+__all__ = ["add_profile", "add_profile_modes"]
 
 
 def add_profile_modes(p: argparse.ArgumentParser) -> None:

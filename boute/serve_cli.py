@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from boute._shared import DEFAULT_KEY, bench_api_key
 from common.errors import BenchError, BouteError
 from common.pairs import parse_pairs
 
@@ -18,7 +19,6 @@ __all__ = ["add_bench", "add_deploy", "add_node_resources"]
 
 REPO_TMP = Path("build") / "ray-tmp"
 DEFAULT_KEY_FILE = Path("build") / "api-keys.yaml"
-DEFAULT_KEY = Path("build") / "api-key"
 
 
 def _engine_kwargs(items: list[str]) -> dict[str, Any]:
@@ -398,16 +398,6 @@ def add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(run=_run_bench)
 
 
-def _bench_key(args: argparse.Namespace) -> str | None:
-    import os
-
-    if args.api_key:
-        return str(args.api_key)
-    if os.environ.get("BOUTE_API_KEY"):
-        return os.environ["BOUTE_API_KEY"]
-    return DEFAULT_KEY.read_text().strip() if DEFAULT_KEY.is_file() else None
-
-
 def _run_bench(args: argparse.Namespace) -> int:
     from boute._shared import emit
     from boute.bench import check_client, check_duration, check_rate, format_bench, run_bench
@@ -436,7 +426,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         trace = _bench_trace(shape, rate, args.duration, args.seed, duration_flag="--duration")
     result = run_bench(args.url, trace, kind=args.kind, model=args.model,
                        max_concurrency=args.max_concurrency, timeout_s=args.timeout,
-                       seed=args.seed, api_key=_bench_key(args))
+                       seed=args.seed, api_key=bench_api_key(args))
     slo_p95 = args.slo_p95
     if slo_p95 is None and plan is not None and plan.goal is not None:
         slo_p95 = plan.goal.p95_s

@@ -7,6 +7,8 @@ Pure planning code: Ray is imported only by the Ray Tune adapter.
 
 from ._auto import ExactBudgetExceeded
 from ._baselines import BASELINES, baseline_min_cost
+from ._certificate import Certificate
+from ._certify import certify
 from ._drift import (
     DriftReport,
     GroupDrift,
@@ -59,6 +61,7 @@ __all__ = [
     "BASELINES",
     "LENGTH_CLASSES",
     "BatchMetrics",
+    "Certificate",
     "Chosen",
     "Decision",
     "DriftReport",
@@ -95,6 +98,7 @@ __all__ = [
     "WorkloadRouting",
     "attainment",
     "baseline_min_cost",
+    "certify",
     "choose_plan",
     "compare_policies",
     "daily_rates",

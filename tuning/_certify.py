@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from ._bound import LevelSolution, level_program
+from ._certificate import EXACT_GAP, Certificate
 from ._evaluator import PlanArrays, evaluate_arrays
 from ._front import hypervolume
 from ._problem import X_MIN_S, Problem
@@ -44,63 +45,11 @@ __all__ = ["CERTIFY_BUDGET_S", "EXACT_GAP", "Certificate", "FrontBound", "certif
 
 FloatArray = npt.NDArray[np.float64]
 
-EXACT_GAP = 2e-3
-"""Relative gap up to which an answer counts as exact (the pair DP's `refine_tol`)."""
 MAX_LEVEL_RUNS = 200
 FLOOR_NUDGE = 1e-7
 """Quality added to the floors when the min-cost incumbent misses one by HiGHS's tolerance."""
 CERTIFY_BUDGET_S = 5.0
 """Wall seconds a search spends on its certificate after the search itself."""
-
-
-@dataclass(frozen=True)
-class Certificate:
-    """How far from optimal an answer can be (see the module docstring).
-
-    Attributes:
-        objective: ``pareto`` (hypervolume, higher is better) or ``min-cost`` ($/h).
-        found: the answer's hypervolume or $/h.
-        bound: the bound (hypervolume from above, $/h from below).
-        gap: relative gap, >= 0 (0 when the bound meets the answer).
-        exact_program: the level program is the plan space itself (one workload), not a
-            relaxation.
-        levels: level programs solved.
-        seconds: wall seconds of the certificate.
-        complete: False when the deadline stopped the refinement (the bound is still valid).
-
-    """
-
-    objective: str
-    found: float
-    bound: float
-    gap: float
-    exact_program: bool
-    levels: int
-    seconds: float
-    complete: bool
-
-    @property
-    def exact(self) -> bool:
-        """The answer is optimal up to `EXACT_GAP`."""
-        return self.gap <= EXACT_GAP
-
-    def line(self) -> str:
-        """One line for `boute plan`."""
-        if not np.isfinite(self.bound):
-            return "certified: no plan of the space meets the goal (the bound is infeasible)"
-        what = "hypervolume" if self.objective == "pareto" else "$/h"
-        how = ("" if self.exact_program else
-               "; several workloads: the bound lets each group serve any mix")
-        head = ("certified: exact" if self.exact else
-                f"certified: within {100 * self.gap:.2f}% of optimal")
-        return (f"{head} ({what} {self.found:.4f}, bound {self.bound:.4f}; {self.levels} "
-                f"level program(s) in {self.seconds:.2f} s{how})")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form (``search.certificate``)."""
-        return {"exact": self.exact, "objective": self.objective, "found": self.found,
-                "bound": self.bound, "gap": self.gap, "exact_program": self.exact_program,
-                "levels": self.levels, "seconds": self.seconds, "complete": self.complete}
 
 
 @dataclass(frozen=True)

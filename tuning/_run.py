@@ -25,7 +25,7 @@ from ._ladder import LadderEncoding
 from ._problem import Problem
 
 if TYPE_CHECKING:
-    from ._certify import Certificate
+    from ._certificate import Certificate
 
 __all__ = [
     "FALLBACK_PATIENCE", "MODES", "SOLVERS", "Callback", "Goal", "SearchError", "SearchResult",
