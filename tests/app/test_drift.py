@@ -173,24 +173,21 @@ def test_speed_factor_stretches_every_step(monkeypatch: pytest.MonkeyPatch) -> N
     engine's schedule advances by exactly that sum (the modelled time `engine_time_s`)."""
     from app.emulated_server import EmulatedLLMServer
 
+    async def span(engine: Any) -> float:
+        """Seconds the engine's schedule advances over one request (16 tokens)."""
+        start = asyncio.get_running_loop().time()
+        async for _ in engine.generate(100, 16):
+            pass
+        return float(engine._clock - start)
+
+    real_sleep = asyncio.sleep
+    monkeypatch.setattr("app.emulated.asyncio.sleep", lambda _d: real_sleep(0))
     spans = {}
     for factor in (1.0, 0.625):
         server = EmulatedLLMServer.func_or_class("llama-3.1-8b", "RTX-4090", 1, 1)
         server.reconfigure({"speed_factor": factor})
-        engine = server.engine
-        assert engine.speed_factor == factor
-
-        async def one() -> float:
-            loop = asyncio.get_running_loop()
-            start = loop.time()
-            async for _ in engine.generate(100, 16):
-                pass
-            return engine._clock - start
-
-        real_sleep = asyncio.sleep
-        monkeypatch.setattr("app.emulated.asyncio.sleep", lambda _d: real_sleep(0))
-        spans[factor] = asyncio.run(one()) / engine.engine_time_s
-        monkeypatch.undo()
+        assert server.engine.speed_factor == factor
+        spans[factor] = asyncio.run(span(server.engine)) / server.engine.engine_time_s
     # factor 1: the schedule spans the modelled time; 0.625: 1 / 0.625 = 1.6 times it
     assert spans[1.0] == pytest.approx(1.0, rel=0.02)
     assert spans[0.625] == pytest.approx(1.6, rel=0.02)
