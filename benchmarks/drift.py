@@ -84,6 +84,10 @@ def _plan(work: Path) -> tuple[Any, Path]:
     return Plan.load(out), db
 
 
+def _note(text: str) -> None:
+    print(f"drift bench {time.strftime('%H:%M:%S')}: {text}", file=sys.stderr, flush=True)
+
+
 def _health(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"{url}/health", timeout=10) as resp:
         return json.loads(resp.read())  # type: ignore[no-any-return]
@@ -164,6 +168,7 @@ def run(work: Path, *, rate_rps: float, slowdown: float, window_s: float, baseli
                           port=free_port(), proxy_location="HeadOnly", log_dir=str(log_dir),
                           log_rotate_s=3.0, predictions=tables, drift_window_s=window_s)
         out["deploy_s"] = time.time() - t
+        _note(f"deployed in {out['deploy_s']:.0f} s at {url}; baseline {baseline_s:g} s")
         api = ServeApi(dashboard_url())
         load = threading.Thread(target=_load, args=(url, rate_rps, stop, bench))
         load.start()
@@ -177,6 +182,7 @@ def run(work: Path, *, rate_rps: float, slowdown: float, window_s: float, baseli
                            "prediction": _health(url)["groups"][group]["prediction"]}
         t_slow = time.time()                                         # 2. slow-down
         set_engine_speed(api, group, 1.0 / slowdown)
+        _note(f"baseline: {false_flags} false flags; engines now x{slowdown} slower")
         out["slowdown"] = {"factor": slowdown, "speed_factor": 1.0 / slowdown,
                            "applied_s": time.time() - t_slow}
         detect = None
@@ -193,6 +199,7 @@ def run(work: Path, *, rate_rps: float, slowdown: float, window_s: float, baseli
         time.sleep(max(0.0, t_slow + window_s + 2.0 - time.time()))  # 3. replan
         args = ["--window-s", str(window_s), "--min-requests", str(int(rate_rps * window_s / 3)),
                 "--cooldown-s", "0", "--recalibrate-on-drift"]
+        _note(f"router flag: {out['router_flag']['seconds_after_slowdown']} s; replan job")
         t_job = time.time()
         job = submit_replan_job(dashboard_url(), args)
         t_done = time.time()
@@ -207,6 +214,8 @@ def run(work: Path, *, rate_rps: float, slowdown: float, window_s: float, baseli
         cal = job.get("recalibrated")
         if cal and Path(cal).is_file():
             out["calibration"] = json.loads(Path(cal).read_text())
+        _note(f"replan job: {t_done - t_job:.0f} s, drift {job['drift']['drifted']}, "
+              f"applied {job['applied']}; {after_s:g} s after the change")
         time.sleep(after_s)                                          # 4. after
         t_end = time.time()
         health = _health(url)
