@@ -124,6 +124,8 @@ def _window_error(table: Any, log: Any, group: str, t0: float, t1: float, replic
     obs = observe_groups(c["group"], np.asarray(c["arrival_s"], float),
                          np.asarray(c["latency_s"], float), np.asarray(c["ttft_s"], float),
                          c["output_tokens"], np.asarray(c["stream"], bool), window=(t0, t1))
+    if group not in obs:
+        return {"requests": 0}
     o = obs[group]
     pred = interpolate_prediction(table, o.rate_rps / replicas)
     out: dict[str, Any] = {"requests": o.requests, "rate_per_replica_rps": o.rate_rps / replicas,
@@ -135,33 +137,55 @@ def _window_error(table: Any, log: Any, group: str, t0: float, t1: float, replic
             "error_p95": d.error_p95, "error_tpot": d.error_tpot}
 
 
+def _slow(api: Any, gpu: str, speed_factor: float, done: set[str]) -> list[str]:
+    """Every group application on GPU type `gpu` not in `done` runs at `speed_factor`.
+
+    The slow-down is the GPU type's (its engines are slower than profiled), so a group the
+    replan creates on it is slowed too, as soon as it exists.
+    """
+    from app.deploy import set_engine_speed
+
+    slowed = []
+    for name, a in (api.details().get("applications") or {}).items():
+        cfg = (a or {}).get("deployed_app_config") or {}
+        g = (cfg.get("args") or {}).get("group") or {}
+        if g.get("gpu") == gpu and name not in done:
+            set_engine_speed(api, name, speed_factor)
+            done.add(name)
+            slowed.append(name)
+    return slowed
+
+
 def run(work: Path, *, rate_rps: float, slowdown: float, window_s: float, baseline_s: float,
         after_s: float) -> dict[str, Any]:
     """The whole dry run; returns the measurements."""
     import ray
     from ray import serve
 
-    from app.deploy import deploy_plan, set_engine_speed
+    from app.deploy import deploy_plan
     from app.request_log import read_log
     from app.router_config import GroupPrediction
     from app.serve_api import ServeApi, dashboard_url
     from boute.replan_cli import format_report, submit_replan_job
     from placement import free_port, local_cluster
     from profiling import PerfDB
-    from tuning import prediction_table
+    from tuning import Plan, prediction_table
 
     plan, db_path = _plan(work)
     (group,) = [g.name for g in plan.groups]
-    tables = prediction_table(PerfDB.load(db_path), plan.groups, plan.catalog_gpu)
+    (gpu,) = {g.gpu for g in plan.groups}
+    db = PerfDB.load(db_path)
+    tables = prediction_table(db, plan.groups, plan.catalog_gpu)
     log_dir = work / "log"
     t0 = time.time()
     cluster = local_cluster({"H100": 4, "EDU-GPU": 8}, {"H100": 4, "EDU-GPU": 4},
                             temp_dir=REPO / "build" / "tmp", dashboard_port=free_port())
-    out: dict[str, Any] = {"cluster_up_s": time.time() - t0, "group": group,
+    out: dict[str, Any] = {"cluster_up_s": time.time() - t0, "group": group, "gpu": gpu,
                            "deploy_table": GroupPrediction.of(tables[group]).wire()}
     stop = threading.Event()
     bench: list[Any] = []
     load = None
+    slowed: set[str] = set()
     try:
         t = time.time()
         url = deploy_plan(plan, backend="emulated", gpu_catalog=[str(DATA / "gpus.yaml")],
@@ -180,53 +204,57 @@ def run(work: Path, *, rate_rps: float, slowdown: float, window_s: float, baseli
             false_flags += bool(pred and pred["drifted"])
         out["baseline"] = {"seconds": time.time() - start, "false_flags": false_flags,
                            "prediction": _health(url)["groups"][group]["prediction"]}
+        _note(f"baseline: {false_flags} false flags; {gpu} engines now x{slowdown} slower")
         t_slow = time.time()                                         # 2. slow-down
-        set_engine_speed(api, group, 1.0 / slowdown)
-        _note(f"baseline: {false_flags} false flags; engines now x{slowdown} slower")
+        _slow(api, gpu, 1.0 / slowdown, slowed)
         out["slowdown"] = {"factor": slowdown, "speed_factor": 1.0 / slowdown,
                            "applied_s": time.time() - t_slow}
-        detect = None
+        out["router_flag"] = {"seconds_after_slowdown": None}
         while time.time() - t_slow < window_s + 90.0:
             time.sleep(2.0)
             pred = _health(url)["groups"][group]["prediction"]
+            out["router_flag"]["prediction"] = pred
             if pred and pred["drifted"]:
-                detect = time.time() - t_slow
-                out["router_flag"] = {"seconds_after_slowdown": detect, "prediction": pred}
+                out["router_flag"]["seconds_after_slowdown"] = time.time() - t_slow
                 break
-        out.setdefault("router_flag", {"seconds_after_slowdown": None,
-                                       "prediction": _health(url)["groups"][group][
-                                           "prediction"]})
         time.sleep(max(0.0, t_slow + window_s + 2.0 - time.time()))  # 3. replan
+        _note(f"router flag: {out['router_flag']['seconds_after_slowdown']} s; replan job")
         args = ["--window-s", str(window_s), "--min-requests", str(int(rate_rps * window_s / 3)),
                 "--cooldown-s", "0", "--recalibrate-on-drift"]
-        _note(f"router flag: {out['router_flag']['seconds_after_slowdown']} s; replan job")
         t_job = time.time()
         job = submit_replan_job(dashboard_url(), args)
         t_done = time.time()
-        groups = job["drift"]["groups"]
+        new_groups = _slow(api, gpu, 1.0 / slowdown, slowed)        # the replan's new ones
+        t_after0 = time.time() + 5.0
         out["replan_job"] = {
             "args": args, "submitted_s_after_slowdown": t_job - t_slow,
             "seconds": t_done - t_job, "flagged": job["drift"]["drifted"],
-            "flagged_s_after_slowdown": t_done - t_slow, "drift": groups,
+            "flagged_s_after_slowdown": t_done - t_slow, "drift": job["drift"]["groups"],
             "recalibrated": job.get("recalibrated"), "decision": job["decision"],
             "applied": job["applied"], "steps": job.get("steps"), "changes": job["changes"],
-            "model": job.get("model"), "report": format_report(job)}
+            "model": job.get("model"), "report": format_report(job),
+            "new_groups_slowed_s_after_job": {g: time.time() - t_done for g in new_groups}}
         cal = job.get("recalibrated")
         if cal and Path(cal).is_file():
             out["calibration"] = json.loads(Path(cal).read_text())
         _note(f"replan job: {t_done - t_job:.0f} s, drift {job['drift']['drifted']}, "
-              f"applied {job['applied']}; {after_s:g} s after the change")
+              f"applied {job['applied']}, new groups {new_groups}; {after_s:g} s after")
         time.sleep(after_s)                                          # 4. after
         t_end = time.time()
         health = _health(url)
-        out["after"] = {"seconds": t_end - t_done, "prediction": health["groups"][group][
-            "prediction"]}
-        details = api.details()
-        uc = details["applications"]["boute"]["deployed_app_config"]["deployments"][0][
+        uc = api.details()["applications"]["boute"]["deployed_app_config"]["deployments"][0][
             "user_config"]
-        out["after"]["router_table"] = (uc.get("predictions") or {}).get(group)
-        out["after"]["replicas"] = int(health["groups"][group]["replicas_running"]
-                                       or health["groups"][group]["replicas_wanted"] or 1)
+        new_plan = Plan.from_dict(uc["plan"])
+        out["after"] = {"seconds": t_end - t_after0, "window": [t_after0, t_end],
+                        "groups": {}}
+        for g in new_plan.groups:
+            h = health["groups"][g.name]
+            out["after"]["groups"][g.name] = {
+                "gpu": g.gpu, "replicas": int(h["replicas_running"] or g.replicas),
+                "router_prediction": h["prediction"],
+                "router_table": (uc.get("predictions") or {}).get(g.name),
+                "deploy_table": GroupPrediction.of(t).wire() if (t := prediction_table(
+                    db, [g], new_plan.catalog_gpu).get(g.name)) else None}
     finally:
         stop.set()
         if load is not None:
@@ -235,12 +263,12 @@ def run(work: Path, *, rate_rps: float, slowdown: float, window_s: float, baseli
         ray.shutdown()
         cluster.shutdown()
     log = read_log(log_dir)
-    a = out["after"]
-    t_after0 = t_done + 5.0
-    if a["router_table"] is not None:
-        a["recalibrated_model"] = _window_error(GroupPrediction.parse(a["router_table"]).table(),
-                                                log, group, t_after0, t_end, a["replicas"])
-    a["deploy_model"] = _window_error(tables[group], log, group, t_after0, t_end, a["replicas"])
+    for name, a in out["after"]["groups"].items():
+        for key, model in (("router_table", "recalibrated_model"),
+                           ("deploy_table", "deploy_model")):
+            if a[key] is not None:
+                a[model] = _window_error(GroupPrediction.parse(a[key]).table(), log, name,
+                                         t_after0, t_end, a["replicas"])
     out["bench"] = bench[0].summary() if bench else None
     out["log_records"] = log.num_rows
     return out
@@ -279,7 +307,13 @@ def main() -> int:
     b = out["bench"] or {"requests": 0, "ok": 0, "errors": {}}
     refused = int(b["errors"].get("429", 0))
     failed = b["requests"] - b["ok"] - refused
-    rec = out["after"].get("recalibrated_model") or {}
+    served = [a for a in out["after"]["groups"].values() if a["gpu"] == out["gpu"]
+              and (a.get("recalibrated_model") or {}).get("requests")]
+    # the group of the slowed GPU type that served most after the change
+    rec = max((a["recalibrated_model"] for a in served), key=lambda m: m["requests"],
+              default={})
+    dep = max((a.get("deploy_model") or {} for a in served),
+              key=lambda m: m.get("requests", 0), default={})
     job = out["replan_job"]
     measured = {"recalibrated_p95_error": abs(rec.get("error_p95", math.nan)),
                 "recalibrated_tpot_error": abs(rec.get("error_tpot", math.nan)),
@@ -292,7 +326,6 @@ def main() -> int:
              "replan job recalibrates and applies": bool(job["recalibrated"])
              and bool(job["applied"])}
     rows = check(resolve(TARGETS, args.target), measured, flags)
-    dep = out["after"]["deploy_model"]
 
     def pct(x: Any) -> str:
         return "-" if x is None or not math.isfinite(x) else f"{x:+.1%}"
@@ -313,7 +346,7 @@ def main() -> int:
          "P95 / TPOT error against the slowed group"),
         ("after: recalibrated model", f"{pct(rec.get('error_p95'))} / "
          f"{pct(rec.get('error_tpot'))}", f"{rec.get('requests')} requests, "
-         f"{out['after']['replicas']} replica(s)"),
+         f"{rec.get('rate_per_replica_rps', math.nan):.2f} req/s per replica"),
         ("requests sent / failed / 429", f"{b['requests']} / {failed} / {refused}",
          f"{out['log_records']} logged"),
     ]
