@@ -57,7 +57,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
 from placement import Lane
-from tuning import LENGTH_CLASSES
+from tuning import LENGTH_CLASSES, PredictionTable
 
 from .calls import (
     Call,
@@ -99,6 +99,7 @@ EXPORT_EVERY = 50               # routed requests between two updates of the rou
 # behind requests); two misses in a row, not one, so that one slow answer on a busy machine
 # takes nothing down, and any answered call resets the count.
 PROBE_PERIOD_S = 1.0
+PREDICTION_CACHE_S = 1.0        # the prediction report is reused this long (module doc, 6.)
 PROBE_TIMEOUT_S = 1.5
 PROBE_THRESHOLD = 2
 
@@ -166,6 +167,8 @@ class Dispatcher:
         self._aborted: set[asyncio.Task[Any]] = set()
         self.drift = LiveDrift()
         self.drift_failures = 0         # errors inside the prediction error (never raised)
+        self.tables: dict[str, PredictionTable] = {}    # group -> the deploy's table
+        self._prediction: tuple[float, dict[str, dict[str, Any]]] | None = None
 
     # -- configuration ---------------------------------------------------------------------
     def reconfigure(self, cfg: RouterConfig, groups: Collection[str]) -> None:
@@ -216,6 +219,7 @@ class Dispatcher:
         self.config, self.settings = cfg, s
         self.tables = {g: p.table() for g, p in (cfg.predictions or {}).items()}
         self.drift.track(self.pool.groups, self.wall())
+        self._prediction = None
 
     @property
     def call_timeout_s(self) -> float:
@@ -630,21 +634,27 @@ class Dispatcher:
     def prediction(self) -> dict[str, dict[str, Any]]:
         """Each group's live prediction error (`app.drift.LiveDrift.report`; {} on a failure).
 
-        Per-replica rate over the replicas Serve runs (the plan's count until seen).
+        Per-replica rate over the replicas Serve runs (the plan's count until seen). Computed
+        at most once per `PREDICTION_CACHE_S` (``/health`` may be polled often; the windows
+        hold up to `app.drift.MAX_SAMPLES` requests per group).
         """
         if self.pool is None:
             return {}
+        now = self.wall()
+        if self._prediction is not None and 0 <= now - self._prediction[0] < PREDICTION_CACHE_S:
+            return self._prediction[1]
         s = self.settings
         try:
             replicas = {g: (st.running if st.running else st.wanted or 1)
                         for g, st in self.pool.groups.items()}
-            return self.drift.report(self.wall(), self.tables, replicas,
-                                     window_s=s.drift_window_s,
-                                     min_requests=s.drift_min_requests,
-                                     tolerance=s.drift_tolerance)
+            report = self.drift.report(now, self.tables, replicas, window_s=s.drift_window_s,
+                                       min_requests=s.drift_min_requests,
+                                       tolerance=s.drift_tolerance)
         except Exception:           # observability only
             self.drift_failures += 1
             return {}
+        self._prediction = (now, report)
+        return report
 
     def export_prediction(self) -> dict[str, dict[str, Any]]:
         """Set ``boute_prediction_error{group, quantity}`` (NaN: no value); returns the report."""

@@ -5,9 +5,10 @@ Every request a group answered with outcome ``ok`` is kept in the group's slidin
 `MAX_SAMPLES` per group, the newest). On demand (`LiveDrift.report`: ``/health``, and the
 ingress's timer every `EXPORT_S` for the metric), per group k, with ``now`` the wall clock:
 
-* **Window**: ``[t0, now]``, ``t0 = max(now - window_s, since_k, oldest_k)``: ``since_k``
+* **Window**: ``[t0, now]``, ``t0 = max(now - window_s, since_k, dropped_k)``: ``since_k``
   is when the group joined the router's config (a window not yet full is not counted as
-  idle time), ``oldest_k`` the oldest kept arrival when the group overflowed `MAX_SAMPLES`.
+  idle time), ``dropped_k`` the latest arrival the group's window let go of (past
+  `MAX_SAMPLES`, or older than a window: what is left is all of what arrived after it).
 * **Observed** (`tuning.observe_groups`, the replan job's math): ``n_k`` requests,
   ``rate_k = n_k / (now - t0)``, their P95 latency ``P_obs`` (and per third of the window),
   the median TPOT ``T_obs = median((latency - TTFT) / (output tokens - 1))`` of streamed
@@ -81,18 +82,18 @@ class LiveDrift:
         self.max_samples = max_samples
         self.windows: dict[str, deque[Sample]] = {}
         self.since: dict[str, float] = {}
-        self.overflowed: set[str] = set()
+        self.dropped: dict[str, float] = {}     # the latest arrival let go of, per group
 
     def track(self, groups: Mapping[str, Any], now_s: float) -> None:
         """The config's groups: new ones start their window at `now_s`; gone ones are dropped."""
         for g in list(self.windows):
             if g not in groups:
-                del self.windows[g], self.since[g]
-                self.overflowed.discard(g)
+                del self.windows[g], self.since[g], self.dropped[g]
         for g in groups:
             if g not in self.windows:
                 self.windows[g] = deque(maxlen=self.max_samples)
                 self.since[g] = now_s
+                self.dropped[g] = -math.inf
 
     def record(self, group: str, sample: Sample) -> None:
         """Keep one successful request of `group` (a group not tracked is ignored)."""
@@ -100,8 +101,14 @@ class LiveDrift:
         if window is None:
             return
         if len(window) == window.maxlen:
-            self.overflowed.add(group)
+            self.dropped[group] = max(self.dropped[group], window[0].arrival_s)
         window.append(sample)
+
+    def prune(self, before_s: float) -> None:
+        """Drop the samples that arrived before `before_s` (oldest first; bounds the work)."""
+        for group, window in self.windows.items():
+            while window and window[0].arrival_s < before_s:
+                self.dropped[group] = max(self.dropped[group], window.popleft().arrival_s)
 
     def report(self, now_s: float, tables: Mapping[str, PredictionTable],
                replicas: Mapping[str, int], *, window_s: float, min_requests: int,
@@ -122,12 +129,11 @@ class LiveDrift:
             predicted_tpot_s, error_tpot, drifted}``.
 
         """
+        self.prune(now_s - window_s)
         out: dict[str, dict[str, Any]] = {}
         for group, window in self.windows.items():
-            t0 = max(now_s - window_s, self.since[group])
+            t0 = max(now_s - window_s, self.since[group], self.dropped[group])
             kept = [s for s in window if t0 <= s.arrival_s <= now_s]
-            if group in self.overflowed and kept and len(window) == window.maxlen:
-                t0 = max(t0, min(s.arrival_s for s in kept))
             entry: dict[str, Any] = {"state": "idle", "requests": len(kept),
                                      "window_s": max(0.0, now_s - t0), "drifted": None}
             out[group] = entry

@@ -92,14 +92,18 @@ def test_the_window_slides_and_its_size_is_bounded() -> None:
     d = LiveDrift(max_samples=100)
     d.track({"g": None}, now_s=0.0)
     _fill(d, "g", n=300, span_s=300.0, latency_s=1.0)        # 1 req/s for 300 s
-    assert len(d.windows["g"]) == 100                        # the newest 100 kept
+    assert len(d.windows["g"]) == 100       # the newest 100 kept: arrivals 200 .. 299 s
+    # a window wider than what is kept starts at the last arrival let go of (199 s):
+    # 100 requests in 300 - 199 = 101 s
+    rep = d.report(300.0, {"g": TABLE}, {"g": 1}, window_s=1000.0, min_requests=30,
+                   tolerance=0.25)["g"]
+    assert rep["window_s"] == pytest.approx(101.0)
+    assert rep["rate_rps"] == pytest.approx(100 / 101)
+    # a 60 s window: arrivals 240 .. 299 s, 1 req/s; the older ones are let go of
     rep = d.report(300.0, {"g": TABLE}, {"g": 1}, window_s=60.0, min_requests=30,
                    tolerance=0.25)["g"]
     assert rep["requests"] == 60 and rep["rate_rps"] == pytest.approx(1.0)
-    # a window wider than what is kept: it starts at the oldest kept arrival (200 s)
-    rep = d.report(300.0, {"g": TABLE}, {"g": 1}, window_s=1000.0, min_requests=30,
-                   tolerance=0.25)["g"]
-    assert rep["window_s"] == pytest.approx(100.0) and rep["rate_rps"] == pytest.approx(1.0)
+    assert len(d.windows["g"]) == 60 and d.dropped["g"] == 239.0
 
 
 def test_group_prediction_wire_format() -> None:
