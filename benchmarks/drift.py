@@ -1,7 +1,8 @@
 """Drift, measured: one group's engines slow down mid-run; who notices, and how well we refit.
 
-A local fake cluster (dashboard on) serves the min-cost plan of benchmarks/data/replan (an 8B
-model on a deliberately slow GPU type, one 2-GPU replica, emulated engines; P95 target 4 s)
+A local fake cluster of that GPU type only (dashboard on) serves the min-cost plan of
+benchmarks/data/replan (an 8B model on a deliberately slow GPU type, one 2-GPU replica,
+emulated engines; P95 target 4 s)
 under steady load (GSM8K-shaped, streamed, `--rate` req/s). The router gets the plan's
 prediction table at deploy time (`tuning.prediction_table` of the plan's perf DB) and a
 `--window-s` drift window. Phases:
@@ -178,8 +179,10 @@ def run(work: Path, *, rate_rps: float, slowdown: float, window_s: float, baseli
     tables = prediction_table(db, plan.groups, plan.catalog_gpu)
     log_dir = work / "log"
     t0 = time.time()
-    cluster = local_cluster({"H100": 4, "EDU-GPU": 8}, {"H100": 4, "EDU-GPU": 4},
-                            temp_dir=REPO / "build" / "tmp", dashboard_port=free_port())
+    # Only the slowed GPU type: the replan's stock is the cluster's, so the recalibrated plan
+    # stays on it and its model meets the new truth (with H100s it moves the load there).
+    cluster = local_cluster({gpu: 8}, {gpu: 4}, temp_dir=REPO / "build" / "tmp",
+                            dashboard_port=free_port())
     out: dict[str, Any] = {"cluster_up_s": time.time() - t0, "group": group, "gpu": gpu,
                            "deploy_table": GroupPrediction.of(tables[group]).wire()}
     stop = threading.Event()
@@ -237,6 +240,11 @@ def run(work: Path, *, rate_rps: float, slowdown: float, window_s: float, baseli
         cal = job.get("recalibrated")
         if cal and Path(cal).is_file():
             out["calibration"] = json.loads(Path(cal).read_text())
+            out["replan_job"]["fit_in_window"] = {
+                g["gpu"]: {"scale": out["calibration"]["gpus"][g["gpu"]]["scale"],
+                           "p95_error_before": g["fidelity"]["latency_p95_s"]["before_err"],
+                           "p95_error_after": g["fidelity"]["latency_p95_s"]["after_err"]}
+                for g in out["calibration"]["groups"]}
         _note(f"replan job: {t_done - t_job:.0f} s, drift {job['drift']['drifted']}, "
               f"applied {job['applied']}, new groups {new_groups}; {after_s:g} s after")
         time.sleep(after_s)                                          # 4. after
