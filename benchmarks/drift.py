@@ -1,8 +1,7 @@
 """Drift, measured: one group's engines slow down mid-run; who notices, and how well we refit.
 
-A local fake cluster of that GPU type only (dashboard on) serves the min-cost plan of
-benchmarks/data/replan (an 8B model on a deliberately slow GPU type, one 2-GPU replica,
-emulated engines; P95 target 4 s)
+A local fake cluster (dashboard on) serves the min-cost plan of benchmarks/data/replan (an 8B
+model on a deliberately slow GPU type, one 2-GPU replica, emulated engines; P95 target 7 s)
 under steady load (GSM8K-shaped, streamed, `--rate` req/s). The router gets the plan's
 prediction table at deploy time (`tuning.prediction_table` of the plan's perf DB) and a
 `--window-s` drift window. Phases:
@@ -61,6 +60,14 @@ from _targets import (  # noqa: E402
 )
 
 DATA = REPO / "benchmarks" / "data" / "replan"
+# The P95 target: one 2-GPU replica meets it at 5 req/s (3.8 s predicted; the DB's curve);
+# 1.6x slower, it does not (~ its P95 at 1.6 x 5 = 8 req/s, 5.4 s, times 1.6: 8.7 s), but
+# two to four slowed replicas do (a slowed replica's P95 at light load is ~1.6 x 3.2 s, and
+# a loaded machine slows the emulated engines further), for less than moving the load to an
+# H100 ($0.8-1.6/h against $2.69/h). With 4 s (benchmarks/replan.py's) a 1.6x slower card
+# misses the target at any rate: the replan moved the load to an H100 group, whose model was
+# not recalibrated, and the error against the new truth was not measured.
+P95_TARGET_S = 7.0
 
 TARGETS = {
     "recalibrated_p95_error": Target("<=", 0.10, "", "|P95 error| of the recalibrated model "
@@ -79,7 +86,8 @@ def _plan(work: Path) -> tuple[Any, Path]:
     out, db = work / "plan.json", work / "db.parquet"
     code = main(["plan", "--scenario", str(DATA / "scenario.yaml"), "--gpu-catalog",
                  str(DATA / "gpus.yaml"), "--db", str(db), "--objective", "min-cost",
-                 "--quality", "84.5", "--p95", "4.0", "--solver", "exact", "--plot", "",
+                 "--quality", "84.5", "--p95", str(P95_TARGET_S), "--solver", "exact",
+                 "--plot", "",
                  "--out", str(out)])
     assert code == 0, "planning failed"
     return Plan.load(out), db
@@ -179,10 +187,8 @@ def run(work: Path, *, rate_rps: float, slowdown: float, window_s: float, baseli
     tables = prediction_table(db, plan.groups, plan.catalog_gpu)
     log_dir = work / "log"
     t0 = time.time()
-    # Only the slowed GPU type: the replan's stock is the cluster's, so the recalibrated plan
-    # stays on it and its model meets the new truth (with H100s it moves the load there).
-    cluster = local_cluster({gpu: 8}, {gpu: 4}, temp_dir=REPO / "build" / "tmp",
-                            dashboard_port=free_port())
+    cluster = local_cluster({"H100": 4, gpu: 8}, {"H100": 4, gpu: 4},
+                            temp_dir=REPO / "build" / "tmp", dashboard_port=free_port())
     out: dict[str, Any] = {"cluster_up_s": time.time() - t0, "group": group, "gpu": gpu,
                            "deploy_table": GroupPrediction.of(tables[group]).wire()}
     stop = threading.Event()
@@ -287,7 +293,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few minutes: 40 s baseline, a "
                     "45 s window, 60 s after the change")
-    ap.add_argument("--rate", type=float, default=4.0, help="req/s of the steady load")
+    ap.add_argument("--rate", type=float, default=5.0, help="req/s of the steady load")
     ap.add_argument("--slowdown", type=float, default=1.6, help="the group's engines run this "
                     "many times slower mid-run")
     ap.add_argument("--window-s", type=float, default=None, help="the router's drift window "
