@@ -285,6 +285,15 @@ def run(work: Path, *, rate_rps: float, slowdown: float, window_s: float, baseli
                                          t_after0, t_end, a["replicas"])
     out["bench"] = bench[0].summary() if bench else None
     out["log_records"] = log.num_rows
+    # Every request not answered 200, when (seconds after the replan job was submitted and
+    # after it returned), what and where (the request log), and the clients' error texts.
+    cols = {c: log.column(c).to_pylist() for c in ("arrival_s", "status", "outcome", "group",
+                                                   "latency_s")}
+    out["not_200"] = [{"after_job_submitted_s": a - t_job, "after_job_done_s": a - t_done,
+                       "status": st, "outcome": o, "group": g, "latency_s": lat}
+                      for a, st, o, g, lat in zip(*cols.values(), strict=True) if st != 200]
+    out["client_errors"] = sorted({r.error[:200] for r in (bench[0].records if bench else [])
+                                   if r.error})[:10]
     return out
 
 
