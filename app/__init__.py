@@ -12,14 +12,16 @@ A plan (`tuning.Plan`) becomes one Serve application per replica group plus the 
   `groups`), and retries a failed call elsewhere.
 * **Engines** (`server`, `vllm_server`, `emulated`, `engine_profiler`): the backend contract;
   the real vLLM backend (Ray Serve LLM's ``LLMServer``), the emulated engine (the stage-1
-  replica model and the shared `profiling.BatchScheduler`, a declared dry run) and the engine
-  profiler that measures a real engine under load.
+  replica model and the shared `profiling.BatchScheduler`, a declared dry run, with a live
+  ``speed_factor`` to rehearse drift) and the engine profiler that measures a real engine
+  under load.
 * **Deploy** (`deploy`, `main`, `serve_api`): check that a plan fits the live cluster, then
   deploy it through Serve's declarative REST API.
 * **Guard** (`guard`): API keys, rate limits and body limits, checked before a request costs
   anything.
-* **Request log and metrics** (`request_log`, `observability`): one Parquet row per request
-  answered; Ray Serve custom metrics.
+* **Request log and metrics** (`request_log`, `observability`, `drift`): one Parquet row per
+  request answered; Ray Serve custom metrics; each group's live prediction error against the
+  plan's perf DB (`drift`, read-only).
 * **Replan** (`replan`): refit the workload on the request log, re-optimize, and apply the
   change with hysteresis (up, switch, down) while the service keeps running.
 

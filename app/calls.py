@@ -82,6 +82,9 @@ class Recorder(Protocol):
         `wanted`: the move asked, share of the window; `moved`: the move made (less: clamped).
         """
 
+    def prediction_error(self, group: str, quantity: str, value: float) -> None:
+        """A group's live prediction error (`app.drift`; quantity p95 or tpot; NaN: none)."""
+
 
 @dataclass
 class Call:

@@ -5,6 +5,11 @@ resources (a plan that does not fit raises `DeployError` naming the shortfall pe
 before anything is deployed), then deploys the stack (`app.main.stack_config`: the router
 application + one application per replica group) through Serve's declarative API and waits
 until it runs. `serve_config` writes the same config as a file for ``serve deploy``.
+
+`deploy_plan` can ship the router each group's prediction table (``predictions``,
+`tuning.prediction_table` of the plan's perf DB; `app.drift`: the live prediction error).
+`set_engine_speed` (a dry-run feature) makes one emulated group's engines run slower or
+faster, live, to rehearse drift.
 """
 
 from __future__ import annotations
@@ -15,14 +20,14 @@ from typing import Any
 
 from common.textfile import read_utf8
 from placement import capacity_nodes
-from tuning import Plan
+from tuning import Plan, PredictionTable
 
 from .fit import DeployError, fit_plan
 from .main import APP_NAME, Stack, stack_config
 from .serve_api import ServeApi, dashboard_url, local_url
 
 __all__ = ["APP_NAME", "DeployError", "apply_api_keys", "calibrated", "check_plan_fits",
-           "deploy_plan", "read_prompts", "serve_config"]
+           "deploy_plan", "read_prompts", "serve_config", "set_engine_speed"]
 
 
 def read_prompts(path: str) -> list[str]:
@@ -122,11 +127,16 @@ def deploy_plan(plan: Plan, *, backend: str, device: str = "gpu",
                 time_scale: float = 1.0,
                 dashboard: str | None = None, proxy_location: str = "EveryNode",
                 timeout_s: float = 900.0, api_keys: list[dict[str, Any]] | None = None,
-                on_model_down: str = "fallback") -> str:
+                on_model_down: str = "fallback",
+                predictions: Mapping[str, PredictionTable] | None = None,
+                drift_window_s: float = 120.0) -> str:
     """Deploy `plan` on the connected Ray cluster; returns the router's base URL.
 
     `api_keys` (`app.guard.KeyEntry` dicts, digests only) close the OpenAI endpoint; None
-    leaves it open (the CLI asks for that explicitly, ``--no-api-keys``).
+    leaves it open (the CLI asks for that explicitly, ``--no-api-keys``). `predictions`:
+    group -> prediction table (`tuning.prediction_table` of the plan's perf DB) for the
+    router's live prediction error over `drift_window_s` seconds (`app.drift`; None: the
+    router reports ``no_prediction``).
 
     The stack layout (`app.main.stack_config`), through Serve's declarative API on the
     dashboard. Node sizes come from the cluster (largest GPU count of each type on one node). Blocks
@@ -143,11 +153,11 @@ def deploy_plan(plan: Plan, *, backend: str, device: str = "gpu",
                   engine_kwargs=dict(engine_kwargs or {}), gpu_catalog=list(gpu_catalog or []),
                   model_catalog=list(model_catalog or []), seed=seed, time_scale=time_scale,
                   log_dir=log_dir, log_rotate_s=log_rotate_s, api_keys=api_keys,
-                  on_model_down=on_model_down)
+                  on_model_down=on_model_down, drift_window_s=drift_window_s)
     stack = check_plan_fits(plan, stack)
     api = ServeApi(dashboard or dashboard_url())
     config = stack_config(plan, stack, host=host, port=port, proxy_location=proxy_location,
-                          applied_unix_s=time.time())
+                          applied_unix_s=time.time(), predictions=predictions)
     api.apply(config)
     api.wait(config, timeout_s=timeout_s)
     return local_url(host, port)
@@ -170,6 +180,45 @@ def serve_config(plan: Plan, *, backend: str, device: str = "gpu",
                   engine_kwargs=dict(engine_kwargs or {}), gpus_per_node=dict(gpus_per_node or {}),
                   seed=seed, log_dir=log_dir, api_keys=api_keys, on_model_down=on_model_down)
     return stack_config(plan, stack, host=host, port=port)
+
+
+def set_engine_speed(api: ServeApi, group: str, speed_factor: float, *,
+                     timeout_s: float = 120.0) -> None:
+    """Run one emulated group's engines at `speed_factor` x the model's speed, live (dry run).
+
+    A ``user_config`` change of that group's deployment only (``{"speed_factor": f}``,
+    `app.emulated_server.EmulatedLLMServer.reconfigure`): every step takes ``1 / f`` of its
+    modelled time (0.625: 1.6x slower); nothing restarts, the router and the other groups
+    keep their configs. For rehearsing drift (`app.drift`, ``boute replan
+    --recalibrate-on-drift``) on emulated engines; replanning keeps it for the groups that
+    stay.
+
+    Raises:
+        DeployError: no such group application, or its engines are not emulated.
+        ServeApiError: the dashboard refused the config or the group did not take it.
+
+    """
+    details = api.details()
+    apps = details.get("applications") or {}
+    cfg = (apps.get(group) or {}).get("deployed_app_config") or {}
+    stack = (cfg.get("args") or {}).get("stack") or {}
+    if cfg.get("import_path") != "app.main:group_app":
+        raise DeployError(f"no replica group application {group!r} runs at {api.base}; "
+                          f"groups: {sorted(a for a in apps if a != APP_NAME)}")
+    if stack.get("backend") != "emulated":
+        raise DeployError(f"group {group!r} runs {stack.get('backend')!r} engines; the speed "
+                          "factor is a dry-run feature of emulated engines (--backend emulated)")
+    from .emulated_server import EngineSettings
+
+    settings = EngineSettings.parse({"speed_factor": speed_factor})
+    cfg["deployments"][0]["user_config"] = settings.wire()
+    http = details.get("http_options") or {}
+    config = {"proxy_location": details.get("proxy_location") or "EveryNode",
+              "http_options": {"host": http.get("host", "127.0.0.1"),
+                               "port": http.get("port", 8000)},
+              "applications": [a.get("deployed_app_config") for a in apps.values()]}
+    api.apply(config)
+    api.wait(config, timeout_s=timeout_s)
 
 
 def apply_api_keys(api: ServeApi, entries: list[dict[str, Any]], *, app: str = APP_NAME,

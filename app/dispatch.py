@@ -40,6 +40,11 @@ log, `app.observability.Observer`; a fake in tests).
    each miss takes at most its deadline, and a round that overruns the period is followed at
    once by the next), instead of the ~15 s Serve and Ray take to notice a dead node.
    ``/health`` and ``/health/ready`` are `app.health`'s.
+6. **Prediction error** (`Dispatcher.prediction`, `app.drift`): every request answered ``ok``
+   goes into its group's sliding window; ``/health`` shows each group's ``prediction``
+   (observed rate, P95, TPOT against the deploy's prediction table, the error and the drift
+   verdict) and `Dispatcher.export_prediction` sets ``boute_prediction_error{group,
+   quantity}``. Read-only: it routes nothing, and a failure in it never fails a request.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from typing import Any
 
 from placement import Lane
-from tuning import LENGTH_CLASSES
+from tuning import LENGTH_CLASSES, PredictionTable
 
 from .calls import (
     Call,
@@ -62,6 +67,7 @@ from .calls import (
     StreamReply,
     Tally,
 )
+from .drift import LiveDrift, Sample
 from .emulated import estimate_tokens
 from .groups import GroupPool
 from .guard import check_max_tokens
@@ -93,6 +99,7 @@ EXPORT_EVERY = 50               # routed requests between two updates of the rou
 # behind requests); two misses in a row, not one, so that one slow answer on a busy machine
 # takes nothing down, and any answered call resets the count.
 PROBE_PERIOD_S = 1.0
+PREDICTION_CACHE_S = 1.0        # the prediction report is reused this long (module doc, 6.)
 PROBE_TIMEOUT_S = 1.5
 PROBE_THRESHOLD = 2
 
@@ -142,9 +149,11 @@ class Dispatcher:
     """Routing, failover and accounting of one router replica (module docstring)."""
 
     def __init__(self, engines: EngineClient, recorder: Recorder,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.engines, self.rec = engines, recorder
         self.clock = clock              # the routing policies' seconds (their move bound)
+        self.wall = wall                # wall-clock seconds (arrivals; the drift window)
         self.config: RouterConfig | None = None
         self.settings = RouterSettings()
         self.scorer: StrongWinRateRouter | None = None
@@ -156,6 +165,10 @@ class Dispatcher:
         self.tally = Tally()
         self._calls: dict[str, set[asyncio.Task[Any]]] = {}
         self._aborted: set[asyncio.Task[Any]] = set()
+        self.drift = LiveDrift()
+        self.drift_failures = 0         # errors inside the prediction error (never raised)
+        self.tables: dict[str, PredictionTable] = {}    # group -> the deploy's table
+        self._prediction: tuple[float, dict[str, dict[str, Any]]] | None = None
 
     # -- configuration ---------------------------------------------------------------------
     def reconfigure(self, cfg: RouterConfig, groups: Collection[str]) -> None:
@@ -204,6 +217,9 @@ class Dispatcher:
         self._served = frozenset(Lane.parse(key).model for key in cfg.shares)
         self._unscored = _unscored_pickers(cfg)
         self.config, self.settings = cfg, s
+        self.tables = {g: p.table() for g, p in (cfg.predictions or {}).items()}
+        self.drift.track(self.pool.groups, self.wall())
+        self._prediction = None
 
     @property
     def call_timeout_s(self) -> float:
@@ -591,6 +607,13 @@ class Dispatcher:
         if ttft_s is None:
             ttft_s = latency if status < 400 else math.nan
         self.tally.outcomes[outcome] += 1
+        if status == 200 and outcome == "ok" and call.group:
+            try:
+                self.drift.record(call.group, Sample(
+                    call.arrival_s, latency, ttft_s,
+                    int(usage.get("completion_tokens") or output_tokens), call.stream))
+            except Exception:       # observability only: never fail a request
+                self.drift_failures += 1
         self.rec.observe(
             arrival_s=call.arrival_s, model=call.model, group=call.group, score=call.score,
             status=status, ttft_s=ttft_s, latency_s=latency,
@@ -608,6 +631,38 @@ class Dispatcher:
         self.rec.routing_state(counts[self.config.strong] / total if total else None,
                                self.pair.strong_share, self.pair.threshold)
 
+    def prediction(self) -> dict[str, dict[str, Any]]:
+        """Each group's live prediction error (`app.drift.LiveDrift.report`; {} on a failure).
+
+        Per-replica rate over the replicas Serve runs (the plan's count until seen). Computed
+        at most once per `PREDICTION_CACHE_S` (``/health`` may be polled often; the windows
+        hold up to `app.drift.MAX_SAMPLES` requests per group).
+        """
+        if self.pool is None:
+            return {}
+        now = self.wall()
+        if self._prediction is not None and 0 <= now - self._prediction[0] < PREDICTION_CACHE_S:
+            return self._prediction[1]
+        s = self.settings
+        try:
+            replicas = {g: (st.running if st.running else st.wanted or 1)
+                        for g, st in self.pool.groups.items()}
+            report = self.drift.report(now, self.tables, replicas, window_s=s.drift_window_s,
+                                       min_requests=s.drift_min_requests,
+                                       tolerance=s.drift_tolerance)
+        except Exception:           # observability only
+            self.drift_failures += 1
+            return {}
+        self._prediction = (now, report)
+        return report
+
+    def export_prediction(self) -> dict[str, dict[str, Any]]:
+        """Set ``boute_prediction_error{group, quantity}`` (NaN: no value); returns the report."""
+        report = self.prediction()
+        for (group, quantity), value in LiveDrift.metric(report).items():
+            self.rec.prediction_error(group, quantity, value)
+        return report
+
     def health(self, now: float) -> tuple[int, dict[str, Any]]:
         """``/health``'s code and full report (`app.health`).
 
@@ -618,6 +673,9 @@ class Dispatcher:
         cfg, pair, pool, t = self.config, self.pair, self.pool, self.tally
         assert cfg is not None and pair is not None and pool is not None
         groups = pool.health(now)["groups"]
+        prediction = self.prediction()
+        for name, entry in groups.items():
+            entry["prediction"] = prediction.get(name)
         models = model_health(pool, [m for m in self.models if self._serves(m)], now,
                               self._fallback)
         status = overall_status(groups, models)
@@ -643,7 +701,12 @@ class Dispatcher:
             "threshold": pair.threshold if math.isfinite(pair.threshold) else None,
             "threshold_guard": _guard_report(pair),
             "router": cfg.router, "call_timeout_s": self.call_timeout_s,
-            "routed_models": dict(t.counts), **({"workloads": ladder} if ladder else {})}
+            "routed_models": dict(t.counts), **({"workloads": ladder} if ladder else {}),
+            "drift": {"window_s": self.settings.drift_window_s,
+                      "min_requests": self.settings.drift_min_requests,
+                      "tolerance": self.settings.drift_tolerance,
+                      "drifted": sorted(g for g, e in prediction.items() if e["drifted"]),
+                      "failures": self.drift_failures}}
 
     def readiness(self, now: float) -> tuple[int, dict[str, Any]]:
         """``/health/ready``: 200 when every group of the plan serves, else 503 + what is missing.

@@ -14,6 +14,13 @@ prompt length is estimated as one token per 4 characters (the BPE rule of thumb)
 ``time_scale`` multiplies every step time (0: a zero-latency engine, to measure the serving
 stack alone).
 
+**Engine speed** (a dry-run feature, for rehearsing drift): ``speed_factor`` f runs the
+engine at f times the model's speed, every step taking ``step_time / f`` (0.625: 1.6x
+slower, as if the hardware were slower than profiled). It changes live
+(`EmulatedEngine.speed_factor`; on Serve, the group deployment's ``user_config``
+``{"speed_factor": f}``, `EngineSettings`, set by `app.deploy.set_engine_speed`); steps
+already under way keep their time.
+
 Admission control, as vLLM: `EmulatedEngine.check` rejects a request whose prompt plus
 ``max_tokens`` can never fit the KV cache (`profiling.SequenceTooLongError`, a `ValueError`;
 the server answers 400). A request whose consumer stops reading (``aclose``, cancellation)
@@ -28,17 +35,50 @@ import asyncio
 import itertools
 import logging
 import math
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from profiling import BatchScheduler, ReplicaModel, SequenceTooLongError
 
-__all__ = ["EmulatedEngine", "SequenceTooLongError", "estimate_tokens"]
+__all__ = ["EmulatedEngine", "EngineSettings", "SequenceTooLongError", "estimate_tokens"]
 
 _log = logging.getLogger(__name__)
 
 # A step starts where the previous one was due to end unless that is more than this long ago
 # (after an idle spell or a stall it starts now, with no burst of catch-up steps).
 _CATCH_UP_S = 0.05
+
+
+class EngineSettings(BaseModel):
+    """An emulated group deployment's ``user_config`` (live; a dry-run feature)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    speed_factor: float = Field(
+        1.0, gt=0, le=1000.0, description="The engine runs at this times the model's speed: "
+        "each step takes step_time / speed_factor (0.625: 1.6x slower). Dry runs only.")
+
+    @classmethod
+    def parse(cls, obj: Mapping[str, Any] | None) -> EngineSettings:
+        """Validate `obj` (None: the defaults).
+
+        Raises:
+            ValueError: one line naming the field, its value and the rule.
+
+        """
+        try:
+            return cls.model_validate(dict(obj or {}))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise ValueError(f"emulated engine user_config: {where}={err.get('input')!r}: "
+                             f"{err['msg']} (known: {sorted(cls.model_fields)})") from None
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON dict a Serve config carries."""
+        return self.model_dump(mode="json")
 
 
 def estimate_tokens(text: str) -> int:
@@ -63,6 +103,8 @@ class EmulatedEngine:
             raise ValueError(f"time_scale={time_scale} must be >= 0 (0: zero-latency engine)")
         self.replica = replica
         self.time_scale = time_scale
+        self.speed_factor = 1.0
+        """Runs at this times the model's speed (module docstring; > 0, live)."""
         self.scheduler = BatchScheduler(replica.engine, replica.memory.kv_capacity_tokens)
         self.steps = 0
         """Engine steps run so far."""
@@ -153,7 +195,7 @@ class EmulatedEngine:
                 continue
             decoding = sched.decoding() if plan.decode else []
             step_s = plan.step_time_s(self.replica)
-            dt = step_s * self.time_scale
+            dt = step_s * self.time_scale / self.speed_factor
             # Steps run back to back on a schedule (each ends dt after the previous one's
             # scheduled end), so timer overshoot does not accumulate over a long decode.
             now = loop.time()

@@ -13,6 +13,10 @@ requests therefore come back as 4xx with an OpenAI error body; an engine failure
 for that request alone (the router retries it elsewhere when no byte was sent). Every engine
 deployment also has ``ping()``, the router's liveness probe: it answers ``True`` at once
 while the replica's event loop runs (vLLM: while its engine passes its health check).
+
+The emulated deployment also takes a ``user_config`` (`app.emulated.EngineSettings`, live,
+a dry-run feature): ``speed_factor`` runs its engines at that times the model's speed
+(`app.deploy.set_engine_speed`), to rehearse a group that drifted from its profile.
 """
 
 
@@ -22,10 +26,10 @@ from typing import Any
 
 from ray import serve
 
-from .emulated import EmulatedEngine, SequenceTooLongError, estimate_tokens
+from .emulated import EmulatedEngine, EngineSettings, SequenceTooLongError, estimate_tokens
 from .openai_api import ApiError, chunk, completion, prompt_of, sse, stream_ident, token_prompts
 
-__all__ = ["EmulatedLLMServer"]
+__all__ = ["EmulatedLLMServer", "EngineSettings"]
 
 DEFAULT_MAX_TOKENS = 128
 
@@ -107,6 +111,15 @@ class EmulatedLLMServer:
 
     async def _error_stream(self, exc: ApiError) -> AsyncIterator[dict[str, Any]]:
         yield exc.body()
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Take a ``user_config`` live (`EngineSettings`: ``speed_factor``).
+
+        Raises:
+            ValueError: a bad field (named); the engine keeps its speed.
+
+        """
+        self.engine.speed_factor = EngineSettings.parse(config).speed_factor
 
     async def ping(self) -> bool:
         """The router's liveness probe (the backend contract): True at once."""

@@ -28,6 +28,10 @@ answering its probes, has the calls still waiting on it aborted and retried else
 ``/health`` (the load balancer's check) answers 200 while any request can be served, with
 each model and group ``serving`` / ``degraded`` / ``down`` and the overall status ``ok`` /
 ``degraded`` / ``unavailable``; 503 only when nothing can be served (`app.health`).
+Each group's entry also carries its live ``prediction`` (`app.drift`: the perf DB's
+prediction at the group's observed rate against what it served in the sliding window, the
+error and the drift verdict), and ``boute_prediction_error{group, quantity}`` is set every
+`app.drift.EXPORT_S` seconds; read-only, it never fails a request.
 ``/health/ready`` (operators) answers 200 only when every group of the plan serves, else 503
 naming what is missing; it needs a key when keys are on. Routing changes and key rotations arrive
 as ``user_config`` (`RouterIngress.reconfigure`, an `app.router_config.RouterConfig`): live,
@@ -39,6 +43,7 @@ runtime.)
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -50,6 +55,7 @@ from starlette.requests import ClientDisconnect
 
 from .calls import Call, Pending, PendingStream, Reply, StreamReply
 from .dispatch import ROUTED_MODELS, STATUS_ABANDONED, WORKLOAD_HEADER, Dispatcher
+from .drift import EXPORT_S
 from .guard import ApiKeys, KeyEntry, check_body, parse_body
 from .observability import Observer
 from .openai_api import ApiError
@@ -194,10 +200,17 @@ class RouterIngress:
             self._prober = loop.create_task(self.dispatcher.watch())
 
     async def _watch(self) -> None:
-        """Poll Serve's replica states; the dispatcher aborts calls on a group that lost some."""
+        """Poll Serve's replica states; the dispatcher aborts calls on a group that lost some.
+
+        Also sets the prediction-error gauges every `app.drift.EXPORT_S` seconds.
+        """
+        exported = -math.inf
         while True:
             try:
                 self.dispatcher.export_routing()
+                if time.monotonic() - exported >= EXPORT_S:
+                    exported = time.monotonic()
+                    self.dispatcher.export_prediction()
                 self._liveness(await asyncio.to_thread(serve.status))
             except asyncio.CancelledError:
                 raise

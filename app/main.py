@@ -31,13 +31,13 @@ from ray.serve import Application
 
 from common.pairs import parse_pairs
 from placement import GroupSpec, Lane
-from tuning import LENGTH_CLASSES, Group, Plan, Routing
+from tuning import LENGTH_CLASSES, Group, Plan, PredictionTable, Routing
 
 from .emulated_server import EmulatedLLMServer
 from .groups import inflight_limits
 from .ingress import RouterIngress
 from .request_log import LogLimits
-from .router_config import RouterConfig
+from .router_config import GroupPrediction, RouterConfig
 from .stack import BACKENDS, LIVE_FIELDS, Stack, plan_specs, stack_specs
 
 __all__ = ["APP_NAME", "BACKENDS", "DRAIN_MAX_S", "DRAIN_MIN_S", "Stack", "app", "build_app",
@@ -49,13 +49,16 @@ APP_NAME = "boute"
 
 
 def routing_config(plan: Plan, specs: list[GroupSpec], weak: str, strong: str,
-                   seed: int = 0, stack: Stack | None = None) -> dict[str, Any]:
+                   seed: int = 0, stack: Stack | None = None,
+                   predictions: Mapping[str, PredictionTable] | None = None
+                   ) -> dict[str, Any]:
     """The router's ``user_config`` for a plan (threshold null until calibrated).
 
     A `RouterConfig` as its wire dict (validated here: a bad one never reaches a cluster).
     Besides the routing: each group's in-flight bound (`app.groups.inflight_limits`) and
-    replica count, each model's context length, the plan's P95, the API keys and the
-    router's settings (from `stack`; default `Stack()`).
+    replica count, each model's context length, the plan's P95, the API keys, the
+    router's settings (from `stack`; default `Stack()`) and, when given, each routed group's
+    prediction table (`tuning.prediction_table`; `app.drift`).
 
     Raises:
         RouterError: the config breaks a rule (one line: field, value, fix).
@@ -102,6 +105,9 @@ def routing_config(plan: Plan, specs: list[GroupSpec], weak: str, strong: str,
         "replicas": {spec.name: spec.replicas for spec in specs},
         "context": _context(specs, stack),
         "plan_p95_s": pred.p95_s if pred and math.isfinite(pred.p95_s) else None,
+        **({} if predictions is None else {"predictions": {
+            spec.name: GroupPrediction.of(predictions[spec.name]).wire()
+            for spec in specs if spec.name in predictions}}),
         "api_keys": stack.api_keys, "settings": stack.settings().wire(),
         "stack_live": stack.live()}).wire()
 
@@ -377,7 +383,8 @@ def group_app(args: dict[str, Any]) -> Application:
 
 def stack_config(plan: Plan, stack: Stack, *, host: str = "0.0.0.0", port: int = 8000,
                  proxy_location: str = "EveryNode", applied_unix_s: float | None = None,
-                 routed_plan: Plan | None = None) -> dict[str, Any]:
+                 routed_plan: Plan | None = None,
+                 predictions: Mapping[str, PredictionTable] | None = None) -> dict[str, Any]:
     """The Serve config (``serve deploy FILE``, or Serve's REST API) serving `plan` as a stack.
 
     Applications: ``boute`` (the router, route ``/``) and one per replica group named
@@ -387,7 +394,9 @@ def stack_config(plan: Plan, stack: Stack, *, host: str = "0.0.0.0", port: int =
 
     For the steps of a change (`app.replan`): `routed_plan` (default `plan`) is the plan whose
     routing the router gets, so the groups of `plan` may be a superset of the routed ones
-    (scale up before routing to them, stop routing before scaling down).
+    (scale up before routing to them, stop routing before scaling down). `predictions`: the
+    routed groups' prediction tables for the router's live prediction error (`app.drift`;
+    None: none, the router reports ``no_prediction``).
     """
     routed = routed_plan or plan
     specs = {s.name: s for s in stack_specs(plan, stack)}
@@ -396,7 +405,8 @@ def stack_config(plan: Plan, stack: Stack, *, host: str = "0.0.0.0", port: int =
     if missing:
         raise ValueError(f"the routed plan names groups {missing} that are not deployed")
     weak, strong = _pair(routed)
-    user_config = routing_config(routed, routed_specs, weak, strong, stack.seed, stack)
+    user_config = routing_config(routed, routed_specs, weak, strong, stack.seed, stack,
+                                 predictions)
     user_config["apps"] = {s.name: s.name for s in routed_specs}
     user_config["config_id"] = hashlib.sha256(
         json.dumps(user_config, sort_keys=True).encode()).hexdigest()[:12]

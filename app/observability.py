@@ -21,7 +21,11 @@ Metric names as Prometheus shows them (Ray prefixes ``ray_``), tags in braces:
   (two or more API keys in the window), 0 when it was only reported (one tenant); alert on
   its rate;
 * ``boute_threshold_move{workload}``: the last such move, as the share of the window's
-  scores the threshold crossed (signed: + sends more to the strong model).
+  scores the threshold crossed (signed: + sends more to the strong model);
+* ``boute_prediction_error{group, quantity}``: the group's live prediction error over the
+  router's sliding window, ``predicted / observed - 1`` of its P95 (``quantity="p95"``) or
+  median TPOT (``"tpot"``) at its observed per-replica rate (`app.drift`; negative: slower
+  than predicted; NaN: no prediction or no requests); every `app.drift.EXPORT_S` seconds.
 
 ``key`` is ``*`` (every key, aggregated) unless the operator opted in to per-key series
 (``RouterSettings.metrics_key_label``, then the API key's id; never the key): Ray's metrics
@@ -49,7 +53,8 @@ AGGREGATE_KEY = "*"
 METRICS = ("boute_requests", "boute_tokens", "boute_errors", "boute_ttft_seconds",
            "boute_latency_seconds", "boute_strong_share_routed", "boute_strong_share_target",
            "boute_threshold", "boute_refused", "boute_retries", "boute_degraded",
-           "boute_group_up", "boute_threshold_fast", "boute_threshold_move")
+           "boute_group_up", "boute_threshold_fast", "boute_threshold_move",
+           "boute_prediction_error")
 
 LATENCY_BOUNDARIES_S = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0,
                         60.0, 120.0]
@@ -96,6 +101,9 @@ class Observer:
         self.threshold_move = metrics.Gauge(
             "boute_threshold_move", "The last fast threshold move, share of the window "
             "crossed", tag_keys=("workload",))
+        self.prediction = metrics.Gauge(
+            "boute_prediction_error", "The group's live prediction error, predicted / "
+            "observed - 1 (quantity: p95 or tpot)", tag_keys=("group", "quantity"))
         self.log = (RequestLog(log_dir, rotate_s=log_rotate_s, limits=log_limits)
                     if log_dir else None)
         self.key_label = False          # RouterSettings.metrics_key_label (set on reconfigure)
@@ -161,6 +169,10 @@ class Observer:
         self.threshold_fast.inc(1, {**tags, "clamped": "1" if abs(moved) < abs(wanted)
                                     else "0"})
         self.threshold_move.set(moved, tags)
+
+    def prediction_error(self, group: str, quantity: str, value: float) -> None:
+        """Set ``boute_prediction_error{group, quantity}`` (NaN: no value now)."""
+        self.prediction.set(value, {"group": group, "quantity": quantity})
 
     def close(self) -> None:
         """Flush and close the log (a clean shutdown loses no record)."""

@@ -44,7 +44,7 @@ import math
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +70,7 @@ from .serve_api import ServeApi, ServeApiError, dashboard_url, local_url
 
 if TYPE_CHECKING:
     from profiling import Trace
+    from tuning import PredictionTable
 
 __all__ = ["ReplanError", "ReplanOptions", "apply_plan", "peak_plan", "replan", "running_state"]
 
@@ -332,7 +333,7 @@ def replan(options: ReplanOptions | None = None) -> dict[str, Any]:
     report["model"] = model_source(window.running().db.meta)
     report["recalibrated"] = None if recalibrated is None else str(recalibrated)
     if decision.applies and not options.dry_run:                        # 5. apply
-        _apply_decision(api, state, proposed, decision, options, report)
+        _apply_decision(api, state, proposed, decision, options, report, window)
     return report
 
 
@@ -593,8 +594,24 @@ def _report(trace: Trace, options: ReplanOptions, goal: Goal, running: Plan,
     }
 
 
+def _predictions(window: WindowProblems, running: Plan, proposed: Plan
+                 ) -> dict[str, PredictionTable]:
+    """The router's prediction tables after a change (`tuning.prediction_table`).
+
+    From the DB the proposed plan was chosen on (the window's rate and length mix; the
+    served calibration when the window was recalibrated), for the groups of both plans.
+    """
+    from tuning import prediction_table
+
+    lc = proposed.routing.length_classes
+    problem = window.at(None if lc is None else lc.threshold_tokens)
+    return prediction_table(problem.db, peak_plan(running, proposed).groups,
+                            problem.scenario.catalog_gpu)
+
+
 def _apply_decision(api: ServeApi, state: RunningState, proposed: Plan, decision: Decision,
-                    options: ReplanOptions, report: dict[str, Any]) -> None:
+                    options: ReplanOptions, report: dict[str, Any],
+                    window: WindowProblems | None = None) -> None:
     """Step 5: check the change's peak fits the cluster, then apply it; fills `report`.
 
     Groups on GPU types the live cluster no longer has (a lost node) are dropped from the
@@ -621,7 +638,9 @@ def _apply_decision(api: ServeApi, state: RunningState, proposed: Plan, decision
                           "the running plan is unchanged") from None
     report["steps"] = apply_plan(api, replace(state, stack=stack), proposed,
                                  routing_only=decision.action == "routing",
-                                 timeout_s=options.timeout_s)
+                                 timeout_s=options.timeout_s,
+                                 predictions=None if window is None
+                                 else _predictions(window, state.plan, proposed))
     report["applied"] = True
 
 
@@ -689,34 +708,79 @@ def lost_gpu_types(state: RunningState) -> list[str]:
 
 
 def apply_plan(api: ServeApi, state: RunningState, proposed: Plan, *, routing_only: bool,
-               timeout_s: float = 900.0) -> dict[str, float]:
+               timeout_s: float = 900.0,
+               predictions: Mapping[str, PredictionTable] | None = None) -> dict[str, float]:
     """Move the stack from ``state.plan`` to `proposed` (up, switch, down; module docstring).
+
+    `predictions`: the router's prediction tables (`app.drift`) from now on (None: the
+    running router's, for the groups that stay). A group deployment's ``user_config`` (an
+    emulated engine's ``speed_factor``) is kept for the groups that stay.
 
     Returns the seconds each step took.
     """
+    details = api.details()
+    if predictions is None:
+        predictions = _router_predictions(details)
     opts: dict[str, Any] = {"host": state.host, "port": state.port,
-                            "proxy_location": state.proxy_location}
+                            "proxy_location": state.proxy_location, "predictions": predictions}
+    engines = _engine_user_configs(details)
     steps: dict[str, float] = {}
     deployed = proposed
     if not routing_only:
         t = time.monotonic()
         deployed = peak_plan(state.plan, proposed)
-        _apply(api, stack_config(deployed, state.stack, applied_unix_s=state.applied_unix_s,
-                                 routed_plan=state.plan, **opts), timeout_s)
+        _apply(api, _keep(stack_config(deployed, state.stack,
+                                       applied_unix_s=state.applied_unix_s,
+                                       routed_plan=state.plan, **opts), engines), timeout_s)
         steps["up_s"] = time.monotonic() - t
     t = time.monotonic()
     applied = time.time()
-    switch = stack_config(deployed, state.stack, applied_unix_s=applied, routed_plan=proposed,
-                          **opts)
+    switch = _keep(stack_config(deployed, state.stack, applied_unix_s=applied,
+                                routed_plan=proposed, **opts), engines)
     _apply(api, switch, timeout_s)
     _await_router(state, switch, timeout_s)
     steps["switch_s"] = time.monotonic() - t
     if not routing_only:
         t = time.monotonic()
-        _apply(api, stack_config(proposed, state.stack, applied_unix_s=applied, **opts),
-               timeout_s)
+        _apply(api, _keep(stack_config(proposed, state.stack, applied_unix_s=applied, **opts),
+                          engines), timeout_s)
         steps["down_s"] = time.monotonic() - t
     return steps
+
+
+def _engine_user_configs(details: Mapping[str, Any]) -> dict[str, Any]:
+    """Group application -> its deployment's ``user_config``, where one is set (not the router)."""
+    out = {}
+    for name, app in (details.get("applications") or {}).items():
+        cfg = (app or {}).get("deployed_app_config") or {}
+        if name == APP_NAME or cfg.get("import_path") != "app.main:group_app":
+            continue
+        for dep in cfg.get("deployments") or []:
+            if dep.get("name") == name and dep.get("user_config") is not None:
+                out[name] = dep["user_config"]
+    return out
+
+
+def _router_predictions(details: Mapping[str, Any]) -> dict[str, PredictionTable]:
+    """The running router's prediction tables (none: {})."""
+    from .router_config import GroupPrediction
+
+    cfg = ((details.get("applications") or {}).get(APP_NAME) or {}).get(
+        "deployed_app_config") or {}
+    for dep in cfg.get("deployments") or []:
+        if dep.get("name") == "RouterIngress":
+            tables = (dep.get("user_config") or {}).get("predictions") or {}
+            return {g: GroupPrediction.parse(t, f"predictions.{g}").table()
+                    for g, t in tables.items()}
+    return {}
+
+
+def _keep(config: dict[str, Any], engines: Mapping[str, Any]) -> dict[str, Any]:
+    """`config` with the groups' deployed ``user_config`` kept (`_engine_user_configs`)."""
+    for app in config["applications"]:
+        if app["name"] in engines:
+            app["deployments"][0]["user_config"] = engines[app["name"]]
+    return config
 
 
 def peak_plan(a: Plan, b: Plan) -> Plan:

@@ -34,12 +34,13 @@ from pydantic import (
 )
 
 from placement import Lane
+from tuning import PredictionTable
 
 from .guard import KeyEntry, RequestLimits
 from .isolation import Isolation
 from .routing import RouterError
 
-__all__ = ["RouterConfig", "RouterSettings", "WorkloadRouting"]
+__all__ = ["GroupPrediction", "RouterConfig", "RouterSettings", "WorkloadRouting"]
 
 _M = TypeVar("_M", bound="_Strict")
 _FIX = "fix the router's user_config (app.main.routing_config writes a valid one)"
@@ -153,6 +154,18 @@ class RouterSettings(_Strict):
         "aggregate series (key=\"*\"), so Ray's metrics endpoint names no key ids. The "
         "request log keeps each request's key id either way.")
 
+    drift_window_s: float = Field(
+        120.0, gt=0, le=86_400.0, description="The live prediction error's sliding window, "
+        "seconds (app.drift): each group's served requests in it against the deploy's "
+        "prediction table.")
+    drift_min_requests: int = Field(
+        30, ge=3, le=1_000_000, description="Fewest successful requests of a group in the "
+        "window for a drift verdict (fewer: errors shown, no verdict).")
+    drift_tolerance: float = Field(
+        0.25, gt=0, le=100.0, description="A group has drifted when its P95 prediction error "
+        "stays past this share over the window and each of its thirds, or its TPOT error is "
+        "past it (tuning.detect_drift).")
+
     @property
     def limits(self) -> RequestLimits:
         """The body limits."""
@@ -190,6 +203,45 @@ class WorkloadRouting(_Strict):
 
 
 Count = Annotated[int, Field(ge=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+
+
+class GroupPrediction(_Strict):
+    """One group's prediction table (`tuning.PredictionTable`), shipped by the deploy.
+
+    Points of the perf DB's curve of the group's config: per-replica rate -> P95 and median
+    TPOT (the router interpolates, `tuning.interpolate_prediction`).
+    """
+
+    rate_rps: list[NonNegative] = Field(min_length=1, description="Per-replica request rates "
+                                        "of the points, strictly increasing.")
+    p95_s: list[NonNegative] = Field(min_length=1, description="Predicted end-to-end P95 at "
+                                     "each rate, seconds.")
+    tpot_s: list[NonNegative | None] = Field(
+        default_factory=list, description="Predicted median TPOT at each rate, seconds (null: "
+        "unknown; empty: none).")
+
+    @model_validator(mode="after")
+    def _points(self) -> GroupPrediction:
+        n = len(self.rate_rps)
+        if len(self.p95_s) != n or (self.tpot_s and len(self.tpot_s) != n):
+            raise ValueError(f"{n} rates, {len(self.p95_s)} P95s, {len(self.tpot_s)} TPOTs: "
+                             "give one of each per point (TPOTs may be empty)")
+        if any(b <= a for a, b in zip(self.rate_rps, self.rate_rps[1:], strict=False)):
+            raise ValueError(f"rate_rps={self.rate_rps} must be strictly increasing")
+        return self
+
+    def table(self) -> PredictionTable:
+        """As a `tuning.PredictionTable` (unknown TPOTs: NaN)."""
+        tpot = self.tpot_s or [None] * len(self.rate_rps)
+        return PredictionTable(tuple(self.rate_rps), tuple(self.p95_s),
+                               tuple(math.nan if v is None else float(v) for v in tpot))
+
+    @classmethod
+    def of(cls, table: PredictionTable) -> GroupPrediction:
+        """From a `tuning.PredictionTable` (NaN TPOTs: null)."""
+        return cls(rate_rps=list(table.rate_rps), p95_s=list(table.p95_s),
+                   tpot_s=[v if math.isfinite(v) else None for v in table.tpot_p50_s])
 
 
 class RouterConfig(_Strict):
@@ -235,6 +287,10 @@ class RouterConfig(_Strict):
     plan_p95_s: float | None = Field(
         None, ge=0, description="The plan's predicted P95, seconds (sizes the default "
         "call_timeout_s).")
+    predictions: dict[str, GroupPrediction] | None = Field(
+        None, description="Group -> its prediction table from the plan's perf DB (app.drift: "
+        "the live prediction error in /health and boute_prediction_error); null or a group "
+        "left out: no prediction for it.")
     # -- access and failing safe -------------------------------------------------------------
     api_keys: list[KeyEntry] | None = Field(
         None, description="API keys, digests only (app.guard.KeyEntry as dicts: id, sha256, "

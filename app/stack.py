@@ -61,8 +61,9 @@ class Stack:
         inflight_scale: multiplies each group's in-flight bound (the plan's capacity times
             its P95, `app.groups.inflight_limits`); larger admits more queueing.
         max_body_bytes: largest request body the router accepts (413 above).
+        drift_window_s: the router's live prediction-error window, seconds (`app.drift`).
 
-    The last five are the router's live settings: a Serve config carries them in the
+    The last six are the router's live settings: a Serve config carries them in the
     router's ``user_config`` (changed live, e.g. a key rotation), not in the builder args.
 
     """
@@ -86,6 +87,7 @@ class Stack:
     call_timeout_s: float | None = None
     inflight_scale: float = 1.0
     max_body_bytes: int = RequestLimits.max_body_bytes
+    drift_window_s: float = 120.0
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -112,7 +114,9 @@ class Stack:
         """
         return RouterSettings.parse({"on_model_down": self.on_model_down,
                                      "call_timeout_s": self.call_timeout_s,
-                                     "max_body_bytes": self.max_body_bytes}, "router settings")
+                                     "max_body_bytes": self.max_body_bytes,
+                                     "drift_window_s": self.drift_window_s},
+                                    "router settings")
 
     def log_limits(self) -> LogLimits:
         """The request log's `LogLimits` (refusal sampling, retention).
@@ -143,7 +147,7 @@ class Stack:
 
 
 LIVE_FIELDS = ("api_keys", "on_model_down", "call_timeout_s", "inflight_scale",
-               "max_body_bytes")
+               "max_body_bytes", "drift_window_s")
 """`Stack` fields that live in the router's ``user_config``, not in the builder args."""
 
 

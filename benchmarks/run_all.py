@@ -142,6 +142,8 @@ BENCHMARKS: tuple[Bench, ...] = (
           full_json=f"{DATA}/poisoning.json"),
     Bench("replan", "benchmarks/replan.py", quick=("--plot", f"{_Q}/dashboard.png"),
           full_json=f"{DATA}/replan/measured-2core.json"),
+    Bench("drift", "benchmarks/drift.py", full=("--no-copy",), quick=("--quick", "--no-copy"),
+          full_json=f"{DATA}/drift.json"),
     Bench("ladder", "benchmarks/ladder.py", full=("--no-copy",), quick=("--no-copy",),
           full_json=f"{DATA}/ladder.json"),
     Bench("length_classes", "benchmarks/length_classes.py", full=("--no-copy",),

@@ -101,6 +101,11 @@ def add_deploy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    "build/perfdb-<scenario>.parquet)")
     p.add_argument("--gpu-catalog", action="append", default=[], metavar="FILE")
     p.add_argument("--model-catalog", action="append", default=[], metavar="FILE")
+    p.add_argument("--no-predictions", action="store_true", help="do not ship the router the "
+                   "plan's prediction tables from the perf DB (--db); without them /health "
+                   "and boute_prediction_error show no live prediction error")
+    p.add_argument("--drift-window-s", type=float, default=120.0, help="the router's live "
+                   "prediction-error window, seconds")
     p.set_defaults(run=_run_deploy)
 
 
@@ -118,6 +123,34 @@ def _reevaluate(args: argparse.Namespace, plan: Any, rate_rps: float) -> Any:
                                gpu_catalog=args.gpu_catalog,
                                model_catalog=args.model_catalog, note=stderr_note)
     return evaluate_plan(problem, plan)
+
+
+def _predictions(args: argparse.Namespace, plan: Any) -> dict[str, Any] | None:
+    """The plan's prediction tables from its scenario's perf DB (None: off or unavailable).
+
+    (`tuning.prediction_table`; the router's live prediction error, `app.drift`.) A DB that
+    cannot be had is a note, not an error: the router then reports ``no_prediction``.
+    """
+    from boute._shared import stderr_note
+    from profiling import list_presets
+    from tuning import planning_problem, prediction_table
+
+    if args.no_predictions:
+        return None
+    scenario = args.scenario or plan.scenario.get("name")
+    if scenario not in list_presets() and not (scenario and Path(scenario).is_file()):
+        stderr_note(f"no prediction tables for the router: the plan's scenario {scenario!r} "
+                    "is neither a preset nor a file (pass --scenario)")
+        return None
+    lc = plan.routing.length_classes
+    try:
+        problem = planning_problem(scenario, db=args.db, gpu_catalog=args.gpu_catalog,
+                                   model_catalog=args.model_catalog, note=stderr_note,
+                                   threshold_tokens=None if lc is None else lc.threshold_tokens)
+        return prediction_table(problem.db, plan.groups, problem.scenario.catalog_gpu)
+    except BouteError as exc:
+        stderr_note(f"no prediction tables for the router ({exc})")
+        return None
 
 
 def _run_deploy(args: argparse.Namespace) -> int:
@@ -172,6 +205,8 @@ def _serve(args: argparse.Namespace, plan: Any, rate: float, sources: dict[str, 
                           seed=args.seed, log_dir=_log_dir(args),
                           dashboard=args.dashboard or None, api_keys=keys,
                           on_model_down=args.on_model_down,
+                          predictions=_predictions(args, plan),
+                          drift_window_s=args.drift_window_s,
                           # fake nodes share this host: one HTTP proxy, on the head
                           proxy_location="HeadOnly" if cluster is not None else "EveryNode")
         print(f"boute deploy: serving {len(plan.groups)} replica group(s) at {url} "

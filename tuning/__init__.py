@@ -14,9 +14,12 @@ from ._drift import (
     GroupDrift,
     GroupObserved,
     GroupPredicted,
+    PredictionTable,
     detect_drift,
+    interpolate_prediction,
     observe_groups,
     predict_groups,
+    prediction_table,
 )
 from ._encoding import RawEncoding, StructuredEncoding
 from ._evaluator import (
@@ -83,6 +86,7 @@ __all__ = [
     "PlanError",
     "PlanOptions",
     "Predicted",
+    "PredictionTable",
     "Problem",
     "RawEncoding",
     "Replay",
@@ -115,6 +119,7 @@ __all__ = [
     "exact_search",
     "fresh_seeds",
     "hypervolume",
+    "interpolate_prediction",
     "load_problem",
     "observe_groups",
     "pareto_mask",
@@ -123,6 +128,7 @@ __all__ = [
     "plan_to_arrays",
     "planning_problem",
     "predict_groups",
+    "prediction_table",
     "replay",
     "run_mobo",
     "scenario_problem",

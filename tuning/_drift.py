@@ -15,7 +15,16 @@ window is cut into ``splits`` equal sub-windows. Group k has *drifted* when
 
 A group with fewer than ``min_requests`` requests in the window gets no verdict (``None``).
 The report is plain data for the replan job's report, `/health` and a metric
-(``boute_prediction_error{group}`` = error_p95).
+(``boute_prediction_error{group, quantity}``: error_p95 and error_tpot).
+
+**Prediction tables** (`prediction_table`, `interpolate_prediction`): the router has no perf
+DB and runs no simulator, so a deploy ships it, per group, the DB's unsaturated rows of the
+group's config: per-replica rates ``r_1 < ... < r_n`` with their P95 ``P_i`` and median TPOT
+``T_i``. At a per-replica rate ``r`` the prediction is `PerfDB.lookup`'s (linear in rate):
+
+    r <= r_1: (P_1, T_1)
+    r_i < r <= r_{i+1}: w = (r - r_i) / (r_{i+1} - r_i), P = (1 - w) P_i + w P_{i+1} (T alike)
+    r > r_n: none (the config is saturated there; `PerfDB.lookup` gives +inf)
 """
 
 from __future__ import annotations
@@ -29,8 +38,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["DriftReport", "GroupDrift", "GroupObserved", "GroupPredicted", "detect_drift",
-           "observe_groups", "predict_groups"]
+__all__ = ["DriftReport", "GroupDrift", "GroupObserved", "GroupPredicted", "PredictionTable",
+           "detect_drift", "interpolate_prediction", "observe_groups", "predict_groups",
+           "prediction_table"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -92,8 +102,93 @@ class DriftReport:
                 "groups": [asdict(g) for g in self.groups]}
 
     def metric(self) -> dict[str, float]:
-        """``boute_prediction_error{group}``: group -> error_p95."""
+        """``boute_prediction_error{group, quantity="p95"}``: group -> error_p95."""
         return {g.group: g.error_p95 for g in self.groups}
+
+
+@dataclass(frozen=True)
+class PredictionTable:
+    """One group's prediction points (module docstring): per-replica rate -> P95, TPOT.
+
+    ``rate_rps`` strictly increasing, all finite; ``tpot_p50_s`` NaN where the DB has none.
+    """
+
+    rate_rps: tuple[float, ...]
+    p95_s: tuple[float, ...]
+    tpot_p50_s: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.rate_rps)
+        if n == 0 or len(self.p95_s) != n or len(self.tpot_p50_s) != n:
+            raise ValueError(f"PredictionTable: {len(self.rate_rps)} rates, "
+                             f"{len(self.p95_s)} P95s, {len(self.tpot_p50_s)} TPOTs; give "
+                             "one of each per point, at least one point")
+        if any(b <= a for a, b in itertools.pairwise(self.rate_rps)):
+            raise ValueError(f"PredictionTable: rate_rps={list(self.rate_rps)} must be "
+                             "strictly increasing")
+        if not all(math.isfinite(v) and v >= 0 for v in (*self.rate_rps, *self.p95_s)):
+            raise ValueError("PredictionTable: rates and P95s must be finite and >= 0 "
+                             "(saturated points are left out)")
+
+
+def interpolate_prediction(table: PredictionTable, rate_rps: float) -> GroupPredicted | None:
+    """The table's P95 and TPOT at per-replica rate `rate_rps` (None: past its last point).
+
+    Linear in rate between points, the first point's below them (module docstring; as
+    `PerfDB.lookup`). Past the last (unsaturated) point the config is saturated: no finite
+    prediction.
+    """
+    r = table.rate_rps
+    if not rate_rps <= r[-1]:                   # (NaN too)
+        return None
+    p95 = float(np.interp(rate_rps, r, table.p95_s))
+    tp = np.asarray(table.tpot_p50_s, float)
+    ok = np.isfinite(tp)
+    tpot = float(np.interp(rate_rps, np.asarray(r)[ok], tp[ok])) if ok.any() else math.nan
+    return GroupPredicted(p95, tpot)
+
+
+def prediction_table(db: Any, groups: Sequence[Any], gpu_of: Callable[[str], str] = str
+                     ) -> dict[str, PredictionTable]:
+    """Each plan group's `PredictionTable` from `db`'s unsaturated rows of its config.
+
+    Args:
+        db: the perf DB the plan was made on (`profiling.PerfDB`).
+        groups: the plan's groups (`tuning.Group`: name, model, gpu, tp, pp).
+        gpu_of: scenario GPU key -> catalog GPU type (the DB's key).
+
+    Returns:
+        group name -> its table. A group whose config is missing from `db`, or saturated
+        at every rate, is left out. P95 is the DB's 0.95 quantile (`PerfDB.quantiles`),
+        TPOT its ``tpot_p50_s`` column.
+
+    """
+    levels = list(db.quantile_levels)
+    i95 = levels.index(0.95)
+    rate = np.asarray(db.table.column("rate_rps").to_numpy(zero_copy_only=False), float)
+    tpot = np.asarray(db.table.column("tpot_p50_s").to_numpy(zero_copy_only=False), float)
+    keys = list(zip(db.table.column("model").to_pylist(), db.table.column("gpu").to_pylist(),
+                    db.table.column("tp").to_pylist(), db.table.column("pp").to_pylist(),
+                    strict=True))
+    out = {}
+    for g in groups:
+        key = (g.model, gpu_of(g.gpu), g.tp, g.pp)
+        if key not in db.index:
+            continue
+        ci = db.index[key]
+        grid = np.asarray(db.rates[ci], float)
+        p95 = np.asarray(db.quantiles[ci, :, i95], float)
+        ok = np.isfinite(grid) & ~np.asarray(db.saturated[ci], bool) & np.isfinite(p95)
+        if not ok.any():
+            continue
+        rows = np.asarray([k == key for k in keys])
+        by_rate = dict(zip(rate[rows].tolist(), tpot[rows].tolist(), strict=True))
+        t = [by_rate.get(float(x), math.nan) for x in grid[ok]]
+        out[g.name] = PredictionTable(tuple(float(x) for x in grid[ok]),
+                                      tuple(float(x) for x in p95[ok]),
+                                      tuple(float(x) if math.isfinite(x) else math.nan
+                                            for x in t))
+    return out
 
 
 def observe_groups(group: npt.NDArray[Any], arrival_s: FloatArray, latency_s: FloatArray,

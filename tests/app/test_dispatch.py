@@ -127,6 +127,7 @@ class FakeRecorder:
         self.states: dict[str, str] = {}
         self.gauges: list[tuple[float | None, float, float]] = []
         self.moves: list[tuple[str | None, float, float]] = []
+        self.errors: dict[tuple[str, str], float] = {}
 
     def observe(self, **row: Any) -> None:
         self.rows.append(row)
@@ -145,6 +146,9 @@ class FakeRecorder:
 
     def threshold_guard(self, workload: str | None, wanted: float, moved: float) -> None:
         self.moves.append((workload, wanted, moved))
+
+    def prediction_error(self, group: str, quantity: str, value: float) -> None:
+        self.errors[(group, quantity)] = value
 
 
 def make(groups: dict[str, tuple[str, str]], shares: dict[str, dict[str, float]] | None = None,
