@@ -60,8 +60,9 @@ PROBE_DEADLINE_FACTOR = 1.0
 """The probe is stopped at this multiple of the budget (wall clock)."""
 PROBE_LEVELS = 6
 RUNS_PER_LEVEL = 2.5
-LEVEL_BUDGET_S = 4.0
-"""Estimated CPU seconds of the level program's front up to which `auto` runs it."""
+LEVEL_BUDGET_S = 6.0
+"""Estimated CPU seconds of the level program's front up to which `auto` runs it (the fronts of
+scale-8types-256 and scale-12types-1k took 4.7 CPU s: they fit, with `boute plan` within 10 s)."""
 LEVEL_DEADLINE_FACTOR = 2.0
 """The level program's front chosen by `auto` stops at this multiple of its budget (CPU s)."""
 LEVEL_PROBES = 2
@@ -138,16 +139,27 @@ def _probe_levels(problem: Problem, goal: Goal) -> tuple[list[float], float, flo
     return [float(x) for x in levels[pick]], RUNS_PER_LEVEL * len(levels), lam
 
 
-def choose_solver(problem: Problem, goal: Goal, *, budget_s: float = EXACT_BUDGET_S
-                  ) -> SolverChoice:
+def choose_solver(problem: Problem, goal: Goal, *, budget_s: float = EXACT_BUDGET_S,
+                  level: bool = True) -> SolverChoice:
     """Probe an exact solver and pick ``exact``, ``level`` or ``mobo`` (module docstring).
 
-    `budget_s` is the pair DP's; the level program's is `LEVEL_BUDGET_S`.
+    Args:
+        problem: the planning problem.
+        goal: what to optimize.
+        budget_s: the pair DP's budget; the level program's is ``LEVEL_BUDGET_S * budget_s /
+            EXACT_BUDGET_S`` (one knob scales both).
+        level: consider the level program (False: a fixed-effort search was asked for).
+
+    The pair takes the level program (exact for it too) when its DP is over budget and the
+    level program's front is not: on scale-8types-256 and scale-12types-1k it closes the gap
+    in about 5 CPU s, where the DP needs minutes.
+
     """
+    level_budget_s = LEVEL_BUDGET_S * budget_s / EXACT_BUDGET_S
     if not problem.is_pair:
-        level = choose_level(problem, goal)
-        if level is not None:
-            return level
+        lv = choose_level(problem, goal, budget_s=level_budget_s) if level else None
+        if lv is not None:
+            return lv
         what = (f"{problem.num_models} model(s) and {len(problem.workloads)} workload(s)"
                 if not problem.classes else f"length classes at {problem.threshold_tokens} "
                 "tokens")
@@ -155,6 +167,17 @@ def choose_solver(problem: Problem, goal: Goal, *, budget_s: float = EXACT_BUDGE
                   if goal.mode == "min-cost" else "")
         return SolverChoice("mobo", f"{what}: the exact DP covers two models and one "
                             f"workload without length classes{polish}", None)
+    dp = _choose_dp(problem, goal, budget_s)
+    if dp.solver == "exact" or not level:
+        return dp
+    lv = choose_level(problem, goal, budget_s=level_budget_s)
+    if lv is None or lv.solver != "level":
+        return dp
+    return SolverChoice("level", f"{dp.reason}; {lv.reason}", lv.estimate_s)
+
+
+def _choose_dp(problem: Problem, goal: Goal, budget_s: float) -> SolverChoice:
+    """The pair: probe the DP and pick ``exact`` or ``mobo``."""
     levels, runs, clip = _probe_levels(problem, goal)
     budget = None if goal.mode == "min-cost" else problem.budget
     probe_limit_s = PROBE_DEADLINE_FACTOR * budget_s

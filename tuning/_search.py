@@ -187,7 +187,7 @@ def search(
     if solver == "auto":
         from ._auto import ExactBudgetExceeded, choose_solver, exact_deadline
 
-        choice = choose_solver(problem, goal)
+        choice = choose_solver(problem, goal, level=max_evals is None)
         reason = choice.reason
         if choice.solver == "level":
             from ._auto import level_deadline
