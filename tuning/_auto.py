@@ -44,7 +44,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._bound import level_program
-from ._deadline import CpuDeadline
+from ._certify import LEVEL_MIN_LIMIT_S
+from ._deadline import WALL_CAP_FACTOR, CpuDeadline
 from ._exact import ExactBudgetExceeded, solve_level
 from ._problem import Problem
 from ._run import Goal
@@ -112,7 +113,7 @@ def choose_level(problem: Problem, goal: Goal, *, budget_s: float = LEVEL_BUDGET
     cpu0 = time.process_time()
     for x in probes:
         level_program(problem, x, mode="pareto", budget_per_hour=problem.budget,
-                      time_limit_s=budget_s)
+                      time_limit_s=max(LEVEL_MIN_LIMIT_S, WALL_CAP_FACTOR * budget_s))
     per_run = (time.process_time() - cpu0) / len(probes)
     runs = LEVEL_RUNS_PER_GRID_LEVEL * len(levels)
     estimate = per_run * runs

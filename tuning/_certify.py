@@ -344,7 +344,8 @@ def exact_level_search(problem: Problem, goal: Goal, *, deadline: CpuDeadline | 
         if b is None:
             return None
         found = float(res.metrics.cost_per_hour[b])
-        gap = max(0.0, (found - bound) / bound) if bound > 0 else 0.0
+        gap = (max(0.0, (found - bound) / bound) if bound > 0 else
+               0.0 if found <= 0 else np.inf)
     cert = Certificate(goal.mode, found, bound, gap, exact_program, levels, res.seconds,
                        complete)
     if not cert.exact:
