@@ -57,8 +57,10 @@ def load_planning_problem(args: argparse.Namespace, threshold_tokens: int | None
 def add_solver_args(p: argparse.ArgumentParser, default: str = "auto",
                      choices: tuple[str, ...] = ("auto", "mobo", "exact", "random")) -> None:
     p.add_argument("--solver", default=default, choices=list(choices),
-                   help="auto: the exact DP when it is estimated to finish within 2 s, else "
-                   f"mobo (default: {default})")
+                   help="auto: the exact DP when it is estimated to finish within 2 s; with "
+                   "one workload (K models, length classes) the level program (a MILP per "
+                   "latency level, exact) when estimated within 6 CPU s; else mobo with a "
+                   f"certificate (default: {default})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--evals", type=int, default=None, help="mobo/random: evaluate exactly "
                    "this many plans (default: mobo stops when its acquisition's expected "

@@ -8,7 +8,8 @@ Pure planning code: Ray is imported only by the Ray Tune adapter.
 from ._auto import ExactBudgetExceeded
 from ._baselines import BASELINES, baseline_min_cost
 from ._certificate import Certificate
-from ._certify import certify
+from ._certify import certify, front_bound
+from ._deadline import CpuDeadline
 from ._drift import (
     DriftReport,
     GroupDrift,
@@ -66,6 +67,7 @@ __all__ = [
     "BatchMetrics",
     "Certificate",
     "Chosen",
+    "CpuDeadline",
     "Decision",
     "DriftReport",
     "ExactBudgetExceeded",
@@ -118,6 +120,7 @@ __all__ = [
     "exact_min_cost",
     "exact_search",
     "fresh_seeds",
+    "front_bound",
     "hypervolume",
     "interpolate_prediction",
     "load_problem",

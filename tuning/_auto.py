@@ -1,4 +1,8 @@
-"""`--solver auto`: the exact DP when it can certify the answer within seconds, else MOBO.
+"""`--solver auto`: an exact solver when it can certify the answer within seconds, else MOBO.
+
+Two models and one workload: the pair's knapsack DP (below). One workload beyond the pair (K
+models, with or without length classes): the level program (`tuning._bound`, exact there;
+`choose_level`). Several workloads: MOBO, whose answer `tuning._certify` certifies.
 
 The exact solver (`tuning._exact`) is a DP over GPU types run once per latency level: a
 Pareto front runs it on every level of the problem's grid and then on bisected levels until
@@ -20,6 +24,16 @@ level, and which no closed formula predicts. So the estimate is measured:
 
 A probe that runs past its deadline, or a DP step that would pair more than
 `tuning._exact.MAX_DP_PAIRS` states and options, decides for MOBO at once.
+
+**The level program** (one workload beyond the pair; pareto and min-cost goals): a MILP per
+latency level whose incumbent is the best plan at that level. Min-cost solves one level (the
+target P95): `auto` takes it at once. A front solves the ceiling and bisected levels until the
+hypervolume gap is at most `tuning._certify.EXACT_GAP` (`tuning._certify.front_bound`): probe
+`LEVEL_PROBES` levels (the ceiling and the middle of the grid) in CPU seconds ``t`` per level,
+estimate ``t * LEVEL_RUNS_PER_GRID_LEVEL * len(levels)``, and run it when that is at most
+`LEVEL_BUDGET_S`, under a deadline of ``LEVEL_DEADLINE_FACTOR * LEVEL_BUDGET_S`` CPU seconds
+(`tuning._deadline.CpuDeadline`, capped at `tuning._deadline.WALL_CAP_FACTOR` times as many
+wall seconds); a run that does not close the gap by then hands over to MOBO.
 """
 
 from __future__ import annotations
@@ -29,12 +43,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._bound import level_program
+from ._certify import LEVEL_MIN_LIMIT_S
+from ._deadline import WALL_CAP_FACTOR, CpuDeadline
 from ._exact import ExactBudgetExceeded, solve_level
 from ._problem import Problem
 from ._run import Goal
 
-__all__ = ["EXACT_BUDGET_S", "ExactBudgetExceeded", "SolverChoice", "choose_solver",
-           "exact_deadline"]
+__all__ = ["EXACT_BUDGET_S", "LEVEL_BUDGET_S", "ExactBudgetExceeded", "SolverChoice",
+           "choose_solver", "exact_deadline", "level_deadline"]
 
 EXACT_BUDGET_S = 2.0
 """Estimated exact-DP seconds up to which `auto` runs the exact solver."""
@@ -44,6 +61,16 @@ PROBE_DEADLINE_FACTOR = 1.0
 """The probe is stopped at this multiple of the budget (wall clock)."""
 PROBE_LEVELS = 6
 RUNS_PER_LEVEL = 2.5
+LEVEL_BUDGET_S = 6.0
+"""Estimated CPU seconds of the level program's front up to which `auto` runs it (the fronts of
+scale-8types-256 and scale-12types-1k took 4.7 CPU s: they fit, with `boute plan` within 10 s)."""
+LEVEL_DEADLINE_FACTOR = 2.0
+"""The level program's front chosen by `auto` stops at this multiple of its budget (CPU s)."""
+LEVEL_PROBES = 2
+LEVEL_RUNS_PER_GRID_LEVEL = 1.0
+"""Probe-level CPU costs per level of the grid that a front spends: ladder-gsm8k solved 78
+level programs over a 192-level grid in 1.93 CPU s, 2.5x the probes' 10 ms each (other levels
+are harder than the ceiling and the middle, and the incumbents are evaluated): 0.41 x 2.5."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +87,45 @@ def exact_deadline(budget_s: float = EXACT_BUDGET_S) -> float:
     return time.perf_counter() + EXACT_DEADLINE_FACTOR * budget_s
 
 
+def level_deadline(budget_s: float = LEVEL_BUDGET_S) -> CpuDeadline:
+    """The deadline of a level-program front chosen by `auto` (CPU s, capped in wall s)."""
+    return CpuDeadline.after(LEVEL_DEADLINE_FACTOR * budget_s)
+
+
+def choose_level(problem: Problem, goal: Goal, *, budget_s: float = LEVEL_BUDGET_S
+                 ) -> SolverChoice | None:
+    """One workload, K >= 2 models beyond the pair: ``level`` when its estimate fits.
+
+    None for other problems and goals (max-throughput; one model: its front is the one
+    fastest plan, which the level program at the ceiling does not look for).
+    """
+    if (len(problem.workloads) != 1 or problem.num_models < 2
+            or goal.mode not in ("pareto", "min-cost")):
+        return None
+    what = (f"{problem.num_models} models" + (f", length classes at "
+                                              f"{problem.threshold_tokens} tokens"
+                                              if problem.classes else "") + ", one workload")
+    if goal.mode == "min-cost":
+        return SolverChoice("level", f"{what}: min-cost is one level program (a MILP, exact "
+                            "for one workload)", None)
+    levels = np.asarray(problem.levels_s, dtype=np.float64)
+    probes = [problem.ceiling_s, float(levels[len(levels) // 2])][:LEVEL_PROBES]
+    cpu0 = time.process_time()
+    for x in probes:
+        level_program(problem, x, mode="pareto", budget_per_hour=problem.budget,
+                      time_limit_s=max(LEVEL_MIN_LIMIT_S, WALL_CAP_FACTOR * budget_s))
+    per_run = (time.process_time() - cpu0) / len(probes)
+    runs = LEVEL_RUNS_PER_GRID_LEVEL * len(levels)
+    estimate = per_run * runs
+    size = f"{per_run * 1e3:.1f} CPU ms per level program x {runs:g} levels"
+    if estimate <= budget_s:
+        return SolverChoice("level", f"{what}: the level program's front (exact for one "
+                            f"workload) is estimated at {estimate:.2f} CPU s <= {budget_s:g} s "
+                            f"({size})", estimate)
+    return SolverChoice("mobo", f"{what}: the level program's front is estimated at "
+                        f"{estimate:.1f} CPU s > {budget_s:g} s ({size})", estimate)
+
+
 def _probe_levels(problem: Problem, goal: Goal) -> tuple[list[float], float, float]:
     """Levels to probe, runs of the full solve, and the clip of the capacities."""
     lam = problem.rate_rps
@@ -74,10 +140,27 @@ def _probe_levels(problem: Problem, goal: Goal) -> tuple[list[float], float, flo
     return [float(x) for x in levels[pick]], RUNS_PER_LEVEL * len(levels), lam
 
 
-def choose_solver(problem: Problem, goal: Goal, *, budget_s: float = EXACT_BUDGET_S
-                  ) -> SolverChoice:
-    """Probe the exact DP and pick ``exact`` or ``mobo`` (see the module docstring)."""
+def choose_solver(problem: Problem, goal: Goal, *, budget_s: float = EXACT_BUDGET_S,
+                  level: bool = True) -> SolverChoice:
+    """Probe an exact solver and pick ``exact``, ``level`` or ``mobo`` (module docstring).
+
+    Args:
+        problem: the planning problem.
+        goal: what to optimize.
+        budget_s: the pair DP's budget; the level program's is ``LEVEL_BUDGET_S * budget_s /
+            EXACT_BUDGET_S`` (one knob scales both).
+        level: consider the level program (False: a fixed-effort search was asked for).
+
+    The pair takes the level program (exact for it too) when its DP is over budget and the
+    level program's front is not: on scale-8types-256 and scale-12types-1k it closes the gap
+    in about 5 CPU s, where the DP needs minutes.
+
+    """
+    level_budget_s = LEVEL_BUDGET_S * budget_s / EXACT_BUDGET_S
     if not problem.is_pair:
+        lv = choose_level(problem, goal, budget_s=level_budget_s) if level else None
+        if lv is not None:
+            return lv
         what = (f"{problem.num_models} model(s) and {len(problem.workloads)} workload(s)"
                 if not problem.classes else f"length classes at {problem.threshold_tokens} "
                 "tokens")
@@ -85,6 +168,17 @@ def choose_solver(problem: Problem, goal: Goal, *, budget_s: float = EXACT_BUDGE
                   if goal.mode == "min-cost" else "")
         return SolverChoice("mobo", f"{what}: the exact DP covers two models and one "
                             f"workload without length classes{polish}", None)
+    dp = _choose_dp(problem, goal, budget_s)
+    if dp.solver == "exact" or not level:
+        return dp
+    lv = choose_level(problem, goal, budget_s=level_budget_s)
+    if lv is None or lv.solver != "level":
+        return dp
+    return SolverChoice("level", f"{dp.reason}; {lv.reason}", lv.estimate_s)
+
+
+def _choose_dp(problem: Problem, goal: Goal, budget_s: float) -> SolverChoice:
+    """The pair: probe the DP and pick ``exact`` or ``mobo``."""
     levels, runs, clip = _probe_levels(problem, goal)
     budget = None if goal.mode == "min-cost" else problem.budget
     probe_limit_s = PROBE_DEADLINE_FACTOR * budget_s

@@ -385,6 +385,10 @@ def level_program(problem: Problem, level_s: float, *, mode: str,
     dual = getattr(res, "mip_dual_bound", None)
     if dual is None or not np.isfinite(dual):
         dual = res.fun
+    if dual is None:        # stopped at the time limit before any bound: the trivial ones
+        top = float(pr.cascades[0].highest) if t_obj < 0 else 1.0
+        return LevelSolution(level_s, top if mode == "pareto" else 0.0, np.nan, None, False,
+                             seconds)
     bound = sign * float(dual) + (pareto_q0 if mode == "pareto" else 0.0)
     if res.x is None:
         return LevelSolution(level_s, bound, np.nan, None, exact, seconds)

@@ -29,7 +29,7 @@ class Certificate:
         exact_program: the level program is the plan space itself (one workload), not a
             relaxation.
         levels: level programs solved.
-        seconds: wall seconds of the certificate.
+        seconds: wall seconds of the certificate (its deadline counts CPU seconds).
         complete: False when the deadline stopped the refinement (the bound is still valid).
 
     """

@@ -20,6 +20,15 @@ gap ``dy * (q_n(B(b)) - q_n(F(a)))`` is largest (dy its normalized log-latency w
 best quality found at P95 <= a), until the gap is at most `EXACT_GAP`, `MAX_LEVEL_RUNS` levels
 are solved or the deadline passes. Any set of solved levels containing the ceiling gives a
 valid bound.
+
+Deadlines count CPU seconds of this process (`tuning._deadline.CpuDeadline`: a loaded machine
+does not cut the work short), capped at `tuning._deadline.WALL_CAP_FACTOR` times as many wall
+seconds; each level program's HiGHS limit (wall clock, all HiGHS knows) is the wall time left
+to that cap, at least `LEVEL_MIN_LIMIT_S`.
+
+`exact_level_search` is `auto`'s exact solver for one workload beyond the pair (K models,
+with or without length classes), where the level program is the plan space itself: the answer
+is the bound's own plans, and it is exact once the gap closes.
 """
 
 from __future__ import annotations
@@ -31,17 +40,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from ._bound import LevelSolution, level_program
+from ._bound import LEVEL_TIME_LIMIT_S, LevelSolution, level_program
 from ._certificate import EXACT_GAP, Certificate
+from ._deadline import CpuDeadline
 from ._evaluator import PlanArrays, evaluate_arrays
 from ._front import hypervolume
 from ._problem import X_MIN_S, Problem
 
 if TYPE_CHECKING:
-    from ._run import SearchResult
+    from ._run import Goal, SearchResult
 
 __all__ = ["CERTIFY_BUDGET_S", "EXACT_GAP", "Certificate", "FrontBound", "certify",
-           "front_bound", "min_cost_bound"]
+           "exact_level_search", "front_bound", "min_cost_bound"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -49,7 +59,9 @@ MAX_LEVEL_RUNS = 200
 FLOOR_NUDGE = 1e-7
 """Quality added to the floors when the min-cost incumbent misses one by HiGHS's tolerance."""
 CERTIFY_BUDGET_S = 5.0
-"""Wall seconds a search spends on its certificate after the search itself."""
+"""CPU seconds a search spends on its certificate after the search itself (`CpuDeadline`)."""
+LEVEL_MIN_LIMIT_S = 0.5
+"""Least HiGHS time limit of one level program under a deadline (the ceiling must solve)."""
 
 
 @dataclass(frozen=True)
@@ -107,13 +119,15 @@ def _with_plan(problem: Problem, sol: LevelSolution, budget: float | None
 
 
 def front_bound(problem: Problem, found: tuple[FloatArray, FloatArray] | None = None, *,
-                deadline: float | None = None, max_runs: int = MAX_LEVEL_RUNS) -> FrontBound:
+                deadline: CpuDeadline | None = None, max_runs: int = MAX_LEVEL_RUNS
+                ) -> FrontBound:
     """The staircase bound of the (quality, P95) front under the budget (module docstring).
 
     Args:
         problem: the planning problem.
         found: (P95, quality) of the admissible plans already known (a search's front).
-        deadline: a `time.perf_counter` value after which no more levels are solved.
+        deadline: CPU seconds of this process, capped in wall seconds, after which no more
+            levels are solved (the ceiling always is).
         max_runs: most level programs.
 
     """
@@ -130,7 +144,10 @@ def front_bound(problem: Problem, found: tuple[FloatArray, FloatArray] | None = 
 
     def solve(x: float) -> None:
         nonlocal p95, qual, exact_program
-        sol = level_program(problem, x, mode="pareto", budget_per_hour=problem.budget)
+        limit_s = (LEVEL_TIME_LIMIT_S if deadline is None else
+                   min(LEVEL_TIME_LIMIT_S, max(LEVEL_MIN_LIMIT_S, deadline.wall_left_s())))
+        sol = level_program(problem, x, mode="pareto", budget_per_hour=problem.budget,
+                            time_limit_s=limit_s)
         solved[x] = sol.bound
         exact_program &= sol.exact
         plan = _with_plan(problem, sol, problem.budget)
@@ -151,7 +168,7 @@ def front_bound(problem: Problem, found: tuple[FloatArray, FloatArray] | None = 
         hv_up = _staircase_hv(problem, x0, xs, bs)
         if hv_up <= 0 or (hv_up - hv_found()) / hv_up <= EXACT_GAP:
             break
-        if deadline is not None and time.perf_counter() > deadline:
+        if deadline is not None and deadline.passed():
             complete = False
             break
         lefts = np.concatenate([[x0], xs[:-1]])
@@ -196,12 +213,13 @@ def _meets(problem: Problem, plan: PlanArrays, floors: tuple[float | None, ...])
     return all(f is None or q >= f for q, f in zip(wq, floors, strict=True))
 
 
-def certify(problem: Problem, result: SearchResult, *, deadline: float | None = None
+def certify(problem: Problem, result: SearchResult, *, deadline: CpuDeadline | None = None
             ) -> SearchResult:
     """Attach a `Certificate` to a ladder's search result, adding the bound's plans to it.
 
     Pareto and min-cost goals (max-throughput: the result as it is). The result is changed in
-    place (plans, metrics, ``certificate``) and returned.
+    place (plans, metrics, ``certificate``) and returned. `deadline` (CPU seconds, capped in
+    wall seconds) stops the front's refinement; the bound stays valid.
     """
     from ._run import _concat_metrics, concat_plans, floors
 
@@ -233,3 +251,56 @@ def certify(problem: Problem, result: SearchResult, *, deadline: float | None = 
     result.certificate = Certificate(goal.mode, found, bound, gap, exact_program, levels,
                                      time.perf_counter() - start, complete)
     return result
+
+
+def exact_level_search(problem: Problem, goal: Goal, *, deadline: CpuDeadline | None = None
+                       ) -> SearchResult | None:
+    """One workload beyond the pair: the level program's answer, exact up to `EXACT_GAP`.
+
+    With one workload the level program is the plan space at each level (`tuning._bound`), so
+    its incumbents are the best plans there:
+
+    * **pareto**: `front_bound` from no plans: the incumbents at the solved levels, levels
+      bisected until ``(HV_bound - HV_found) / HV_bound <= EXACT_GAP``;
+    * **min-cost**: `min_cost_bound` at the target P95: the cheapest plan meeting the floors,
+      ``(C_found - C_bound) / C_bound <= EXACT_GAP``.
+
+    The result carries its `Certificate` and is labelled ``exact``. None when it is not exact
+    (the deadline stopped the refinement, HiGHS stopped a level at its time limit with a gap,
+    no plan meets the goal, or another goal): the caller searches instead.
+    """
+    from ._run import SearchResult, _progress_value, floors
+
+    start = time.perf_counter()
+    if goal.mode == "pareto":
+        fb = front_bound(problem, None, deadline=deadline)
+        plans, bound, levels = fb.plans, fb.hv_bound, len(fb.levels_s)
+        exact_program, complete = fb.exact_program, fb.complete
+    elif goal.mode == "min-cost" and goal.p95_s is not None:
+        sol, plans = min_cost_bound(problem, floors(problem, goal), goal.p95_s)
+        bound, levels, exact_program, complete = sol.bound, 1, sol.exact, True
+    else:
+        return None
+    if plans is None or not np.isfinite(bound):
+        return None
+    res = SearchResult("exact", goal, plans, evaluate_arrays(problem, plans, goal.p95_s),
+                       time.perf_counter() - start, exact_runs=levels)
+    if goal.mode == "pareto":
+        found = res.hypervolume(problem)
+        gap = max(0.0, (bound - found) / bound) if bound > 0 else 0.0
+    else:
+        b = res.best(problem)
+        if b is None:
+            return None
+        found = float(res.metrics.cost_per_hour[b])
+        gap = (max(0.0, (found - bound) / bound) if bound > 0 else
+               0.0 if found <= 0 else np.inf)
+    cert = Certificate(goal.mode, found, bound, gap, exact_program, levels, res.seconds,
+                       complete)
+    if not cert.exact:
+        return None
+    res.certificate = cert
+    res.stopped = (f"certified (the level program's answer is exact: gap {100 * gap:.2f}% "
+                   f"<= {100 * EXACT_GAP:g}%, {levels} level program(s))")
+    res.trace.append((levels, res.seconds, _progress_value(problem, res)))
+    return res

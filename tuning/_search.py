@@ -1,8 +1,10 @@
 """Searchers behind one interface: `search(problem, Goal, solver=...)` -> `SearchResult`.
 
 * ``auto`` (the default): ``exact`` when its DP is estimated to certify the answer within
-  `tuning._auto.EXACT_BUDGET_S`, else ``mobo`` (`tuning._auto.choose_solver`); the result says
-  which ran and why (`SearchResult.reason`);
+  `tuning._auto.EXACT_BUDGET_S`; for one workload beyond the pair the level program
+  (`tuning._certify.exact_level_search`, labelled ``exact``) when its front is estimated
+  within `tuning._auto.LEVEL_BUDGET_S` CPU seconds; else ``mobo`` (`tuning._auto.choose_solver`);
+  the result says which ran and why (`SearchResult.reason`);
 * ``mobo``: BoTorch multi-objective BO (qLogNEHVI with an outcome constraint) over the
   structured encoding (`tuning._encoding`), a Sobol start and batches of q proposals;
   ``encoding="raw"`` runs the same loop without the structure (the ablation);
@@ -152,7 +154,9 @@ def search(
         callback: ``(evaluations, seconds, value) -> stop?`` after each batch.
         progress: draw a progress bar on stderr.
         certificate: beyond the pair, certify a mobo answer (`tuning._certify`, at most
-            `tuning._certify.CERTIFY_BUDGET_S` more wall seconds); False: the search alone.
+            `tuning._certify.CERTIFY_BUDGET_S` more CPU seconds of this process, capped at
+            `tuning._deadline.WALL_CAP_FACTOR` times as many wall seconds); False: the search
+            alone.
 
     Raises:
         SearchError: unknown solver or mode, or a goal missing the targets it needs.
@@ -183,8 +187,18 @@ def search(
     if solver == "auto":
         from ._auto import ExactBudgetExceeded, choose_solver, exact_deadline
 
-        choice = choose_solver(problem, goal)
+        choice = choose_solver(problem, goal, level=max_evals is None)
         reason = choice.reason
+        if choice.solver == "level":
+            from ._auto import level_deadline
+            from ._certify import exact_level_search
+
+            level = exact_level_search(problem, goal, deadline=level_deadline())
+            if level is not None:
+                level.reason = reason
+                return level
+            reason = (f"{reason}, but it did not close the gap to the bound within its "
+                      "deadline; mobo instead")
         if choice.solver == "exact":
             try:
                 res = exact_search(problem, goal, deadline=exact_deadline())
@@ -211,8 +225,9 @@ def search(
     if problem.is_pair or max_evals is not None or not certificate:
         return res
     from ._certify import CERTIFY_BUDGET_S, certify
+    from ._deadline import CpuDeadline
 
-    return certify(problem, res, deadline=time.perf_counter() + CERTIFY_BUDGET_S)
+    return certify(problem, res, deadline=CpuDeadline.after(CERTIFY_BUDGET_S))
 
 
 def _polished(problem: Problem, goal: Goal, res: SearchResult) -> SearchResult:
