@@ -62,10 +62,10 @@ def test_no_running_app_or_a_one_application_deploy_is_refused() -> None:
 
 
 def _log(folder: Path, arrivals: list[float], status: int = 200, outcome: str = "ok",
-         workload: str | None = None) -> None:
+         workload: str | None = None, latency_s: float = 1.0) -> None:
     log = RequestLog(folder)
     for t in arrivals:
-        log.record(t, 70, 100, 0.5, "llama-3.1-8b", "g", 0.1, 1.0, status, False,
+        log.record(t, 70, 100, 0.5, "llama-3.1-8b", "g", 0.1, latency_s, status, False,
                    outcome=outcome, workload=workload)
     log.close()
 
@@ -95,6 +95,21 @@ def test_shed_requests_count_toward_the_rate_and_workloads_are_apart(tmp_path: P
     chat = window_trace(str(tmp_path), window_s=50, now_s=199.5, min_requests=10,
                         workload="chat")
     assert len(chat) == 25 and chat.rate_rps == pytest.approx(0.5)
+
+
+def test_a_short_settled_part_still_counts_the_shed_demand(tmp_path: Path) -> None:
+    # An overloaded workload: served 1 req/s at t = 100..199 with 40 s latencies, and 1 req/s
+    # shed (t = 150.25..199.25). A 50 s window at 199.5 settles at 159.5: 10 served + 10 shed
+    # between 150 and 159.25, (20 - 1) / 9.25 = 2.05 req/s (the demand is 2). Before, a
+    # settled part under a third of the window left the served requests' own rate, 1 req/s.
+    _log(tmp_path, [float(t) for t in range(100, 200)], latency_s=40.0)
+    _log(tmp_path, [t + 0.25 for t in range(150, 200)], status=429, outcome="shed")
+    trace = window_trace(str(tmp_path), window_s=50, now_s=199.5, min_requests=10)
+    assert trace.rate_rps == pytest.approx(19 / 9.25, rel=1e-6)
+    # Too few settled arrivals (min_requests 50: 25 needed, 20 there): every served or shed
+    # arrival of the window, 100 over 150..199.25, (100 - 1) / 49.25 = 2.01 req/s.
+    trace = window_trace(str(tmp_path), window_s=50, now_s=199.5, min_requests=50)
+    assert trace.rate_rps == pytest.approx(99 / 49.25, rel=1e-6)
 
 
 def test_empty_or_corrupt_or_thin_windows_are_clear_errors(tmp_path: Path) -> None:
