@@ -61,13 +61,12 @@ def write_roofline_profile(out: Path, gpu_type: str, peak_tflops: float, peak_gb
 
 
 # The heavy tests start Ray clusters, Serve apps and vLLM engines, bench them and compare what
-# they measure with bounds. `make test` runs them in three pytest processes (see the Makefile):
-# the emulated-engine latency tests (mostly waiting: ~20% of a core) beside the light tests
-# and the other heavy tests, then the vLLM latency tests alone.
+# they measure with bounds: `make test` runs them one after the other in a pytest process of
+# their own, beside the rest (two at once would compete for the CPUs their bounds assume).
 def _run_order(item: pytest.Item) -> int:
-    """Within a process: the ``vllm`` (CPU-bound) tests last, so the heavy tests' own process
-    ends with them; when one process runs every heavy test (``pytest -m heavy``), the
-    ``latency`` ones after the others and the vLLM latency ones at the very end."""
+    """Heavy tests that check latency or refusal counts (``latency``) last, when mypy and the
+    other pytest process are done with the CPUs; of those, the real-vLLM ones (``vllm``) at
+    the very end."""
     return (2 * bool(item.get_closest_marker("latency"))
             + bool(item.get_closest_marker("vllm")))
 
