@@ -212,7 +212,16 @@ def set_engine_speed(api: ServeApi, group: str, speed_factor: float, *,
 
     settings = EngineSettings.parse({"speed_factor": speed_factor})
     cfg["deployments"][0]["user_config"] = settings.wire()
+    _reapply(api, details, timeout_s)
+
+
+def _reapply(api: ServeApi, details: dict[str, Any], timeout_s: float) -> None:
+    """Apply the running applications' deployed configs, as edited in `details`.
+
+    Waits until Serve runs them: a live change that restarts nothing else.
+    """
     http = details.get("http_options") or {}
+    apps = details.get("applications") or {}
     config = {"proxy_location": details.get("proxy_location") or "EveryNode",
               "http_options": {"host": http.get("host", "127.0.0.1"),
                                "port": http.get("port", 8000)},
@@ -243,10 +252,4 @@ def apply_api_keys(api: ServeApi, entries: list[dict[str, Any]], *, app: str = A
     uc = routers[0].setdefault("user_config", {})
     uc["api_keys"] = entries
     uc.setdefault("stack_live", {})["api_keys"] = entries
-    http = details.get("http_options") or {}
-    config = {"proxy_location": details.get("proxy_location") or "EveryNode",
-              "http_options": {"host": http.get("host", "127.0.0.1"),
-                               "port": http.get("port", 8000)},
-              "applications": [a.get("deployed_app_config") for a in apps.values()]}
-    api.apply(config)
-    api.wait(config, timeout_s=timeout_s)
+    _reapply(api, details, timeout_s)

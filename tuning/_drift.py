@@ -148,6 +148,21 @@ def interpolate_prediction(table: PredictionTable, rate_rps: float) -> GroupPred
     return GroupPredicted(p95, tpot)
 
 
+def _db_columns(db: Any) -> tuple[int, FloatArray, FloatArray, list[tuple[Any, ...]]]:
+    """The perf DB columns the predictions read.
+
+    The index of its 0.95 quantile, each row's rate and median TPOT, and each row's config key
+    (model, gpu, tp, pp).
+    """
+    i95 = list(db.quantile_levels).index(0.95)
+    rate = np.asarray(db.table.column("rate_rps").to_numpy(zero_copy_only=False), float)
+    tpot = np.asarray(db.table.column("tpot_p50_s").to_numpy(zero_copy_only=False), float)
+    keys = list(zip(db.table.column("model").to_pylist(), db.table.column("gpu").to_pylist(),
+                    db.table.column("tp").to_pylist(), db.table.column("pp").to_pylist(),
+                    strict=True))
+    return i95, rate, tpot, keys
+
+
 def prediction_table(db: Any, groups: Sequence[Any], gpu_of: Callable[[str], str] = str
                      ) -> dict[str, PredictionTable]:
     """Each plan group's `PredictionTable` from `db`'s unsaturated rows of its config.
@@ -163,13 +178,7 @@ def prediction_table(db: Any, groups: Sequence[Any], gpu_of: Callable[[str], str
         TPOT its ``tpot_p50_s`` column.
 
     """
-    levels = list(db.quantile_levels)
-    i95 = levels.index(0.95)
-    rate = np.asarray(db.table.column("rate_rps").to_numpy(zero_copy_only=False), float)
-    tpot = np.asarray(db.table.column("tpot_p50_s").to_numpy(zero_copy_only=False), float)
-    keys = list(zip(db.table.column("model").to_pylist(), db.table.column("gpu").to_pylist(),
-                    db.table.column("tp").to_pylist(), db.table.column("pp").to_pylist(),
-                    strict=True))
+    i95, rate, tpot, keys = _db_columns(db)
     out = {}
     for g in groups:
         key = (g.model, gpu_of(g.gpu), g.tp, g.pp)
@@ -275,13 +284,7 @@ def predict_groups(db: Any, groups: Sequence[Any], observed: Mapping[str, GroupO
     DB's rows (``tpot_p50_s``); P95 by `PerfDB.lookup` (+inf past saturation).
 
     """
-    levels = list(db.quantile_levels)
-    i95 = levels.index(0.95)
-    rate = np.asarray(db.table.column("rate_rps").to_numpy(zero_copy_only=False), float)
-    tpot = np.asarray(db.table.column("tpot_p50_s").to_numpy(zero_copy_only=False), float)
-    keys = list(zip(db.table.column("model").to_pylist(), db.table.column("gpu").to_pylist(),
-                    db.table.column("tp").to_pylist(), db.table.column("pp").to_pylist(),
-                    strict=True))
+    i95, rate, tpot, keys = _db_columns(db)
     out = {}
     for g in groups:
         o = observed.get(g.name)
