@@ -209,3 +209,50 @@ def test_speed_factor_settings_are_checked() -> None:
     server.reconfigure({})
     assert server.engine.speed_factor == 1.0
     assert EngineSettings.parse({"speed_factor": 0.625}).wire() == {"speed_factor": 0.625}
+
+
+class _ConfigApi:
+    """`ServeApi` over a fixed details dict; applied configs are recorded."""
+
+    base = "http://head:8265"
+
+    def __init__(self, details: dict) -> None:
+        self._details, self.applied = details, []
+
+    def details(self) -> dict:
+        return self._details
+
+    def apply(self, config: dict) -> None:
+        self.applied.append(config)
+
+    def wait(self, config: dict, timeout_s: float) -> None:
+        pass
+
+
+def _group_details(backend: str) -> dict:
+    return {"http_options": {"host": "0.0.0.0", "port": 8123}, "applications": {
+        "boute": {"deployed_app_config": {"name": "boute", "import_path": "app.main:router_app"}},
+        "g8": {"deployed_app_config": {
+            "name": "g8", "import_path": "app.main:group_app",
+            "args": {"stack": {"backend": backend}},
+            "deployments": [{"name": "g8", "num_replicas": 1}]}}}}
+
+
+def test_set_engine_speed_is_refused_off_emulated_engines_and_applied_on_them() -> None:
+    from app.deploy import DeployError, set_engine_speed
+
+    with pytest.raises(DeployError, match=r"no replica group application 'nope' runs at "
+                       r"http://head:8265; groups: \['g8'\]"):
+        set_engine_speed(_ConfigApi(_group_details("emulated")), "nope", 0.5)  # type: ignore[arg-type]
+    with pytest.raises(DeployError, match=r"group 'g8' runs 'vllm' engines; the speed factor "
+                       r"is a dry-run feature of emulated engines \(--backend emulated\)"):
+        set_engine_speed(_ConfigApi(_group_details("vllm")), "g8", 0.5)  # type: ignore[arg-type]
+    api = _ConfigApi(_group_details("emulated"))
+    set_engine_speed(api, "g8", 0.625)  # type: ignore[arg-type]
+    (config,) = api.applied
+    # Both applications are re-applied as deployed; only g8's user_config is new, and the
+    # HTTP options are the running ones.
+    assert config["http_options"] == {"host": "0.0.0.0", "port": 8123}
+    (g8,) = [a for a in config["applications"] if a["name"] == "g8"]
+    assert g8["deployments"][0]["user_config"] == {"speed_factor": 0.625}
+    assert len(config["applications"]) == 2
