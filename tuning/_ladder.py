@@ -172,7 +172,7 @@ class LadderEncoding:
             lo, hi = self.scale_range
             scale = lo * (hi / lo) ** z[:, -1]
         caps_w = np.stack([self._caps_at(float(np.exp(v))) for v in lx])      # (N, W, C)
-        fills = [self._repaired(tails[b], caps_w[b], float(scale[b])) for b in range(len(z))]
+        fills = self._repaired(tails, caps_w, scale)
         return ladder_arrays(pr, np.stack([f.shares for f in fills]),
                              np.stack([f.config for f in fills]),
                              np.stack([f.replicas for f in fills]))
@@ -189,22 +189,40 @@ class LadderEncoding:
         w = pos - lo
         return np.asarray((1 - w) * pr.caps[:, :, lo] + w * pr.caps[:, :, hi])
 
-    def _repaired(self, tails: FloatArray, caps_w: FloatArray, scale: float) -> _Fill:
-        f = self._fill(tails, caps_w, scale)
-        if f.fits or self.fixed_tails is not None:
-            return f
-        best = self._fill(self.floored(0.0 * tails[None])[0], caps_w, scale)
-        if not best.fits:
-            return f
-        lo, hi = 0.0, 1.0
-        for _ in range(REPAIR_HALVINGS):
+    def _repaired(self, tails: FloatArray, caps_w: FloatArray, scale: FloatArray
+                  ) -> list[_Fill]:
+        """Each point's fill, repaired where it does not fit.
+
+        A point that does not fit has its tails S scaled by the largest ``m`` in [0, 1]
+        (bisection, `REPAIR_HALVINGS` steps) whose floored tails ``floored(m S)`` fit, if the
+        floors alone (m = 0) fit.
+
+        The bisections of all points run in lockstep, so each step floors every point still
+        repairing in one vectorized call (`floored` treats rows independently: the same
+        result as one point at a time).
+        """
+        fills = [self._fill(tails[b], caps_w[b], float(scale[b])) for b in range(len(tails))]
+        if self.fixed_tails is not None:
+            return fills
+        todo = [b for b, f in enumerate(fills) if not f.fits]
+        if not todo:
+            return fills
+        floor_only = self.floored(np.zeros((1, *tails.shape[1:])))[0]
+        bests = {b: self._fill(floor_only, caps_w[b], float(scale[b])) for b in todo}
+        todo = [b for b in todo if bests[b].fits]
+        lo, hi = np.zeros(len(todo)), np.ones(len(todo))
+        for _ in range(REPAIR_HALVINGS if todo else 0):
             mid = 0.5 * (lo + hi)
-            g = self._fill(self.floored(mid * tails[None])[0], caps_w, scale)
-            if g.fits:
-                lo, best = mid, g
-            else:
-                hi = mid
-        return best
+            moved = self.floored(mid[:, None, None] * tails[todo])
+            for i, b in enumerate(todo):
+                g = self._fill(moved[i], caps_w[b], float(scale[b]))
+                if g.fits:
+                    lo[i], bests[b] = mid[i], g
+                else:
+                    hi[i] = mid[i]
+        for b in todo:
+            fills[b] = bests[b]
+        return fills
 
     def _fill(self, tails: FloatArray, caps_w: FloatArray, scale: float) -> _Fill:
         """Cover every model's load from the largest down (see the module docstring)."""
