@@ -54,13 +54,18 @@ class Listener:
         return "127.0.0.1" if self.ip in ("0.0.0.0", "::") else self.ip
 
 
-def _listeners() -> list[Listener]:
-    """Every listening TCP socket of this process's descendants (the local cluster)."""
+def _listeners(since_unix_s: float) -> list[Listener]:
+    """Every listening TCP socket of this process's descendants started at `since_unix_s` or
+    later (the local cluster: a worker of an earlier test's cluster that has not exited yet,
+    e.g. the shared Serve instance's proxy on Serve's default port 8500 on a loaded machine,
+    is not this cluster's)."""
     import psutil
 
     out = set()
     for proc in psutil.Process(os.getpid()).children(recursive=True):
         try:
+            if proc.create_time() < since_unix_s:
+                continue
             name = " ".join(proc.cmdline())[:120]
             conns = proc.net_connections(kind="inet")
         except psutil.Error:
@@ -241,6 +246,7 @@ def test_slow_clients_are_cut_and_no_side_door_answers_without_a_token(
     for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(var, raising=False)          # the product's default: auth on
     stats_port, hap_metrics_port, dash_port = free_port(), free_port(), free_port()
+    started_unix_s = time.time() - 1.0          # psutil's create_time: 10 ms ticks
     cluster = local_cluster({}, {}, temp_dir=REPO / "build" / "ray-tmp-doors",
                             dashboard_port=dash_port, high_throughput=True,
                             serve_env={"BOUTE_HAPROXY_HTTP_REQUEST_TIMEOUT_S": str(SLOW_S),
@@ -300,7 +306,7 @@ def test_slow_clients_are_cut_and_no_side_door_answers_without_a_token(
         nodes = ray.nodes()
         metric_ports = {n["MetricsExportPort"] for n in nodes} | set(RAY_METRIC_PORTS)
         report, methods = [], _grpc_methods()
-        for li in _listeners():
+        for li in _listeners(started_unix_s):
             where = f"{li.ip}:{li.port} ({li.name})"
             if "haproxy" in li.name:
                 if li.port == port:
