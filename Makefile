@@ -48,38 +48,20 @@ demo: setup
 	$(BIN)/boute deploy build/plan.json --backend emulated --local \
 	    --rate 10 --bench-s 60
 
-# `make test`: the whole contract check (~30 min on a 2-core machine). ruff; then three jobs at
-# once: mypy, the heavy tests (Ray clusters, Serve apps, vLLM engines; marker `heavy`) one after
-# the other in one pytest process (those that bound latency or refusal counts, `latency`, last,
-# and of those the real-vLLM ones, `vllm`, at the very end), and every other test (the
-# network-bound `network` ones included) in a second pytest process.
-# Each prints its ten slowest tests; the target fails if any of the three fails (pytest's own
-# exit status, 5 included: .ci/run checks it). Two or three heavy processes at once (local
-# clusters take ports of their own, so they can) were measured and dropped: with one core
-# kept busy, the emulated-engine latency tests then miss their bounds (429s past 10%, routes
-# not ready in time) while a vLLM test burns the other core.
-# Measured too, on a fresh clone (session 16): the emulated latency tests in a lane beside the
-# light tests and the other heavy tests, the vLLM latency tests alone at the end: 28 min instead
-# of 31, but the contention stretched the emulated tests by ~50% (the ladder test 520 s instead
-# of 362 s) and its saturated phase past what its replan window could measure. Not kept.
+# `make test`: the whole contract check on a 2-core machine: ruff, then tests/run_suite.sh:
+# mypy, the light tests and the heavy tests that bound no latency at once (three processes);
+# then the emulated-engine tests that bound latency or refusal counts (marker `latency`) in two
+# lanes with nothing else running; then the real-vLLM latency tests (`vllm`) alone. Each lane
+# prints its ten slowest tests; the target fails if any lane or mypy fails (pytest's own exit
+# status, 5 included: .ci/run checks it). Why three phases: the latency tests compare measured
+# latency with the model's, so they must not share the CPUs with CPU-bound work (measured in
+# session 16: beside the light tests and other heavy tests they stretched ~50% and one missed
+# its bound); two emulated ones together use ~1.2 of the 2 cores.
 # `make test-quick`: the inner loop, under 2 min: the unit tests of every package, no heavy and
 # no `slow` test, no lint.
-PYTEST := $(BIN)/python -m pytest -q --durations=10
 test: setup
 	$(BIN)/ruff check .
-	@mkdir -p build
-	@echo "mypy, the heavy tests and the rest at once; logs: build/mypy.log," \
-	    "build/test-heavy.log, build/test-rest.log"
-	@$(BIN)/mypy > build/mypy.log 2>&1 & mypy=$$!; \
-	$(PYTEST) -m "heavy and not network" --basetemp=build/pytest-heavy \
-	    > build/test-heavy.log 2>&1 & heavy=$$!; \
-	$(PYTEST) -m "not heavy or network" --basetemp=build/pytest-rest \
-	    > build/test-rest.log 2>&1; rest_rc=$$?; \
-	wait $$heavy; heavy_rc=$$?; wait $$mypy; mypy_rc=$$?; \
-	echo "== tests (not heavy)"; cat build/test-rest.log; \
-	echo "== heavy tests"; cat build/test-heavy.log; \
-	echo "== mypy"; cat build/mypy.log; \
-	for rc in $$rest_rc $$heavy_rc $$mypy_rc; do if [ $$rc -ne 0 ]; then exit $$rc; fi; done
+	BIN=$(BIN) bash tests/run_suite.sh
 
 test-quick: setup
 	$(BIN)/python -m pytest -q -m "not heavy and not slow" --durations=5

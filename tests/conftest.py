@@ -64,9 +64,9 @@ def write_roofline_profile(out: Path, gpu_type: str, peak_tflops: float, peak_gb
 # they measure with bounds: `make test` runs them one after the other in a pytest process of
 # their own, beside the rest (two at once would compete for the CPUs their bounds assume).
 def _run_order(item: pytest.Item) -> int:
-    """Heavy tests that check latency or refusal counts (``latency``) last, when mypy and the
-    other pytest process are done with the CPUs; of those, the real-vLLM ones (``vllm``) at
-    the very end."""
+    """Heavy tests that check latency or refusal counts (``latency``) last; of those, the
+    real-vLLM ones (``vllm``) at the very end (`tests/run_suite.sh`, ``make test``, runs them
+    in lanes of their own; this order holds for a plain ``pytest`` run)."""
     return (2 * bool(item.get_closest_marker("latency"))
             + bool(item.get_closest_marker("vllm")))
 
