@@ -36,9 +36,8 @@ class Sharing:
     """The sharing columns of a trace: ``(N,)`` int64 arrays (module docstring).
 
     Raises:
-        TraceError: columns of unequal length, an id below -1, a negative or missing
-            ``prefix_tokens`` (> 0 without an application, or 0 / differing within one
-            application is allowed only as documented), or a negative turn.
+        TraceError: columns of unequal length, an id below -1, negative ``prefix_tokens``
+            or ``turn``, or ``prefix_tokens > 0`` without a ``prefix_id``.
 
     """
 
