@@ -1,4 +1,9 @@
-"""`boute trace`: summarize, rescale or convert a trace (lengths, rate, burstiness), plot it."""
+"""`boute trace`: summarize, rescale or convert a trace (lengths, rate, burstiness), plot it.
+
+A trace with sharing columns (``prefix_id``, ``prefix_tokens``, ``session_id``, ``turn``),
+read from a file or generated with ``--apps``/``--turns``, also reports its prefix-reuse
+potential: the share of prompt tokens a perfect prefix cache would skip.
+"""
 
 from __future__ import annotations
 
@@ -37,6 +42,15 @@ def add_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--arrival", default="poisson", choices=["poisson", "gamma"])
     p.add_argument("--cv", type=float, default=1.0, help="burstiness of gamma arrivals")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--apps", type=int, default=None, help="generate conversations of this "
+                   "many applications, each with a shared system prompt (prefix caching)")
+    p.add_argument("--system-tokens", type=float, default=1000.0, help="with --apps/--turns: "
+                   "mean system prompt length, tokens")
+    p.add_argument("--turns", type=float, default=None, help="generate multi-turn "
+                   "conversations of this many turns on average (each prompt holds the "
+                   "history)")
+    p.add_argument("--think-s", type=float, default=30.0, help="with --turns: mean seconds "
+                   "between two turns")
     p.add_argument("--out", default=None, help="write the (rescaled) trace; the format follows "
                    "the suffix: .parquet, .csv or .jsonl")
     p.add_argument("--plot", default=None, metavar="PNG", help="plot the request rate over "
@@ -58,6 +72,19 @@ def _run_trace(args: argparse.Namespace) -> int:
         notes = report.notes()
         if args.rate is not None:
             trace = trace.scaled_to(args.rate)
+    elif args.apps is not None or args.turns is not None:
+        from profiling import PrefixSpec, generate_shared_trace
+
+        check_requests(args.requests, "--requests")
+        if args.arrival != "poisson":
+            raise BouteError("--apps/--turns generate conversations with poisson arrivals; "
+                             "drop --arrival")
+        spec = PrefixSpec(apps=1 if args.apps is None else args.apps,
+                          system_tokens=args.system_tokens if args.apps is not None else 0.0,
+                          turns=1.0 if args.turns is None else args.turns, think_s=args.think_s)
+        trace = generate_shared_trace(args.shape, spec,
+                                      rate_rps=1.0 if args.rate is None else args.rate,
+                                      num_requests=args.requests, seed=args.seed)
     else:
         check_requests(args.requests, "--requests")
         trace = generate_trace(args.shape, rate_rps=1.0 if args.rate is None else args.rate,
@@ -67,6 +94,7 @@ def _run_trace(args: argparse.Namespace) -> int:
         trace.save(args.out)
     plot = _plot_rate(trace, args.plot) if args.plot else None
     burst = trace.burstiness()
+    reuse = trace.prefix_reuse()
 
     def human() -> str:
         lines = [trace.format_summary()]
@@ -77,12 +105,18 @@ def _run_trace(args: argparse.Namespace) -> int:
                 + (f"; busiest minute {burst['minute_peak_to_mean']:.2f}x the mean, "
                    f"quietest {burst['minute_trough_to_mean']:.2f}x"
                    if "minute_peak_to_mean" in burst else ""))
+        if reuse is not None:
+            lines.append(f"prefix reuse: a perfect cache would skip {reuse['potential']:.1%} "
+                         f"of prompt tokens ({reuse['system_share']:.1%} from system prompts; "
+                         f"{int(reuse['apps'])} applications, {int(reuse['sessions'])} "
+                         "conversations)")
         lines += [f"note: {n}" for n in notes]
         if plot:
             lines.append(f"rate plot: {plot}")
         return "\n".join(lines)
 
-    emit(args, {"name": trace.name, **trace.summary(), "burstiness": burst, "notes": notes,
+    emit(args, {"name": trace.name, **trace.summary(), "burstiness": burst,
+                "prefix_reuse": reuse, "notes": notes,
                 "plot": plot, "fingerprint": trace.fingerprint()}, human)
     return 0
 

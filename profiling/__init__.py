@@ -15,6 +15,7 @@ from ._arrivals import (
     Traffic,
 )
 from ._catalog import Catalog, GpuType, ModelArch, cold_start_s, load_catalog, load_hf_config
+from ._conversations import PrefixSpec, SharedTraffic, generate_shared_trace
 from ._hardware import (
     ATTENTION_COLUMNS,
     BANDWIDTH_COLUMNS,
@@ -31,6 +32,7 @@ from ._hardware import (
     scan_hardware_profiles,
 )
 from ._perfdb import PERFDB_SCHEMA, PerfDB, build_perfdb, mixture_quantile, spec_calibration
+from ._prefix_cache import BLOCK_TOKENS, PrefixCache
 from ._quality import (
     PUBLISHED_SCORES,
     CascadeQuality,
@@ -51,6 +53,7 @@ from ._scenario import (
     LengthClasses,
     ModelPair,
     NamedWorkload,
+    PrefixSharing,
     ProfileSpec,
     Scenario,
     length_thresholds,
@@ -69,6 +72,7 @@ from ._served import (
     model_source_line,
     scale_efficiency,
 )
+from ._sharing import Sharing, reuse_potential
 from ._simulator import QUANTILES, SimResult, capacity_rps, simulate, simulate_closed_loop
 from ._sweep import ConfigMapper, SweepJob, map_serial, process_mapper, sweep_config
 from ._workload import (
@@ -84,6 +88,7 @@ from ._workload import (
 __all__ = [
     "ATTENTION_COLUMNS",
     "BANDWIDTH_COLUMNS",
+    "BLOCK_TOKENS",
     "DEFAULT_SCENARIO",
     "ENGINE_PROFILES",
     "GEMM_COLUMNS",
@@ -111,6 +116,9 @@ __all__ = [
     "ModelPair",
     "NamedWorkload",
     "PerfDB",
+    "PrefixCache",
+    "PrefixSharing",
+    "PrefixSpec",
     "ProfileSpec",
     "QualityCurve",
     "QualityError",
@@ -120,6 +128,8 @@ __all__ = [
     "SequenceTooLongError",
     "ServedCalibration",
     "ServedGroupFit",
+    "SharedTraffic",
+    "Sharing",
     "SimResult",
     "StepPlan",
     "SweepJob",
@@ -136,6 +146,7 @@ __all__ = [
     "engine_profile",
     "fit_efficiency",
     "fit_report",
+    "generate_shared_trace",
     "generate_trace",
     "length_thresholds",
     "list_presets",
@@ -154,6 +165,7 @@ __all__ = [
     "read_trace",
     "request_tokens",
     "resolve_calibration",
+    "reuse_potential",
     "scale_efficiency",
     "scan_hardware_profiles",
     "simulate",

@@ -164,7 +164,8 @@ class ThinnedTraffic:
             times, idx = np.zeros(1), np.zeros(1, dtype=np.int64)
         s = self.stream
         return Trace(times - times[0], s.input_tokens[idx], s.output_tokens[idx],
-                     name=f"{s.name}-thinned")
+                     name=f"{s.name}-thinned",
+                     sharing=None if s.sharing is None else s.sharing.take(idx))
 
     def _thinned(self, p: float, horizon_s: float, key: tuple[int, int]
                  ) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +194,8 @@ class ThinnedTraffic:
         idx = np.unique(np.linspace(0, n - 1, min(n, self.num_requests)).astype(np.int64))
         s = self.stream
         return Trace(np.arange(len(idx), dtype=np.float64), s.input_tokens[idx],
-                     s.output_tokens[idx], name=f"{s.name}-lengths")
+                     s.output_tokens[idx], name=f"{s.name}-lengths",
+                     sharing=None if s.sharing is None else s.sharing.take(idx))
 
     def describe(self) -> dict[str, Any]:
         """The model, the workload's rate and the bootstrap's settings."""

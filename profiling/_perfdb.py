@@ -22,7 +22,10 @@ efficiency per GPU type with its source (``efficiency``, ``efficiency_source``:
 ``spec-sheet``, ``profile:<dir>`` or ``served:<window>``, ``hardware_profiles``: path and
 content hash; ``served_calibration``: label, sha256 and path of a served calibration, whose
 engine overheads the swept configs also use; a DB built with other efficiencies or another
-served calibration is stale too), infeasible configs with their reasons, build time.
+served calibration is stale too), infeasible configs with their reasons, build time; for a
+workload whose requests share prefixes, ``prefix_cache``: the block size, the routing the
+rows assume and each config's prefix-cache hit rate at each unsaturated rate (the rows' latency
+and capacity are those of replicas with the cache).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from common.errors import InfeasibleConfigError, PerfDBError, StaleDBError
 from ._arrivals import Traffic
 from ._catalog import Catalog
 from ._hardware import Calibration, resolve_calibration
+from ._prefix_cache import BLOCK_TOKENS
 from ._replica import Efficiency, EngineConfig, ReplicaModel, parallel_configs
 from ._scenario import ProfileSpec
 from ._served import load_served_calibration
@@ -169,7 +173,22 @@ def build_perfdb(
     table = pa.Table.from_pylist(rows, schema=PERFDB_SCHEMA)
     meta = _build_meta(spec, catalog, base, engine, calibration, infeasible, start_s=start)
     meta["arrival"] = traffic.describe()
+    hit_rates = _hit_rates(rows)
+    if hit_rates:
+        meta["prefix_cache"] = {"block_tokens": BLOCK_TOKENS,
+                                "routing": meta["arrival"].get("routing", "affinity"),
+                                "hit_rate": hit_rates}
     return PerfDB(table.replace_schema_metadata({"boute": json.dumps(meta)}))
+
+
+def _hit_rates(rows: list[dict[str, Any]]) -> dict[str, list[list[float]]]:
+    """``{"model/gpu/tp/pp": [[rate_rps, hit rate], ...]}`` of the rows that report one."""
+    out: dict[str, list[list[float]]] = {}
+    for r in rows:
+        if "prefix_hit_rate" in r:
+            key = f"{r['model']}/{r['gpu']}/{r['tp']}/{r['pp']}"
+            out.setdefault(key, []).append([r["rate_rps"], round(r["prefix_hit_rate"], 6)])
+    return out
 
 
 def _sweep_jobs(spec: ProfileSpec, catalog: Catalog, engine: EngineConfig,

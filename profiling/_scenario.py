@@ -24,12 +24,14 @@ from common.errors import CatalogError, ScenarioError, TraceError
 from common.textfile import read_utf8
 
 from ._arrivals import ScaledTraffic, ThinnedTraffic, Traffic
+from ._conversations import PrefixSpec, SharedTraffic
 from ._workload import TRACE_SHAPES, Trace, generate_trace, load_trace
 
 if TYPE_CHECKING:
     from ._catalog import Catalog, GpuType
 
-__all__ = ["DEFAULT_SCENARIO", "LengthClasses", "NamedWorkload", "ProfileSpec", "Scenario",
+__all__ = ["DEFAULT_SCENARIO", "LengthClasses", "NamedWorkload", "PrefixSharing", "ProfileSpec",
+           "Scenario",
            "ScenarioError", "length_thresholds", "list_presets", "load_scenario",
            "request_tokens"]
 
@@ -79,6 +81,53 @@ MAX_WORKLOADS = 8
 ArrivalModel = Literal["poisson", "gamma", "trace", "modulated"]
 
 
+class PrefixSharing(_Strict):
+    """Requests that share prefixes: applications' system prompts and multi-turn chats.
+
+    The generated workload (`profiling._conversations`) draws conversations of `turns` mean
+    turns, each of an application (Zipf popularity) whose system prompt starts every prompt;
+    a turn's prompt holds the whole conversation so far. The perf DB then simulates every
+    replica with vLLM's prefix cache (`profiling._prefix_cache`), routed by `routing`.
+    """
+
+    apps: int = Field(10, ge=1, le=100_000, description="Applications, each with its own "
+                      "system prompt.")
+    system_tokens: float = Field(1000.0, ge=0, le=100_000, description="Mean system prompt "
+                                 "length, tokens (0: none).")
+    system_tokens_median: float | None = Field(
+        None, gt=0, le=100_000, description="Median system prompt length (log-normal, at "
+        "most the mean); default: every application's prompt is `system_tokens` long.")
+    zipf: float = Field(1.0, ge=0, le=5.0, description="Popularity exponent of the "
+                        "applications: the k-th most used gets a share ~ k^-zipf (0: uniform).")
+    turns: float = Field(1.0, ge=1, le=100, description="Mean turns per conversation "
+                         "(geometric; 1: one-shot requests).")
+    think_s: float = Field(30.0, gt=0, le=3600, description="Mean seconds between two turns "
+                           "of a conversation.")
+    max_context_tokens: int = Field(8192, ge=2, le=10_000_000, description="A conversation "
+                                    "ends before a turn's prompt + answer passes this.")
+    routing: Literal["affinity", "random"] = Field(
+        "affinity", description="How a group spreads requests over its replicas: affinity "
+        "(every turn of a conversation on one replica, as a prefix-aware router does) or "
+        "random (a replica never holds a conversation's previous turn; only system prompts "
+        "are reused).")
+    cache: bool = Field(True, description="Model vLLM's automatic prefix caching (false: "
+                        "plan as if every prompt were prefilled whole).")
+
+    @model_validator(mode="after")
+    def _median(self) -> PrefixSharing:
+        if self.system_tokens_median is not None and (
+                self.system_tokens_median > self.system_tokens):
+            raise ValueError(f"prefix.system_tokens_median={self.system_tokens_median:g} must "
+                             f"be at most system_tokens={self.system_tokens:g} (a log-normal's "
+                             "median is below its mean)")
+        return self
+
+    def spec(self) -> PrefixSpec:
+        """The generator's `PrefixSpec`."""
+        return PrefixSpec(self.apps, self.system_tokens, self.system_tokens_median, self.zipf,
+                          self.turns, self.think_s, self.max_context_tokens)
+
+
 class Workload(_Strict):
     """The request stream: a built-in shape or a trace file, at a total rate."""
 
@@ -106,6 +155,10 @@ class Workload(_Strict):
     minute_cv: float = Field(0.5, ge=0, le=10.0, description="Coefficient of variation of "
                              "the per-minute rate of `arrival: modulated` (production "
                              "traces: 0.2 to 1.0).")
+    prefix: PrefixSharing | None = Field(
+        None, description="Shared system prompts and multi-turn conversations (prefix "
+        "caching); generated shapes with poisson arrivals only (a trace file carries its own "
+        "prefix_id, prefix_tokens, session_id and turn columns).")
     daily_profile: list[float] | None = Field(
         None, min_length=2, max_length=1440, description="Relative rate at evenly spaced "
         "times of the day (24 values: hours 0-23), linear in between; `rate_rps` is the "
@@ -124,6 +177,11 @@ class Workload(_Strict):
             raise ValueError("workload.arrival='modulated' generates arrivals but "
                              f"workload.trace={self.trace!r} has its own; use arrival: trace "
                              "(or auto), or drop the trace")
+        if self.prefix is not None and (self.trace is not None
+                                        or self.arrival_model != "poisson"):
+            raise ValueError("workload.prefix generates conversations with poisson arrivals "
+                             f"(workload.arrival={self.arrival!r}, trace={self.trace!r}); a "
+                             "trace file carries its own sharing columns")
         if self.daily_profile is not None and (
                 min(self.daily_profile) < 0 or max(self.daily_profile) <= 0):
             raise ValueError(f"workload.daily_profile={self.daily_profile} must hold relative "
@@ -135,6 +193,19 @@ class Workload(_Strict):
                 raise ValueError(f"workload.columns names {bad}; map only arrival_s, "
                                  "input_tokens, output_tokens and prompt to the file's columns")
         return self
+
+    def shared_traffic(self, num_requests: int, seed: int) -> SharedTraffic | None:
+        """The conversation traffic of `prefix` (None without it).
+
+        Each run covers at least ten mean conversation spans (``10 turns think_s``), so
+        that most conversations are seen whole.
+        """
+        if self.prefix is None:
+            return None
+        assert self.shape is not None
+        return SharedTraffic(self.shape, self.prefix.spec(), num_requests, seed,
+                             self.prefix.routing, self.prefix.cache,
+                             min_span_s=10.0 * self.prefix.turns * self.prefix.think_s)
 
     @property
     def arrival_model(self) -> ArrivalModel:
@@ -482,6 +553,12 @@ class ProfileSpec:
             raise ScenarioError(f"scenario {self.name!r} has {len(workloads)} workloads: "
                                 "profile each one (`Scenario.for_workload`)")
         wl, pr = workloads[0], self.scenario.profile
+        shared = wl.shared_traffic(pr.num_requests, pr.seed)
+        if shared is not None:
+            if self.length_tokens is not None:
+                raise ScenarioError(f"scenario {self.name!r}: length classes and "
+                                    "workload.prefix do not combine yet; drop one")
+            return shared
         model = wl.arrival_model
         if model in ("trace", "modulated"):
             stream = self._stream(wl)
@@ -532,8 +609,7 @@ class ProfileSpec:
             arrivals = generate_trace("gsm8k", rate_rps=1.0, num_requests=len(idx),
                                       arrival=arrival, burstiness_cv=wl.burstiness_cv,
                                       seed=pr.seed).arrival_s
-            trace = Trace(arrivals, lengths.input_tokens[idx], lengths.output_tokens[idx],
-                          None, lengths.name)
+            trace = lengths.take(idx, arrivals)
         else:
             assert wl.shape is not None
             trace = generate_trace(wl.shape, rate_rps=1.0, num_requests=n, arrival=arrival,
@@ -567,9 +643,7 @@ class ProfileSpec:
                 f"have {lo} < prompt + max_tokens <= {hi} tokens; a length class needs "
                 f"{MIN_CLASS_REQUESTS} to be measured: move length_classes.threshold_tokens "
                 "toward the median length")
-        return Trace(trace.arrival_s[keep], trace.input_tokens[keep],
-                     trace.output_tokens[keep], None if trace.prompts is None else
-                     tuple(trace.prompts[i] for i in keep), f"{trace.name}-{lo}-{hi}")
+        return trace.take(keep, name=f"{trace.name}-{lo}-{hi}")
 
     def traffic(self) -> Traffic:
         """What the sweep simulates at each rate (`profiling._arrivals`)."""
@@ -584,6 +658,8 @@ class ProfileSpec:
         t = self._traffic
         if isinstance(t, ScaledTraffic):
             return t.base
+        if isinstance(t, SharedTraffic):
+            return t.lengths()
         assert isinstance(t, ThinnedTraffic)
         return t.stream
 

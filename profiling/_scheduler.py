@@ -31,6 +31,13 @@ prompt-only only when the first waiting prompt passes the same 1% watermark as a
 it used to test ``<= K``, and a prompt between 0.99 K and K then gave a step with no work,
 which froze the decodes until the next arrival or looped forever in a closed loop.)
 
+Prefix caching (`profiling._prefix_cache.PrefixCache`, optional): at admission a sequence's
+prefill starts after its cached tokens h (``done = h``; its chunks, the step's prefill tokens
+and attention work cover only ``[h, prompt)``), while its KV use counts the whole prompt;
+the cache is told when a prompt completes, when a sequence leaves (finished, preempted,
+removed) and, after every change of ``kv_used``, how many tokens are free for it. Without a
+cache every step is the same as before it existed.
+
 A sequence can ever be served iff ``prompt + max_tokens <= floor(0.99 K)`` (`fits_ever`):
 then it is admissible on an empty cache, and so is its recompute after any preemption
 (prompt + generated < prompt + max_tokens).
@@ -44,6 +51,7 @@ from typing import NamedTuple
 
 from common.errors import BouteError
 
+from ._prefix_cache import PrefixCache
 from ._replica import EngineConfig, ReplicaModel
 
 __all__ = ["BatchScheduler", "PlanFields", "SequenceTooLongError", "StepOutcome", "StepPlan"]
@@ -151,17 +159,20 @@ class BatchScheduler:
     Args:
         engine: the scheduler settings (max_num_seqs, max_num_batched_tokens, chunked prefill).
         kv_capacity_tokens: K, tokens the KV cache holds (`MemoryPlan.kv_capacity_tokens`).
+        prefix_cache: the replica's prefix cache, keyed by the sequence ids (None: none).
 
     Raises:
         ValueError: ``kv_capacity_tokens < 1``.
 
     """
 
-    def __init__(self, engine: EngineConfig, kv_capacity_tokens: int) -> None:
+    def __init__(self, engine: EngineConfig, kv_capacity_tokens: int,
+                 prefix_cache: PrefixCache | None = None) -> None:
         if kv_capacity_tokens < 1:
             raise ValueError(f"{kv_capacity_tokens=} must be >= 1 token")
         self.engine = engine
         self.kv_capacity_tokens = kv_capacity_tokens
+        self.prefix_cache = prefix_cache
         self.max_seq_tokens = int(kv_capacity_tokens * _ADMIT_FRACTION)
         """floor(0.99 K): the longest prompt + output a sequence can ever hold."""
         self._admit_limit = kv_capacity_tokens * _ADMIT_FRACTION
@@ -246,14 +257,19 @@ class BatchScheduler:
             self.waiting.remove(seq_id)
             return True
         del self.running[seq_id]
+        cache = self.prefix_cache
         if s.done >= s.prompt:                      # decoding
             ctx = s.prompt + self._generated(s)
             self.kv_used_tokens -= ctx
             self.ctx_decode_tokens -= ctx
             self.n_decode -= 1
+            if cache is not None:
+                cache.release(seq_id, ctx)
             return True
         held = s.done + sum(c for r, c in self._inflight if r == seq_id)
         self.kv_used_tokens -= held
+        if cache is not None:
+            cache.release(seq_id, s.done)
         if seq_id in self.prefilling:
             self.prefilling.remove(seq_id)
         return True
@@ -315,31 +331,38 @@ class BatchScheduler:
             chunked = self._chunked
             max_seqs = self._max_seqs
             admit_limit = self._admit_limit
+            cache = self.prefix_cache
+            hit = 0
             while waiting and budget > 0 and len(running) < max_seqs:
                 rid = waiting[0]
                 s = seqs[rid]
                 remaining = s.prompt
+                if cache is not None:
+                    hit = cache.cached_tokens(rid, remaining)
+                need = remaining - hit                 # prompt tokens to compute
                 if chunked:
-                    c = min(remaining, budget)
+                    c = min(need, budget)
                 else:
-                    if remaining > budget and chunks:
+                    if need > budget and chunks:
                         break
-                    c = remaining
+                    c = need
                 if kv_used + remaining > admit_limit:  # C1: the whole prompt must fit
                     break
                 waiting.popleft()
                 running[rid] = None
-                s.done = 0
-                if c < remaining:
+                s.done = hit
+                if cache is not None:
+                    cache.admit(rid, remaining)
+                if c < need:
                     self.prefilling.append(rid)
                 else:
                     sampled += 1
                 chunks.append((rid, c))
-                kv_used += c
+                kv_used += hit + c
                 budget -= c
                 p_tokens += c
-                p_work += c * (0 + c / 2.0)
-                p_kv += 0 + c
+                p_work += c * (hit + c / 2.0)
+                p_kv += hit + c
                 if not chunked and budget <= 0:
                     break
         self.kv_used_tokens = kv_used
@@ -369,6 +392,7 @@ class BatchScheduler:
         ctx_decode = self.ctx_decode_tokens
         step = self.decode_steps
         heap = self._heap
+        cache = self.prefix_cache
         if plan[1] and n_decode:                     # plan.decode
             step += 1
             self.decode_steps = step
@@ -386,6 +410,8 @@ class BatchScheduler:
                 del running[rid]
                 del seqs[rid]
                 finished.append(rid)
+                if cache is not None:
+                    cache.release(rid, ctx)
         for rid, c in plan[0]:                       # plan.chunks
             s = seqs.get(rid)
             if s is None:                            # removed during the step
@@ -397,11 +423,15 @@ class BatchScheduler:
                 self.prefilling.remove(rid)
             s.generated += 1
             prompt_done.append(rid)
+            if cache is not None:
+                cache.computed(rid, s.prompt)
             if s.generated >= s.out:
                 kv_used -= s.prompt
                 del running[rid]
                 del seqs[rid]
                 finished.append(rid)
+                if cache is not None:
+                    cache.release(rid, s.prompt)
                 continue
             s.join_step = step
             s.join_gen = s.generated
@@ -414,6 +444,8 @@ class BatchScheduler:
         self.ctx_decode_tokens = ctx_decode
         if kv_used > self.kv_capacity_tokens and n_decode > 1:
             self._preempt()
+        if cache is not None:
+            cache.fit(self.kv_capacity_tokens - self.kv_used_tokens)
         return prompt_done, finished
 
     def _preempt(self) -> None:
@@ -431,6 +463,8 @@ class BatchScheduler:
             self.n_decode -= 1
             s.epoch += 1
             del running[victim]
+            if self.prefix_cache is not None:
+                self.prefix_cache.release(victim, ctx)
             # Recompute: the prompt now includes what was generated; output continues after it.
             s.prompt = ctx
             s.out -= s.generated
@@ -459,3 +493,5 @@ class BatchScheduler:
         grow = k * self.n_decode
         self.ctx_decode_tokens += grow
         self.kv_used_tokens += grow
+        if self.prefix_cache is not None:
+            self.prefix_cache.fit(self.kv_capacity_tokens - self.kv_used_tokens)

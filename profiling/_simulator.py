@@ -24,6 +24,12 @@ TTFT = f - a + d, TPOT = (F - f) / (out - 1) and end-to-end latency F - a + d; a
 client sends its next request at F + d. (The engine sees the request at a: the input side of
 d would move every arrival alike and change nothing else.)
 
+A trace whose requests share prefixes (`Trace.sharing`: system prompts, conversations) is
+served with vLLM's automatic prefix caching (`profiling._prefix_cache.PrefixCache`): prefill
+is charged only for the tokens not cached, and the run reports its hit rate
+(``extra["prefix_hit_rate"]``: cached prompt tokens / prompt tokens). A trace without
+sharing columns runs exactly as before they existed (no cache, the same numbers).
+
 A run is *saturated* when the backlog keeps growing: the offered rate exceeds what the replica
 sustains; the DB marks such rows and the optimizer rejects them.
 """
@@ -37,8 +43,10 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from ._prefix_cache import PrefixCache
 from ._replica import ReplicaModel
 from ._scheduler import BatchScheduler
+from ._sharing import Sharing
 from ._workload import Trace
 
 __all__ = ["QUANTILES", "SimResult", "capacity_rps", "simulate", "simulate_closed_loop"]
@@ -116,6 +124,8 @@ class SimResult:
             "completed": self.completed,
             "saturated": self.saturated,
             "preemptions": self.preemptions,
+            **({"prefix_hit_rate": self.extra["prefix_hit_rate"]}
+               if "prefix_hit_rate" in self.extra else {}),
         }
 
 
@@ -126,14 +136,17 @@ def capacity_rps(replica: ReplicaModel, trace: Trace) -> float:
     the trace's lengths are cycled to at least ``4 c`` requests. Capacity is the completion rate
     in steady state, between the c-th and the (n - c)-th completion, when every client is busy:
     ``(n - 2c) / (f_(n-c) - f_(c))`` with f the sorted finish times (ramp-up and drain excluded).
+    A trace with sharing columns runs with its prefix cache (each cycle its own
+    conversations, `Sharing.tiled`).
     """
     c = replica.engine.max_num_seqs
     n = max(len(trace), 4 * c)
     reps = -(-n // len(trace))
     inputs = np.tile(trace.input_tokens, reps)[:n]
     outputs = np.tile(trace.output_tokens, reps)[:n]
+    sharing = None if trace.sharing is None else trace.sharing.tiled(reps, n)
     res = _run(replica, [0.0] * n, inputs.tolist(), outputs.tolist(), concurrency=c,
-               stop_when_saturated=False, offered_rate=math.inf)
+               stop_when_saturated=False, offered_rate=math.inf, sharing=sharing)
     finish = np.sort(res.extra_finish)
     span = finish[n - c - 1] - finish[c - 1]
     return float((n - 2 * c) / span) if span > 0 else res.throughput_rps
@@ -167,7 +180,8 @@ def simulate(
         capacity = capacity_rps(replica, trace)
     result = _run(replica, trace.arrival_s.tolist(), trace.input_tokens.tolist(),
                   trace.output_tokens.tolist(), concurrency=None,
-                  stop_when_saturated=stop_when_saturated, offered_rate=trace.rate_rps)
+                  stop_when_saturated=stop_when_saturated, offered_rate=trace.rate_rps,
+                  sharing=trace.sharing)
     if trace.rate_rps >= 0.98 * capacity and not result.saturated:
         result = replace(result, saturated=True)
     result.extra["capacity_rps"] = capacity
@@ -183,7 +197,8 @@ def simulate_closed_loop(replica: ReplicaModel, trace: Trace, concurrency: int) 
         raise ValueError(f"concurrency={concurrency!r} must be >= 1")
     n = len(trace)
     return _run(replica, [0.0] * n, trace.input_tokens.tolist(), trace.output_tokens.tolist(),
-                concurrency=concurrency, stop_when_saturated=False, offered_rate=math.inf)
+                concurrency=concurrency, stop_when_saturated=False, offered_rate=math.inf,
+                sharing=trace.sharing)
 
 
 class _Timeline(NamedTuple):
@@ -213,6 +228,7 @@ def _run(
     concurrency: int | None,
     stop_when_saturated: bool,
     offered_rate: float,
+    sharing: Sharing | None = None,
 ) -> SimResult:
     """Serve one trace: fit the lengths, run the event loop, turn its times into a result.
 
@@ -224,13 +240,21 @@ def _run(
         concurrency: closed loop with this many clients; None: open loop.
         stop_when_saturated: end the run once the backlog passes its limit.
         offered_rate: recorded in the result, requests/s.
+        sharing: what the requests share; with any sharing the replica has a prefix cache
+            and the result's ``extra`` holds ``prefix_hit_rate`` and
+            ``prefix_cached_tokens`` (None or nothing shared: no cache).
 
     """
     plen, out = _fit_lengths(replica, prompt_lens, output_lens)
+    cache = PrefixCache(sharing) if sharing is not None and sharing.shares else None
     timeline = _serve(replica, arrivals, plen, out, concurrency=concurrency,
-                      stop_when_saturated=stop_when_saturated)
-    return _result(timeline, out, replica.engine.frontend_latency_s,
-                   open_loop=concurrency is None, offered_rate=offered_rate)
+                      stop_when_saturated=stop_when_saturated, cache=cache)
+    result = _result(timeline, out, replica.engine.frontend_latency_s,
+                     open_loop=concurrency is None, offered_rate=offered_rate)
+    if cache is not None:
+        result.extra["prefix_hit_rate"] = cache.hit_rate
+        result.extra["prefix_cached_tokens"] = float(cache.cached_tokens_total)
+    return result
 
 
 def _fit_lengths(replica: ReplicaModel, prompt_lens: list[int],
@@ -255,6 +279,7 @@ def _serve(
     *,
     concurrency: int | None,
     stop_when_saturated: bool,
+    cache: PrefixCache | None = None,
 ) -> _Timeline:
     """The event loop: admit arrivals, then take a decode stretch or one scheduled step.
 
@@ -275,7 +300,7 @@ def _serve(
     n = len(arrivals)
     kv_cap = replica.memory.kv_capacity_tokens
     fe_latency = eng.frontend_latency_s
-    sched = BatchScheduler(eng, kv_cap)
+    sched = BatchScheduler(eng, kv_cap, cache)
     waiting = sched.waiting         # the scheduler's queues, read here (the fast path)
     prefilling = sched.prefilling
     running = sched.running

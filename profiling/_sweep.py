@@ -109,6 +109,8 @@ def sweep_config(job: SweepJob, traffic: Traffic | Trace) -> list[Row]:
                 throughput_rps=float(rate),  # stable queue: everything offered is served
                 throughput_tok_s=float(rate * base.output_tokens.mean()),
             )
+            if "prefix_hit_rate" in res.extra:       # not a DB column: the DB's metadata
+                row["prefix_hit_rate"] = res.extra["prefix_hit_rate"]
         rows.append(row)
     return rows
 

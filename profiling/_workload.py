@@ -1,7 +1,9 @@
 """Workload traces: arrivals and token lengths, generators, file loaders, rate scaling.
 
 A trace is four aligned columns: ``arrival_s`` (seconds, non-decreasing), ``input_tokens`` and
-``output_tokens`` (integers >= 1), and an optional ``prompt`` text. Generators draw lengths
+``output_tokens`` (integers >= 1), and an optional ``prompt`` text; optionally also what its
+requests share (``prefix_id``, ``prefix_tokens``, ``session_id``, ``turn``:
+`profiling._sharing.Sharing`), which the simulator's prefix cache uses. Generators draw lengths
 from log-normal distributions matched to the mean and median measured on the real data sets
 (benchmarks/data/reference/calibration.md section 4): for a log-normal with median ``m`` and mean
 ``mu``, ``sigma = sqrt(2 ln(mu / m))``.
@@ -36,6 +38,8 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from common.errors import TraceError
+
+from ._sharing import SHARING_COLUMNS, Sharing, reuse_potential
 
 __all__ = [
     "TRACE_SHAPES",
@@ -74,9 +78,22 @@ class Trace:
     output_tokens: IntArray
     prompts: tuple[str, ...] | None = None
     name: str = "trace"
+    sharing: Sharing | None = None
+    """What the requests share (system prompts, conversations); None: nothing."""
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)
+        if self.sharing is not None:
+            if len(self.sharing) != n:
+                raise TraceError(f"trace {self.name!r}: sharing columns have "
+                                 f"{len(self.sharing)} rows, expected {n}")
+            over = np.flatnonzero(self.sharing.prefix_tokens > self.input_tokens)
+            if over.size:
+                i = int(over[0])
+                raise TraceError(f"trace {self.name!r}: prefix_tokens="
+                                 f"{int(self.sharing.prefix_tokens[i])} at row {i} exceeds its "
+                                 f"input_tokens={int(self.input_tokens[i])}; a shared system "
+                                 "prompt is part of the prompt")
         if len(self.input_tokens) != n or len(self.output_tokens) != n:
             raise TraceError(
                 f"trace {self.name!r}: columns have unequal lengths (arrival_s={n}, "
@@ -138,13 +155,43 @@ class Trace:
         factor = self.rate_rps / rate_rps
         start = self.arrival_s[0]
         arrivals = (self.arrival_s - start) * factor
-        return Trace(arrivals, self.input_tokens, self.output_tokens, self.prompts, self.name)
+        return Trace(arrivals, self.input_tokens, self.output_tokens, self.prompts, self.name,
+                     self.sharing)
 
     def head(self, n: int) -> Trace:
         """The first `n` requests."""
         prompts = None if self.prompts is None else self.prompts[:n]
         return Trace(self.arrival_s[:n], self.input_tokens[:n], self.output_tokens[:n], prompts,
+                     self.name, None if self.sharing is None else self.sharing.take(
+                         np.arange(min(n, len(self)))))
+
+    def take(self, idx: IntArray, arrival_s: FloatArray | None = None,
+             name: str | None = None) -> Trace:
+        """The requests `idx` (in that order, sharing columns kept), at `arrival_s` if given.
+
+        Args:
+            idx: ``(M,)`` row indices.
+            arrival_s: ``(M,)`` new arrival times (default: the rows' own).
+            name: the new trace's name (default: this one's).
+
+        """
+        idx = np.asarray(idx, dtype=np.int64)
+        return Trace(self.arrival_s[idx] if arrival_s is None else arrival_s,
+                     self.input_tokens[idx], self.output_tokens[idx],
+                     None if self.prompts is None else tuple(self.prompts[i] for i in idx),
+                     self.name if name is None else name,
+                     None if self.sharing is None else self.sharing.take(idx))
+
+    def without_sharing(self) -> Trace:
+        """The same requests with no sharing columns (as served without a prefix cache)."""
+        return Trace(self.arrival_s, self.input_tokens, self.output_tokens, self.prompts,
                      self.name)
+
+    def prefix_reuse(self) -> dict[str, float] | None:
+        """`profiling._sharing.reuse_potential` of this trace; None without sharing columns."""
+        if self.sharing is None:
+            return None
+        return reuse_potential(self.input_tokens, self.output_tokens, self.sharing)
 
     def save(self, path: str | Path) -> Path:
         """Write the trace in the format its suffix names; returns the path.
@@ -166,15 +213,24 @@ class Trace:
                                 "output_tokens": self.output_tokens}
         if self.prompts is not None:
             cols["prompt"] = list(self.prompts)
+        if self.sharing is not None:
+            cols.update({c: getattr(self.sharing, c) for c in SHARING_COLUMNS})
         path.parent.mkdir(parents=True, exist_ok=True)
         _WRITERS[suffix](pa.table(cols), path)
         return path
 
     def fingerprint(self) -> str:
-        """A short hash of the columns (lengths and arrivals) identifying this trace."""
+        """A short hash of the columns (lengths and arrivals, and sharing) identifying it.
+
+        A trace without sharing columns hashes its three columns alone (as before they
+        existed).
+        """
         h = hashlib.sha256()
         for col in _COLUMNS:
             h.update(np.ascontiguousarray(getattr(self, col)).tobytes())
+        if self.sharing is not None:
+            for col in SHARING_COLUMNS:
+                h.update(np.ascontiguousarray(getattr(self.sharing, col)).tobytes())
         return h.hexdigest()[:16]
 
     def summary(self) -> dict[str, float]:
@@ -193,6 +249,9 @@ class Trace:
             for q in (50, 90, 99):
                 out[f"{col}_p{q}"] = float(np.percentile(arr, q))
             out[f"{col}_max"] = float(arr.max())
+        reuse = self.prefix_reuse()
+        if reuse is not None:
+            out["prefix_reuse"] = reuse["potential"]
         return out
 
     def window_counts(self, window_s: float) -> IntArray:
@@ -601,7 +660,8 @@ def read_trace(
     Args:
         path: the file; the format follows its suffix.
         columns: maps our column names (``arrival_s``, ``input_tokens``, ``output_tokens``,
-            ``prompt``) to the file's, e.g. ``{"arrival_s": "TIMESTAMP"}``.
+            ``prompt``, and the optional sharing columns ``prefix_id``, ``prefix_tokens``,
+            ``session_id``, ``turn``) to the file's, e.g. ``{"arrival_s": "TIMESTAMP"}``.
         time_unit: unit of a numeric arrival column: ``auto`` (seconds, or an epoch clock by
             magnitude), ``s``, ``ms``, ``us`` or ``ns``.
 
@@ -616,7 +676,7 @@ def read_trace(
     if time_unit not in ("auto", *_UNIT_S):
         raise TraceError(f"time_unit={time_unit!r} must be one of auto, {', '.join(_UNIT_S)}")
     table = _read_table(path)
-    mapping = {c: c for c in (*_COLUMNS, "prompt")}
+    mapping = {c: c for c in (*_COLUMNS, "prompt", *SHARING_COLUMNS)}
     mapping.update(columns or {})
     missing = [f"{ours} (file column {mapping[ours]!r})" for ours in _COLUMNS
                if mapping[ours] not in table.column_names]
@@ -665,18 +725,52 @@ def read_trace(
     prompts = None
     if mapping["prompt"] in table.column_names:
         prompts = tuple(str(p) for p in table.column(mapping["prompt"]).to_pylist())
+    sharing = _read_sharing(table, mapping, numeric, str(path))
     order = np.argsort(arrivals, kind="stable")
     moved = int((order != np.arange(len(order))).sum())
     if moved:
         arrivals = arrivals[order]
         lengths = {c: arr[order] for c, arr in lengths.items()}
         prompts = None if prompts is None else tuple(prompts[i] for i in order)
+        sharing = None if sharing is None else sharing.take(order)
     trace = Trace(
         arrivals - arrivals[0],  # relative to the first request (absolute clocks are fine)
         np.maximum(lengths["input_tokens"], 1).astype(np.int64),
         np.maximum(lengths["output_tokens"], 1).astype(np.int64),
         prompts,
         name=path.stem,
+        sharing=sharing,
     )
     return trace, TraceReport(time_format, start, moved, zeros["input_tokens"],
                               zeros["output_tokens"])
+
+
+def _read_sharing(table: pa.Table, mapping: Mapping[str, str],
+                  numeric: Callable[[str], FloatArray], where: str) -> Sharing | None:
+    """The file's sharing columns (`profiling._sharing`), None when it has none.
+
+    Missing ones of a file that has some take their "none" value (-1 ids, 0 tokens, turn 0).
+
+    Raises:
+        TraceError: a non-integer value, or values breaking `Sharing`'s rules.
+
+    """
+    present = [c for c in SHARING_COLUMNS if mapping[c] in table.column_names]
+    if not present:
+        return None
+    n = table.num_rows
+    cols: dict[str, IntArray] = {"prefix_id": np.full(n, -1, dtype=np.int64),
+                                 "prefix_tokens": np.zeros(n, dtype=np.int64),
+                                 "session_id": np.full(n, -1, dtype=np.int64),
+                                 "turn": np.zeros(n, dtype=np.int64)}
+    for c in present:
+        arr = numeric(c)
+        bad = np.flatnonzero(arr != np.rint(arr))
+        if bad.size:
+            raise TraceError(f"trace file {where!r}: {c}={arr[bad[0]]:g} at row {int(bad[0])} "
+                             "must be an integer")
+        cols[c] = arr.astype(np.int64)
+    try:
+        return Sharing(**cols)
+    except TraceError as exc:
+        raise TraceError(f"trace file {where!r}: {exc}") from None

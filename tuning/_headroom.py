@@ -155,6 +155,9 @@ def _fresh(wl: NamedWorkload, rate_rps: float, num_requests: int, seed: int,
     class holding `class_share` of the workload): the workload is drawn at ``rate /
     class_share`` and thinned to the class, so the class arrives at about `rate_rps`.
     """
+    shared = wl.shared_traffic(num_requests, 0)
+    if shared is not None:      # conversations: drawn anew at this rate (perf DB's traffic)
+        return replace(shared, max_requests=MAX_CHECK_REQUESTS).at_rate(rate_rps, seed=seed)
     thinned = None if scenario is None else _modulated_traffic(scenario, wl, span, seed)
     if thinned is not None:
         traffic = replace(thinned, num_requests=num_requests, max_requests=MAX_CHECK_REQUESTS)
@@ -222,7 +225,9 @@ def _is_modulated(scenario: Scenario, wl: NamedWorkload, span: tuple[int, int] |
 
 
 def _mixed(parts: Sequence[Trace]) -> Trace:
-    """Traces merged by arrival time."""
+    """Traces merged by arrival time (one trace: itself, its sharing columns kept)."""
+    if len(parts) == 1:
+        return parts[0]
     arrival = np.concatenate([p.arrival_s for p in parts])
     order = np.argsort(arrival, kind="stable")
     return Trace(arrival[order], np.concatenate([p.input_tokens for p in parts])[order],

@@ -127,3 +127,17 @@ def test_console_entry_point_has_no_traceback(tmp_path: Path) -> None:
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert "gpus.H100.count=-3" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_trace_reports_the_prefix_reuse_of_a_file(capsys: pytest.CaptureFixture[str],
+                                                  tmp_path: Path) -> None:
+    """Two requests of one application (a 40-token system prompt), then turn 1 of a chat."""
+    path = tmp_path / "t.csv"
+    path.write_text("arrival_s,input_tokens,output_tokens,prefix_id,prefix_tokens,session_id,"
+                    "turn\n0,50,10,0,40,3,0\n1,50,10,0,40,-1,0\n2,100,10,0,40,3,1\n")
+    code, out, _ = _run(capsys, "--json", "trace", "--file", str(path))
+    reuse = json.loads(out)["prefix_reuse"]
+    # Request 1 reuses the system prompt (40), request 2 its chat's 50 + 10: 100 of 200.
+    assert code == 0 and reuse["potential"] == pytest.approx(0.5)
+    code, _, err = _run(capsys, "trace", "--shape", "gsm8k", "--turns", "0.5")
+    assert code == 2 and "turns=0.5 must be >= 1" in err
