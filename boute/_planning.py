@@ -143,6 +143,12 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"  quality {pr.quality:.3f}{norm}, P95 (every group) {pr.p95_s:.2f} s, "
                      f"system P95 {pr.system_p95_s:.2f} s, mean {pr.mean_s:.2f} s, "
                      f"${pr.cost_per_hour:.2f}/h, capacity {pr.capacity_rps:.1f} req/s")
+        tokens = [f"{name} P95 (worst group) {v:.3f} s" for name, v in (
+            ("TTFT", pr.ttft_p95_s), ("TPOT", pr.tpot_p95_s)) if v is not None]
+        if pr.goodput is not None:
+            tokens.append(f"goodput {100 * pr.goodput:.1f}% (fresh traces)")
+        if tokens:
+            lines.append("  " + ", ".join(tokens))
     lc = rt.length_classes
     if lc is not None:
         lines.append(f"  length classes: short = prompt + max_tokens <= {lc.threshold_tokens} "

@@ -20,7 +20,7 @@ from common.errors import BouteError
 if TYPE_CHECKING:
     from tuning import Plan, Problem, SearchResult, WindowSLO
 
-__all__ = ["add_plan", "parse_quality", "window_slo"]
+__all__ = ["add_plan", "add_token_args", "parse_quality", "token_targets", "window_slo"]
 
 
 # -- boute plan ----------------------------------------------------------------------------------
@@ -31,6 +31,7 @@ def add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--quality", default=None, help="minimum quality; with several workloads "
                    "one per workload, NAME=Q,NAME=Q (e.g. math=89,chat=8.3)")
     p.add_argument("--p95", type=float, default=None, help="maximum P95 latency, seconds")
+    add_token_args(p)
     p.add_argument("--objective", default="pareto",
                    choices=["pareto", "min-cost", "max-throughput"])
     p.add_argument("--slo-attainment", type=float, default=None, metavar="PCT",
@@ -52,6 +53,33 @@ def add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", default="build/plan.json", help="plan JSON to write")
     p.add_argument("--plot", default="build/pareto.png", help="Pareto-front PNG ('' = none)")
     p.set_defaults(run=_run_plan)
+
+
+def add_token_args(p: argparse.ArgumentParser) -> None:
+    """``--ttft-p95`` and ``--tpot-p95``: targets on time to first token / per output token."""
+    p.add_argument("--ttft-p95", type=float, default=None, metavar="S",
+                   help="maximum P95 time to first token, seconds: every replica group runs "
+                   "at a rate whose TTFT P95 (perf DB) meets it")
+    p.add_argument("--tpot-p95", type=float, default=None, metavar="S",
+                   help="maximum P95 time per output token, seconds (e.g. 0.05)")
+
+
+def token_targets(args: argparse.Namespace) -> tuple[float | None, float | None]:
+    """``(--ttft-p95, --tpot-p95)``, each None when not given.
+
+    Raises:
+        BouteError: a value that is not a positive finite number of seconds (named, with
+            the fix).
+
+    """
+    out = []
+    for flag, value in (("--ttft-p95", args.ttft_p95), ("--tpot-p95", args.tpot_p95)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise BouteError(f"{flag}={value:g} must be a positive number of seconds (e.g. "
+                             f"{flag} {'1' if flag == '--ttft-p95' else '0.05'}); leave it out "
+                             "for no target")
+        out.append(value)
+    return out[0], out[1]
 
 
 def parse_quality(text: str | None, workloads: tuple[str, ...]
@@ -94,6 +122,7 @@ def _run_plan(args: argparse.Namespace) -> int:
 
     if args.p95 is not None and not args.p95 > 0:
         raise BouteError(f"--p95={args.p95} must be > 0 seconds")
+    ttft_p95_s, tpot_p95_s = token_targets(args)
     if args.resim_seeds < 0:
         raise BouteError(f"--resim-seeds={args.resim_seeds} must be >= 0 (0: no check)")
     options = PlanOptions(solver=args.solver, seed=args.seed, stop=stop_rule_from(args),
@@ -103,7 +132,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     slo = window_slo(args)
     problem = load_planning_problem(args)
     quality, qualities = parse_quality(args.quality, problem.workloads)
-    goal = Goal(args.objective, quality, args.p95, qualities, slo)
+    goal = Goal(args.objective, quality, args.p95, qualities, slo, ttft_p95_s, tpot_p95_s)
     _note_daily_profiles(problem)
     chosen = choose_plan(problem, goal, options,
                          with_threshold=lambda tau: load_planning_problem(args, tau),
@@ -222,6 +251,16 @@ def _headroom_line(h: dict[str, Any]) -> str:
     if h["derated"]:
         head += (f"; re-planned {h['rounds'] - 1} time(s) with derated "
                  f"{', '.join(h['derated'])}")
+    if "tokens" in h:
+        t = h["tokens"]
+        parts = [f"TTFT P95 {t['worst_ttft_p95_s']:.3f} s vs {t['ttft_target_s']:g} s"
+                 ] if t["ttft_target_s"] is not None else []
+        if t["tpot_target_s"] is not None:
+            tpot = t["worst_tpot_p95_s"]
+            parts.append(f"TPOT P95 {'n/a' if tpot is None else f'{tpot:.4f}'} s vs "
+                         f"{t['tpot_target_s']:g} s")
+        head += (f"\ntokens (worst group, worst fresh trace): {', '.join(parts)}; goodput "
+                 f"{100 * t['goodput']:.1f}% of requests meet every target")
     if "slo" in h:
         slo = h["slo"]
         head += (f"\nSLO: P95 <= {worst['target_s']:g} s in >= {100 * slo['attainment']:g}% "
@@ -233,8 +272,11 @@ def _headroom_line(h: dict[str, Any]) -> str:
 def _no_plan_message(goal: Any, problem: Problem) -> str:
     quality = (goal.quality if goal.qualities is None else
                dict(zip(problem.workloads, goal.qualities, strict=True)))
+    tokens = "".join(f", {name} P95 <= {v:g} s" for name, v in (
+        ("TTFT", goal.ttft_p95_s), ("TPOT", goal.tpot_p95_s)) if v is not None)
     return (f"no plan meets the goal ({goal.mode}, quality >= {quality}, P95 <= "
-            f"{goal.p95_s} s, budget ${problem.budget:g}/h); relax a target or the budget")
+            f"{goal.p95_s} s{tokens}, budget ${problem.budget:g}/h); relax a target or the "
+            "budget")
 
 
 def _front_rows(problem: Problem, result: SearchResult) -> list[dict[str, float]]:
