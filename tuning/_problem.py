@@ -233,14 +233,16 @@ class Problem:
         """The problem with its capacity tables clipped to the token targets.
 
         ``cap_w[c, k] <- min(cap_w[c, k], R_{w,c})`` (module docstring). Itself when both are
-        None or already applied, so the paper's presets plan exactly as before.
+        None (a clipped problem stays clipped; unclipped, the paper's presets plan exactly as
+        before) or already applied.
 
         Raises:
             BouteError: the problem is already clipped to other targets (clip the unclipped
                 problem instead).
 
         """
-        if (ttft_p95_s, tpot_p95_s) == (self.ttft_p95_s, self.tpot_p95_s):
+        if (ttft_p95_s is None and tpot_p95_s is None) or (
+                (ttft_p95_s, tpot_p95_s) == (self.ttft_p95_s, self.tpot_p95_s)):
             return self
         if self.ttft_p95_s is not None or self.tpot_p95_s is not None:
             raise BouteError(f"this problem's capacities are already clipped to TTFT P95 <= "

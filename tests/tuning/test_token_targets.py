@@ -342,3 +342,26 @@ def test_a_token_miss_on_fresh_traffic_derates_the_config(
     assert held.derated == {"llama-3.1-8b-H100-tp1pp1": {"capacity": 0.784, "latency": 1.0}}
     assert held.plan is not None
     assert {g.gpu: g.replicas for g in held.plan.groups} == {"H100": 1, "RTX-4090": 1}
+
+
+def test_compare_holds_every_system_to_the_token_targets(
+        small_problem: Problem, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from boute.cli import main
+    from tests.tuning.conftest import SMALL
+
+    yaml, db = tmp_path / "small.yaml", tmp_path / "db.parquet"
+    yaml.write_text(SMALL)
+    small_problem.db.save(db)
+    args = ["--json", "compare", "--scenario", str(yaml), "--db", str(db), "--solver", "exact",
+            "--targets", "87:8"]
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert "token_targets" not in plain                  # no flag: the output as before
+    free = plain["targets"][0]["cost_per_hour"]
+    assert main([*args, "--ttft-p95", "0.05"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["token_targets"] == {"ttft_p95_s": 0.05, "tpot_p95_s": None}
+    capped = res["targets"][0]["cost_per_hour"]
+    for name, cost in capped.items():       # a tighter problem: never cheaper
+        if cost is not None and free[name] is not None:
+            assert cost >= free[name] - 1e-9, name
