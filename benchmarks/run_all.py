@@ -153,6 +153,8 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("length_classes", "benchmarks/length_classes.py", full=("--no-copy",),
           quick=("--no-copy", "--cases", "single-70b-gsm8k"),
           full_json=f"{DATA}/length_classes.json"),
+    Bench("ttft_targets", "benchmarks/ttft_targets.py", full=("--no-copy",),
+          quick=("--no-copy", "--seeds", "1"), full_json=f"{DATA}/ttft_targets.json"),
     Bench("real_traffic", "benchmarks/real_traffic.py", full=("--no-copy",),
           quick=("--no-copy", "--cases", "azure-conv"),
           full_json=f"{DATA}/real_traffic.json"),
