@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 from boute._planning import (
     add_planning_args,
     add_solver_args,
+    add_token_args,
     load_planning_problem,
     search_block,
     stop_rule_from,
+    token_targets,
 )
-from boute.plan_cli import add_token_args, token_targets
 from common.errors import BouteError
 
 if TYPE_CHECKING:

@@ -30,7 +30,8 @@ With TTFT / TPOT targets (``Goal.ttft_p95_s``, ``Goal.tpot_p95_s``) the problem 
 them (`Problem.with_token_targets`), every check also measures the group's TTFT and TPOT P95
 and its goodput (requests meeting every target), and a group holds only when both P95s meet
 their targets as well; one that misses has its config's capacity scaled by ``1 / over``
-(between 0.5 and `DERATE`), ``over`` the worst token P95 over its target. `Held.goodput` is
+(between 0.5 and `DERATE`; after the `DERATE` step of a group that misses with its P95 within
+target), ``over`` the worst token P95 over its target. `Held.goodput` is
 the plan's goodput: each group's over its traces, weighted by the group's load.
 
 With a window SLO (``Goal.slo``: P95 <= L in at least X of the W-second windows,
@@ -46,7 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -330,17 +331,17 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
             # `tuning.replay` does), saturated only past capacity on average.
             saturated = (res.saturated if not modulated else
                          trace.rate_rps >= 0.98 * cap or not np.isfinite(p95))
-            tokens: dict[str, object] = {}
+            tokens: dict[str, Any] = {}
             if ttft_p95_s is not None or tpot_p95_s is not None:
                 tokens = _token_fields(res, len(trace), ttft_p95_s, tpot_p95_s, goodput_p95_s)
                 tokens["load_rps"] = float(per_replica.sum()) * g.replicas
             out.append(GroupCheck(g.name, seed, float(per_replica.sum()), p95, target_s,
-                                  saturated, windows, slo, **tokens))  # type: ignore[arg-type]
+                                  saturated, windows, slo, **tokens))
     return out
 
 
 def _token_fields(res: SimResult, n: int, ttft_s: float | None, tpot_s: float | None,
-                  p95_s: float | None) -> dict[str, object]:
+                  p95_s: float | None) -> dict[str, Any]:
     """A run's TTFT / TPOT P95, the targets and its goodput over `n` requests (`resimulate`)."""
     good = np.ones(res.completed, dtype=bool)
     if p95_s is not None:

@@ -404,7 +404,7 @@ class Problem:
 
 
 def _max_rate_under(db: PerfDB, row: int, table: FloatArray, target_s: float) -> float:
-    """Highest rate of DB row `row` whose `table` value (a TTFT or TPOT P95) is <= `target_s`.
+    """Highest rate of DB config `row` whose `table` value (TTFT or TPOT P95) is <= `target_s`.
 
     Unsaturated rows only; the column made monotone in rate (running max) and inverted by
     linear interpolation, as `_capacity_table` does the P95: 0 when the lowest rate misses,
@@ -414,7 +414,8 @@ def _max_rate_under(db: PerfDB, row: int, table: FloatArray, target_s: float) ->
     rates = db.rates[row][ok]
     if len(rates) == 0:
         return 0.0
-    vals = np.nan_to_num(table[row][ok], nan=0.0)
+    vals = table[row][ok]
+    vals = np.where(np.isnan(vals), 0.0, vals)
     vals = np.maximum.accumulate(vals) + np.arange(len(vals)) * 1e-12
     if target_s < vals[0]:
         return 0.0
