@@ -156,6 +156,8 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("prefix_cache", "benchmarks/prefix_cache.py", full=("--no-copy",),
           quick=("--no-copy", "--num-rates", "10", "--seeds", "1"),
           full_json=f"{DATA}/prefix_cache.json"),
+    Bench("ttft_targets", "benchmarks/ttft_targets.py", full=("--no-copy",),
+          quick=("--no-copy", "--seeds", "1"), full_json=f"{DATA}/ttft_targets.json"),
     Bench("real_traffic", "benchmarks/real_traffic.py", full=("--no-copy",),
           quick=("--no-copy", "--cases", "azure-conv"),
           full_json=f"{DATA}/real_traffic.json"),

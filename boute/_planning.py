@@ -16,8 +16,8 @@ from common.errors import BouteError
 if TYPE_CHECKING:
     from tuning import Plan, Problem, SearchResult, StopRule
 
-__all__ = ["add_planning_args", "add_solver_args", "format_plan", "load_planning_problem",
-           "search_block", "stop_rule_from"]
+__all__ = ["add_planning_args", "add_solver_args", "add_token_args", "format_plan",
+           "load_planning_problem", "search_block", "stop_rule_from", "token_targets"]
 
 
 def add_planning_args(p: argparse.ArgumentParser) -> None:
@@ -143,6 +143,12 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"  quality {pr.quality:.3f}{norm}, P95 (every group) {pr.p95_s:.2f} s, "
                      f"system P95 {pr.system_p95_s:.2f} s, mean {pr.mean_s:.2f} s, "
                      f"${pr.cost_per_hour:.2f}/h, capacity {pr.capacity_rps:.1f} req/s")
+        tokens = [f"{name} P95 (worst group) {v:.3f} s" for name, v in (
+            ("TTFT", pr.ttft_p95_s), ("TPOT", pr.tpot_p95_s)) if v is not None]
+        if pr.goodput is not None:
+            tokens.append(f"goodput {100 * pr.goodput:.1f}% (fresh traces)")
+        if tokens:
+            lines.append("  " + ", ".join(tokens))
     lc = rt.length_classes
     if lc is not None:
         lines.append(f"  length classes: short = prompt + max_tokens <= {lc.threshold_tokens} "
@@ -156,3 +162,30 @@ def format_plan(plan: Plan) -> str:
                      f"{g.num_gpus:>6}{g.share:>8.3f}"
                      + ("" if g.length_class is None else f"{g.length_class:>7}"))
     return "\n".join(lines)
+
+
+def add_token_args(p: argparse.ArgumentParser) -> None:
+    """``--ttft-p95`` and ``--tpot-p95``: targets on time to first token / per output token."""
+    p.add_argument("--ttft-p95", type=float, default=None, metavar="S",
+                   help="maximum P95 time to first token, seconds: every replica group runs "
+                   "at a rate whose TTFT P95 (perf DB) meets it")
+    p.add_argument("--tpot-p95", type=float, default=None, metavar="S",
+                   help="maximum P95 time per output token, seconds (e.g. 0.05)")
+
+
+def token_targets(args: argparse.Namespace) -> tuple[float | None, float | None]:
+    """``(--ttft-p95, --tpot-p95)``, each None when not given.
+
+    Raises:
+        BouteError: a value that is not a positive finite number of seconds (named, with
+            the fix).
+
+    """
+    out = []
+    for flag, value in (("--ttft-p95", args.ttft_p95), ("--tpot-p95", args.tpot_p95)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise BouteError(f"{flag}={value:g} must be a positive number of seconds (e.g. "
+                             f"{flag} {'1' if flag == '--ttft-p95' else '0.05'}); leave it out "
+                             "for no target")
+        out.append(value)
+    return out[0], out[1]

@@ -1,4 +1,8 @@
-"""`boute compare`: the cheapest $/hour per baseline and BOute for each target (Table 3)."""
+"""`boute compare`: the cheapest $/hour per baseline and BOute for each target (Table 3).
+
+``--ttft-p95`` / ``--tpot-p95`` hold every system to those targets as well
+(`tuning.Problem.with_token_targets`).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 from boute._planning import (
     add_planning_args,
     add_solver_args,
+    add_token_args,
     load_planning_problem,
     search_block,
     stop_rule_from,
+    token_targets,
 )
 from common.errors import BouteError
 
@@ -26,6 +32,7 @@ def add_compare(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser("compare", help="cheapest $/hour per baseline and BOute (Table 3)")
     add_planning_args(p)
     p.add_argument("--targets", default=None, help="Q:SEC,... (default: the scenario's)")
+    add_token_args(p)
     add_solver_args(p, choices=("auto", "mobo", "exact"))
     p.set_defaults(run=_run_compare)
 
@@ -87,7 +94,11 @@ def _run_compare(args: argparse.Namespace) -> int:
     from tuning import BASELINES
     from tuning.paper import compare_targets
 
-    problem = load_planning_problem(args)
+    ttft_p95_s, tpot_p95_s = token_targets(args)
+    # every system (BOute and the baselines) plans with the token targets' rate caps
+    problem = load_planning_problem(args).with_token_targets(ttft_p95_s, tpot_p95_s)
+    tokens = "".join(f", {name} P95 <= {v:g} s" for name, v in (
+        ("TTFT", ttft_p95_s), ("TPOT", tpot_p95_s)) if v is not None)
     targets: list[tuple[Any, float]]
     if args.targets:
         targets = list(_parse_targets(args.targets))
@@ -103,14 +114,17 @@ def _run_compare(args: argparse.Namespace) -> int:
          "reduction": c.reduction, "allocation": c.allocation, "search": search_block(c.result)}
         for c in compare_targets(problem, targets, solver=args.solver, seed=args.seed,
                                  stop=rule)]
-    payload = {"scenario": problem.scenario.name, "solver": args.solver, "targets": columns}
+    payload: dict[str, Any] = {"scenario": problem.scenario.name, "solver": args.solver,
+                               "targets": columns}
+    if tokens:
+        payload["token_targets"] = {"ttft_p95_s": ttft_p95_s, "tpot_p95_s": tpot_p95_s}
     if not problem.is_pair:
         payload["not_applicable"] = ["RouteLLM-uniform"]
 
     def human() -> str:
         width = 16 if problem.is_pair else 18
         head = f"{'system':<20}" + "".join(f"{_target_text(*c):>{width}}" for c in targets)
-        lines = [f"cheapest $/hour meeting (quality, P95) on {problem.scenario.name} "
+        lines = [f"cheapest $/hour meeting (quality, P95){tokens} on {problem.scenario.name} "
                  "(- = no plan meets it" + ("" if problem.is_pair else
                                             "; RouteLLM-uniform: n/a for a ladder") + ")",
                  head]

@@ -1,4 +1,8 @@
-"""`boute evaluate`: the predicted metrics of a plan file on its scenario (or another)."""
+"""`boute evaluate`: the predicted metrics of a plan file on its scenario (or another).
+
+A plan made for TTFT / TPOT targets (its ``search.goal``) is evaluated under them: a group
+past its token rate cap is reported as saturated.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             args.scenario = plan.scenario["name"]
     lc = plan.routing.length_classes
     problem = load_planning_problem(args, None if lc is None else lc.threshold_tokens)
+    if plan.goal is not None:           # its TTFT / TPOT targets, if any (none: as loaded)
+        problem = problem.for_goal(plan.goal)
     evaluated = evaluate_plan(problem, plan)
 
     from boute._shared import emit

@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING, Any
 from boute._planning import (
     add_planning_args,
     add_solver_args,
+    add_token_args,
     format_plan,
     load_planning_problem,
     search_block,
     stop_rule_from,
+    token_targets,
 )
 from boute._shared import save_figure, stderr_note
 from common.errors import BouteError
@@ -31,6 +33,7 @@ def add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--quality", default=None, help="minimum quality; with several workloads "
                    "one per workload, NAME=Q,NAME=Q (e.g. math=89,chat=8.3)")
     p.add_argument("--p95", type=float, default=None, help="maximum P95 latency, seconds")
+    add_token_args(p)
     p.add_argument("--objective", default="pareto",
                    choices=["pareto", "min-cost", "max-throughput"])
     p.add_argument("--slo-attainment", type=float, default=None, metavar="PCT",
@@ -94,6 +97,7 @@ def _run_plan(args: argparse.Namespace) -> int:
 
     if args.p95 is not None and not args.p95 > 0:
         raise BouteError(f"--p95={args.p95} must be > 0 seconds")
+    ttft_p95_s, tpot_p95_s = token_targets(args)
     if args.resim_seeds < 0:
         raise BouteError(f"--resim-seeds={args.resim_seeds} must be >= 0 (0: no check)")
     options = PlanOptions(solver=args.solver, seed=args.seed, stop=stop_rule_from(args),
@@ -103,7 +107,7 @@ def _run_plan(args: argparse.Namespace) -> int:
     slo = window_slo(args)
     problem = load_planning_problem(args)
     quality, qualities = parse_quality(args.quality, problem.workloads)
-    goal = Goal(args.objective, quality, args.p95, qualities, slo)
+    goal = Goal(args.objective, quality, args.p95, qualities, slo, ttft_p95_s, tpot_p95_s)
     _note_daily_profiles(problem)
     chosen = choose_plan(problem, goal, options,
                          with_threshold=lambda tau: load_planning_problem(args, tau),
@@ -222,6 +226,16 @@ def _headroom_line(h: dict[str, Any]) -> str:
     if h["derated"]:
         head += (f"; re-planned {h['rounds'] - 1} time(s) with derated "
                  f"{', '.join(h['derated'])}")
+    if "tokens" in h:
+        t = h["tokens"]
+        parts = [f"TTFT P95 {t['worst_ttft_p95_s']:.3f} s vs {t['ttft_target_s']:g} s"
+                 ] if t["ttft_target_s"] is not None else []
+        if t["tpot_target_s"] is not None:
+            tpot = t["worst_tpot_p95_s"]
+            parts.append(f"TPOT P95 {'n/a' if tpot is None else f'{tpot:.4f}'} s vs "
+                         f"{t['tpot_target_s']:g} s")
+        head += (f"\ntokens (worst group, worst fresh trace): {', '.join(parts)}; goodput "
+                 f"{100 * t['goodput']:.1f}% of requests meet every target")
     if "slo" in h:
         slo = h["slo"]
         head += (f"\nSLO: P95 <= {worst['target_s']:g} s in >= {100 * slo['attainment']:g}% "
@@ -233,8 +247,11 @@ def _headroom_line(h: dict[str, Any]) -> str:
 def _no_plan_message(goal: Any, problem: Problem) -> str:
     quality = (goal.quality if goal.qualities is None else
                dict(zip(problem.workloads, goal.qualities, strict=True)))
+    tokens = "".join(f", {name} P95 <= {v:g} s" for name, v in (
+        ("TTFT", goal.ttft_p95_s), ("TPOT", goal.tpot_p95_s)) if v is not None)
     return (f"no plan meets the goal ({goal.mode}, quality >= {quality}, P95 <= "
-            f"{goal.p95_s} s, budget ${problem.budget:g}/h); relax a target or the budget")
+            f"{goal.p95_s} s{tokens}, budget ${problem.budget:g}/h); relax a target or the "
+            "budget")
 
 
 def _front_rows(problem: Problem, result: SearchResult) -> list[dict[str, float]]:

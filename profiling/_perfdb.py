@@ -326,7 +326,8 @@ class PerfDB:
         self.quantile_levels = np.asarray(self.meta["quantiles"], dtype=np.float64)
         cols = {name: table.column(name).to_numpy(zero_copy_only=False)
                 for name in ("model", "gpu", "tp", "pp", "rate_rps", "capacity_rps",
-                             "saturated", "latency_mean_s", "price_per_hour")}
+                             "saturated", "latency_mean_s", "price_per_hour", "ttft_p95_s",
+                             "tpot_p95_s")}
         keys = list(zip(cols["model"].tolist(), cols["gpu"].tolist(), cols["tp"].tolist(),
                         cols["pp"].tolist(), strict=True))
         self.keys: list[ConfigKey] = sorted(set(keys))
@@ -337,6 +338,9 @@ class PerfDB:
         self.rates = np.full((c, r), np.inf)
         self.quantiles = np.full((c, r, q), np.inf)
         self.mean = np.full((c, r), np.inf)
+        # TTFT / TPOT P95 per row (NaN TPOT: every output one token long, no decode step)
+        self.ttft_p95 = np.full((c, r), np.inf)
+        self.tpot_p95 = np.full((c, r), np.inf)
         self.saturated = np.ones((c, r), dtype=bool)
         self.capacity = np.zeros(c)
         self.price_per_hour = np.zeros(c)
@@ -350,6 +354,8 @@ class PerfDB:
             self.rates[ci, j] = cols["rate_rps"][row]
             self.quantiles[ci, j] = quant[row]
             self.mean[ci, j] = cols["latency_mean_s"][row]
+            self.ttft_p95[ci, j] = cols["ttft_p95_s"][row]
+            self.tpot_p95[ci, j] = cols["tpot_p95_s"][row]
             self.saturated[ci, j] = cols["saturated"][row]
             self.capacity[ci] = cols["capacity_rps"][row]
             self.price_per_hour[ci] = cols["price_per_hour"][row]
@@ -492,6 +498,38 @@ class PerfDB:
 
         """
         config = np.asarray(config, dtype=np.int64)
+        lo, hi, w, sat = self._bracket(config, rate_rps)
+        q_lo, q_hi = self.quantiles[config, lo], self.quantiles[config, hi]
+        m_lo, m_hi = self.mean[config, lo], self.mean[config, hi]
+        use_hi = (w > 0)[:, None]
+        with np.errstate(invalid="ignore"):
+            quant = np.where(use_hi, (1 - w)[:, None] * q_lo + w[:, None] * q_hi, q_lo)
+            mean = np.where(w > 0, (1 - w) * m_lo + w * m_hi, m_lo)
+        quant[sat] = np.inf
+        mean[sat] = np.inf
+        return quant, mean, sat
+
+    def token_p95(self, config: IntArray, rate_rps: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """TTFT and TPOT P95 at per-replica rates, interpolated in rate as `lookup` does.
+
+        Returns:
+            ``(N,)`` TTFT P95 and ``(N,)`` TPOT P95, seconds (+inf when saturated; a NaN TPOT
+            means outputs of one token, no decode step to time).
+
+        """
+        config = np.asarray(config, dtype=np.int64)
+        lo, hi, w, sat = self._bracket(config, rate_rps)
+        out = []
+        for col in (self.ttft_p95, self.tpot_p95):
+            a, b = col[config, lo], col[config, hi]
+            with np.errstate(invalid="ignore"):
+                v = np.where(w > 0, (1 - w) * a + w * b, a)
+            out.append(np.where(sat, np.inf, v))
+        return out[0], out[1]
+
+    def _bracket(self, config: IntArray, rate_rps: FloatArray
+                 ) -> tuple[IntArray, IntArray, FloatArray, BoolArray]:
+        """Grid rows around each rate (``lo``, ``hi``), the weight of ``hi``, saturation."""
         rate = np.asarray(rate_rps, dtype=np.float64)
         grid = self.rates[config]                                   # (N, R)
         hi = (grid < rate[:, None]).sum(axis=1)
@@ -504,18 +542,10 @@ class PerfDB:
         with np.errstate(invalid="ignore", divide="ignore"):
             w = np.where((span > 0) & np.isfinite(span), (rate - r_lo) / span, 0.0)
         w = np.clip(w, 0.0, 1.0)
-        q_lo, q_hi = self.quantiles[config, lo], self.quantiles[config, hi]
-        m_lo, m_hi = self.mean[config, lo], self.mean[config, hi]
         s_lo, s_hi = self.saturated[config, lo], self.saturated[config, hi]
         beyond = rate > r_hi                                        # past the grid
         sat = s_lo | (s_hi & (w > 0)) | beyond
-        use_hi = (w > 0)[:, None]
-        with np.errstate(invalid="ignore"):
-            quant = np.where(use_hi, (1 - w)[:, None] * q_lo + w[:, None] * q_hi, q_lo)
-            mean = np.where(w > 0, (1 - w) * m_lo + w * m_hi, m_lo)
-        quant[sat] = np.inf
-        mean[sat] = np.inf
-        return quant, mean, sat
+        return lo, hi, w, sat
 
     def max_rate_under(self, config: int, p95_s: float) -> float:
         """Highest grid rate of a config whose P95 latency is at most `p95_s` (0 if none)."""

@@ -18,7 +18,10 @@ For plan b and model m with load ``lambda_m`` (see `tuning._problem`):
   L (the target, or the ceiling): ``alpha = min_m C_m(L) / lambda_m``.
 
 Constraints: budget, GPU stock per type, TP within a node, memory fit (the config is in the DB)
-and no saturation. `explain` names each violated constraint and by how much.
+and no saturation. `explain` names each violated constraint and by how much. TTFT / TPOT
+targets are in the capacity tables already (`Problem.with_token_targets`): a group past its
+token rate cap counts as saturated, and `plan_from_arrays` then reports the worst group's TTFT
+and TPOT P95 at its rate.
 
 **Ladders** (K models, W workloads; `PlanArrays.shares` set): model m's load is
 ``lambda_m = sum_w s_{w,m} lambda_w`` and each of its groups serves the mix ``f_w =
@@ -328,8 +331,15 @@ def explain(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b: int =
             top = float((reps[ok] * _slot_caps(problem, view)[ok, -1]).sum())
             out.append(f"saturation: {problem.lane_name(m)} gets {loads[m]:.2f} req/s but its "
                        f"groups serve at most {top:.2f} req/s with P95 <= "
-                       f"{problem.ceiling_s:g} s (short by {loads[m] - top:.2f} req/s)")
+                       f"{problem.ceiling_s:g} s{_token_text(problem)} (short by "
+                       f"{loads[m] - top:.2f} req/s)")
     return out
+
+
+def _token_text(problem: Problem) -> str:
+    """``, TTFT P95 <= T s, TPOT P95 <= U s`` for the targets the problem is clipped to."""
+    return "".join(f", {name} P95 <= {v:g} s" for name, v in (
+        ("TTFT", problem.ttft_p95_s), ("TPOT", problem.tpot_p95_s)) if v is not None)
 
 
 def _slot_caps(problem: Problem, one: PlanArrays) -> FloatArray:
@@ -340,8 +350,8 @@ def _slot_caps(problem: Problem, one: PlanArrays) -> FloatArray:
 
 
 def _detail(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b: int
-            ) -> tuple[list[float], float, float]:
-    """Group shares within their lane, system P95 and mean latency of plan `b`.
+            ) -> tuple[list[float], float, float, tuple[float, float]]:
+    """Group shares within their lane, system P95, mean latency, worst TTFT / TPOT P95 of `b`.
 
     One code path for every shape: a pair's plan is the ladder's with shares
     ``(1 - s, s)`` of its one workload. Within a lane, groups take load in proportion to
@@ -350,7 +360,9 @@ def _detail(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b: int
     run as its DB's do at the same utilization of the group's mix capacity
     (``u cap_w(x_m*)``, the harmonic model of `tuning._problem`). The system P95 is the
     mixture quantile of every (group, workload) latency distribution weighted by its
-    request share; the mean is the weighted mean.
+    request share; the mean is the weighted mean. With token targets
+    (`Problem.with_token_targets`) the highest TTFT and TPOT P95 of any (group, workload) at
+    the same rates (``(nan, nan)`` without).
     """
     view = _with_shares(plans, b)
     cfg, reps = view.config[0], view.replicas[0]
@@ -361,6 +373,9 @@ def _detail(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b: int
     one = len(problem.workloads) == 1
     shares = [0.0] * len(cfg)
     quants, means, weights = [], [], []
+    tokens = problem.ttft_p95_s is not None or problem.tpot_p95_s is not None
+    ttft: list[float] = []
+    tpot: list[float] = []
     for m in range(problem.num_lanes):
         idx = [i for i, c in enumerate(cfg) if c >= 0 and problem.cfg_lane[c] == m]
         if not idx or loads[m] <= 0:
@@ -387,13 +402,20 @@ def _detail(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b: int
                     np.array([problem.cfg_dbs[w, cfg[i]]]), np.array([rate]))
                 quants.append(q[0])
                 means.append(float(mean[0]))
+                if tokens:
+                    tt, tp = problem.stream_db(w, cfg[i]).token_p95(
+                        np.array([problem.cfg_dbs[w, cfg[i]]]), np.array([rate]))
+                    ttft.append(float(tt[0]))
+                    tpot.append(float(tp[0]))
                 weights.append(lam[j] * wl[w, m] / problem.rate_rps)
+    worst = (max(ttft, default=math.nan), max((v for v in tpot if not math.isnan(v)),
+                                               default=math.nan))
     if not weights:
-        return shares, 0.0, 0.0
+        return shares, 0.0, 0.0, worst
     wts = np.asarray(weights)
     p95 = float(mixture_quantile(np.asarray(quants)[None], wts[None],
                                  list(problem.db.quantile_levels), 0.95)[0])
-    return shares, p95, float((wts * np.asarray(means)).sum() / wts.sum())
+    return shares, p95, float((wts * np.asarray(means)).sum() / wts.sum()), worst
 
 
 def _with_shares(plans: PlanArrays, b: int) -> PlanArrays:
@@ -407,7 +429,7 @@ def _with_shares(plans: PlanArrays, b: int) -> PlanArrays:
 def plan_from_arrays(problem: Problem, plans: PlanArrays, metrics: BatchMetrics, b: int,
                      extra: dict[str, object] | None = None) -> Plan:
     """Plan `b` of a batch as a `Plan` with predicted metrics and optimized shares."""
-    shares, sys_p95, mean = _detail(problem, plans, metrics, b)
+    shares, sys_p95, mean, (ttft, tpot) = _detail(problem, plans, metrics, b)
     groups = []
     for i, c in enumerate(plans.config[b]):
         if c < 0 or plans.replicas[b, i] <= 0:
@@ -432,7 +454,9 @@ def plan_from_arrays(problem: Problem, plans: PlanArrays, metrics: BatchMetrics,
         p95_s=float(metrics.p95_s[b]), system_p95_s=sys_p95, mean_s=mean,
         quality=float(metrics.quality[b]), cost_per_hour=float(metrics.cost_per_hour[b]),
         throughput_rps=problem.rate_rps if feasible else 0.0,
-        capacity_rps=float(metrics.capacity_rps[b]))
+        capacity_rps=float(metrics.capacity_rps[b]),
+        ttft_p95_s=None if problem.ttft_p95_s is None else ttft,
+        tpot_p95_s=None if problem.tpot_p95_s is None else tpot)
     return Plan(routing, tuple(groups), predicted, scenario_summary(problem), dict(extra or {}))
 
 
@@ -467,6 +491,9 @@ def scenario_summary(problem: Problem) -> dict[str, object]:
 
 def evaluate_plan(problem: Problem, plan: Plan, p95_target_s: float | None = None) -> Plan:
     """Predicted metrics of any plan, with its groups' shares re-optimized.
+
+    Token targets: pass ``problem.with_token_targets(...)`` (``boute evaluate`` uses the
+    plan's own goal's).
 
     Raises:
         InfeasiblePlanError: a constraint is violated (each one named, with its amount); a

@@ -26,6 +26,14 @@ stretches of the whole file, thinned to the group's rate; a ``modulated`` worklo
 new stream. A plan that holds on Poisson arrivals but not on the workload's bursts is caught
 here.
 
+With TTFT / TPOT targets (``Goal.ttft_p95_s``, ``Goal.tpot_p95_s``) the problem is clipped to
+them (`Problem.with_token_targets`), every check also measures the group's TTFT and TPOT P95
+and its goodput (requests meeting every target), and a group holds only when both P95s meet
+their targets as well; one that misses has its config's capacity scaled by ``1 / over``
+(between 0.5 and `DERATE`; after the `DERATE` step of a group that misses with its P95 within
+target), ``over`` the worst token P95 over its target. `Held.goodput` is
+the plan's goodput: each group's over its traces, weighted by the group's load.
+
 With a window SLO (``Goal.slo``: P95 <= L in at least X of the W-second windows,
 `tuning._slo`) a group is judged by its window attainment on fresh traces long enough for
 `MIN_WINDOWS` windows, pooled over the seeds (`verdicts`); when one misses, every config of
@@ -39,7 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -50,6 +58,7 @@ from profiling import (
     NamedWorkload,
     ReplicaModel,
     Scenario,
+    SimResult,
     ThinnedTraffic,
     Trace,
     capacity_rps,
@@ -89,11 +98,27 @@ class GroupCheck:
     saturated: bool
     window_p95s: tuple[float, ...] | None = None
     slo: WindowSLO | None = None
+    ttft_p95_s: float = math.nan
+    tpot_p95_s: float = math.nan
+    ttft_target_s: float | None = None
+    tpot_target_s: float | None = None
+    goodput: float | None = None       # share of the trace's requests meeting every target
+    load_rps: float = 0.0              # the group's whole load (all replicas)
 
     @property
     def holds(self) -> bool:
-        """P95 at or below the target, unsaturated."""
-        return not self.saturated and self.p95_s <= self.target_s
+        """P95 at or below the target, unsaturated, TTFT / TPOT P95 within theirs."""
+        return not self.saturated and self.p95_s <= self.target_s and self.token_over <= 1.0
+
+    @property
+    def token_over(self) -> float:
+        """The worst TTFT / TPOT P95 over its target (0: no token target; a NaN TPOT meets)."""
+        out = 0.0
+        for value, target in ((self.ttft_p95_s, self.ttft_target_s),
+                              (self.tpot_p95_s, self.tpot_target_s)):
+            if target is not None and not math.isnan(value):
+                out = max(out, value / target)
+        return out
 
     @property
     def over(self) -> float:
@@ -112,6 +137,7 @@ class Verdict(NamedTuple):
     holds: bool
     over: float
     attainment: float | None        # pooled window attainment (None: no window SLO)
+    token_over: float = 0.0         # worst TTFT / TPOT P95 over its target (0: none)
 
 
 def verdicts(checks: Sequence[GroupCheck]) -> dict[str, Verdict]:
@@ -128,15 +154,16 @@ def verdicts(checks: Sequence[GroupCheck]) -> dict[str, Verdict]:
         mine = [c for c in checks if c.group == name]
         slo = mine[0].slo
         pooled = [w for c in mine for w in (c.window_p95s or ())]
+        token = max((c.token_over for c in mine if not c.saturated), default=0.0)
         if slo is None or not pooled:
             over = max((c.over for c in mine if not c.saturated), default=0.0)
-            out[name] = Verdict(all(c.holds for c in mine), over, None)
+            out[name] = Verdict(all(c.holds for c in mine), over, None, token)
             continue
         target = mine[0].target_s
         share = float(np.mean(np.asarray(pooled) <= target))
         over = float(np.quantile(pooled, slo.attainment)) / target
-        out[name] = Verdict(not any(c.saturated for c in mine)
-                            and share >= slo.attainment - 1e-12, over, share)
+        out[name] = Verdict(not any(c.saturated for c in mine) and token <= 1.0
+                            and share >= slo.attainment - 1e-12, over, share, token)
     return out
 
 
@@ -236,8 +263,9 @@ def _mixed(parts: Sequence[Trace]) -> Trace:
 
 def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: float,
                seeds: Sequence[int] = FRESH_SEEDS, num_requests: int = 2000,
-               hardware_profiles: str | None = None, slo: WindowSLO | None = None
-               ) -> list[GroupCheck]:
+               hardware_profiles: str | None = None, slo: WindowSLO | None = None,
+               ttft_p95_s: float | None = None, tpot_p95_s: float | None = None,
+               goodput_p95_s: float | None = None) -> list[GroupCheck]:
     """Every group of `plan` on fresh traffic, one check per (group, seed).
 
     Args:
@@ -250,6 +278,14 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
             windows, up to `MAX_CHECK_REQUESTS`).
         hardware_profiles: as for the perf DB (the GPU efficiencies it was built with).
         slo: judge each group by its window attainment (`GroupCheck`).
+        ttft_p95_s: a TTFT target each group's TTFT P95 must meet too (None: none).
+        tpot_p95_s: a TPOT target each group's TPOT P95 must meet too (None: none).
+        goodput_p95_s: with a token target, the end-to-end latency a request must meet to
+            count in `GroupCheck.goodput` (None: none; the goal's ``p95_s``).
+
+    With a token target each check also holds its goodput: the share of the trace's requests
+    (unfinished ones fail) with latency <= `goodput_p95_s`, TTFT <= `ttft_p95_s` and TPOT <=
+    `tpot_p95_s` (those set; a one-token answer has no TPOT and meets it).
 
     """
     from profiling import spec_calibration
@@ -300,9 +336,30 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
             # `tuning.replay` does), saturated only past capacity on average.
             saturated = (res.saturated if not modulated else
                          trace.rate_rps >= 0.98 * cap or not np.isfinite(p95))
+            tokens: dict[str, Any] = {}
+            if ttft_p95_s is not None or tpot_p95_s is not None:
+                tokens = _token_fields(res, len(trace), ttft_p95_s, tpot_p95_s, goodput_p95_s)
+                tokens["load_rps"] = float(per_replica.sum()) * g.replicas
             out.append(GroupCheck(g.name, seed, float(per_replica.sum()), p95, target_s,
-                                  saturated, windows, slo))
+                                  saturated, windows, slo, **tokens))
     return out
+
+
+def _token_fields(res: SimResult, n: int, ttft_s: float | None, tpot_s: float | None,
+                  p95_s: float | None) -> dict[str, Any]:
+    """A run's TTFT / TPOT P95, the targets and its goodput over `n` requests (`resimulate`)."""
+    good = np.ones(res.completed, dtype=bool)
+    if p95_s is not None:
+        good &= res.latency_s <= p95_s
+    if ttft_s is not None:
+        good &= res.ttft_s <= ttft_s
+    if tpot_s is not None:
+        good &= np.isnan(res.tpot_s) | (res.tpot_s <= tpot_s)
+    tpot = res.tpot_s[~np.isnan(res.tpot_s)]
+    return {"ttft_p95_s": float(np.quantile(res.ttft_s, 0.95)) if res.completed else math.inf,
+            "tpot_p95_s": float(np.quantile(tpot, 0.95)) if tpot.size else math.nan,
+            "ttft_target_s": ttft_s, "tpot_target_s": tpot_s,
+            "goodput": float(good.sum()) / max(n, 1)}
 
 
 def model_shares(problem: Problem, plan: Plan) -> np.ndarray:
@@ -350,6 +407,24 @@ class Held:
         """A plan, and every group met its target on its fresh traces (`verdicts`)."""
         return self.plan is not None and all(v.holds for v in verdicts(self.checks).values())
 
+    @property
+    def goodput(self) -> float | None:
+        """Share of requests meeting every target over the fresh traces (None: no token target).
+
+        ``sum_g lambda_g mean_seeds(goodput_g) / sum_g lambda_g``, ``lambda_g`` the group's
+        load: each group counts as its share of the plan's requests.
+        """
+        mine = [c for c in self.checks if c.goodput is not None]
+        if not mine:
+            return None
+        by_group: dict[str, list[GroupCheck]] = {}
+        for c in mine:
+            by_group.setdefault(c.group, []).append(c)
+        load = {g: cs[0].load_rps for g, cs in by_group.items()}
+        total = sum(load.values())
+        return sum(load[g] * float(np.mean([c.goodput for c in cs]))
+                   for g, cs in by_group.items()) / total if total > 0 else None
+
     def summary(self) -> dict[str, object]:
         """The JSON block of plan outputs."""
         worst = max(self.checks, key=lambda c: c.over, default=None)
@@ -359,6 +434,15 @@ class Held:
             "worst": None if worst is None else {
                 "group": worst.group, "seed": worst.seed, "p95_s": worst.p95_s,
                 "target_s": worst.target_s, "saturated": worst.saturated}}
+        tokens = [c for c in self.checks if c.goodput is not None]
+        if tokens:
+            out["tokens"] = {
+                "ttft_target_s": tokens[0].ttft_target_s,
+                "tpot_target_s": tokens[0].tpot_target_s,
+                "worst_ttft_p95_s": max(c.ttft_p95_s for c in tokens),
+                "worst_tpot_p95_s": max((c.tpot_p95_s for c in tokens
+                                         if not math.isnan(c.tpot_p95_s)), default=None),
+                "goodput": self.goodput}
         slo = next((c.slo for c in self.checks if c.slo is not None), None)
         if slo is not None:
             # Predicted attainment: each group's windows pooled over its fresh traces; the
@@ -398,6 +482,7 @@ def hold(problem: Problem, goal: Goal, run: Callable[[Problem], SearchResult],
         hardware_profiles: as for the perf DB.
 
     """
+    problem = problem.for_goal(goal)
     derate: dict[int, tuple[float, float]] = {}
     tighten: dict[tuple[int, int], float] = {}      # lane (model, class) -> capacity factor
     current = problem
@@ -415,7 +500,9 @@ def hold(problem: Problem, goal: Goal, run: Callable[[Problem], SearchResult],
         target = (goal.p95_s if goal.p95_s is not None and goal.mode != "pareto"
                   else plan.predicted.p95_s * (1 + PARETO_TOLERANCE))
         checks = resimulate(problem, plan, catalog, target_s=target, seeds=seeds,
-                            hardware_profiles=hardware_profiles, slo=goal.slo)
+                            hardware_profiles=hardware_profiles, slo=goal.slo,
+                            ttft_p95_s=goal.ttft_p95_s, tpot_p95_s=goal.tpot_p95_s,
+                            goodput_p95_s=goal.p95_s)
         judged = verdicts(checks)
         if all(v.holds for v in judged.values()) or rounds > MAX_ROUNDS:
             return Held(res, plan, checks, rounds, _names(problem, derate),
@@ -446,6 +533,11 @@ def hold(problem: Problem, goal: Goal, run: Callable[[Problem], SearchResult],
                     a *= DERATE
                 if over > 1.0:
                     r *= over * 1.01
+            token = judged[g.name].token_over
+            if token > 1.0:
+                # A TTFT / TPOT P95 over its target: the config's token rate cap is too high;
+                # its capacity times 1 / over (at least halved, at most 0.98).
+                a *= max(0.5, min(DERATE, 1.0 / token))
             derate[c] = (a, r)
         factors = dict(derate)
         for c in range(problem.num_configs):

@@ -12,7 +12,11 @@ all choose a plan here, so the same window and goal give the same plan whichever
    ``length_classes``, steps 1-2 run without classes and with each candidate threshold
    (``with_threshold(tau)`` builds that problem) and the best plan that holds wins;
 4. **extras**: the plan carries its goal (`Plan.goal`, written as ``search.goal``), its
-   search (solver, objective), the headroom summary and the length-class tries.
+   search (solver, objective), the headroom summary and the length-class tries; with a TTFT
+   or TPOT target, its goodput on the fresh traces (`Predicted.goodput`).
+
+A goal's TTFT / TPOT targets clip the problem's capacity tables first
+(`Problem.for_goal`); `Chosen.problem` is that clipped problem.
 """
 
 from __future__ import annotations
@@ -138,6 +142,7 @@ def choose_plan(problem: Problem, goal: Goal, options: PlanOptions | None = None
 
     """
     options = options or PlanOptions()
+    problem = problem.for_goal(goal)       # the token targets' rate caps (none: itself)
     cat = catalog if catalog is not None else load_catalog()
 
     def held_plan(pr: Problem) -> Held:
@@ -156,7 +161,8 @@ def choose_plan(problem: Problem, goal: Goal, options: PlanOptions | None = None
         build = with_threshold
         lengths = choose(length_thresholds(problem.scenario) if thresholds is None
                          else tuple(thresholds),
-                         lambda tau: problem if tau is None else build(tau), held_plan, goal)
+                         lambda tau: problem if tau is None else build(tau).for_goal(goal),
+                         held_plan, goal)
         problem, held = lengths.problem, lengths.held
     else:
         held = held_plan(problem)
@@ -174,4 +180,6 @@ def choose_plan(problem: Problem, goal: Goal, options: PlanOptions | None = None
         if lengths is not None:
             extra["length_classes"] = lengths.summary()
         plan = replace(held.plan.with_extra(extra), goal=goal)
+        if held.goodput is not None and plan.predicted is not None:
+            plan = plan.with_predicted(replace(plan.predicted, goodput=held.goodput))
     return Chosen(problem, held.result, plan, held, lengths)

@@ -4,10 +4,14 @@
 {"routing": {"strong_share": s, "threshold": t, "router": name},
  "groups": [{"model", "gpu", "tp", "pp", "replicas", "share"}, ...],
  "predicted": {"p95_s", "system_p95_s", "mean_s", "quality", "cost_per_hour",
-               "throughput_rps", "capacity_rps"},
+               "throughput_rps", "capacity_rps", ["ttft_p95_s", "tpot_p95_s", "goodput"]},
  "scenario": {"name", "rate_rps", "budget_per_hour", "task", "models", "gpus", "spec"},
- "search": {..., "goal": {"mode", "quality", "p95_s", "qualities", "slo"}}, ...}
+ "search": {..., "goal": {"mode", "quality", "p95_s", "qualities", "slo", "ttft_p95_s",
+                               "tpot_p95_s"}}, ...}
 ```
+
+The bracketed ``predicted`` keys are written only for a goal with a TTFT or TPOT target
+(`Goal.ttft_p95_s`, `Goal.tpot_p95_s`; ``goodput`` only after the headroom check).
 
 ``share`` is the share of *its model's* load that a group receives (shares of one model's groups
 sum to 1). ``predicted`` is optional on input (`boute evaluate` recomputes it).
@@ -201,6 +205,12 @@ class Predicted:
         throughput_rps: request rate served (the scenario's rate when feasible).
         capacity_rps: highest total rate (same routing) at which every group keeps P95 <=
             the scenario ceiling, or the target P95 when one was given.
+        ttft_p95_s, tpot_p95_s: the highest TTFT / TPOT P95 of any group at its per-replica
+            rate (perf DB); set only when the plan was made for a TTFT or TPOT target.
+        goodput: the share of requests meeting every target of the goal (end-to-end latency
+            <= ``p95_s``, TTFT <= ``ttft_p95_s``, TPOT <= ``tpot_p95_s``, those set), over the
+            headroom check's fresh traces, each group weighted by its load; set only with a
+            TTFT or TPOT target and a check.
 
     """
 
@@ -211,6 +221,17 @@ class Predicted:
     cost_per_hour: float
     throughput_rps: float
     capacity_rps: float
+    ttft_p95_s: float | None = None
+    tpot_p95_s: float | None = None
+    goodput: float | None = None
+
+    def to_dict(self) -> dict[str, float]:
+        """The JSON object; the optional fields only when set."""
+        return {k: v for k, v in asdict(self).items()
+                if v is not None or k not in _OPTIONAL_PREDICTED}
+
+
+_OPTIONAL_PREDICTED = ("ttft_p95_s", "tpot_p95_s", "goodput")
 
 
 @dataclass(frozen=True)
@@ -289,7 +310,7 @@ class Plan:
         out: dict[str, Any] = {
             "routing": self.routing.to_dict(),
             "groups": [g.to_dict() for g in self.groups],
-            "predicted": asdict(self.predicted) if self.predicted else None,
+            "predicted": self.predicted.to_dict() if self.predicted else None,
             "scenario": self.scenario,
             **self.extra,
         }
@@ -332,8 +353,11 @@ class Plan:
                 w: (v.short, v.long) for w, v in lc.shares.items()}))
         extra = {k: v for k, v in data.items() if k not in _PlanFile.model_fields}
         try:                  # leniently (null: inf), as `boute evaluate` recomputes it
-            predicted = Predicted(**{k: math.inf if (v := f.predicted.get(k)) is None else
-                                     float(v) for k in Predicted.__dataclass_fields__})
+            values: dict[str, Any] = {
+                k: (None if k in _OPTIONAL_PREDICTED else math.inf)
+                if (v := f.predicted.get(k)) is None else float(v)
+                for k in Predicted.__dataclass_fields__}
+            predicted = Predicted(**values)
         except (AttributeError, TypeError, ValueError):   # not an object, a bad number
             predicted = None
         plan = cls(routing, tuple(Group(**g.model_dump()) for g in f.groups), predicted,

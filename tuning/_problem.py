@@ -39,6 +39,19 @@ class)``. Lane l gets ``lambda_{w,l} = s_{w,m} p_{w,class} lambda_w`` (routing b
 does not look at length), and everything above holds with lanes in place of models: each
 lane's groups meet ``x_l*`` on what they serve, the planning P95 is ``max_l x_l*``. Without
 classes there is one lane per model and nothing changes.
+
+**Token targets** (`Problem.with_token_targets`: a TTFT P95 target ``T`` and/or a TPOT P95
+target ``U``). Each stream's DB also holds every row's TTFT and TPOT P95; made monotone in
+rate (running max) and inverted like the P95, they give ``R^ttft_{w,c}(T)``, the highest
+per-replica rate at which config c keeps its TTFT P95 <= T on workload w (0 when even its
+lowest rate misses, its last unsaturated rate when every row meets it), and likewise
+``R^tpot_{w,c}(U)``. A replica meets the token targets up to ``R_{w,c} = min(R^ttft, R^tpot)``
+whatever latency level it runs at, so the capacity table becomes ``cap_w[c, k] <- min(cap_w[c,
+k], R_{w,c})``: one clip, here, and every searcher (the exact DP, MOBO's encodings, the ladder,
+the baselines, the level program) and the evaluator plan with it. A model whose clipped
+capacity cannot carry its load is saturated (infeasible); water-filling never gives a group
+more than ``R`` per replica, so every group the planner uses meets the targets at its load.
+Mixes combine the clipped tables harmonically, as above.
 """
 
 from __future__ import annotations
@@ -63,6 +76,7 @@ from profiling import (
     request_tokens,
 )
 
+from ._goal import Goal
 from ._plan import LENGTH_CLASSES, length_spans
 
 __all__ = [
@@ -128,6 +142,8 @@ class Problem:
         cfg_class: ``(C,)`` class of each config.
         pair_fast_path: plan two models and one workload with the pair's fast paths (the
             default); off: as the general ladder.
+        ttft_p95_s, tpot_p95_s: the token targets ``caps`` is clipped for
+            (`with_token_targets`); None: none.
 
     The data model is workload-indexed (a pair is the ladder with K = 2 and one workload);
     ``db``, ``cfg_db``, ``cap`` and ``pair_quality`` are views of it.
@@ -160,6 +176,8 @@ class Problem:
     class_share: FloatArray | None = None
     cfg_class: IntArray | None = None
     pair_fast_path: bool = True
+    ttft_p95_s: float | None = None
+    tpot_p95_s: float | None = None
 
     # -- views of the workload-indexed data -----------------------------------------------
     @property
@@ -195,6 +213,47 @@ class Problem:
                 or self.classes):
             return None
         return self.cascades[0].pair
+
+    def token_caps(self, ttft_p95_s: float | None, tpot_p95_s: float | None) -> FloatArray:
+        """``(W, C)`` highest per-replica rate meeting both token targets (module docstring).
+
+        +inf where no target is set.
+        """
+        out = np.full(self.caps.shape[:2], np.inf)
+        for w in range(len(self.workloads)):
+            for c in range(self.num_configs):
+                db, row = self.stream_db(w, c), int(self.cfg_dbs[w, c])
+                for target, table in ((ttft_p95_s, db.ttft_p95), (tpot_p95_s, db.tpot_p95)):
+                    if target is not None:
+                        out[w, c] = min(out[w, c], _max_rate_under(db, row, table, target))
+        return out
+
+    def with_token_targets(self, ttft_p95_s: float | None, tpot_p95_s: float | None
+                           ) -> Problem:
+        """The problem with its capacity tables clipped to the token targets.
+
+        ``cap_w[c, k] <- min(cap_w[c, k], R_{w,c})`` (module docstring). Itself when both are
+        None (a clipped problem stays clipped; unclipped, the paper's presets plan exactly as
+        before) or already applied.
+
+        Raises:
+            BouteError: the problem is already clipped to other targets (clip the unclipped
+                problem instead).
+
+        """
+        if (ttft_p95_s is None and tpot_p95_s is None) or (
+                (ttft_p95_s, tpot_p95_s) == (self.ttft_p95_s, self.tpot_p95_s)):
+            return self
+        if self.ttft_p95_s is not None or self.tpot_p95_s is not None:
+            raise BouteError(f"this problem's capacities are already clipped to TTFT P95 <= "
+                             f"{self.ttft_p95_s} s, TPOT P95 <= {self.tpot_p95_s} s; apply "
+                             "other token targets to the problem as loaded")
+        caps = np.minimum(self.caps, self.token_caps(ttft_p95_s, tpot_p95_s)[..., None])
+        return replace(self, caps=caps, ttft_p95_s=ttft_p95_s, tpot_p95_s=tpot_p95_s)
+
+    def for_goal(self, goal: Goal) -> Problem:
+        """`with_token_targets` of the goal's ``ttft_p95_s`` / ``tpot_p95_s``."""
+        return self.with_token_targets(goal.ttft_p95_s, goal.tpot_p95_s)
 
     # -- derived quantities ----------------------------------------------------------------
     @property
@@ -342,6 +401,25 @@ class Problem:
         out = (1 - w) * self.cap[:, lo] + w * self.cap[:, hi]
         out[:, pos < 0] = 0.0
         return np.asarray(out[:, 0] if np.ndim(x_s) == 0 else out, dtype=np.float64)
+
+
+def _max_rate_under(db: PerfDB, row: int, table: FloatArray, target_s: float) -> float:
+    """Highest rate of DB config `row` whose `table` value (TTFT or TPOT P95) is <= `target_s`.
+
+    Unsaturated rows only; the column made monotone in rate (running max) and inverted by
+    linear interpolation, as `_capacity_table` does the P95: 0 when the lowest rate misses,
+    the last unsaturated rate when every row meets it. NaN values (no decode step) meet it.
+    """
+    ok = ~db.saturated[row] & np.isfinite(db.rates[row])
+    rates = db.rates[row][ok]
+    if len(rates) == 0:
+        return 0.0
+    vals = table[row][ok]
+    vals = np.where(np.isnan(vals), 0.0, vals)
+    vals = np.maximum.accumulate(vals) + np.arange(len(vals)) * 1e-12
+    if target_s < vals[0]:
+        return 0.0
+    return float(np.interp(target_s, vals, rates, right=float(rates[-1])))
 
 
 def _capacity_table(db: PerfDB, rows: IntArray, levels: FloatArray) -> FloatArray:

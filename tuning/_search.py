@@ -23,6 +23,9 @@ Goals (`Goal.mode`):
   Table 3) (outcomes: -cost, log-latency; constraint P95 <= L);
 * ``max-throughput``: largest capacity (every group P95 <= L, or the ceiling) with quality >= Q
   under the budget (outcomes: capacity, quality; constraint budget).
+
+Every mode takes the goal's TTFT / TPOT P95 targets (`Goal.ttft_p95_s`, `Goal.tpot_p95_s`) as
+per-config rate caps in the capacity tables (`Problem.with_token_targets`).
 """
 
 from __future__ import annotations
@@ -90,7 +93,11 @@ def _one_model_min_cost(problem: Problem, goal: Goal) -> SearchResult | None:
 
 
 def exact_search(problem: Problem, goal: Goal, deadline: float | None = None) -> SearchResult:
-    """The exact solver alone; past `deadline` (perf_counter) it raises `ExactBudgetExceeded`."""
+    """The exact solver alone; past `deadline` (perf_counter) it raises `ExactBudgetExceeded`.
+
+    On `problem` clipped to the goal's token targets (`Problem.for_goal`).
+    """
+    problem = problem.for_goal(goal)
     if problem.num_models == 1 and goal.mode == "min-cost" and goal.p95_s is not None:
         res = _one_model_min_cost(problem, goal)
         if res is None:
@@ -158,10 +165,15 @@ def search(
             `tuning._deadline.WALL_CAP_FACTOR` times as many wall seconds); False: the search
             alone.
 
+    A goal with TTFT / TPOT targets is searched on `problem` clipped to them
+    (`Problem.for_goal`): the result's metrics are that problem's, and so must be its plans'
+    (`plan_from_arrays`).
+
     Raises:
         SearchError: unknown solver or mode, or a goal missing the targets it needs.
 
     """
+    problem = problem.for_goal(goal)
     if solver not in SOLVERS:
         raise SearchError(f"solver={solver!r} is unknown; use one of {', '.join(SOLVERS)}")
     if goal.mode not in MODES:

@@ -148,6 +148,7 @@ def search_with_tune(problem: Problem, goal: Goal, *, seed: int = 0,
 
     import ray
 
+    problem = problem.for_goal(goal)          # the goal's TTFT / TPOT rate caps
     rule = StopRule.fixed(max_evals) if max_evals is not None else (stop or StopRule())
     with _stdout_to_stderr():
         t0 = time.perf_counter()
