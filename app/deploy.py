@@ -169,17 +169,20 @@ def serve_config(plan: Plan, *, backend: str, device: str = "gpu",
                  gpus_per_node: Mapping[str, int] | None = None,
                  host: str = "0.0.0.0", port: int = 8000, seed: int = 0,
                  log_dir: str | None = None, api_keys: list[dict[str, Any]] | None = None,
-                 on_model_down: str = "fallback") -> dict[str, Any]:
+                 on_model_down: str = "fallback",
+                 predictions: Mapping[str, PredictionTable] | None = None) -> dict[str, Any]:
     """The Serve config file (``serve deploy FILE``) of a plan, in the stack layout.
 
     (`app.main.stack_config`): editing a group's ``num_replicas`` or the router's
     ``user_config`` and re-deploying changes them in place, and ``boute replan`` can take
-    it over. `api_keys` (digests only) go into the router's ``user_config``.
+    it over. `api_keys` (digests only) go into the router's ``user_config``; `predictions`
+    (group -> prediction table, as for `deploy_plan`) too, for the router's live prediction
+    error (`app.drift`).
     """
     stack = Stack(backend=backend, device=device, sources=dict(sources or {}),
                   engine_kwargs=dict(engine_kwargs or {}), gpus_per_node=dict(gpus_per_node or {}),
                   seed=seed, log_dir=log_dir, api_keys=api_keys, on_model_down=on_model_down)
-    return stack_config(plan, stack, host=host, port=port)
+    return stack_config(plan, stack, host=host, port=port, predictions=predictions)
 
 
 def set_engine_speed(api: ServeApi, group: str, speed_factor: float, *,

@@ -271,7 +271,8 @@ def _write_serve_config(args: argparse.Namespace, plan: Any, sources: dict[str, 
     config = serve_config(plan, backend=args.backend, device=args.device, sources=sources,
                           engine_kwargs=engine_kwargs, host=args.host, port=args.port,
                           seed=args.seed, log_dir=_log_dir(args),
-                          api_keys=_api_keys(args)[0], on_model_down=args.on_model_down)
+                          api_keys=_api_keys(args)[0], on_model_down=args.on_model_down,
+                          predictions=_predictions(args, plan))
     Path(args.serve_config).parent.mkdir(parents=True, exist_ok=True)
     Path(args.serve_config).write_text(yaml.safe_dump(config, sort_keys=False))
     from boute._shared import emit

@@ -201,9 +201,48 @@ def test_deploy_serve_config_json_and_default_backend(tmp_path: Path, capsys) ->
     plan = tmp_path / "plan.json"
     PLAN.save(plan)
     out = tmp_path / "serve.yaml"
-    assert main(["--json", "deploy", str(plan), "--serve-config", str(out)]) == 0
+    assert main(["--json", "deploy", str(plan), "--serve-config", str(out),
+                 "--no-predictions"]) == 0
     assert json.loads(capsys.readouterr().out) == {"serve_config": str(out), "applications": [
         "boute", "llama-3.1-70b-H100-tp4pp1", "llama-3.1-8b-RTX-4090-tp1pp1",
         "llama-3.1-8b-RTX-5090-tp1pp1"]}
     args = yaml.safe_load(out.read_text())["applications"][0]["args"]
     assert args["backend"] == "vllm"                  # real engines unless emulated is asked
+
+
+def test_serve_config_ships_the_groups_prediction_tables(tmp_path: Path, capsys) -> None:
+    """`boute deploy --serve-config` (the `serve deploy` path) gives the router the same
+    prediction tables as a live deploy: one per group, the perf DB's P95 at the DB's rates."""
+    from profiling import PerfDB
+
+    scenario, db, plan = tmp_path / "s.yaml", tmp_path / "db.parquet", tmp_path / "plan.json"
+    scenario.write_text(SMALL_SCENARIO)
+    assert main(["plan", "--scenario", str(scenario), "--db", str(db), "--quality", "87",
+                 "--solver", "exact", "--resim-seeds", "0", "--plot", "",
+                 "--out", str(plan)]) == 0
+    out = tmp_path / "serve.yaml"
+    assert main(["deploy", str(plan), "--serve-config", str(out), "--scenario", str(scenario),
+                 "--db", str(db), "--backend", "emulated"]) == 0
+    capsys.readouterr()
+    router = yaml.safe_load(out.read_text())["applications"][0]
+    tables = router["deployments"][0]["user_config"]["predictions"]
+    groups = Plan.load(plan).groups
+    assert set(tables) == {g.name for g in groups}
+    rows = PerfDB.load(db).table.to_pylist()
+    g = groups[0]
+    want = [r["latency_p95_s"] for r in rows if (r["model"], r["gpu"], r["tp"], r["pp"]) ==
+            (g.model, g.gpu, g.tp, g.pp) and not r["saturated"]]
+    assert tables[g.name]["p95_s"][:len(want)] == pytest.approx(want)
+
+
+SMALL_SCENARIO = """
+name: serve-small
+gpus:
+  H100: {count: 4}
+  RTX-4090: {count: 4}
+models: {weak: llama-3.1-8b, strong: llama-3.1-70b}
+task: gsm8k
+workload: {shape: gsm8k, rate_rps: 8}
+budget_per_hour: 14
+profile: {num_rates: 8, num_requests: 300}
+"""
