@@ -31,6 +31,7 @@ import numpy as np
 
 from profiling import (
     Efficiency,
+    EngineConfig,
     ReplicaModel,
     engine_profile,
     generate_trace,
@@ -115,11 +116,15 @@ def ttft_medians(path: Path = RUNS_CSV) -> dict[str, float]:
 ROWS = load_rows()
 
 
-def predict(row: Row, seeds: int, efficiency: Efficiency | None = None
-            ) -> tuple[float, float, float]:
-    """Mean over seeds of (output tok/s, median TPOT ms, median TTFT ms) for the row."""
+def predict(row: Row, seeds: int, efficiency: Efficiency | None = None,
+            engine: EngineConfig | None = None) -> tuple[float, float, float]:
+    """Mean over seeds of (output tok/s, median TPOT ms, median TTFT ms) for the row.
+
+    ``engine`` replaces the row's engine profile (``row.engine`` with the row's
+    ``max_num_seqs``), e.g. with fitted overheads (benchmarks/heldout_public.py).
+    """
     catalog = load_catalog()
-    engine = engine_profile(row.engine, max_num_seqs=row.max_num_seqs)
+    engine = engine or engine_profile(row.engine, max_num_seqs=row.max_num_seqs)
     replica = ReplicaModel(catalog.model(row.model), catalog.gpu(row.gpu), row.tp, 1, engine,
                            efficiency)
     tputs, tpots, ttfts = [], [], []

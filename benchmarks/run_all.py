@@ -99,6 +99,8 @@ BENCHMARKS: tuple[Bench, ...] = (
     Bench("fidelity", "benchmarks/fidelity.py", full=("--plot", "build/fidelity.png"),
           quick=("--seeds", "1", "--plot", f"{_Q}/fidelity.png"),
           full_json=f"{DATA}/fidelity.json"),
+    Bench("heldout_public", "benchmarks/heldout_public.py", full=("--full",),
+          quick=("--seeds", "2"), full_json=f"{DATA}/heldout_public.json"),
     Bench("cpu_loop", "benchmarks/cpu_loop.py", full_json=f"{DATA}/cpu_loop.json"),
     Bench("calibrate", "benchmarks/calibrate.py", quick=("--requests", "200", "--bootstrap", "2"),
           full_json=f"{DATA}/calibrate.json"),
