@@ -69,7 +69,6 @@ from typing import Any
 import numpy as np
 
 from profiling import Efficiency, EngineConfig, engine_profile, scale_efficiency
-from profiling._served import max_scale
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -164,7 +163,9 @@ def fit_level(row: Row, measured: dict[str, float], run: Predictor) -> Fit:
 
     base = engine_profile(row.engine, max_num_seqs=row.max_num_seqs)
     o_eng_ms = base.step_overhead_s * 1e3
-    s_max = max_scale(Efficiency())
+    spec = Efficiency()
+    # Above this `scale_efficiency` caps a factor at 1 (profiling._served.max_scale).
+    s_max = 1.0 / max(spec.compute, spec.memory, spec.attention_compute)
     fit_d = "ttft_ms" in measured
     keys = list(measured)
 
@@ -176,11 +177,12 @@ def fit_level(row: Row, measured: dict[str, float], run: Predictor) -> Fit:
         return np.asarray([math.log(pred[k] / measured[k]) for k in keys])
 
     def cost(x: np.ndarray) -> float:
-        s, o_ms = math.exp(x[0]), x[1]
+        s, o_ms = math.exp(float(x[0])), float(x[1])
         if not (0.2 <= s <= s_max and 0.0 <= o_ms <= 50.0) or (fit_d and not x[2] >= 0.0):
             return math.inf
         r = data_residuals(list(x))
-        prior = (SIGMA / PRIOR_LOG_S * x[0]) ** 2 + (SIGMA / PRIOR_O_MS * (o_ms - o_eng_ms)) ** 2
+        prior = ((SIGMA / PRIOR_LOG_S * math.log(s)) ** 2
+                 + (SIGMA / PRIOR_O_MS * (o_ms - o_eng_ms)) ** 2)
         return float(r @ r) + prior
 
     # d's start: what TTFT lacks at the spec sheet (the front-end adds to TTFT one for one).
@@ -258,7 +260,8 @@ def evaluate(rows: Sequence[Row], ttfts: dict[str, float], seeds: int) -> dict[s
     fams = families(rows)
     single = [{"family": _label(k), "rows": [r.name for r in v]}
               for k, v in fams.items() if len(v) < 2]
-    fits, out_rows = [], []
+    fits: list[dict[str, Any]] = []
+    out_rows: list[dict[str, Any]] = []
     for key, levels in fams.items():
         if len(levels) < 2:
             continue

@@ -13,7 +13,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import heldout_public as h  # noqa: E402
-from calibration import ROWS  # noqa: E402
+from calibration import ROWS, Row  # noqa: E402
 
 from profiling import Efficiency, engine_profile, scale_efficiency  # noqa: E402
 
@@ -21,7 +21,7 @@ RUN = h.simulator(1)
 
 
 def _synthetic(name: str, scale: float, o_s: float, d_s: float,
-               with_ttft: bool) -> tuple[h.Row, dict[str, float]]:
+               with_ttft: bool) -> tuple[Row, dict[str, float]]:
     """The row's figures as the model itself predicts them at (scale, o, d)."""
     row = next(r for r in ROWS if r.name == name)
     engine = replace(engine_profile(row.engine, max_num_seqs=row.max_num_seqs),
