@@ -44,12 +44,14 @@ latencies wait, and on `Observer.close`. The same increments and observations, i
 series, up to `METRICS_EXPORT_S` later (Ray exports to Prometheus every few seconds anyway);
 the response no longer waits on five Ray metric records (~15 us each on the 2-core box), and
 the counters take one record per tag set and interval instead of one per request. The rare
-series (refusals, errors, retries, gauges) are recorded at once.
+series (refusals, errors, retries, gauges) are recorded at once. An export that fails is
+logged and loses that interval's records; the next one runs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections import Counter
 from typing import Any
@@ -58,6 +60,8 @@ from .request_log import LogLimits, RequestLog
 
 __all__ = ["AGGREGATE_KEY", "LATENCY_BOUNDARIES_S", "MAX_PENDING", "METRICS", "METRICS_EXPORT_S",
            "Observer"]
+
+_LOG = logging.getLogger("ray.serve")     # the replica's log file
 
 AGGREGATE_KEY = "*"
 """The ``key`` tag of every refused request unless per-key series are opted in."""
@@ -150,7 +154,10 @@ class Observer:
 
         while True:
             await asyncio.sleep(METRICS_EXPORT_S)
-            self.flush_metrics()
+            try:
+                self.flush_metrics()
+            except Exception:       # observability only: the next interval exports again
+                _LOG.exception("router metrics export failed")
 
     def _tag_dict(self, names: tuple[str, ...], values: tuple[str, ...]) -> dict[str, str]:
         """The tags ``dict(zip(names, values))``, made once per tag set.

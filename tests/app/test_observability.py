@@ -110,3 +110,29 @@ def test_the_background_task_exports_every_interval(monkeypatch: pytest.MonkeyPa
         return seen
 
     assert asyncio.run(run()) == [(0.25, {"model": "8b", "group": "g1"})]
+
+
+def test_a_failed_export_does_not_stop_the_next_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(observability, "METRICS_EXPORT_S", 0.01)
+    obs, m = _observer()
+    broken = {"on": True}
+
+    class _Flaky(_Metric):
+        def observe(self, value: float, tags: dict[str, str]) -> None:
+            if broken["on"]:
+                broken["on"] = False
+                raise RuntimeError("metrics agent gone")
+            super().observe(value, tags)
+
+    obs.ttft = _Flaky()
+
+    async def run() -> None:
+        obs.start()
+        _observe(obs, "8b", "g1", latency_s=0.25)      # its export fails (the TTFT record)
+        await asyncio.sleep(0.05)
+        _observe(obs, "8b", "g1", latency_s=0.5)       # the task still runs: exported
+        await asyncio.sleep(0.05)
+        obs.close()
+
+    asyncio.run(run())
+    assert [v for v, _ in m["latency"].records] == [0.5]
