@@ -124,6 +124,11 @@ def _unscored_pickers(cfg: RouterConfig) -> dict[str, SmoothWeightedRoundRobin]:
             for w, t in targets.items()}
 
 
+def _known(cfg: RouterConfig) -> str:
+    """The served model names for an error message (built only when one is raised)."""
+    return ", ".join(repr(m) for m in cfg.ladder_models)
+
+
 def _reason(exc: BaseException) -> str:
     """One line for a failed engine call (no internal stack, bounded)."""
     text = str(exc).strip().splitlines()
@@ -250,9 +255,8 @@ class Dispatcher:
         if self.tally.routed % EXPORT_EVERY == 0:
             self.export_routing()
         asked = body.get("model")
-        known = ", ".join(repr(m) for m in cfg.ladder_models)
         if asked is None:
-            raise ApiError(f"model is required: 'auto' to route, or one of {known}",
+            raise ApiError(f"model is required: 'auto' to route, or one of {_known(cfg)}",
                            param="model")
         ids = token_prompts(body) if call.kind == "completions" else None
         prompt = None if ids is not None else prompt_of(call.kind, body)
@@ -291,7 +295,7 @@ class Dispatcher:
             call.model = str(asked)
         else:
             raise ApiError(f"The model {asked!r} does not exist; use 'auto' to route, or one "
-                           f"of {known}", 404, "model", "model_not_found")
+                           f"of {_known(cfg)}", 404, "model", "model_not_found")
         call.length_class = self._length_class(body, call.prompt_tokens)
 
     def _length_class(self, body: dict[str, Any], prompt_tokens: int) -> str | None:

@@ -184,19 +184,24 @@ def build_app(plan: Plan, *, backend: str = "emulated",
               seed: int = 0, time_scale: float = 1.0, log_dir: str | None = None,
               api_keys: list[dict[str, Any]] | None = None, on_model_down: str = "fallback",
               call_timeout_s: float | None = None, inflight_scale: float = 1.0,
-              log_limits: LogLimits | None = None) -> Application:
+              log_limits: LogLimits | None = None, router_replicas: int = 1) -> Application:
     """The one-application layout of `plan`: a deployment per replica group + the router.
 
     The arguments are `Stack`'s (``api_keys=None``: no authentication; the ``serve run``
     builder `app` requires keys unless told ``api_keys=none``); `log_limits` gives the
     ``log_refused_sample``, ``log_retain_s`` and ``log_max_bytes`` fields (default
-    `LogLimits()`).
+    `LogLimits()`). `router_replicas`: replicas of the router deployment (Serve's ingress
+    spreads requests over them; each keeps its own routing state, admission counts and
+    request-log writer, so the groups' in-flight bounds hold per router replica).
 
     Raises:
-        ValueError: an unknown backend, or a plan without its scenario's models.
+        ValueError: an unknown backend, a plan without its scenario's models, or
+            ``router_replicas < 1``.
         PlacementError: a model without a weights source, a TP group wider than a node.
 
     """
+    if router_replicas < 1:
+        raise ValueError(f"{router_replicas=} must be >= 1")
     stack = Stack(backend=backend, device=device, sources=dict(sources or {}),
                   engine_kwargs=dict(engine_kwargs or {}), gpus_per_node=dict(gpus_per_node or {}),
                   gpu_catalog=list(gpu_catalog or []), model_catalog=list(model_catalog or []),
@@ -208,6 +213,7 @@ def build_app(plan: Plan, *, backend: str = "emulated",
     drain_s = drain_timeout_s(plan)
     handles = {spec.name: _engine(spec, stack, drain_s) for spec in specs}
     return RouterIngress.options(  # type: ignore[attr-defined,no-any-return]
+        num_replicas=router_replicas,
         user_config=routing_config(plan, specs, weak, strong, seed, stack)
     ).bind(handles, log_dir, stack.log_rotate_s, stack.log_limits())
 

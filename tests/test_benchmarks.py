@@ -134,3 +134,35 @@ def test_cpu_e2e_prepared_round_trip_and_mix_trace(tmp_path: Path) -> None:
     # GSM8K's prompts unchanged, each output doubled, capped at 1,024 tokens.
     assert np.array_equal(mix.input_tokens, base.input_tokens)
     assert np.array_equal(mix.output_tokens, np.minimum(2 * base.output_tokens, 1024))
+
+
+def test_router_bench_replica_counts_goals_and_its_own_processes() -> None:
+    import os
+    import subprocess
+
+    from router import GOAL_HOP_P50_MS, GOAL_RPS_PER_REPLICA, descendants, goals, router_counts
+
+    assert router_counts("1,2,4") == [1, 2, 4]
+    assert router_counts("4, 1") == [4, 1]
+    for bad in ("0,2", "two", "", "1,-1"):
+        with pytest.raises(SystemExit, match="use positive integers"):
+            router_counts(bad)
+    g = goals([1, 4])
+    assert list(g) == ["hop_p50_ms_r1", "rps_per_replica_r1", "hop_p50_ms_r4",
+                       "rps_per_replica_r4"]
+    assert (g["hop_p50_ms_r4"].op, g["hop_p50_ms_r4"].value) == ("<=", GOAL_HOP_P50_MS)
+    assert GOAL_HOP_P50_MS == 1.0
+    assert (g["rps_per_replica_r1"].op, g["rps_per_replica_r1"].value) == (">=", 1000.0)
+    rows = check(g, {"hop_p50_ms_r1": 0.9, "rps_per_replica_r1": GOAL_RPS_PER_REPLICA,
+                     "hop_p50_ms_r4": 1.5, "rps_per_replica_r4": 999.0})
+    assert [r["ok"] for r in rows] == [True, True, False, False]
+    if not os.path.isdir("/proc"):
+        pytest.skip("no /proc")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
+                              "marker-router-bench-test"])
+    try:
+        assert descendants("marker-router-bench-test") == [child.pid]
+        assert descendants("marker-that-runs-nowhere") == []
+    finally:
+        child.kill()
+        child.wait()

@@ -3,6 +3,7 @@ import itertools
 import math
 import random
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,6 +114,20 @@ def test_build_app_errors_name_the_field() -> None:
         build_app(plan, backend="gpu")
     with pytest.raises(ValueError, match=r"plan\.scenario\.models is missing"):
         build_app(plan)
+    with pytest.raises(ValueError, match=r"router_replicas=0 must be >= 1"):
+        build_app(plan, router_replicas=0)
+
+
+def test_build_app_sets_the_router_replicas() -> None:
+    from app.main import build_app
+    from tuning import Group, Plan, Routing
+
+    plan = Plan(Routing(0.5), (Group("llama-3.1-8b", "H100", 1, 1, 1, 1.0),
+                               Group("llama-3.1-70b", "H100", 4, 1, 1, 1.0)),
+                scenario={"models": {"weak": "llama-3.1-8b", "strong": "llama-3.1-70b"}})
+    for n in (1, 4):
+        router: Any = build_app(plan, router_replicas=n)._bound_deployment
+        assert (router.name, router.num_replicas) == ("RouterIngress", n)
 
 
 def test_live_cascade_holds_every_share_and_orders_by_score() -> None:
