@@ -41,6 +41,7 @@ replica's prompt phase, and with an infinitely fast link the pool pair's through
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -61,6 +62,7 @@ __all__ = [
     "decode_capacity_rps",
     "decode_only",
     "kv_link",
+    "kv_ready_s",
     "kv_transfer_bytes",
     "prefill_capacity_rps",
     "prefill_only",
@@ -292,13 +294,10 @@ def simulate_pd(prefill: ReplicaModel, decode: ReplicaModel, trace: Trace, *,
             continue
         done, grows = _prefill_times(prefill, [arr[i] for i in idx], [plen[i] for i in idx])
         saturated |= grows
-        link_free = -math.inf
-        for k in sorted(range(len(idx)), key=lambda k: done[k]):
-            i = idx[k]
+        ready_j = kv_ready_s(done, [kv_per_token * plen[i] for i in idx], link)
+        for k, i in enumerate(idx):
             done_all[i] = done[k]
-            start = max(done[k], link_free)
-            link_free = start + link.wire_s(kv_per_token * plen[i])
-            ready[i] = link_free + link.latency_s
+            ready[i] = ready_j[k]
     # Decode pool, round robin in order of KV readiness.
     order = sorted(range(n), key=lambda i: ready[i])
     first = [math.nan] * n
@@ -333,6 +332,28 @@ def simulate_pd(prefill: ReplicaModel, decode: ReplicaModel, trace: Trace, *,
         duration_s=duration, output_tokens=int(o.sum()), completed=completed, offered=n,
         saturated=saturated, preemptions=preemptions,
         extra={"link_bytes_per_s": link.bandwidth_bytes_per_s, "link_latency_s": link.latency_s})
+
+
+def kv_ready_s(done_s: Sequence[float], nbytes: Sequence[float], link: KvLink) -> list[float]:
+    """When each request's KV is ready on the decode side, one prefill replica's link (FIFO).
+
+    In order of prompt completion f_i: ``s_i = max(f_i, e_prev)``, ``e_i = s_i + B_i / beta``,
+    ready at ``e_i + ell`` (module docstring). NaN completions (never done) stay NaN.
+
+    Args:
+        done_s: f_i, prompt-done times, s.
+        nbytes: B_i, KV bytes of each request.
+        link: the replica's link.
+
+    """
+    ready = [math.nan] * len(done_s)
+    link_free = -math.inf
+    for k in sorted((k for k in range(len(done_s)) if not math.isnan(done_s[k])),
+                    key=lambda k: done_s[k]):
+        start = max(done_s[k], link_free)
+        link_free = start + link.wire_s(nbytes[k])
+        ready[k] = link_free + link.latency_s
+    return ready
 
 
 def prefill_capacity_rps(replica: ReplicaModel, trace: Trace) -> float:

@@ -56,6 +56,7 @@ from profiling import (
     decode_capacity_rps,
     decode_only,
     kv_link,
+    kv_ready_s,
     kv_transfer_bytes,
     prefill_capacity_rps,
     prefill_only,
@@ -65,7 +66,7 @@ from profiling import (
 
 from ._plan import Group
 
-__all__ = ["DECODE_TTFT_FRACTIONS", "RHO_LINK", "PdChoice", "PdOffer", "PdPlanner",
+__all__ = ["DECODE_TTFT_FRACTIONS", "RHO_LINK", "TARGET_MARGIN", "PdChoice", "PdOffer", "PdPlanner",
            "check_pd_plan"]
 
 DECODE_TTFT_FRACTIONS: tuple[float, ...] = (0.1, 0.25)
@@ -73,6 +74,10 @@ DECODE_TTFT_FRACTIONS: tuple[float, ...] = (0.1, 0.25)
 RHO_LINK = 0.7
 """Highest planned utilization of a prefill replica's KV link (a queue at 70% waits ~2.3x its
 service time on average, M/D/1)."""
+TARGET_MARGIN = 0.9
+"""Rates are planned at this fraction of each target (T and U): the P95 of one planning trace
+at a rate found by bisection sits on the target, and a fresh trace at that rate misses it about
+half the time; 10% keeps the fresh-traffic check (`check_pd_plan`) on the safe side."""
 _BISECT_STEPS = 8
 _MIN_FRACTION = 0.01
 
@@ -200,6 +205,8 @@ class PdPlanner:
         self.base = base
         self.ttft_p95_s = ttft_p95_s
         self.tpot_p95_s = tpot_p95_s
+        self._ttft_plan_s = TARGET_MARGIN * ttft_p95_s
+        self._tpot_plan_s = TARGET_MARGIN * tpot_p95_s
         self.models = tuple(models)
         self._type_index = {o.gpu: i for i, o in enumerate(self.offers)}
         self._replicas: dict[_Cfg, ReplicaModel] = {}
@@ -249,8 +256,8 @@ class PdPlanner:
 
             def ok(rate: float) -> bool:
                 res = simulate(rep, self.base.scaled_to(rate), capacity=cap)
-                return (not res.saturated and _p95(res.ttft_s) <= self.ttft_p95_s
-                        and _p95(res.tpot_s) <= self.tpot_p95_s)
+                return (not res.saturated and _p95(res.ttft_s) <= self._ttft_plan_s
+                        and _p95(res.tpot_s) <= self._tpot_plan_s)
 
             self._rates[key] = _bisect(ok, 0.97 * cap)
         return self._rates[key]
@@ -264,29 +271,38 @@ class PdPlanner:
 
             def ok(rate: float) -> bool:
                 delay, tpot, saturated = decode_only(rep, self.base.scaled_to(rate))
-                return (not saturated and _p95(delay) <= fraction * self.ttft_p95_s
-                        and _p95(tpot) <= self.tpot_p95_s)
+                return (not saturated and _p95(delay) <= fraction * self._ttft_plan_s
+                        and _p95(tpot) <= self._tpot_plan_s)
 
             self._rates[key] = _bisect(ok, 0.97 * cap)
         return self._rates[key]
 
     def prefill_rate(self, cfg: _Cfg, fraction: float, link: KvLink) -> float:
-        """``R^p_{c,f,beta}``: prefill-only replica within ``(1 - f) T - t_kv``, link <= RHO."""
-        budget = (1.0 - fraction) * self.ttft_p95_s - link.transfer_s(
-            kv_transfer_bytes(self.catalog.model(cfg.model), self._prompt_p95))
-        if budget <= 0:
-            return 0.0
-        key: tuple[Role, _Cfg, float, float] = ("prefill", cfg, round(budget, 6), 0.0)
+        """``R^p_{c,f,beta}``: prompt done + KV on the decode side within ``(1 - f) T``.
+
+        A prefill-only replica and its link's FIFO of transfers (`profiling.kv_ready_s`),
+        simulated together; and the link at most `RHO_LINK` busy on average.
+        """
+        key: tuple[Role, _Cfg, float, float] = (
+            "prefill", cfg, fraction, link.bandwidth_bytes_per_s)
+        arch = self.catalog.model(cfg.model)
         if key not in self._rates:
             rep = self.replica(cfg)
             cap = prefill_capacity_rps(rep, self.base)
+            budget = (1.0 - fraction) * self._ttft_plan_s
+            nbytes = [kv_transfer_bytes(arch, p) for p in self.base.input_tokens.tolist()]
 
             def ok(rate: float) -> bool:
-                lat, saturated = prefill_only(rep, self.base.scaled_to(rate))
-                return not saturated and _p95(lat) <= budget
+                trace = self.base.scaled_to(rate)
+                lat, saturated = prefill_only(rep, trace)
+                if saturated:
+                    return False
+                arr = trace.arrival_s
+                ready = np.asarray(kv_ready_s((arr + lat).tolist(), nbytes, link))
+                return _p95(ready - arr) <= budget
 
             self._rates[key] = _bisect(ok, 0.97 * cap)
-        wire = link.wire_s(kv_transfer_bytes(self.catalog.model(cfg.model), self._prompt_mean))
+        wire = link.wire_s(kv_transfer_bytes(arch, self._prompt_mean))
         link_cap = math.inf if wire == 0 else RHO_LINK / wire
         return min(self._rates[key], link_cap)
 
@@ -304,8 +320,10 @@ class PdPlanner:
         return all(u <= o.count for u, o in zip(usage, self.offers, strict=True))
 
     def pool_pair(self, p: _Cfg, d: _Cfg, fraction: float, rate: float
-                  ) -> tuple[int, int] | None:
-        """``(n_p, n_d)`` of a pool pair carrying `rate` req/s, or None when it cannot.
+                  ) -> tuple[int, int, float] | None:
+        """``(n_p, n_d, capacity)`` of a pool pair carrying `rate` req/s, or None if it cannot.
+
+        ``capacity = min(n_p R^p, n_d R^d)``, req/s, at the targets.
 
         The link is the network's unless both pools (same GPU type) fit one node.
         """
@@ -322,9 +340,10 @@ class PdPlanner:
         gpu = pr.gpu
         if p.gpu == d.gpu and n_p * p.gpus + n_d * d.gpus <= gpu.gpus_per_node:
             near = self.prefill_rate(p, fraction, kv_link(pr, dr, same_node=True))
-            if near > 0:
-                n_p = min(n_p, math.ceil(rate / near - 1e-12))
-        return n_p, n_d
+            if near > rp:
+                rp = near
+                n_p = math.ceil(rate / rp - 1e-12)
+        return n_p, n_d, min(n_p * rp, n_d * rd)
 
     def candidates(self, model: str, rate: float, *, disaggregate: bool,
                    max_colocated: int = 2) -> list[_Candidate]:
@@ -354,7 +373,7 @@ class PdPlanner:
                     if c2 == c:
                         continue
                     n2 = math.ceil(rest / r2 - 1e-12)
-                    s1 = n1 * r / rate
+                    s1 = n1 * r / (n1 * r + n2 * r2)        # equal utilization
                     add([_Part(c, n1, "co", s1), _Part(c2, n2, "co", 1.0 - s1)])
         if not disaggregate:
             return sorted(best.values(), key=lambda k: k.cost_per_hour)
@@ -368,7 +387,7 @@ class PdPlanner:
                 pair = self.pool_pair(p, d, f, rest)
                 if pair is None:
                     break
-                share = rest / rate
+                share = pair[2] / (pair[2] + served)       # equal utilization
                 parts = [_Part(p, pair[0], "prefill", share), _Part(d, pair[1], "decode", share)]
                 if c_co is not None:
                     parts.insert(0, _Part(c_co, n, "co", 1.0 - share))
