@@ -61,7 +61,7 @@ def test_budget_and_stock_are_enforced() -> None:
                         models=M8)
     with pytest.raises(BouteError, match="over the budget"):
         planner.plan({"llama-3.1-8b": 12.0}, budget_per_hour=1.0)
-    with pytest.raises(BouteError, match="within the stock|fits the stock"):
+    with pytest.raises(BouteError, match=r"within the stock|fits the stock"):
         planner.plan({"llama-3.1-8b": 5000.0})
 
 
