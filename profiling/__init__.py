@@ -16,6 +16,18 @@ from ._arrivals import (
 )
 from ._catalog import Catalog, GpuType, ModelArch, cold_start_s, load_catalog, load_hf_config
 from ._conversations import PrefixSpec, SharedTraffic, generate_shared_trace
+from ._disagg import (
+    KvLink,
+    PdResult,
+    decode_capacity_rps,
+    decode_only,
+    kv_link,
+    kv_ready_s,
+    kv_transfer_bytes,
+    prefill_capacity_rps,
+    prefill_only,
+    simulate_pd,
+)
 from ._hardware import (
     ATTENTION_COLUMNS,
     BANDWIDTH_COLUMNS,
@@ -111,10 +123,12 @@ __all__ = [
     "EngineConfig",
     "GpuType",
     "HardwareProfile",
+    "KvLink",
     "LengthClasses",
     "ModelArch",
     "ModelPair",
     "NamedWorkload",
+    "PdResult",
     "PerfDB",
     "PrefixCache",
     "PrefixSharing",
@@ -141,6 +155,8 @@ __all__ = [
     "capacity_rps",
     "cold_start_s",
     "daily_curve",
+    "decode_capacity_rps",
+    "decode_only",
     "default_quality_curve",
     "device_gpu_type",
     "engine_profile",
@@ -148,6 +164,9 @@ __all__ = [
     "fit_report",
     "generate_shared_trace",
     "generate_trace",
+    "kv_link",
+    "kv_ready_s",
+    "kv_transfer_bytes",
     "length_thresholds",
     "list_presets",
     "load_catalog",
@@ -161,6 +180,8 @@ __all__ = [
     "model_source",
     "model_source_line",
     "parallel_configs",
+    "prefill_capacity_rps",
+    "prefill_only",
     "process_mapper",
     "read_trace",
     "request_tokens",
@@ -170,6 +191,7 @@ __all__ = [
     "scan_hardware_profiles",
     "simulate",
     "simulate_closed_loop",
+    "simulate_pd",
     "spec_calibration",
     "sweep_config",
 ]

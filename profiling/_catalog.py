@@ -40,11 +40,14 @@ _GIB = 1024**3
 # exact integers and finite floats. A value beyond one is a typo or a unit mix-up.
 _MAX_GPU = {"memory_gib": 1e6, "memory_bandwidth_gbps": 1e6, "bf16_tflops": 1e6,
             "link_bandwidth_gbps": 1e6, "gpus_per_node": 1024, "price_per_hour": 1e4,
-            "weight_load_gbps": 1e4}
+            "weight_load_gbps": 1e4, "network_gbps": 1e5}
 DEFAULT_WEIGHT_LOAD_GBPS = 2.0
 """Weights read from a node's local NVMe through safetensors memory maps, GB/s: vLLM loads
 Llama-70B's 140 GB in under 30 s at best (~4.7 GB/s) and far slower from network volumes
 (20 GB in 142 s, 0.14 GB/s); benchmarks/data/reference/README.md, "Cold starts"."""
+DEFAULT_NETWORK_GBPS = 12.5
+"""A node's network to other nodes, GB/s, when its catalog entry names none: one 100 Gb/s
+NIC (a common rented PCIe server; an assumption, set ``network_gbps`` for your nodes)."""
 ENGINE_START_S = 60.0
 """vLLM start-up besides the weights: torch.compile (~39 s measured), CUDA graph capture,
 memory profiling and warm-up (same source)."""
@@ -89,6 +92,10 @@ class GpuType:
         weight_load_gbps: how fast a node of this type reads model weights from its storage
             into its GPUs, GB/s (a new replica's cold start, `cold_start_s`); not part of the
             perf DB's fingerprint (no latency depends on it).
+        network_gbps: the node's network bandwidth to other nodes, GB/s per direction, all its
+            NICs together (e.g. 8 x 400 Gb/s = 400 GB/s on a DGX H100): the link of a
+            prefill/decode KV transfer between nodes (`profiling.kv_link`); not part of the
+            perf DB's fingerprint (no co-located replica's latency depends on it).
 
     """
 
@@ -102,6 +109,7 @@ class GpuType:
     price_per_hour: float
     description: str = ""
     weight_load_gbps: float = DEFAULT_WEIGHT_LOAD_GBPS
+    network_gbps: float = DEFAULT_NETWORK_GBPS
 
     def __post_init__(self) -> None:
         owner = f"gpu {self.name!r}"
@@ -115,6 +123,8 @@ class GpuType:
                           maximum=_MAX_GPU["price_per_hour"])
         _require_positive(owner, "weight_load_gbps", self.weight_load_gbps,
                           maximum=_MAX_GPU["weight_load_gbps"])
+        _require_positive(owner, "network_gbps", self.network_gbps,
+                          maximum=_MAX_GPU["network_gbps"])
         if not isinstance(self.description, str):
             raise CatalogError(f"{owner}: description={self.description!r} must be a string")
         if self.interconnect not in ("nvlink", "pcie"):
@@ -287,7 +297,7 @@ class Catalog:
 
 def _asdict(row: GpuType | ModelArch) -> dict[str, Any]:
     return {f.name: getattr(row, f.name) for f in fields(row)
-            if f.name not in ("description", "weight_load_gbps")}
+            if f.name not in ("description", "weight_load_gbps", "network_gbps")}
 
 
 def cold_start_s(model: ModelArch, gpu: GpuType) -> float:

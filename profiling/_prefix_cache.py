@@ -34,10 +34,34 @@ Hit rate = cached prompt tokens / prompt tokens, over requests' first admissions
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Protocol
 
 from ._sharing import Sharing
 
-__all__ = ["BLOCK_TOKENS", "PrefixCache"]
+__all__ = ["BLOCK_TOKENS", "KvCache", "PrefixCache"]
+
+
+class KvCache(Protocol):
+    """What `BatchScheduler` asks of a replica's cache of KV it did not compute itself.
+
+    `PrefixCache` (automatic prefix caching) is one; a disaggregated decode instance's KV
+    received from its prefill pool (`profiling._disagg.RemoteKv`) is another.
+    """
+
+    def cached_tokens(self, rid: int, prompt_tokens: int) -> int:
+        """Prompt tokens of request `rid` whose KV is present at its admission."""
+
+    def admit(self, rid: int, prompt_tokens: int) -> int:
+        """Request `rid` is admitted with that prompt; returns its cached tokens."""
+
+    def computed(self, rid: int, context_tokens: int) -> None:
+        """Request `rid` has computed its prompt."""
+
+    def release(self, rid: int, context_tokens: int) -> None:
+        """Request `rid` leaves the replica (finished, preempted or removed)."""
+
+    def fit(self, free_tokens: int) -> None:
+        """Keep what is cached within `free_tokens` of free KV."""
 
 BLOCK_TOKENS = 16
 """KV block size, tokens (vLLM's default `block_size`)."""

@@ -51,7 +51,7 @@ from typing import NamedTuple
 
 from common.errors import BouteError
 
-from ._prefix_cache import PrefixCache
+from ._prefix_cache import KvCache
 from ._replica import EngineConfig, ReplicaModel
 
 __all__ = ["BatchScheduler", "PlanFields", "SequenceTooLongError", "StepOutcome", "StepPlan"]
@@ -167,7 +167,7 @@ class BatchScheduler:
     """
 
     def __init__(self, engine: EngineConfig, kv_capacity_tokens: int,
-                 prefix_cache: PrefixCache | None = None) -> None:
+                 prefix_cache: KvCache | None = None) -> None:
         if kv_capacity_tokens < 1:
             raise ValueError(f"{kv_capacity_tokens=} must be >= 1 token")
         self.engine = engine

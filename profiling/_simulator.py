@@ -43,7 +43,7 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from ._prefix_cache import PrefixCache
+from ._prefix_cache import KvCache, PrefixCache
 from ._replica import ReplicaModel
 from ._scheduler import BatchScheduler
 from ._sharing import Sharing
@@ -279,7 +279,7 @@ def _serve(
     *,
     concurrency: int | None,
     stop_when_saturated: bool,
-    cache: PrefixCache | None = None,
+    cache: KvCache | None = None,
 ) -> _Timeline:
     """The event loop: admit arrivals, then take a decode stretch or one scheduled step.
 

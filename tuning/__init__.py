@@ -10,6 +10,7 @@ from ._baselines import BASELINES, baseline_min_cost
 from ._certificate import Certificate
 from ._certify import certify, front_bound
 from ._deadline import CpuDeadline
+from ._disagg import PdChoice, PdOffer, PdPlanner, check_pd_plan
 from ._drift import (
     DriftReport,
     GroupDrift,
@@ -83,6 +84,9 @@ __all__ = [
     "InfeasiblePlanError",
     "LengthRouting",
     "MoboSettings",
+    "PdChoice",
+    "PdOffer",
+    "PdPlanner",
     "Plan",
     "PlanArrays",
     "PlanError",
@@ -105,6 +109,7 @@ __all__ = [
     "attainment",
     "baseline_min_cost",
     "certify",
+    "check_pd_plan",
     "choose_plan",
     "compare_policies",
     "daily_rates",

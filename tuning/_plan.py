@@ -38,6 +38,15 @@ share of all traffic on the largest model. Two models and one workload keep the 
 
 a request with prompt + max_tokens <= n tokens is *short* and is served by its model's short
 groups only (``share`` is then the share of its model's load *of that class*).
+
+*Disaggregated pools* (prefill/decode, `tuning.plan_pd`) are groups with a ``role``:
+
+```
+"groups": [{..., "role": "prefill"}, {..., "role": "decode"}, ...]
+```
+
+a model's prefill and decode groups form its pool pair; both carry the share of the model's
+load the pair serves. A plan without them is written exactly as before.
 """
 
 from __future__ import annotations
@@ -163,7 +172,12 @@ class Routing:
 
 @dataclass(frozen=True)
 class Group:
-    """A replica group: `replicas` identical replicas of one (model, GPU, TP, PP) config."""
+    """A replica group: `replicas` identical replicas of one (model, GPU, TP, PP) config.
+
+    `role` is None for a co-located group (prefill and decode on each replica); ``prefill`` /
+    ``decode`` for one pool of its model's disaggregated pool pair (`tuning.plan_pd`): the
+    pair's two groups carry the same `share`, the share of the model's load they serve.
+    """
 
     model: str
     gpu: str
@@ -172,6 +186,7 @@ class Group:
     replicas: int
     share: float = 0.0
     length_class: str | None = None
+    role: Literal["prefill", "decode"] | None = None
 
     @property
     def num_gpus(self) -> int:
@@ -182,13 +197,15 @@ class Group:
     def name(self) -> str:
         """A stable, Serve-safe name, e.g. ``llama-3.1-70b-H100-tp4pp1`` (``-short`` appended)."""
         cls = "" if self.length_class is None else f"-{self.length_class}"
-        return f"{self.model}-{self.gpu}-tp{self.tp}pp{self.pp}{cls}"
+        role = "" if self.role is None else f"-{self.role}"
+        return f"{self.model}-{self.gpu}-tp{self.tp}pp{self.pp}{cls}{role}"
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object (``length_class`` only when set)."""
+        """The JSON object (``length_class`` and ``role`` only when set)."""
         out = asdict(self)
-        if self.length_class is None:
-            del out["length_class"]
+        for key in ("length_class", "role"):
+            if out[key] is None:
+                del out[key]
         return out
 
 
@@ -454,6 +471,8 @@ class _Group(_Schema):
     replicas: int = _rule(f"{_COUNT} (replicas)", ge=1, le=MAX_GROUP_GPUS)
     share: float = _rule("a number in [0, 1] (of its model's load)", 0.0, ge=0, le=1)
     length_class: Literal["short", "long"] | None = _rule("short or long (or absent)", None)
+    role: Literal["prefill", "decode"] | None = _rule(
+        "prefill or decode (a disaggregated pool), or absent (co-located)", None)
 
 
 class _ScenarioBlock(_Schema):
