@@ -164,16 +164,26 @@ def _context(specs: list[GroupSpec], stack: Stack) -> dict[str, int]:
 
 
 def _engine(spec: GroupSpec, stack: Stack, drain_s: float = DRAIN_MIN_S) -> Application:
-    """The deployment of one replica group (named ``spec.name``; `drain_timeout_s`)."""
+    """The deployment of one replica group (named ``spec.name``; `drain_timeout_s`).
+
+    Its request router follows ``stack.affinity`` (`app.affinity`).
+    """
+    router: dict[str, Any] = {}
+    if stack.affinity != "off":             # else Serve's default (power of two choices)
+        from .affinity_router import request_router_config
+
+        router["request_router_config"] = request_router_config(stack.affinity,
+                                                                stack.affinity_imbalance)
     if stack.backend == "vllm":
         from .vllm_server import vllm_deployment
 
-        return vllm_deployment(spec, device=stack.device, drain_s=drain_s)
+        return vllm_deployment(spec, device=stack.device, drain_s=drain_s, serve_options=router)
     return EmulatedLLMServer.options(  # type: ignore[attr-defined,no-any-return]
         name=spec.name, num_replicas=spec.replicas, graceful_shutdown_timeout_s=drain_s,
         placement_group_bundles=spec.bundles, placement_group_strategy=spec.strategy,
+        **router,
     ).bind(spec.model, spec.catalog_gpu, spec.tp, spec.pp, stack.gpu_catalog or None,
-           stack.model_catalog or None, stack.time_scale)
+           stack.model_catalog or None, stack.time_scale, stack.prefix_cache)
 
 
 def build_app(plan: Plan, *, backend: str = "emulated",
