@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+# The class that `ray.serve.llm.request_router.PrefixCacheAffinityRouter` re-exports (that
+# public name is a bare subclass of it), from its own module: the public module also imports
+# the KV-aware router, which pulls in vLLM and torch (two minutes and a few hundred MB in the
+# BOute router's process, which never runs an engine).
+from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_router import (
+    PrefixCacheAffinityRouter,
+)
 from ray.serve.config import RequestRouterConfig
-from ray.serve.llm.request_router import PrefixCacheAffinityRouter
 
 from .affinity import DEFAULT_IMBALANCE, check_affinity, routing_text
 

@@ -17,6 +17,11 @@ while the replica's event loop runs (vLLM: while its engine passes its health ch
 The emulated deployment also takes a ``user_config`` (`app.emulated.EngineSettings`, live,
 a dry-run feature): ``speed_factor`` runs its engines at that times the model's speed
 (`app.deploy.set_engine_speed`), to rehearse a group that drifted from its profile.
+
+With ``prefix_cache`` (`app.stack.Stack.prefix_cache`) each replica models vLLM's prefix
+cache (`app.emulated`): a chat's leading ``system`` messages are its application's system
+prompt, its session the body's ``user`` (else its first other message); ``prefix_cache_stats()``
+gives the replica's hit rate, so cache-affine routing (`app.affinity`) shows in a dry run.
 """
 
 
@@ -75,10 +80,11 @@ class EmulatedLLMServer:
         self.max_context = arch.max_position_embeddings
         self.engine = EmulatedEngine(ReplicaModel(arch, catalog.gpu(gpu), tp, pp), time_scale,
                                      prefix_cache)
-        self._ids: dict[tuple[str, str], int] = {}      # (kind, text) -> share id
+        self._ids: dict[str, dict[str, int]] = {}      # kind -> text -> id (0, 1, ...)
 
     def _id(self, kind: str, text: str) -> int:
-        return self._ids.setdefault((kind, text), len(self._ids))
+        ids = self._ids.setdefault(kind, {})
+        return ids.setdefault(text, len(ids))
 
     def _share(self, kind: str, body: dict[str, Any]) -> Share | None:
         """What the prompt shares (`app.emulated.Share`); None without the prefix cache.
@@ -101,7 +107,8 @@ class EmulatedLLMServer:
             system += _text(messages[k].get("content"))
             k += 1
         if session < 0 and k < len(messages):
-            session = self._id("first", system + "\x1e" + _text(messages[k].get("content")))
+            first = _text(messages[k].get("content"))
+            session = self._id("user", f"\x1ffirst\x1f{system}\x1e{first}")
         if not system:
             return (-1, 0, session)
         return (self._id("system", system), estimate_tokens(system), session)
