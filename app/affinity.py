@@ -26,6 +26,14 @@ the text the tree sees: the session's requests then match only each other, and a
 (no match) goes to the replica holding the least text, so sessions spread over the group and
 each stays where it started until the imbalance moves it.
 
+**Limit: Serve's high-throughput mode.** Under HAProxy (``RAY_SERVE_ENABLE_HA_PROXY=1``,
+`placement.HIGH_THROUGHPUT_ENV`, as cluster.yaml starts its nodes) Serve refuses a custom
+request router on an application's *ingress* deployment, and in the stack layout
+(`app.main.stack_config`) each group's engine deployment is its application's ingress: the
+group fails to deploy with Serve's message saying so. Affinity works there in the
+one-application layout (``serve run app.main:app``, `app.main.build_app`: the engines are not
+ingress deployments) and on clusters running Serve's own proxy.
+
 Ray Serve LLM's other router, ``KVAwareRouter``, scores the engines' actual KV blocks through
 a KV-event tracker that its own OpenAI ingress (``LLMRouter``) builds from tokenized prompts; it
 does not fit behind BOute's router and is not offered.

@@ -170,15 +170,18 @@ class EmulatedLLMServer:
         """The router's liveness probe (the backend contract): True at once."""
         return True
 
-    async def prefix_cache_stats(self) -> dict[str, float]:
+    async def prefix_cache_stats(self) -> dict[str, Any]:
         """The replica's prefix cache: ``prompt_tokens``, ``cached_tokens``, ``hit_rate``.
 
-        Over the requests admitted so far (zeros without the prefix cache).
+        Over the requests admitted so far (zeros without the prefix cache); ``replica``:
+        this replica's Serve id (to tell replicas apart).
         """
+        replica = str(serve.get_replica_context().replica_id.unique_id)
         cache = self.engine.prefix_cache
         if cache is None:
-            return {"prompt_tokens": 0.0, "cached_tokens": 0.0, "hit_rate": 0.0}
-        return {"prompt_tokens": float(cache.prompt_tokens),
+            return {"replica": replica, "prompt_tokens": 0.0, "cached_tokens": 0.0,
+                    "hit_rate": 0.0}
+        return {"replica": replica, "prompt_tokens": float(cache.prompt_tokens),
                 "cached_tokens": float(cache.cached_tokens_total), "hit_rate": cache.hit_rate}
 
     async def openai(self, kind: str, body: dict[str, Any]) -> Any:

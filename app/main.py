@@ -33,6 +33,7 @@ from common.pairs import parse_pairs
 from placement import GroupSpec, Lane
 from tuning import LENGTH_CLASSES, Group, Plan, PredictionTable, Routing
 
+from .affinity import DEFAULT_IMBALANCE
 from .emulated_server import EmulatedLLMServer
 from .groups import inflight_limits
 from .ingress import RouterIngress
@@ -194,7 +195,9 @@ def build_app(plan: Plan, *, backend: str = "emulated",
               seed: int = 0, time_scale: float = 1.0, log_dir: str | None = None,
               api_keys: list[dict[str, Any]] | None = None, on_model_down: str = "fallback",
               call_timeout_s: float | None = None, inflight_scale: float = 1.0,
-              log_limits: LogLimits | None = None) -> Application:
+              log_limits: LogLimits | None = None, affinity: str = "off",
+              affinity_imbalance: int = DEFAULT_IMBALANCE,
+              prefix_cache: bool = False) -> Application:
     """The one-application layout of `plan`: a deployment per replica group + the router.
 
     The arguments are `Stack`'s (``api_keys=None``: no authentication; the ``serve run``
@@ -212,7 +215,9 @@ def build_app(plan: Plan, *, backend: str = "emulated",
                   gpu_catalog=list(gpu_catalog or []), model_catalog=list(model_catalog or []),
                   seed=seed, time_scale=time_scale, log_dir=log_dir, api_keys=api_keys,
                   on_model_down=on_model_down, call_timeout_s=call_timeout_s,
-                  inflight_scale=inflight_scale, **_log_fields(log_limits or LogLimits()))
+                  inflight_scale=inflight_scale, affinity=affinity,
+                  affinity_imbalance=affinity_imbalance, prefix_cache=prefix_cache,
+                  **_log_fields(log_limits or LogLimits()))
     specs = stack_specs(plan, stack)
     weak, strong = _pair(plan)
     drain_s = drain_timeout_s(plan)

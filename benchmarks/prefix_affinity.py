@@ -345,7 +345,10 @@ def main() -> int:
                     scenario={"models": {"weak": MODEL, "strong": MODEL}})
         cluster = local_cluster(plan.gpus_by_type(), {GPU: 8},
                                 temp_dir=ray_temp_dir(REPO / "build" / "ray-tmp-affinity"),
-                                dashboard_port=free_port(), high_throughput=True)
+                                # Serve's own proxy: under HAProxy (high-throughput mode)
+                                # Serve refuses a custom request router on an application's
+                                # ingress deployment, which each group's engine is here.
+                                dashboard_port=free_port(), high_throughput=False)
         port = free_port()
         runs: list[Run] = []
         seconds: dict[str, float] = {}

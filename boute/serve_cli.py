@@ -109,7 +109,8 @@ def add_deploy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--affinity", default="off", choices=["off", "prefix"], help="how a "
                    "group spreads requests over its replicas: off (power of two choices) or "
                    "prefix (Ray Serve LLM's prefix-cache-affinity router; a session by the "
-                   "body's user field or the x-session-id header)")
+                   "body's user field or the x-session-id header; not under Serve's HAProxy "
+                   "high-throughput mode, see app/affinity.py)")
     p.add_argument("--affinity-imbalance", type=int, default=8, metavar="N", help="with "
                    "--affinity prefix: a queue-length difference above N requests moves a "
                    "session to a less loaded replica")
