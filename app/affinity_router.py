@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 # The class that `ray.serve.llm.request_router.PrefixCacheAffinityRouter` re-exports (that
@@ -21,9 +22,22 @@ __all__ = ["BodyPrefixRouter", "request_router_config"]
 class BodyPrefixRouter(PrefixCacheAffinityRouter):
     """Ray Serve LLM's `PrefixCacheAffinityRouter` on BOute's ``openai(kind, body)`` calls.
 
-    Only the text extraction differs (`routing_text`); a call of another shape (Ray's own
-    request objects) is read as Ray's router reads it.
+    The policy is Ray's; what differs: the text extraction (`routing_text`; a call of
+    another shape, Ray's own request objects, is read as Ray's router reads it), and the
+    tree insert after routing is not waited for (`on_request_routed`).
     """
+
+    def on_request_routed(self, pending_request: Any, replica_id: Any, result: Any) -> None:
+        """Ray's: the routed prompt goes into the prefix tree, but without waiting for it.
+
+        Ray's router waits (``ray.get``) for the tree actor's insert here, on the caller's
+        event loop, which is the BOute router's: every request would hold all the others
+        for an actor round trip. The insert is sent and not awaited; the tree actor runs a
+        caller's calls in order, so the next request's match still sees it.
+        """
+        if pending_request is not None and pending_request.args:
+            text = self._extract_text_from_request(pending_request)
+            self._tree_actor.insert.remote(text, replica_id.to_full_id_str(), time.time())
 
     def _extract_text_from_request(self, pending_request: Any) -> str:
         args = pending_request.args
