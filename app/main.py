@@ -267,7 +267,9 @@ def app(args: dict[str, str]) -> Application:
     (gpu|cpu), ``models`` (``name=DIR_OR_HF_ID,...``), ``engine_kwargs`` (a JSON object),
     ``gpus_per_node`` (``type=N,...``), ``seed``, ``log_dir``, ``on_model_down``
     (fallback|fail), ``log_refused_sample``, ``log_retain_s``, ``log_max_bytes`` (a number,
-    or ``none``: no bound; `Stack`), ``fit_check`` (``on``, the default, or ``skip``).
+    or ``none``: no bound; `Stack`), ``fit_check`` (``on``, the default, or ``skip``),
+    ``affinity`` (off|prefix), ``affinity_imbalance`` (requests) and ``prefix_cache``
+    (on|off, emulated engines; `app.affinity`).
 
     Before anything is deployed (``serve run`` calls the builder before it starts or joins
     Ray), as ``boute deploy`` does:
@@ -315,6 +317,9 @@ def app(args: dict[str, str]) -> Application:
                      gpus_per_node=gpus_per_node, engine_kwargs=engine_kwargs,
                      seed=int(args.get("seed", 0)), log_dir=args.get("log_dir"),
                      api_keys=keys, on_model_down=args.get("on_model_down", "fallback"),
+                     affinity=args.get("affinity", "off"),
+                     affinity_imbalance=int(args.get("affinity_imbalance", DEFAULT_IMBALANCE)),
+                     prefix_cache=args.get("prefix_cache", "off") == "on",
                      log_limits=LogLimits(
                          refused_sample=_optional(args, "log_refused_sample", int,
                                                   LogLimits.refused_sample),
