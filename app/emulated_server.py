@@ -114,10 +114,18 @@ class EmulatedLLMServer:
         return (self._id("system", system), estimate_tokens(system), session)
 
     def _check(self, kind: str, body: dict[str, Any]) -> tuple[int, int]:
-        """(prompt tokens, max tokens) of a valid body; raises ApiError as vLLM would."""
+        """(prompt tokens, max tokens) of a valid body; raises ApiError as vLLM would.
+
+        A chat's prompt is its whole conversation (every message's text, 4 characters per
+        token), as vLLM reads it; it was the last user message alone, which made a
+        multi-turn conversation's later turns as short as its first.
+        """
         ids = token_prompts(body) if kind == "completions" else None
-        prompt_tokens = (max(len(p) for p in ids) if ids is not None
-                         else estimate_tokens(prompt_of(kind, body)))
+        text = prompt_of(kind, body) if ids is None else ""     # validates the body
+        if kind == "chat":      # the whole conversation is the prompt, as vLLM reads it
+            text = "".join(_text(m.get("content")) for m in body["messages"]
+                           if isinstance(m, dict))
+        prompt_tokens = max(len(p) for p in ids) if ids is not None else estimate_tokens(text)
         max_tokens = body.get("max_tokens")
         max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
         if not isinstance(max_tokens, int) or max_tokens < 1:
