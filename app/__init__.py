@@ -13,8 +13,11 @@ A plan (`tuning.Plan`) becomes one Serve application per replica group plus the 
 * **Engines** (`server`, `vllm_server`, `emulated`, `engine_profiler`): the backend contract;
   the real vLLM backend (Ray Serve LLM's ``LLMServer``), the emulated engine (the stage-1
   replica model and the shared `profiling.BatchScheduler`, a declared dry run, with a live
-  ``speed_factor`` to rehearse drift) and the engine profiler that measures a real engine
-  under load.
+  ``speed_factor`` to rehearse drift, and an optional prefix cache) and the engine profiler
+  that measures a real engine under load. Inside a group, replicas are chosen by Serve's
+  request router: power of two choices, or Ray Serve LLM's prefix-cache-affinity router
+  (`affinity`, `affinity_router`: a conversation stays on the replica that holds its prefix
+  until load imbalance moves it).
 * **Deploy** (`deploy`, `main`, `serve_api`): check that a plan fits the live cluster, then
   deploy it through Serve's declarative REST API.
 * **Guard** (`guard`): API keys, rate limits and body limits, checked before a request costs

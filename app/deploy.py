@@ -22,6 +22,7 @@ from common.textfile import read_utf8
 from placement import capacity_nodes
 from tuning import Plan, PredictionTable
 
+from .affinity import DEFAULT_IMBALANCE
 from .fit import DeployError, fit_plan
 from .main import APP_NAME, Stack, stack_config
 from .serve_api import ServeApi, dashboard_url, local_url
@@ -129,14 +130,17 @@ def deploy_plan(plan: Plan, *, backend: str, device: str = "gpu",
                 timeout_s: float = 900.0, api_keys: list[dict[str, Any]] | None = None,
                 on_model_down: str = "fallback",
                 predictions: Mapping[str, PredictionTable] | None = None,
-                drift_window_s: float = 120.0) -> str:
+                drift_window_s: float = 120.0, affinity: str = "off",
+                affinity_imbalance: int = DEFAULT_IMBALANCE, prefix_cache: bool = False) -> str:
     """Deploy `plan` on the connected Ray cluster; returns the router's base URL.
 
     `api_keys` (`app.guard.KeyEntry` dicts, digests only) close the OpenAI endpoint; None
     leaves it open (the CLI asks for that explicitly, ``--no-api-keys``). `predictions`:
     group -> prediction table (`tuning.prediction_table` of the plan's perf DB) for the
     router's live prediction error over `drift_window_s` seconds (`app.drift`; None: the
-    router reports ``no_prediction``).
+    router reports ``no_prediction``). `affinity`, `affinity_imbalance`: how each group
+    spreads calls over its replicas (`app.affinity`); `prefix_cache`: the emulated engines
+    model vLLM's prefix cache (`Stack`).
 
     The stack layout (`app.main.stack_config`), through Serve's declarative API on the
     dashboard. Node sizes come from the cluster (largest GPU count of each type on one node). Blocks
@@ -153,7 +157,9 @@ def deploy_plan(plan: Plan, *, backend: str, device: str = "gpu",
                   engine_kwargs=dict(engine_kwargs or {}), gpu_catalog=list(gpu_catalog or []),
                   model_catalog=list(model_catalog or []), seed=seed, time_scale=time_scale,
                   log_dir=log_dir, log_rotate_s=log_rotate_s, api_keys=api_keys,
-                  on_model_down=on_model_down, drift_window_s=drift_window_s)
+                  on_model_down=on_model_down, drift_window_s=drift_window_s,
+                  affinity=affinity, affinity_imbalance=affinity_imbalance,
+                  prefix_cache=prefix_cache)
     stack = check_plan_fits(plan, stack)
     api = ServeApi(dashboard or dashboard_url())
     config = stack_config(plan, stack, host=host, port=port, proxy_location=proxy_location,
@@ -170,18 +176,22 @@ def serve_config(plan: Plan, *, backend: str, device: str = "gpu",
                  host: str = "0.0.0.0", port: int = 8000, seed: int = 0,
                  log_dir: str | None = None, api_keys: list[dict[str, Any]] | None = None,
                  on_model_down: str = "fallback",
-                 predictions: Mapping[str, PredictionTable] | None = None) -> dict[str, Any]:
+                 predictions: Mapping[str, PredictionTable] | None = None,
+                 affinity: str = "off", affinity_imbalance: int = DEFAULT_IMBALANCE,
+                 prefix_cache: bool = False) -> dict[str, Any]:
     """The Serve config file (``serve deploy FILE``) of a plan, in the stack layout.
 
     (`app.main.stack_config`): editing a group's ``num_replicas`` or the router's
     ``user_config`` and re-deploying changes them in place, and ``boute replan`` can take
     it over. `api_keys` (digests only) go into the router's ``user_config``; `predictions`
     (group -> prediction table, as for `deploy_plan`) too, for the router's live prediction
-    error (`app.drift`).
+    error (`app.drift`). The affinity and prefix-cache settings are `deploy_plan`'s.
     """
     stack = Stack(backend=backend, device=device, sources=dict(sources or {}),
                   engine_kwargs=dict(engine_kwargs or {}), gpus_per_node=dict(gpus_per_node or {}),
-                  seed=seed, log_dir=log_dir, api_keys=api_keys, on_model_down=on_model_down)
+                  seed=seed, log_dir=log_dir, api_keys=api_keys, on_model_down=on_model_down,
+                  affinity=affinity, affinity_imbalance=affinity_imbalance,
+                  prefix_cache=prefix_cache)
     return stack_config(plan, stack, host=host, port=port, predictions=predictions)
 
 

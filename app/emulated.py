@@ -26,6 +26,15 @@ Admission control, as vLLM: `EmulatedEngine.check` rejects a request whose promp
 the server answers 400). A request whose consumer stops reading (``aclose``, cancellation)
 leaves the scheduler at once and frees its KV cache.
 
+**Prefix cache** (optional, ``prefix_cache=True``; vLLM's automatic prefix caching, on by
+default in vLLM): the simulator's model of it (`profiling.PrefixCache`, through the shared
+scheduler): a request's leading system-prompt blocks are reused from any earlier request of
+its application, the rest of its prompt from its session's earlier turns, while they are
+cached (least recently used evicted into the KV blocks the running sequences leave free); only
+the uncached part of a prompt is prefilled. `generate`'s ``share`` says what a prompt shares
+(the server reads it from the request, `app.emulated_server`); `PrefixCache.hit_rate` is the
+replica's hit rate. (The cache keeps three integers per request served: a dry run's memory.)
+
 Never a silent fallback: it is chosen with ``--backend emulated``.
 """
 
@@ -40,9 +49,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from profiling import BatchScheduler, ReplicaModel, SequenceTooLongError
+from profiling import BatchScheduler, PrefixCache, ReplicaModel, SequenceTooLongError, Sharing
 
-__all__ = ["EmulatedEngine", "EngineSettings", "SequenceTooLongError", "estimate_tokens"]
+__all__ = ["EmulatedEngine", "EngineSettings", "SequenceTooLongError", "Share",
+           "estimate_tokens"]
+
+Share = tuple[int, int, int]
+"""What a prompt shares: (application id, system prompt tokens, session id); -1: none."""
 
 _log = logging.getLogger(__name__)
 
@@ -98,14 +111,18 @@ class EmulatedEngine:
 
     """
 
-    def __init__(self, replica: ReplicaModel, time_scale: float = 1.0) -> None:
+    def __init__(self, replica: ReplicaModel, time_scale: float = 1.0,
+                 prefix_cache: bool = False) -> None:
         if not time_scale >= 0:
             raise ValueError(f"time_scale={time_scale} must be >= 0 (0: zero-latency engine)")
         self.replica = replica
         self.time_scale = time_scale
         self.speed_factor = 1.0
         """Runs at this times the model's speed (module docstring; > 0, live)."""
-        self.scheduler = BatchScheduler(replica.engine, replica.memory.kv_capacity_tokens)
+        self.prefix_cache = PrefixCache(Sharing.none(0)) if prefix_cache else None
+        """The replica's prefix cache (module docstring; None: off)."""
+        self.scheduler = BatchScheduler(replica.engine, replica.memory.kv_capacity_tokens,
+                                        self.prefix_cache)
         self.steps = 0
         """Engine steps run so far."""
         self.engine_time_s = 0.0
@@ -134,11 +151,19 @@ class EmulatedEngine:
         """
         self.scheduler.check(max(1, prompt_tokens), max(1, max_tokens))
 
-    async def generate(self, prompt_tokens: int, max_tokens: int) -> AsyncGenerator[int, None]:
+    async def generate(self, prompt_tokens: int, max_tokens: int,
+                       share: Share | None = None) -> AsyncGenerator[int, None]:
         """Yield the index (0, 1, ...) of each generated token as the engine produces it.
 
         Stopping early (``aclose()``, the consuming task cancelled) removes the request from
         the engine at once: its KV cache is freed and it takes no further step.
+
+        Args:
+            prompt_tokens: prompt length, tokens.
+            max_tokens: tokens to generate.
+            share: what the prompt shares, ``(application id, system prompt tokens, session
+                id)`` (ids -1: none; `profiling.Sharing`'s columns); None: nothing. Used
+                only with the prefix cache on.
 
         Raises:
             SequenceTooLongError: as `check`, before anything is queued.
@@ -147,6 +172,10 @@ class EmulatedEngine:
         prompt_tokens, max_tokens = max(1, prompt_tokens), max(1, max_tokens)
         self.scheduler.check(prompt_tokens, max_tokens)
         rid = next(self._ids)
+        if self.prefix_cache is not None:
+            app, system, session = share or (-1, 0, -1)
+            system = min(system, prompt_tokens) if app >= 0 else 0
+            rid = self.prefix_cache.add_request(app, system, session)
         queue: asyncio.Queue[int | None] = asyncio.Queue()
         self._queues[rid] = queue
         self._delivered[rid] = 0

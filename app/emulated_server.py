@@ -17,6 +17,11 @@ while the replica's event loop runs (vLLM: while its engine passes its health ch
 The emulated deployment also takes a ``user_config`` (`app.emulated.EngineSettings`, live,
 a dry-run feature): ``speed_factor`` runs its engines at that times the model's speed
 (`app.deploy.set_engine_speed`), to rehearse a group that drifted from its profile.
+
+With ``prefix_cache`` (`app.stack.Stack.prefix_cache`) each replica models vLLM's prefix
+cache (`app.emulated`): a chat's leading ``system`` messages are its application's system
+prompt, its session the body's ``user`` (else its first other message); ``prefix_cache_stats()``
+gives the replica's hit rate, so cache-affine routing (`app.affinity`) shows in a dry run.
 """
 
 
@@ -26,7 +31,13 @@ from typing import Any
 
 from ray import serve
 
-from .emulated import EmulatedEngine, EngineSettings, SequenceTooLongError, estimate_tokens
+from .emulated import (
+    EmulatedEngine,
+    EngineSettings,
+    SequenceTooLongError,
+    Share,
+    estimate_tokens,
+)
 from .openai_api import ApiError, chunk, completion, prompt_of, sse, stream_ident, token_prompts
 
 __all__ = ["EmulatedLLMServer", "EngineSettings"]
@@ -59,20 +70,62 @@ class EmulatedLLMServer:
 
     def __init__(self, model: str, gpu: str, tp: int, pp: int,
                  gpu_catalog: list[str] | None = None,
-                 model_catalog: list[str] | None = None, time_scale: float = 1.0) -> None:
+                 model_catalog: list[str] | None = None, time_scale: float = 1.0,
+                 prefix_cache: bool = False) -> None:
         from profiling import ReplicaModel, load_catalog
 
         catalog = load_catalog(gpu_catalog or (), model_catalog or ())
         arch = catalog.model(model)
         self.model = model
         self.max_context = arch.max_position_embeddings
-        self.engine = EmulatedEngine(ReplicaModel(arch, catalog.gpu(gpu), tp, pp), time_scale)
+        self.engine = EmulatedEngine(ReplicaModel(arch, catalog.gpu(gpu), tp, pp), time_scale,
+                                     prefix_cache)
+        self._ids: dict[str, dict[str, int]] = {}      # kind -> text -> id (0, 1, ...)
+
+    def _id(self, kind: str, text: str) -> int:
+        ids = self._ids.setdefault(kind, {})
+        return ids.setdefault(text, len(ids))
+
+    def _share(self, kind: str, body: dict[str, Any]) -> Share | None:
+        """What the prompt shares (`app.emulated.Share`); None without the prefix cache.
+
+        Chat: the leading ``system`` messages are its application's system prompt; its
+        session is the body's ``user`` (the router copies ``x-session-id`` there), else its
+        first other message (a chat's history starts the same in every turn). Completions:
+        the session is ``user``; no system prompt.
+        """
+        if self.engine.prefix_cache is None:
+            return None
+        user = body.get("user")
+        session = self._id("user", user) if isinstance(user, str) and user else -1
+        if kind != "chat":
+            return (-1, 0, session)
+        messages = [m for m in body.get("messages") or () if isinstance(m, dict)]
+        system = ""
+        k = 0
+        while k < len(messages) and messages[k].get("role") == "system":
+            system += _text(messages[k].get("content"))
+            k += 1
+        if session < 0 and k < len(messages):
+            first = _text(messages[k].get("content"))
+            session = self._id("user", f"\x1ffirst\x1f{system}\x1e{first}")
+        if not system:
+            return (-1, 0, session)
+        return (self._id("system", system), estimate_tokens(system), session)
 
     def _check(self, kind: str, body: dict[str, Any]) -> tuple[int, int]:
-        """(prompt tokens, max tokens) of a valid body; raises ApiError as vLLM would."""
+        """(prompt tokens, max tokens) of a valid body; raises ApiError as vLLM would.
+
+        A chat's prompt is its whole conversation (every message's text, 4 characters per
+        token), as vLLM reads it; it was the last user message alone, which made a
+        multi-turn conversation's later turns as short as its first.
+        """
         ids = token_prompts(body) if kind == "completions" else None
-        prompt_tokens = (max(len(p) for p in ids) if ids is not None
-                         else estimate_tokens(prompt_of(kind, body)))
+        text = prompt_of(kind, body) if ids is None else ""     # validates the body
+        if kind == "chat":      # the whole conversation is the prompt, as vLLM reads it
+            text = "".join(_text(m.get("content")) for m in body["messages"]
+                           if isinstance(m, dict))
+        prompt_tokens = max(len(p) for p in ids) if ids is not None else estimate_tokens(text)
         max_tokens = body.get("max_tokens")
         max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
         if not isinstance(max_tokens, int) or max_tokens < 1:
@@ -90,8 +143,8 @@ class EmulatedLLMServer:
             raise ApiError(str(exc), param="max_tokens") from None
         return prompt_tokens, max_tokens
 
-    async def _stream(self, kind: str, prompt_tokens: int, max_tokens: int
-                      ) -> AsyncIterator[str]:
+    async def _stream(self, kind: str, prompt_tokens: int, max_tokens: int,
+                      share: Share | None = None) -> AsyncIterator[str]:
         """SSE text: the first token at once, then batches of `STREAM_INTERVAL_S`.
 
         (As Ray Serve LLM batches vLLM's stream.) The last batch ends with ``[DONE]``.
@@ -99,7 +152,7 @@ class EmulatedLLMServer:
         ident = stream_ident(kind)
         pending: list[str] = []
         flushed = time.monotonic()
-        async for i in self.engine.generate(prompt_tokens, max_tokens):
+        async for i in self.engine.generate(prompt_tokens, max_tokens, share):
             last = i + 1 == max_tokens
             pending.append(sse(chunk(kind, self.model, " tok", ident,
                                      "length" if last else None)))
@@ -125,15 +178,40 @@ class EmulatedLLMServer:
         """The router's liveness probe (the backend contract): True at once."""
         return True
 
+    async def prefix_cache_stats(self) -> dict[str, Any]:
+        """The replica's prefix cache: ``prompt_tokens``, ``cached_tokens``, ``hit_rate``.
+
+        Over the requests admitted so far (zeros without the prefix cache); ``replica``:
+        this replica's Serve id (to tell replicas apart).
+        """
+        replica = str(serve.get_replica_context().replica_id.unique_id)
+        cache = self.engine.prefix_cache
+        if cache is None:
+            return {"replica": replica, "prompt_tokens": 0.0, "cached_tokens": 0.0,
+                    "hit_rate": 0.0}
+        return {"replica": replica, "prompt_tokens": float(cache.prompt_tokens),
+                "cached_tokens": float(cache.cached_tokens_total), "hit_rate": cache.hit_rate}
+
     async def openai(self, kind: str, body: dict[str, Any]) -> Any:
         """The backend contract (see the module docstring)."""
         try:
             prompt_tokens, max_tokens = self._check(kind, body)
         except ApiError as exc:
             return self._error_stream(exc) if body.get("stream") else exc.body()
+        share = self._share(kind, body)
         if body.get("stream"):
-            return self._stream(kind, prompt_tokens, max_tokens)
+            return self._stream(kind, prompt_tokens, max_tokens, share)
         n = 0
-        async for _ in self.engine.generate(prompt_tokens, max_tokens):
+        async for _ in self.engine.generate(prompt_tokens, max_tokens, share):
             n += 1
         return completion(kind, self.model, " tok" * n, prompt_tokens, n)
+
+
+def _text(content: Any) -> str:
+    """A message's text (a string, or the ``text`` of its parts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content
+                       if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""

@@ -53,6 +53,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import ClientDisconnect
 
+from .affinity import SESSION_HEADER
 from .calls import Call, Pending, PendingStream, Reply, StreamReply
 from .dispatch import ROUTED_MODELS, STATUS_ABANDONED, WORKLOAD_HEADER, Dispatcher
 from .drift import EXPORT_S
@@ -307,6 +308,9 @@ class RouterIngress:
         if self.keys is not None and entry is not None:     # the rest: prompts x n in all
             self.keys.admit(entry, request_units(call.kind, body), taken=1)
         call.workload_asked = request.headers.get(WORKLOAD_HEADER)
+        session = request.headers.get(SESSION_HEADER)
+        if session and not body.get("user"):    # the groups' affinity router reads `user`
+            body["user"] = session
         call.stream = bool(body.get("stream"))
         return body
 

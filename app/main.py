@@ -33,6 +33,7 @@ from common.pairs import parse_pairs
 from placement import GroupSpec, Lane
 from tuning import LENGTH_CLASSES, Group, Plan, PredictionTable, Routing
 
+from .affinity import DEFAULT_IMBALANCE
 from .emulated_server import EmulatedLLMServer
 from .groups import inflight_limits
 from .ingress import RouterIngress
@@ -164,16 +165,26 @@ def _context(specs: list[GroupSpec], stack: Stack) -> dict[str, int]:
 
 
 def _engine(spec: GroupSpec, stack: Stack, drain_s: float = DRAIN_MIN_S) -> Application:
-    """The deployment of one replica group (named ``spec.name``; `drain_timeout_s`)."""
+    """The deployment of one replica group (named ``spec.name``; `drain_timeout_s`).
+
+    Its request router follows ``stack.affinity`` (`app.affinity`).
+    """
+    router: dict[str, Any] = {}
+    if stack.affinity != "off":             # else Serve's default (power of two choices)
+        from .affinity_router import request_router_config
+
+        router["request_router_config"] = request_router_config(stack.affinity,
+                                                                stack.affinity_imbalance)
     if stack.backend == "vllm":
         from .vllm_server import vllm_deployment
 
-        return vllm_deployment(spec, device=stack.device, drain_s=drain_s)
+        return vllm_deployment(spec, device=stack.device, drain_s=drain_s, serve_options=router)
     return EmulatedLLMServer.options(  # type: ignore[attr-defined,no-any-return]
         name=spec.name, num_replicas=spec.replicas, graceful_shutdown_timeout_s=drain_s,
         placement_group_bundles=spec.bundles, placement_group_strategy=spec.strategy,
+        **router,
     ).bind(spec.model, spec.catalog_gpu, spec.tp, spec.pp, stack.gpu_catalog or None,
-           stack.model_catalog or None, stack.time_scale)
+           stack.model_catalog or None, stack.time_scale, stack.prefix_cache)
 
 
 def build_app(plan: Plan, *, backend: str = "emulated",
@@ -184,7 +195,9 @@ def build_app(plan: Plan, *, backend: str = "emulated",
               seed: int = 0, time_scale: float = 1.0, log_dir: str | None = None,
               api_keys: list[dict[str, Any]] | None = None, on_model_down: str = "fallback",
               call_timeout_s: float | None = None, inflight_scale: float = 1.0,
-              log_limits: LogLimits | None = None, router_replicas: int = 1) -> Application:
+              log_limits: LogLimits | None = None, router_replicas: int = 1,
+              affinity: str = "off", affinity_imbalance: int = DEFAULT_IMBALANCE,
+              prefix_cache: bool = False) -> Application:
     """The one-application layout of `plan`: a deployment per replica group + the router.
 
     The arguments are `Stack`'s (``api_keys=None``: no authentication; the ``serve run``
@@ -207,7 +220,9 @@ def build_app(plan: Plan, *, backend: str = "emulated",
                   gpu_catalog=list(gpu_catalog or []), model_catalog=list(model_catalog or []),
                   seed=seed, time_scale=time_scale, log_dir=log_dir, api_keys=api_keys,
                   on_model_down=on_model_down, call_timeout_s=call_timeout_s,
-                  inflight_scale=inflight_scale, **_log_fields(log_limits or LogLimits()))
+                  inflight_scale=inflight_scale, affinity=affinity,
+                  affinity_imbalance=affinity_imbalance, prefix_cache=prefix_cache,
+                  **_log_fields(log_limits or LogLimits()))
     specs = stack_specs(plan, stack)
     weak, strong = _pair(plan)
     drain_s = drain_timeout_s(plan)
@@ -258,7 +273,9 @@ def app(args: dict[str, str]) -> Application:
     (gpu|cpu), ``models`` (``name=DIR_OR_HF_ID,...``), ``engine_kwargs`` (a JSON object),
     ``gpus_per_node`` (``type=N,...``), ``seed``, ``log_dir``, ``on_model_down``
     (fallback|fail), ``log_refused_sample``, ``log_retain_s``, ``log_max_bytes`` (a number,
-    or ``none``: no bound; `Stack`), ``fit_check`` (``on``, the default, or ``skip``).
+    or ``none``: no bound; `Stack`), ``fit_check`` (``on``, the default, or ``skip``),
+    ``affinity`` (off|prefix), ``affinity_imbalance`` (requests) and ``prefix_cache``
+    (on|off, emulated engines; `app.affinity`).
 
     Before anything is deployed (``serve run`` calls the builder before it starts or joins
     Ray), as ``boute deploy`` does:
@@ -306,6 +323,9 @@ def app(args: dict[str, str]) -> Application:
                      gpus_per_node=gpus_per_node, engine_kwargs=engine_kwargs,
                      seed=int(args.get("seed", 0)), log_dir=args.get("log_dir"),
                      api_keys=keys, on_model_down=args.get("on_model_down", "fallback"),
+                     affinity=args.get("affinity", "off"),
+                     affinity_imbalance=int(args.get("affinity_imbalance", DEFAULT_IMBALANCE)),
+                     prefix_cache=args.get("prefix_cache", "off") == "on",
                      log_limits=LogLimits(
                          refused_sample=_optional(args, "log_refused_sample", int,
                                                   LogLimits.refused_sample),

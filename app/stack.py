@@ -17,6 +17,7 @@ from typing import Any
 from placement import GroupSpec, group_specs
 from tuning import Plan
 
+from .affinity import DEFAULT_IMBALANCE, check_affinity
 from .guard import RequestLimits
 from .request_log import LogLimits
 from .router_config import RouterSettings
@@ -62,6 +63,13 @@ class Stack:
             its P95, `app.groups.inflight_limits`); larger admits more queueing.
         max_body_bytes: largest request body the router accepts (413 above).
         drift_window_s: the router's live prediction-error window, seconds (`app.drift`).
+        affinity: how a group spreads calls over its replicas: ``off`` (Serve's power of two
+            choices) or ``prefix`` (Ray Serve LLM's prefix-cache-affinity router, sessions
+            by the body's ``user`` / the ``x-session-id`` header; `app.affinity`).
+        affinity_imbalance: queue-length difference past which load balance overrides
+            affinity (requests; `app.affinity.DEFAULT_IMBALANCE`).
+        prefix_cache: the emulated engines model vLLM's automatic prefix caching
+            (`app.emulated`; vLLM engines have it as their engine args say, on by default).
 
     The last six are the router's live settings: a Serve config carries them in the
     router's ``user_config`` (changed live, e.g. a key rotation), not in the builder args.
@@ -88,6 +96,9 @@ class Stack:
     inflight_scale: float = 1.0
     max_body_bytes: int = RequestLimits.max_body_bytes
     drift_window_s: float = 120.0
+    affinity: str = "off"
+    affinity_imbalance: int = DEFAULT_IMBALANCE
+    prefix_cache: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -98,6 +109,7 @@ class Stack:
         if not (self.inflight_scale > 0 and math.isfinite(self.inflight_scale)):
             raise ValueError(f"inflight_scale={self.inflight_scale!r} must be a positive "
                              "number")
+        check_affinity(self.affinity, self.affinity_imbalance)
         self.settings()                     # validates the router's settings
         self.log_limits()                   # validates the log's limits
         if self.api_keys is not None:

@@ -98,7 +98,8 @@ async def _texts(results: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 def vllm_deployment(spec: GroupSpec, *, device: str = "gpu",
                     runtime_env: Mapping[str, Any] | None = None,
-                    drain_s: float | None = None) -> Application:
+                    drain_s: float | None = None,
+                    serve_options: Mapping[str, Any] | None = None) -> Application:
     """The ``ray.serve.llm`` deployment of one replica group.
 
     Args:
@@ -107,6 +108,8 @@ def vllm_deployment(spec: GroupSpec, *, device: str = "gpu",
         runtime_env: extra runtime environment of the engine replicas.
         drain_s: the replicas' ``graceful_shutdown_timeout_s`` (`app.main.drain_timeout_s`;
             None: Serve's default).
+        serve_options: more Serve deployment options (e.g. ``request_router_config``,
+            `app.affinity_router`).
 
     """
     if device not in ("gpu", "cpu"):
@@ -120,6 +123,7 @@ def vllm_deployment(spec: GroupSpec, *, device: str = "gpu",
     # <model id>": Serve configs and replanning address a group's deployment by that name.
     return build_llm_deployment(config, name_prefix=f"{spec.name}:",
                                 override_serve_options={
+                                    **dict(serve_options or {}),
                                     "name": spec.name,
                                     **({} if drain_s is None
                                        else {"graceful_shutdown_timeout_s": drain_s})},

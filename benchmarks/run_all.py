@@ -173,6 +173,9 @@ BENCHMARKS: tuple[Bench, ...] = (
           quick=("--no-copy", "--day-s", "300"), full_json=f"{DATA}/schedule_live.json"),
     Bench("cpu_e2e", "benchmarks/cpu_e2e.py", quick=("--duration-s", "60"),
           full_json=f"{DATA}/cpu_e2e.json"),
+    Bench("prefix_affinity", "benchmarks/prefix_affinity.py", full=("--no-copy",),
+          quick=("--no-copy", "--duration-s", "60"),
+          full_json=f"{DATA}/prefix_affinity.json"),
     # `make gpu-check`; a full run writes benchmarks/data/gpu-check/<device>/.
     Bench("gpu_check", "benchmarks/gpu_check.py",
           quick=("--quick", "--requests", "64", "--out", f"{_Q}/gpu_check"), json_flag="",

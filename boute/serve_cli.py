@@ -106,6 +106,16 @@ def add_deploy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    "and boute_prediction_error show no live prediction error")
     p.add_argument("--drift-window-s", type=float, default=120.0, help="the router's live "
                    "prediction-error window, seconds")
+    p.add_argument("--affinity", default="off", choices=["off", "prefix"], help="how a "
+                   "group spreads requests over its replicas: off (power of two choices) or "
+                   "prefix (Ray Serve LLM's prefix-cache-affinity router; a session by the "
+                   "body's user field or the x-session-id header; not under Serve's HAProxy "
+                   "high-throughput mode, see app/affinity.py)")
+    p.add_argument("--affinity-imbalance", type=int, default=8, metavar="N", help="with "
+                   "--affinity prefix: a queue-length difference above N requests moves a "
+                   "session to a less loaded replica")
+    p.add_argument("--prefix-cache", action="store_true", help="--backend emulated: the "
+                   "engines model vLLM's prefix cache (vLLM engines have it on by default)")
     p.set_defaults(run=_run_deploy)
 
 
@@ -206,7 +216,9 @@ def _serve(args: argparse.Namespace, plan: Any, rate: float, sources: dict[str, 
                           dashboard=args.dashboard or None, api_keys=keys,
                           on_model_down=args.on_model_down,
                           predictions=_predictions(args, plan),
-                          drift_window_s=args.drift_window_s,
+                          drift_window_s=args.drift_window_s, affinity=args.affinity,
+                          affinity_imbalance=args.affinity_imbalance,
+                          prefix_cache=args.prefix_cache,
                           # fake nodes share this host: one HTTP proxy, on the head
                           proxy_location="HeadOnly" if cluster is not None else "EveryNode")
         print(f"boute deploy: serving {len(plan.groups)} replica group(s) at {url} "
@@ -272,7 +284,9 @@ def _write_serve_config(args: argparse.Namespace, plan: Any, sources: dict[str, 
                           engine_kwargs=engine_kwargs, host=args.host, port=args.port,
                           seed=args.seed, log_dir=_log_dir(args),
                           api_keys=_api_keys(args)[0], on_model_down=args.on_model_down,
-                          predictions=_predictions(args, plan))
+                          predictions=_predictions(args, plan),
+                          affinity=args.affinity, affinity_imbalance=args.affinity_imbalance,
+                          prefix_cache=args.prefix_cache)
     Path(args.serve_config).parent.mkdir(parents=True, exist_ok=True)
     Path(args.serve_config).write_text(yaml.safe_dump(config, sort_keys=False))
     from boute._shared import emit

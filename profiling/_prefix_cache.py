@@ -102,6 +102,29 @@ class PrefixCache:
         """Their prompt tokens found in the cache."""
         self._admitted: set[int] = set()
 
+    def add_request(self, prefix_id: int, prefix_tokens: int, session_id: int) -> int:
+        """Append a request (a live engine's, whose trace is not known ahead); returns its id.
+
+        Args:
+            prefix_id: its application (-1: no shared system prompt).
+            prefix_tokens: that system prompt's tokens (0 without one).
+            session_id: its conversation (-1: none).
+
+        Returns:
+            The request's id (the next row: ``len`` of the requests so far).
+
+        Raises:
+            ValueError: ``prefix_tokens < 0``, or ``prefix_tokens > 0`` without a prefix id.
+
+        """
+        if prefix_tokens < 0 or (prefix_tokens > 0 and prefix_id < 0):
+            raise ValueError(f"{prefix_tokens=} must be >= 0, and 0 when {prefix_id=} < 0")
+        rid = len(self._app_blocks)
+        self._app_blocks.append(prefix_tokens // self.block_tokens)
+        self._app_key.append((_APP, prefix_id))
+        self._tail_key.append((_SESSION, session_id) if session_id >= 0 else (_OWN, rid))
+        return rid
+
     # ---- lookups -------------------------------------------------------------------------
 
     def _cached(self, key: Key) -> int:
