@@ -40,7 +40,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from profiling import BatchScheduler, ReplicaModel, SequenceTooLongError
+from profiling import BatchScheduler, RemoteKv, ReplicaModel, SequenceTooLongError
 
 __all__ = ["EmulatedEngine", "EngineSettings", "SequenceTooLongError", "estimate_tokens"]
 
@@ -92,20 +92,26 @@ class EmulatedEngine:
     Args:
         replica: the replica's step-time model, engine settings and KV capacity.
         time_scale: multiplies every step time (0: zero latency).
+        remote_kv: the decode pool of a prefill/decode pair: each request's prompt KV is
+            present at admission (computed by the prefill pool).
 
     Raises:
         ValueError: ``time_scale < 0``.
 
     """
 
-    def __init__(self, replica: ReplicaModel, time_scale: float = 1.0) -> None:
+    def __init__(self, replica: ReplicaModel, time_scale: float = 1.0, *,
+                 remote_kv: bool = False) -> None:
         if not time_scale >= 0:
             raise ValueError(f"time_scale={time_scale} must be >= 0 (0: zero-latency engine)")
         self.replica = replica
         self.time_scale = time_scale
         self.speed_factor = 1.0
         """Runs at this times the model's speed (module docstring; > 0, live)."""
-        self.scheduler = BatchScheduler(replica.engine, replica.memory.kv_capacity_tokens)
+        # remote_kv: a decode instance of a pool pair; a request's prompt KV arrives from the
+        # prefill pool (all but its last token, `profiling.RemoteKv`), as in `simulate_pd`.
+        self.scheduler = BatchScheduler(replica.engine, replica.memory.kv_capacity_tokens,
+                                        RemoteKv() if remote_kv else None)
         self.steps = 0
         """Engine steps run so far."""
         self.engine_time_s = 0.0

@@ -17,9 +17,18 @@ while the replica's event loop runs (vLLM: while its engine passes its health ch
 The emulated deployment also takes a ``user_config`` (`app.emulated.EngineSettings`, live,
 a dry-run feature): ``speed_factor`` runs its engines at that times the model's speed
 (`app.deploy.set_engine_speed`), to rehearse a group that drifted from its profile.
+
+Prefill/decode pool pairs (a plan's groups with ``role``): the decode group is the one the
+router sees (a "pd group"); its deployment, given ``prefill`` (the prefill group's
+application, GPU, TP, PP), sends each request's prompt to the prefill group first, waits the
+KV transfer, then decodes with the prompt's KV present (`EmulatedEngine` ``remote_kv``) and
+streams from its own first token, as vLLM's P/D proxy does. A lost prefill group fails the
+pair's requests (502s the router retries on another group of the model, when there is one).
 """
 
+from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -59,14 +68,43 @@ class EmulatedLLMServer:
 
     def __init__(self, model: str, gpu: str, tp: int, pp: int,
                  gpu_catalog: list[str] | None = None,
-                 model_catalog: list[str] | None = None, time_scale: float = 1.0) -> None:
-        from profiling import ReplicaModel, load_catalog
+                 model_catalog: list[str] | None = None, time_scale: float = 1.0,
+                 prefill: dict[str, Any] | None = None) -> None:
+        from profiling import ReplicaModel, kv_link, load_catalog
 
         catalog = load_catalog(gpu_catalog or (), model_catalog or ())
         arch = catalog.model(model)
         self.model = model
+        self.arch = arch
         self.max_context = arch.max_position_embeddings
-        self.engine = EmulatedEngine(ReplicaModel(arch, catalog.gpu(gpu), tp, pp), time_scale)
+        replica = ReplicaModel(arch, catalog.gpu(gpu), tp, pp)
+        self.time_scale = time_scale
+        self.prefill = prefill
+        if prefill is not None:     # the decode pool of a pool pair (`_prefill_first`)
+            peer = ReplicaModel(arch, catalog.gpu(prefill["gpu"]), int(prefill["tp"]),
+                                int(prefill["pp"]))
+            self.link = kv_link(peer, replica, same_node=False)
+        self.engine = EmulatedEngine(replica, time_scale, remote_kv=prefill is not None)
+
+    async def _prefill_first(self, kind: str, body: dict[str, Any],
+                             prompt_tokens: int) -> dict[str, Any] | None:
+        """A decode pool's request: the prompt on the prefill pool, then its KV over the link.
+
+        As vLLM's P/D proxy: the prefill instance runs the request with ``max_tokens=1``
+        (its KV computed), the KV moves to this instance (`profiling.kv_link`'s transfer time
+        of `profiling.kv_transfer_bytes`, emulated by a sleep), then this instance decodes
+        and streams from its first token. Returns the prefill pool's error body, if any.
+        """
+        from profiling import kv_transfer_bytes
+
+        assert self.prefill is not None
+        handle = serve.get_app_handle(self.prefill["app"])
+        out = await handle.openai.remote(kind, {**body, "stream": False, "max_tokens": 1})
+        if isinstance(out, dict) and "error" in out:
+            return out
+        wait_s = self.link.transfer_s(kv_transfer_bytes(self.arch, prompt_tokens))
+        await asyncio.sleep(wait_s * self.time_scale / self.engine.speed_factor)
+        return None
 
     def _check(self, kind: str, body: dict[str, Any]) -> tuple[int, int]:
         """(prompt tokens, max tokens) of a valid body; raises ApiError as vLLM would."""
@@ -112,6 +150,9 @@ class EmulatedLLMServer:
     async def _error_stream(self, exc: ApiError) -> AsyncIterator[dict[str, Any]]:
         yield exc.body()
 
+    async def _error_stream_body(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        yield body
+
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Take a ``user_config`` live (`EngineSettings`: ``speed_factor``).
 
@@ -131,6 +172,10 @@ class EmulatedLLMServer:
             prompt_tokens, max_tokens = self._check(kind, body)
         except ApiError as exc:
             return self._error_stream(exc) if body.get("stream") else exc.body()
+        if self.prefill is not None:
+            error = await self._prefill_first(kind, body, prompt_tokens)
+            if error is not None:
+                return self._error_stream_body(error) if body.get("stream") else error
         if body.get("stream"):
             return self._stream(kind, prompt_tokens, max_tokens)
         n = 0
