@@ -86,6 +86,17 @@ def estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
+class _PdKv(RemoteKv):
+    """`profiling.RemoteKv` except for the requests in `local`, whose prompt is computed here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local: set[int] = set()
+
+    def cached_tokens(self, rid: int, prompt_tokens: int) -> int:
+        return 0 if rid in self.local else super().cached_tokens(rid, prompt_tokens)
+
+
 class EmulatedEngine:
     """Continuous batching in real time on the replica model's step times.
 
@@ -110,8 +121,9 @@ class EmulatedEngine:
         """Runs at this times the model's speed (module docstring; > 0, live)."""
         # remote_kv: a decode instance of a pool pair; a request's prompt KV arrives from the
         # prefill pool (all but its last token, `profiling.RemoteKv`), as in `simulate_pd`.
+        self._remote = _PdKv() if remote_kv else None
         self.scheduler = BatchScheduler(replica.engine, replica.memory.kv_capacity_tokens,
-                                        RemoteKv() if remote_kv else None)
+                                        self._remote)
         self.steps = 0
         """Engine steps run so far."""
         self.engine_time_s = 0.0
@@ -140,8 +152,12 @@ class EmulatedEngine:
         """
         self.scheduler.check(max(1, prompt_tokens), max(1, max_tokens))
 
-    async def generate(self, prompt_tokens: int, max_tokens: int) -> AsyncGenerator[int, None]:
+    async def generate(self, prompt_tokens: int, max_tokens: int, *, kv_present: bool = True
+                       ) -> AsyncGenerator[int, None]:
         """Yield the index (0, 1, ...) of each generated token as the engine produces it.
+
+        `kv_present` (``remote_kv`` engines): False computes the prompt here, as a co-located
+        replica (the prefill pool was lost).
 
         Stopping early (``aclose()``, the consuming task cancelled) removes the request from
         the engine at once: its KV cache is freed and it takes no further step.
@@ -156,6 +172,8 @@ class EmulatedEngine:
         queue: asyncio.Queue[int | None] = asyncio.Queue()
         self._queues[rid] = queue
         self._delivered[rid] = 0
+        if self._remote is not None and not kv_present:
+            self._remote.local.add(rid)
         self.scheduler.add(rid, prompt_tokens, max_tokens)
         self._ensure_loop()
         try:
@@ -168,6 +186,8 @@ class EmulatedEngine:
                 yield tok
         finally:
             del self._queues[rid], self._delivered[rid]
+            if self._remote is not None:
+                self._remote.local.discard(rid)
             if self.scheduler.remove(rid):      # cancelled: free its KV, let others in
                 self._wake.set()
 

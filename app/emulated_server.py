@@ -22,13 +22,14 @@ Prefill/decode pool pairs (a plan's groups with ``role``): the decode group is t
 router sees (a "pd group"); its deployment, given ``prefill`` (the prefill group's
 application, GPU, TP, PP), sends each request's prompt to the prefill group first, waits the
 KV transfer, then decodes with the prompt's KV present (`EmulatedEngine` ``remote_kv``) and
-streams from its own first token, as vLLM's P/D proxy does. A lost prefill group fails the
-pair's requests (502s the router retries on another group of the model, when there is one).
+streams from its own first token, as vLLM's P/D proxy does. When the prefill group fails (a
+lost pool), the decode group computes the prompt itself, as a co-located replica would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -39,6 +40,8 @@ from .emulated import EmulatedEngine, EngineSettings, SequenceTooLongError, esti
 from .openai_api import ApiError, chunk, completion, prompt_of, sse, stream_ident, token_prompts
 
 __all__ = ["EmulatedLLMServer", "EngineSettings"]
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 128
 
@@ -128,8 +131,8 @@ class EmulatedLLMServer:
             raise ApiError(str(exc), param="max_tokens") from None
         return prompt_tokens, max_tokens
 
-    async def _stream(self, kind: str, prompt_tokens: int, max_tokens: int
-                      ) -> AsyncIterator[str]:
+    async def _stream(self, kind: str, prompt_tokens: int, max_tokens: int,
+                      kv_present: bool = True) -> AsyncIterator[str]:
         """SSE text: the first token at once, then batches of `STREAM_INTERVAL_S`.
 
         (As Ray Serve LLM batches vLLM's stream.) The last batch ends with ``[DONE]``.
@@ -137,7 +140,7 @@ class EmulatedLLMServer:
         ident = stream_ident(kind)
         pending: list[str] = []
         flushed = time.monotonic()
-        async for i in self.engine.generate(prompt_tokens, max_tokens):
+        async for i in self.engine.generate(prompt_tokens, max_tokens, kv_present=kv_present):
             last = i + 1 == max_tokens
             pending.append(sse(chunk(kind, self.model, " tok", ident,
                                      "length" if last else None)))
@@ -172,13 +175,20 @@ class EmulatedLLMServer:
             prompt_tokens, max_tokens = self._check(kind, body)
         except ApiError as exc:
             return self._error_stream(exc) if body.get("stream") else exc.body()
+        kv_present = True
         if self.prefill is not None:
-            error = await self._prefill_first(kind, body, prompt_tokens)
+            try:
+                error = await self._prefill_first(kind, body, prompt_tokens)
+            except Exception as exc:    # the prefill group is lost: compute the prompt here
+                _log.warning("%s: prefill group %s failed (%s: %s); prompt computed on the "
+                             "decode group", self.model, self.prefill["app"],
+                             type(exc).__name__, exc)
+                error, kv_present = None, False
             if error is not None:
                 return self._error_stream_body(error) if body.get("stream") else error
         if body.get("stream"):
-            return self._stream(kind, prompt_tokens, max_tokens)
+            return self._stream(kind, prompt_tokens, max_tokens, kv_present)
         n = 0
-        async for _ in self.engine.generate(prompt_tokens, max_tokens):
+        async for _ in self.engine.generate(prompt_tokens, max_tokens, kv_present=kv_present):
             n += 1
         return completion(kind, self.model, " tok" * n, prompt_tokens, n)
