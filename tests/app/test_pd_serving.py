@@ -81,6 +81,8 @@ def test_a_pool_pair_serves_every_request_near_its_prediction(
     try:
         url = deploy_plan(_plan(), backend="emulated", port=free_port(),
                           proxy_location="HeadOnly")
+        # Warm-up: the first calls create the Serve handles (router -> decode -> prefill).
+        run_bench(url, workload_requests([("default", "gsm8k", 2.0)], duration_s=3, seed=7))
         result = run_bench(url, workload_requests([("default", "gsm8k", RATE_RPS)],
                                                   duration_s=duration_s, seed=1))
         summary = result.summary()
@@ -88,10 +90,13 @@ def test_a_pool_pair_serves_every_request_near_its_prediction(
         serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
-    assert summary["requests"] >= 200 and summary["ok"] == summary["requests"], summary
+    assert summary["requests"] >= 200 and summary["ok"] == summary["requests"], {
+        k: summary.get(k) for k in ("requests", "ok", "errors", "first_error")}
     want = _predicted(duration_s)
     got = {"ttft_p95_s": summary["ttft_s"]["p95"], "tpot_p95_s": summary["tpot_s"]["p95"]}
-    print({"measured": got, "predicted": want, "group_share": summary["group_share"]})
-    # Loose: HTTP, the router and the stream's batching add tens of ms to each TTFT.
-    assert abs(got["ttft_p95_s"] - want["ttft_p95_s"]) <= 0.5 * want["ttft_p95_s"] + 0.25
-    assert abs(got["tpot_p95_s"] - want["tpot_p95_s"]) <= 0.5 * want["tpot_p95_s"] + 0.01
+    seen = {"measured": got, "predicted": want, "group_share": summary["group_share"],
+            "requests": summary["requests"]}
+    print(seen)
+    # Loose: HTTP, the router and two Serve hops add tens of ms to each TTFT.
+    assert abs(got["ttft_p95_s"] - want["ttft_p95_s"]) <= 0.5 * want["ttft_p95_s"] + 0.25, seen
+    assert abs(got["tpot_p95_s"] - want["tpot_p95_s"]) <= 0.5 * want["tpot_p95_s"] + 0.01, seen
