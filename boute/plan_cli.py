@@ -208,7 +208,11 @@ def _run_disaggregated(args: argparse.Namespace, problem: Problem, goal: Any,
                          f"{p.ttft_p95_s:.3f} s, TPOT P95 {1e3 * (p.tpot_p95_s or 0):.1f} ms "
                          "(worst model, worst trace)")
             if held.rounds > 1:
-                lines.append(f"re-planned {held.rounds - 1} time(s) with derated rates: "
+                missed = [f"${c:.2f}/h missed ("
+                          + ", ".join(m for m, v in chk.items() if not v["holds"]) + ")"
+                          for c, chk in zip(held.costs[:-1], held.checks[:-1], strict=True)]
+                lines.append(f"re-planned {held.rounds - 1} time(s) with derated rates "
+                             f"({'; '.join(missed)}): "
                              + ", ".join(f"{k} x{v:g}" for k, v in held.factors.items()))
         lines.append(f"plan written to {args.out}")
         return "\n".join(lines)

@@ -68,6 +68,7 @@ class PdHeld:
         rounds: plans made (1: the first held).
         checks: per round, model -> its worst ``ttft_p95_s``, ``tpot_p95_s``, ``holds``.
         factors: the derate factors in force for the last plan, ``"role model gpu tpN"``.
+        costs: $/hour of each round's plan.
 
     """
 
@@ -75,6 +76,7 @@ class PdHeld:
     rounds: int
     checks: tuple[dict[str, dict[str, Any]], ...]
     factors: dict[str, float] = field(default_factory=dict)
+    costs: tuple[float, ...] = ()
 
     @property
     def holds(self) -> bool:
@@ -84,7 +86,8 @@ class PdHeld:
     def summary(self) -> dict[str, Any]:
         """The JSON block: rounds, holds, derate factors and the last check per model."""
         return {"rounds": self.rounds, "holds": self.holds, "derated": self.factors,
-                "checks": self.checks[-1] if self.checks else {}}
+                "checks": self.checks[-1] if self.checks else {},
+                "cost_per_round": list(self.costs), "checks_per_round": list(self.checks)}
 
 
 def check_models(planner: PdPlanner, choice: PdChoice,
@@ -125,15 +128,17 @@ def hold_pd(planner: PdPlanner, rates_rps: Mapping[str, float], *, budget_per_ho
     derated.__dict__.update(planner.__dict__)      # shares the rate cache: rates before factors
     derated.factors = {}
     checks: list[dict[str, dict[str, Any]]] = []
+    costs: list[float] = []
     for rounds in range(1, max_rounds + 2):
         choice = derated.plan(rates_rps, budget_per_hour=budget_per_hour, disaggregate=True,
                               strong_share=strong_share)
         if check is None:
-            return PdHeld(choice, rounds, ())
+            return PdHeld(choice, rounds, (), costs=(choice.cost_per_hour,))
         verdict = check(derated, choice)
         checks.append(verdict)
+        costs.append(choice.cost_per_hour)
         if all(v["holds"] for v in verdict.values()) or rounds > max_rounds:
-            return PdHeld(choice, rounds, tuple(checks), _names(derated.factors))
+            return PdHeld(choice, rounds, tuple(checks), _names(derated.factors), tuple(costs))
         for g in choice.groups:
             v = verdict[g.model]
             if v["holds"]:

@@ -95,6 +95,7 @@ def test_a_pool_pair_missing_on_fresh_traffic_is_derated_and_replanned(
 
     held = hold_pd(planner, rates, budget_per_hour=1000.0, strong_share=1 / 3, check=check)
     assert held.rounds == 2 and held.holds and len(plans) == 2
+    assert held.costs == (plans[0].cost_per_hour, plans[1].cost_per_hour)
     first = [g for g in plans[0].groups if g.model == M70]
     # The prefill-heavy 70B traffic is split into a pool pair (the reason to derate pools).
     assert {g.role for g in first} == {"prefill", "decode"}
