@@ -49,7 +49,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from profiling import BatchScheduler, PrefixCache, ReplicaModel, SequenceTooLongError, Sharing
+from profiling import (
+    BatchScheduler,
+    PrefixCache,
+    RemoteKv,
+    ReplicaModel,
+    SequenceTooLongError,
+    Sharing,
+)
 
 __all__ = ["EmulatedEngine", "EngineSettings", "SequenceTooLongError", "Share",
            "estimate_tokens"]
@@ -99,12 +106,25 @@ def estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
+class _PdKv(RemoteKv):
+    """`profiling.RemoteKv` except for the requests in `local`, whose prompt is computed here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.local: set[int] = set()
+
+    def cached_tokens(self, rid: int, prompt_tokens: int) -> int:
+        return 0 if rid in self.local else super().cached_tokens(rid, prompt_tokens)
+
+
 class EmulatedEngine:
     """Continuous batching in real time on the replica model's step times.
 
     Args:
         replica: the replica's step-time model, engine settings and KV capacity.
         time_scale: multiplies every step time (0: zero latency).
+        remote_kv: the decode pool of a prefill/decode pair: each request's prompt KV is
+            present at admission (computed by the prefill pool).
 
     Raises:
         ValueError: ``time_scale < 0``.
@@ -112,17 +132,24 @@ class EmulatedEngine:
     """
 
     def __init__(self, replica: ReplicaModel, time_scale: float = 1.0,
-                 prefix_cache: bool = False) -> None:
+                 prefix_cache: bool = False, *, remote_kv: bool = False) -> None:
         if not time_scale >= 0:
             raise ValueError(f"time_scale={time_scale} must be >= 0 (0: zero-latency engine)")
         self.replica = replica
         self.time_scale = time_scale
         self.speed_factor = 1.0
         """Runs at this times the model's speed (module docstring; > 0, live)."""
+        if prefix_cache and remote_kv:
+            raise ValueError("an emulated engine models either vLLM's prefix cache or a decode "
+                             "pool's remote KV, not both: serve pool pairs without "
+                             "--prefix-cache")
         self.prefix_cache = PrefixCache(Sharing.none(0)) if prefix_cache else None
         """The replica's prefix cache (module docstring; None: off)."""
+        # remote_kv: a decode instance of a pool pair; a request's prompt KV arrives from the
+        # prefill pool (all but its last token, `profiling.RemoteKv`), as in `simulate_pd`.
+        self._remote = _PdKv() if remote_kv else None
         self.scheduler = BatchScheduler(replica.engine, replica.memory.kv_capacity_tokens,
-                                        self.prefix_cache)
+                                        self._remote or self.prefix_cache)
         self.steps = 0
         """Engine steps run so far."""
         self.engine_time_s = 0.0
@@ -152,7 +179,8 @@ class EmulatedEngine:
         self.scheduler.check(max(1, prompt_tokens), max(1, max_tokens))
 
     async def generate(self, prompt_tokens: int, max_tokens: int,
-                       share: Share | None = None) -> AsyncGenerator[int, None]:
+                       share: Share | None = None, *, kv_present: bool = True
+                       ) -> AsyncGenerator[int, None]:
         """Yield the index (0, 1, ...) of each generated token as the engine produces it.
 
         Stopping early (``aclose()``, the consuming task cancelled) removes the request from
@@ -164,6 +192,9 @@ class EmulatedEngine:
             share: what the prompt shares, ``(application id, system prompt tokens, session
                 id)`` (ids -1: none; `profiling.Sharing`'s columns); None: nothing. Used
                 only with the prefix cache on.
+            kv_present: (``remote_kv`` engines) the prompt's KV came from the prefill pool;
+                False computes the prompt here, as a co-located replica (the prefill pool was
+                lost).
 
         Raises:
             SequenceTooLongError: as `check`, before anything is queued.
@@ -179,6 +210,8 @@ class EmulatedEngine:
         queue: asyncio.Queue[int | None] = asyncio.Queue()
         self._queues[rid] = queue
         self._delivered[rid] = 0
+        if self._remote is not None and not kv_present:
+            self._remote.local.add(rid)
         self.scheduler.add(rid, prompt_tokens, max_tokens)
         self._ensure_loop()
         try:
@@ -191,6 +224,8 @@ class EmulatedEngine:
                 yield tok
         finally:
             del self._queues[rid], self._delivered[rid]
+            if self._remote is not None:
+                self._remote.local.discard(rid)
             if self.scheduler.remove(rid):      # cancelled: free its KV, let others in
                 self._wake.set()
 

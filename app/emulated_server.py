@@ -22,9 +22,19 @@ With ``prefix_cache`` (`app.stack.Stack.prefix_cache`) each replica models vLLM'
 cache (`app.emulated`): a chat's leading ``system`` messages are its application's system
 prompt, its session the body's ``user`` (else its first other message); ``prefix_cache_stats()``
 gives the replica's hit rate, so cache-affine routing (`app.affinity`) shows in a dry run.
+
+Prefill/decode pool pairs (a plan's groups with ``role``): the decode group is the one the
+router sees (a "pd group"); its deployment, given ``prefill`` (the prefill group's
+application, GPU, TP, PP), sends each request's prompt to the prefill group first, waits the
+KV transfer, then decodes with the prompt's KV present (`EmulatedEngine` ``remote_kv``) and
+streams from its own first token, as vLLM's P/D proxy does. When the prefill group fails (a
+lost pool), the decode group computes the prompt itself, as a co-located replica would.
 """
 
+from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -41,6 +51,8 @@ from .emulated import (
 from .openai_api import ApiError, chunk, completion, prompt_of, sse, stream_ident, token_prompts
 
 __all__ = ["EmulatedLLMServer", "EngineSettings"]
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOKENS = 128
 
@@ -71,15 +83,24 @@ class EmulatedLLMServer:
     def __init__(self, model: str, gpu: str, tp: int, pp: int,
                  gpu_catalog: list[str] | None = None,
                  model_catalog: list[str] | None = None, time_scale: float = 1.0,
-                 prefix_cache: bool = False) -> None:
-        from profiling import ReplicaModel, load_catalog
+                 prefix_cache: bool = False,
+                 prefill: dict[str, Any] | None = None) -> None:
+        from profiling import ReplicaModel, kv_link, load_catalog
 
         catalog = load_catalog(gpu_catalog or (), model_catalog or ())
         arch = catalog.model(model)
         self.model = model
+        self.arch = arch
         self.max_context = arch.max_position_embeddings
-        self.engine = EmulatedEngine(ReplicaModel(arch, catalog.gpu(gpu), tp, pp), time_scale,
-                                     prefix_cache)
+        replica = ReplicaModel(arch, catalog.gpu(gpu), tp, pp)
+        self.time_scale = time_scale
+        self.prefill = prefill
+        if prefill is not None:     # the decode pool of a pool pair (`_prefill_first`)
+            peer = ReplicaModel(arch, catalog.gpu(prefill["gpu"]), int(prefill["tp"]),
+                                int(prefill["pp"]))
+            self.link = kv_link(peer, replica, same_node=False)
+        self.engine = EmulatedEngine(replica, time_scale, prefix_cache,
+                                     remote_kv=prefill is not None)
         self._ids: dict[str, dict[str, int]] = {}      # kind -> text -> id (0, 1, ...)
 
     def _id(self, kind: str, text: str) -> int:
@@ -113,6 +134,26 @@ class EmulatedLLMServer:
             return (-1, 0, session)
         return (self._id("system", system), estimate_tokens(system), session)
 
+    async def _prefill_first(self, kind: str, body: dict[str, Any],
+                             prompt_tokens: int) -> dict[str, Any] | None:
+        """A decode pool's request: the prompt on the prefill pool, then its KV over the link.
+
+        As vLLM's P/D proxy: the prefill instance runs the request with ``max_tokens=1``
+        (its KV computed), the KV moves to this instance (`profiling.kv_link`'s transfer time
+        of `profiling.kv_transfer_bytes`, emulated by a sleep), then this instance decodes
+        and streams from its first token. Returns the prefill pool's error body, if any.
+        """
+        from profiling import kv_transfer_bytes
+
+        assert self.prefill is not None
+        handle = serve.get_app_handle(self.prefill["app"])
+        out = await handle.openai.remote(kind, {**body, "stream": False, "max_tokens": 1})
+        if isinstance(out, dict) and "error" in out:
+            return out
+        wait_s = self.link.transfer_s(kv_transfer_bytes(self.arch, prompt_tokens))
+        await asyncio.sleep(wait_s * self.time_scale / self.engine.speed_factor)
+        return None
+
     def _check(self, kind: str, body: dict[str, Any]) -> tuple[int, int]:
         """(prompt tokens, max tokens) of a valid body; raises ApiError as vLLM would.
 
@@ -144,7 +185,8 @@ class EmulatedLLMServer:
         return prompt_tokens, max_tokens
 
     async def _stream(self, kind: str, prompt_tokens: int, max_tokens: int,
-                      share: Share | None = None) -> AsyncIterator[str]:
+                      share: Share | None = None, kv_present: bool = True
+                      ) -> AsyncIterator[str]:
         """SSE text: the first token at once, then batches of `STREAM_INTERVAL_S`.
 
         (As Ray Serve LLM batches vLLM's stream.) The last batch ends with ``[DONE]``.
@@ -152,7 +194,8 @@ class EmulatedLLMServer:
         ident = stream_ident(kind)
         pending: list[str] = []
         flushed = time.monotonic()
-        async for i in self.engine.generate(prompt_tokens, max_tokens, share):
+        async for i in self.engine.generate(prompt_tokens, max_tokens, share,
+                                            kv_present=kv_present):
             last = i + 1 == max_tokens
             pending.append(sse(chunk(kind, self.model, " tok", ident,
                                      "length" if last else None)))
@@ -164,6 +207,9 @@ class EmulatedLLMServer:
 
     async def _error_stream(self, exc: ApiError) -> AsyncIterator[dict[str, Any]]:
         yield exc.body()
+
+    async def _error_stream_body(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        yield body
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Take a ``user_config`` live (`EngineSettings`: ``speed_factor``).
@@ -199,10 +245,22 @@ class EmulatedLLMServer:
         except ApiError as exc:
             return self._error_stream(exc) if body.get("stream") else exc.body()
         share = self._share(kind, body)
+        kv_present = True
+        if self.prefill is not None:
+            try:
+                error = await self._prefill_first(kind, body, prompt_tokens)
+            except Exception as exc:    # the prefill group is lost: compute the prompt here
+                _log.warning("%s: prefill group %s failed (%s: %s); prompt computed on the "
+                             "decode group", self.model, self.prefill["app"],
+                             type(exc).__name__, exc)
+                error, kv_present = None, False
+            if error is not None:
+                return self._error_stream_body(error) if body.get("stream") else error
         if body.get("stream"):
-            return self._stream(kind, prompt_tokens, max_tokens, share)
+            return self._stream(kind, prompt_tokens, max_tokens, share, kv_present)
         n = 0
-        async for _ in self.engine.generate(prompt_tokens, max_tokens, share):
+        async for _ in self.engine.generate(prompt_tokens, max_tokens, share,
+                                            kv_present=kv_present):
             n += 1
         return completion(kind, self.model, " tok" * n, prompt_tokens, n)
 

@@ -89,7 +89,8 @@ def routing_config(plan: Plan, specs: list[GroupSpec], weak: str, strong: str,
                 for k, m in enumerate(rt.models) for c, cls in enumerate(LENGTH_CLASSES)}
     limits = inflight_limits(
         [(spec.name, spec.lane.key, spec.replicas, spec.share) for spec in specs], load,
-        pred.capacity_rps if pred else None, _latency_level_s(plan),
+        pred.capacity_rps if pred and math.isfinite(pred.capacity_rps) else None,
+        _latency_level_s(plan),
         scale=stack.inflight_scale)
     ladder: dict[str, Any] = {}
     if rt.is_ladder:
@@ -122,7 +123,8 @@ def _latency_level_s(plan: Plan) -> float | None:
     target = plan.goal.p95_s if plan.goal is not None else None
     if target is not None and math.isfinite(target) and target > 0:
         return float(target)
-    return plan.predicted.p95_s if plan.predicted is not None else None
+    p95 = plan.predicted.p95_s if plan.predicted is not None else None
+    return p95 if p95 is not None and math.isfinite(p95) else None
 
 
 # How long an engine replica that a change removes keeps serving what it holds (see
@@ -164,11 +166,16 @@ def _context(specs: list[GroupSpec], stack: Stack) -> dict[str, int]:
     return out
 
 
-def _engine(spec: GroupSpec, stack: Stack, drain_s: float = DRAIN_MIN_S) -> Application:
+def _engine(spec: GroupSpec, stack: Stack, drain_s: float = DRAIN_MIN_S,
+            prefill: dict[str, Any] | None = None) -> Application:
     """The deployment of one replica group (named ``spec.name``; `drain_timeout_s`).
 
-    Its request router follows ``stack.affinity`` (`app.affinity`).
+    Its request router follows ``stack.affinity`` (`app.affinity`). `prefill`: the decode
+    pool of a pool pair (`app.emulated_server`; emulated only).
     """
+    if prefill is not None and stack.backend != "emulated":
+        raise ValueError(f"{spec.name}: prefill/decode pool pairs are served by the emulated "
+                         "backend only (--backend emulated); plan without --disaggregate")
     router: dict[str, Any] = {}
     if stack.affinity != "off":             # else Serve's default (power of two choices)
         from .affinity_router import request_router_config
@@ -184,7 +191,7 @@ def _engine(spec: GroupSpec, stack: Stack, drain_s: float = DRAIN_MIN_S) -> Appl
         placement_group_bundles=spec.bundles, placement_group_strategy=spec.strategy,
         **router,
     ).bind(spec.model, spec.catalog_gpu, spec.tp, spec.pp, stack.gpu_catalog or None,
-           stack.model_catalog or None, stack.time_scale, stack.prefix_cache)
+           stack.model_catalog or None, stack.time_scale, stack.prefix_cache, prefill)
 
 
 def build_app(plan: Plan, *, backend: str = "emulated",
@@ -401,10 +408,30 @@ def group_app(args: dict[str, Any]) -> Application:
     g = args["group"]
     offers = {g["gpu"]: {"gpu": g.get("device_gpu") or g["gpu"]}}
     one = Plan(Routing(1.0), (Group(g["model"], g["gpu"], int(g["tp"]), int(g["pp"]), 1, 1.0,
-                                    g.get("length_class")),),
+                                    g.get("length_class"), g.get("role")),),
                scenario={"spec": {"gpus": offers}})
     (spec,) = stack_specs(one, stack)
-    return _engine(spec, stack)
+    return _engine(spec, stack, prefill=g.get("prefill"))
+
+
+def _pd_peers(plan: Plan) -> dict[str, dict[str, Any]]:
+    """Decode group name -> its prefill group (``app`` name, catalog ``gpu``, ``tp``, ``pp``).
+
+    Raises:
+        ValueError: a model's pools are not one prefill group and one decode group.
+
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for m in sorted({g.model for g in plan.groups if g.role is not None}):
+        pre = [g for g in plan.groups if g.model == m and g.role == "prefill"]
+        dec = [g for g in plan.groups if g.model == m and g.role == "decode"]
+        if len(pre) != 1 or len(dec) != 1:
+            raise ValueError(f"plan: model {m} has {len(pre)} prefill and {len(dec)} decode "
+                             "groups; a pool pair is one of each")
+        p = pre[0]
+        out[dec[0].name] = {"app": p.name, "gpu": plan.catalog_gpu(p.gpu), "tp": p.tp,
+                            "pp": p.pp}
+    return out
 
 
 def stack_config(plan: Plan, stack: Stack, *, host: str = "0.0.0.0", port: int = 8000,
@@ -426,7 +453,9 @@ def stack_config(plan: Plan, stack: Stack, *, host: str = "0.0.0.0", port: int =
     """
     routed = routed_plan or plan
     specs = {s.name: s for s in stack_specs(plan, stack)}
-    routed_specs = stack_specs(routed, stack)
+    peers = _pd_peers(plan)
+    hidden = {g.name for g in routed.groups if g.role == "prefill"}   # reached via its pair
+    routed_specs = [s for s in stack_specs(routed, stack) if s.name not in hidden]
     missing = sorted({s.name for s in routed_specs} - set(specs))
     if missing:
         raise ValueError(f"the routed plan names groups {missing} that are not deployed")
@@ -445,13 +474,16 @@ def stack_config(plan: Plan, stack: Stack, *, host: str = "0.0.0.0", port: int =
         "deployments": [{"name": "RouterIngress", "user_config": user_config}],
     }]
     drain_s = drain_timeout_s(plan)
+    roles = {g.name: g.role for g in plan.groups if g.role is not None}
     for name, spec in sorted(specs.items()):
         apps.append({
             "name": name, "route_prefix": None, "import_path": "app.main:group_app",
             "args": {"stack": stack_args, "group": {
                 "model": spec.model, "gpu": spec.gpu, "tp": spec.tp, "pp": spec.pp,
                 **({} if spec.catalog_gpu == spec.gpu else {"device_gpu": spec.catalog_gpu}),
-                **({} if spec.length_class is None else {"length_class": spec.length_class})}},
+                **({} if spec.length_class is None else {"length_class": spec.length_class}),
+                **({} if name not in roles else {"role": roles[name]}),
+                **({} if name not in peers else {"prefill": peers[name]})}},
             "deployments": [{"name": name, "num_replicas": spec.replicas,
                              "graceful_shutdown_timeout_s": drain_s}],
         })

@@ -46,6 +46,11 @@ def add_plan(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--resim-seeds", type=int, default=3, help="re-simulate the chosen plan "
                    "on this many fresh traces per group and re-plan with derated capacities "
                    "until it holds its P95 target (default 3; 0: no check)")
+    p.add_argument("--disaggregate", action="store_true", help="also consider prefill/decode "
+                   "pool pairs per model (tuning.PdPlanner; min-cost for --quality, "
+                   "--ttft-p95 and --tpot-p95 under the budget; one workload, two models, no "
+                   "length classes); the plan is checked on --resim-seeds fresh traces and "
+                   "re-planned with derated rates until it holds")
     p.add_argument("--tune", action="store_true", help="evaluate MOBO proposals as Ray Tune "
                    "trials in parallel")
     p.add_argument("--address", default=None, metavar="ADDR", help="with --tune: use the "
@@ -108,6 +113,8 @@ def _run_plan(args: argparse.Namespace) -> int:
     problem = load_planning_problem(args)
     quality, qualities = parse_quality(args.quality, problem.workloads)
     goal = Goal(args.objective, quality, args.p95, qualities, slo, ttft_p95_s, tpot_p95_s)
+    if args.disaggregate:
+        return _run_disaggregated(args, problem, goal, fresh_seeds(args.resim_seeds))
     _note_daily_profiles(problem)
     chosen = choose_plan(problem, goal, options,
                          with_threshold=lambda tau: load_planning_problem(args, tau),
@@ -164,6 +171,56 @@ def _run_plan(args: argparse.Namespace) -> int:
 
     emit(args, payload, human)
     return 0 if plan else 1
+
+
+def _run_disaggregated(args: argparse.Namespace, problem: Problem, goal: Any,
+                       seeds: tuple[int, ...]) -> int:
+    """``--disaggregate``: `tuning.plan_disaggregated`, printed with roles and TTFT/TPOT."""
+    from profiling import load_catalog
+    from tuning import plan_disaggregated, refuse_disaggregate
+
+    refuse_disaggregate(problem, goal)
+    from tuning import Goal
+
+    goal = Goal("min-cost", goal.quality, None, None, None, goal.ttft_p95_s, goal.tpot_p95_s)
+    plan, held = plan_disaggregated(problem, goal, load_catalog(args.gpu_catalog,
+                                                                args.model_catalog),
+                                    seeds=seeds)
+    plan.save(args.out)
+    payload: dict[str, Any] = {"plan": plan.to_dict(), "out": args.out,
+                               "disaggregation": plan.extra["disaggregation"]}
+
+    def human() -> str:
+        assert plan.predicted is not None
+        p = plan.predicted
+        lines = [f"P/D plan (min-cost, quality >= {goal.quality:g}, TTFT P95 <= "
+                 f"{goal.ttft_p95_s:g} s, TPOT P95 <= {goal.tpot_p95_s:g} s, budget "
+                 f"${problem.budget:g}/h): ${p.cost_per_hour:.2f}/h, strong share "
+                 f"{plan.routing.strong_share:.3f}, quality {p.quality:.3f}"]
+        for g in plan.groups:
+            role = {"prefill": "prefill pool", "decode": "decode pool"}.get(g.role or "",
+                                                                           "co-located")
+            lines.append(f"  {g.replicas}x {g.model} on {g.gpu} tp{g.tp} pp{g.pp}  "
+                         f"[{role}] share {g.share:.3f}")
+        if held.checks:
+            lines.append(f"fresh traffic ({len(seeds)} traces): "
+                         f"{'holds' if held.holds else 'DOES NOT HOLD'}; predicted TTFT P95 "
+                         f"{p.ttft_p95_s:.3f} s, TPOT P95 {1e3 * (p.tpot_p95_s or 0):.1f} ms "
+                         "(worst model, worst trace)")
+            if held.rounds > 1:
+                missed = [f"${c:.2f}/h missed ("
+                          + ", ".join(m for m, v in chk.items() if not v["holds"]) + ")"
+                          for c, chk in zip(held.costs[:-1], held.checks[:-1], strict=True)]
+                lines.append(f"re-planned {held.rounds - 1} time(s) with derated rates "
+                             f"({'; '.join(missed)}): "
+                             + ", ".join(f"{k} x{v:g}" for k, v in held.factors.items()))
+        lines.append(f"plan written to {args.out}")
+        return "\n".join(lines)
+
+    from boute._shared import emit
+
+    emit(args, payload, human)
+    return 0 if held.holds else 1
 
 
 def _note_daily_profiles(problem: Problem) -> None:

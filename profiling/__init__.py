@@ -19,6 +19,7 @@ from ._conversations import PrefixSpec, SharedTraffic, generate_shared_trace
 from ._disagg import (
     KvLink,
     PdResult,
+    RemoteKv,
     decode_capacity_rps,
     decode_only,
     kv_link,
@@ -136,6 +137,7 @@ __all__ = [
     "ProfileSpec",
     "QualityCurve",
     "QualityError",
+    "RemoteKv",
     "ReplicaModel",
     "ScaledTraffic",
     "Scenario",

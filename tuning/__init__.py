@@ -36,6 +36,14 @@ from ._evaluator import (
 from ._exact import ExactFront, exact_front, exact_max_throughput, exact_min_cost
 from ._front import hypervolume, pareto_mask
 from ._mobo import MoboSettings, run_mobo
+from ._pd_plan import (
+    PdHeld,
+    check_models,
+    evaluate_pd,
+    hold_pd,
+    plan_disaggregated,
+    refuse_disaggregate,
+)
 from ._pipeline import Chosen, PlanOptions, choose_plan, fresh_seeds
 from ._plan import (
     LENGTH_CLASSES,
@@ -85,6 +93,7 @@ __all__ = [
     "LengthRouting",
     "MoboSettings",
     "PdChoice",
+    "PdHeld",
     "PdOffer",
     "PdPlanner",
     "Plan",
@@ -109,6 +118,7 @@ __all__ = [
     "attainment",
     "baseline_min_cost",
     "certify",
+    "check_models",
     "check_pd_plan",
     "choose_plan",
     "compare_policies",
@@ -119,6 +129,7 @@ __all__ = [
     "detect_drift",
     "diff_groups",
     "evaluate_arrays",
+    "evaluate_pd",
     "evaluate_plan",
     "exact_front",
     "exact_max_throughput",
@@ -126,17 +137,20 @@ __all__ = [
     "exact_search",
     "fresh_seeds",
     "front_bound",
+    "hold_pd",
     "hypervolume",
     "interpolate_prediction",
     "load_problem",
     "observe_groups",
     "pareto_mask",
+    "plan_disaggregated",
     "plan_from_arrays",
     "plan_schedule",
     "plan_to_arrays",
     "planning_problem",
     "predict_groups",
     "prediction_table",
+    "refuse_disaggregate",
     "replay",
     "run_mobo",
     "scenario_problem",

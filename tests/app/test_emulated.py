@@ -148,3 +148,26 @@ def test_the_emulated_server_serves_token_id_prompts() -> None:
         4, 2)
     reply = asyncio.run(server.openai("completions", {"prompt": [9] * 7, "max_tokens": 2}))
     assert reply["usage"] == {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}
+
+
+def test_a_decode_engine_skips_the_prompt_unless_it_was_lost() -> None:
+    """remote_kv: the prompt's KV arrives (all but its last token, `profiling.RemoteKv`); with
+    kv_present=False the engine computes the prompt as a co-located replica does."""
+    from profiling import load_catalog
+
+    cat = load_catalog()
+    rep = ReplicaModel(cat.model("llama-3.1-8b"), cat.gpu("H100"), 1)
+
+    async def run(engine: EmulatedEngine, **kw: bool) -> int:
+        return len([t async for t in engine.generate(2000, 4, **kw)])
+
+    colo, dec, lost = (EmulatedEngine(rep, time_scale=0),
+                       EmulatedEngine(rep, time_scale=0, remote_kv=True),
+                       EmulatedEngine(rep, time_scale=0, remote_kv=True))
+    assert asyncio.run(run(colo)) == asyncio.run(run(dec)) == asyncio.run(
+        run(lost, kv_present=False)) == 4
+    # Co-located: one 2,000-token prefill step (the engine's default 8,192-token budget) and
+    # 3 decode steps; decode: a 1-token prefill step instead. Same steps, cheaper first one.
+    assert colo.steps == dec.steps == lost.steps == 4
+    assert dec.engine_time_s < colo.engine_time_s
+    assert lost.engine_time_s == colo.engine_time_s
