@@ -222,4 +222,4 @@ def test_group_deployments_use_the_stacks_router(affinity: str, router: str) -> 
     (spec,) = stack_specs(plan, stack)
     deployment = _engine(spec, stack)._bound_deployment
     assert deployment._deployment_config.request_router_config.request_router_class == router
-    assert deployment.init_args[-1] is True          # the emulated engines' prefix cache
+    assert deployment.init_args[-2:] == (True, None)     # the prefix cache; no prefill pool

@@ -171,3 +171,14 @@ def test_a_decode_engine_skips_the_prompt_unless_it_was_lost() -> None:
     assert colo.steps == dec.steps == lost.steps == 4
     assert dec.engine_time_s < colo.engine_time_s
     assert lost.engine_time_s == colo.engine_time_s
+
+
+def test_the_prefix_cache_and_a_decode_pools_remote_kv_are_not_combined() -> None:
+    """The scheduler takes one KV-cache model: vLLM's prefix cache or a decode pool's remote
+    KV; asking for both is refused with what to drop."""
+    from profiling import load_catalog
+
+    rep = make_replica(load_catalog())
+    with pytest.raises(ValueError, match="not both: serve pool pairs without --prefix-cache"):
+        EmulatedEngine(rep, 0.0, True, remote_kv=True)
+    assert EmulatedEngine(rep, 0.0, True).prefix_cache is not None
