@@ -12,14 +12,16 @@ states that survive dominance pruning, which depends on the stock, the number of
 level, and which no closed formula predicts. So the estimate is measured:
 
 1. **Probe.** Run the DP at `PROBE_LEVELS` levels spread over the grid (the target level for
-   the single-run goals), under a wall-clock deadline of ``PROBE_DEADLINE_FACTOR *
-   EXACT_BUDGET_S``, and take the mean *CPU* seconds of this process per run ``t``: CPU time
-   is what the problem costs, wall time also counts whatever else the machine runs (a busy
-   core made the paper preset's estimate flip to MOBO, 2.5 s -> 33 s).
+   the single-run goals), under a deadline of ``PROBE_DEADLINE_FACTOR * EXACT_BUDGET_S`` CPU
+   seconds (`tuning._deadline.CpuDeadline`, capped at `tuning._deadline.WALL_CAP_FACTOR`
+   times as many wall seconds), and take the mean *CPU* seconds of this process per run
+   ``t``: CPU time is what the problem costs, wall time also counts whatever else the machine
+   runs (a busy core made the paper preset's estimate flip to MOBO, 2.5 s -> 33 s).
 2. **Estimate.** ``t * runs``, with ``runs = RUNS_PER_LEVEL * len(levels)`` for a front
    (the largest ratio seen on the presets, rounded up) and 1 otherwise.
 3. **Decide.** Exact when the estimate is at most `EXACT_BUDGET_S`; the exact run itself then
-   carries a deadline of ``EXACT_DEADLINE_FACTOR * EXACT_BUDGET_S`` and, if it runs past it
+   carries a deadline of ``EXACT_DEADLINE_FACTOR * EXACT_BUDGET_S`` CPU seconds (capped in
+   wall seconds as the probe's) and, if it runs past it
    anyway, MOBO takes over (the result's ``reason`` says so). Otherwise MOBO.
 
 A probe that runs past its deadline, or a DP step that would pair more than
@@ -56,9 +58,9 @@ __all__ = ["EXACT_BUDGET_S", "LEVEL_BUDGET_S", "ExactBudgetExceeded", "SolverCho
 EXACT_BUDGET_S = 2.0
 """Estimated exact-DP seconds up to which `auto` runs the exact solver."""
 EXACT_DEADLINE_FACTOR = 3.0
-"""The exact run chosen by `auto` is stopped at this multiple of the budget (wall clock)."""
+"""The exact run chosen by `auto` is stopped at this multiple of the budget (CPU seconds)."""
 PROBE_DEADLINE_FACTOR = 1.0
-"""The probe is stopped at this multiple of the budget (wall clock)."""
+"""The probe is stopped at this multiple of the budget (CPU seconds)."""
 PROBE_LEVELS = 6
 RUNS_PER_LEVEL = 2.5
 LEVEL_BUDGET_S = 6.0
@@ -82,9 +84,9 @@ class SolverChoice:
     estimate_s: float | None
 
 
-def exact_deadline(budget_s: float = EXACT_BUDGET_S) -> float:
-    """The `time.perf_counter` deadline of an exact run chosen by `auto`."""
-    return time.perf_counter() + EXACT_DEADLINE_FACTOR * budget_s
+def exact_deadline(budget_s: float = EXACT_BUDGET_S) -> CpuDeadline:
+    """The deadline of an exact run chosen by `auto` (CPU s, capped in wall s)."""
+    return CpuDeadline.after(EXACT_DEADLINE_FACTOR * budget_s)
 
 
 def level_deadline(budget_s: float = LEVEL_BUDGET_S) -> CpuDeadline:
@@ -183,13 +185,13 @@ def _choose_dp(problem: Problem, goal: Goal, budget_s: float) -> SolverChoice:
     budget = None if goal.mode == "min-cost" else problem.budget
     probe_limit_s = PROBE_DEADLINE_FACTOR * budget_s
     cpu0 = time.process_time()
-    deadline = time.perf_counter() + probe_limit_s
+    deadline = CpuDeadline.after(probe_limit_s)
     try:
         for x in levels:
             solve_level(problem, x, budget=budget, clip=clip, deadline=deadline)
     except ExactBudgetExceeded as exc:
         return SolverChoice("mobo", f"probing the exact DP on {len(levels)} latency "
-                            f"level(s) ran past {probe_limit_s:g} s ({exc})", None)
+                            f"level(s) ran past {probe_limit_s:g} CPU s ({exc})", None)
     per_run = (time.process_time() - cpu0) / len(levels)
     estimate = per_run * runs
     size = (f"{len(problem.gpu_types)} GPU types, {int(np.sum(problem.stock)):,} GPUs; "

@@ -35,6 +35,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ._deadline import CpuDeadline
 from ._evaluator import evaluate_arrays
 from ._exact import exact_front, exact_max_throughput, exact_min_cost
 from ._problem import Problem
@@ -92,8 +93,9 @@ def _one_model_min_cost(problem: Problem, goal: Goal) -> SearchResult | None:
     return res
 
 
-def exact_search(problem: Problem, goal: Goal, deadline: float | None = None) -> SearchResult:
-    """The exact solver alone; past `deadline` (perf_counter) it raises `ExactBudgetExceeded`.
+def exact_search(problem: Problem, goal: Goal, deadline: CpuDeadline | None = None
+                 ) -> SearchResult:
+    """The exact solver alone; past `deadline` it raises `ExactBudgetExceeded`.
 
     On `problem` clipped to the goal's token targets (`Problem.for_goal`).
     """
@@ -237,7 +239,6 @@ def search(
     if problem.is_pair or max_evals is not None or not certificate:
         return res
     from ._certify import CERTIFY_BUDGET_S, certify
-    from ._deadline import CpuDeadline
 
     return certify(problem, res, deadline=CpuDeadline.after(CERTIFY_BUDGET_S))
 
