@@ -25,7 +25,9 @@ level, and which no closed formula predicts. So the estimate is measured:
    anyway, MOBO takes over (the result's ``reason`` says so). Otherwise MOBO.
 
 A probe that runs past its deadline, or a DP step that would pair more than
-`tuning._exact.MAX_DP_PAIRS` states and options, decides for MOBO at once.
+`tuning._exact.MAX_DP_PAIRS` states and options, decides for MOBO at once. The probe's CPU
+deadline is also ``EXACT_BUDGET_S * len(levels) / runs``: past it the estimate is over budget
+whatever the remaining levels cost (the same decision, without spending the whole budget).
 
 **The level program** (one workload beyond the pair; pareto and min-cost goals): a MILP per
 latency level whose incumbent is the best plan at that level. Min-cost solves one level (the
@@ -184,12 +186,23 @@ def _choose_dp(problem: Problem, goal: Goal, budget_s: float) -> SolverChoice:
     levels, runs, clip = _probe_levels(problem, goal)
     budget = None if goal.mode == "min-cost" else problem.budget
     probe_limit_s = PROBE_DEADLINE_FACTOR * budget_s
+    # The estimate is (probe CPU s / levels) x runs: once the probe has spent
+    # ``budget_s * levels / runs`` CPU seconds it is over budget whatever the levels left
+    # cost, so the probe stops there (25 ms for a front on a 192-level grid, not 2 s).
+    decided_s = budget_s * len(levels) / runs
     cpu0 = time.process_time()
-    deadline = CpuDeadline.after(probe_limit_s)
+    deadline = CpuDeadline(cpu0 + min(probe_limit_s, decided_s),
+                           time.perf_counter() + WALL_CAP_FACTOR * probe_limit_s)
     try:
         for x in levels:
             solve_level(problem, x, budget=budget, clip=clip, deadline=deadline)
     except ExactBudgetExceeded as exc:
+        spent = time.process_time() - cpu0
+        if decided_s < probe_limit_s and spent > decided_s:
+            return SolverChoice("mobo", f"the exact DP is estimated at > {budget_s:g} s "
+                                f"(probing {len(levels)} latency level(s) spent "
+                                f"{spent:.3f} CPU s > {decided_s:.3f} s = {budget_s:g} s x "
+                                f"{len(levels)} / {runs:g} runs; {exc})", None)
         return SolverChoice("mobo", f"probing the exact DP on {len(levels)} latency "
                             f"level(s) ran past {probe_limit_s:g} CPU s ({exc})", None)
     per_run = (time.process_time() - cpu0) / len(levels)
