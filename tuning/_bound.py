@@ -67,6 +67,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import coo_array
 
 from profiling import CascadeQuality
 
@@ -258,18 +259,25 @@ def level_program(problem: Problem, level_s: float, *, mode: str,
     ub[r], integer[r] = r_max, 1
     ub[y], integer[y] = 1.0, 1
     ub[s.ravel()] = 1.0
-    rows: list[FloatArray] = []
+    # The constraint matrix as COO triplets (row, column, value): the same matrix as dense
+    # rows, without building and scanning (rows x nv) floats on every level.
+    at_row: list[int] = []
+    at_col: list[int] = []
+    at_val: list[float] = []
     lo: list[float] = []
     hi: list[float] = []
 
     def add(coef: dict[int, float] | FloatArray, low: float, high: float) -> None:
-        row = np.zeros(nv)
+        i = len(lo)
         if isinstance(coef, dict):
-            for i, v in coef.items():
-                row[i] += v
+            at_col.extend(coef)
+            at_val.extend(coef.values())
+            at_row.extend([i] * len(coef))
         else:
-            row[:] = coef
-        rows.append(row)
+            nz = np.flatnonzero(coef)
+            at_col.extend(nz.tolist())
+            at_val.extend(np.asarray(coef)[nz].tolist())
+            at_row.extend([i] * len(nz))
         lo.append(low)
         hi.append(high)
 
@@ -374,7 +382,12 @@ def level_program(problem: Problem, level_s: float, *, mode: str,
                 add(quality[w], floor - q0[w] - 1e-9, np.inf)
     start = time.perf_counter()
     with _stdout_to_stderr():
-        res = milp(objective, constraints=LinearConstraint(np.asarray(rows), lo, hi),
+        matrix = coo_array((np.asarray(at_val, dtype=np.float64),
+                            (np.asarray(at_row, dtype=np.int64),
+                             np.asarray(at_col, dtype=np.int64))), shape=(len(lo), nv)).tocsc()
+        matrix.sum_duplicates()
+        matrix.eliminate_zeros()
+        res = milp(objective, constraints=LinearConstraint(matrix, lo, hi),
                    integrality=integer, bounds=Bounds(lb, ub),
                    options={"time_limit": time_limit_s, "mip_rel_gap": MIP_REL_GAP})
     seconds = time.perf_counter() - start
