@@ -60,6 +60,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -88,22 +89,35 @@ MIX_CELLS = 8
 """Several workloads: cells per workload of a lane's mix (C7); more is tighter and slower."""
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Send file descriptor 1 to 2 while HiGHS runs.
+HIGHS_NOISE = b"HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();"
+"""A line HiGHS 1.12 (scipy 1.17) prints with C ``printf`` before its repair LP, whatever its
+``output_flag`` / ``log_to_console`` options (no option governs it): a diagnostic, not an
+error; `_highs_stdout_filtered` drops it."""
 
-    HiGHS 1.x (scipy 1.17) prints some MIP diagnostics with C ``printf`` whatever its
-    ``disp`` option ("HighsMipSolverData::transformNewIntegerFeasibleSolution
-    tmpSolver.run();" seen on ladder-gsm8k), which would corrupt ``--json`` output on stdout.
+
+@contextlib.contextmanager
+def _highs_stdout_filtered() -> Iterator[None]:
+    """Catch file descriptor 1 while HiGHS runs; pass all but `HIGHS_NOISE` on to stderr.
+
+    HiGHS prints some MIP diagnostics with C ``printf`` whatever its options, which would
+    corrupt ``--json`` output on stdout; the known diagnostic line is dropped, anything else
+    goes to stderr.
     """
     sys.stdout.flush()
     saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+    with tempfile.TemporaryFile() as caught:
+        try:
+            os.dup2(caught.fileno(), 1)
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            caught.seek(0)
+            rest = [line for line in caught.read().splitlines(keepends=True)
+                    if line.rstrip() != HIGHS_NOISE]
+            if rest:
+                sys.stderr.flush()
+                os.write(2, b"".join(rest))
 
 
 @dataclass(frozen=True)
@@ -381,7 +395,7 @@ def level_program(problem: Problem, level_s: float, *, mode: str,
             if floor is not None:
                 add(quality[w], floor - q0[w] - 1e-9, np.inf)
     start = time.perf_counter()
-    with _stdout_to_stderr():
+    with _highs_stdout_filtered():
         matrix = coo_array((np.asarray(at_val, dtype=np.float64),
                             (np.asarray(at_row, dtype=np.int64),
                              np.asarray(at_col, dtype=np.int64))), shape=(len(lo), nv)).tocsc()
