@@ -43,7 +43,6 @@ wall seconds); a run that does not close the gap by then hands over to MOBO.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,7 +51,7 @@ from ._certify import LEVEL_MIN_LIMIT_S
 from ._deadline import WALL_CAP_FACTOR, CpuDeadline
 from ._exact import ExactBudgetExceeded, solve_level
 from ._problem import Problem
-from ._run import Goal
+from ._run import Goal, SolverChoice
 
 __all__ = ["EXACT_BUDGET_S", "LEVEL_BUDGET_S", "ExactBudgetExceeded", "SolverChoice",
            "choose_solver", "exact_deadline", "level_deadline"]
@@ -75,15 +74,6 @@ LEVEL_RUNS_PER_GRID_LEVEL = 1.0
 """Probe-level CPU costs per level of the grid that a front spends: ladder-gsm8k solved 78
 level programs over a 192-level grid in 1.93 CPU s, 2.5x the probes' 10 ms each (other levels
 are harder than the ceiling and the middle, and the incumbents are evaluated): 0.41 x 2.5."""
-
-
-@dataclass(frozen=True)
-class SolverChoice:
-    """The solver `auto` picked, the reason in words, and the exact DP's estimated seconds."""
-
-    solver: str
-    reason: str
-    estimate_s: float | None
 
 
 def exact_deadline(budget_s: float = EXACT_BUDGET_S) -> CpuDeadline:

@@ -34,14 +34,13 @@ is the bound's own plans, and it is exact once the gap closes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from ._bound import LEVEL_TIME_LIMIT_S, MIP_REL_GAP, LevelSolution, level_program
-from ._certificate import EXACT_GAP, Certificate
+from ._certificate import EXACT_GAP, Certificate, FrontBound, SolvedLevel
 from ._deadline import CpuDeadline
 from ._evaluator import PlanArrays, evaluate_arrays
 from ._front import hypervolume
@@ -50,8 +49,8 @@ from ._problem import X_MIN_S, Problem
 if TYPE_CHECKING:
     from ._run import Goal, SearchResult
 
-__all__ = ["CERTIFY_BUDGET_S", "EXACT_GAP", "Certificate", "FrontBound", "SolvedLevel", "certify",
-           "exact_level_search", "front_bound", "min_cost_bound"]
+__all__ = ["CERTIFY_BUDGET_S", "EXACT_GAP", "Certificate", "FrontBound", "SolvedLevel",
+           "certify", "exact_level_search", "front_bound", "min_cost_bound"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -62,40 +61,6 @@ CERTIFY_BUDGET_S = 5.0
 """CPU seconds a search spends on its certificate after the search itself (`CpuDeadline`)."""
 LEVEL_MIN_LIMIT_S = 0.5
 """Least HiGHS time limit of one level program under a deadline (the ceiling must solve)."""
-
-
-class SolvedLevel(NamedTuple):
-    """One level program of a front: its level, dual bound, plan (or None) and exactness."""
-
-    level_s: float
-    bound: float
-    plan: PlanArrays | None
-    exact: bool
-
-
-@dataclass(frozen=True)
-class FrontBound:
-    """The staircase bound of a front and the level programs' plans.
-
-    Attributes:
-        levels_s, bounds: solved levels (increasing) and the quality bound B at each.
-        hv_bound: hypervolume of the staircase (an upper bound of the true front's).
-        plans: the incumbents (as plans), or None.
-        exact_program, complete, seconds: as `Certificate`.
-        solved: each level program (`SolvedLevel`), for a re-plan (`front_bound`'s `warm`).
-        reused: levels taken from `warm` without solving them again.
-
-    """
-
-    levels_s: FloatArray
-    bounds: FloatArray
-    hv_bound: float
-    plans: PlanArrays | None
-    exact_program: bool
-    complete: bool
-    seconds: float
-    solved: tuple[SolvedLevel, ...] = ()
-    reused: int = 0
 
 
 def _first_level_s(problem: Problem) -> float:

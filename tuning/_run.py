@@ -25,13 +25,11 @@ from ._ladder import LadderEncoding
 from ._problem import Problem
 
 if TYPE_CHECKING:
-    from ._auto import SolverChoice
-    from ._certificate import Certificate
-    from ._certify import FrontBound
+    from ._certificate import Certificate, FrontBound
 
 __all__ = [
     "FALLBACK_PATIENCE", "MODES", "SOLVERS", "Callback", "Goal", "SearchError", "SearchResult",
-    "StopRule", "Warm",
+    "SolverChoice", "StopRule", "Warm",
     "concat_plans", "floors", "make_encoding", "plan_keys",
 ]
 
@@ -128,6 +126,18 @@ class StopRule:
     def uses_acquisition(self, mode: str) -> bool:
         """Whether the acquisition rule applies to a goal of `mode`."""
         return self.patience is None and self.ehvi_fraction is not None and mode == "pareto"
+
+
+@dataclass(frozen=True)
+class SolverChoice:
+    """The solver `auto` picked, the reason in words, and the exact DP's estimated seconds.
+
+    (`tuning._auto.choose_solver` makes it; here so that `Warm` can carry one.)
+    """
+
+    solver: str
+    reason: str
+    estimate_s: float | None
 
 
 @dataclass(frozen=True)

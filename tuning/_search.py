@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -47,6 +46,7 @@ from ._run import (
     Goal,
     SearchError,
     SearchResult,
+    SolverChoice,
     StopRule,
     Warm,
     _empty,
@@ -56,9 +56,6 @@ from ._run import (
     floors,
     make_encoding,
 )
-
-if TYPE_CHECKING:
-    from ._auto import SolverChoice
 
 __all__ = ["Goal", "SearchError", "SearchResult", "StopRule", "concat_plans", "exact_search",
            "search"]
@@ -211,7 +208,7 @@ def search(
         if one is not None:
             return one
     if solver == "auto":
-        from ._auto import ExactBudgetExceeded, SolverChoice, choose_solver, exact_deadline
+        from ._auto import ExactBudgetExceeded, choose_solver, exact_deadline
 
         prior = warm if warm is not None and warm.covers(problem) else None
         choice = (prior.choice if prior is not None and prior.choice is not None else
