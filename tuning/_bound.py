@@ -60,6 +60,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 from scipy.optimize import Bounds, LinearConstraint, milp
+from scipy.sparse import coo_array
 
 from profiling import CascadeQuality
 
@@ -87,22 +89,35 @@ MIX_CELLS = 8
 """Several workloads: cells per workload of a lane's mix (C7); more is tighter and slower."""
 
 
-@contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Send file descriptor 1 to 2 while HiGHS runs.
+HIGHS_NOISE = b"HighsMipSolverData::transformNewIntegerFeasibleSolution tmpSolver.run();"
+"""A line HiGHS 1.12 (scipy 1.17) prints with C ``printf`` before its repair LP, whatever its
+``output_flag`` / ``log_to_console`` options (no option governs it): a diagnostic, not an
+error; `_highs_stdout_filtered` drops it."""
 
-    HiGHS 1.x (scipy 1.17) prints some MIP diagnostics with C ``printf`` whatever its
-    ``disp`` option ("HighsMipSolverData::transformNewIntegerFeasibleSolution
-    tmpSolver.run();" seen on ladder-gsm8k), which would corrupt ``--json`` output on stdout.
+
+@contextlib.contextmanager
+def _highs_stdout_filtered() -> Iterator[None]:
+    """Catch file descriptor 1 while HiGHS runs; pass all but `HIGHS_NOISE` on to stderr.
+
+    HiGHS prints some MIP diagnostics with C ``printf`` whatever its options, which would
+    corrupt ``--json`` output on stdout; the known diagnostic line is dropped, anything else
+    goes to stderr.
     """
     sys.stdout.flush()
     saved = os.dup(1)
-    try:
-        os.dup2(2, 1)
-        yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+    with tempfile.TemporaryFile() as caught:
+        try:
+            os.dup2(caught.fileno(), 1)
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            caught.seek(0)
+            rest = [line for line in caught.read().splitlines(keepends=True)
+                    if line.rstrip() != HIGHS_NOISE]
+            if rest:
+                sys.stderr.flush()
+                os.write(2, b"".join(rest))
 
 
 @dataclass(frozen=True)
@@ -258,18 +273,25 @@ def level_program(problem: Problem, level_s: float, *, mode: str,
     ub[r], integer[r] = r_max, 1
     ub[y], integer[y] = 1.0, 1
     ub[s.ravel()] = 1.0
-    rows: list[FloatArray] = []
+    # The constraint matrix as COO triplets (row, column, value): the same matrix as dense
+    # rows, without building and scanning (rows x nv) floats on every level.
+    at_row: list[int] = []
+    at_col: list[int] = []
+    at_val: list[float] = []
     lo: list[float] = []
     hi: list[float] = []
 
     def add(coef: dict[int, float] | FloatArray, low: float, high: float) -> None:
-        row = np.zeros(nv)
+        i = len(lo)
         if isinstance(coef, dict):
-            for i, v in coef.items():
-                row[i] += v
+            at_col.extend(coef)
+            at_val.extend(coef.values())
+            at_row.extend([i] * len(coef))
         else:
-            row[:] = coef
-        rows.append(row)
+            nz = np.flatnonzero(coef)
+            at_col.extend(nz.tolist())
+            at_val.extend(np.asarray(coef)[nz].tolist())
+            at_row.extend([i] * len(nz))
         lo.append(low)
         hi.append(high)
 
@@ -373,8 +395,13 @@ def level_program(problem: Problem, level_s: float, *, mode: str,
             if floor is not None:
                 add(quality[w], floor - q0[w] - 1e-9, np.inf)
     start = time.perf_counter()
-    with _stdout_to_stderr():
-        res = milp(objective, constraints=LinearConstraint(np.asarray(rows), lo, hi),
+    with _highs_stdout_filtered():
+        matrix = coo_array((np.asarray(at_val, dtype=np.float64),
+                            (np.asarray(at_row, dtype=np.int64),
+                             np.asarray(at_col, dtype=np.int64))), shape=(len(lo), nv)).tocsc()
+        matrix.sum_duplicates()
+        matrix.eliminate_zeros()
+        res = milp(objective, constraints=LinearConstraint(matrix, lo, hi),
                    integrality=integer, bounds=Bounds(lb, ub),
                    options={"time_limit": time_limit_s, "mip_rel_gap": MIP_REL_GAP})
     seconds = time.perf_counter() - start

@@ -7,11 +7,17 @@ the certifier, which builds on `tuning._run`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
-__all__ = ["EXACT_GAP", "Certificate"]
+if TYPE_CHECKING:
+    from ._evaluator import PlanArrays
+
+__all__ = ["EXACT_GAP", "Certificate", "FrontBound", "SolvedLevel"]
+
+FloatArray = npt.NDArray[np.float64]
 
 EXACT_GAP = 2e-3
 """Relative gap up to which an answer counts as exact (the pair DP's `refine_tol`)."""
@@ -65,3 +71,37 @@ class Certificate:
         return {"exact": self.exact, "objective": self.objective, "found": self.found,
                 "bound": self.bound, "gap": self.gap, "exact_program": self.exact_program,
                 "levels": self.levels, "seconds": self.seconds, "complete": self.complete}
+
+
+class SolvedLevel(NamedTuple):
+    """One level program of a front: its level, dual bound, plan (or None) and exactness."""
+
+    level_s: float
+    bound: float
+    plan: PlanArrays | None
+    exact: bool
+
+
+@dataclass(frozen=True)
+class FrontBound:
+    """The staircase bound of a front and the level programs' plans.
+
+    Attributes:
+        levels_s, bounds: solved levels (increasing) and the quality bound B at each.
+        hv_bound: hypervolume of the staircase (an upper bound of the true front's).
+        plans: the incumbents (as plans), or None.
+        exact_program, complete, seconds: as `Certificate`.
+        solved: each level program (`SolvedLevel`), for a re-plan (`front_bound`'s `warm`).
+        reused: levels taken from `warm` without solving them again.
+
+    """
+
+    levels_s: FloatArray
+    bounds: FloatArray
+    hv_bound: float
+    plans: PlanArrays | None
+    exact_program: bool
+    complete: bool
+    seconds: float
+    solved: tuple[SolvedLevel, ...] = ()
+    reused: int = 0

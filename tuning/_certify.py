@@ -34,14 +34,13 @@ is the bound's own plans, and it is exact once the gap closes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from ._bound import LEVEL_TIME_LIMIT_S, LevelSolution, level_program
-from ._certificate import EXACT_GAP, Certificate
+from ._bound import LEVEL_TIME_LIMIT_S, MIP_REL_GAP, LevelSolution, level_program
+from ._certificate import EXACT_GAP, Certificate, FrontBound, SolvedLevel
 from ._deadline import CpuDeadline
 from ._evaluator import PlanArrays, evaluate_arrays
 from ._front import hypervolume
@@ -50,8 +49,8 @@ from ._problem import X_MIN_S, Problem
 if TYPE_CHECKING:
     from ._run import Goal, SearchResult
 
-__all__ = ["CERTIFY_BUDGET_S", "EXACT_GAP", "Certificate", "FrontBound", "certify",
-           "exact_level_search", "front_bound", "min_cost_bound"]
+__all__ = ["CERTIFY_BUDGET_S", "EXACT_GAP", "Certificate", "FrontBound", "SolvedLevel",
+           "certify", "exact_level_search", "front_bound", "min_cost_bound"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -62,27 +61,6 @@ CERTIFY_BUDGET_S = 5.0
 """CPU seconds a search spends on its certificate after the search itself (`CpuDeadline`)."""
 LEVEL_MIN_LIMIT_S = 0.5
 """Least HiGHS time limit of one level program under a deadline (the ceiling must solve)."""
-
-
-@dataclass(frozen=True)
-class FrontBound:
-    """The staircase bound of a front and the level programs' plans.
-
-    Attributes:
-        levels_s, bounds: solved levels (increasing) and the quality bound B at each.
-        hv_bound: hypervolume of the staircase (an upper bound of the true front's).
-        plans: the incumbents (as plans), or None.
-        exact_program, complete, seconds: as `Certificate`.
-
-    """
-
-    levels_s: FloatArray
-    bounds: FloatArray
-    hv_bound: float
-    plans: PlanArrays | None
-    exact_program: bool
-    complete: bool
-    seconds: float
 
 
 def _first_level_s(problem: Problem) -> float:
@@ -119,8 +97,8 @@ def _with_plan(problem: Problem, sol: LevelSolution, budget: float | None
 
 
 def front_bound(problem: Problem, found: tuple[FloatArray, FloatArray] | None = None, *,
-                deadline: CpuDeadline | None = None, max_runs: int = MAX_LEVEL_RUNS
-                ) -> FrontBound:
+                deadline: CpuDeadline | None = None, max_runs: int = MAX_LEVEL_RUNS,
+                warm: FrontBound | None = None) -> FrontBound:
     """The staircase bound of the (quality, P95) front under the budget (module docstring).
 
     Args:
@@ -129,6 +107,12 @@ def front_bound(problem: Problem, found: tuple[FloatArray, FloatArray] | None = 
         deadline: CPU seconds of this process, capped in wall seconds, after which no more
             levels are solved (the ceiling always is).
         max_runs: most level programs.
+        warm: the front of a problem whose plan space contains this one's (the same problem
+            with capacities at least as high: `tuning._run.Warm.covers`). Each of its exact
+            levels whose plan is still admissible here at that level and still reaches the
+            bound (up to HiGHS's `MIP_REL_GAP`) is taken as solved: the bound is valid here
+            (a subset's optimum is at most the superset's) and the plan reaches it, so a new
+            solve could only return the same value. The others are solved as needed.
 
     """
     start = time.perf_counter()
@@ -139,6 +123,7 @@ def front_bound(problem: Problem, found: tuple[FloatArray, FloatArray] | None = 
     p95 = np.empty(0) if found is None else np.asarray(found[0], dtype=np.float64)
     qual = np.empty(0) if found is None else np.asarray(found[1], dtype=np.float64)
     solved: dict[float, float] = {}
+    records: list[SolvedLevel] = []
     plans: list[PlanArrays] = []
     exact_program = True
 
@@ -151,6 +136,8 @@ def front_bound(problem: Problem, found: tuple[FloatArray, FloatArray] | None = 
         solved[x] = sol.bound
         exact_program &= sol.exact
         plan = _with_plan(problem, sol, problem.budget)
+        records.append(SolvedLevel(x, sol.bound, plan if plan is sol.plan else None,
+                                   sol.exact))
         if plan is not None:
             plans.append(plan)
             m = evaluate_arrays(problem, plan)
@@ -160,7 +147,18 @@ def front_bound(problem: Problem, found: tuple[FloatArray, FloatArray] | None = 
     def hv_found() -> float:
         return hypervolume(problem, p95, qual) if len(p95) else 0.0
 
-    solve(problem.ceiling_s)
+    reused = 0
+    for rec in (warm.solved if warm is not None else ()):
+        if _still_tight(problem, rec):
+            assert rec.plan is not None
+            solved[rec.level_s] = rec.bound
+            records.append(rec)
+            plans.append(rec.plan)
+            m = evaluate_arrays(problem, rec.plan)
+            p95, qual = np.append(p95, m.p95_s[0]), np.append(qual, m.quality[0])
+            reused += 1
+    if problem.ceiling_s not in solved:
+        solve(problem.ceiling_s)
     complete = True
     while len(solved) < max_runs:
         xs = np.array(sorted(solved))
@@ -187,7 +185,22 @@ def front_bound(problem: Problem, found: tuple[FloatArray, FloatArray] | None = 
 
     return FrontBound(xs, bs, _staircase_hv(problem, x0, xs, bs),
                       concat_plans(plans) if plans else None, exact_program, complete,
-                      time.perf_counter() - start)
+                      time.perf_counter() - start, tuple(records), reused)
+
+
+def _still_tight(problem: Problem, rec: SolvedLevel) -> bool:
+    """`rec`'s plan is admissible on `problem` at its level and reaches its bound there.
+
+    Only exact levels whose incumbent is the level program's own plan (one workload: the
+    program is the plan space) qualify.
+    """
+    if rec.plan is None or not rec.exact or not np.isfinite(rec.bound):
+        return False
+    m = evaluate_arrays(problem, rec.plan, rec.level_s)
+    return bool(m.feasible[0] and m.within_stock[0] and m.within_budget[0]
+                and m.p95_s[0] <= rec.level_s * (1 + 1e-9)
+                and m.p95_s[0] <= problem.ceiling_s
+                and m.quality[0] >= rec.bound - MIP_REL_GAP * max(1.0, abs(rec.bound)))
 
 
 def min_cost_bound(problem: Problem, floors: tuple[float | None, ...], p95_s: float
@@ -253,8 +266,8 @@ def certify(problem: Problem, result: SearchResult, *, deadline: CpuDeadline | N
     return result
 
 
-def exact_level_search(problem: Problem, goal: Goal, *, deadline: CpuDeadline | None = None
-                       ) -> SearchResult | None:
+def exact_level_search(problem: Problem, goal: Goal, *, deadline: CpuDeadline | None = None,
+                       warm: FrontBound | None = None) -> SearchResult | None:
     """One workload beyond the pair: the level program's answer, exact up to `EXACT_GAP`.
 
     With one workload the level program is the plan space at each level (`tuning._bound`), so
@@ -265,15 +278,19 @@ def exact_level_search(problem: Problem, goal: Goal, *, deadline: CpuDeadline | 
     * **min-cost**: `min_cost_bound` at the target P95: the cheapest plan meeting the floors,
       ``(C_found - C_bound) / C_bound <= EXACT_GAP``.
 
-    The result carries its `Certificate` and is labelled ``exact``. None when it is not exact
+    `warm`: a pareto front of a problem containing this one (`front_bound`).
+
+    The result carries its `Certificate` and is labelled ``exact``, and (pareto) its front
+    as ``warm`` for a re-plan (`tuning._run.Warm`). None when it is not exact
     (the deadline stopped the refinement, HiGHS stopped a level at its time limit with a gap,
     no plan meets the goal, or another goal): the caller searches instead.
     """
-    from ._run import SearchResult, _progress_value, floors
+    from ._run import SearchResult, Warm, _progress_value, floors
 
     start = time.perf_counter()
+    fb: FrontBound | None = None
     if goal.mode == "pareto":
-        fb = front_bound(problem, None, deadline=deadline)
+        fb = front_bound(problem, None, deadline=deadline, warm=warm)
         plans, bound, levels = fb.plans, fb.hv_bound, len(fb.levels_s)
         exact_program, complete = fb.exact_program, fb.complete
     elif goal.mode == "min-cost" and goal.p95_s is not None:
@@ -300,7 +317,10 @@ def exact_level_search(problem: Problem, goal: Goal, *, deadline: CpuDeadline | 
     if not cert.exact:
         return None
     res.certificate = cert
+    res.warm = Warm(problem, None, fb)
+    again = (f", {fb.reused} of them from the last search (a re-plan)"
+             if fb is not None and fb.reused else "")
     res.stopped = (f"certified (the level program's answer is exact: gap {100 * gap:.2f}% "
-                   f"<= {100 * EXACT_GAP:g}%, {levels} level program(s))")
+                   f"<= {100 * EXACT_GAP:g}%, {levels} level program(s){again})")
     res.trace.append((levels, res.seconds, _progress_value(problem, res)))
     return res

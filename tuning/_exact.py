@@ -36,6 +36,7 @@ import numpy.typing as npt
 
 from common.errors import BouteError
 
+from ._deadline import CpuDeadline
 from ._evaluator import PlanArrays
 from ._problem import STRONG, WEAK, Problem
 
@@ -56,8 +57,8 @@ class ExactBudgetExceeded(BouteError, RuntimeError):
     """The DP ran past its deadline (or would need more memory than a deadline run allows)."""
 
 
-def _check_deadline(deadline: float | None, where: str) -> None:
-    if deadline is not None and time.perf_counter() > deadline:
+def _check_deadline(deadline: CpuDeadline | None, where: str) -> None:
+    if deadline is not None and deadline.passed():
         raise ExactBudgetExceeded(f"the exact DP ran past its time budget ({where})")
 
 
@@ -103,7 +104,7 @@ def _type_options(problem: Problem, caps: FloatArray, t: int, allow: TypeFilter 
                     a[:, 5:7].astype(np.int64))
 
 
-def _pareto(cw: FloatArray, cs: FloatArray, cost: FloatArray, deadline: float | None = None
+def _pareto(cw: FloatArray, cs: FloatArray, cost: FloatArray, deadline: CpuDeadline | None = None
             ) -> IntArray:
     """Indices of states not dominated (>= cw, >= cs, <= cost, one strictly better)."""
     order = np.lexsort((-cs, -cw, cost))
@@ -143,12 +144,13 @@ class LevelStates:
 
 
 def solve_level(problem: Problem, x_s: float, *, budget: float | None, clip: float,
-                allow: TypeFilter | None = None, deadline: float | None = None
+                allow: TypeFilter | None = None, deadline: CpuDeadline | None = None
                 ) -> LevelStates:
     """DP over GPU types at latency level `x_s` (see the module docstring).
 
     Raises:
-        ExactBudgetExceeded: past `deadline` (a `time.perf_counter` value), or a step would
+        ExactBudgetExceeded: past `deadline` (CPU seconds of this process, capped in wall
+            seconds: `tuning._deadline.CpuDeadline`), or a step would
             form more than `MAX_DP_PAIRS` (state, option) pairs while a deadline is set.
 
     """
@@ -233,7 +235,7 @@ class ExactFront:
 
 
 def exact_front(problem: Problem, *, refine_tol: float = 0.002, max_runs: int = 2000,
-                allow: TypeFilter | None = None, deadline: float | None = None
+                allow: TypeFilter | None = None, deadline: CpuDeadline | None = None
                 ) -> ExactFront:
     """The exact front under the scenario's budget (see the module docstring).
 
@@ -290,7 +292,7 @@ def exact_front(problem: Problem, *, refine_tol: float = 0.002, max_runs: int = 
 
 def exact_min_cost(problem: Problem, quality: float, p95_s: float, *,
                    allow: TypeFilter | None = None, strong_only: bool = False,
-                   deadline: float | None = None) -> PlanArrays | None:
+                   deadline: CpuDeadline | None = None) -> PlanArrays | None:
     """The cheapest plan with quality >= `quality` and planning P95 <= `p95_s` (no budget).
 
     With `strong_only`, every query goes to the strong model (s = 1). Returns None if no plan
@@ -308,7 +310,7 @@ def exact_min_cost(problem: Problem, quality: float, p95_s: float, *,
 
 
 def exact_max_throughput(problem: Problem, quality: float, p95_s: float | None = None, *,
-                         allow: TypeFilter | None = None, deadline: float | None = None
+                         allow: TypeFilter | None = None, deadline: CpuDeadline | None = None
                          ) -> PlanArrays | None:
     """The plan with the largest capacity (every group P95 <= L) under the budget."""
     lam = problem.rate_rps

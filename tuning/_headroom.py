@@ -265,7 +265,9 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
                seeds: Sequence[int] = FRESH_SEEDS, num_requests: int = 2000,
                hardware_profiles: str | None = None, slo: WindowSLO | None = None,
                ttft_p95_s: float | None = None, tpot_p95_s: float | None = None,
-               goodput_p95_s: float | None = None) -> list[GroupCheck]:
+               goodput_p95_s: float | None = None,
+               runs: dict[tuple[Any, ...], tuple[Trace, float, SimResult]] | None = None
+               ) -> list[GroupCheck]:
     """Every group of `plan` on fresh traffic, one check per (group, seed).
 
     Args:
@@ -282,6 +284,9 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
         tpot_p95_s: a TPOT target each group's TPOT P95 must meet too (None: none).
         goodput_p95_s: with a token target, the end-to-end latency a request must meet to
             count in `GroupCheck.goodput` (None: none; the goal's ``p95_s``).
+        runs: fresh runs already made for `problem` (`hold` keeps them across its rounds): a
+            group with the same config, class, per-replica loads and seed is not simulated
+            again (its trace and run are the same); new runs are added.
 
     With a token target each check also holds its goodput: the share of the trace's requests
     (unfinished ones fail) with latency <= `goodput_p95_s`, TTFT <= `ttft_p95_s` and TPOT <=
@@ -312,19 +317,27 @@ def resimulate(problem: Problem, plan: Plan, catalog: Catalog, *, target_s: floa
         modulated = any(per_replica[w] > 0 and _is_modulated(sc, wl, span)
                         for w, wl in enumerate(sc.named_workloads))
         for seed in seeds:
-            parts = []
-            for w, wl in enumerate(sc.named_workloads):
-                if per_replica[w] <= 0:
-                    continue
-                want = num_requests if slo is None else max(num_requests, math.ceil(
-                    per_replica.sum() * slo.window_s * MIN_WINDOWS))
-                want = min(want, MAX_CHECK_REQUESTS)
-                n = max(50, round(want * per_replica[w] / per_replica.sum()))
-                p = 1.0 if problem.class_share is None else float(problem.class_share[w, k])
-                parts.append(_fresh(wl, float(per_replica[w]), n, seed * 31 + w, span, p, sc))
-            trace = _mixed(parts)
-            cap = capacity_rps(replica, trace)
-            res = simulate(replica, trace, capacity=cap)
+            key = (g.model, g.gpu, g.tp, g.pp, g.length_class, tuple(per_replica.tolist()),
+                   seed, num_requests, None if slo is None else slo.window_s)
+            if runs is not None and key in runs:
+                trace, cap, res = runs[key]
+            else:
+                parts = []
+                for w, wl in enumerate(sc.named_workloads):
+                    if per_replica[w] <= 0:
+                        continue
+                    want = num_requests if slo is None else max(num_requests, math.ceil(
+                        per_replica.sum() * slo.window_s * MIN_WINDOWS))
+                    want = min(want, MAX_CHECK_REQUESTS)
+                    n = max(50, round(want * per_replica[w] / per_replica.sum()))
+                    p = 1.0 if problem.class_share is None else float(problem.class_share[w, k])
+                    parts.append(_fresh(wl, float(per_replica[w]), n, seed * 31 + w, span, p,
+                                        sc))
+                trace = _mixed(parts)
+                cap = capacity_rps(replica, trace)
+                res = simulate(replica, trace, capacity=cap)
+                if runs is not None:
+                    runs[key] = (trace, cap, res)
             p95 = float(res.latency_quantiles((0.95,))[0])
             if modulated and res.completed == len(trace):
                 p95 = float(np.quantile(res.latency_s, 0.95))
@@ -486,6 +499,7 @@ def hold(problem: Problem, goal: Goal, run: Callable[[Problem], SearchResult],
     derate: dict[int, tuple[float, float]] = {}
     tighten: dict[tuple[int, int], float] = {}      # lane (model, class) -> capacity factor
     current = problem
+    runs: dict[tuple[Any, ...], tuple[Trace, float, SimResult]] = {}   # groups unchanged
     for rounds in range(1, MAX_ROUNDS + 2):
         res = run(current)
         b = res.best(current)
@@ -502,7 +516,7 @@ def hold(problem: Problem, goal: Goal, run: Callable[[Problem], SearchResult],
         checks = resimulate(problem, plan, catalog, target_s=target, seeds=seeds,
                             hardware_profiles=hardware_profiles, slo=goal.slo,
                             ttft_p95_s=goal.ttft_p95_s, tpot_p95_s=goal.tpot_p95_s,
-                            goodput_p95_s=goal.p95_s)
+                            goodput_p95_s=goal.p95_s, runs=runs)
         judged = verdicts(checks)
         if all(v.holds for v in judged.values()) or rounds > MAX_ROUNDS:
             return Held(res, plan, checks, rounds, _names(problem, derate),

@@ -274,12 +274,17 @@ class LadderEncoding:
         n_t = len(pr.gpu_types)
         slots = [i for i in range(m * n_t, (m + 1) * n_t) if cfg[i] >= 0]
         below = load[:, m - 1]
+        # Only the slots' configs matter: their columns alone (the same elementwise
+        # arithmetic as on every config, so the same capacities, at a fraction of the cost).
+        used = caps_w[:, [int(cfg[i]) for i in slots]]
+        counts = [reps[i] for i in slots]
 
         def fits(a: float) -> bool:
             total = load[:, m] + a * below
             mix = total / total.sum()
-            cap = self._mix_caps(caps_w, mix)
-            return bool(sum(reps[i] * cap[cfg[i]] for i in slots) >= total.sum() - 1e-9)
+            cap = self._mix_caps(used, mix)
+            return bool(sum(counts[j] * cap[j] for j in range(len(slots)))
+                        >= total.sum() - 1e-9)
 
         lo, hi = 0.0, 1.0
         if fits(1.0):

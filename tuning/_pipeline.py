@@ -7,7 +7,8 @@ all choose a plan here, so the same window and goal give the same plan whichever
 2. **headroom** (`tuning._headroom.hold`): the search's plan is re-simulated on
    ``options.check_seeds`` fresh traces per replica group and, while a group misses its
    target, its config is derated and the search runs again (``check_seeds=()``: the search's
-   plan as it is, what the paper's tables compare);
+   plan as it is, what the paper's tables compare); a re-plan starts from the last search
+   (`tuning._run.Warm`: `auto`'s solver choice, the level program's still-tight levels);
 3. **length classes** (`tuning._lengths.choose`): when the scenario names
    ``length_classes``, steps 1-2 run without classes and with each candidate threshold
    (``with_threshold(tau)`` builds that problem) and the best plan that holds wins;
@@ -32,7 +33,7 @@ from ._headroom import FRESH_SEEDS, Held, hold
 from ._lengths import LengthChoice, choose
 from ._plan import Plan
 from ._problem import Problem
-from ._run import Goal, SearchResult, StopRule
+from ._run import Goal, SearchResult, StopRule, Warm
 from ._search import search
 
 __all__ = ["Chosen", "PlanOptions", "choose_plan", "fresh_seeds"]
@@ -99,7 +100,8 @@ class Chosen:
     lengths: LengthChoice | None
 
 
-def _search(problem: Problem, goal: Goal, options: PlanOptions) -> SearchResult:
+def _search(problem: Problem, goal: Goal, options: PlanOptions, warm: Warm | None = None
+            ) -> SearchResult:
     if options.tune_address is not None and not options.tune:
         raise BouteError(f"--address={options.tune_address} is the Ray cluster of --tune; add "
                          "--tune, or drop --address")
@@ -114,7 +116,8 @@ def _search(problem: Problem, goal: Goal, options: PlanOptions) -> SearchResult:
             f" on the cluster at {options.tune_address})" if options.tune_address else ")")
         return res
     return search(problem, goal, solver=options.solver, seed=options.seed,
-                  max_evals=options.max_evals, stop=options.stop, progress=options.progress)
+                  max_evals=options.max_evals, stop=options.stop, progress=options.progress,
+                  warm=warm)
 
 
 def choose_plan(problem: Problem, goal: Goal, options: PlanOptions | None = None, *,
@@ -146,8 +149,16 @@ def choose_plan(problem: Problem, goal: Goal, options: PlanOptions | None = None
     cat = catalog if catalog is not None else load_catalog()
 
     def held_plan(pr: Problem) -> Held:
-        return hold(pr, goal, lambda p: _search(p, goal, options), cat,
-                    seeds=options.check_seeds, hardware_profiles=options.hardware_profiles)
+        last: list[SearchResult] = []
+
+        def run(p: Problem) -> SearchResult:
+            # A re-plan after a derate starts from the last search (`tuning._run.Warm`).
+            res = _search(p, goal, options, warm=last[-1].warm if last else None)
+            last[:] = [res]
+            return res
+
+        return hold(pr, goal, run, cat, seeds=options.check_seeds,
+                    hardware_profiles=options.hardware_profiles)
 
     lengths = None
     if not problem.classes and (problem.scenario.length_classes is not None

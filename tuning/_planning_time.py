@@ -45,6 +45,7 @@ import pyarrow as pa
 from profiling import Catalog, EngineConfig, PerfDB, SweepJob, spec_calibration, sweep_config
 
 from ._auto import ExactBudgetExceeded
+from ._deadline import CpuDeadline
 from ._evaluator import BatchMetrics, PlanArrays, evaluate_arrays
 from ._mobo import MoboSettings, run_mobo
 from ._problem import Problem, _capacity_table
@@ -259,7 +260,7 @@ def scheduling_time(problem: Problem, catalog: Catalog, *, cap_s: float = 20.0,
         cap_s: wall-seconds cap of the raw MOBO run.
         patience: the structured MOBO run's `StopRule.patience` (``boute plan``'s: 20).
         mobo_limit_s: its `StopRule.time_limit_s` (``boute plan``'s: 60 s).
-        exact_limit_s: the exact DP's deadline.
+        exact_limit_s: the exact DP's deadline, CPU seconds (`CpuDeadline`).
         no_db_evals: evaluations timed with the simulator in the loop.
         seed: of the MOBO runs.
         hardware_profiles: as for `tuning.planning_problem`.
@@ -276,7 +277,7 @@ def scheduling_time(problem: Problem, catalog: Catalog, *, cap_s: float = 20.0,
     t0 = time.perf_counter()
     exact_s: float | None
     try:
-        ex = exact_search(problem, Goal(), deadline=t0 + exact_limit_s)
+        ex = exact_search(problem, Goal(), deadline=CpuDeadline.after(exact_limit_s))
         exact_s, ref_hv = time.perf_counter() - t0, ex.hypervolume(problem)
         reference = "exact DP front"
     except ExactBudgetExceeded:

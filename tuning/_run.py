@@ -25,11 +25,11 @@ from ._ladder import LadderEncoding
 from ._problem import Problem
 
 if TYPE_CHECKING:
-    from ._certificate import Certificate
+    from ._certificate import Certificate, FrontBound
 
 __all__ = [
     "FALLBACK_PATIENCE", "MODES", "SOLVERS", "Callback", "Goal", "SearchError", "SearchResult",
-    "StopRule",
+    "SolverChoice", "StopRule", "Warm",
     "concat_plans", "floors", "make_encoding", "plan_keys",
 ]
 
@@ -128,6 +128,57 @@ class StopRule:
         return self.patience is None and self.ehvi_fraction is not None and mode == "pareto"
 
 
+@dataclass(frozen=True)
+class SolverChoice:
+    """The solver `auto` picked, the reason in words, and the exact DP's estimated seconds.
+
+    (`tuning._auto.choose_solver` makes it; here so that `Warm` can carry one.)
+    """
+
+    solver: str
+    reason: str
+    estimate_s: float | None
+
+
+@dataclass(frozen=True)
+class Warm:
+    """What a search leaves for a re-plan of its problem with lower capacities.
+
+    The headroom check (`tuning._headroom.hold`) searches again after derating configs:
+    every capacity of the derated problem is at most the searched one's, all else equal, so
+    its plan space is a subset. A re-plan given this (`tuning.search`, ``warm=``) keeps
+    `auto`'s solver choice (no second probe) and the level program's solved levels whose
+    plans are still feasible and still reach their bound there (`tuning._certify.front_bound`).
+
+    Attributes:
+        problem: the problem searched.
+        choice: `auto`'s choice on it (None: not `auto`).
+        front: the level program's front on it (None: another solver ran).
+
+    """
+
+    problem: Problem
+    choice: SolverChoice | None = None
+    front: FrontBound | None = None
+
+    def covers(self, problem: Problem) -> bool:
+        """`problem` is `self.problem` with capacities at most its own, all else the same."""
+        old = self.problem
+        if problem is old:
+            return True
+        same = (problem.scenario is old.scenario and problem.models == old.models
+                and problem.gpu_types == old.gpu_types and problem.workloads == old.workloads
+                and problem.classes == old.classes
+                and problem.threshold_tokens == old.threshold_tokens
+                and problem.caps.shape == old.caps.shape)
+        if not same:
+            return False
+        arrays = ("stock", "gpu_price", "cfg_model", "cfg_type", "cfg_tp", "cfg_pp",
+                  "cfg_gpus", "cfg_price", "levels_s", "workload_rates")
+        return (all(np.array_equal(getattr(problem, a), getattr(old, a)) for a in arrays)
+                and bool(np.all(problem.caps <= old.caps)))
+
+
 @dataclass
 class SearchResult:
     """Every plan a searcher evaluated, their metrics, the chosen plan and the effort.
@@ -138,7 +189,8 @@ class SearchResult:
     and
     ``startup_s`` the seconds spent starting or connecting to Ray before the search's clock
     started (Ray Tune runs only), and ``certificate`` how far from optimal the answer can be
-    (ladders, several workloads and length classes; `tuning._certify`).
+    (ladders, several workloads and length classes; `tuning._certify`), and ``warm`` what a
+    re-plan of its problem with lower capacities may reuse (`Warm`; None: nothing).
     """
 
     solver: str
@@ -154,6 +206,7 @@ class SearchResult:
     ehvi_ratio: list[float] = field(default_factory=list)
     startup_s: float | None = None
     certificate: Certificate | None = None
+    warm: Warm | None = None
 
     @property
     def evaluations(self) -> int:

@@ -35,6 +35,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ._deadline import CpuDeadline
 from ._evaluator import evaluate_arrays
 from ._exact import exact_front, exact_max_throughput, exact_min_cost
 from ._problem import Problem
@@ -45,7 +46,9 @@ from ._run import (
     Goal,
     SearchError,
     SearchResult,
+    SolverChoice,
     StopRule,
+    Warm,
     _empty,
     _progress_value,
     _Run,
@@ -92,8 +95,9 @@ def _one_model_min_cost(problem: Problem, goal: Goal) -> SearchResult | None:
     return res
 
 
-def exact_search(problem: Problem, goal: Goal, deadline: float | None = None) -> SearchResult:
-    """The exact solver alone; past `deadline` (perf_counter) it raises `ExactBudgetExceeded`.
+def exact_search(problem: Problem, goal: Goal, deadline: CpuDeadline | None = None
+                 ) -> SearchResult:
+    """The exact solver alone; past `deadline` it raises `ExactBudgetExceeded`.
 
     On `problem` clipped to the goal's token targets (`Problem.for_goal`).
     """
@@ -144,6 +148,7 @@ def search(
     callback: Callback | None = None,
     progress: bool = False,
     certificate: bool = True,
+    warm: Warm | None = None,
 ) -> SearchResult:
     """Run one searcher on a problem (see the module docstring).
 
@@ -164,6 +169,11 @@ def search(
             `tuning._certify.CERTIFY_BUDGET_S` more CPU seconds of this process, capped at
             `tuning._deadline.WALL_CAP_FACTOR` times as many wall seconds); False: the search
             alone.
+        warm: the previous search's `SearchResult.warm` when `problem` is its problem with
+            lower capacities (the headroom check's re-plan after a derate): when it covers
+            `problem` (`Warm.covers`), ``auto`` keeps that search's solver choice (no second
+            probe) and the level program starts from its still-tight levels
+            (`tuning._certify.front_bound`); otherwise ignored.
 
     A goal with TTFT / TPOT targets is searched on `problem` clipped to them
     (`Problem.for_goal`): the result's metrics are that problem's, and so must be its plans'
@@ -192,6 +202,7 @@ def search(
     if rule.max_evals < 1:
         raise SearchError(f"max_evals={rule.max_evals} must be >= 1")
     reason = ""
+    picked: SolverChoice | None = None        # auto's choice, kept for a re-plan
     if solver == "auto" and problem.num_models == 1 and goal.mode == "min-cost":
         one = _one_model_min_cost(problem, goal)
         if one is not None:
@@ -199,15 +210,20 @@ def search(
     if solver == "auto":
         from ._auto import ExactBudgetExceeded, choose_solver, exact_deadline
 
-        choice = choose_solver(problem, goal, level=max_evals is None)
+        prior = warm if warm is not None and warm.covers(problem) else None
+        choice = (prior.choice if prior is not None and prior.choice is not None else
+                  choose_solver(problem, goal, level=max_evals is None))
         reason = choice.reason
         if choice.solver == "level":
             from ._auto import level_deadline
             from ._certify import exact_level_search
 
-            level = exact_level_search(problem, goal, deadline=level_deadline())
+            level = exact_level_search(problem, goal, deadline=level_deadline(),
+                                       warm=None if prior is None else prior.front)
             if level is not None:
                 level.reason = reason
+                level.warm = Warm(problem, choice, None if level.warm is None
+                                  else level.warm.front)
                 return level
             reason = (f"{reason}, but it did not close the gap to the bound within its "
                       "deadline; mobo instead")
@@ -215,9 +231,11 @@ def search(
             try:
                 res = exact_search(problem, goal, deadline=exact_deadline())
                 res.reason = reason
+                res.warm = Warm(problem, choice)
                 return res
             except ExactBudgetExceeded as exc:
                 reason = f"{reason}, but {exc}; mobo instead"
+        picked = SolverChoice("mobo", reason, None)      # a re-plan goes to mobo at once
         solver = "mobo"
     if solver == "exact":
         res = exact_search(problem, goal)
@@ -233,11 +251,12 @@ def search(
     res = run_mobo(problem, goal, seed=seed, stop=rule, encoding=encoding or "structured",
                    callback=callback, progress=progress)
     res.reason = reason or "asked for (--solver mobo)"
+    if picked is not None:
+        res.warm = Warm(problem, picked)
     res = _polished(problem, goal, res)
     if problem.is_pair or max_evals is not None or not certificate:
         return res
     from ._certify import CERTIFY_BUDGET_S, certify
-    from ._deadline import CpuDeadline
 
     return certify(problem, res, deadline=CpuDeadline.after(CERTIFY_BUDGET_S))
 

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 from tests.tuning.conftest import SMALL
 from tuning import Goal, Problem, StopRule, exact_front, search
 from tuning._auto import ExactBudgetExceeded, choose_solver
+from tuning._deadline import CpuDeadline
 from tuning._mobo import MoboSettings, run_mobo
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,10 +49,10 @@ def test_an_exact_run_past_its_deadline_hands_over_to_mobo(
         small_problem: Problem, monkeypatch: pytest.MonkeyPatch) -> None:
     pr = small_problem
     with pytest.raises(ExactBudgetExceeded, match="ran past its time budget"):
-        exact_front(pr, deadline=time.perf_counter() - 1.0)
+        exact_front(pr, deadline=CpuDeadline.after(-1.0))
     import tuning._auto as auto
 
-    monkeypatch.setattr(auto, "exact_deadline", lambda: time.perf_counter() - 1.0)
+    monkeypatch.setattr(auto, "exact_deadline", lambda: CpuDeadline.after(-1.0))
     res = search(pr, Goal(), max_evals=40)
     assert res.solver == "mobo" and res.evaluations == 40
     assert "ran past its time budget" in res.reason and res.reason.endswith("mobo instead")

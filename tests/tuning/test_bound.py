@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -157,3 +158,16 @@ def test_certificate_of_a_ladder_is_exact(small_problem: Problem) -> None:
     assert cert.found == pytest.approx(res.hypervolume(pr))
     assert cert.line().startswith("certified: exact")
     assert cert.to_dict()["exact"] is True
+
+
+def test_highs_printf_noise_is_dropped_and_other_output_goes_to_stderr(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """HiGHS's unconditional repair-LP printf never reaches stdout (``--json``) nor stderr."""
+    from tuning._bound import HIGHS_NOISE, _highs_stdout_filtered
+
+    with _highs_stdout_filtered():
+        os.write(1, HIGHS_NOISE + b"\n")
+        os.write(1, b"something else\n")
+        os.write(1, HIGHS_NOISE + b"\n")
+    out, err = capfd.readouterr()
+    assert out == "" and err == "something else\n"

@@ -65,6 +65,28 @@ def test_an_edge_plan_is_replanned_until_it_holds(mtbench: Problem, catalog: Cat
     assert same.checks == [] and same.rounds == 1
 
 
+
+def test_fresh_runs_kept_across_rounds_are_not_simulated_again(
+        mtbench: Problem, catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hold` keeps each round's runs: an unchanged group's checks come back without a run."""
+    import tuning._headroom as headroom
+
+    goal = Goal("min-cost", 8.5, 30.0)
+    res = search(mtbench, goal, solver="exact")
+    b = res.best(mtbench)
+    assert b is not None
+    plan = plan_from_arrays(mtbench, res.plans, res.metrics, b)
+    runs: dict = {}
+    first = resimulate(mtbench, plan, catalog, target_s=30.0, seeds=(101,), runs=runs)
+    assert len(runs) == len(first) == len(plan.groups)
+
+    def no_run(*_: object, **__: object) -> None:
+        raise AssertionError("an unchanged group was simulated again")
+
+    monkeypatch.setattr(headroom, "simulate", no_run)
+    again = resimulate(mtbench, plan, catalog, target_s=30.0, seeds=(101,), runs=runs)
+    assert again == first
+
 BURSTY = """
 name: bursty-{kind}
 gpus: {{RTX-4090: {{count: 8}}, RTX-5090: {{count: 8}}}}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 import tuning._deadline as deadline_mod
@@ -13,6 +14,7 @@ from tuning import Goal, Problem, search
 from tuning._auto import choose_solver
 from tuning._certify import EXACT_GAP, certify, front_bound
 from tuning._deadline import WALL_CAP_FACTOR, CpuDeadline
+from tuning._exact import ExactBudgetExceeded, exact_front, solve_level
 
 from .test_bound import make_toy_ladder
 
@@ -98,3 +100,27 @@ def test_the_level_front_stops_on_cpu_time(small_problem: Problem,
     clock.wall_s += 0.9 * WALL_CAP_FACTOR
     again = front_bound(pr, deadline=d)
     assert again.complete and len(again.levels_s) == len(full.levels_s)
+
+
+def test_the_pair_dp_stops_on_cpu_time(small_problem: Problem,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pair DP's deadline (the probe's and the exact run's) counts CPU seconds too.
+
+    Wall time alone (a loaded machine) does not stop it before the cap; spent CPU does.
+    """
+    pr = small_problem
+    full = exact_front(pr)
+    clock = _Clock()
+    clock.wall_s = time.perf_counter()
+    monkeypatch.setattr(deadline_mod, "time", SimpleNamespace(
+        process_time=clock.process_time, perf_counter=clock.perf_counter))
+    d = CpuDeadline.after(1.0)
+    clock.wall_s += 0.9 * WALL_CAP_FACTOR        # wall far past 1 s, CPU not spent
+    again = exact_front(pr, deadline=d)
+    assert again.dp_runs == full.dp_runs
+    np.testing.assert_array_equal(again.s_max, full.s_max)
+    clock.cpu_s = 2.0                            # spent, with no more wall time gone by
+    with pytest.raises(ExactBudgetExceeded, match="ran past its time budget"):
+        exact_front(pr, deadline=d)
+    with pytest.raises(ExactBudgetExceeded):
+        solve_level(pr, pr.ceiling_s, budget=pr.budget, clip=pr.rate_rps, deadline=d)
