@@ -343,7 +343,7 @@ def test_slow_clients_are_cut_and_no_side_door_answers_without_a_token(
         # HAProxy's admin socket: this user only
         import psutil
 
-        hap = max(li.pid for li in _listeners() if "haproxy" in li.name)
+        hap = max(li.pid for li in _listeners(started_unix_s) if "haproxy" in li.name)
         args = psutil.Process(hap).cmdline()
         config = Path(args[args.index("-f") + 1]).read_text()
         sock = Path(next(line.split()[2] for line in config.splitlines()
