@@ -10,6 +10,10 @@
 #      engines' event loops a core of slack; nothing else runs.
 #   3. the real-vLLM latency tests alone: their engines compute on the CPUs.
 #
+# Tests whose clusters can run at the same time keep their Ray files in folders of their own
+# (build/ray-tmp-NAME): a Ray job resolves its cluster through the temp folder's
+# ray_current_cluster file, and a shared folder sent a replan job to the other lane's cluster.
+#
 # A lane's status is pytest's own (5, no test collected, included: .ci/run fails on it); the
 # script exits with the first non-zero one, after every phase has run.
 set -u

@@ -94,7 +94,7 @@ def test_three_models_two_workloads_served_and_replanned(tmp_path: Path,
               for w in plan.routing.workloads}
     log_dir = tmp_path / "log"
     cluster = local_cluster({"EDU-GPU": 16, "EDU-GPU-XL": 32}, {"EDU-GPU": 4, "EDU-GPU-XL": 8},
-                            temp_dir=REPO / "build" / "tmp", dashboard_port=free_port())
+                            temp_dir=REPO / "build" / "ray-tmp-ladder", dashboard_port=free_port())
     try:
         url = deploy_plan(plan, backend="emulated", gpu_catalog=[str(CATALOG)],
                           port=free_port(), proxy_location="HeadOnly", log_dir=str(log_dir),

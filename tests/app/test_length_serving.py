@@ -67,7 +67,7 @@ def test_short_and_long_requests_are_served_by_their_own_groups(
     assert lc is not None and {g.length_class for g in plan.groups} == {"short", "long"}
     log_dir = tmp_path / "log"
     cluster = local_cluster({"EDU-GPU": 8, "EDU-GPU-XL": 8}, {"EDU-GPU": 4, "EDU-GPU-XL": 8},
-                            temp_dir=REPO / "build" / "tmp", dashboard_port=free_port())
+                            temp_dir=REPO / "build" / "ray-tmp-length", dashboard_port=free_port())
     try:
         url = deploy_plan(plan, backend="emulated", gpu_catalog=[str(CATALOG)],
                           port=free_port(), proxy_location="HeadOnly", log_dir=str(log_dir),

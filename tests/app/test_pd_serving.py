@@ -75,7 +75,7 @@ def test_a_pool_pair_serves_every_request_near_its_prediction(
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     duration_s = 60.0
-    cluster = local_cluster({"H100": 2}, {"H100": 8}, temp_dir=REPO / "build" / "tmp",
+    cluster = local_cluster({"H100": 2}, {"H100": 8}, temp_dir=REPO / "build" / "ray-tmp-pd",
                             dashboard_port=free_port())
     summary: dict[str, Any] = {}
     try:
@@ -97,6 +97,10 @@ def test_a_pool_pair_serves_every_request_near_its_prediction(
     seen = {"measured": got, "predicted": want, "group_share": summary["group_share"],
             "requests": summary["requests"]}
     print(seen)
-    # Loose: HTTP, the router and two Serve hops add tens of ms to each TTFT.
-    assert abs(got["ttft_p95_s"] - want["ttft_p95_s"]) <= 0.5 * want["ttft_p95_s"] + 0.25, seen
+    # TTFT: the prefill step and the KV transfer are emulated, so the served TTFT is never
+    # much below the model's (a decode group that skipped them would answer in one decode
+    # step, a third of it); above it, HTTP, the router and two Serve hops add 54 ms alone
+    # and 0.6 s with the ladder test sharing the 2 cores (make test's latency lanes).
+    assert got["ttft_p95_s"] >= 0.8 * want["ttft_p95_s"], seen
+    assert got["ttft_p95_s"] <= 1.5 * want["ttft_p95_s"] + 1.5, seen
     assert abs(got["tpot_p95_s"] - want["tpot_p95_s"]) <= 0.5 * want["tpot_p95_s"] + 0.01, seen

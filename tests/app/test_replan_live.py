@@ -50,7 +50,7 @@ def test_replan_job_follows_a_rate_shift(tmp_path: Path, monkeypatch: pytest.Mon
     assert _replicas(plan.to_dict()) == {"llama-3.1-8b-EDU-GPU-tp2pp1": 1}
 
     cluster = local_cluster({"H100": 4, "EDU-GPU": 8}, {"H100": 4, "EDU-GPU": 4},
-                            temp_dir=REPO / "build" / "tmp", dashboard_port=free_port())
+                            temp_dir=REPO / "build" / "ray-tmp-replan", dashboard_port=free_port())
     try:
         url = deploy_plan(plan, backend="emulated", gpu_catalog=[str(catalog)],
                           port=free_port(), proxy_location="HeadOnly", log_dir=str(log_dir),
