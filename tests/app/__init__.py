@@ -9,6 +9,20 @@ __all__ = ["SharedServe", "free_port", "plan_replan_scenario", "throwaway_serve"
 
 REPO = Path(__file__).resolve().parents[2]
 
+# A small pair scenario (8B / 70B on 4 H100 + 4 RTX 4090, gsm8k at 8 req/s) that plans in
+# seconds: the deploy tests' plan.
+SERVE_SMALL_SCENARIO = """
+name: serve-small
+gpus:
+  H100: {count: 4}
+  RTX-4090: {count: 4}
+models: {weak: llama-3.1-8b, strong: llama-3.1-70b}
+task: gsm8k
+workload: {shape: gsm8k, rate_rps: 8}
+budget_per_hour: 14
+profile: {num_rates: 8, num_requests: 300}
+"""
+
 
 @contextlib.contextmanager
 def throwaway_serve(name: str) -> Iterator[int]:

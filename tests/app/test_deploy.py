@@ -14,6 +14,7 @@ import yaml
 from app.openai_api import ApiError, error_body, error_status
 from boute.bench import BenchResult, RequestRecord, format_bench, synth_prompt
 from boute.cli import main
+from tests.app import SERVE_SMALL_SCENARIO
 from tuning import Group, Plan, PlanError, Routing
 
 PLAN = Plan(Routing(0.4), (
@@ -216,7 +217,7 @@ def test_serve_config_ships_the_groups_prediction_tables(tmp_path: Path, capsys)
     from profiling import PerfDB
 
     scenario, db, plan = tmp_path / "s.yaml", tmp_path / "db.parquet", tmp_path / "plan.json"
-    scenario.write_text(SMALL_SCENARIO)
+    scenario.write_text(SERVE_SMALL_SCENARIO)
     assert main(["plan", "--scenario", str(scenario), "--db", str(db), "--quality", "87",
                  "--solver", "exact", "--resim-seeds", "0", "--plot", "",
                  "--out", str(plan)]) == 0
@@ -234,15 +235,3 @@ def test_serve_config_ships_the_groups_prediction_tables(tmp_path: Path, capsys)
             (g.model, g.gpu, g.tp, g.pp) and not r["saturated"]]
     assert tables[g.name]["p95_s"][:len(want)] == pytest.approx(want)
 
-
-SMALL_SCENARIO = """
-name: serve-small
-gpus:
-  H100: {count: 4}
-  RTX-4090: {count: 4}
-models: {weak: llama-3.1-8b, strong: llama-3.1-70b}
-task: gsm8k
-workload: {shape: gsm8k, rate_rps: 8}
-budget_per_hour: 14
-profile: {num_rates: 8, num_requests: 300}
-"""

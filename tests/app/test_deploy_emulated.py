@@ -8,20 +8,7 @@ from pathlib import Path
 import pytest
 
 from boute.cli import main
-from tests.app import free_port
-
-SCENARIO = """
-name: serve-small
-gpus:
-  H100: {count: 4}
-  RTX-4090: {count: 4}
-models: {weak: llama-3.1-8b, strong: llama-3.1-70b}
-task: gsm8k
-workload: {shape: gsm8k, rate_rps: 8}
-budget_per_hour: 14
-profile: {num_rates: 8, num_requests: 300}
-"""
-
+from tests.app import SERVE_SMALL_SCENARIO, free_port
 
 
 @pytest.mark.heavy
@@ -30,7 +17,7 @@ def test_deploy_bench_matches_prediction(tmp_path: Path, capsys: pytest.CaptureF
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     scenario, db, plan = tmp_path / "s.yaml", tmp_path / "db.parquet", tmp_path / "plan.json"
-    scenario.write_text(SCENARIO)
+    scenario.write_text(SERVE_SMALL_SCENARIO)
     assert main(["plan", "--scenario", str(scenario), "--db", str(db), "--quality", "87",
                  "--solver", "exact", "--plot", "", "--out", str(plan)]) == 0
     capsys.readouterr()
